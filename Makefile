@@ -1,0 +1,48 @@
+# diffusion_lab — every target bootstraps what it needs on a fresh machine.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data train test test-all lint format bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch/torchvision first: on the dev/CI machines pip takes these two from local disk.
+	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(VPY) -m pip install -q torch torchvision
+	$(VPY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's `dataset-fashion-mnist` package (offline-capable mirror).
+data: $(FMNIST)
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+train: setup
+	$(VPY) -m diffusion_lab.train $(ARGS)
+
+test: setup
+	$(VPY) -m pytest -q -m "not slow" $(ARGS)
+
+test-all: setup
+	$(VPY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests experiments
+	$(VENV)/bin/ruff format --check src tests experiments
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests experiments
+	$(VENV)/bin/ruff format src tests experiments
+
+bench: setup
+	$(VPY) -m diffusion_lab.bench $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache
