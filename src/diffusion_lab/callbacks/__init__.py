@@ -1,0 +1,8 @@
+"""Training callbacks: EMA of the weights and sample grids (metrics live in ``diffusion_lab.metrics``)."""
+
+from __future__ import annotations
+
+from .ema import EMA
+from .sample_grid import SampleGrid
+
+__all__ = ["EMA", "SampleGrid"]

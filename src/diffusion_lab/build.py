@@ -1,0 +1,138 @@
+"""The composition root: turns a composed config into built parts. Nothing else imports a concrete class.
+
+The schedule is declared once (``cfg.schedule``) and every part that needs T or the schedule receives the
+built object. ``spec`` — the resolved config of every diffusion part and of the network — is stored in each
+checkpoint, so sampling and evaluation rebuild exactly what was trained, with no flags to repeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .diffusion import Diffusion, Loss, TimestepSampler
+from .diffusion.losses import check_compatible
+from .samplers import Sampler
+
+__all__ = [
+    "Parts",
+    "SPEC_KEYS",
+    "build_parts",
+    "make_spec",
+    "build_module",
+    "load_checkpoint",
+    "CheckpointError",
+]
+
+SPEC_KEYS = ("schedule", "prediction", "variance", "loss", "weighting", "timesteps", "sampler", "model")
+
+
+@dataclass
+class Parts:
+    diffusion: Diffusion
+    net: nn.Module
+    loss: Loss
+    timesteps: TimestepSampler
+    sampler: Sampler
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None) -> dict:
+    spec = {key: _container(cfg[key]) for key in SPEC_KEYS}
+    spec.update(
+        data_shape=list(data_shape), num_classes=num_classes, p_uncond=float(cfg.get("p_uncond", 0.0))
+    )
+    return spec
+
+
+def build_parts(spec: dict) -> Parts:
+    """Build every diffusion part and the network from a spec (a config or a checkpoint's stored spec)."""
+    schedule = instantiate(spec["schedule"])
+    diffusion = Diffusion(schedule, instantiate(spec["prediction"]), instantiate(spec["variance"]))
+    loss = instantiate(spec["loss"], weighting=instantiate(spec["weighting"]))
+    check_compatible(loss, diffusion)
+    channels = spec["data_shape"][0]
+    net_kwargs: dict[str, Any] = {
+        "in_channels": channels,
+        "out_channels": channels * diffusion.variance.out_channel_factor,
+    }
+    if len(spec["data_shape"]) == 3:
+        net_kwargs["image_size"] = spec["data_shape"][-1]
+    else:  # vector data (2-D toys): in_channels means the vector length
+        net_kwargs = {"in_dim": channels, "out_dim": channels * diffusion.variance.out_channel_factor}
+    if spec.get("num_classes"):
+        net_kwargs["num_classes"] = spec["num_classes"]
+    net = instantiate(spec["model"], **net_kwargs)
+    timesteps = instantiate(spec["timesteps"], num_timesteps=diffusion.num_timesteps)
+    sampler = instantiate(spec["sampler"])
+    return Parts(diffusion, net, loss, timesteps, sampler)
+
+
+def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None):
+    from .module import DiffusionModule
+
+    spec = make_spec(cfg, data_shape, num_classes)
+    parts = build_parts(spec)
+    return DiffusionModule(
+        net=parts.net,
+        diffusion=parts.diffusion,
+        loss=parts.loss,
+        timesteps=parts.timesteps,
+        sampler=parts.sampler,
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        data_shape=tuple(data_shape),
+        num_classes=num_classes,
+        p_uncond=float(cfg.get("p_uncond", 0.0)),
+        spec=spec,
+        compile=bool(cfg.get("compile", False)),
+    )
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, or not written by diffusion_lab."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Parts, dict, dict]:
+    """Rebuild the trained parts from a checkpoint: returns (parts with the EMA network loaded, spec, raw ckpt).
+
+    The state dict of our checkpoints holds the EMA weights (Lightning's weight averaging puts the average
+    there and the live weights under ``current_model_state``).
+    """
+    from .module import CHECKPOINT_KEY
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt={str(path)!r} does not exist; pass the path of a .ckpt file from a training run"
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated or not a torch file
+        raise CheckpointError(
+            f"ckpt={str(path)!r} cannot be read ({type(err).__name__}): truncated or not a checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "spec" not in ckpt[CHECKPOINT_KEY]:
+        raise CheckpointError(
+            f"ckpt={str(path)!r} was not written by diffusion_lab (no '{CHECKPOINT_KEY}' spec inside); "
+            "use a checkpoint from `python -m diffusion_lab.train`"
+        )
+    spec = ckpt[CHECKPOINT_KEY]["spec"]
+    parts = build_parts(spec)
+    net_state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        parts.net.load_state_dict(net_state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"ckpt={str(path)!r} does not match its stored network spec: {first}") from None
+    parts.net.eval()
+    return parts, spec, ckpt

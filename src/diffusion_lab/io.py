@@ -1,0 +1,57 @@
+"""Writing artefacts atomically: a temp file in the same folder, then ``os.replace`` — a reader never sees a
+half-written file, and a crash mid-write leaves the previous version intact."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["atomic_path", "save_grid", "save_samples_npz", "to_uint8"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write to; it replaces ``path`` only if the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 [0, 255], the quantisation the data had."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid."""
+    from torchvision.utils import make_grid, save_image
+
+    nrow = nrow or max(1, int(round(images.shape[0] ** 0.5)))
+    grid = make_grid((images.float().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        save_image(grid, tmp, format="png")
+    return Path(path)
+
+
+def save_samples_npz(images: Tensor, path: str | Path, labels: Tensor | None = None) -> Path:
+    """Save samples as uint8 NHWC (the layout FID tools expect) in an .npz."""
+    arrays = {"images": to_uint8(images).permute(0, 2, 3, 1).numpy() if images.ndim == 4 else images.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)

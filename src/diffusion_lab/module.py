@@ -1,0 +1,221 @@
+"""The LightningModule: composes a network with the diffusion parts, logs, and holds no math of its own.
+
+Every part is built elsewhere (Hydra, see ``build.py``) and injected: the network, the ``Diffusion``
+(schedule × parameterization × variance), the loss (with its weighting), the timestep sampler, the sampler
+used for previews, and the optimizer / learning-rate schedule as partials.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .diffusion import Diffusion, Loss, TimestepSampler, q_sample, vb_terms_bpd
+from .diffusion.gaussian import prior_bpd
+from .diffusion.guidance import drop_labels
+from .samplers import Sampler
+
+__all__ = ["DiffusionModule", "CHECKPOINT_KEY"]
+
+CHECKPOINT_KEY = "diffusion_lab"
+NUM_BUCKETS = 10
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: Diffusion,
+        loss: Loss,
+        timesteps: TimestepSampler,
+        sampler: Sampler,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        data_shape: tuple[int, ...] = (1, 28, 28),
+        num_classes: int | None = None,
+        p_uncond: float = 0.0,
+        spec: dict | None = None,
+        compile: bool = False,
+        val_seed: int = 1234,
+    ):
+        super().__init__()
+        self.net = net
+        self.diffusion = diffusion
+        self.loss_fn = loss
+        self.timesteps = timesteps
+        self.sampler = sampler
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.data_shape = tuple(data_shape)
+        self.num_classes = num_classes
+        self.p_uncond = p_uncond
+        self.spec = spec or {}  # the resolved config of every diffusion part, stored in each checkpoint
+        self.compile_net = compile
+        self.val_seed = val_seed
+        self._bucket_sums: Tensor | None = None
+        self._bucket_counts: Tensor | None = None
+
+    # ------------------------------------------------------------------ the network as the diffusion code sees it
+    def model_fn(self, y: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        return partial(self.net, y=y) if y is not None else self.net
+
+    def configure_model(self) -> None:
+        if self.compile_net and not getattr(self, "_compiled", False):
+            self.net.compile()  # in place: parameter names (and so checkpoints) stay unchanged
+            self._compiled = True
+
+    # ------------------------------------------------------------------ training
+    def _split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        x0, y = batch if isinstance(batch, list | tuple) else (batch, None)
+        return x0, (y if self.num_classes else None)
+
+    def _forward_terms(self, x0, y, t, noise) -> dict[str, Tensor]:
+        xt = q_sample(self.diffusion.schedule, x0, t, noise)
+        out = self.net(xt, t, y) if y is not None else self.net(xt, t)
+        return self.loss_fn(self.diffusion, out, x0, xt, t, noise)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x0, y = self._split_batch(batch)
+        if y is not None and self.p_uncond > 0:
+            y = drop_labels(y, self.p_uncond, null_class=self.num_classes)
+        t, weights = self.timesteps.sample(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        terms = self._forward_terms(x0, y, t, noise)
+        loss = (terms["loss"] * weights).mean()
+        if (
+            type(self.timesteps).update is not TimestepSampler.update
+        ):  # loss-aware: record every rank's losses
+            all_t, all_losses = self.all_gather((t, terms["loss"].detach()))
+            self.timesteps.update(all_t.flatten(), all_losses.flatten())
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.mean(), prog_bar=name == "loss", sync_dist=False)
+        self._accumulate_buckets(t, terms["loss"].detach())
+        return loss
+
+    def _accumulate_buckets(self, t: Tensor, losses: Tensor) -> None:
+        """Loss by timestep decile, summed on the device and logged every ``log_every_n_steps`` (no host sync)."""
+        if self._bucket_sums is None or self._bucket_sums.device != losses.device:
+            self._bucket_sums = torch.zeros(NUM_BUCKETS, device=losses.device)
+            self._bucket_counts = torch.zeros(NUM_BUCKETS, device=losses.device)
+        bucket = (t * NUM_BUCKETS) // self.diffusion.num_timesteps
+        self._bucket_sums.index_add_(0, bucket, losses.float())
+        self._bucket_counts.index_add_(0, bucket, torch.ones_like(losses, dtype=torch.float))
+        if self._should_log():
+            means = self._bucket_sums / self._bucket_counts.clamp(min=1)
+            for k in range(NUM_BUCKETS):
+                self.log(f"train_bucket/loss_t{k}", means[k])
+            self._bucket_sums.zero_()
+            self._bucket_counts.zero_()
+
+    def _should_log(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._should_log():
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+                )
+                self.log("train/grad_norm", norm)
+            self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x0, y = self._split_batch(batch)
+        # A fixed generator per batch: the same t and noise at every validation, so curves are comparable and
+        # validation draws nothing from the global RNG (which exact resume restores).
+        gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
+        T = self.diffusion.num_timesteps
+        t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
+        noise = torch.randn(x0.shape, device=x0.device, generator=gen)
+        terms = self._forward_terms(x0, y, t, noise)
+        if "vb" not in terms:
+            xt = q_sample(self.diffusion.schedule, x0, t, noise)
+            out = self.net(xt, t, y) if y is not None else self.net(xt, t)
+            terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
+        # T · L_t + prior is an unbiased one-sample estimate of the full bound's bits/dim.
+        terms["bpd_estimate"] = T * terms["vb"] + prior_bpd(self.diffusion.schedule, x0)
+        for name, value in terms.items():
+            self.log(f"val/{name}", value.mean(), prog_bar=name == "loss", sync_dist=True)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        batch_size: int = 256,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """``n`` samples in [-1, 1] from the current weights (EMA while an EMA callback has swapped them in)."""
+        sampler = sampler or self.sampler
+        was_training = self.net.training
+        self.net.eval()
+        chunks = []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            y = labels[start : start + b].to(self.device) if labels is not None else None
+            noise = torch.randn((b, *self.data_shape), device=self.device, generator=generator)
+            x = sampler.sample(
+                self.diffusion, self.model_fn(y), noise.shape, self.device, noise=noise, progress=progress
+            )
+            chunks.append(x.clamp(-1, 1).float().cpu())
+        self.net.train(was_training)
+        return torch.cat(chunks)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "spec": self.spec,
+            "timesteps": {k: torch.as_tensor(v) for k, v in self.timesteps.state_dict().items()},
+            "rng": capture_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get(CHECKPOINT_KEY, {})
+        if extra.get("timesteps"):
+            self.timesteps.load_state_dict({k: v.numpy() for k, v in extra["timesteps"].items()})
+        if extra.get("rng"):
+            restore_rng_state(extra["rng"])
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from (Lightning's checkpoints do not carry them)."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [
+            torch.from_numpy(np.asarray(s)) if isinstance(s, np.ndarray) else s for s in np.random.get_state()
+        ],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(tuple(s.numpy() if isinstance(s, Tensor) else s for s in np_state))
+    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state["python"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

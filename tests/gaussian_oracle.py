@@ -1,0 +1,201 @@
+"""Independent float64 references for the diffusion tests, written from the papers' formulas in numpy/scipy.
+
+Nothing here calls the library's derived tables: a schedule enters only through its betas (or the alpha-bars
+of the kept steps of a respaced process), and every other quantity is recomputed from them.
+
+The centrepiece is the exact denoiser for Gaussian data. With x_0 ~ N(mu, s^2) iid per dimension and
+x_t = a x_0 + sigma eps (a = sqrt(abar_t), sigma^2 = 1 - abar_t), the pair (x_0, x_t) is jointly Gaussian:
+
+    x_t ~ N(a mu, a^2 s^2 + sigma^2)
+    E[eps | x_t] = sigma (x_t - a mu) / (a^2 s^2 + sigma^2)
+    E[x_0 | x_t] = mu + a s^2 (x_t - a mu) / (a^2 s^2 + sigma^2)
+    Var(x_0 | x_t) = s^2 sigma^2 / (a^2 s^2 + sigma^2)
+
+so every sampler driven by it is a linear-Gaussian recursion whose output distribution is known in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import integrate
+from scipy.stats import norm
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------------------------- schedules
+def tables(betas) -> dict[str, np.ndarray]:
+    """The schedule's derived tables from its betas, in float64 (Ho et al. 2020, eqs. 4, 6, 7)."""
+    betas = np.asarray(betas, dtype=np.float64)
+    return tables_from_abar(np.cumprod(1.0 - betas))
+
+
+def tables_from_abar(abar) -> dict[str, np.ndarray]:
+    abar = np.asarray(abar, dtype=np.float64)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    betas = 1.0 - abar / abar_prev
+    alphas = 1.0 - betas
+    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    return {
+        "betas": betas,
+        "alphas": alphas,
+        "abar": abar,
+        "abar_prev": abar_prev,
+        "post_var": post_var,
+        # beta~ is 0 at index 0; the reverse process uses beta~ of index 1 there (IDDPM).
+        "post_var_clipped": np.concatenate([[post_var[1] if len(abar) > 1 else betas[0]], post_var[1:]]),
+        "coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
+        "coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+    }
+
+
+# --------------------------------------------------------------------------------------------- Gaussian data
+def posterior_stats(abar, mu: float, s: float):
+    """(a, sigma^2, k, var_x0_given_xt): E[x_0 | x_t] = mu + k (x_t - a mu)."""
+    abar = np.asarray(abar, dtype=np.float64)
+    a = np.sqrt(abar)
+    sig2 = 1.0 - abar
+    marg = a * a * s * s + sig2
+    return a, sig2, a * s * s / marg, s * s * sig2 / marg
+
+
+class GaussianDenoiser:
+    """The Bayes-optimal network for x_0 ~ N(mu, s^2): ``model(x_t, t)`` returns E[target | x_t].
+
+    ``abar`` is the alpha-bar table (float64) of the process the network is trained on, indexed by the
+    original timesteps. ``variance`` picks the extra channels: ``None`` for a fixed variance, ``"zeros"`` for
+    zero variance channels, ``"exact"`` for log Var(x_{t-1} | x_t) (the true reverse variance, for
+    ``variance="learned"``). Counts its calls and records the timesteps it was called with.
+    """
+
+    def __init__(self, abar, mu: float, s: float, prediction: str, variance: str | None = None):
+        self.abar = torch.as_tensor(np.asarray(abar, dtype=np.float64))
+        self.mu, self.s = mu, s
+        self.prediction = prediction
+        self.variance = variance
+        self.calls = 0
+        self.timesteps: list[list[int]] = []
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.timesteps.append(t.tolist())
+        abar = self.abar[t.long()].reshape((-1,) + (1,) * (xt.ndim - 1))
+        a, sig = abar.sqrt(), (1.0 - abar).sqrt()
+        x = xt.double()
+        marg = a * a * self.s**2 + sig * sig
+        eps = sig * (x - a * self.mu) / marg
+        x0 = self.mu + a * self.s**2 * (x - a * self.mu) / marg
+        out = {"eps": eps, "x0": x0, "v": a * eps - sig * x0}[self.prediction]
+        if self.variance == "zeros":
+            out = torch.cat([out, torch.zeros_like(out)], dim=1)
+        elif self.variance == "exact":
+            out = torch.cat([out, self.exact_log_variance(t, x)], dim=1)
+        return out.to(xt.dtype)
+
+    def exact_log_variance(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log Var(x_{t-1} | x_t) = log(beta~_t + coef1_t^2 Var(x_0 | x_t)); at index 0 the decoder is
+        only Var(x_0 | x_1) (coef1 = 1, beta~ = 0)."""
+        tb = tables_from_abar(self.abar.numpy())
+        _, _, _, v0 = posterior_stats(tb["abar"], self.mu, self.s)
+        var = tb["post_var"] + tb["coef1"] ** 2 * v0
+        lv = torch.as_tensor(np.log(var))[t.long()].reshape((-1,) + (1,) * (x.ndim - 1))
+        return lv.expand_as(x).to(x.dtype)
+
+
+def sampler_moments(abar_kept, mu: float, s: float, kind: str, eta: float = 0.0, reverse_var=None):
+    """Mean and variance of the output of a sampler driven by the exact denoiser, started at N(0, 1).
+
+    ``abar_kept``: the alpha-bars of the steps the sampler visits (increasing). One step at position i maps
+    x -> A x + b + sd z, so (m, V) -> (A m + b, A^2 V + sd^2); the last step (i = 0) adds no noise.
+    ``kind``: "ddpm" (posterior mean of E[x_0 | x_t], variance ``reverse_var[i]``, default beta~ clipped) or
+    "ddim" (Song et al. eq. 12 with sigma_i = eta sqrt(beta~_i)).
+    """
+    tb = tables_from_abar(abar_kept)
+    a, sig2, k, _ = posterior_stats(tb["abar"], mu, s)
+    if reverse_var is None:
+        reverse_var = tb["post_var_clipped"]
+    m, V = 0.0, 1.0
+    for i in range(len(a) - 1, -1, -1):
+        # x0_hat = c0 + k x,   eps_hat = (x - a x0_hat) / sigma
+        c0 = mu - k[i] * a[i] * mu
+        if kind == "ddpm":
+            A = tb["coef1"][i] * k[i] + tb["coef2"][i]
+            b = tb["coef1"][i] * c0
+            var = reverse_var[i]
+        elif kind == "ddim":
+            sd2 = eta**2 * tb["post_var"][i]
+            ap = tb["abar_prev"][i]
+            ce = math.sqrt(max(1.0 - ap - sd2, 0.0))
+            sg = math.sqrt(sig2[i])
+            # x_prev = sqrt(ap) x0_hat + ce (x - a x0_hat) / sg
+            A = math.sqrt(ap) * k[i] + ce * (1.0 - a[i] * k[i]) / sg
+            b = math.sqrt(ap) * c0 - ce * a[i] * c0 / sg
+            var = sd2
+        else:
+            raise ValueError(kind)
+        m, V = A * m + b, A * A * V + (var if i > 0 else 0.0)
+    return m, V
+
+
+# --------------------------------------------------------------------------------------------- bits per dim
+def analytic_vb_bits(betas, mu: float, s: float) -> tuple[np.ndarray, float]:
+    """Expected L_t (bits/dim) for t >= 1 (index >= 1) under fixed_small with the exact denoiser, and the prior.
+
+    KL(N(m_q, v_q) || N(m_p, v_p)) = 0.5 (log(v_p / v_q) + v_q / v_p - 1 + (m_q - m_p)^2 / v_p); here
+    m_q - m_p = coef1 (x_0 - E[x_0 | x_t]) so E[(m_q - m_p)^2] = coef1^2 Var(x_0 | x_t), v_q = v_p = beta~_t.
+    Index 0 (the decoder) is returned as NaN: see ``analytic_decoder_bits``.
+    """
+    tb = tables(betas)
+    _, sig2, _, v0 = posterior_stats(tb["abar"], mu, s)
+    vq = tb["post_var"]
+    vp = tb["post_var_clipped"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = 0.5 * (np.log(vp / vq) + vq / vp - 1.0 + tb["coef1"] ** 2 * v0 / vp)
+    kl[0] = np.nan
+    # prior: KL(N(a x0, sig2) || N(0, 1)) averaged over x0: E[x0^2] = mu^2 + s^2
+    aT2, sT2 = tb["abar"][-1], sig2[-1]
+    prior = 0.5 * (-1.0 - math.log(sT2) + sT2 + aT2 * (mu * mu + s * s))
+    return kl / LN2, prior / LN2
+
+
+def analytic_decoder_bits(betas, mu: float, s: float, bins: int = 256) -> float:
+    """E[-log2 P(x_0 | x_1)] for continuous x_0 ~ N(mu, s^2) by quadrature, the decoder being
+    N(E[x_0 | x_1], beta~ at index 1) integrated over the bin of width 2/(bins-1) around x_0, with the bins
+    beyond +-(1 - half a bin) extending to infinity.
+
+    Write r = x_0 - E[x_0 | x_1] (the decoder's error). Given x_0, r ~ N((1 - k a)(x_0 - mu), k^2 sigma^2), so
+    the expectation is a double integral over x_0 and r.
+    """
+    tb = tables(betas)
+    a, sig2, k, _ = (float(v[0]) for v in posterior_stats(tb["abar"], mu, s))
+    sd_p = math.sqrt(tb["post_var_clipped"][0])
+    h = 1.0 / (bins - 1)
+    edge = 1.0 - h
+    r_sd = k * math.sqrt(sig2)
+
+    # Inner integral over r by Gauss-Hermite (the integrand -log(bin mass) is smooth in r); outer over x_0 by
+    # adaptive quadrature, split where the bin becomes an edge bin.
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    w = w / w.sum()
+
+    def neg_log_mass(x0: float, r: np.ndarray) -> np.ndarray:
+        hi, lo = (r + h) / sd_p, (r - h) / sd_p
+        if x0 < -edge:
+            p = norm.cdf(hi)
+        elif x0 > edge:
+            p = norm.sf(lo)
+        else:  # difference of cdfs, taken in the tail where it keeps its precision
+            p = np.where(lo > 0, norm.sf(lo) - norm.sf(hi), norm.cdf(hi) - norm.cdf(lo))
+        return -np.log(np.maximum(p, 1e-300))
+
+    def integrand(x0: float) -> float:
+        r = (1.0 - k * a) * (x0 - mu) + r_sd * z
+        return float(w @ neg_log_mass(x0, r)) * norm.pdf(x0, mu, s)
+
+    lo_x, hi_x = mu - 12 * s, mu + 12 * s
+    cuts = [lo_x, *[p for p in (-edge, edge) if lo_x < p < hi_x], hi_x]
+    total = sum(integrate.quad(integrand, x_a, x_b, epsabs=1e-11, limit=200)[0] for x_a, x_b in zip(cuts, cuts[1:]))
+    return total / LN2
