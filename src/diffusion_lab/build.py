@@ -48,6 +48,7 @@ def _container(node: Any) -> Any:
 
 def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None) -> dict:
     spec = {key: _container(cfg[key]) for key in SPEC_KEYS}
+    spec["data"] = _container(cfg.get("data"))
     spec.update(
         data_shape=list(data_shape), num_classes=num_classes, p_uncond=float(cfg.get("p_uncond", 0.0))
     )

@@ -66,7 +66,8 @@ class DiffusionModule(L.LightningModule):
     def model_fn(self, y: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         return partial(self.net, y=y) if y is not None else self.net
 
-    def configure_model(self) -> None:
+    def setup(self, stage: str) -> None:
+        # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_net and not getattr(self, "_compiled", False):
             self.net.compile()  # in place: parameter names (and so checkpoints) stay unchanged
             self._compiled = True
@@ -157,8 +158,10 @@ class DiffusionModule(L.LightningModule):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        on_device: bool = False,
     ) -> Tensor:
-        """``n`` samples in [-1, 1] from the current weights (EMA while an EMA callback has swapped them in)."""
+        """``n`` samples in [-1, 1] from the current weights (EMA while an EMA callback has swapped them in);
+        on the CPU unless ``on_device`` (metrics keep them on the GPU)."""
         sampler = sampler or self.sampler
         was_training = self.net.training
         self.net.eval()
@@ -170,7 +173,8 @@ class DiffusionModule(L.LightningModule):
             x = sampler.sample(
                 self.diffusion, self.model_fn(y), noise.shape, self.device, noise=noise, progress=progress
             )
-            chunks.append(x.clamp(-1, 1).float().cpu())
+            x = x.clamp(-1, 1).float()
+            chunks.append(x if on_device else x.cpu())
         self.net.train(was_training)
         return torch.cat(chunks)
 

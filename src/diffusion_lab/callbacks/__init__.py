@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .ema import EMA
 from .sample_grid import SampleGrid
+from .sample_quality import SampleQualityCallback
 
-__all__ = ["EMA", "SampleGrid"]
+__all__ = ["EMA", "SampleGrid", "SampleQualityCallback"]

@@ -298,7 +298,7 @@ def _idx_dataset(
     prefix = "t10k" if split == "test" else "train"
     # torchvision keeps its downloads in <root>/<ClassName>/raw, so look there too.
     candidates = [Path(root), Path(root) / tv_name / "raw"] if root else []
-    if debian is not None:
+    if debian is not None and not root:  # an explicit data.root never silently falls back to other files
         candidates.append(debian)
     pair = next((p for p in (_find_idx(c, prefix) for c in candidates) if p is not None), None)
     if pair is None and download:
@@ -311,7 +311,9 @@ def _idx_dataset(
         searched = ", ".join(str(c) for c in candidates) or "nothing (data.root not set)"
         ways = [f"set data.root=/path/to/folder with {prefix}-images-idx3-ubyte(.gz) and its labels"]
         if debian is not None:
-            ways.append(f"`apt-get install dataset-fashion-mnist` (installs to {debian})")
+            ways.append(
+                f"`apt-get install dataset-fashion-mnist` with data.root unset (installs to {debian})"
+            )
         ways.append("set data.download=true on a machine with internet")
         raise FileNotFoundError(
             f"{pretty} {split} files not found (searched {searched}); either " + ", or ".join(ways)

@@ -37,7 +37,9 @@ def mean_flat(x: Tensor) -> Tensor:
 def q_mean_variance(schedule: NoiseSchedule, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I): returns (mean, variance, log_variance)."""
     mean = schedule.at("sqrt_alphas_cumprod", t, x0.ndim) * x0
-    var = 1.0 - schedule.at("alphas_cumprod", t, x0.ndim)
+    # From the sqrt(1 - abar) table (1 - abar taken in float64): 1 - float32(abar) would lose the relative
+    # precision of a small 1 - abar (e.g. 6e-4 relative at abar = 1 - 1e-4).
+    var = schedule.at("sqrt_one_minus_alphas_cumprod", t, x0.ndim) ** 2
     return mean, var.expand_as(x0), var.log().expand_as(x0)
 
 
