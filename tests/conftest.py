@@ -168,3 +168,15 @@ def cpu_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(CUDA_VISIBLE_DEVICES="", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     return env
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core CPU: intra-op threads only add synchronisation (a 3x3 conv on a tiny
+    batch is ~100x slower with 2 threads when the other core is busy), so these tests run single-threaded."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

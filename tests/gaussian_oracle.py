@@ -68,7 +68,7 @@ class GaussianDenoiser:
     ``abar`` is the alpha-bar table (float64) of the process the network is trained on, indexed by the
     original timesteps. ``variance`` picks the extra channels: ``None`` for a fixed variance, ``"zeros"`` for
     zero variance channels, ``"exact"`` for log Var(x_{t-1} | x_t) (the true reverse variance, for
-    ``variance="learned"``). Counts its calls and records the timesteps it was called with.
+    ``variance="learned"``). Counts its calls and records the timestep of each call (the first of the batch).
     """
 
     def __init__(self, abar, mu: float, s: float, prediction: str, variance: str | None = None):
@@ -77,11 +77,11 @@ class GaussianDenoiser:
         self.prediction = prediction
         self.variance = variance
         self.calls = 0
-        self.timesteps: list[list[int]] = []
+        self.timesteps: list[int] = []
 
     def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        self.timesteps.append(t.tolist())
+        self.timesteps.append(int(t[0]))  # every sampler step uses one t for the whole batch
         abar = self.abar[t.long()].reshape((-1,) + (1,) * (xt.ndim - 1))
         a, sig = abar.sqrt(), (1.0 - abar).sqrt()
         x = xt.double()

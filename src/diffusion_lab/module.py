@@ -170,8 +170,16 @@ class DiffusionModule(L.LightningModule):
             b = min(batch_size, n - start)
             y = labels[start : start + b].to(self.device) if labels is not None else None
             noise = torch.randn((b, *self.data_shape), device=self.device, generator=generator)
+            # The step noise too comes from ``generator``: previews must not draw from the global RNG (which
+            # exact resume restores) and are then the same at every validation, whatever the sampler.
             x = sampler.sample(
-                self.diffusion, self.model_fn(y), noise.shape, self.device, noise=noise, progress=progress
+                self.diffusion,
+                self.model_fn(y),
+                noise.shape,
+                self.device,
+                noise=noise,
+                generator=generator,
+                progress=progress,
             )
             x = x.clamp(-1, 1).float()
             chunks.append(x if on_device else x.cpu())

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .build import build_module
+from .callbacks import Throughput
 from .errors import UserError, friendly_errors
 from .io import save_grid, save_samples_npz
 
@@ -116,6 +117,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
             result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
+    for cb in callbacks:
+        if isinstance(cb, Throughput) and cb.images_per_second:
+            result["train_img_per_s"] = round(cb.images_per_second, 1)
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         print_summary(result)
@@ -135,6 +139,8 @@ def print_summary(result: dict[str, Any]) -> None:
     for key in ("val/loss", "val/bpd_estimate", "train/loss"):
         if key in result["metrics"]:
             lines.append(f"{key:<14}: {result['metrics'][key]:.4f}")
+    if result.get("train_img_per_s"):
+        lines.append(f"train speed   : {result['train_img_per_s']} img/s")
     lines.append(f"wall time     : {result['wall_time_s']} s")
     print("\n== diffusion_lab.train done ==\n" + "\n".join(lines), flush=True)
 

@@ -5,5 +5,6 @@ from __future__ import annotations
 from .ema import EMA
 from .sample_grid import SampleGrid
 from .sample_quality import SampleQualityCallback
+from .throughput import Throughput
 
-__all__ = ["EMA", "SampleGrid", "SampleQualityCallback"]
+__all__ = ["EMA", "SampleGrid", "SampleQualityCallback", "Throughput"]

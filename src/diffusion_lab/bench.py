@@ -1,0 +1,301 @@
+"""Throughput benchmark: ours vs the peer most users pick (diffusers' UNet2DModel), side by side in one process.
+
+    python -m diffusion_lab.bench                                   # both workloads, ours and diffusers
+    python -m diffusion_lab.bench --workloads train --systems ours --variants eager,compile
+
+Workload A (train): 32×32×3 images, batch 128, T = 1000, ε-prediction, L_simple, AdamW, Ho et al.'s CIFAR-10
+network (35.7M parameters): images/s over whole optimizer steps, peak memory, achieved TFLOP/s from counted
+FLOPs (torch.utils.flop_counter) and their fraction of the GPU's dense bf16 peak.
+Workload B (sample): DDIM, 50 steps, batch 512, same network: images/s.
+
+Prints one JSON line per (system, variant, workload), then one line of ratios ours/peer (best variant of each).
+The peer runs in its best reasonable setting: bf16 autocast, fused AdamW, torch.compile. diffusers is an
+optional, bench-only dependency: ``pip install -e .[bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .diffusion import Diffusion, LinearSchedule, SimpleLoss, q_sample
+from .nets import UNet, count_parameters
+from .samplers import DDIMSampler
+
+__all__ = ["main", "ho_unet", "diffusers_ho_unet"]
+
+# Dense (no sparsity) bf16 tensor-core peak, TFLOP/s, by device name.
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "4090": 165.2}
+
+HO_CIFAR = dict(
+    base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,), dropout=0.1
+)
+
+
+def ho_unet() -> nn.Module:
+    return UNet(in_channels=3, out_channels=3, image_size=32, **HO_CIFAR)
+
+
+def diffusers_ho_unet() -> nn.Module:
+    """diffusers' UNet2DModel configured as Ho et al.'s CIFAR-10 network (as google/ddpm-cifar10-32)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        dropout=0.1,
+        attention_head_dim=None,
+        norm_num_groups=32,
+    )
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+def count_train_flops(
+    net: nn.Module, call: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], batch: int, device
+) -> int:
+    """FLOPs of one forward + backward (counted by torch's FlopCounterMode on the eager network)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    with FlopCounterMode(display=False) as counter, torch.autocast(device.type, dtype=torch.bfloat16):
+        call(net, x, t).float().pow(2).mean().backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def _time(fn: Callable[[], None], warmup: int, iters: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def _prepare(net: nn.Module, variant: str, device: torch.device) -> nn.Module:
+    net = net.to(device)
+    if "cl" in variant.split("+"):
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _compile_mode(variant: str) -> str | None:
+    for part in variant.split("+"):
+        if part.startswith("compile"):
+            return {
+                "compile": "default",
+                "compile-ro": "reduce-overhead",
+                "compile-ma": "max-autotune-no-cudagraphs",
+            }[part]
+    return None
+
+
+def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    net = ours_or_peer(system)
+    params = count_parameters(net)
+    call = _call(system)
+    flops = count_train_flops(net.to(device), call, args.batch, device) if device.type == "cuda" else 0
+    net = _prepare(net, variant, device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=device.type == "cuda")
+    mode = _compile_mode(variant)
+    fwd = torch.compile(net, mode=mode) if mode else net
+    B = args.batch
+    data = torch.randn(B * 8, 3, 32, 32, device=device).clamp(-1, 1)  # GPU-resident "dataset"
+    diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
+    loss_fn = SimpleLoss()
+    if system == "diffusers":
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    step = [0]
+
+    def train_step() -> None:
+        i = step[0] % 8
+        step[0] += 1
+        x0 = data[i * B : (i + 1) * B]
+        if "cl" in variant.split("+"):
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = torch.randint(0, 1000, (B,), device=device)
+        noise = torch.randn_like(x0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            if system == "ours":  # the framework's own code path: q_sample + SimpleLoss
+                xt = q_sample(diffusion.schedule, x0, t, noise)
+                loss = loss_fn(diffusion, call(fwd, xt, t), x0, xt, t, noise)["loss"].mean()
+            else:  # diffusers' training-script recipe
+                xt = scheduler.add_noise(x0, noise, t)
+                loss = F.mse_loss(call(fwd, xt, t).float(), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sec = _time(train_step, args.warmup, args.iters, device)
+    img_s = B / sec
+    out = {
+        "workload": "train",
+        "system": system,
+        "variant": variant,
+        "batch": B,
+        "params": params,
+        "img_per_s": round(img_s, 1),
+        "ms_per_step": round(sec * 1e3, 3),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if device.type == "cuda"
+        else None,
+    }
+    if flops:
+        tflops = flops / sec / 1e12
+        out.update(gflops_per_step=round(flops / 1e9, 1), achieved_tflops=round(tflops, 1))
+        peak = peak_tflops(device)
+        if peak:
+            out["fraction_of_bf16_peak"] = round(tflops / peak, 3)
+    return out
+
+
+def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    net = _prepare(ours_or_peer(system), variant, device).eval()
+    call = _call(system)
+    mode = _compile_mode(variant)
+    fwd = torch.compile(net, mode=mode) if mode else net
+    n, steps = args.sample_batch, args.sample_steps
+    shape = (n, 3, 32, 32)
+
+    if system == "ours":
+        diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
+        sampler = DDIMSampler(steps=steps, eta=0.0)
+
+        def model(x, t):
+            return call(fwd, x, t)
+
+        def run() -> None:
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+            ):
+                sampler.sample(diffusion, model, shape, device)
+    else:
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+        scheduler.set_timesteps(steps)
+
+        def run() -> None:
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+            ):
+                x = torch.randn(shape, device=device)
+                for t in scheduler.timesteps:
+                    eps = call(fwd, x, t.to(device).expand(n))
+                    x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
+
+    sec = _time(run, 1, args.sample_iters, device)
+    return {
+        "workload": "sample",
+        "system": system,
+        "variant": variant,
+        "batch": n,
+        "steps": steps,
+        "img_per_s": round(n / sec, 1),
+        "seconds_per_batch": round(sec, 3),
+    }
+
+
+def ours_or_peer(system: str) -> nn.Module:
+    return ho_unet() if system == "ours" else diffusers_ho_unet()
+
+
+def _call(system: str) -> Callable:
+    if system == "ours":
+        return lambda net, x, t: net(x, t)
+    return lambda net, x, t: net(x, t).sample
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--systems", default="ours,diffusers")
+    p.add_argument("--workloads", default="train,sample")
+    p.add_argument(
+        "--variants",
+        default="compile",
+        help="comma list; parts joined by '+': eager, compile, "
+        "compile-ro (CUDA graphs), compile-ma (max-autotune), cl (channels_last)",
+    )
+    p.add_argument("--peer-variants", default="compile")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--sample-batch", type=int, default=512)
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--sample-iters", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    results = []
+    for workload in args.workloads.split(","):
+        for system in args.systems.split(","):
+            variants = args.variants if system == "ours" else args.peer_variants
+            for variant in variants.split(","):
+                fn = bench_train if workload == "train" else bench_sample
+                try:
+                    row = fn(system, variant, args, device)
+                except Exception as err:  # one failing variant must not lose the others' numbers
+                    row = {
+                        "workload": workload,
+                        "system": system,
+                        "variant": variant,
+                        "error": repr(err)[:300],
+                    }
+                row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+                row["torch"] = torch.__version__
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                torch._dynamo.reset()
+    ratios = {}
+    for workload in args.workloads.split(","):
+        best = {
+            s: max(
+                (
+                    r["img_per_s"]
+                    for r in results
+                    if r["workload"] == workload and r["system"] == s and "img_per_s" in r
+                ),
+                default=math.nan,
+            )
+            for s in ("ours", "diffusers")
+        }
+        ratios[f"{workload}_ours_over_diffusers"] = round(best["ours"] / best["diffusers"], 3)
+    print(json.dumps({"ratios": ratios}), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
