@@ -197,5 +197,7 @@ def analytic_decoder_bits(betas, mu: float, s: float, bins: int = 256) -> float:
 
     lo_x, hi_x = mu - 12 * s, mu + 12 * s
     cuts = [lo_x, *[p for p in (-edge, edge) if lo_x < p < hi_x], hi_x]
-    total = sum(integrate.quad(integrand, x_a, x_b, epsabs=1e-11, limit=200)[0] for x_a, x_b in zip(cuts, cuts[1:]))
+    total = sum(
+        integrate.quad(integrand, x_a, x_b, epsabs=1e-11, limit=200)[0] for x_a, x_b in zip(cuts, cuts[1:])
+    )
     return total / LN2

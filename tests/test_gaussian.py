@@ -127,7 +127,9 @@ def test_posterior_statistically():
     n = 200_000
     g = torch.Generator().manual_seed(3)
     abar_prev = float(s.alphas_cumprod[t - 1])
-    x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev) * torch.randn(n, generator=g, dtype=torch.float64)
+    x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev) * torch.randn(
+        n, generator=g, dtype=torch.float64
+    )
     beta = float(s.betas[t])
     xt = math.sqrt(1 - beta) * x_prev + math.sqrt(beta) * torch.randn(n, generator=g, dtype=torch.float64)
     mean, var, _ = q_posterior(s, torch.full((n,), x0, dtype=torch.float64), xt, torch.full((n,), t))
@@ -171,7 +173,8 @@ CENTRES = torch.tensor([-1.0 + 2.0 * k / 255.0 for k in range(256)], dtype=torch
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
-    ("mean", "scale"), [(0.0, 0.5), (0.3, 0.02), (-0.95, 0.1), (1.2, 0.3), (0.0, 1e-3), (0.5, 3.0), (-2.0, 0.05)]
+    ("mean", "scale"),
+    [(0.0, 0.5), (0.3, 0.02), (-0.95, 0.1), (1.2, 0.3), (0.0, 1e-3), (0.5, 3.0), (-2.0, 0.05)],
 )
 def test_discretized_likelihood_sums_to_one(mean, scale, dtype):
     x = CENTRES.to(dtype)

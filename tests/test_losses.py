@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from gaussian_oracle import tables
 from scipy.stats import norm
 
 from diffusion_lab.diffusion import (
@@ -24,6 +23,7 @@ from diffusion_lab.diffusion import (
     q_sample,
     vb_terms_bpd,
 )
+from gaussian_oracle import tables
 
 PREDS = ["eps", "x0", "v"]
 LN2 = math.log(2.0)
@@ -99,7 +99,9 @@ def test_vlb_with_the_exact_posterior(pred):
     sd = math.sqrt(tables(s.betas.numpy())["post_var_clipped"][0])
     h = 1 / 255
     x = x0[t == 0].double().numpy()
-    p = np.where(x < -1 + h, norm.cdf(h / sd), np.where(x > 1 - h, norm.cdf(h / sd), 2 * norm.cdf(h / sd) - 1))
+    p = np.where(
+        x < -1 + h, norm.cdf(h / sd), np.where(x > 1 - h, norm.cdf(h / sd), 2 * norm.cdf(h / sd) - 1)
+    )
     expected = -np.log(p).reshape(p.shape[0], -1).mean(1) / LN2
     np.testing.assert_allclose(vb[t == 0].numpy(), expected, rtol=1e-3)  # tanh approximation of Φ
 
@@ -174,7 +176,9 @@ def test_check_compatible():
     learned = Diffusion(build_schedule("linear", 10), "eps", "learned_range")
     with pytest.raises(ValueError, match=r"loss=hybrid needs a learned variance but variance=fixed_small"):
         check_compatible(HybridLoss(), fixed)
-    with pytest.raises(ValueError, match=r"loss=simple gives the variance no gradient but variance=learned_range"):
+    with pytest.raises(
+        ValueError, match=r"loss=simple gives the variance no gradient but variance=learned_range"
+    ):
         check_compatible(SimpleLoss(), learned)
     # the pairs that can train
     check_compatible(SimpleLoss(), fixed)
@@ -187,5 +191,7 @@ def test_build_loss():
     assert sorted(LOSSES) == ["hybrid", "simple", "vlb"]
     assert isinstance(build_loss("hybrid", vlb_weight=0.01), HybridLoss)
     assert build_loss("hybrid", vlb_weight=0.01).vlb_weight == 0.01
-    with pytest.raises(ValueError, match=r"loss='l1' is unknown; choose one of \['hybrid', 'simple', 'vlb'\]"):
+    with pytest.raises(
+        ValueError, match=r"loss='l1' is unknown; choose one of \['hybrid', 'simple', 'vlb'\]"
+    ):
         build_loss("l1")

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from gaussian_oracle import tables
 
 from diffusion_lab.diffusion import (
     PREDICTIONS,
@@ -24,6 +23,7 @@ from diffusion_lab.diffusion import (
     q_posterior,
     q_sample,
 )
+from gaussian_oracle import tables
 
 NAMES = ["linear", "cosine", "sigmoid", "quadratic"]
 PREDS = ["eps", "x0", "v"]
@@ -33,7 +33,7 @@ def batch(T: int, shape=(2, 3, 4, 4), seed=0, dtype=torch.float64):
     """x_0, ε and every timestep 0..T-1 (tiled to the batch), with the first and last always present."""
     g = torch.Generator().manual_seed(seed)
     t = torch.cat([torch.tensor([0, T - 1]), torch.randint(0, T, (shape[0] - 2,), generator=g)])
-    x0 = (torch.rand(shape, generator=g, dtype=dtype) * 2 - 1)
+    x0 = torch.rand(shape, generator=g, dtype=dtype) * 2 - 1
     eps = torch.randn(shape, generator=g, dtype=dtype)
     return x0, eps, t
 
@@ -84,7 +84,10 @@ def test_targets_are_the_papers_formulas():
     torch.testing.assert_close(EpsPrediction().target(s, x0, eps, xt, t), eps)
     torch.testing.assert_close(X0Prediction().target(s, x0, eps, xt, t), x0)
     torch.testing.assert_close(
-        VPrediction().target(s, x0, eps, xt, t), abar.sqrt() * eps - (1 - abar).sqrt() * x0, rtol=1e-6, atol=1e-6
+        VPrediction().target(s, x0, eps, xt, t),
+        abar.sqrt() * eps - (1 - abar).sqrt() * x0,
+        rtol=1e-6,
+        atol=1e-6,
     )
 
 
@@ -114,7 +117,9 @@ def test_build_prediction():
     assert sorted(PREDICTIONS) == ["eps", "v", "x0"]
     for name, cls in PREDICTIONS.items():
         assert isinstance(build_prediction(name), cls)
-    with pytest.raises(ValueError, match=r"prediction='noise' is unknown; choose one of \['eps', 'v', 'x0'\]"):
+    with pytest.raises(
+        ValueError, match=r"prediction='noise' is unknown; choose one of \['eps', 'v', 'x0'\]"
+    ):
         build_prediction("noise")
 
 
@@ -170,7 +175,9 @@ def test_split_output_checks_channels(variance):
     else:
         assert var is None
     wrong = torch.randn(2, 3 * (3 - k), 4, 4)
-    with pytest.raises(ValueError, match=rf"outputs {3 * (3 - k)} channels but variance={variance} needs {3 * k}"):
+    with pytest.raises(
+        ValueError, match=rf"outputs {3 * (3 - k)} channels but variance={variance} needs {3 * k}"
+    ):
         d.split_output(wrong, 3)
 
 

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from gaussian_oracle import GaussianDenoiser, posterior_stats, sampler_moments, tables, tables_from_abar
 
 from diffusion_lab.diffusion import Diffusion, build_schedule, parse_respacing
 from diffusion_lab.samplers import SAMPLERS, DDIMSampler, DDPMSampler, build_sampler
+from gaussian_oracle import GaussianDenoiser, posterior_stats, sampler_moments, tables, tables_from_abar
 
 PREDS = ["eps", "x0", "v"]
 MU, S = 0.3, 0.5  # data N(0.3, 0.5²): the samplers run with clip_denoised=False, the data is not in [-1, 1]
@@ -48,21 +48,91 @@ def check_moments(x: torch.Tensor, mean: float, var: float) -> None:
 #  bound on the discretization bias |E[var] - s²| / s² of this configuration, stated in the test)
 CONFIGS = [
     # all T steps with beta~: the reverse variance lacks coef1² Var(x_0|x_t), -7% (linear) / -4% (cosine)
-    ("ddpm-all-linear", "linear", 200, "fixed_small", None, lambda: DDPMSampler(None, False), "ddpm", 0, 0.08),
-    ("ddpm-all-cosine", "cosine", 200, "fixed_small", None, lambda: DDPMSampler(None, False), "ddpm", 0, 0.05),
+    (
+        "ddpm-all-linear",
+        "linear",
+        200,
+        "fixed_small",
+        None,
+        lambda: DDPMSampler(None, False),
+        "ddpm",
+        0,
+        0.08,
+    ),
+    (
+        "ddpm-all-cosine",
+        "cosine",
+        200,
+        "fixed_small",
+        None,
+        lambda: DDPMSampler(None, False),
+        "ddpm",
+        0,
+        0.05,
+    ),
     # beta as the variance overshoots slightly (+1.5%)
     ("ddpm-all-large", "linear", 200, "fixed_large", None, lambda: DDPMSampler(None, False), "ddpm", 0, 0.03),
     # learned_range with zero channels: the geometric mean of beta and beta~
-    ("ddpm-all-range0", "linear", 200, "learned_range", "zeros", lambda: DDPMSampler(None, False), "ddpm", 0, 0.05),
+    (
+        "ddpm-all-range0",
+        "linear",
+        200,
+        "learned_range",
+        "zeros",
+        lambda: DDPMSampler(None, False),
+        "ddpm",
+        0,
+        0.05,
+    ),
     # the exact reverse variance: only the missing noise of the last step, Var(x_0|x_1) (0.2%), remains
     ("ddpm-all-exact", "cosine", 200, "learned", "exact", lambda: DDPMSampler(None, False), "ddpm", 0, 0.005),
     # respaced to 50 steps: bigger steps, larger deficit of beta~ (-21% linear, -13% cosine)
-    ("ddpm-ddim50", "linear", 200, "fixed_small", None, lambda: DDPMSampler("ddim50", False), "ddpm", 0, 0.25),
+    (
+        "ddpm-ddim50",
+        "linear",
+        200,
+        "fixed_small",
+        None,
+        lambda: DDPMSampler("ddim50", False),
+        "ddpm",
+        0,
+        0.25,
+    ),
     ("ddpm-50", "cosine", 200, "fixed_small", None, lambda: DDPMSampler(50, False), "ddpm", 0, 0.15),
     # DDIM on 50 steps: η = 0 (deterministic, -10%/-6%), η = 1 (DDPM's variance on the respaced grid)
-    ("ddim0-linear", "linear", 200, "fixed_small", None, lambda: DDIMSampler(50, 0.0, False), "ddim", 0.0, 0.12),
-    ("ddim0-cosine", "cosine", 200, "fixed_small", None, lambda: DDIMSampler(50, 0.0, False), "ddim", 0.0, 0.08),
-    ("ddim1-cosine", "cosine", 200, "fixed_small", None, lambda: DDIMSampler(50, 1.0, False), "ddim", 1.0, 0.15),
+    (
+        "ddim0-linear",
+        "linear",
+        200,
+        "fixed_small",
+        None,
+        lambda: DDIMSampler(50, 0.0, False),
+        "ddim",
+        0.0,
+        0.12,
+    ),
+    (
+        "ddim0-cosine",
+        "cosine",
+        200,
+        "fixed_small",
+        None,
+        lambda: DDIMSampler(50, 0.0, False),
+        "ddim",
+        0.0,
+        0.08,
+    ),
+    (
+        "ddim1-cosine",
+        "cosine",
+        200,
+        "fixed_small",
+        None,
+        lambda: DDIMSampler(50, 1.0, False),
+        "ddim",
+        1.0,
+        0.15,
+    ),
 ]
 
 
@@ -87,7 +157,9 @@ def oracle_reverse_variance(abar_kept: np.ndarray, variance: str, channels: str 
     [c[1:] for c in CONFIGS],
     ids=[c[0] for c in CONFIGS],
 )
-def test_exact_denoiser_recovers_gaussian_data(pred, schedule, T, variance, channels, make_sampler, kind, eta, bias):
+def test_exact_denoiser_recovers_gaussian_data(
+    pred, schedule, T, variance, channels, make_sampler, kind, eta, bias
+):
     s = build_schedule(schedule, T)
     d = Diffusion(s, pred, variance)
     abar = abar_of(s)
@@ -110,3 +182,148 @@ def test_exact_denoiser_recovers_gaussian_data(pred, schedule, T, variance, chan
     # and so the samples themselves: within the bias plus 5 SE of the sample variance (0.0056 / 0.25 = 2.2%)
     assert abs(x.double().mean().item() - MU) < 0.002 + Z * math.sqrt(S * S / x.numel())
     assert abs(x.double().var().item() - S * S) / (S * S) < bias + Z * math.sqrt(2 / x.numel())
+
+
+# --------------------------------------------------------------------------------------------- mechanics
+def small_setup(T=100, pred="eps", variance="fixed_small", schedule="linear"):
+    s = build_schedule(schedule, T)
+    d = Diffusion(s, pred, variance)
+    model = GaussianDenoiser(abar_of(s), MU, S, pred, "zeros" if d.variance.learned else None)
+    return s, d, model
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        DDPMSampler(),
+        DDPMSampler("ddim10"),
+        DDPMSampler("3,4"),
+        DDIMSampler(10),
+        DDIMSampler("ddim25", eta=0.5),
+    ],
+    ids=repr,
+)
+def test_trajectory_and_evaluations(sampler):
+    T = 100
+    _, d, model = small_setup(T)
+    kept = list(range(T)) if sampler.steps is None else parse_respacing(T, sampler.steps)
+    x, traj = sampler.sample(
+        d, model, (4, 2, 3, 3), generator=torch.Generator().manual_seed(0), return_trajectory=True
+    )
+    n = len(kept)
+    # one network evaluation per step, at the original timesteps, in decreasing order
+    assert model.calls == n == sampler.num_evaluations(d)
+    assert model.timesteps == kept[::-1]
+    # one recorded state and x_0 prediction per step, labelled with the original timesteps
+    assert traj.timesteps == kept[::-1]
+    assert len(traj.xt) == len(traj.pred_x0) == n
+    assert all(v.shape == (4, 2, 3, 3) for v in traj.xt + traj.pred_x0)
+    assert torch.equal(traj.xt[-1], x)
+    # clip_denoised is on by default: every x_0 prediction lies in [-1, 1]
+    assert all(p.abs().max() <= 1.0 for p in traj.pred_x0)
+    # no trajectory asked: just the samples
+    assert isinstance(sampler.sample(d, model, (4, 2, 3, 3)), torch.Tensor)
+
+
+@pytest.mark.parametrize("pred", PREDS)
+def test_ddim_eta0_is_deterministic_given_the_noise(pred):
+    _, d, model = small_setup(pred=pred)
+    noise = torch.randn(8, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    sampler = DDIMSampler(20, eta=0.0)
+    a = sampler.sample(d, model, noise.shape, noise=noise, generator=torch.Generator().manual_seed(1))
+    b = sampler.sample(d, model, noise.shape, noise=noise, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    # ... while with η = 1 (and for DDPM) the generator matters
+    stochastic = DDIMSampler(20, eta=1.0)
+    c = stochastic.sample(d, model, noise.shape, noise=noise, generator=torch.Generator().manual_seed(1))
+    e = stochastic.sample(d, model, noise.shape, noise=noise, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(c, e)
+    # and a seeded generator reproduces a run
+    f = stochastic.sample(d, model, noise.shape, noise=noise, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(c, f)
+
+
+@pytest.mark.parametrize("pred", PREDS)
+def test_ddim_eta1_all_steps_is_ddpm(pred):
+    """On all T steps of a fixed_small process, DDIM's σ_t for η = 1 is sqrt(beta~_t) and its update equals
+    DDPM's posterior-mean step with the same noise."""
+    T = 100
+    s, d, model = small_setup(T, pred=pred, schedule="cosine")
+    ddpm, ddim = DDPMSampler(None, clip_denoised=False), DDIMSampler(None, eta=1.0, clip_denoised=False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 2, 3, 3, generator=g)
+    tb = tables(s.betas.numpy())
+    for i in (T - 1, 60, 10, 1):
+        t = torch.full((16,), i)
+        out = d.p_mean_variance(model, x, t)
+        noise = torch.randn(x.shape, generator=g)
+        a = ddpm.step(d, out, x, t, i, noise)
+        b = ddim.step(d, out, x, t, i, noise)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        # the noise enters with sqrt(beta~_t): the difference of two noises isolates σ
+        other = torch.randn(x.shape, generator=g)
+        sigma = (ddim.step(d, out, x, t, i, other) - b) / (other - noise)
+        torch.testing.assert_close(
+            sigma, torch.full_like(sigma, math.sqrt(tb["post_var"][i])), rtol=1e-3, atol=0
+        )
+    # the last step adds no noise in both
+    t0 = torch.zeros(16, dtype=torch.long)
+    out = d.p_mean_variance(model, x, t0)
+    torch.testing.assert_close(ddpm.step(d, out, x, t0, 0, None), out.mean)
+    torch.testing.assert_close(ddim.step(d, out, x, t0, 0, None), out.mean, rtol=1e-5, atol=1e-5)
+    # whole runs with the same generator stream agree
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    xa = ddpm.sample(d, model, (16, 2, 3, 3), generator=gen())
+    xb = ddim.sample(d, model, (16, 2, 3, 3), generator=gen())
+    torch.testing.assert_close(xa, xb, rtol=1e-4, atol=1e-4)
+
+
+def test_step_formulas():
+    """DDPM: x = μ_θ + σ z. DDIM(η): x = sqrt(abar_prev) x̂_0 + sqrt(1 - abar_prev - σ²) ε̂ + σ z with
+    σ = η sqrt((1 - abar_prev)/(1 - abar)) sqrt(1 - abar/abar_prev) (Song et al. eq. 16)."""
+    T = 50
+    s, d, model = small_setup(T, pred="v", variance="fixed_large")
+    tb = tables(s.betas.numpy())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 2, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    i = 20
+    t = torch.full((6,), i)
+    out = d.p_mean_variance(model, x, t)
+    torch.testing.assert_close(
+        DDPMSampler().step(d, out, x, t, i, noise),
+        out.mean + math.sqrt(tb["betas"][i]) * noise,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    ab, ap = tb["abar"][i], tb["abar_prev"][i]
+    eta = 0.5
+    sigma = eta * math.sqrt((1 - ap) / (1 - ab) * (1 - ab / ap))
+    expected = math.sqrt(ap) * out.pred_x0 + math.sqrt(1 - ap - sigma**2) * out.pred_eps + sigma * noise
+    torch.testing.assert_close(
+        DDIMSampler(eta=eta).step(d, out, x, t, i, noise), expected, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_respaced_sampler_calls_the_network_with_original_timesteps():
+    _, d, model = small_setup(1000)
+    DDIMSampler("ddim50").sample(d, model, (2, 2, 1, 1))
+    assert model.timesteps == list(range(980, -1, -20))
+
+
+def test_sampler_registry_and_errors():
+    assert sorted(SAMPLERS) == ["ddim", "ddpm"]
+    s = build_sampler("ddim", steps=20, eta=0.3)
+    assert isinstance(s, DDIMSampler) and s.steps == 20 and s.eta == 0.3
+    assert isinstance(build_sampler("ddpm", steps="ddim50"), DDPMSampler)
+    with pytest.raises(ValueError, match=r"sampler='euler' is unknown; choose one of \['ddim', 'ddpm'\]"):
+        build_sampler("euler")
+    with pytest.raises(ValueError, match=r"sampler\.eta=-0\.1 is invalid"):
+        DDIMSampler(eta=-0.1)
+    _, d, model = small_setup(30)
+    with pytest.raises(ValueError, match=r"sampler\.steps=50 is invalid"):
+        DDIMSampler(50).sample(d, model, (2, 2, 1, 1))
+    with pytest.raises(ValueError, match=r"outputs 2 channels but variance=learned_range needs 4"):
+        DDPMSampler().sample(
+            Diffusion(build_schedule("linear", 30), "eps", "learned_range"), model, (2, 2, 1, 1)
+        )

@@ -17,7 +17,6 @@ from diffusion_lab.diffusion import (
     SigmoidSchedule,
     build_schedule,
 )
-
 from gaussian_oracle import tables
 
 NAMES = ["linear", "cosine", "sigmoid", "quadratic"]
@@ -119,7 +118,9 @@ def test_quadratic_has_linear_sqrt_beta():
     for T in (50, 1000):
         scale = 1000.0 / T
         sq = np.sqrt(np_(QuadraticSchedule(T).betas))
-        np.testing.assert_allclose(sq, np.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), T), rtol=1e-13)
+        np.testing.assert_allclose(
+            sq, np.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), T), rtol=1e-13
+        )
 
 
 @pytest.mark.parametrize("T", [10, 1000, 4000])

@@ -118,7 +118,8 @@ def test_snr_weighting(pred):
 
 
 @pytest.mark.parametrize(
-    "weighting", [UniformWeighting(), VLBWeighting(), SNRWeighting(), MinSNRWeighting(5.0), P2Weighting(1.0, 1.0)]
+    "weighting",
+    [UniformWeighting(), VLBWeighting(), SNRWeighting(), MinSNRWeighting(5.0), P2Weighting(1.0, 1.0)],
 )
 def test_weighted_loss_is_the_same_whatever_the_network_predicts(weighting):
     """A weighting is defined in one space and converted: for the same imperfect denoiser (the same x̂_0), the
@@ -135,7 +136,9 @@ def test_weighted_loss_is_the_same_whatever_the_network_predicts(weighting):
     for pred in PREDS:
         d = Diffusion(s, pred)
         # the ε implied by x̂_0 at this x_t, then the output a network predicting `pred` would give
-        eps_hat = (xt - s.at("sqrt_alphas_cumprod", t, 4) * x0_hat) / s.at("sqrt_one_minus_alphas_cumprod", t, 4)
+        eps_hat = (xt - s.at("sqrt_alphas_cumprod", t, 4) * x0_hat) / s.at(
+            "sqrt_one_minus_alphas_cumprod", t, 4
+        )
         out = d.prediction.from_x0_eps(s, x0_hat, eps_hat, t)
         losses[pred] = SimpleLoss(weighting)(d, out, x0, xt, t, eps)["loss"].double()
     if isinstance(weighting, UniformWeighting):
