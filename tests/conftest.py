@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-# =========================================================================================================
-# Composing and shrinking the training config (used by test_configs.py, test_train.py, test_sample_cli.py)
-# =========================================================================================================
+import gzip
 import os
 import pickle
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,29 +19,41 @@ from omegaconf import DictConfig, open_dict
 
 from diffusion_lab.train import CONFIG_DIR
 
+# =========================================================================================================
+# Training configs for tests: compose conf/ as `@hydra.main` would, shrink to a few CPU seconds, fake data.
+# (Used by test_configs.py, test_train.py and test_sample_cli.py.)
+# =========================================================================================================
+
 REPO_ROOT = Path(CONFIG_DIR).parent
 
 
 def group_options(group: str) -> list[str]:
-    """The option names of a config group (conf/<group>/*.yaml), so new options are covered automatically."""
+    """The option names of a config group (conf/<group>/*.yaml): new options are covered automatically."""
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
-# A UNet small enough to train a few steps in well under a second on a CPU (~40 K parameters at 28x28).
-TINY_UNET = [
-    "model.base_channels=8",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[]",
-    "model.groups=4",
-    "model.dropout=0.0",
-    "model.num_heads=1",
-]
-TINY_MLP = ["model.hidden=16", "model.num_layers=1", "model.time_embed_dim=16"]
-TINY_DIT = ["model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.patch_size=4"]
+def config_groups() -> list[str]:
+    """Every config group (sub-folder of conf/)."""
+    return sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
+# Tiny networks, by the class the model config targets: a few seconds of CPU for a whole test run.
+TINY_MODEL = {
+    "UNet": [  # ~40 K parameters at 28x28
+        "model.base_channels=8",
+        "model.channel_mult=[1,2]",
+        "model.num_res_blocks=1",
+        "model.attention_resolutions=[]",
+        "model.groups=4",
+        "model.dropout=0.0",
+        "model.num_heads=1",
+    ],
+    "DiT": ["model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.patch_size=4"],
+    "MLPDenoiser": ["model.hidden=16", "model.num_layers=1", "model.time_embed_dim=16"],
+}
 
 # Whatever an experiment asks for, run on this CPU: no GPU, no compile, no mixed precision, no time guard,
-# no progress bars / model summaries cluttering the test log.
+# no progress bars or model summaries in the test log.
 CPU_ONLY = [
     "trainer=cpu",
     "trainer.precision=32-true",
@@ -61,42 +73,33 @@ SMALL_RUN = [
     "data.eval_batch_size=16",
     "++data.limit_train=64",
     "++data.val_size=16",
+    "++data.num_workers=0",
     "trainer.limit_val_batches=1",
+    "++callbacks.sample_grid.n=4",
 ]
-
-
-def tiny_model_overrides(model: str) -> list[str]:
-    """Overrides that shrink the network of config option ``model`` (a conf/model/*.yaml name)."""
-    if model.startswith("unet"):
-        return list(TINY_UNET)
-    if model.startswith("dit"):
-        return list(TINY_DIT)
-    if model == "mlp":
-        return list(TINY_MLP)
-    raise AssertionError(f"no tiny overrides for model={model}; add them to tests/conftest.py")
 
 
 def compose_train(
     overrides: Iterable[str] = (), output_dir: str | Path | None = None, config_name: str = "train"
 ) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` as ``@hydra.main`` would, with ``paths.output_dir`` set.
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as ``@hydra.main`` would.
 
     The hydra node is registered with ``HydraConfig`` (so ``${hydra:...}`` interpolations resolve) and then
-    removed from the returned config, as in a real run.
+    removed, as in a real run; ``paths.output_dir`` is set to ``output_dir`` when given.
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
-        if output_dir is not None and "paths" in cfg:
+        if output_dir is not None:
             cfg.paths.output_dir = str(output_dir)
         del cfg["hydra"]
     return cfg
 
 
 def dedupe_overrides(overrides: Iterable[str]) -> list[str]:
-    """Keep the last override of each key (Hydra refuses a key given twice; '+key' and 'key' are one key)."""
+    """Keep the last override of each key ('+key', '++key' and 'key' are one key), in their order."""
     last: dict[str, str] = {}
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
@@ -105,20 +108,46 @@ def dedupe_overrides(overrides: Iterable[str]) -> list[str]:
     return list(last.values())
 
 
-def small_train_cfg(
-    output_dir: str | Path, *overrides: str, model: str = "unet_tiny", fast_dev_run: bool = False
-) -> DictConfig:
-    """The training config shrunk for a CPU test: tiny ``model`` (give the option name when overriding the
-    model group), few steps and timesteps, CPU only. ``overrides`` come last and win."""
-    base = [*CPU_ONLY, *SMALL_RUN, *tiny_model_overrides(model)]
-    if fast_dev_run:
-        base.append("debug=fast_dev_run")
-    return compose_train(dedupe_overrides([*base, *overrides]), output_dir)
+def tiny_model_overrides(cfg: DictConfig) -> list[str]:
+    """Overrides that shrink the network of a composed config (whatever model option it uses)."""
+    target = str(cfg.model._target_).rsplit(".", 1)[-1]
+    assert target in TINY_MODEL, f"no tiny overrides for model target {target}; add them to tests/conftest.py"
+    return list(TINY_MODEL[target])
 
 
-def write_fake_cifar(root: Path, per_batch: int = 8, test_size: int = 8) -> Path:
-    """A CIFAR-10 python folder under ``root`` (5 train batches of ``per_batch`` random images and a test
-    batch); returns ``root`` (what ``data.root`` takes)."""
+def small_train_cfg(output_dir: str | Path, *overrides: str, fast_dev_run: bool = False) -> DictConfig:
+    """The training config (with ``overrides``) shrunk for a CPU test: tiny network of the chosen model, few
+    steps, 50 timesteps, CPU only, progress bars off. ``overrides`` come last and win."""
+    base = [*CPU_ONLY, *SMALL_RUN, *(["debug=fast_dev_run"] if fast_dev_run else [])]
+    probe = compose_train(dedupe_overrides([*base, *overrides]))
+    return compose_train(dedupe_overrides([*base, *tiny_model_overrides(probe), *overrides]), output_dir)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Minimal IDX (MNIST format) writer, uint8 only; gzip when the name ends in .gz."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_fake_idx_root(root: Path, n_train: int = 40, n_test: int = 8) -> Path:
+    """An MNIST / Fashion-MNIST folder of random 28x28 digits (what ``data.root`` takes)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return root
+
+
+def write_fake_cifar(root: Path, per_batch: int = 16, test_size: int = 8) -> Path:
+    """A CIFAR-10 python folder under ``root``: 5 train batches of ``per_batch`` random 32x32 images and a test
+    batch; returns ``root`` (what ``data.root`` takes)."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -132,8 +161,8 @@ def write_fake_cifar(root: Path, per_batch: int = 8, test_size: int = 8) -> Path
     return Path(root)
 
 
-def write_image_folder(root: Path, n: int = 6, size: int = 20) -> Path:
-    """A folder of ``n`` small RGB PNGs in two class sub-folders."""
+def write_image_folder(root: Path, n: int = 24, size: int = 20) -> Path:
+    """A folder of ``n`` small random RGB PNGs in two class sub-folders."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -149,34 +178,34 @@ def fake_cifar_root(tmp_path_factory) -> Path:
     return write_fake_cifar(tmp_path_factory.mktemp("cifar"))
 
 
-@pytest.fixture(autouse=False)
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core CPU: intra-op threads only add synchronisation (a 3x3 conv on a tiny
+    batch measured ~100x slower with 2 threads while the other core is busy), so run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def wandb_offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-@pytest.fixture
-def clean_hydra():
-    """Leave no global Hydra state behind (other tests compose their own configs)."""
-    yield
-    GlobalHydra.instance().clear()
-    HydraConfig.instance().cfg = None  # type: ignore[assignment]
-
-
-def cpu_env() -> dict[str, str]:
-    """Environment for a CLI subprocess: no GPU, W&B offline, quiet."""
+def cli_env(root: Path) -> dict[str, str]:
+    """Environment for a CLI subprocess: run directories under ``root``, no GPU, one thread, W&B offline."""
     env = dict(os.environ)
-    env.update(CUDA_VISIBLE_DEVICES="", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    env.update(
+        DIFFUSION_LAB_ROOT=str(root),
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("HYDRA_FULL_ERROR", None)
     return env
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny networks on a shared 2-core CPU: intra-op threads only add synchronisation (a 3x3 conv on a tiny
-    batch is ~100x slower with 2 threads when the other core is busy), so these tests run single-threaded."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# ======================================================================================= end of training configs

@@ -83,6 +83,9 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
 
     spec = make_spec(cfg, data_shape, num_classes)
     parts = build_parts(spec)
+    # lr_scheduler=none is `{}`, but an experiment may still set keys of it (e.g. warmup_steps): no _target_,
+    # no schedule.
+    lr_scheduler = cfg.get("lr_scheduler")
     return DiffusionModule(
         net=parts.net,
         diffusion=parts.diffusion,
@@ -90,12 +93,12 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         timesteps=parts.timesteps,
         sampler=parts.sampler,
         optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        lr_scheduler=instantiate(lr_scheduler) if lr_scheduler and "_target_" in lr_scheduler else None,
         data_shape=tuple(data_shape),
         num_classes=num_classes,
         p_uncond=float(cfg.get("p_uncond", 0.0)),
         spec=spec,
-        compile=bool(cfg.get("compile", False)),
+        compile=cfg.get("compile", False),
     )
 
 

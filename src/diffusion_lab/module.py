@@ -42,7 +42,8 @@ class DiffusionModule(L.LightningModule):
         num_classes: int | None = None,
         p_uncond: float = 0.0,
         spec: dict | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
+        sample_bf16: bool = True,
         val_seed: int = 1234,
     ):
         super().__init__()
@@ -57,7 +58,11 @@ class DiffusionModule(L.LightningModule):
         self.num_classes = num_classes
         self.p_uncond = p_uncond
         self.spec = spec or {}  # the resolved config of every diffusion part, stored in each checkpoint
-        self.compile_net = compile
+        # torch.compile of the network: False, True / "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
+        self.compile_mode = (
+            None if compile in (False, None, "false", "none") else ("default" if compile is True else compile)
+        )
+        self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
         self._bucket_counts: Tensor | None = None
@@ -68,8 +73,9 @@ class DiffusionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
-        if self.compile_net and not getattr(self, "_compiled", False):
-            self.net.compile()  # in place: parameter names (and so checkpoints) stay unchanged
+        if self.compile_mode and not getattr(self, "_compiled", False):
+            # In place: parameter names (and so checkpoints) stay unchanged.
+            self.net.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
             self._compiled = True
 
     # ------------------------------------------------------------------ training
@@ -172,15 +178,18 @@ class DiffusionModule(L.LightningModule):
             noise = torch.randn((b, *self.data_shape), device=self.device, generator=generator)
             # The step noise too comes from ``generator``: previews must not draw from the global RNG (which
             # exact resume restores) and are then the same at every validation, whatever the sampler.
-            x = sampler.sample(
-                self.diffusion,
-                self.model_fn(y),
-                noise.shape,
-                self.device,
-                noise=noise,
-                generator=generator,
-                progress=progress,
-            )
+            with torch.autocast(
+                "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+            ):
+                x = sampler.sample(
+                    self.diffusion,
+                    self.model_fn(y),
+                    noise.shape,
+                    self.device,
+                    noise=noise,
+                    generator=generator,
+                    progress=progress,
+                )
             x = x.clamp(-1, 1).float()
             chunks.append(x if on_device else x.cpu())
         self.net.train(was_training)

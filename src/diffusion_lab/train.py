@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -90,6 +91,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
     ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        # The bar reads (and so host-syncs) the logged loss each time it refreshes: on a GPU refresh rarely.
+        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_refresh_rate", 1))))
     loggers = [
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c
     ]
@@ -105,6 +109,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None:
         result["checkpoint"] = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path
+        last = Path(ckpt_cb.dirpath or "", f"{ckpt_cb.CHECKPOINT_NAME_LAST}{ckpt_cb.FILE_EXTENSION}")
+        if not result["checkpoint"] and ckpt_cb.dirpath and last.is_file() and last.stat().st_mtime >= started:
+            # strategy=ddp_spawn trains in worker processes: this process's trainer never stepped nor saved
+            # (Lightning sends back only the weights and metrics), so the step count comes from the checkpoint.
+            result["checkpoint"] = str(last)
+            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+            result["global_step"] = int(ckpt["global_step"])
     if trainer.is_global_zero and cfg.get("final_samples", 0) and len(datamodule.data_shape) == 3:
         # After fit, Lightning's weight averaging has copied the EMA weights into the module.
         module.to(trainer.strategy.root_device)

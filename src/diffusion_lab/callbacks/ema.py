@@ -3,11 +3,14 @@
 Lightning's ``EMAWeightAveraging`` updates parameters one by one in Python; this subclass hands torch's
 ``AveragedModel`` a *multi-tensor* EMA (``torch._foreach_lerp_``), one fused kernel per step on the GPU.
 Everything else — swapping the average in for validation, saving it as the checkpoint's ``state_dict``
-(with the live weights under ``current_model_state``) and restoring both on resume — is Lightning's.
+(with the live weights under ``current_model_state``) and restoring both on resume — is Lightning's, with
+one fix: a checkpoint written at the end of training keeps the live weights (see ``on_train_end``).
 The diffusion schedule is a plain object, not a buffer, so the average can never touch it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -15,16 +18,44 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 __all__ = ["EMA"]
 
 
+class _EMAUpdate:
+    """torch's multi-tensor EMA update as a picklable object: ``get_ema_multi_avg_fn`` returns a closure, and
+    ``strategy=ddp_spawn`` pickles the callbacks (with their ``multi_avg_fn``) to start its processes."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def __call__(self, ema_param_list, current_param_list, num_averaged) -> None:
+        get_ema_multi_avg_fn(self.decay)(ema_param_list, current_param_list, num_averaged)
+
+
 class EMA(WeightAveraging):
     def __init__(self, decay: float = 0.9999, update_every_n_steps: int = 1, start_step: int = 0):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay!r} is invalid: the EMA decay must be in [0, 1)")
-        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        super().__init__(use_buffers=True, multi_avg_fn=_EMAUpdate(decay))
         self.decay = decay
         self.update_every_n_steps = max(1, update_every_n_steps)
         self.start_step = start_step
+        self._live_state: dict[str, Any] | None = None
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return (
             step_idx is not None and step_idx >= self.start_step and step_idx % self.update_every_n_steps == 0
         )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning copies the average into the module here, and ModelCheckpoint (always run after us) may then
+        # still write last.ckpt (save_last when no checkpoint was written at the final step, e.g. a max_time
+        # stop): keep the live weights for its current_model_state, or a resume would continue from the EMA.
+        self._live_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._live_state is not None and "current_model_state" in checkpoint:
+            checkpoint["current_model_state"] = self._live_state
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._live_state = None
+        super().teardown(trainer, pl_module, stage)

@@ -1,0 +1,239 @@
+"""End-to-end training: every experiment config, the default run's artefacts, DDP on the CPU, exact resume,
+the EMA, and bad input at start-up."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import (
+    cli_env,
+    compose_train,
+    group_options,
+    small_train_cfg,
+)
+from diffusion_lab import train as train_module
+from diffusion_lab.build import build_parts, load_checkpoint
+from diffusion_lab.callbacks import EMA
+from diffusion_lab.data.datasets import TOY_KINDS
+from diffusion_lab.errors import UserError
+from diffusion_lab.module import CHECKPOINT_KEY
+from diffusion_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def read_metrics(csv_path: str | Path, key: str = "train/loss") -> dict[int, float]:
+    """``{step: value}`` of one logged metric in a CSVLogger metrics file."""
+    with open(csv_path) as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+# ---------------------------------------------------------------------------------- experiment configs
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_runs(experiment, tmp_path, fake_cifar_root):
+    overrides = [f"experiment={experiment}"]
+    if compose_train(overrides).data.name == "cifar10":
+        overrides.append(f"data.root={fake_cifar_root}")
+    cfg = small_train_cfg(tmp_path / "run", *overrides, fast_dev_run=True)
+    result = train(cfg)
+    assert result["global_step"] == 1
+    assert result["output_dir"] == str(tmp_path / "run")
+    assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
+    if cfg.data.name not in TOY_KINDS:  # image data: final samples written
+        assert Path(result["samples_grid"]).is_file() and Path(result["samples_npz"]).is_file()
+
+
+# ------------------------------------------------------------------------------------------- default run
+def test_default_config_leaves_checkpoint_grid_and_metrics(tmp_path):
+    # train.yaml as it is (the default experiment, its network, data and T=1000 schedule), for 4 steps.
+    overrides = [
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.log_every_n_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "data.limit_train=256",
+        "data.val_size=64",
+        "callbacks.sample_grid.n=4",
+        "sampler.steps=3",
+        "final_samples=4",
+    ]
+    result = train(compose_train(overrides, tmp_path))
+    assert result["global_step"] == 4
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    assert result["checkpoint"] == str(checkpoint) and checkpoint.is_file()
+    grid = Path(result["samples_grid"])
+    assert grid == tmp_path / "samples" / "final.png" and grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "samples" / "step_0000004.png").is_file()  # the validation preview
+    metrics = Path(result["metrics_csv"])
+    assert metrics.is_relative_to(tmp_path) and metrics.is_file()
+    losses = read_metrics(metrics)
+    assert sorted(losses) == [1, 3] and all(0 < v < 10 for v in losses.values())
+    assert read_metrics(metrics, "val/loss")
+    parts, spec, _ = load_checkpoint(checkpoint)
+    assert spec["schedule"]["_target_"].endswith("LinearSchedule") and parts.diffusion.num_timesteps == 1000
+
+
+# --------------------------------------------------------------------------------------------------- DDP
+def test_ddp_sim_trains_and_checkpoint_loads(tmp_path):
+    cfg = small_train_cfg(tmp_path, "trainer=ddp_sim", "trainer.max_steps=3")
+    result = train(cfg)
+    # ddp_spawn trains in 2 worker processes; the result still reports their steps and checkpoint.
+    assert result["global_step"] == 3
+    assert result["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    parts, spec, ckpt = load_checkpoint(result["checkpoint"])
+    assert ckpt["global_step"] == 3
+    assert spec["data_shape"] == [1, 28, 28]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert parts.net(x, torch.tensor([0, 49])).shape == x.shape
+    # The EMA (in state_dict) and live weights (current_model_state) both come back from the workers.
+    assert ckpt["state_dict"].keys() == ckpt["current_model_state"].keys()
+    assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in ckpt["current_model_state"].items())
+
+
+# ------------------------------------------------------------------------------------------ exact resume
+N = 4  # batches per epoch: limit_train 64 / batch 16
+
+
+def resume_overrides(timesteps: str, saved: str) -> list[str]:
+    common = [
+        f"timesteps={timesteps}",
+        "trainer.deterministic=true",
+        "seed=7",
+        "data.batch_size=16",
+        "++data.limit_train=64",
+        # A validation (with its sample-grid preview) at every epoch end, the resume point.
+        f"trainer.val_check_interval={N}",
+        "trainer.log_every_n_steps=1",
+        "final_samples=0",
+    ]
+    # "step": last.ckpt written at the resume point by the every-N-steps save; "train_end": by ModelCheckpoint's
+    # save_last at the end of fit (after the EMA callback has copied the average into the module).
+    common.append(f"callbacks.checkpoint.every_n_train_steps={N if saved == 'step' else 1000}")
+    if timesteps == "importance":
+        # Few timesteps and a short history: the sampler is warmed up (non-uniform) by the resume point, so
+        # the second half depends on the restored history.
+        common += ["schedule.num_timesteps=10", "timesteps.history=2"]
+    return common
+
+
+def weights(ckpt_path: str) -> tuple[dict, dict, dict]:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return ckpt["state_dict"], ckpt["current_model_state"], ckpt[CHECKPOINT_KEY]["timesteps"]
+
+
+@pytest.mark.parametrize(
+    "timesteps,saved", [("uniform", "step"), ("importance", "step"), ("uniform", "train_end")]
+)
+def test_exact_resume(timesteps, saved, tmp_path):
+    """N steps, then a new run from its last.ckpt to 2N, ends bit for bit where 2N straight steps end."""
+    common = resume_overrides(timesteps, saved)
+    straight = train(small_train_cfg(tmp_path / "straight", *common, f"trainer.max_steps={2 * N}"))
+    first = train(small_train_cfg(tmp_path / "first", *common, f"trainer.max_steps={N}"))
+    half = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(half, weights_only=False)["global_step"] == N
+    ema_half, live_half, ts_half = weights(str(half))
+    assert any(not torch.equal(ema_half[k], v) for k, v in live_half.items()), "live weights == EMA"
+    resumed = train(
+        small_train_cfg(tmp_path / "resumed", *common, f"trainer.max_steps={2 * N}", f"ckpt_path={half}")
+    )
+    assert straight["global_step"] == resumed["global_step"] == 2 * N
+
+    ema_a, live_a, ts_a = weights(straight["checkpoint"])
+    ema_b, live_b, ts_b = weights(resumed["checkpoint"])
+    assert ema_a.keys() == ema_b.keys() and live_a.keys() == live_b.keys()
+    assert [k for k in ema_a if not torch.equal(ema_a[k], ema_b[k])] == []  # bitwise
+    assert [k for k in live_a if not torch.equal(live_a[k], live_b[k])] == []
+    assert ts_a.keys() == ts_b.keys()
+    for key in ts_a:
+        assert torch.equal(ts_a[key], ts_b[key]), key
+    if timesteps == "importance":
+        assert (ts_half["loss_counts"] == 2).all(), "not warmed up at the resume point: the test is too weak"
+        assert not torch.equal(ts_half["loss_history"], ts_a["loss_history"])
+
+    logged = read_metrics(straight["metrics_csv"])
+    assert sorted(logged) == list(range(2 * N))
+    assert read_metrics(first["metrics_csv"]) == {s: v for s, v in logged.items() if s < N}
+    assert read_metrics(resumed["metrics_csv"]) == {s: v for s, v in logged.items() if s >= N}
+    val_straight = read_metrics(straight["metrics_csv"], "val/loss")
+    assert read_metrics(resumed["metrics_csv"], "val/loss") == {
+        s: v for s, v in val_straight.items() if s >= N
+    }
+
+
+# --------------------------------------------------------------------------------------------------- EMA
+def test_ema_averages_the_network_only(tmp_path, monkeypatch):
+    built = {}
+    build_module = train_module.build_module
+
+    def capture(*args, **kwargs):
+        built["module"] = build_module(*args, **kwargs)
+        return built["module"]
+
+    monkeypatch.setattr(train_module, "build_module", capture)
+    result = train(small_train_cfg(tmp_path, "trainer.max_steps=6", "callbacks.ema.decay=0.9"))
+    module = built["module"]
+
+    # The schedule is a plain object: bit for bit the tables a fresh one has.
+    fresh = build_parts(module.spec).diffusion.schedule
+    tables = {k: v for k, v in vars(fresh).items() if isinstance(v, torch.Tensor)}
+    assert {"betas", "alphas_cumprod", "posterior_variance"} <= tables.keys()
+    for name, table in tables.items():
+        assert torch.equal(getattr(module.diffusion.schedule, name), table), name
+
+    # The EMA averages exactly the network's parameters (and buffers), nothing else.
+    ema = next(c for c in module.trainer.callbacks if isinstance(c, EMA))
+    averaged = dict(ema._average_model.module.named_parameters())
+    assert averaged.keys() == dict(module.named_parameters()).keys()
+    assert all(name.startswith("net.") for name in averaged)
+    ckpt = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)
+    net_keys = {f"net.{k}" for k in module.net.state_dict()}
+    assert ckpt["state_dict"].keys() == ckpt["current_model_state"].keys() == net_keys
+
+    # After a few steps the average differs from the live weights (every floating-point parameter).
+    live, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    differ = [k for k in net_keys if not torch.equal(live[k], avg[k])]
+    assert len(differ) > len(net_keys) // 2
+    # After fit the module holds the average (what the final samples and the checkpoint's state_dict use).
+    for name, p in module.named_parameters():
+        assert torch.equal(p.detach(), avg[name]), name
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def test_ckpt_path_last_without_checkpoint_names_resume_dir(tmp_path):
+    cfg = small_train_cfg(tmp_path / "run", "ckpt_path=last", f"resume_dir={tmp_path / 'nothing'}")
+    with pytest.raises(UserError, match="resume_dir") as err:
+        train(cfg)
+    assert str(tmp_path / "nothing" / "checkpoints" / "last.ckpt") in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_incompatible_combination_fails_at_startup(tmp_path):
+    cfg = small_train_cfg(tmp_path, "loss=hybrid", "variance=fixed_small")
+    with pytest.raises(ValueError, match="loss=hybrid.*variance=fixed_small"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_incompatible_combination_one_error_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.train", "loss=hybrid", "variance=fixed_small"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "loss=hybrid" in errors[0] and "variance=fixed_small" in errors[0]
+    assert not list(tmp_path.rglob("*.ckpt"))
