@@ -24,8 +24,6 @@ from diffusion_lab.train import CONFIG_DIR
 # (Used by test_configs.py, test_train.py and test_sample_cli.py.)
 # =========================================================================================================
 
-REPO_ROOT = Path(CONFIG_DIR).parent
-
 
 def group_options(group: str) -> list[str]:
     """The option names of a config group (conf/<group>/*.yaml): new options are covered automatically."""

@@ -312,12 +312,14 @@ def test_respaced_sampler_calls_the_network_with_original_timesteps():
 
 
 def test_sampler_registry_and_errors():
-    assert sorted(SAMPLERS) == ["ddim", "ddpm"]
+    assert sorted(SAMPLERS) == ["ddim", "ddpm", "dpmpp2m", "euler", "heun"]
     s = build_sampler("ddim", steps=20, eta=0.3)
     assert isinstance(s, DDIMSampler) and s.steps == 20 and s.eta == 0.3
     assert isinstance(build_sampler("ddpm", steps="ddim50"), DDPMSampler)
-    with pytest.raises(ValueError, match=r"sampler='euler' is unknown; choose one of \['ddim', 'ddpm'\]"):
-        build_sampler("euler")
+    with pytest.raises(
+        ValueError, match=r"sampler='plms' is unknown; choose one of \['ddim', 'ddpm', 'dpmpp2m'"
+    ):
+        build_sampler("plms")
     with pytest.raises(ValueError, match=r"sampler\.eta=-0\.1 is invalid"):
         DDIMSampler(eta=-0.1)
     _, d, model = small_setup(30)

@@ -7,6 +7,7 @@ used for previews, and the optimizer / learning-rate schedule as partials.
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 from functools import partial
@@ -101,8 +102,13 @@ class DiffusionModule(L.LightningModule):
         ):  # loss-aware: record every rank's losses
             all_t, all_losses = self.all_gather((t, terms["loss"].detach()))
             self.timesteps.update(all_t.flatten(), all_losses.flatten())
-        for name, value in terms.items():
-            self.log(f"train/{name}", value.mean(), prog_bar=name == "loss", sync_dist=False)
+        # The loss every step (the progress bar shows it); the other terms only on the steps the logger writes:
+        # each self.log costs host time, which a CUDA-graphed step cannot hide.
+        self.log("train/loss", terms["loss"].mean(), prog_bar=True)
+        if self._should_log():
+            for name, value in terms.items():
+                if name != "loss":
+                    self.log(f"train/{name}", value.mean())
         self._accumulate_buckets(t, terms["loss"].detach())
         return loss
 
@@ -197,7 +203,12 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.net.parameters())
+        factory = self.optimizer_factory
+        keywords = getattr(factory, "keywords", {})
+        accepts_fused = "fused" in inspect.signature(getattr(factory, "func", factory)).parameters
+        if self.device.type == "cuda" and accepts_fused and keywords.get("fused") is None:
+            factory = partial(factory, fused=True)  # one kernel for the whole update on the GPU
+        optimizer = factory(params=self.net.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)

@@ -15,7 +15,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .diffusion.guidance import ClassifierFreeGuidance
@@ -69,7 +69,11 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
     net = parts.net.to(device)
-    sampler = choose_sampler(spec["sampler"], cfg.sampler, cfg.steps, cfg.eta)
+    if isinstance(cfg.sampler, DictConfig):  # sampler=ddpm|ddim: the node of conf/sampler/<name>.yaml
+        chosen = OmegaConf.to_container(cfg.sampler, resolve=True)
+        sampler = choose_sampler(chosen, None, cfg.steps, cfg.eta)
+    else:
+        sampler = choose_sampler(spec["sampler"], cfg.sampler, cfg.steps, cfg.eta)
     shape = tuple(spec["data_shape"])
     n = int(cfg.n)
     if n < 1:

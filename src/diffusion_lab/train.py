@@ -18,10 +18,10 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .build import build_module
@@ -110,7 +110,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_cb is not None:
         result["checkpoint"] = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path
         last = Path(ckpt_cb.dirpath or "", f"{ckpt_cb.CHECKPOINT_NAME_LAST}{ckpt_cb.FILE_EXTENSION}")
-        if not result["checkpoint"] and ckpt_cb.dirpath and last.is_file() and last.stat().st_mtime >= started:
+        if (
+            not result["checkpoint"]
+            and ckpt_cb.dirpath
+            and last.is_file()
+            and last.stat().st_mtime >= started
+        ):
             # strategy=ddp_spawn trains in worker processes: this process's trainer never stepped nor saved
             # (Lightning sends back only the weights and metrics), so the step count comes from the checkpoint.
             result["checkpoint"] = str(last)

@@ -1,19 +1,38 @@
-"""Samplers: ancestral DDPM (full or respaced) and DDIM(η); each takes the model as a callable."""
+"""Samplers: ancestral DDPM (full or respaced), DDIM(η), and the probability-flow ODE solvers Euler, Heun and
+DPM-Solver++(2M); each takes the model as a callable."""
 
 from __future__ import annotations
 
 from .base import Sampler, Trajectory
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
+from .ode import DPMSolverPPSampler, EulerSampler, HeunSampler
 
-SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+SAMPLERS: dict[str, type[Sampler]] = {
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "dpmpp2m": DPMSolverPPSampler,
+    "heun": HeunSampler,
+    "euler": EulerSampler,
+}
 
 
 def build_sampler(name: str, **kwargs) -> Sampler:
-    """``build_sampler("ddim", steps=50, eta=0.0)``; ``build_sampler("ddpm", steps="ddim50")``."""
+    """``build_sampler("ddim", steps=50, eta=0.0)``; ``build_sampler("ddpm", steps="ddim50")``;
+    ``build_sampler("dpmpp2m", steps=20)``."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is unknown; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](**kwargs)
 
 
-__all__ = ["Sampler", "Trajectory", "DDPMSampler", "DDIMSampler", "SAMPLERS", "build_sampler"]
+__all__ = [
+    "Sampler",
+    "Trajectory",
+    "DDPMSampler",
+    "DDIMSampler",
+    "DPMSolverPPSampler",
+    "EulerSampler",
+    "HeunSampler",
+    "SAMPLERS",
+    "build_sampler",
+]

@@ -8,6 +8,7 @@ themselves (``steps``) and hand the network the original timestep indices.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,9 @@ __all__ = ["Sampler", "Trajectory"]
 
 @dataclass
 class Trajectory:
-    """Per-step states for visualisation: ``timesteps[i]`` (original index), ``xt[i]`` and ``pred_x0[i]``."""
+    """Per-step states for visualisation, one entry per kept step (in sampling order): ``timesteps[i]`` (the
+    original index the network saw), ``pred_x0[i]`` (its x̂_0 at the step's input) and ``xt[i]`` (the state
+    after the step, i.e. the next step's input; the last is the sample)."""
 
     timesteps: list[int] = field(default_factory=list)
     xt: list[Tensor] = field(default_factory=list)
@@ -35,6 +38,8 @@ class Trajectory:
 
 class Sampler:
     name = "base"
+    # Whether ``step`` takes fresh noise: the default ``solve`` draws it from the generator only when True.
+    stochastic = True
 
     def __init__(self, steps: int | str | None = None, clip_denoised: bool = True):
         self.steps = steps
@@ -47,6 +52,7 @@ class Sampler:
         raise NotImplementedError
 
     def num_evaluations(self, diffusion: Diffusion) -> int:
+        """Network evaluations of one ``sample`` call (one per kept step for the single-step samplers)."""
         return diffusion.respaced(self.steps).num_timesteps
 
     @torch.no_grad()
@@ -61,18 +67,55 @@ class Sampler:
         progress: bool = False,
         return_trajectory: bool = False,
     ) -> Tensor | tuple[Tensor, Trajectory]:
+        """Samples of ``shape`` from ``noise`` (x at the largest kept timestep) or fresh noise drawn with
+        ``generator``; with ``return_trajectory`` also the per-step states (one entry per kept step)."""
         spaced = diffusion.respaced(self.steps)
         x = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
-        trajectory = Trajectory()
-        n = spaced.num_timesteps
-        for i in tqdm(range(n - 1, -1, -1), desc=f"{self.name} sampling", disable=not progress, leave=False):
-            t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
-            out = spaced.p_mean_variance(model, x, t, clip_denoised=self.clip_denoised)
-            step_noise = torch.randn(x.shape, device=x.device, generator=generator) if i > 0 else None
-            x = self.step(spaced, out, x, t, i, step_noise)
-            if return_trajectory:
-                trajectory.record(int(spaced.model_timesteps(t[:1]).item()), x, out.pred_x0)
+        trajectory = Trajectory() if return_trajectory else None
+        x = self.solve(spaced, model, x, generator=generator, progress=progress, trajectory=trajectory)
         return (x, trajectory) if return_trajectory else x
+
+    def positions(self, spaced: Diffusion, progress: bool = False) -> Iterator[int]:
+        """The positions i = n-1 .. 0 of the respaced grid, with a progress bar when asked."""
+        n = spaced.num_timesteps
+        return iter(
+            tqdm(range(n - 1, -1, -1), desc=f"{self.name} sampling", disable=not progress, leave=False)
+        )
+
+    def evaluate(self, spaced: Diffusion, model: ModelFn, x: Tensor, i: int) -> DenoiserOutput:
+        """The denoiser at (x, position i) of the respaced grid (one network evaluation)."""
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        return spaced.p_mean_variance(model, x, t, clip_denoised=self.clip_denoised)
+
+    @staticmethod
+    def record(trajectory: Trajectory | None, spaced: Diffusion, i: int, x: Tensor, pred_x0: Tensor) -> None:
+        if trajectory is not None:
+            t = torch.tensor([i], dtype=torch.long)
+            trajectory.record(int(spaced.model_timesteps(t).item()), x, pred_x0)
+
+    def solve(
+        self,
+        spaced: Diffusion,
+        model: ModelFn,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        trajectory: Trajectory | None = None,
+    ) -> Tensor:
+        """Walk the respaced process from x at its last position down to clean data.
+
+        The default is one network evaluation and one ``step`` per position (fresh noise for every step but
+        the last, for a ``stochastic`` sampler). Samplers that need more than the current evaluation (multistep or multi-stage ODE solvers)
+        override this, keeping ``sample``'s noise, generator, progress and trajectory handling.
+        """
+        for i in self.positions(spaced, progress):
+            out = self.evaluate(spaced, model, x, i)
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            draw = self.stochastic and i > 0
+            step_noise = torch.randn(x.shape, device=x.device, generator=generator) if draw else None
+            x = self.step(spaced, out, x, t, i, step_noise)
+            self.record(trajectory, spaced, i, x, out.pred_x0)
+        return x
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

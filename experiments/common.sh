@@ -1,0 +1,101 @@
+# Shared by the study scripts (sourced, not run): where things go, and the train-sweep / evaluate / report
+# steps. Settings (environment):
+#   DATA_ROOT   Fashion-MNIST folder (data.root); default: the data config's own lookup
+#   STUDY_OUT   the study's folder; default outputs/studies/<study>_<time> under DIFFUSION_LAB_ROOT (or .)
+#   FEATURES    the FMNIST feature classifier (trained once by `python -m diffusion_lab.features` if missing)
+#   NUM_GPUS    GPUs the evaluations are spread over; default: the visible ones (at least 1)
+#   PY          the Python that has diffusion_lab installed; default python
+#   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
+set -euo pipefail
+
+PY=${PY:-python}
+ROOT=${DIFFUSION_LAB_ROOT:-.}
+STUDY_OUT=${STUDY_OUT:-$ROOT/outputs/studies/${STUDY}_$(date +%Y-%m-%d_%H-%M-%S)}
+FEATURES=${FEATURES:-$ROOT/.cache/features/fashion_mnist_classifier.pt}
+DRY_RUN=${DRY_RUN:-0}
+STATUS=0
+
+DATA_TRAIN=()  # data.root for train / features
+DATA_EVAL=()   # data_root for evaluate
+if [[ -n "${DATA_ROOT:-}" ]]; then
+  DATA_TRAIN=("data.root=$DATA_ROOT")
+  DATA_EVAL=("data_root=$DATA_ROOT")
+fi
+
+if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+  IFS=',' read -r -a GPU_IDS <<< "$CUDA_VISIBLE_DEVICES"
+else
+  n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  GPU_IDS=()
+  for ((i = 0; i < ${n:-0}; i++)); do GPU_IDS+=("$i"); done
+fi
+NUM_GPUS=${NUM_GPUS:-${#GPU_IDS[@]}}
+((NUM_GPUS >= 1)) || NUM_GPUS=1
+((${#GPU_IDS[@]} >= 1)) || GPU_IDS=(0)
+
+# The study's full factor grid and the combinations it leaves out (why: in a comment where it is called).
+grid() { [[ "$DRY_RUN" == 1 ]] && echo "GRID $*" || true; }
+exclude() { [[ "$DRY_RUN" == 1 ]] && echo "EXCLUDE $*" || true; }
+
+# train_sweep NAME OVERRIDES...: one multirun, in parallel over the GPUs (hydra/launcher=gpu_pool), into
+# $STUDY_OUT/NAME. A failed job is recorded (sweep_status.json) and the study goes on.
+train_sweep() {
+  local name=$1
+  shift
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "SWEEP $(printf '%q ' "$@")"
+    return 0
+  fi
+  mkdir -p "$STUDY_OUT"
+  "$PY" -m diffusion_lab.train -m hydra/launcher=gpu_pool "hydra.sweep.dir=$STUDY_OUT/$name" \
+    "${DATA_TRAIN[@]}" "$@" || STATUS=1
+}
+
+# The feature network FID is measured with (Inception is a poor judge of 28x28 grayscale).
+ensure_features() {
+  [[ "$DRY_RUN" == 1 || -f "$FEATURES" ]] && return 0
+  "$PY" -m diffusion_lab.features data=fashion_mnist "out=$FEATURES" "${DATA_TRAIN[@]}" || STATUS=1
+}
+
+# queue_eval NAME OVERRIDES...: queue an `evaluate` of every job's last checkpoint under $STUDY_OUT, written to
+# <job>/evaluation/NAME (log: <job>/evaluation_NAME.log); run_queue runs the queue spread over the GPUs.
+TASKS=()
+queue_eval() {
+  local name=$1
+  shift
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "EVAL $(printf '%q ' "$@")"
+    return 0
+  fi
+  local ckpt job
+  while IFS= read -r -d '' ckpt; do
+    job=$(dirname "$(dirname "$ckpt")")
+    # ckpt / out_dir quoted for Hydra: job folders are named by their overrides (they hold '=' and ',').
+    TASKS+=("$(printf '%q ' "$PY" -m diffusion_lab.evaluate "ckpt='$ckpt'" "out_dir='$job/evaluation/$name'" \
+      "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
+  done < <(find "$STUDY_OUT" -path '*/checkpoints/last.ckpt' -print0 | sort -z)
+}
+
+run_queue() {
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  local g pids=()
+  for ((g = 0; g < NUM_GPUS; g++)); do
+    (
+      export CUDA_VISIBLE_DEVICES=${GPU_IDS[g % ${#GPU_IDS[@]}]}
+      failed=0
+      for ((i = g; i < ${#TASKS[@]}; i += NUM_GPUS)); do
+        eval "${TASKS[i]}" || { echo "evaluate failed: ${TASKS[i]}" >&2; failed=1; }
+      done
+      exit $failed
+    ) &
+    pids+=($!)
+  done
+  for g in "${pids[@]}"; do wait "$g" || STATUS=1; done
+  TASKS=()
+}
+
+report() {
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  "$PY" -m diffusion_lab.report "$STUDY_OUT" --title "$1" || STATUS=1
+  echo "study folder: $STUDY_OUT"
+}

@@ -1,0 +1,140 @@
+"""experiments/*.sh: valid bash; every job of every study sweep composes and builds, the grid is covered, each
+excluded cell is one the framework refuses; every evaluation's sampler settings are valid. No GPU, no training:
+the scripts' DRY_RUN=1 mode prints what they would run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from conftest import compose_train
+from diffusion_lab.build import build_parts, make_spec
+from diffusion_lab.sample import choose_sampler
+from diffusion_lab.train import CONFIG_DIR
+
+REPO_ROOT = Path(CONFIG_DIR).parent
+
+EXPERIMENTS = REPO_ROOT / "experiments"
+STUDIES = sorted(p.stem for p in EXPERIMENTS.glob("*.sh") if p.name != "common.sh")
+FMNIST_SHAPE = (1, 28, 28)
+
+
+def test_there_are_studies():
+    assert {"ddpm_table2", "iddpm", "ddim_table1", "weightings"} <= set(STUDIES)
+
+
+@pytest.mark.parametrize("script", sorted(EXPERIMENTS.glob("*.sh")), ids=lambda p: p.name)
+def test_script_is_valid_bash(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    if script.name != "common.sh":
+        assert os.access(script, os.X_OK), f"chmod +x {script}"
+        assert "Expected finding:" in script.read_text()
+
+
+def dry_run(study: str) -> dict[str, list[list[str]]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "STUDY_OUT")}
+    env.update(DRY_RUN="1", CUDA_VISIBLE_DEVICES="0,1")
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / f"{study}.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines: dict[str, list[list[str]]] = {"GRID": [], "EXCLUDE": [], "SWEEP": [], "EVAL": []}
+    for line in proc.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        assert kind in lines, line
+        lines[kind].append(shlex.split(rest))
+    return lines
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a multirun, as Hydra's BasicSweeper splits it (hydra.* overrides dropped)."""
+    task = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+    parsed = OverridesParser.create().parse_overrides(task)
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return batch
+
+
+def as_dict(overrides: list[str]) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in overrides)
+
+
+def build(overrides: list[str]):
+    cfg = compose_train(overrides, output_dir="/nonexistent")
+    return cfg, build_parts(make_spec(cfg, FMNIST_SHAPE, None))
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_sweeps_compose_build_and_cover_the_grid(study):
+    lines = dry_run(study)
+    assert lines["SWEEP"], f"{study} runs no sweep"
+    jobs = [job for sweep in lines["SWEEP"] for job in expand(sweep)]
+    for job in jobs:
+        cfg, parts = build(job)  # raises if the framework would refuse the job at start-up
+        assert cfg.task_name == "fmnist" and parts.net is not None
+    # The grid: each cell run by exactly one job, or excluded (and then refused by the framework).
+    for grid in lines["GRID"]:
+        factors = [(o.split("=", 1)[0], o.split("=", 1)[1].split(",")) for o in grid]
+        excluded = [as_dict(e) for e in lines["EXCLUDE"]]
+        for values in itertools.product(*[v for _, v in factors]):
+            cell = dict(zip([k for k, _ in factors], values))
+            runs = [job for job in jobs if all(as_dict(job).get(k) == v for k, v in cell.items())]
+            if any(all(cell.get(k) == v for k, v in e.items()) for e in excluded):
+                assert not runs, f"{study}: excluded cell {cell} is run"
+                refused = {**as_dict(expand(lines["SWEEP"][0])[0]), **cell}
+                with pytest.raises(ValueError):
+                    build([f"{k}={v}" for k, v in refused.items()])
+            else:
+                assert len(runs) == 1, f"{study}: cell {cell} run {len(runs)} times"
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_evaluations_are_valid(study):
+    lines = dry_run(study)
+    assert lines["EVAL"], f"{study} evaluates nothing"
+    trained = [build(job) for sweep in lines["SWEEP"] for job in expand(sweep)]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for overrides in lines["EVAL"]:
+            cfg = compose("evaluate", overrides=[*overrides, "ckpt=x.ckpt", "features=x.pt"])
+            assert set(cfg.metrics) <= {"fid", "kid", "pr", "is", "bpd"}
+            steps = list(cfg.steps)
+            for (train_cfg, parts), s in itertools.product(trained, steps):
+                stored = OmegaConf.to_container(train_cfg.sampler, resolve=True)
+                sampler = choose_sampler(stored, cfg.sampler, s, cfg.eta)
+                if s is not None:
+                    assert sampler.num_evaluations(parts.diffusion) == s
+
+
+def test_ddim_study_grid_matches_the_paper_table():
+    evals = dry_run("ddim_table1")["EVAL"]
+    settings = {(as_dict(e)["sampler"], as_dict(e).get("eta")) for e in evals}
+    assert settings == {("ddpm", None), ("ddim", "0.0"), ("ddim", "0.5"), ("ddim", "1.0")}
+    assert all(as_dict(e)["steps"] == "[10,20,50,100,1000]" for e in evals)
+
+
+def test_dry_run_passes_data_root(tmp_path):
+    env = {**os.environ, "DRY_RUN": "0", "DATA_ROOT": str(tmp_path), "PY": "echo"}
+    env["STUDY_OUT"] = str(tmp_path / "out")
+    # PY=echo: the script "runs" echo instead of Python, so each command line is printed.
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / "iddpm.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
+    train_lines = [line for line in proc.stdout.splitlines() if line.startswith("-m diffusion_lab.train -m")]
+    assert len(train_lines) == 3 and all(f"data.root={tmp_path}" in line for line in train_lines)
+    assert all(
+        "hydra/launcher=gpu_pool" in line and f"hydra.sweep.dir={tmp_path}/out/" in line
+        for line in train_lines
+    )
+    assert f"-m diffusion_lab.report {tmp_path}/out" in proc.stdout
+    assert Path(tmp_path / "out").is_dir()

@@ -1,0 +1,209 @@
+"""The gpu_pool Hydra launcher: parallel subprocess jobs, GPU assignment, failures recorded, non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from omegaconf import OmegaConf
+
+from conftest import cli_env
+from diffusion_lab.train import CONFIG_DIR
+from hydra_plugins.diffusion_lab_launcher import gpu_pool_launcher as gp
+
+REPO_ROOT = Path(CONFIG_DIR).parent
+
+TINY = [
+    "model.base_channels=8",
+    "model.channel_mult=[1,2]",
+    "model.num_res_blocks=1",
+    "model.attention_resolutions=[]",
+    "model.groups=4",
+    "data.limit_train=64",
+    "final_samples=4",
+    "sampler.steps=2",
+    "trainer.accelerator=cpu",
+]
+
+
+def test_hydra_finds_the_launcher_and_it_is_the_default():
+    assert "GPUPoolLauncher" in [p.__name__ for p in Plugins.instance().discover(Launcher)]
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+        basic = compose("train", overrides=["hydra/launcher=basic"], return_hydra_config=True)
+        slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("gpu_pool_launcher.GPUPoolLauncher")
+    assert cfg.hydra.launcher.gpus_per_job == 1 and cfg.hydra.launcher.max_parallel is None
+    assert basic.hydra.launcher._target_.endswith("BasicLauncher")
+    assert (
+        slurm.hydra.launcher._target_
+        == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert OmegaConf.select(slurm, "hydra.launcher.tasks_per_node") == slurm.trainer.devices
+
+
+def test_long_job_names_are_shortened_to_the_varying_overrides():
+    long = "0_" + ",".join(f"key{i}=value{i}" for i in range(40))
+    assert gp._safe_subdir("0_a=1", "0_x") == "0_a=1"
+    assert gp._safe_subdir(long, "0_lr=0.1") == "0_lr=0.1"
+    shortened = gp._safe_subdir(long, "0_" + "x" * 300)
+    assert len(shortened.encode()) <= 200 and shortened.startswith("0_xxx")
+    assert gp._quote("/a/0_b=1,c=[1,2]") == "'/a/0_b=1,c=[1,2]'"
+
+
+@pytest.mark.slow  # ~50 s on a shared 2-core CPU: three CLI trainings, two at a time
+def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    started = time.time()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffusion_lab.train",
+            "-m",
+            "hydra/launcher=gpu_pool",
+            "hydra.launcher.max_parallel=2",
+            "schedule.num_timesteps=20,0,30",  # T=0 is refused at start-up
+            "debug=fast_dev_run",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    wall = time.time() - started
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "job #1 exited with status 2" in proc.stderr, proc.stderr
+    assert "[gpu_pool] #1 FAILED (exit 2)" in proc.stdout and "[gpu_pool] #2 COMPLETED" in proc.stdout
+
+    status = json.loads((sweep / "sweep_status.json").read_text())
+    jobs = {j["num"]: j for j in status["jobs"]}
+    assert sorted(jobs) == [0, 1, 2] and status["max_parallel"] == 2
+    assert [jobs[n]["status"] for n in (0, 1, 2)] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert jobs[1]["exit_code"] == 2 and jobs[0]["exit_code"] == 0
+    assert "error: schedule.num_timesteps=0" in Path(jobs[1]["log"]).read_text()
+
+    # Each job its own directory, named by what varies, with its own config and outputs.
+    dirs = {n: Path(jobs[n]["dir"]) for n in jobs}
+    assert len(set(dirs.values())) == 3 and all(d.parent == sweep for d in dirs.values())
+    for n, T in ((0, 20), (1, 0), (2, 30)):
+        assert dirs[n].name == f"{n}_schedule.num_timesteps={T}"
+        overrides = OmegaConf.load(dirs[n] / ".hydra" / "overrides.yaml")
+        assert f"schedule.num_timesteps={T}" in overrides
+        assert OmegaConf.load(dirs[n] / ".hydra" / "config.yaml").schedule.num_timesteps == T
+    for n in (0, 2):
+        assert (dirs[n] / "samples" / "final.png").is_file()
+        assert json.loads((dirs[n] / ".hydra" / "job_return.json").read_text())["return_value"] is not None
+    assert not (dirs[1] / "samples").exists()
+
+    # Two at a time: #0 and #1 start together, #2 waits for a free slot.
+    t = {
+        n: (datetime.fromisoformat(j["started"]), datetime.fromisoformat(j["ended"])) for n, j in jobs.items()
+    }
+    assert abs((t[0][0] - t[1][0]).total_seconds()) <= 2
+    assert t[2][0] >= min(t[0][1], t[1][1]).replace(microsecond=0)
+    assert wall < sum(j["duration_s"] for j in jobs.values()) + 30
+
+
+FAKE_APP = """
+import json, os, time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+import hydra_plugins.diffusion_lab_launcher.gpu_pool_launcher as gp
+
+gp._visible_gpus = lambda: ["0", "1", "2", "3", "4"]  # a machine with 5 GPUs
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="app")
+def main(cfg):
+    start = time.time()
+    time.sleep(cfg.sleep)
+    seen = {
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "devices": cfg.trainer.devices,
+        "start": start,
+        "end": time.time(),
+        "sweep": os.environ.get("DIFFUSION_LAB_SWEEP_DIR"),
+        "mode": str(HydraConfig.get().mode),
+        "num": HydraConfig.get().job.num,
+    }
+    Path(HydraConfig.get().runtime.output_dir, "seen.json").write_text(json.dumps(seen))
+    if cfg.x == cfg.fail_x:
+        raise SystemExit(3)
+    return cfg.x * 10
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+FAKE_APP_CONFIG = """
+defaults:
+  - _self_
+  - override hydra/launcher: gpu_pool
+x: 0
+fail_x: -1
+sleep: 1.5
+trainer:
+  devices: 1
+"""
+
+
+@pytest.mark.parametrize(
+    "launcher,expect_parallel,gpus_per_job,pool",
+    [
+        (["hydra.launcher.gpus_per_job=2"], 2, 2, {"0", "1", "2", "3"}),
+        (["hydra.launcher.gpus=[1,3]", "hydra.launcher.max_parallel=5"], 2, 1, {"1", "3"}),
+    ],
+)
+def test_jobs_get_their_own_gpus_and_queue_for_them(tmp_path, launcher, expect_parallel, gpus_per_job, pool):
+    (tmp_path / "app.py").write_text(textwrap.dedent(FAKE_APP))
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(FAKE_APP_CONFIG))
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "app.py", "-m", "x=1,2,3,4,5", "fail_x=4", *launcher, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={**cli_env(tmp_path), "PYTHONPATH": str(REPO_ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "job #3 exited with status 3" in proc.stderr, proc.stdout + proc.stderr
+    status = json.loads((sweep / "sweep_status.json").read_text())
+    assert [j["status"] for j in status["jobs"]] == ["COMPLETED"] * 3 + ["FAILED", "COMPLETED"]
+    assert status["max_parallel"] == expect_parallel
+    seen = [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in status["jobs"]]
+    for job, s in zip(status["jobs"], seen):
+        gpus = s["cuda"].split(",")
+        assert len(gpus) == gpus_per_job and set(gpus) <= pool and gpus == job["gpus"]
+        assert s["devices"] == gpus_per_job  # trainer.devices=<gpus_per_job> passed to the job
+        assert s["sweep"] == str(sweep.resolve()) and s["mode"] == "RunMode.RUN" and s["num"] == job["num"]
+    # Never more than expect_parallel at once, and jobs running together never share a GPU.
+    for i, a in enumerate(seen):
+        overlapping = [b for b in seen if b["start"] < a["end"] and a["start"] < b["end"]]
+        assert len(overlapping) <= expect_parallel
+        for b in seen[i + 1 :]:
+            if b["start"] < a["end"] and a["start"] < b["end"]:
+                assert not set(a["cuda"].split(",")) & set(b["cuda"].split(","))
+    assert max(len([b for b in seen if b["start"] < a["end"] and a["start"] < b["end"]]) for a in seen) == 2
+    # The task's return value comes back (sweepers that optimise it work with this launcher).
+    returns = [Path(j["dir"], ".hydra", "job_return.json") for j in status["jobs"]]
+    assert json.loads(returns[0].read_text()) == {"return_value": 10} and not returns[3].exists()

@@ -1,0 +1,164 @@
+"""python -m diffusion_lab.report: one table row per job, plots, the self-contained HTML, the empty-folder error."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import cli_env, small_train_cfg, write_fake_idx_root
+from diffusion_lab.evaluate import write_table
+from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
+from diffusion_lab.report import main as report_main
+from diffusion_lab.report import write_report
+from diffusion_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, one_thread) -> Path:
+    """A multirun folder as the gpu_pool launcher leaves it: two trained jobs (4 steps each, FID logged during
+    training by callbacks=with_metrics on an untrained feature net), an `evaluate` result each, one failed job."""
+    tmp = tmp_path_factory.mktemp("report")
+    data = write_fake_idx_root(tmp / "data", n_train=48, n_test=16)
+    features = save_classifier(SmallClassifier(width=4, feature_dim=16), tmp / "features.pt")
+    root = tmp / "multirun"
+    jobs = []
+    for num, schedule in enumerate(["linear", "cosine"]):
+        overrides = [f"schedule={schedule}", "trainer.max_steps=4", "trainer.val_check_interval=2"]
+        job_dir = root / f"{num}_schedule={schedule}"
+        cfg = small_train_cfg(
+            job_dir,
+            *overrides,
+            f"data.root={data}",
+            "data.val_size=8",
+            "schedule.num_timesteps=20",
+            "trainer.log_every_n_steps=1",
+            "callbacks=with_metrics",
+            f"callbacks.sample_quality.features={features}",
+            "callbacks.sample_quality.n=8",
+            "callbacks.sample_quality.n_real=16",
+            "callbacks.sample_quality.batch_size=8",
+        )
+        result = train(cfg)
+        (job_dir / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
+        # What `python -m diffusion_lab.evaluate ... sampler=ddim steps=[10,20,50]` writes (its own writer).
+        fid = {"linear": 30.0, "cosine": 20.0}[schedule]
+        rows = [
+            {
+                "sampler": "ddim",
+                "steps": s,
+                "eta": 0.0,
+                "guidance": 0.0,
+                "n": 8,
+                "fid": fid + 50 / s,
+                "is_mean": 2.0,
+            }
+            for s in (10, 20, 50)
+        ]
+        write_table(
+            rows,
+            {"ckpt": result["checkpoint"], "bpd": 5.0 - num, "bpd_stderr": 0.1, "bpd_n": 4},
+            job_dir / "evaluation" / "last",
+        )
+        jobs.append(
+            {
+                "num": num,
+                "overrides": overrides,
+                "status": "COMPLETED",
+                "exit_code": 0,
+                "duration_s": 10.0 + num,
+                "gpus": [],
+                "dir": str(job_dir),
+                "log": str(job_dir / "job.log"),
+            }
+        )
+    failed = root / "2_schedule.num_timesteps=0"
+    (failed / ".hydra").mkdir(parents=True)
+    failed_overrides = ["schedule.num_timesteps=0", "trainer.max_steps=4", "trainer.val_check_interval=2"]
+    OmegaConf.save(OmegaConf.create(failed_overrides), failed / ".hydra" / "overrides.yaml")
+    jobs.append(
+        {
+            "num": 2,
+            "overrides": failed_overrides,
+            "status": "FAILED",
+            "exit_code": 2,
+            "duration_s": 3.0,
+            "gpus": [],
+            "dir": str(failed),
+            "log": str(failed / "job.log"),
+        }
+    )
+    (root / "sweep_status.json").write_text(json.dumps({"sweep_dir": str(root), "jobs": jobs}))
+    return root
+
+
+def _table_rows(md: str) -> list[list[str]]:
+    lines = md.split("\n\n| # |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+
+
+def test_report_table_plots_and_html(sweep, tmp_path):
+    out = tmp_path / "out"
+    paths = write_report(sweep, out)
+    md = (out / "report.md").read_text()
+    rows = _table_rows(md)
+    assert len(rows) == 3  # one row per job
+    # Sorted by FID (evaluate's best row): cosine (20.0 + 1), linear (31), then the failed job.
+    assert [r[1] for r in rows] == ["schedule=cosine", "schedule=linear", "schedule.num_timesteps=0"]
+    assert [r[2] for r in rows] == ["COMPLETED", "COMPLETED", "FAILED"]
+    header = md.split("\n\n| # |", 1)[1].splitlines()[0]
+    assert "FID" in header and "bits/dim" in header and "wall time" in header and "val loss" in header
+    assert rows[0][3] == "**21 ★**" and "ddim η=0, 50 steps" in rows[0][4]
+    assert "Common overrides: `trainer.max_steps=4` `trainer.val_check_interval=2`" in md
+    assert "## Evaluations" in md and "## Failed jobs" in md
+
+    expected = {
+        "fid_over_training.png",
+        "val_loss_over_training.png",
+        "loss_by_timestep.png",
+        "fid_vs_steps.png",
+    }
+    pngs = {p.name: p for p in (out / "report_plots").glob("*.png")}
+    assert expected <= set(pngs)
+    for p in pngs.values():
+        assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"report_plots/{p.name}" in md
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == len(pngs) + 2  # plots and the two jobs' sample grids
+    assert not re.search(r"<img[^>]+src='(?!data:)", html)  # self-contained
+    assert html.count("<td class='best'>") >= 4 and "schedule=cosine" in html
+
+
+def test_report_cli_writes_next_to_the_sweep(sweep):
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.report", str(sweep)],
+        env=cli_env(sweep.parent),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"report   : {sweep / 'report.html'}" in proc.stdout
+    assert (sweep / "report.md").is_file() and (sweep / "report_plots" / "fid_vs_steps.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_no_sweep_is_one_error_line(tmp_path, capsys, kind):
+    path = tmp_path / "nothing"
+    if kind == "empty":
+        path.mkdir()
+        (path / "notes.txt").write_text("not a job")
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
+    assert ".hydra/overrides.yaml" in err[0]

@@ -1,0 +1,166 @@
+"""diffusion_lab.sample: everything about the process comes from the checkpoint, only the sampler is chosen."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from conftest import compose_train, group_options, small_train_cfg
+from diffusion_lab.build import CheckpointError, load_checkpoint
+from diffusion_lab.diffusion import (
+    CosineSchedule,
+    Diffusion,
+    EpsPrediction,
+    FixedSmallVariance,
+    LinearSchedule,
+)
+from diffusion_lab.errors import UserError
+from diffusion_lab.io import to_uint8
+from diffusion_lab.sample import sample
+from diffusion_lab.samplers import DDIMSampler
+from diffusion_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+T = 50  # NOT the default (linear, T=1000): the sampler must take both from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, one_thread) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    cfg = small_train_cfg(out, "schedule=cosine", f"schedule.num_timesteps={T}", "trainer.max_steps=2")
+    result = train(cfg)
+    return Path(result["checkpoint"])
+
+
+def sample_cfg(ckpt: Path | str, out_dir: Path, *overrides: str):
+    return compose_train(
+        [f"ckpt={ckpt}", f"out_dir={out_dir}", "device=cpu", "progress=false", *overrides],
+        config_name="sample",
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_samples_written_with_the_stored_schedule(checkpoint, tmp_path, monkeypatch):
+    # The CLI's schedule default (train.yaml: linear) must never be built: make it explode.
+    def no_linear(self, *args, **kwargs):
+        raise AssertionError("the sample CLI built a LinearSchedule instead of the checkpoint's schedule")
+
+    monkeypatch.setattr(LinearSchedule, "__init__", no_linear)
+    result = sample(sample_cfg(checkpoint, tmp_path, "n=6", "steps=5", "seed=3"))
+    monkeypatch.undo()
+
+    npz = Path(result["samples_npz"])
+    assert npz.parent == tmp_path and npz.is_file()
+    assert Path(result["grid"]).is_file() and Path(result["grid"]).read_bytes()[:4] == b"\x89PNG"
+    images = np.load(npz)["images"]
+    assert images.dtype == np.uint8 and images.shape == (6, 28, 28, 1)  # NHWC
+    assert "DDIMSampler" in result["sampler"] and "steps=5" in result["sampler"]
+
+    # The same samples from a Diffusion built by hand with the trained schedule (cosine, T=50), same noise.
+    parts, spec, _ = load_checkpoint(checkpoint)
+    assert spec["schedule"]["_target_"].endswith("CosineSchedule") and spec["schedule"]["num_timesteps"] == T
+
+    def by_hand(schedule) -> np.ndarray:
+        diffusion = Diffusion(schedule, EpsPrediction(), FixedSmallVariance())
+        gen = torch.Generator().manual_seed(3)
+        noise = torch.randn((6, 1, 28, 28), generator=gen)
+        x = DDIMSampler(steps=5).sample(diffusion, parts.net, noise.shape, "cpu", noise=noise, generator=gen)
+        return to_uint8(x.clamp(-1, 1)).permute(0, 2, 3, 1).numpy()
+
+    np.testing.assert_array_equal(images, by_hand(CosineSchedule(T)))
+    # ... and the schedule matters: the CLI's default one would have given other samples.
+    assert not np.array_equal(images, by_hand(LinearSchedule(T)))
+
+
+def test_ddpm_sampler_by_name(checkpoint, tmp_path):
+    result = sample(sample_cfg(checkpoint, tmp_path, "n=2", "sampler=ddpm", "steps=10", "name=ddpm"))
+    assert "DDPMSampler" in result["sampler"]
+    assert Path(result["samples_npz"]) == tmp_path / "ddpm.npz"
+    assert np.load(tmp_path / "ddpm.npz")["images"].shape == (2, 28, 28, 1)
+
+
+@pytest.fixture
+def existing_outputs(tmp_path) -> dict[Path, str]:
+    """Outputs of the same name already there, which a failed run must leave as they are."""
+    files = {tmp_path / "out.npz": "old samples", tmp_path / "out.png": "old grid"}
+    for path, text in files.items():
+        path.write_text(text)
+    return files
+
+
+def assert_kept(files: dict[Path, str]) -> None:
+    for path, text in files.items():
+        assert path.read_text() == text, path
+    folder = next(iter(files)).parent
+    assert {p for p in folder.iterdir() if p.suffix in (".npz", ".png")} == set(files)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["+schedule=linear"], "schedule is fixed by the checkpoint"),
+        (["+model=unet_small"], "model is fixed by the checkpoint"),
+        (["sampler=ddpm", "eta=0.5"], "eta=0.5 applies to sampler=ddim only"),
+        (["n=0"], "n=0 is invalid"),
+    ],
+)
+def test_refused_overrides(checkpoint, tmp_path, existing_outputs, overrides, match):
+    with pytest.raises(UserError, match=match) as err:
+        sample(sample_cfg(checkpoint, tmp_path, "name=out", *overrides))
+    assert "\n" not in str(err.value)
+    assert_kept(existing_outputs)
+
+
+def test_unknown_sampler_lists_the_choices(tmp_path):
+    with pytest.raises(MissingConfigException) as err:
+        sample_cfg(tmp_path / "x.ckpt", tmp_path, "sampler=nope")
+    for option in group_options("sampler"):
+        assert option in str(err.value)
+
+
+def test_truncated_checkpoint(checkpoint, tmp_path, existing_outputs):
+    data = checkpoint.read_bytes()
+    before = digest(checkpoint)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint") as err:
+        sample(sample_cfg(truncated, tmp_path, "name=out"))
+    assert "\n" not in str(err.value) and str(truncated) in str(err.value)
+    assert truncated.read_bytes() == data[: len(data) // 2] and digest(checkpoint) == before
+    assert_kept(existing_outputs)
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"this is not a checkpoint\n", "truncated or not a checkpoint"),
+        (None, "not written by diffusion_lab"),  # a valid torch file of something else
+    ],
+)
+def test_not_a_checkpoint(tmp_path, existing_outputs, content, match):
+    path = tmp_path / "other.ckpt"
+    if content is None:
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    else:
+        path.write_bytes(content)
+    before = digest(path)
+    with pytest.raises(CheckpointError, match=match) as err:
+        sample(sample_cfg(path, tmp_path, "name=out"))
+    assert "\n" not in str(err.value)
+    assert digest(path) == before
+    assert_kept(existing_outputs)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        sample(sample_cfg(tmp_path / "nope.ckpt", tmp_path))
+    assert list(tmp_path.iterdir()) == []
