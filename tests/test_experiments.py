@@ -110,8 +110,10 @@ def test_study_evaluations_are_valid(study):
             assert set(cfg.metrics) <= {"fid", "kid", "pr", "is", "bpd"}
             steps = list(cfg.steps)
             for (train_cfg, parts), s in itertools.product(trained, steps):
-                stored = OmegaConf.to_container(train_cfg.sampler, resolve=True)
-                sampler = choose_sampler(stored, cfg.sampler, s, cfg.eta)
+                if cfg.sampler is None:  # the trained sampler
+                    sampler = choose_sampler(OmegaConf.to_container(train_cfg.sampler), None, s, cfg.eta)
+                else:  # sampler=ddpm|ddim: conf/sampler/<name>.yaml, as evaluate does
+                    sampler = choose_sampler(OmegaConf.to_container(cfg.sampler), None, s, cfg.eta)
                 if s is not None:
                     assert sampler.num_evaluations(parts.diffusion) == s
 

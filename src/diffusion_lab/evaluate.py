@@ -150,7 +150,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         metric = metric.to(device)
         for steps in _as_list(cfg.steps):
-            sampler = choose_sampler(spec["sampler"], cfg.sampler, steps, cfg.eta)
+            if isinstance(cfg.sampler, DictConfig):  # sampler=ddpm|ddim: the node of conf/sampler/<name>.yaml
+                chosen = OmegaConf.to_container(cfg.sampler, resolve=True)
+                sampler = choose_sampler(chosen, None, steps, cfg.eta)
+            else:
+                sampler = choose_sampler(spec["sampler"], cfg.sampler, steps, cfg.eta)
             for w in guidances:
 
                 def generate(b: int, gen: torch.Generator, sampler=sampler, w=w) -> torch.Tensor:

@@ -202,6 +202,20 @@ class DiffusionModule(L.LightningModule):
         return torch.cat(chunks)
 
     # ------------------------------------------------------------------ optimization
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip directly unless a float16 GradScaler is in play. Lightning's mixed-precision plugin refuses to
+        clip for fused optimizers (they unscale internally) even under bf16, where nothing is scaled."""
+        if gradient_clip_val is None:
+            return
+        if str(self.trainer.precision) in ("16-mixed", "16"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_value_(self.net.parameters(), gradient_clip_val, foreach=True)
+
     def configure_optimizers(self):
         factory = self.optimizer_factory
         keywords = getattr(factory, "keywords", {})

@@ -160,13 +160,21 @@ def _app_command(task_function: Optional[TaskFunction]) -> list[str]:
     """How to start the application again: ``python -m <module>`` (or the script), with its config flags."""
     import __main__
 
+    module = getattr(task_function, "__module__", None) or "__main__"
+    # The task function belongs to __main__ (`python -m app` / `python app.py`), or __main__ imported it
+    # (`python -m pkg` whose __main__.py calls pkg.cli.main): start __main__ again. Otherwise the multirun was
+    # started from other code (a test calling the app's main): start the task function's module.
+    in_main = module == "__main__" or any(
+        v is task_function or getattr(v, "__wrapped__", None) is task_function
+        for v in vars(__main__).values()
+    )
     spec = getattr(__main__, "__spec__", None)
-    if spec is not None and spec.name:
+    if in_main and spec is not None and spec.name:
         cmd = [sys.executable, "-m", spec.name.removesuffix(".__main__")]
-    elif sys.argv and sys.argv[0].endswith(".py") and Path(sys.argv[0]).is_file():
+    elif in_main and sys.argv and Path(sys.argv[0]).is_file():
         cmd = [sys.executable, str(Path(sys.argv[0]).resolve())]
-    elif task_function is not None and getattr(task_function, "__module__", "__main__") != "__main__":
-        cmd = [sys.executable, "-m", task_function.__module__]
+    elif module != "__main__":
+        cmd = [sys.executable, "-m", module]
     else:
         raise RuntimeError("gpu_pool: cannot tell how this application was started; run it with python -m")
     args = sys.argv[1:]
@@ -252,8 +260,11 @@ class GPUPoolLauncher(Launcher):
         self.task_function = task_function
 
     # ------------------------------------------------------------------------------------------ resources
+    # The CUDA ids of this machine's visible GPUs (a class attribute: tests stand in a machine with GPUs).
+    visible_gpus = staticmethod(_visible_gpus)
+
     def _gpu_pool(self) -> list[str]:
-        visible = _visible_gpus()
+        visible = self.visible_gpus()
         if self.gpus is None:
             return visible
         bad = [g for g in self.gpus if not 0 <= g < len(visible)]
@@ -281,9 +292,8 @@ class GPUPoolLauncher(Launcher):
             dirname = str(sweep_config.hydra.job.override_dirname)
             sweep_config.hydra.job.override_dirname = dirname.replace(os.sep, "_")
         previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(
-            sweep_config
-        )  # ${hydra:...} in the subdir resolves against this job
+        # ${hydra:...} in the subdir resolves against this job's config.
+        HydraConfig.instance().set_config(sweep_config)
         try:
             subdir = str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
         finally:
@@ -306,7 +316,7 @@ class GPUPoolLauncher(Launcher):
             f"hydra.run.dir={_quote(str(job_dir))}",
             f"hydra.job.num={num}",
             f"hydra.job.id={num}",
-            f"+hydra.callbacks.gpu_pool_return._target_={SaveReturnValue.__module__}.{SaveReturnValue.__name__}",
+            f"++hydra.callbacks.gpu_pool_return._target_={SaveReturnValue.__module__}.{SaveReturnValue.__name__}",
         ]
         return _Job(num=num, overrides=list(overrides), dir=job_dir, config=sweep_config, command=command)
 
@@ -461,7 +471,8 @@ class GPUPoolLauncher(Launcher):
                         continue
                     self._finish(job, code)
                     running.remove(job)
-                    free += [g for g in job.gpus if use_gpus]
+                    # In pool order: a job gets the lowest free GPUs (2-GPU jobs keep to the same pairs).
+                    free = sorted(free + list(job.gpus), key=self._pool.index) if use_gpus else free
                     changed = True
                 if changed:
                     self._write_status(sweep_dir, jobs)
