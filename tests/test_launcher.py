@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from conftest import cli_env
+from conftest import cli_env, write_fake_idx_root
 from diffusion_lab.train import CONFIG_DIR
 from hydra_plugins.diffusion_lab_launcher import gpu_pool_launcher as gp
 
@@ -65,7 +64,6 @@ def test_long_job_names_are_shortened_to_the_varying_overrides():
 
 def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
     sweep = tmp_path / "sweep"
-    started = time.time()
     proc = subprocess.run(
         [
             sys.executable,
@@ -85,7 +83,6 @@ def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
         text=True,
         timeout=400,
     )
-    wall = time.time() - started
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "job #1 exited with status 2" in proc.stderr, proc.stderr
     assert "[gpu_pool] #1 FAILED (exit 2)" in proc.stdout and "[gpu_pool] #2 COMPLETED" in proc.stdout
@@ -116,7 +113,6 @@ def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
     }
     assert abs((t[0][0] - t[1][0]).total_seconds()) <= 2
     assert t[2][0] >= min(t[0][1], t[1][1]).replace(microsecond=0)
-    assert wall < sum(j["duration_s"] for j in jobs.values()) + 30
 
 
 FAKE_APP = """
@@ -214,8 +210,6 @@ def test_jobs_get_their_own_gpus_and_queue_for_them(tmp_path, launcher, expect_p
 def test_ddp_inside_a_sweep_job(tmp_path):
     """Lightning DDP relaunches the job's own command line (a plain single run under hydra.run.dir): two jobs
     side by side, each of 2 processes (CPU, gloo), each in its own directory."""
-    from conftest import write_fake_idx_root
-
     data = write_fake_idx_root(tmp_path / "data", n_train=48, n_test=8)
     sweep = tmp_path / "sweep"
     proc = subprocess.run(

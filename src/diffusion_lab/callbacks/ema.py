@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -39,6 +40,34 @@ class EMA(WeightAveraging):
         self.start_step = start_step
         self._live_state: dict[str, Any] | None = None
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning's hook calls AveragedModel.update_parameters, which rebuilds and regroups the parameter
+        # lists on every step: host time that a CUDA-graphed training step cannot hide (about 12% of the
+        # step on an H200). Same arithmetic (copy on the first update, then lerp by 1 - decay), lists built once.
+        step_idx = trainer.global_step - 1
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            self._update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def _update(self, pl_module) -> None:
+        average = self._average_model
+        if getattr(self, "_pairs", None) is None:
+            ema = [*average.module.parameters(), *average.module.buffers()]
+            live = [*pl_module.parameters(), *pl_module.buffers()]
+            floats = [(e.detach(), v.detach()) for e, v in zip(ema, live) if e.is_floating_point()]
+            others = [(e.detach(), v.detach()) for e, v in zip(ema, live) if not e.is_floating_point()]
+            self._pairs = ([e for e, _ in floats], [v for _, v in floats], others)
+            self._started = bool(average.n_averaged.item() > 0)  # one host read, at the first update only
+        ema, live, others = self._pairs
+        if self._started:
+            torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        else:
+            torch._foreach_copy_(ema, live)
+            self._started = True
+        for e, v in others:
+            e.copy_(v)
+        average.n_averaged += 1
+
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return (
             step_idx is not None and step_idx >= self.start_step and step_idx % self.update_every_n_steps == 0
@@ -58,4 +87,5 @@ class EMA(WeightAveraging):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._live_state = None
+        self._pairs = None
         super().teardown(trainer, pl_module, stage)
