@@ -201,3 +201,51 @@ def analytic_decoder_bits(betas, mu: float, s: float, bins: int = 256) -> float:
         integrate.quad(integrand, x_a, x_b, epsabs=1e-11, limit=200)[0] for x_a, x_b in zip(cuts, cuts[1:])
     )
     return total / LN2
+
+
+# --------------------------------------------------------------------------------------------- as parts of a spec
+class GaussianDenoiserNet(torch.nn.Module):
+    """The exact denoiser as the network of a checkpoint spec (``model._target_``): built by ``build_parts``
+    with ``in_channels`` / ``out_channels`` / ``image_size`` (ignored), it holds one dummy parameter so that it
+    has a state dict, and computes in float64 whatever the input dtype."""
+
+    def __init__(
+        self,
+        abar,
+        mu: float,
+        s: float,
+        prediction: str = "eps",
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        image_size: int | None = None,
+    ):
+        super().__init__()
+        self.oracle = GaussianDenoiser(
+            np.asarray(list(abar), dtype=np.float64), float(mu), float(s), prediction
+        )
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.oracle(xt, t) + self.dummy.to(xt.dtype)
+
+
+class GaussianImages:
+    """A datamodule of iid N(mu, s^2) pixels (continuous, not clipped), for a checkpoint spec's ``data``: what
+    ``diffusion_lab.evaluate`` uses of a datamodule (``name``, ``root``, ``data_shape``, ``setup``,
+    ``real_images``). Each split has its own fixed draw."""
+
+    SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+
+    def __init__(self, mu: float, s: float, shape, size: int = 4096, **ignored):
+        self.name = "gaussian_images"
+        self.root = None
+        self.mu, self.s = float(mu), float(s)
+        self.data_shape = tuple(int(v) for v in shape)
+        self.size = int(size)
+
+    def setup(self, stage: str | None = None) -> None:
+        pass
+
+    def real_images(self, split: str, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.SPLIT_SEEDS[split])
+        return self.mu + self.s * torch.randn(min(n, self.size), *self.data_shape, generator=g)

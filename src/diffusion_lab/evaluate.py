@@ -56,20 +56,25 @@ def bits_per_dim(parts, datamodule, cfg: DictConfig, device: torch.device, out_d
     """Full-bound bits/dim over ``bpd_n`` images, with its standard error, and the per-t VLB curve."""
     images = datamodule.real_images(cfg.bpd_split, int(cfg.bpd_n))
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    totals, vb_sum = [], None
+    totals, vb_sum, vb_sq = [], 0.0, 0.0
     for chunk in images.split(int(cfg.bpd_batch_size)):
         r = calc_bpd_loop(
             parts.diffusion, parts.net, chunk.to(device), progress=bool(cfg.progress), generator=gen
         )
         totals.append(r["total_bpd"].cpu())
-        vb_sum = r["vb"].sum(0).cpu() if vb_sum is None else vb_sum + r["vb"].sum(0).cpu()
+        vb = r["vb"].cpu().double()
+        vb_sum, vb_sq = vb_sum + vb.sum(0), vb_sq + (vb * vb).sum(0)
     total = torch.cat(totals).double()
     n = total.numel()
-    vb_mean = (vb_sum / n).tolist()
+    vb_mean = vb_sum / n
+    # per-t standard error of the mean over images (images are independent)
+    vb_se = ((vb_sq - n * vb_mean**2).clamp(min=0) / (n - 1) / n).sqrt() if n > 1 else vb_mean * math.nan
+    vb_mean = vb_mean.tolist()
     with atomic_path(out_dir / "vlb_per_t.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["t", "vb_bits_per_dim"])
-        w.writerows([[t + 1, v] for t, v in enumerate(vb_mean)])
+        # t = 1 is the decoder term L_0, t = T the last KL term L_{T-1} (Ho et al.'s 1-based timesteps)
+        w.writerow(["t", "vb_bits_per_dim", "vb_stderr"])
+        w.writerows([[t + 1, v, se] for t, (v, se) in enumerate(zip(vb_mean, vb_se.tolist()))])
     _plot(
         out_dir / "vlb_per_t.png",
         [(list(range(1, len(vb_mean) + 1)), vb_mean, "L_{t-1}")],
@@ -108,10 +113,19 @@ def _plot(
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    metrics = [str(m) for m in _as_list(cfg.metrics)]
+    metrics = [str(m) for m in _as_list(cfg.metrics) if m is not None]
     unknown = sorted(set(metrics) - set(KNOWN_METRICS))
     if unknown:
         raise UserError(f"metrics={unknown} unknown; choose from {list(KNOWN_METRICS)}")
+    if not metrics:
+        raise UserError(f"metrics= is empty; choose some of {list(KNOWN_METRICS)}")
+    sample_metrics = [m for m in metrics if m != "bpd"]
+    for key, least in (("n", 2), ("n_real", 2), ("batch_size", 1)):
+        if sample_metrics and int(cfg[key]) < least:
+            raise UserError(f"{key}={cfg[key]} is invalid: it must be >= {least}")
+    for key in ("bpd_n", "bpd_batch_size"):
+        if "bpd" in metrics and int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]} is invalid: it must be >= 1")
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
     net = parts.net.to(device)
@@ -119,31 +133,32 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     ckpt_path = Path(cfg.ckpt).resolve()
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "evaluation" / ckpt_path.stem
-    out_dir.mkdir(parents=True, exist_ok=True)
     shape = tuple(spec["data_shape"])
     num_classes = spec.get("num_classes")
     guidances = [float(g or 0.0) for g in _as_list(cfg.guidance)]
     if any(guidances) and not num_classes:
         raise UserError("guidance= needs a class-conditional checkpoint (trained with conditional=true)")
 
+    settings = QualitySettings(
+        features=str(cfg.features),
+        inception_weights=cfg.inception_weights,
+        allow_download=bool(cfg.allow_download),
+        real_split=str(cfg.real_split),
+        n_real=int(cfg.n_real),
+        cache_dir=str(cfg.cache_dir),
+        batch_size=int(cfg.batch_size),
+        kid_subset_size=min(1000, int(cfg.n), int(cfg.n_real)),
+    )
+    # The feature network first: a missing weights file fails now, not after a long bits/dim computation.
+    extractor = build_extractor(settings).to(device) if sample_metrics else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+
     summary: dict[str, Any] = {"ckpt": str(ckpt_path), "device": str(device)}
     if "bpd" in metrics:
         summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
 
     rows: list[dict[str, Any]] = []
-    sample_metrics = [m for m in metrics if m != "bpd"]
-    if sample_metrics:
-        settings = QualitySettings(
-            features=str(cfg.features),
-            inception_weights=cfg.inception_weights,
-            allow_download=bool(cfg.allow_download),
-            real_split=str(cfg.real_split),
-            n_real=int(cfg.n_real),
-            cache_dir=str(cfg.cache_dir),
-            batch_size=int(cfg.batch_size),
-            kid_subset_size=min(1000, int(cfg.n), int(cfg.n_real)),
-        )
-        extractor = build_extractor(settings).to(device)
+    if extractor is not None:
         real = real_features_for(datamodule, extractor, settings, device)
         metric = SampleQuality(
             extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
@@ -164,10 +179,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         y = torch.randint(0, num_classes, (b,), device=device, generator=gen)
                         learned = parts.diffusion.variance.learned
                         model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
-                    x = sampler.sample(
-                        parts.diffusion, model, noise.shape, device, noise=noise, generator=gen
-                    )
-                    return x.clamp(-1, 1)
+                    # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                        x = sampler.sample(
+                            parts.diffusion, model, noise.shape, device, noise=noise, generator=gen
+                        )
+                    return x.clamp(-1, 1).float()
 
                 started = time.time()
                 scores = score_generator(

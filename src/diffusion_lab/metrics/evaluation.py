@@ -14,20 +14,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .features import FeatureExtractor, build_feature_extractor, extract_features
+from .features import (
+    INCEPTION_URL,
+    FeatureExtractor,
+    build_feature_extractor,
+    extract_features,
+    inception_weights_cache_path,
+)
 from .quality import SampleQuality, real_features_cached
 
-__all__ = ["QualitySettings", "build_extractor", "real_features_for", "score_generator", "rank_share"]
+__all__ = [
+    "QualitySettings",
+    "batch_seed",
+    "build_extractor",
+    "rank_batches",
+    "rank_share",
+    "real_features_for",
+    "score_generator",
+]
 
 
 @dataclass
 class QualitySettings:
     """What to score with: ``features`` is ``inception`` or the path of a classifier from
-    ``python -m diffusion_lab.features``; ``inception_weights`` a local weights file (offline use)."""
+    ``python -m diffusion_lab.features``; ``inception_weights`` a local weights file (offline use).
+    ``option_prefix`` is how the caller's config spells these options (``""`` for the evaluate CLI,
+    ``"callbacks.sample_quality."`` for the training callback), for the error messages."""
 
     features: str = "inception"
     inception_weights: str | None = None
@@ -38,17 +55,33 @@ class QualitySettings:
     batch_size: int = 500
     kid_subset_size: int = 1000
     pr_k: int = 3
+    option_prefix: str = ""
 
 
 def build_extractor(settings: QualitySettings) -> FeatureExtractor:
+    """The feature network; a missing file is a one-line ``FileNotFoundError`` naming the option to set."""
+    opt = settings.option_prefix
     if settings.features == "inception":
-        return build_feature_extractor(
-            "inception", settings.inception_weights, allow_download=settings.allow_download
-        )
-    path = Path(settings.features)
+        if settings.inception_weights is not None:
+            path = Path(str(settings.inception_weights)).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{opt}inception_weights={str(path)!r}: no such file")
+        try:
+            return build_feature_extractor(
+                "inception", settings.inception_weights, allow_download=settings.allow_download
+            )
+        except FileNotFoundError:
+            if settings.inception_weights is not None:
+                raise
+            raise FileNotFoundError(
+                f"FID Inception-v3 weights not found at {inception_weights_cache_path()}: download "
+                f"{INCEPTION_URL} to that path (or anywhere and pass {opt}inception_weights=PATH), "
+                f"or set {opt}allow_download=true when online"
+            ) from None
+    path = Path(settings.features).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"metrics.features={settings.features!r} is neither 'inception' nor an existing classifier file; "
+            f"{opt}features={settings.features!r} is neither 'inception' nor an existing classifier file; "
             "make one with `python -m diffusion_lab.features data=<dataset>`"
         )
     return build_feature_extractor("classifier", str(path))
@@ -75,36 +108,79 @@ def real_features_for(
 
 
 def rank_share(n: int, rank: int, world_size: int) -> int:
-    """How many of ``n`` samples rank ``rank`` generates (the shares add up to exactly ``n``)."""
+    """How many of ``n`` items rank ``rank`` takes (the shares add up to exactly ``n``)."""
     return n // world_size + (1 if rank < n % world_size else 0)
+
+
+def rank_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+    """``(index, size)`` of the generation batches of rank ``rank``.
+
+    The ``n`` samples are cut into ``ceil(n / batch_size)`` global batches whatever the number of processes,
+    and every rank takes a contiguous block of them (``rank_share`` batches): all-gathered in rank order, the
+    samples are in the global order, and with one seed per batch (:func:`batch_seed`) they are the same
+    samples on any number of processes.
+    """
+    if n < 0 or batch_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"invalid n={n}, batch_size={batch_size}, rank={rank}, world_size={world_size}")
+    num_batches = math.ceil(n / batch_size)
+    start = sum(rank_share(num_batches, r, world_size) for r in range(rank))
+    count = rank_share(num_batches, rank, world_size)
+    return [(k, min(batch_size, n - k * batch_size)) for k in range(start, start + count)]
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The generator seed of global batch ``index`` (independent streams for every (seed, index) pair)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def score_generator(
     metric: SampleQuality,
     generate: Callable[[int, torch.Generator], Tensor],
-    n_local: int,
+    n: int,
     batch_size: int,
     device: torch.device,
     seed: int,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
-    """Generate ``n_local`` samples in batches with ``generate(b, generator)`` (images in [-1, 1]), feed them
-    to ``metric`` and compute (which all-gathers across ranks under DDP). Adds generation time and rate."""
+    """Generate this rank's batches of the ``n`` samples with ``generate(b, generator)`` (images in [-1, 1]),
+    feed them to ``metric`` and compute (which all-gathers across ranks under DDP). Each global batch has its
+    own generator, seeded from ``(seed, batch index)``, so the samples -- and the scores -- do not depend on
+    ``world_size`` (see :func:`rank_batches`). Adds this rank's generation time and rate."""
     metric.reset()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    batches = rank_batches(n, batch_size, rank, world_size)
+    n_local = sum(b for _, b in batches)
     started = time.time()
-    done = 0
     with tqdm(total=n_local, desc="generating", disable=not progress, leave=False) as bar:
-        for _ in range(math.ceil(n_local / batch_size)):
-            b = min(batch_size, n_local - done)
+        for index, b in batches:
+            gen = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
             images = generate(b, gen)
             metric.update(images.to(device))
-            done += b
             bar.update(b)
+    if not batches:  # fewer batches than ranks: this rank still takes part in the all-gather, with nothing
+        _update_empty(metric, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.time() - started
     scores = metric.compute()
     scores["gen_seconds"] = seconds
-    scores["gen_img_per_s"] = n_local / seconds if seconds > 0 else float("inf")
+    scores["gen_img_per_s"] = n_local / seconds if seconds > 0 and n_local else float("nan")
     return scores
+
+
+def _update_empty(metric: SampleQuality, device: torch.device) -> None:
+    """Empty (0, D) features (and (0, K) logits) of the right width, so the all-gather pads instead of mixing
+    a 1-D placeholder with the other ranks' 2-D states."""
+    ext = metric.feature_extractor
+    if metric.real_features is not None:
+        dim = metric.real_features.shape[1]
+    elif ext is not None:
+        dim = ext.num_features
+    else:
+        raise RuntimeError("SampleQuality: no real features and no extractor to size empty features by")
+    num_logits = ext.num_logits if ext is not None else 0
+    metric.update(
+        features=torch.zeros(0, dim, device=device),
+        logits=torch.zeros(0, num_logits, device=device) if num_logits else None,
+    )

@@ -1,0 +1,332 @@
+"""diffusion_lab.evaluate end to end: bits/dim of the exact Gaussian denoiser against its analytic value, the
+sample metrics (FID / KID / P&R / IS) on a tiny trained checkpoint with a classifier and with a random-weight
+Inception network, the real-feature cache, and the one-line errors of the CLI. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import cli_env, compose_train, small_train_cfg
+from diffusion_lab.build import make_spec
+from diffusion_lab.data import DiffusionDataModule
+from diffusion_lab.errors import UserError
+from diffusion_lab.evaluate import evaluate
+from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
+from diffusion_lab.module import CHECKPOINT_KEY
+from diffusion_lab.train import train
+from gaussian_oracle import analytic_decoder_bits, analytic_vb_bits, tables
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+MU, S = 0.0, 0.3  # the Gaussian data of test_likelihood.py: iid N(0, 0.3²) pixels
+T = 50
+SAMPLE_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
+
+
+def eval_cfg(ckpt: Path | str, out_dir: Path, *overrides: str):
+    return compose_train(
+        [f"ckpt={ckpt}", f"out_dir={out_dir}", "device=cpu", "progress=false", *overrides],
+        config_name="evaluate",
+    )
+
+
+def read_csv(path: Path | str) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def gaussian_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint written by hand: a linear T=50, eps, fixed_small process whose network is the exact
+    denoiser of N(MU, S²) data, and whose data config is that data (both importable from tests/)."""
+    cfg = compose_train([f"schedule.num_timesteps={T}", "prediction=eps", "variance=fixed_small"])
+    spec = make_spec(cfg, (1, 8, 8), None)
+    abar = tables(instantiate(spec["schedule"]).betas.numpy())["abar"]
+    spec["model"] = {
+        "_target_": "gaussian_oracle.GaussianDenoiserNet",
+        "abar": abar.tolist(),
+        "mu": MU,
+        "s": S,
+        "prediction": "eps",
+    }
+    spec["data"] = {"_target_": "gaussian_oracle.GaussianImages", "mu": MU, "s": S, "shape": [1, 8, 8]}
+    path = tmp_path_factory.mktemp("gaussian") / "checkpoints" / "oracle.ckpt"
+    path.parent.mkdir()
+    torch.save({CHECKPOINT_KEY: {"spec": spec}, "state_dict": {"net.dummy": torch.zeros(())}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, one_thread) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    return Path(train(small_train_cfg(out, "trainer.max_steps=2"))["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = SmallClassifier(1, 10, 28, width=4, feature_dim=8)
+    return save_classifier(model, tmp_path_factory.mktemp("features") / "classifier.pt")
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory) -> Path:
+    """A random-init torch-fidelity FeatureExtractorInceptionV3 state dict (as in test_metrics.py)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    mpatch = pytest.MonkeyPatch()
+    mpatch.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
+    mpatch.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+    try:
+        torch.manual_seed(0)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        mpatch.undo()
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def no_download(monkeypatch, tmp_path) -> Path:
+    """An empty torch hub dir and a tripwire on torch-fidelity's downloader."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def fail(*a, **k):
+        raise AssertionError("attempted a download")
+
+    monkeypatch.setattr(tfi, "load_state_dict_from_url", fail)
+    return tmp_path / "torch_home"
+
+
+# ------------------------------------------------------------------------------------------------ bits/dim
+def test_bpd_of_the_exact_gaussian_denoiser_matches_analytic_value(gaussian_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    n = 2000
+    result = evaluate(
+        eval_cfg(
+            gaussian_checkpoint, out, "metrics=[bpd]", f"bpd_n={n}", "bpd_batch_size=700", "bpd_split=test"
+        )
+    )
+    summary = result["summary"]
+    assert summary["bpd_n"] == n and summary["bpd_stderr"] > 0
+
+    betas = LinearBetas.of(gaussian_checkpoint)
+    kl, prior = analytic_vb_bits(betas, MU, S)
+    decoder = analytic_decoder_bits(betas, MU, S)
+    expected = float(np.sum(kl[1:]) + decoder + prior)
+    # the total, within 4 of the standard errors the CLI reports (+ the float32 allowance of test_likelihood)
+    assert abs(summary["bpd"] - expected) < 4 * summary["bpd_stderr"] + 1e-3 * decoder, (summary, expected)
+
+    # the per-t curve: t = 1 is the decoder term, t >= 2 the KL terms L_{t-1}, each within 5 of its own
+    # standard error (written beside it)
+    rows = read_csv(out / "vlb_per_t.csv")
+    assert [int(r["t"]) for r in rows] == list(range(1, T + 1))
+    mean = np.array([float(r["vb_bits_per_dim"]) for r in rows])
+    se = np.array([float(r["vb_stderr"]) for r in rows])
+    assert np.all(se > 0)
+    err = np.abs(mean[1:] - kl[1:])
+    assert np.all(err < 5 * se[1:] + 1e-4 * kl[1:]), np.max((err - 1e-4 * kl[1:]) / se[1:])
+    assert abs(mean[0] - decoder) < 5 * se[0] + 1e-3 * decoder, (mean[0], decoder, se[0])
+    # the terms and the prior add up to the reported total
+    assert summary["bpd"] == pytest.approx(mean.sum() + prior, abs=4 * summary["bpd_stderr"])
+
+    # the tables: one row (bits/dim only), in md / csv / json, and the plot
+    paths = result["paths"]
+    assert Path(paths["vlb_csv"]) == out / "vlb_per_t.csv"
+    assert Path(paths["vlb_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = read_csv(paths["table_csv"])
+    assert len(table) == 1 and float(table[0]["bpd"]) == pytest.approx(summary["bpd"])
+    saved = json.loads(Path(paths["json"]).read_text())
+    assert saved["summary"]["bpd"] == summary["bpd"] and saved["rows"] == result["rows"]
+    md = Path(paths["table_md"]).read_text()
+    assert f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**" in md
+    assert "fid_vs_steps.png" not in " ".join(paths.values())
+    printed = capsys.readouterr().out
+    assert f"bits/dim : {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} (n={n})" in printed
+
+
+class LinearBetas:
+    @staticmethod
+    def of(ckpt: Path) -> np.ndarray:
+        """The betas of the schedule stored in ``ckpt`` (the analytic values need nothing else)."""
+        spec = torch.load(ckpt, weights_only=False)[CHECKPOINT_KEY]["spec"]
+        assert spec["schedule"]["num_timesteps"] == T
+        return instantiate(spec["schedule"]).betas.numpy()
+
+
+# ---------------------------------------------------------------------------------------- sample metrics
+def test_sample_metrics_per_steps_value_and_real_feature_cache(
+    trained_checkpoint, classifier, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    common = [
+        f"features={classifier}",
+        f"cache_dir={cache}",
+        "metrics=[fid,kid,pr,is]",
+        "n=8",
+        "n_real=16",
+        "batch_size=4",
+    ]
+    out = tmp_path / "eval"
+    result = evaluate(eval_cfg(trained_checkpoint, out, *common, "steps=[2,4]"))
+    rows = result["rows"]
+    assert [r["steps"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["sampler"] == "ddim" and r["n"] == 8 and r["guidance"] == 0.0
+        assert all(math.isfinite(r[k]) for k in SAMPLE_METRICS), r
+        assert r["fid"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["is_mean"] >= 1
+        assert "bpd" not in r
+    # one row per steps value in every table
+    table = read_csv(out / "evaluation.csv")
+    assert [int(r["steps"]) for r in table] == [2, 4]
+    assert [float(r["fid"]) for r in table] == pytest.approx([r["fid"] for r in rows])
+    assert json.loads((out / "evaluation.json").read_text())["rows"] == rows
+    md_rows = [line for line in (out / "evaluation.md").read_text().splitlines() if line.startswith("| ddim")]
+    assert len(md_rows) == 2
+    png = out / "fid_vs_steps.png"
+    assert result["paths"]["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        img.verify()
+    assert not (out / "vlb_per_t.csv").exists()
+
+    # the real features were computed once and cached (a .pt and its .json key)
+    files = sorted(cache.iterdir())
+    assert [p.suffix for p in files] == [".json", ".pt"]
+    key = json.loads(files[0].read_text())["key"]
+    assert key["n"] == 16 and key["split"] == "train" and key["features"].startswith("classifier:")
+    stamps = {p.name: p.stat().st_mtime_ns for p in files}
+
+    # a second run reads them from the cache: the data is never touched, nothing is rewritten
+    def no_data(self, split, n):
+        raise AssertionError("the real features were recomputed instead of read from the cache")
+
+    monkeypatch.setattr(DiffusionDataModule, "real_images", no_data)
+    again = evaluate(eval_cfg(trained_checkpoint, tmp_path / "again", *common, "steps=[2]"))
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+    # the same seed gives the same samples, so the same scores
+    assert again["rows"][0]["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
+    assert not (tmp_path / "again" / "fid_vs_steps.png").exists()  # one row: no curve
+
+
+def test_inception_features_with_local_weights(trained_checkpoint, random_inception_weights, no_download, tmp_path):
+    result = evaluate(
+        eval_cfg(
+            trained_checkpoint,
+            tmp_path / "eval",
+            "features=inception",
+            f"inception_weights={random_inception_weights}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "metrics=[fid,kid,pr,is]",
+            "steps=[2]",
+            "n=4",
+            "n_real=4",
+            "batch_size=4",
+        )
+    )
+    (row,) = result["rows"]
+    assert all(math.isfinite(row[k]) for k in SAMPLE_METRICS), row
+    (meta,) = (tmp_path / "cache").glob("*.json")
+    key = json.loads(meta.read_text())["key"]
+    assert key["features"] == f"inception-v3-compat:{random_inception_weights.name}:2048"
+    assert torch.load(meta.with_suffix(".pt")).shape == (4, 2048)
+
+
+# ---------------------------------------------------------------------------------------------- CLI errors
+def run_cli(tmp_path: Path, *args: str, torch_home: Path | None = None) -> subprocess.CompletedProcess:
+    env = cli_env(tmp_path)
+    env["PYTHONPATH"] = str(TESTS_DIR)  # the hand-written checkpoint's parts live in tests/
+    if torch_home is not None:
+        env["TORCH_HOME"] = str(torch_home)
+    cmd = [sys.executable, "-m", "diffusion_lab.evaluate", "device=cpu", "progress=false", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_missing_inception_weights_is_one_line(gaussian_checkpoint, tmp_path):
+    torch_home = tmp_path / "torch_home"
+    out = tmp_path / "eval"
+    proc = run_cli(
+        tmp_path,
+        f"ckpt={gaussian_checkpoint}",
+        f"out_dir={out}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "features=inception",
+        "metrics=[fid,bpd]",
+        torch_home=torch_home,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    where = torch_home / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    assert str(where) in lines[0]
+    assert "inception_weights=PATH" in lines[0] and "metrics.inception_weights" not in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    # it fails before any work: no bits/dim computed, nothing written
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_unknown_metric_is_one_line(tmp_path):
+    proc = run_cli(tmp_path, f"ckpt={tmp_path / 'none.ckpt'}", "metrics=[fid,fdi]")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: metrics=['fdi'] unknown; choose from ['fid', 'kid', 'pr', 'is', 'bpd']"]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["metrics=[]"], "metrics= is empty"),
+        (["metrics=[fid]", "n=1"], "n=1 is invalid"),
+        (["metrics=[bpd]", "bpd_n=0"], "bpd_n=0 is invalid"),
+    ],
+)
+def test_bad_settings_fail_before_loading(tmp_path, overrides, match):
+    with pytest.raises(UserError, match=match) as err:
+        evaluate(eval_cfg(tmp_path / "none.ckpt", tmp_path / "eval", *overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_classifier_names_the_option(gaussian_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^features='.*nope\.pt' is neither 'inception'"):
+        evaluate(eval_cfg(gaussian_checkpoint, tmp_path, f"features={tmp_path / 'nope.pt'}", "metrics=[fid]"))
+
+
+# --------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_generation_runs_under_bf16_autocast_on_cuda(trained_checkpoint, classifier, tmp_path, monkeypatch):
+    import diffusion_lab.evaluate as ev
+
+    seen: list[bool] = []
+    load = ev.load_checkpoint
+
+    def load_and_watch(*args, **kwargs):
+        parts, spec, ckpt = load(*args, **kwargs)
+        parts.net.register_forward_pre_hook(lambda m, a: seen.append(torch.is_autocast_enabled("cuda")))
+        return parts, spec, ckpt
+
+    monkeypatch.setattr(ev, "load_checkpoint", load_and_watch)
+    cfg = eval_cfg(
+        trained_checkpoint, tmp_path, f"features={classifier}", f"cache_dir={tmp_path / 'c'}", "metrics=[fid]"
+    )
+    cfg.device = "cuda"
+    cfg.n, cfg.n_real, cfg.batch_size, cfg.steps = 4, 8, 4, [2]
+    row = evaluate(cfg)["rows"][0]
+    assert seen and all(seen) and math.isfinite(row["fid"])
