@@ -30,7 +30,6 @@ from gaussian_oracle import analytic_decoder_bits, analytic_vb_bits, tables
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TESTS_DIR = Path(__file__).resolve().parent
-REPO = TESTS_DIR.parent
 MU, S = 0.0, 0.3  # the Gaussian data of test_likelihood.py: iid N(0, 0.3²) pixels
 T = 50
 SAMPLE_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
@@ -117,6 +116,13 @@ def no_download(monkeypatch, tmp_path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ bits/dim
+def stored_betas(ckpt: Path) -> np.ndarray:
+    """The betas of the schedule stored in ``ckpt`` (the analytic values need nothing else)."""
+    spec = torch.load(ckpt, weights_only=False)[CHECKPOINT_KEY]["spec"]
+    assert spec["schedule"]["num_timesteps"] == T
+    return instantiate(spec["schedule"]).betas.numpy()
+
+
 def test_bpd_of_the_exact_gaussian_denoiser_matches_analytic_value(gaussian_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     n = 2000
@@ -128,7 +134,7 @@ def test_bpd_of_the_exact_gaussian_denoiser_matches_analytic_value(gaussian_chec
     summary = result["summary"]
     assert summary["bpd_n"] == n and summary["bpd_stderr"] > 0
 
-    betas = LinearBetas.of(gaussian_checkpoint)
+    betas = stored_betas(gaussian_checkpoint)
     kl, prior = analytic_vb_bits(betas, MU, S)
     decoder = analytic_decoder_bits(betas, MU, S)
     expected = float(np.sum(kl[1:]) + decoder + prior)
@@ -161,15 +167,6 @@ def test_bpd_of_the_exact_gaussian_denoiser_matches_analytic_value(gaussian_chec
     assert "fid_vs_steps.png" not in " ".join(paths.values())
     printed = capsys.readouterr().out
     assert f"bits/dim : {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} (n={n})" in printed
-
-
-class LinearBetas:
-    @staticmethod
-    def of(ckpt: Path) -> np.ndarray:
-        """The betas of the schedule stored in ``ckpt`` (the analytic values need nothing else)."""
-        spec = torch.load(ckpt, weights_only=False)[CHECKPOINT_KEY]["spec"]
-        assert spec["schedule"]["num_timesteps"] == T
-        return instantiate(spec["schedule"]).betas.numpy()
 
 
 # ---------------------------------------------------------------------------------------- sample metrics
@@ -226,7 +223,9 @@ def test_sample_metrics_per_steps_value_and_real_feature_cache(
     assert not (tmp_path / "again" / "fid_vs_steps.png").exists()  # one row: no curve
 
 
-def test_inception_features_with_local_weights(trained_checkpoint, random_inception_weights, no_download, tmp_path):
+def test_inception_features_with_local_weights(
+    trained_checkpoint, random_inception_weights, no_download, tmp_path
+):
     result = evaluate(
         eval_cfg(
             trained_checkpoint,

@@ -235,6 +235,36 @@ def _call(system: str) -> Callable:
     return lambda net, x, t: net(x, t).sample
 
 
+def model_costs(names: list[str], image_size: int = 32, channels: int = 3) -> list[dict]:
+    """Parameters and forward GFLOPs per image of the network presets (counted on the CPU, no GPU needed)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .train import CONFIG_DIR
+
+    rows = []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for name in names:
+            cfg = compose("train", overrides=[f"model={name}"])
+            net = instantiate(
+                cfg.model, in_channels=channels, out_channels=channels, image_size=image_size
+            ).eval()
+            x = torch.randn(1, channels, image_size, image_size)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                net(x, torch.zeros(1, dtype=torch.long))
+            rows.append(
+                {
+                    "workload": "model_cost",
+                    "model": name,
+                    "image": [channels, image_size, image_size],
+                    "params": count_parameters(net),
+                    "gflops_forward_per_image": round(counter.get_total_flops() / 1e9, 3),
+                }
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default="ours,diffusers")
@@ -253,7 +283,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--sample-iters", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma list of conf/model presets (e.g. unet_ddpm_cifar,dit_s,dit_b): print their parameter count "
+        "and forward FLOPs at 32x32x3 and exit",
+    )
     args = p.parse_args(argv)
+    if args.models:
+        rows = model_costs(args.models.split(","))
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return rows
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["UserError", "friendly_errors", "root_cause"]
+__all__ = ["UserError", "NonFiniteError", "friendly_errors", "root_cause", "check_types"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +23,41 @@ class UserError(ValueError):
     """Bad input: a wrong option value, a missing path, an impossible combination."""
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+class NonFiniteError(ArithmeticError):
+    """Training produced a non-finite loss or gradient under ``nonfinite=stop``."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, NonFiniteError)
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def check_types(cfg: Any, expected: dict[str, tuple]) -> None:
+    """Raise a one-line ``UserError`` naming the key, the value and the expected type for the first value of
+    ``cfg`` (a DictConfig) whose type is wrong. ``expected`` maps dotted keys to a tuple of accepted types
+    (``int``, ``float`` — which accepts an int too —, ``str``, ``bool``, ``None``); absent keys are skipped.
+    Catches ``trainer.max_steps=abc`` at start-up instead of deep inside a library, with a traceback."""
+    from omegaconf import OmegaConf
+
+    missing = object()
+    for key, types in expected.items():
+        value = OmegaConf.select(cfg, key, default=missing, throw_on_missing=False)
+        if value is missing:
+            continue
+        if value is None:
+            ok = None in types
+        elif isinstance(value, bool):
+            ok = bool in types
+        elif isinstance(value, int):
+            ok = int in types or float in types
+        elif isinstance(value, float):
+            ok = float in types
+        else:
+            ok = any(t is not None and t not in (int, float, bool) and isinstance(value, t) for t in types)
+        if not ok:
+            words = " or ".join(_TYPE_WORDS.get(t, "null") for t in types)
+            example = {int: "3", float: "0.001", bool: "true", str: "name"}.get(types[0], "null")
+            raise UserError(f"{key}={value!r} must be {words} (e.g. {key}={example})")
 
 
 def root_cause(err: BaseException) -> BaseException:

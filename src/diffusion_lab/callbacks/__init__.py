@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .ema import EMA
+from .preemption import Preemption
 from .sample_grid import SampleGrid
 from .sample_quality import SampleQualityCallback
 from .throughput import Throughput
 
-__all__ = ["EMA", "SampleGrid", "SampleQualityCallback", "Throughput"]
+__all__ = ["EMA", "Preemption", "SampleGrid", "SampleQualityCallback", "Throughput"]

@@ -1,0 +1,157 @@
+"""Stop cleanly on SIGTERM / SIGUSR1 (a scheduler's preemption notice): checkpoint, stop, exit 0.
+
+On the signal the handler only sets a flag. At the next training-batch end (after the EMA has averaged that
+step) the callback writes ``<run dir>/checkpoints/last.ckpt`` (atomically, through the Trainer's checkpoint
+plugin), sets ``trainer.should_stop`` and records why; ``train.py`` then skips the final samples and prints how
+to resume (``ckpt_path=last resume_dir=<run dir>``). A second signal changes nothing; SIGKILL cannot be caught
+(the periodic step checkpoints cover it).
+
+Interplay with Lightning (2.6):
+
+* Lightning installs its own SIGTERM handler when fit starts: it sets ``trainer.received_sigterm`` and then
+  raises ``SIGTERMException`` at the end of the batch — without saving anything. This callback installs its
+  handler afterwards (``on_train_start``) and takes SIGTERM over for the rest of fit, restoring the previous
+  handler at the end. Like Lightning's, it forwards the signal to the processes Lightning's DDP launcher started.
+* Under SLURM (``SLURMEnvironment`` detected) Lightning owns the requeue signal (SIGUSR1 by default): it saves
+  ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue``. This callback then leaves SIGUSR1 alone and handles only
+  SIGTERM (which SLURM sends when the grace time is up), so there is no fight over the signal.
+* With several processes, the ranks agree before stopping (one all-reduce of a flag every
+  ``sync_every_n_steps`` steps), so they all save and stop at the same step; a single process checks its flag
+  every step (free: no device sync).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+__all__ = ["Preemption"]
+
+
+class Preemption(L.Callback):
+    def __init__(
+        self,
+        signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
+        dirname: str = "checkpoints",
+        filename: str = "last.ckpt",
+        sync_every_n_steps: int = 10,
+    ):
+        self.signal_names = [str(s).upper() for s in signals]
+        unknown = [s for s in self.signal_names if not hasattr(signal, s)]
+        if unknown:
+            raise ValueError(f"callbacks.preemption.signals: unknown signal(s) {unknown}; e.g. [SIGTERM, SIGUSR1]")
+        self.dirname = dirname
+        self.filename = filename
+        self.sync_every_n_steps = max(1, int(sync_every_n_steps))
+        self.received: int | None = None  # the signal number, once one arrived
+        self.stopped_at_step: int | None = None
+        self.checkpoint_path: str | None = None
+        self._previous: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
+
+    # ------------------------------------------------------------------ signal handling
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received is not None else None
+
+    def _handler(self, signum: int, frame) -> None:
+        first = self.received is None
+        self.received = signum
+        trainer = self._trainer
+        if first and trainer is not None:
+            launcher = getattr(trainer.strategy, "launcher", None)
+            kill = getattr(launcher, "kill", None)
+            if callable(kill):  # DDP started the other ranks as child processes: pass the notice on
+                try:
+                    kill(signum)
+                except Exception:
+                    pass
+
+    def _signals_to_handle(self) -> list[int]:
+        nums = [int(getattr(signal, name)) for name in self.signal_names]
+        if SLURMEnvironment.detect():  # Lightning's auto-requeue owns SIGUSR1 (see the module doc)
+            nums = [n for n in nums if n != signal.SIGUSR1]
+        return nums
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received, self.stopped_at_step, self.checkpoint_path = None, None, None
+        self._trainer = trainer
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in self._signals_to_handle():
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def _restore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+        self._trainer = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    # ------------------------------------------------------------------ stopping
+    def _should_stop(self, trainer: L.Trainer) -> bool:
+        if trainer.world_size == 1:
+            return self.received is not None
+        if trainer.global_step % self.sync_every_n_steps:
+            return False
+        # All ranks reach this at the same step; any rank's signal stops them all.
+        return trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stopped_at_step is not None or not self._should_stop(trainer):
+            return
+        path = Path(trainer.default_root_dir) / self.dirname / self.filename
+        owners = self._last_checkpoint_owners(trainer, path)
+        for cb in owners:  # before saving, as ModelCheckpoint does: its state inside the file names the file
+            cb.last_model_path = str(path)
+        trainer.save_checkpoint(path)
+        for cb in owners:
+            self._mark_saved(cb, trainer, str(path))
+        trainer.should_stop = True
+        self.stopped_at_step = trainer.global_step
+        self.checkpoint_path = str(path)
+        if self.received is None:  # another rank got the signal
+            self.received = int(signal.SIGTERM)
+        if trainer.is_global_zero:
+            print(
+                f"\n{self.signal_name} received: saved {path} at step {trainer.global_step}; stopping.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @staticmethod
+    def _last_checkpoint_owners(trainer: L.Trainer, path: Path) -> list:
+        """The ModelCheckpoint callbacks whose ``save_last`` file is ``path``."""
+        owners = []
+        for cb in trainer.checkpoint_callbacks:
+            last = Path(cb.dirpath or "", f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+            if getattr(cb, "save_last", False) and last.resolve() == path.resolve():
+                owners.append(cb)
+        return owners
+
+    @staticmethod
+    def _mark_saved(cb, trainer: L.Trainer, path: str) -> None:
+        """Tell ModelCheckpoint that ``path`` is this step's last checkpoint. Otherwise, if it has not saved yet
+        in this run, its ``on_train_end`` writes last.ckpt again — after the EMA weights were copied into the
+        module, the state Lightning restarts wrongly from (see tests/test_train.py, LIGHTNING_TRAIN_END_RESTART).
+        These are ModelCheckpoint's own bookkeeping attributes (Lightning 2.6)."""
+        if hasattr(cb, "_last_checkpoint_saved"):
+            cb._last_checkpoint_saved = path
+        if hasattr(cb, "_last_global_step_saved"):
+            cb._last_global_step_saved = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,205 @@
+"""Checkpoints that survive a kill at any instant, and a check that a checkpoint is whole before resuming.
+
+``AtomicCheckpointIO`` replaces Lightning's ``TorchCheckpointIO`` (train.py passes it to the Trainer). Lightning
+writes through an fsspec transaction whose temporary file lies in the system temp folder, so on another file
+system the final "move" is a copy: a kill during it leaves a truncated checkpoint under the final name, and
+nothing is fsynced. Here each checkpoint is streamed to a temporary file *in the same folder*, hashed as it is
+written, fsynced, and renamed over the final name (``os.replace``: atomic on POSIX); a sidecar
+``<name>.sha256`` (``sha256sum -c`` format) records the digest. A reader — or a resume after a crash, a kill -9
+or a full disk — sees the previous checkpoint or the new one, never a part of one.
+
+``verify_checkpoint`` tells whether a file is a whole checkpoint: the digest when there is a sidecar, else a
+metadata-only ``torch.load(mmap=True)`` (a truncated zip has no central directory). ``newest_good_checkpoint``
+picks what ``ckpt_path=last`` resumes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "atomic_torch_save",
+    "sidecar_path",
+    "file_sha256",
+    "verify_checkpoint",
+    "newest_good_checkpoint",
+]
+
+SIDECAR_SUFFIX = ".sha256"
+_CHUNK = 1 << 22
+
+
+class _HashingWriter:
+    """A write-only file object that hashes what passes through it (torch.save streams into it)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse to fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(folder: Path, name: str, write) -> str:
+    """Write through ``write(file)`` into a temp file of ``folder``, fsync; returns the temp file's path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> str:
+    """``torch.save`` to ``path`` atomically with a ``.sha256`` sidecar; returns the hex digest.
+
+    Order: checkpoint temp file (hashed while written) and sidecar temp file, both fsynced, then the checkpoint
+    and then the sidecar are renamed into place. A kill between the two renames leaves a new checkpoint with the
+    old digest: ``verify_checkpoint`` then calls it corrupt and a resume falls back to an older checkpoint —
+    progress may be lost, a half-written file is never used.
+    """
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    digest: dict[str, str] = {}
+
+    def write_ckpt(f) -> None:
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
+        digest["hex"] = writer.sha.hexdigest()
+
+    tmp_ckpt = _write_synced(folder, path.name, write_ckpt)
+    try:
+        line = f"{digest['hex']}  {path.name}\n".encode()
+        tmp_sum = _write_synced(folder, path.name + SIDECAR_SUFFIX, lambda f: f.write(line))
+    except BaseException:
+        os.unlink(tmp_ckpt)
+        raise
+    try:
+        os.replace(tmp_ckpt, path)
+        os.replace(tmp_sum, sidecar_path(path))
+    finally:
+        for tmp in (tmp_ckpt, tmp_sum):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    _fsync_dir(folder)
+    return digest["hex"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with atomic, fsynced, digest-checked local writes (see the module doc).
+
+    Remote paths (``s3://...``) keep Lightning's own writer. Removing a checkpoint removes its sidecar too.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        if "://" not in str(path):
+            sidecar = sidecar_path(path)
+            if sidecar.is_file():
+                sidecar.unlink()
+
+
+def file_sha256(path: str | Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """``None`` if ``path`` is a whole Lightning checkpoint, else why not (a few words).
+
+    With a sidecar the whole file is hashed (about 1 s per GB); without one (a checkpoint written by another
+    tool, or before this module existed) only its structure is read, which catches truncation but not a flipped
+    byte inside a tensor.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file"
+    real = path.resolve()  # ModelCheckpoint(save_last="link") makes last.ckpt a symlink: check its target
+    sidecar = sidecar_path(real)
+    if sidecar.is_file():
+        try:
+            expected = sidecar.read_text().split()[0].lower()
+        except (OSError, IndexError):
+            expected = ""
+        if re.fullmatch(r"[0-9a-f]{64}", expected):
+            if file_sha256(real) != expected:
+                return f"its sha256 does not match {sidecar.name} (truncated or corrupt)"
+            return None
+    try:
+        ckpt = torch.load(real, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:
+        return f"unreadable ({type(err).__name__}: truncated or not a checkpoint)"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "not a Lightning checkpoint (no state_dict)"
+    return None
+
+
+def _candidates(folder: Path) -> list[Path]:
+    """``last*.ckpt`` and ``step_*.ckpt`` of ``folder``, newest first (``last`` first on a tie)."""
+    files = [p for p in folder.glob("*.ckpt") if p.name.startswith(("last", "step")) and p.is_file()]
+
+    def key(p: Path) -> tuple:
+        return (p.stat().st_mtime_ns, p.name.startswith("last"))
+
+    return sorted(files, key=key, reverse=True)
+
+
+def newest_good_checkpoint(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest whole checkpoint of ``folder`` (by modification time, among ``last*.ckpt`` and
+    ``step_*.ckpt``) and the newer ones that were skipped, with why."""
+    skipped: list[tuple[Path, str]] = []
+    for path in _candidates(Path(folder)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped

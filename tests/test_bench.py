@@ -1,0 +1,28 @@
+"""The benchmark's CPU-runnable paths: model costs, and one tiny eager pass of each workload (marked slow)."""
+
+from __future__ import annotations
+
+import json
+
+from diffusion_lab import bench
+
+
+def test_model_costs_report_params_and_flops(capsys) -> None:
+    rows = bench.main(["--models", "unet_ddpm_cifar,dit_s"])
+    by_name = {r["model"]: r for r in rows}
+    assert by_name["unet_ddpm_cifar"]["params"] == 35_746_307  # Ho et al.'s CIFAR-10 network
+    assert by_name["dit_s"]["params"] == 32_471_436
+    # Ho's network: about 6.2 GMACs per 32x32 image forward, i.e. ~12.4 GFLOPs.
+    assert 11.0 < by_name["unet_ddpm_cifar"]["gflops_forward_per_image"] < 14.0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["model"] for line in lines] == ["unet_ddpm_cifar", "dit_s"]
+
+
+def test_tiny_eager_pass_prints_json_lines_and_ratios(capsys) -> None:
+    rows = bench.main(
+        ["--systems", "ours", "--variants", "eager", "--batch", "1", "--warmup", "0", "--iters", "1", "--sample-batch", "1", "--sample-steps", "1", "--sample-iters", "1", "--device", "cpu"]
+    )
+    assert {r["workload"] for r in rows} == {"train", "sample"}
+    assert all(r["img_per_s"] > 0 for r in rows)
+    out = capsys.readouterr().out.splitlines()
+    assert "ratios" in json.loads(out[-1])
