@@ -20,7 +20,26 @@ def test_model_costs_report_params_and_flops(capsys) -> None:
 
 def test_tiny_eager_pass_prints_json_lines_and_ratios(capsys) -> None:
     rows = bench.main(
-        ["--systems", "ours", "--variants", "eager", "--batch", "1", "--warmup", "0", "--iters", "1", "--sample-batch", "1", "--sample-steps", "1", "--sample-iters", "1", "--device", "cpu"]
+        [
+            "--systems",
+            "ours",
+            "--variants",
+            "eager",
+            "--batch",
+            "1",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--sample-batch",
+            "1",
+            "--sample-steps",
+            "1",
+            "--sample-iters",
+            "1",
+            "--device",
+            "cpu",
+        ]
     )
     assert {r["workload"] for r in rows} == {"train", "sample"}
     assert all(r["img_per_s"] > 0 for r in rows)

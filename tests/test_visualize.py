@@ -225,3 +225,17 @@ def test_cli(tmp_path):
     assert f"data    : {tmp_path / 'figs' / 'schedules.csv'}" in ok.stdout
     check_png(tmp_path / "figs" / "schedules.png")
     assert sorted(FIGURES) == ["forward", "schedules", "spectrum", "trajectory", "vlb"]
+
+
+@needs_fmnist
+def test_figures_go_to_tensorboard_and_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tb = visualize(
+        vis_cfg(tmp_path / "tb", "figure=schedules", "schedule.num_timesteps=20", "log_to=tensorboard")
+    )
+    events = list(Path(tb["logged_to"]).glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000  # the image summary is in the event file
+    wb = visualize(vis_cfg(tmp_path / "wb", "figure=schedules", "schedule.num_timesteps=20", "log_to=wandb"))
+    media = list(Path(wb["logged_to"]).rglob("*.png"))
+    assert media, "the offline W&B run holds the figure"

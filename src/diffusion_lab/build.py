@@ -99,6 +99,7 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         p_uncond=float(cfg.get("p_uncond", 0.0)),
         spec=spec,
         compile=cfg.get("compile", False),
+        nonfinite=cfg.get("nonfinite", "skip"),
     )
 
 
@@ -118,6 +119,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(
             f"ckpt={str(path)!r} does not exist; pass the path of a .ckpt file from a training run"
+        )
+    from .checkpointing import check_digest, sidecar_path
+
+    if check_digest(path) is False:
+        raise CheckpointError(
+            f"ckpt={str(path)!r} is corrupt: its sha256 does not match {sidecar_path(path).name} "
+            "(truncated or modified after it was written)"
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_torch_save",
     "sidecar_path",
     "file_sha256",
+    "check_digest",
     "verify_checkpoint",
     "newest_good_checkpoint",
 ]
@@ -151,6 +152,18 @@ def file_sha256(path: str | Path) -> str:
     return sha.hexdigest()
 
 
+def check_digest(path: str | Path) -> bool | None:
+    """Whether ``path`` matches its ``.sha256`` sidecar; ``None`` when there is no (readable) sidecar."""
+    sidecar = sidecar_path(Path(path).resolve())
+    try:
+        expected = sidecar.read_text().split()[0].lower()
+    except (OSError, IndexError):
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        return None
+    return file_sha256(path) == expected
+
+
 def verify_checkpoint(path: str | Path) -> str | None:
     """``None`` if ``path`` is a whole Lightning checkpoint, else why not (a few words).
 
@@ -164,16 +177,11 @@ def verify_checkpoint(path: str | Path) -> str | None:
     if path.stat().st_size == 0:
         return "empty file"
     real = path.resolve()  # ModelCheckpoint(save_last="link") makes last.ckpt a symlink: check its target
-    sidecar = sidecar_path(real)
-    if sidecar.is_file():
-        try:
-            expected = sidecar.read_text().split()[0].lower()
-        except (OSError, IndexError):
-            expected = ""
-        if re.fullmatch(r"[0-9a-f]{64}", expected):
-            if file_sha256(real) != expected:
-                return f"its sha256 does not match {sidecar.name} (truncated or corrupt)"
-            return None
+    digest = check_digest(real)
+    if digest is not None:
+        return (
+            None if digest else f"its sha256 does not match {sidecar_path(real).name} (truncated or corrupt)"
+        )
     try:
         ckpt = torch.load(real, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:

@@ -1,5 +1,6 @@
-"""Writing artefacts atomically: a temp file in the same folder, then ``os.replace`` — a reader never sees a
-half-written file, and a crash mid-write leaves the previous version intact."""
+"""Writing artefacts atomically: a temp file in the same folder, fsynced, then ``os.replace`` — a reader never
+sees a half-written file, and a crash mid-write (or a power loss after it) leaves the previous version intact.
+Checkpoints go through ``diffusion_lab.checkpointing.AtomicCheckpointIO`` (the same, plus a sha256 sidecar)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,19 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def to_uint8(images: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import UserError, friendly_errors
+from .io import atomic_path
 
 __all__ = ["Job", "find_jobs", "write_report", "main"]
 
@@ -249,7 +250,8 @@ def _plots(jobs: list[Job], out: Path) -> dict[str, Path]:
     def save(fig, name: str, title: str) -> None:
         fig.tight_layout()
         path = out / name
-        fig.savefig(path, dpi=110, format="png")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         made[title] = path
 
@@ -438,7 +440,8 @@ def write_report(
     if failed:
         md += ["", "## Failed jobs", ""] + [f"- {j.label}: exit {j.exit_code}, log `{j.log}`" for j in failed]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("\n".join(md) + "\n")
 
     # ---- html (self-contained)
     esc = html.escape
@@ -490,7 +493,8 @@ def write_report(
         h.append("</ul>")
     h.append("</body></html>")
     html_path = out / "report.html"
-    html_path.write_text("\n".join(h) + "\n")
+    with atomic_path(html_path) as tmp:
+        tmp.write_text("\n".join(h) + "\n")
     return {"markdown": md_path, "html": html_path, **{name: path for name, path in plots.items()}}
 
 

@@ -22,12 +22,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .build import build_module
-from .callbacks import Throughput
-from .errors import UserError, friendly_errors
+from .build import CheckpointError, build_module
+from .callbacks import Preemption, Throughput
+from .checkpointing import AtomicCheckpointIO, newest_good_checkpoint, verify_checkpoint
+from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
+from .module import CHECKPOINT_KEY
 
 __all__ = ["train", "main", "CONFIG_DIR"]
 
@@ -35,22 +38,74 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``ckpt_path``: null (fresh run), ``last`` (the newest checkpoint of the run being resumed), or a path."""
+    """``ckpt_path``: null (fresh run), ``last`` (the newest whole checkpoint of the run being resumed), or a path.
+
+    ``last`` takes the newest of ``checkpoints/last*.ckpt`` and ``checkpoints/step_*.ckpt`` (by modification
+    time) that passes ``verify_checkpoint``: if ``last.ckpt`` was cut short (a full disk, a file copied while
+    written) or a kill fell between a step checkpoint and last.ckpt, it says so in one line and uses the newest
+    good one. An explicit path that is not a whole checkpoint is an error.
+    """
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, "", "null"):
         return None
     if ckpt == "last":
         run_dir = Path(cfg.get("resume_dir") or output_dir)
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+        folder = run_dir / "checkpoints"
+        last = folder / "last.ckpt"
+        chosen, skipped = newest_good_checkpoint(folder) if folder.is_dir() else (None, [])
+        if chosen is None:
+            if skipped:
+                why = "; ".join(f"{p.name}: {problem}" for p, problem in skipped[:3])
+                raise CheckpointError(
+                    f"ckpt_path=last: no whole checkpoint in {folder} ({why}); pass ckpt_path=<file.ckpt>"
+                )
             raise UserError(
                 f"ckpt_path=last: no checkpoint at {last}; set resume_dir=<the run directory to continue> "
                 "or ckpt_path=<file.ckpt>"
             )
-        return str(last)
+        if chosen.name != last.name or skipped:
+            if skipped:
+                why = ", ".join(
+                    f"{p.name} is {problem}" if problem == "missing" else f"{p.name}: {problem}"
+                    for p, problem in skipped
+                )
+            elif not last.exists():
+                why = "last.ckpt is missing"
+            else:
+                why = f"it is newer than {last.name}"
+            if rank_zero_only.rank == 0:
+                print(f"ckpt_path=last: resuming from {chosen} ({why})", file=sys.stderr, flush=True)
+        return str(chosen)
     if not Path(ckpt).is_file():
         raise UserError(f"ckpt_path={ckpt!r} does not exist; pass a .ckpt file, 'last', or null")
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"ckpt_path={ckpt!r} cannot be resumed from: {problem}")
     return str(ckpt)
+
+
+def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> None:
+    """A checkpoint of another network (other model / data options) fails here in one line, not in
+    ``load_state_dict`` with a page of mismatched keys."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    stored = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    own = module.state_dict()
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    shapes = [k for k in own if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    spec = (ckpt.get(CHECKPOINT_KEY) or {}).get("spec", {}) if isinstance(ckpt, dict) else {}
+    trained = str((spec.get("model") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
+    if shapes:
+        k = shapes[0]
+        detail = f"{k} is {list(stored[k].shape)} there, {list(own[k].shape)} here"
+    else:
+        detail = f"{len(missing)} parameter(s) missing, {len(unexpected)} unexpected"
+    raise CheckpointError(
+        f"ckpt_path={ckpt_path!r} holds another network ({trained}, data shape {spec.get('data_shape', '?')}: "
+        f"{detail}); resume with the model and data options it was trained with"
+    )
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -66,6 +121,43 @@ def check_output_dir(output_dir: Path) -> None:
         ) from None
 
 
+# Values checked at start-up: a wrong type (trainer.max_steps=abc) otherwise fails deep inside a library with a
+# traceback. A tuple of accepted types; None means null is allowed.
+TYPED_KEYS: dict[str, tuple] = {
+    "seed": (int,),
+    "trainer.max_steps": (int,),
+    "trainer.max_epochs": (int, None),
+    "trainer.log_every_n_steps": (int,),
+    "trainer.val_check_interval": (int, float, None),
+    "trainer.limit_val_batches": (int, float),
+    "trainer.gradient_clip_val": (float, None),
+    "trainer.deterministic": (bool, str),
+    "schedule.num_timesteps": (int,),
+    "optimizer.lr": (float,),
+    "optimizer.weight_decay": (float,),
+    "data.batch_size": (int,),
+    "data.eval_batch_size": (int,),
+    "data.num_workers": (int,),
+    "data.limit_train": (int, None),
+    "data.val_size": (int,),
+    "callbacks.ema.decay": (float,),
+    "callbacks.checkpoint.every_n_train_steps": (int, None),
+    "final_samples": (int,),
+    "p_uncond": (float,),
+    "progress_refresh_rate": (int,),
+    "nonfinite": (str,),
+}
+NONFINITE_POLICIES = ("skip", "stop", "off")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Start-up checks of values that no part checks itself: one line naming the key, before any work."""
+    check_types(cfg, TYPED_KEYS)
+    policy = cfg.get("nonfinite", "skip")
+    if policy not in NONFINITE_POLICIES:
+        raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         return Path(cfg.paths.output_dir)
@@ -76,6 +168,7 @@ def _output_dir(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, write final samples; returns the paths and final metrics."""
     started = time.time()
+    check_config(cfg)
     output_dir = _output_dir(cfg)
     check_output_dir(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -87,6 +180,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    if ckpt_path is not None:
+        check_resume_compatible(module, ckpt_path)
 
     callbacks = [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
@@ -97,7 +192,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c
     ]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg)
+    )
     if trainer.is_global_zero:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -105,6 +202,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     result: dict[str, Any] = {"output_dir": str(output_dir), "global_step": trainer.global_step}
+    result["skipped_steps"] = int(getattr(module, "skipped_steps", 0))
+    preempted = next(
+        (c for c in callbacks if isinstance(c, Preemption) and c.stopped_at_step is not None), None
+    )
+    if preempted is not None:
+        result["preempted"] = {
+            "signal": preempted.signal_name,
+            "step": preempted.stopped_at_step,
+            "checkpoint": preempted.checkpoint_path,
+            "resume": resume_command(output_dir),
+        }
     result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None:
@@ -121,7 +229,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["checkpoint"] = str(last)
             ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
             result["global_step"] = int(ckpt["global_step"])
-    if trainer.is_global_zero and cfg.get("final_samples", 0) and len(datamodule.data_shape) == 3:
+    if preempted is not None:
+        result["checkpoint"] = preempted.checkpoint_path
+    elif trainer.is_global_zero and cfg.get("final_samples", 0) and len(datamodule.data_shape) == 3:
         # After fit, Lightning's weight averaging has copied the EMA weights into the module.
         module.to(trainer.strategy.root_device)
         gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
@@ -142,6 +252,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def trainer_plugins(cfg: DictConfig) -> list:
+    """``trainer.plugins`` from the config, plus ``AtomicCheckpointIO`` unless a checkpoint plugin is given."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    configured = cfg.trainer.get("plugins") or []
+    if isinstance(configured, str | DictConfig):
+        configured = [configured]
+    plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in configured]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def resume_command(output_dir: Path) -> str:
+    """The command line that continues this run (its own overrides, plus ckpt_path=last resume_dir=...)."""
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [
+            o
+            for o in HydraConfig.get().overrides.task
+            if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "resume_dir")
+        ]
+    return " ".join(
+        ["python -m diffusion_lab.train", *overrides, "ckpt_path=last", f"resume_dir={output_dir}"]
+    )
+
+
 def print_summary(result: dict[str, Any]) -> None:
     lines = [f"run directory : {result['output_dir']}", f"steps trained : {result['global_step']}"]
     for key, label in [
@@ -155,8 +292,14 @@ def print_summary(result: dict[str, Any]) -> None:
     for key in ("val/loss", "val/bpd_estimate", "train/loss"):
         if key in result["metrics"]:
             lines.append(f"{key:<14}: {result['metrics'][key]:.4f}")
+    if result.get("skipped_steps"):
+        lines.append(f"skipped steps : {result['skipped_steps']} (non-finite loss or gradients)")
     if result.get("train_img_per_s"):
         lines.append(f"train speed   : {result['train_img_per_s']} img/s")
+    if result.get("preempted"):
+        p = result["preempted"]
+        lines.append(f"stopped by    : {p['signal']} at step {p['step']} (checkpoint saved)")
+        lines.append(f"resume with   : {p['resume']}")
     lines.append(f"wall time     : {result['wall_time_s']} s")
     print("\n== diffusion_lab.train done ==\n" + "\n".join(lines), flush=True)
 

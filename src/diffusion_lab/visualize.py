@@ -433,10 +433,36 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = FIGURES[figure](cfg, out_dir / str(cfg.name or figure))
     result = {k: str(v) for k, v in paths.items()}
+    if cfg.get("log_to"):
+        result["logged_to"] = send_to_logger(str(cfg.log_to), figure, result["png"], out_dir)
     print(f"\n== diffusion_lab.visualize {figure} ==")
     for key, path in result.items():
         print(f"{key:<8}: {path}")
     return result
+
+
+def send_to_logger(kind: str, figure: str, png: str, out_dir: Path) -> str:
+    """Send the figure to W&B (``log_to=wandb``; WANDB_MODE=offline works) or TensorBoard (``log_to=tensorboard``)."""
+    if kind == "wandb":
+        import wandb
+
+        run = wandb.init(
+            project="diffusion_lab", job_type="visualize", dir=str(out_dir), reinit="finish_previous"
+        )
+        try:
+            run.log({f"figures/{figure}": wandb.Image(png)})
+            return str(run.dir)
+        finally:
+            run.finish()
+    if kind == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        from torchvision.io import read_image
+
+        log_dir = out_dir / "tensorboard"
+        with SummaryWriter(str(log_dir)) as writer:
+            writer.add_image(f"figures/{figure}", read_image(png)[:3], 0)
+        return str(log_dir)
+    raise UserError(f"log_to={kind!r} is unknown for visualize; choose wandb, tensorboard or null")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")

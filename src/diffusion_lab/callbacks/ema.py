@@ -45,6 +45,11 @@ class EMA(WeightAveraging):
         # lists on every step: host time that a CUDA-graphed training step cannot hide (about 12% of the
         # step on an H200). Same arithmetic (copy on the first update, then lerp by 1 - decay), lists built once.
         step_idx = trainer.global_step - 1
+        if getattr(pl_module, "step_skipped", False):
+            # The module dropped this step's update (non-finite loss or gradients, see DiffusionModule): the
+            # weights did not move, so there is nothing to average; global_step still advanced.
+            self._latest_update_step = trainer.global_step
+            return
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
             self._update(pl_module)
             self._latest_update_step = trainer.global_step

@@ -22,6 +22,7 @@ Interplay with Lightning (2.6):
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -45,7 +46,9 @@ class Preemption(L.Callback):
         self.signal_names = [str(s).upper() for s in signals]
         unknown = [s for s in self.signal_names if not hasattr(signal, s)]
         if unknown:
-            raise ValueError(f"callbacks.preemption.signals: unknown signal(s) {unknown}; e.g. [SIGTERM, SIGUSR1]")
+            raise ValueError(
+                f"callbacks.preemption.signals: unknown signal(s) {unknown}; e.g. [SIGTERM, SIGUSR1]"
+            )
         self.dirname = dirname
         self.filename = filename
         self.sync_every_n_steps = max(1, int(sync_every_n_steps))
@@ -68,10 +71,8 @@ class Preemption(L.Callback):
             launcher = getattr(trainer.strategy, "launcher", None)
             kill = getattr(launcher, "kill", None)
             if callable(kill):  # DDP started the other ranks as child processes: pass the notice on
-                try:
+                with contextlib.suppress(Exception):
                     kill(signum)
-                except Exception:
-                    pass
 
     def _signals_to_handle(self) -> list[int]:
         nums = [int(getattr(signal, name)) for name in self.signal_names]
@@ -98,7 +99,9 @@ class Preemption(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore()
 
     # ------------------------------------------------------------------ stopping

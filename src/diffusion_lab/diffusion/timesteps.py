@@ -6,6 +6,8 @@ weight, so E[weight · L_t] under the sampler equals E[L_t] under the uniform di
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -84,6 +86,8 @@ class ImportanceTimestepSampler(TimestepSampler):
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         for ti, loss in zip(t.detach().cpu().tolist(), losses.detach().float().cpu().tolist()):
+            if not math.isfinite(loss):  # a non-finite step is skipped; its loss must not steer sampling
+                continue
             if self.loss_counts[ti] == self.history:  # full: drop the oldest
                 self.loss_history[ti, :-1] = self.loss_history[ti, 1:]
                 self.loss_history[ti, -1] = loss

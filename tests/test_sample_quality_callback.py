@@ -1,0 +1,236 @@
+"""SampleQualityCallback: FID & co. during training, the best-FID checkpoint, and the same numbers on any number
+of processes (the n samples are cut into fixed, separately seeded batches, contiguous per rank)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import small_train_cfg
+from diffusion_lab.build import build_module
+from diffusion_lab.callbacks import SampleQualityCallback
+from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
+from diffusion_lab.metrics.evaluation import rank_batches, rank_share
+from diffusion_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCORES = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
+
+
+def logged(csv_path: Path | str, key: str) -> dict[int, float]:
+    """``{global step: value}`` of one metric in a CSVLogger file (whose ``step`` column is the index of the
+    last optimizer step taken, i.e. global step - 1)."""
+    with open(csv_path) as f:
+        return {int(r["step"]) + 1: float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def save_tiny_classifier(path: Path, image_size: int) -> Path:
+    torch.manual_seed(0)
+    return save_classifier(SmallClassifier(1, 10, image_size, width=4, feature_dim=8), path)
+
+
+@pytest.fixture(scope="module")
+def classifier28(tmp_path_factory) -> Path:
+    return save_tiny_classifier(tmp_path_factory.mktemp("features") / "classifier.pt", 28)
+
+
+def metric_overrides(classifier: Path, cache: Path, **settings) -> list[str]:
+    values = {"features": classifier, "cache_dir": cache, "n": 8, "n_real": 16, "batch_size": 4, **settings}
+    return ["callbacks=with_metrics", *(f"callbacks.sample_quality.{k}={v}" for k, v in values.items())]
+
+
+# ------------------------------------------------------------------------------------ the split over ranks
+@pytest.mark.parametrize("n,batch_size", [(10, 3), (8, 4), (3, 4), (1000, 500), (7, 1)])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_rank_batches_are_the_global_batches_in_rank_order(n, batch_size, world_size):
+    single = rank_batches(n, batch_size)
+    assert [b for _, b in single] == [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    per_rank = [rank_batches(n, batch_size, r, world_size) for r in range(world_size)]
+    # concatenated in rank order (what the all-gather does) they are the one-process batches, in order
+    assert [b for batches in per_rank for b in batches] == single
+    assert [len(b) for b in per_rank] == [rank_share(len(single), r, world_size) for r in range(world_size)]
+    assert sum(size for batches in per_rank for _, size in batches) == n
+
+
+# ------------------------------------------------------------------ same scores on 2 gloo processes as on 1
+class FakeModule:
+    """What the callback uses of the DiffusionModule: a deterministic ``generate`` driven by the generator."""
+
+    def __init__(self, num_classes: int | None = 3):
+        self.device = torch.device("cpu")
+        self.num_classes = num_classes
+        self.generated = 0
+
+    def generate(self, n, batch_size, generator, labels=None, on_device=False):
+        x = torch.rand(n, 1, 8, 8, generator=generator) * 2 - 1
+        if labels is not None:
+            x = x + 0.2 * labels.view(-1, 1, 1, 1).float() - 0.2
+        self.generated += n
+        return x.clamp(-1, 1)
+
+
+class FakeData:
+    name, root, data_shape = "fake8", None, (1, 8, 8)
+
+    def real_images(self, split: str, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(99)
+        return (torch.randn(n, 1, 8, 8, generator=g) * 0.5).clamp(-1, 1)
+
+
+def fake_trainer(rank: int, barrier) -> SimpleNamespace:
+    strategy = SimpleNamespace(root_device=torch.device("cpu"), barrier=lambda name=None: barrier())
+    return SimpleNamespace(strategy=strategy, is_global_zero=rank == 0, datamodule=FakeData())
+
+
+# (n, batch_size): 4 batches (2 + 2 on 2 ranks); a single batch (rank 1 generates nothing; n <= k: no P&R)
+CASES = [(10, 3), (3, 4)]
+
+
+def scores_of(clf: Path, cache: Path, rank: int, world: int, barrier) -> list[tuple[dict, int]]:
+    out = []
+    for n, batch_size in CASES:
+        cb = SampleQualityCallback(
+            n=n, n_real=12, batch_size=batch_size, seed=5, features=str(clf), cache_dir=str(cache)
+        )
+        cb.setup(fake_trainer(rank, barrier), FakeModule(), "fit")
+        module = FakeModule()
+        scores = cb.score(module, rank, world)
+        out.append(({k: scores[k] for k in SCORES if k in scores}, module.generated))
+    return out
+
+
+def _gloo_worker(rank: int, world: int, port: int, clf: str, cache: str, q) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        q.put((rank, scores_of(Path(clf), Path(cache), rank, world, dist.barrier)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_scores_on_two_processes_equal_one_process(tmp_path):
+    clf = save_tiny_classifier(tmp_path / "clf8.pt", 8)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    q = mp.get_context("spawn").SimpleQueue()
+    # a fresh cache: rank 0 fills it, rank 1 reads it after the barrier
+    mp.start_processes(
+        _gloo_worker,
+        args=(2, port, str(clf), str(tmp_path / "cache"), q),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    results = dict(q.get() for _ in range(2))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    single = scores_of(clf, tmp_path / "cache1", 0, 1, lambda: None)
+    for case, (n, batch_size) in enumerate(CASES):
+        expected, generated = single[case]
+        assert set(expected) == set(SCORES) and generated == n
+        shares = [results[r][case][1] for r in (0, 1)]
+        assert sum(shares) == n and shares == [
+            sum(b for _, b in rank_batches(n, batch_size, r, 2)) for r in (0, 1)
+        ]
+        for rank in (0, 1):  # every rank computes the global numbers, equal to one process's
+            assert results[rank][case][0] == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True), (
+                case,
+                rank,
+            )
+    assert shares == [3, 0]  # the last case: rank 1 had no batch and still took part in the gather
+
+
+def test_bad_settings_name_the_option():
+    with pytest.raises(ValueError, match=r"callbacks\.sample_quality\.n=1 is invalid"):
+        SampleQualityCallback(n=1)
+    with pytest.raises(ValueError, match=r"callbacks\.sample_quality\.every_n_steps=0\.5 is invalid"):
+        SampleQualityCallback(every_n_steps=0.5)
+    cb = SampleQualityCallback(features="/nonexistent/classifier.pt")
+    with pytest.raises(FileNotFoundError, match=r"^callbacks\.sample_quality\.features='/nonexistent"):
+        cb.setup(fake_trainer(0, lambda: None), FakeModule(), "fit")
+
+
+def test_due_first_validation_then_every_n_steps():
+    cb = SampleQualityCallback(every_n_steps=4)
+    assert not cb.due(0)
+    assert cb.due(2)  # the first validation of a run, whatever its step
+    cb._last_step = 2
+    assert not cb.due(3) and cb.due(4) and cb.due(5)
+    cb._last_step = 4
+    assert not cb.due(6) and cb.due(8)
+    cb._last_step = 5  # validations off the multiples: the first at or after the next multiple
+    assert not cb.due(7) and cb.due(9)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_training_logs_fid_and_keeps_the_best_fid_checkpoint(classifier28, tmp_path):
+    # validation every 2 steps, metrics every 4: computed at the first validation (2), then at 4, not at 6 --
+    # and the best-FID ModelCheckpoint never finds its monitor missing
+    cfg = small_train_cfg(
+        tmp_path / "run",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        *metric_overrides(classifier28, tmp_path / "cache", every_n_steps=4),
+    )
+    result = train(cfg)
+    assert result["global_step"] == 6
+    fids = logged(result["metrics_csv"], "metrics/fid")
+    assert sorted(fids) == [2, 4] and all(v >= 0 for v in fids.values())
+    for key in ("metrics/kid_mean", "metrics/precision", "metrics/is_mean"):
+        assert sorted(logged(result["metrics_csv"], key)) == [2, 4]
+    best = tmp_path / "run" / "checkpoints" / "best_fid.ckpt"
+    assert best.is_file()
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "metrics/fid" in k]
+    assert float(state["best_model_score"]) == pytest.approx(min(fids.values()), rel=1e-6)
+    assert ckpt["global_step"] == min(fids, key=fids.get)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+
+def test_ddp_sim_training_logs_the_one_process_fid(classifier28, tmp_path):
+    """Two CPU processes (ddp_spawn) share the samples; the FID they log is the one a single process computes
+    from the same (EMA) weights, those of the best-FID checkpoint."""
+    cfg = small_train_cfg(
+        tmp_path / "run",
+        "trainer=ddp_sim",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        *metric_overrides(classifier28, tmp_path / "cache", n=10, batch_size=3),
+    )
+    result = train(cfg)
+    assert result["global_step"] == 2
+    csv_path = tmp_path / "run" / "csv" / "metrics.csv"
+    fids = logged(csv_path, "metrics/fid")
+    assert list(fids) == [2]
+    best = tmp_path / "run" / "checkpoints" / "best_fid.ckpt"
+    assert best.is_file()
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule.data_shape, None)
+    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    settings = OmegaConf.to_container(cfg.callbacks.sample_quality, resolve=True)
+    settings.pop("_target_")
+    cb = SampleQualityCallback(**settings)
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cpu"), barrier=lambda name=None: None),
+        is_global_zero=True,
+        datamodule=datamodule,
+    )
+    cb.setup(trainer, module, "fit")
+    scores = cb.score(module)
+    assert scores["fid"] == pytest.approx(fids[2], rel=1e-5)
+    assert scores["kid_mean"] == pytest.approx(logged(csv_path, "metrics/kid_mean")[2], rel=1e-5, abs=1e-7)
