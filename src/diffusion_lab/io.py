@@ -7,14 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_path", "save_grid", "save_samples_npz", "to_uint8"]
+__all__ = ["atomic_path", "atomic_write", "save_grid", "save_samples_npz", "to_uint8"]
 
 
 @contextlib.contextmanager
@@ -39,6 +40,13 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(file)`` into a temp file beside ``path``, then rename it over ``path`` (see ``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def to_uint8(images: Tensor) -> Tensor:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,6 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from diffusion_lab.io import atomic_write
 from diffusion_lab.metrics.features import FeatureExtractor
 
 __all__ = [
@@ -354,20 +354,6 @@ def real_features_cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any
     return Path(cache_dir).expanduser() / f"real-features-{digest}.pt"
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: concurrent readers (other ranks/jobs) see the old or the new file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def real_features_cached(
     cache_dir: str | os.PathLike, key: Mapping[str, Any], compute_fn: Callable[[], Tensor]
 ) -> Tensor:
@@ -399,8 +385,8 @@ def real_features_cached(
         "file": path.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic_write(path, lambda f: torch.save(feats, f))
-    _atomic_write(
+    atomic_write(path, lambda f: torch.save(feats, f))
+    atomic_write(
         path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
     )
     return feats
