@@ -145,10 +145,8 @@ def test_scores_on_two_processes_equal_one_process(tmp_path):
             sum(b for _, b in rank_batches(n, batch_size, r, 2)) for r in (0, 1)
         ]
         for rank in (0, 1):  # every rank computes the global numbers, equal to one process's
-            assert results[rank][case][0] == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True), (
-                case,
-                rank,
-            )
+            got = results[rank][case][0]
+            assert got == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True), (case, rank)
     assert shares == [3, 0]  # the last case: rank 1 had no batch and still took part in the gather
 
 
@@ -232,5 +230,5 @@ def test_ddp_sim_training_logs_the_one_process_fid(classifier28, tmp_path):
     )
     cb.setup(trainer, module, "fit")
     scores = cb.score(module)
-    assert scores["fid"] == pytest.approx(fids[2], rel=1e-5)
-    assert scores["kid_mean"] == pytest.approx(logged(csv_path, "metrics/kid_mean")[2], rel=1e-5, abs=1e-7)
+    assert scores["fid"] == pytest.approx(fids[2], rel=1e-4)
+    assert scores["kid_mean"] == pytest.approx(logged(csv_path, "metrics/kid_mean")[2], rel=1e-4, abs=1e-7)

@@ -4,7 +4,8 @@
     python -m diffusion_lab.evaluate ckpt=PATH features=.cache/features/fashion_mnist.pt guidance=[0,1,2,4]
 
 Writes ``evaluation.{md,csv,json}`` (one row per sampler setting), ``fid_vs_steps.png``, and for bits/dim
-``vlb_per_t.csv`` / ``vlb_per_t.png``; prints where they are.
+``vlb_per_t.csv`` (the mean VLB term at each t and its standard error) / ``vlb_per_t.png``; prints where they
+are. Sampling runs under bf16 autocast on CUDA, as the training callbacks sample.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import Diffusion, Loss, TimestepSampler, q_sample, vb_terms_bpd
-from .diffusion.gaussian import prior_bpd
 from .diffusion.guidance import drop_labels
+from .diffusion.likelihood import bound_estimate_bpd
 from .errors import NonFiniteError
 from .samplers import Sampler
 
@@ -96,10 +96,15 @@ class DiffusionModule(L.LightningModule):
         x0, y = batch if isinstance(batch, list | tuple) else (batch, None)
         return x0, (y if self.num_classes else None)
 
-    def _forward_terms(self, x0, y, t, noise) -> dict[str, Tensor]:
+    def _forward_terms(self, x0, y, t, noise, with_vb: bool = False) -> dict[str, Tensor]:
+        """Noise x0 to x_t, call the network once, and return the loss terms (plus the bound's ``vb`` term when
+        asked and the loss does not compute it)."""
         xt = q_sample(self.diffusion.schedule, x0, t, noise)
         out = self.net(xt, t, y) if y is not None else self.net(xt, t)
-        return self.loss_fn(self.diffusion, out, x0, xt, t, noise)
+        terms = self.loss_fn(self.diffusion, out, x0, xt, t, noise)
+        if with_vb and "vb" not in terms:
+            terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
+        return terms
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, y = self._split_batch(batch)
@@ -235,13 +240,8 @@ class DiffusionModule(L.LightningModule):
         T = self.diffusion.num_timesteps
         t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
-        terms = self._forward_terms(x0, y, t, noise)
-        if "vb" not in terms:
-            xt = q_sample(self.diffusion.schedule, x0, t, noise)
-            out = self.net(xt, t, y) if y is not None else self.net(xt, t)
-            terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
-        # T · L_t + prior is an unbiased one-sample estimate of the full bound's bits/dim.
-        terms["bpd_estimate"] = T * terms["vb"] + prior_bpd(self.diffusion.schedule, x0)
+        terms = self._forward_terms(x0, y, t, noise, with_vb=True)
+        terms["bpd_estimate"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
         for name, value in terms.items():
             self.log(f"val/{name}", value.mean(), prog_bar=name == "loss", sync_dist=True)
 
