@@ -14,7 +14,17 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["UserError", "NonFiniteError", "friendly_errors", "root_cause", "check_types"]
+from hydra.experimental.callback import Callback
+
+__all__ = [
+    "UserError",
+    "NonFiniteError",
+    "friendly_errors",
+    "root_cause",
+    "check_types",
+    "OutputDirCheck",
+    "unwritable_reason",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,6 +81,16 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
+def _missing_value_message(err: BaseException) -> str | None:
+    """A required option (``???`` in the config, e.g. ``ckpt``) that was not given."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    if not isinstance(err, MissingMandatoryValue):
+        return None
+    key = getattr(err, "full_key", None) or str(err).split(":")[-1].strip().splitlines()[0]
+    return f"{key}= is required (the config has no default for it): pass {key}=<value>"
+
+
 def _in_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -90,6 +110,10 @@ def friendly_errors(fn: F) -> F:
             cause = root_cause(err)
             if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
                 raise
+            missing = _missing_value_message(cause)
+            if missing:
+                print(f"error: {missing}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             if not isinstance(cause, USER_ERRORS) and type(err).__name__ != "InstantiationException":
                 raise
             message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
@@ -99,3 +123,42 @@ def friendly_errors(fn: F) -> F:
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` cannot be created or written (without creating it), or None if it can be."""
+    path = os.path.abspath(folder)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+class OutputDirCheck(Callback):
+    """A Hydra callback (conf/hydra/default.yaml): checks that the run (or sweep) directory can be created
+    before Hydra creates it — Hydra's own failure there is a traceback. One line, exit status 2."""
+
+    @staticmethod
+    def _check(folder: Any, what: str) -> None:
+        reason = unwritable_reason(str(folder))
+        if reason is not None:
+            print(
+                f"error: cannot create the {what} directory {folder} ({reason}); "
+                f"set paths.root_dir=<a writable folder> or hydra.{what}.dir",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(2)
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "run")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "sweep")

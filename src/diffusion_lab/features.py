@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .errors import UserError, friendly_errors
+from .errors import UserError, check_types, friendly_errors
 from .metrics.classifier import save_classifier, train_classifier
 from .sample import resolve_device
 from .train import CONFIG_DIR
@@ -23,6 +23,9 @@ __all__ = ["train_features", "main"]
 
 
 def train_features(cfg: DictConfig) -> dict:
+    check_types(
+        cfg, {"epochs": (int,), "batch_size": (int,), "lr": (float,), "width": (int,), "seed": (int,)}
+    )
     started = time.time()
     device = resolve_device(str(cfg.device))
     data_cfg = dict(cfg.data)

@@ -76,6 +76,9 @@ class DiffusionModule(L.LightningModule):
         # Non-finite loss / gradients: "skip" the optimizer step (and count it), "stop" with an error, or "off".
         self.nonfinite = nonfinite
         self.skipped_steps = 0  # stored in checkpoints
+        self._skipped_on_device: Tensor | float = (
+            0.0  # steps skipped by a fused optimizer (see _check_finite)
+        )
         self.step_skipped = False  # this step's update was dropped (the EMA callback then does not average)
         self._step_loss: Tensor | None = None
         self._step_terms: dict[str, Tensor] = {}
@@ -167,6 +170,7 @@ class DiffusionModule(L.LightningModule):
                 self.log("train/grad_norm", norm)
             self.log("train/lr", optimizer.param_groups[0]["lr"])
         if log or self.step_skipped:
+            self._fold_skipped()
             self.log("train/skipped_steps", float(self.skipped_steps))
 
     def _check_finite(self, grad_norm: Tensor | None) -> None:
@@ -192,6 +196,14 @@ class DiffusionModule(L.LightningModule):
         bad = (~ok).float()
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce(bad, reduce_op="sum")
+        if self.nonfinite == "skip" and _skips_on_device(self.trainer.optimizers[0], trainer):
+            # Fused Adam/AdamW read ``found_inf`` on the device and leave weights, moments and step counts
+            # untouched when it is non-zero (the mechanism GradScaler uses): no host sync, so a CUDA-graphed
+            # step keeps the CPU running ahead. The count is read only when it is logged.
+            optimizer = self.trainer.optimizers[0]
+            optimizer.found_inf = (bad > 0).float()
+            self._skipped_on_device = self._skipped_on_device + optimizer.found_inf
+            return
         if not bad.item():  # the one host sync per step
             return
         what = self._describe_nonfinite(loss, grad_norm)
@@ -211,6 +223,16 @@ class DiffusionModule(L.LightningModule):
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _fold_skipped(self) -> int:
+        """Add the device-side count of skipped steps (fused optimizers) to ``skipped_steps`` (one host read)."""
+        if isinstance(self._skipped_on_device, Tensor):
+            self.skipped_steps += int(self._skipped_on_device.item())
+            self._skipped_on_device = 0.0
+        return self.skipped_steps
+
+    def on_train_end(self) -> None:
+        self._fold_skipped()
 
     def _describe_nonfinite(self, loss: Tensor | None, grad_norm: Tensor | None) -> str:
         """Which loss term (or the gradients) went non-finite: host reads, on the failure path only."""
@@ -317,7 +339,7 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
             "spec": self.spec,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self._fold_skipped(),
             "timesteps": {k: torch.as_tensor(v) for k, v in self.timesteps.state_dict().items()},
             "rng": capture_rng_state(),
         }
@@ -337,6 +359,15 @@ def _total_norm(tensors: list[Tensor]) -> Tensor:
     if get_total_norm is not None:
         return get_total_norm(tensors, 2.0)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in tensors]))
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer, trainer) -> bool:
+    """Whether the optimizer can skip a step from a device-side flag: fused Adam/AdamW on CUDA, and no float16
+    GradScaler (which owns ``found_inf`` itself)."""
+    fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.param_groups[0].get(
+        "fused"
+    )
+    return bool(fused) and str(trainer.precision) not in ("16-mixed", "16")
 
 
 def _first_nonfinite(value: Tensor) -> str:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, friendly_errors
+from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
 from .samplers import SAMPLERS, Sampler
 from .train import CONFIG_DIR
@@ -65,6 +65,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             raise UserError(
                 f"{key} is fixed by the checkpoint and cannot be overridden when sampling; drop '{key}='"
             )
+    check_types(
+        cfg,
+        {"n": (int,), "batch_size": (int,), "seed": (int,), "guidance": (float,), "eta": (float, None)},
+    )
     started = time.time()
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .diffusion import SCHEDULES, NoiseSchedule, build_schedule, calc_bpd_loop, q_sample
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, friendly_errors
+from .errors import UserError, check_types, friendly_errors
 from .io import atomic_path
 from .train import CONFIG_DIR
 
@@ -422,6 +422,9 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
         raise UserError(f"figure={figure!r} is unknown; choose one of {sorted(FIGURES)}")
     if figure in NEEDS_CKPT and not cfg.ckpt:
         raise UserError(f"figure={figure} needs ckpt=PATH (a .ckpt from python -m diffusion_lab.train)")
+    check_types(
+        cfg, {"n": (int,), "seed": (int,), "show": (int,), "batch_size": (int,), "guidance": (float,)}
+    )
     if int(cfg.n) < 1:
         raise UserError(f"n={cfg.n} is invalid: the number of images must be >= 1")
     if cfg.out_dir:

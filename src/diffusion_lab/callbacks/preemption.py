@@ -83,6 +83,12 @@ class Preemption(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received, self.stopped_at_step, self.checkpoint_path = None, None, None
         self._trainer = trainer
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and getattr(connector, "received_sigterm", False):
+            # SIGTERM came between Lightning's handler and ours (sanity check, restore): take it over, or
+            # Lightning raises SIGTERMException at the first batch end without saving.
+            self.received = int(signal.SIGTERM)
+            connector.received_sigterm = False
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         for signum in self._signals_to_handle():
