@@ -536,7 +536,9 @@ def test_nonfinite_skip_on_device_with_a_fused_optimizer(tmp_path, monkeypatch):
     """Fused AdamW skips on a device-side flag (no host sync per step): the weights, the moments and the step
     count are untouched by the bad step, and the skipped steps are still counted."""
     built = inject(monkeypatch, at_step=3, what="grad")
-    cfg = small_train_cfg(tmp_path, "trainer.max_steps=6", "trainer.log_every_n_steps=1", "+optimizer.fused=true")
+    cfg = small_train_cfg(
+        tmp_path, "trainer.max_steps=6", "trainer.log_every_n_steps=1", "+optimizer.fused=true"
+    )
     result = train(cfg)
     assert result["global_step"] == 6 and result["skipped_steps"] == 1
     live = built["live"]
