@@ -1,6 +1,6 @@
 """Classifier-free guidance: what it reduces to (w = 0, a label-blind network), that guiding an x_0- or
 v-network's output is guiding ε, that a learned variance stays conditional — and the CLIs on a tiny conditional
-checkpoint: the sample grid has one column per class (each row one sample of every class), and evaluate writes
+checkpoint: the sample grid has one row per class, and evaluate writes
 one row per guidance scale."""
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def grid_tiles(png: Path, rows: int, cols: int, size: int = 28, pad: int = 2) ->
     )
 
 
-def test_sample_cli_grid_has_one_column_per_class(conditional_checkpoint, tmp_path):
+def test_sample_cli_grid_has_one_row_per_class(conditional_checkpoint, tmp_path):
     from diffusion_lab.sample import sample
 
     cfg = compose_train(
@@ -219,15 +219,14 @@ def test_sample_cli_grid_has_one_column_per_class(conditional_checkpoint, tmp_pa
     result = sample(cfg)
     assert "DPMSolverPPSampler" in result["sampler"]  # the trained sampler
     saved = np.load(result["samples_npz"])
-    # labels cycle through the classes, and the grid has num_classes (10) images a row: row r, column c holds
-    # sample 10 r + c, of class c
-    assert saved["labels"].tolist() == [i % 10 for i in range(20)]
-    tiles = grid_tiles(Path(result["grid"]), rows=2, cols=10)
+    # one row per class: 20 samples of 10 classes -> 2 a row; row r, column c holds sample 2 r + c, of class r
+    assert saved["labels"].tolist() == [i // 2 for i in range(20)]
+    tiles = grid_tiles(Path(result["grid"]), rows=10, cols=2)
     images = saved["images"][..., 0].astype(int)
-    for r in range(2):
-        for c in range(10):
-            assert np.abs(tiles[r, c].astype(int) - images[10 * r + c]).max() <= 1
-    # chosen classes: no class layout, the default square-ish grid
+    for r in range(10):
+        for c in range(2):
+            assert np.abs(tiles[r, c].astype(int) - images[2 * r + c]).max() <= 1
+    # chosen classes: a row for each
     cfg = compose_train(
         [
             f"ckpt={conditional_checkpoint}",
@@ -242,7 +241,7 @@ def test_sample_cli_grid_has_one_column_per_class(conditional_checkpoint, tmp_pa
         config_name="sample",
     )
     result = sample(cfg)
-    assert np.load(result["samples_npz"])["labels"].tolist() == [3, 7, 3, 7]
+    assert np.load(result["samples_npz"])["labels"].tolist() == [3, 3, 7, 7]
     grid_tiles(Path(result["grid"]), rows=2, cols=2)
 
 

@@ -89,7 +89,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
         if bad:
             raise UserError(f"classes={bad} out of range: this model has classes 0..{num_classes - 1}")
-        labels = torch.tensor([int(classes[i % len(classes)]) for i in range(n)])
+        # One row per class: the first ``per_row`` samples are of the first class, and so on.
+        per_row = -(-n // len(classes))
+        labels = torch.tensor([int(classes[i // per_row]) for i in range(n)])
     elif cfg.classes is not None or cfg.guidance:
         raise UserError(
             "classes= / guidance= need a class-conditional checkpoint (trained with conditional=true)"
@@ -129,7 +131,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.name or f"{ckpt_path.stem}_{sampler.name}{sampler.steps or ''}_n{n}"
     result = {"samples_npz": str(save_samples_npz(images, out_dir / f"{name}.npz", labels)), "n": n}
     if len(shape) == 3:
-        nrow = num_classes if labels is not None and cfg.classes is None and n >= num_classes else None
+        nrow = per_row if labels is not None else None  # a class per row
         result["grid"] = str(save_grid(images[:256], out_dir / f"{name}.png", nrow=nrow))
     result["seconds"] = round(time.time() - started, 2)
     result["sampler"] = repr(sampler)

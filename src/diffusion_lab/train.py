@@ -236,9 +236,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.to(trainer.strategy.root_device)
         gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
         n = int(cfg.final_samples)
-        labels = torch.arange(n) % num_classes if num_classes else None
+        nrow = -(-n // num_classes) if num_classes else None
+        labels = torch.arange(n) // nrow if num_classes else None  # a class per row of the grid
         images = module.generate(n, generator=gen, labels=labels, progress=True)
-        result["samples_grid"] = str(save_grid(images, output_dir / "samples" / "final.png"))
+        result["samples_grid"] = str(save_grid(images, output_dir / "samples" / "final.png", nrow=nrow))
         result["samples_npz"] = str(save_samples_npz(images, output_dir / "samples" / "final.npz", labels))
     for lg in loggers:
         if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():

@@ -30,12 +30,13 @@ class SampleGrid(L.Callback):
         if trainer.global_rank != 0:
             return
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        labels = None
-        if pl_module.num_classes:
-            labels = torch.arange(self.n, device=pl_module.device) % pl_module.num_classes
+        labels, nrow = None, None
+        if pl_module.num_classes:  # a class per row
+            nrow = -(-self.n // pl_module.num_classes)
+            labels = torch.arange(self.n, device=pl_module.device) // nrow
         images = pl_module.generate(self.n, batch_size=self.batch_size, generator=gen, labels=labels)
         out_dir = Path(trainer.default_root_dir) / self.dirname
-        self.last_path = save_grid(images, out_dir / f"step_{trainer.global_step:07d}.png")
+        self.last_path = save_grid(images, out_dir / f"step_{trainer.global_step:07d}.png", nrow=nrow)
         for logger in trainer.loggers:
             log_image = getattr(logger, "log_image", None)
             if callable(log_image):  # wandb
