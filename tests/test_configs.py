@@ -273,3 +273,17 @@ def test_every_lr_scheduler_option_instantiates(option):
         optimizer.step()
         scheduler.step()
     assert 0.0 < optimizer.param_groups[0]["lr"] <= cfg.optimizer.lr
+
+
+def test_hybrid_loss_brings_a_learned_variance_unless_one_is_given():
+    """`loss=hybrid` alone selects variance=learned_range (IDDPM), so the README's sweep
+    `loss=simple,hybrid,vlb` composes and builds for every job; an explicit fixed variance still wins and is then
+    refused at start-up naming both options."""
+    cfg = compose_train(["loss=hybrid"])
+    assert cfg.variance._target_.endswith("LearnedRangeVariance")
+    build_parts(make_spec(cfg, (1, 28, 28), None))
+    for loss in ("simple", "vlb"):
+        assert compose_train([f"loss={loss}"]).variance._target_.endswith("FixedSmallVariance")
+    cfg = compose_train(["loss=hybrid", "variance=fixed_small"])
+    with pytest.raises(ValueError, match="loss=hybrid.*variance=fixed_small"):
+        build_parts(make_spec(cfg, (1, 28, 28), None))
