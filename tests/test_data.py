@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_idx
 from diffusion_lab.data import DATASETS, DeviceBatches, DiffusionDataModule, datasets
 from diffusion_lab.data.datasets import cifar10, digits, fashion_mnist, image_folder, mnist, read_idx, toy2d
 
@@ -19,17 +18,6 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Minimal IDX writer (uint8 only): magic 0 0 0x08 ndim, big-endian sizes, raw bytes."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
 def make_idx_images(n: int, offset: int = 0) -> np.ndarray:
     """n distinct 28x28 images: pixel (0, 0) holds the item number, the right half is 255 (asymmetric)."""
     images = np.zeros((n, 28, 28), dtype=np.uint8)

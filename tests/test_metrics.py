@@ -350,39 +350,6 @@ def test_sample_quality_errors():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def random_inception_weights(tmp_path_factory):
-    """A random-init torch-fidelity FeatureExtractorInceptionV3 state dict saved to a temp file."""
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    mpatch = pytest.MonkeyPatch()
-    mpatch.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
-    mpatch.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-    try:
-        torch.manual_seed(0)
-        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    finally:
-        mpatch.undo()
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
-@pytest.fixture
-def no_download(monkeypatch, tmp_path):
-    """Empty torch hub dir and a tripwire on torch-fidelity's downloader."""
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-
-    def _fail(*a, **k):
-        raise AssertionError("attempted a download")
-
-    monkeypatch.setattr(tfi, "load_state_dict_from_url", _fail)
-    return tmp_path / "torch_home"
-
-
 def test_inception_end_to_end_random_weights(random_inception_weights, no_download):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
