@@ -117,6 +117,13 @@ class NoiseSchedule:
         )
 
 
+def _scaled_endpoints(T: int, beta_start: float, beta_end: float) -> tuple[float, float]:
+    """The β end points given for T = 1000, scaled by 1000/T (IDDPM) so any T keeps ᾱ_T about the same; the
+    end is clipped at 0.999 for very small T."""
+    scale = 1000.0 / T
+    return scale * beta_start, min(scale * beta_end, 0.999)
+
+
 class LinearSchedule(NoiseSchedule):
     """Ho et al. 2020: betas linear from 1e-4 to 0.02 at T = 1000, scaled by 1000/T for other T (IDDPM)."""
 
@@ -124,8 +131,7 @@ class LinearSchedule(NoiseSchedule):
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         T = _check_num_timesteps(num_timesteps)
-        scale = 1000.0 / T
-        lo, hi = scale * beta_start, min(scale * beta_end, 0.999)
+        lo, hi = _scaled_endpoints(T, beta_start, beta_end)
         super().__init__(torch.linspace(lo, hi, T, dtype=torch.float64))
 
 
@@ -136,8 +142,7 @@ class QuadraticSchedule(NoiseSchedule):
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         T = _check_num_timesteps(num_timesteps)
-        scale = 1000.0 / T
-        lo, hi = scale * beta_start, min(scale * beta_end, 0.999)
+        lo, hi = _scaled_endpoints(T, beta_start, beta_end)
         super().__init__(torch.linspace(math.sqrt(lo), math.sqrt(hi), T, dtype=torch.float64) ** 2)
 
 
