@@ -5,6 +5,9 @@
 #   FEATURES    the FMNIST feature classifier (trained once by `python -m diffusion_lab.features` if missing)
 #   NUM_GPUS    GPUs the evaluations are spread over; default: the visible ones (at least 1)
 #   PY          the Python that has diffusion_lab installed; default python
+#   JOBS_PER_GPU  training jobs (and evaluations) sharing one GPU (hydra.launcher.jobs_per_gpu); default 1
+#   SWEEPS_AT_ONCE=1  start a study's sweeps together instead of one after another (with JOBS_PER_GPU)
+#   TRAIN_EXTRA more training overrides for every job, space-separated (e.g. "trainer.val_check_interval=500")
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
 set -euo pipefail
 
@@ -13,7 +16,11 @@ ROOT=${DIFFUSION_LAB_ROOT:-.}
 STUDY_OUT=${STUDY_OUT:-$ROOT/outputs/studies/${STUDY}_$(date +%Y-%m-%d_%H-%M-%S)}
 FEATURES=${FEATURES:-$ROOT/.cache/features/fashion_mnist_classifier.pt}
 DRY_RUN=${DRY_RUN:-0}
+JOBS_PER_GPU=${JOBS_PER_GPU:-1}
+SWEEPS_AT_ONCE=${SWEEPS_AT_ONCE:-0}
+read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 STATUS=0
+SWEEP_PIDS=()
 
 DATA_TRAIN=()  # data.root for train / features
 DATA_EVAL=()   # data_root for evaluate
@@ -43,16 +50,30 @@ train_sweep() {
   local name=$1
   shift
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "SWEEP $(printf '%q ' "$@")"
+    echo "SWEEP $(printf '%q ' "$@" "${TRAIN_EXTRA[@]}")"
     return 0
   fi
   mkdir -p "$STUDY_OUT"
-  "$PY" -m diffusion_lab.train -m hydra/launcher=gpu_pool "hydra.sweep.dir=$STUDY_OUT/$name" \
-    "${DATA_TRAIN[@]}" "$@" || STATUS=1
+  local cmd=("$PY" -m diffusion_lab.train -m hydra/launcher=gpu_pool "hydra.sweep.dir=$STUDY_OUT/$name"
+    "hydra.launcher.jobs_per_gpu=$JOBS_PER_GPU" "${DATA_TRAIN[@]}" "$@" "${TRAIN_EXTRA[@]}")
+  if [[ "$SWEEPS_AT_ONCE" == 1 ]]; then
+    "${cmd[@]}" &
+    SWEEP_PIDS+=($!)
+  else
+    "${cmd[@]}" || STATUS=1
+  fi
+}
+
+# Wait for sweeps started with SWEEPS_AT_ONCE=1 (evaluations need their checkpoints).
+wait_sweeps() {
+  local pid
+  for pid in "${SWEEP_PIDS[@]}"; do wait "$pid" || STATUS=1; done
+  SWEEP_PIDS=()
 }
 
 # The feature network FID is measured with (Inception is a poor judge of 28x28 grayscale).
 ensure_features() {
+  wait_sweeps
   [[ "$DRY_RUN" == 1 || -f "$FEATURES" ]] && return 0
   "$PY" -m diffusion_lab.features data=fashion_mnist "out=$FEATURES" "${DATA_TRAIN[@]}" || STATUS=1
 }
@@ -67,6 +88,7 @@ queue_eval() {
     echo "EVAL $(printf '%q ' "$@")"
     return 0
   fi
+  wait_sweeps
   local ckpt job
   while IFS= read -r -d '' ckpt; do
     job=$(dirname "$(dirname "$ckpt")")
@@ -78,12 +100,12 @@ queue_eval() {
 
 run_queue() {
   [[ "$DRY_RUN" == 1 ]] && return 0
-  local g pids=()
-  for ((g = 0; g < NUM_GPUS; g++)); do
+  local g pids=() workers=$((NUM_GPUS * JOBS_PER_GPU))
+  for ((g = 0; g < workers; g++)); do
     (
       export CUDA_VISIBLE_DEVICES=${GPU_IDS[g % ${#GPU_IDS[@]}]}
       failed=0
-      for ((i = g; i < ${#TASKS[@]}; i += NUM_GPUS)); do
+      for ((i = g; i < ${#TASKS[@]}; i += workers)); do
         eval "${TASKS[i]}" || { echo "evaluate failed: ${TASKS[i]}" >&2; failed=1; }
       done
       exit $failed

@@ -296,3 +296,27 @@ def test_generation_runs_under_bf16_autocast_on_cuda(trained_checkpoint, classif
     cfg.n, cfg.n_real, cfg.batch_size, cfg.steps = 4, 8, 4, [2]
     row = evaluate(cfg)["rows"][0]
     assert seen and all(seen) and math.isfinite(row["fid"])
+
+
+def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_path, monkeypatch):
+    """channels_last=true gives the same scores (same samples up to float rounding); compile=<mode> hands the
+    network to torch.compile with that mode; the steady rate (without the first batch) is reported."""
+    import diffusion_lab.evaluate as ev
+
+    common = [f"features={classifier}", f"cache_dir={tmp_path / 'c'}", "metrics=[fid]", "n=8", "n_real=16"]
+    common += ["batch_size=4", "steps=[2]"]
+    plain = evaluate(eval_cfg(trained_checkpoint, tmp_path / "a", *common))["rows"][0]
+    nhwc = evaluate(eval_cfg(trained_checkpoint, tmp_path / "b", *common, "channels_last=true"))["rows"][0]
+    assert nhwc["fid"] == pytest.approx(plain["fid"], rel=1e-3, abs=1e-3)
+    assert plain["gen_img_per_s_steady"] > 0 and math.isfinite(plain["gen_img_per_s_steady"])
+
+    modes: list = []
+
+    def fake_compile(net, mode=None):
+        modes.append(mode)
+        return net
+
+    monkeypatch.setattr(ev.torch, "compile", fake_compile)
+    for value, expected in (("true", None), ("reduce-overhead", "reduce-overhead")):
+        evaluate(eval_cfg(trained_checkpoint, tmp_path / value, *common, f"compile={value}"))
+    assert modes == [None, "reduce-overhead"]

@@ -25,7 +25,7 @@ from diffusion_lab.train import CONFIG_DIR
 REPO_ROOT = Path(CONFIG_DIR).parent
 
 EXPERIMENTS = REPO_ROOT / "experiments"
-STUDIES = sorted(p.stem for p in EXPERIMENTS.glob("*.sh") if p.name != "common.sh")
+STUDIES = sorted(p.stem for p in EXPERIMENTS.glob("*.sh") if p.name not in ("common.sh", "all.sh"))
 FMNIST_SHAPE = (1, 28, 28)
 
 
@@ -39,6 +39,7 @@ def test_script_is_valid_bash(script):
     assert proc.returncode == 0, proc.stderr
     if script.name != "common.sh":
         assert os.access(script, os.X_OK), f"chmod +x {script}"
+    if script.stem in STUDIES:
         assert "Expected finding:" in script.read_text()
 
 
@@ -140,3 +141,34 @@ def test_dry_run_passes_data_root(tmp_path):
     )
     assert f"-m diffusion_lab.report {tmp_path}/out" in proc.stdout
     assert Path(tmp_path / "out").is_dir()
+
+
+def test_all_runs_every_study_at_once_spread_over_the_gpus(tmp_path):
+    """experiments/all.sh with PY=echo: each study runs (into its own folder, with its own log) on GPU
+    i mod 2, its sweeps started together with jobs_per_gpu, and TRAIN_EXTRA reaches every training job."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "STUDY_OUT", "FEATURES")}
+    env.update(
+        PY="echo",
+        CUDA_VISIBLE_DEVICES="0,1",
+        STUDIES_OUT=str(tmp_path),
+        JOBS_PER_GPU="3",
+        TRAIN_EXTRA="trainer.val_check_interval=500 compile=false",
+        FEATURES=str(tmp_path / "clf.pt"),
+    )
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / "all.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    order = ["ddpm_table2", "iddpm", "ddim_table1", "weightings"]
+    for i, study in enumerate(order):
+        assert f"[all] {study} on GPU {i % 2}: {tmp_path}/{study}" in proc.stdout
+        assert f"[all] {study} done" in proc.stdout
+        log = (tmp_path / f"{study}.log").read_text()
+        train = [line for line in log.splitlines() if line.startswith("-m diffusion_lab.train -m")]
+        assert train and all(
+            "hydra.launcher.jobs_per_gpu=3" in line
+            and line.endswith("trainer.val_check_interval=500 compile=false")
+            and f"hydra.sweep.dir={tmp_path}/{study}/" in line
+            for line in train
+        ), log
+        assert f"-m diffusion_lab.report {tmp_path}/{study}" in log

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
+from hydra_plugins.diffusion_lab_launcher.gpu_pool_launcher import GPUPoolLauncher
 from omegaconf import OmegaConf
 
 from conftest import cli_env, write_fake_idx_root
@@ -205,6 +206,45 @@ def test_jobs_get_their_own_gpus_and_queue_for_them(tmp_path, launcher, expect_p
     # The task's return value comes back (sweepers that optimise it work with this launcher).
     returns = [Path(j["dir"], ".hydra", "job_return.json") for j in status["jobs"]]
     assert json.loads(returns[0].read_text()) == {"return_value": 10} and not returns[3].exists()
+
+
+def test_jobs_share_gpus_with_jobs_per_gpu(tmp_path):
+    """jobs_per_gpu=2 on GPUs 1 and 3: four jobs at once, two per GPU, spread (never three on one GPU)."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(FAKE_APP))
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(FAKE_APP_CONFIG))
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "app.py",
+            "-m",
+            "x=1,2,3,4,5,6",
+            "sleep=3",
+            "hydra.launcher.gpus=[1,3]",
+            "hydra.launcher.jobs_per_gpu=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env={**cli_env(tmp_path), "PYTHONPATH": str(REPO_ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = json.loads((sweep / "sweep_status.json").read_text())
+    assert status["max_parallel"] == 4 and status["jobs_per_gpu"] == 2
+    seen = [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in status["jobs"]]
+    assert {s["cuda"] for s in seen} == {"1", "3"}
+    assert [s["cuda"] for s in seen[:2]] == ["1", "3"]  # spread first, then doubled up
+    for a in seen:
+        together = [b["cuda"] for b in seen if b["start"] < a["end"] and a["start"] < b["end"]]
+        assert together.count(a["cuda"]) <= 2 and len(together) <= 4
+    assert max(len([b for b in seen if b["start"] < a["end"] and a["start"] < b["end"]]) for a in seen) == 4
+
+
+def test_jobs_per_gpu_needs_one_gpu_per_job():
+    with pytest.raises(ValueError, match="jobs_per_gpu=2 is invalid.*gpus_per_job=1 \\(got 2\\)"):
+        GPUPoolLauncher(gpus_per_job=2, jobs_per_gpu=2)
 
 
 def test_ddp_inside_a_sweep_job(tmp_path):

@@ -223,6 +223,35 @@ def test_ema_averages_the_network_only(tmp_path, monkeypatch):
         assert torch.equal(p.detach(), avg[name]), name
 
 
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_update_matches_the_recursion(warmup):
+    """k-th update (1-based): copy at k = 1, then e <- d e + (1 - d) w with d = min(decay, k / (9 + k)) when
+    warming up, else decay; recomputed here in float64 from the weights each step saw."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    callback = EMA(decay=0.95, warmup=warmup)
+    callback._average_model = AveragedModel(net, use_buffers=True)
+    expected = None
+    for k in range(1, 60):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn_like(p))
+        w = torch.cat([p.detach().flatten() for p in net.parameters()]).double()
+        if expected is None:
+            expected = w.clone()
+        else:
+            d = min(0.95, k / (9 + k)) if warmup else 0.95
+            expected = d * expected + (1 - d) * w
+        callback._update(net)
+        got = torch.cat([p.flatten() for p in callback._average_model.module.parameters()]).double()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert int(callback._average_model.n_averaged) == 59
+    # Warm-up: far from the init after 59 steps (its weight is prod d_k, < 1e-3 here vs 0.95^58 = 0.05 without).
+    assert callback.decay_at(5) == (pytest.approx(6 / 15) if warmup else 0.95)
+
+
 # --------------------------------------------------------------------------------------------- bad input
 def test_ckpt_path_last_without_checkpoint_names_resume_dir(tmp_path):
     cfg = small_train_cfg(tmp_path / "run", "ckpt_path=last", f"resume_dir={tmp_path / 'nothing'}")

@@ -31,11 +31,17 @@ class _EMAUpdate:
 
 
 class EMA(WeightAveraging):
-    def __init__(self, decay: float = 0.9999, update_every_n_steps: int = 1, start_step: int = 0):
+    def __init__(
+        self, decay: float = 0.9999, update_every_n_steps: int = 1, start_step: int = 0, warmup: bool = False
+    ):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay!r} is invalid: the EMA decay must be in [0, 1)")
         super().__init__(use_buffers=True, multi_avg_fn=_EMAUpdate(decay))
         self.decay = decay
+        # warmup: the k-th update (k = 1, 2, ...) uses min(decay, (1 + k) / (10 + k)), so an average of a short
+        # run is not dominated by the initial weights (with decay 0.9999 and no warmup, 74% of the average
+        # after 3000 steps is still the step-0 network).
+        self.warmup = warmup
         self.update_every_n_steps = max(1, update_every_n_steps)
         self.start_step = start_step
         self._live_state: dict[str, Any] | None = None
@@ -62,16 +68,21 @@ class EMA(WeightAveraging):
             floats = [(e.detach(), v.detach()) for e, v in zip(ema, live) if e.is_floating_point()]
             others = [(e.detach(), v.detach()) for e, v in zip(ema, live) if not e.is_floating_point()]
             self._pairs = ([e for e, _ in floats], [v for _, v in floats], others)
-            self._started = bool(average.n_averaged.item() > 0)  # one host read, at the first update only
+            # One host read, at the first update only (also after a resume: n_averaged is checkpointed).
+            self._count = int(average.n_averaged.item())
         ema, live, others = self._pairs
-        if self._started:
-            torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        if self._count > 0:
+            torch._foreach_lerp_(ema, live, 1.0 - self.decay_at(self._count))
         else:
             torch._foreach_copy_(ema, live)
-            self._started = True
+        self._count += 1
         for e, v in others:
             e.copy_(v)
         average.n_averaged += 1
+
+    def decay_at(self, count: int) -> float:
+        """The decay of the update after ``count`` earlier ones (the first, count 0, copies the weights)."""
+        return min(self.decay, (1.0 + count) / (10.0 + count)) if self.warmup else self.decay
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return (

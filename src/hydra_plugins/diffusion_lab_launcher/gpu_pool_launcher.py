@@ -62,7 +62,10 @@ class GPUPoolLauncherConf:
     _target_: str = "hydra_plugins.diffusion_lab_launcher.gpu_pool_launcher.GPUPoolLauncher"
     # GPUs given to each job (CUDA_VISIBLE_DEVICES and `devices_override`); 0: jobs see no GPU.
     gpus_per_job: int = 1
-    # Jobs at once; null: (number of GPUs) // gpus_per_job, or cpu_parallel without GPUs.
+    # Jobs sharing one GPU (with gpus_per_job=1): small models leave most of a large GPU idle, and several
+    # processes on it fill the gaps. Each job goes to the GPU running the fewest jobs.
+    jobs_per_gpu: int = 1
+    # Jobs at once; null: (number of GPUs) // gpus_per_job * jobs_per_gpu, or cpu_parallel without GPUs.
     max_parallel: Optional[int] = None
     # Which GPUs (indices among the visible ones); null: all visible.
     gpus: Optional[list[int]] = None
@@ -237,6 +240,7 @@ class GPUPoolLauncher(Launcher):
         gpus_per_job: int = 1,
         max_parallel: Optional[int] = None,
         gpus: Optional[Sequence[int]] = None,
+        jobs_per_gpu: int = 1,
         cpu_parallel: int = 2,
         devices_override: Optional[str] = "trainer.devices",
         log_name: str = "job.log",
@@ -247,7 +251,13 @@ class GPUPoolLauncher(Launcher):
             raise ValueError(f"hydra.launcher.gpus_per_job={gpus_per_job} must be >= 0")
         if max_parallel is not None and max_parallel < 1:
             raise ValueError(f"hydra.launcher.max_parallel={max_parallel} must be >= 1 (or null)")
+        if jobs_per_gpu < 1 or (jobs_per_gpu > 1 and gpus_per_job != 1):
+            raise ValueError(
+                f"hydra.launcher.jobs_per_gpu={jobs_per_gpu} is invalid: it must be >= 1, and > 1 only with "
+                f"gpus_per_job=1 (got {gpus_per_job})"
+            )
         self.gpus_per_job = int(gpus_per_job)
+        self.jobs_per_gpu = int(jobs_per_gpu)
         self.max_parallel = max_parallel
         self.gpus = None if gpus is None else [int(g) for g in gpus]
         self.cpu_parallel = max(1, int(cpu_parallel))
@@ -375,6 +385,7 @@ class GPUPoolLauncher(Launcher):
             "sweep_dir": str(sweep_dir),
             "launcher": "gpu_pool",
             "gpus_per_job": self.gpus_per_job,
+            "jobs_per_gpu": self.jobs_per_gpu,
             "max_parallel": self._parallel,
             "gpus": list(self._pool),
             "jobs": [records[k] for k in sorted(records)],
@@ -425,7 +436,7 @@ class GPUPoolLauncher(Launcher):
             raise ValueError(
                 f"hydra.launcher.gpus_per_job={self.gpus_per_job} but only {len(self._pool)} GPU(s) are available"
             )
-        capacity = len(self._pool) // self.gpus_per_job if use_gpus else self.cpu_parallel
+        capacity = len(self._pool) // self.gpus_per_job * self.jobs_per_gpu if use_gpus else self.cpu_parallel
         self._parallel = (
             min(self.max_parallel or capacity, capacity) if use_gpus else (self.max_parallel or capacity)
         )
@@ -447,13 +458,16 @@ class GPUPoolLauncher(Launcher):
                 f"gpu_pool: jobs would share a directory; check hydra.sweep.subdir ({jobs[0].dir})"
             )
         where = f"GPUs {','.join(self._pool)}, {self.gpus_per_job} per job" if use_gpus else "CPU"
+        if use_gpus and self.jobs_per_gpu > 1:
+            where += f", up to {self.jobs_per_gpu} jobs per GPU"
         print(
             f"[gpu_pool] {len(jobs)} job(s), up to {self._parallel} at once on {where}; sweep: {sweep_dir}",
             flush=True,
         )
         self._write_status(sweep_dir, jobs)
 
-        free = list(self._pool) if use_gpus else []
+        # Free GPU slots: each GPU jobs_per_gpu times.
+        free = list(self._pool) * self.jobs_per_gpu if use_gpus else []
         queue, running = list(jobs), []
         try:
             while queue or running:
@@ -464,7 +478,11 @@ class GPUPoolLauncher(Launcher):
                     and (not use_gpus or len(free) >= self.gpus_per_job)
                 ):
                     gpus: tuple[str, ...] = ()
-                    if use_gpus:
+                    if use_gpus and self.jobs_per_gpu > 1:  # the GPU with the most free slots
+                        best = min(free, key=lambda g: (-free.count(g), self._pool.index(g)))
+                        gpus = (best,)
+                        free.remove(best)
+                    elif use_gpus:
                         gpus, free = tuple(free[: self.gpus_per_job]), free[self.gpus_per_job :]
                     job = queue.pop(0)
                     self._start(job, gpus, sweep_dir)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# All four studies at once, spread over the visible GPUs (study i on GPU i mod #GPUs), each study's sweeps
+# started together and its jobs sharing their GPU (JOBS_PER_GPU, default 8: Fashion-MNIST-sized jobs leave
+# most of a large GPU idle). For a quick look at every finding on 1-2 GPUs; run the scripts one by one, with
+# more JOB_MINUTES, for closer-to-paper numbers.
+#   JOB_MINUTES=4 bash experiments/all.sh        # DATA_ROOT, FEATURES, STUDIES_OUT, PY as in common.sh
+# Writes $STUDIES_OUT/<study>/report.{md,html} (default outputs/studies/all_<time>) and <study>.log beside.
+set -uo pipefail
+HERE=$(dirname "${BASH_SOURCE[0]}")
+STUDIES=(${STUDIES:-ddpm_table2 iddpm ddim_table1 weightings})
+STUDIES_OUT=${STUDIES_OUT:-${DIFFUSION_LAB_ROOT:-.}/outputs/studies/all_$(date +%Y-%m-%d_%H-%M-%S)}
+if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+  IFS=',' read -r -a GPUS <<< "$CUDA_VISIBLE_DEVICES"
+else
+  n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  GPUS=()
+  for ((i = 0; i < ${n:-0}; i++)); do GPUS+=("$i"); done
+  ((${#GPUS[@]})) || GPUS=("")
+fi
+mkdir -p "$STUDIES_OUT"
+pids=()
+for i in "${!STUDIES[@]}"; do
+  study=${STUDIES[i]}
+  gpu=${GPUS[i % ${#GPUS[@]}]}
+  echo "[all] $study on GPU ${gpu:-none}: $STUDIES_OUT/$study (log: $STUDIES_OUT/$study.log)"
+  CUDA_VISIBLE_DEVICES=$gpu NUM_GPUS=1 JOBS_PER_GPU=${JOBS_PER_GPU:-8} SWEEPS_AT_ONCE=1 \
+    STUDY_OUT="$STUDIES_OUT/$study" bash "$HERE/$study.sh" > "$STUDIES_OUT/$study.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+  if wait "${pids[i]}"; then
+    echo "[all] ${STUDIES[i]} done: $STUDIES_OUT/${STUDIES[i]}/report.md"
+  else
+    echo "[all] ${STUDIES[i]} FAILED (see $STUDIES_OUT/${STUDIES[i]}.log)"
+    status=1
+  fi
+done
+exit $status
