@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
-from hydra_plugins.diffusion_lab_launcher.gpu_pool_launcher import GPUPoolLauncher
 from omegaconf import OmegaConf
 
 from conftest import cli_env, write_fake_idx_root
@@ -244,7 +243,7 @@ def test_jobs_share_gpus_with_jobs_per_gpu(tmp_path):
 
 def test_jobs_per_gpu_needs_one_gpu_per_job():
     with pytest.raises(ValueError, match="jobs_per_gpu=2 is invalid.*gpus_per_job=1 \\(got 2\\)"):
-        GPUPoolLauncher(gpus_per_job=2, jobs_per_gpu=2)
+        gp.GPUPoolLauncher(gpus_per_job=2, jobs_per_gpu=2)
 
 
 def test_ddp_inside_a_sweep_job(tmp_path):

@@ -134,7 +134,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         net = net.to(memory_format=torch.channels_last)
     compile_mode = cfg.get("compile")
     if compile_mode not in (None, False, "false", "none"):
-        net = torch.compile(net, mode=None if compile_mode in (True, "default", "true") else str(compile_mode))
+        net = torch.compile(
+            net, mode=None if compile_mode in (True, "default", "true") else str(compile_mode)
+        )
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")
     ckpt_path = Path(cfg.ckpt).resolve()
