@@ -4,6 +4,8 @@
 # most of a large GPU idle). For a quick look at every finding on 1-2 GPUs; run the scripts one by one, with
 # more JOB_MINUTES, for closer-to-paper numbers.
 #   JOB_MINUTES=4 bash experiments/all.sh        # DATA_ROOT, FEATURES, STUDIES_OUT, PY as in common.sh
+# SHARE_GPUS=1: every study sees every GPU, and each sweep's launcher spreads its jobs over all of them
+# (least-loaded GPU first), instead of study i keeping to GPU i mod #GPUs.
 # Writes $STUDIES_OUT/<study>/report.{md,html} (default outputs/studies/all_<time>) and <study>.log beside.
 set -uo pipefail
 HERE=$(dirname "${BASH_SOURCE[0]}")
@@ -22,8 +24,9 @@ pids=()
 for i in "${!STUDIES[@]}"; do
   study=${STUDIES[i]}
   gpu=${GPUS[i % ${#GPUS[@]}]}
+  if [[ "${SHARE_GPUS:-0}" == 1 ]]; then gpu=$(IFS=,; echo "${GPUS[*]}"); fi
   echo "[all] $study on GPU ${gpu:-none}: $STUDIES_OUT/$study (log: $STUDIES_OUT/$study.log)"
-  CUDA_VISIBLE_DEVICES=$gpu NUM_GPUS=1 JOBS_PER_GPU=${JOBS_PER_GPU:-8} SWEEPS_AT_ONCE=1 \
+  CUDA_VISIBLE_DEVICES=$gpu NUM_GPUS=$(awk -F, '{print NF}' <<< "$gpu") JOBS_PER_GPU=${JOBS_PER_GPU:-8} SWEEPS_AT_ONCE=1 \
     STUDY_OUT="$STUDIES_OUT/$study" bash "$HERE/$study.sh" > "$STUDIES_OUT/$study.log" 2>&1 &
   pids+=($!)
 done

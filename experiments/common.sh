@@ -8,6 +8,7 @@
 #   JOBS_PER_GPU  training jobs (and evaluations) sharing one GPU (hydra.launcher.jobs_per_gpu); default 1
 #   SWEEPS_AT_ONCE=1  start a study's sweeps together instead of one after another (with JOBS_PER_GPU)
 #   TRAIN_EXTRA more training overrides for every job, space-separated (e.g. "trainer.val_check_interval=500")
+#   FID_N / BPD_N  samples for FID (default 2000; 5000 for the weightings' final one) / images for bits/dim (500)
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
 set -euo pipefail
 

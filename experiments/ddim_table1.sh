@@ -18,10 +18,10 @@ train_sweep model "${TRAIN[@]}" schedule=linear loss=simple prediction=eps varia
 
 ensure_features
 STEPS='steps=[10,20,50,100,1000]'
-queue_eval ddpm 'metrics=[fid,is]' sampler=ddpm "$STEPS" n=2000
-queue_eval ddim_eta0 'metrics=[fid,is]' sampler=ddim eta=0.0 "$STEPS" n=2000
-queue_eval ddim_eta0.5 'metrics=[fid,is]' sampler=ddim eta=0.5 "$STEPS" n=2000
-queue_eval ddim_eta1 'metrics=[fid,is]' sampler=ddim eta=1.0 "$STEPS" n=2000
+queue_eval ddpm 'metrics=[fid,is]' sampler=ddpm "$STEPS" n=${FID_N:-2000}
+queue_eval ddim_eta0 'metrics=[fid,is]' sampler=ddim eta=0.0 "$STEPS" n=${FID_N:-2000}
+queue_eval ddim_eta0.5 'metrics=[fid,is]' sampler=ddim eta=0.5 "$STEPS" n=${FID_N:-2000}
+queue_eval ddim_eta1 'metrics=[fid,is]' sampler=ddim eta=1.0 "$STEPS" n=${FID_N:-2000}
 run_queue
 report "DDIM Table 1 at Fashion-MNIST scale: sampler x steps"
 exit $STATUS

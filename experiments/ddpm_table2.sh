@@ -23,7 +23,7 @@ train_sweep vlb "${TRAIN[@]}" prediction=eps,x0 loss=vlb variance=fixed_small,le
 
 ensure_features
 # Ancestral sampling with all 1000 steps, as in the paper; bits/dim from the full bound.
-queue_eval ddpm1000 'metrics=[fid,bpd]' sampler=ddpm 'steps=[1000]' n=2000 bpd_n=500
+queue_eval ddpm1000 'metrics=[fid,bpd]' sampler=ddpm 'steps=[1000]' n=${FID_N:-2000} bpd_n=${BPD_N:-500}
 run_queue
 report "DDPM Table 2 at Fashion-MNIST scale: prediction x objective x variance"
 exit $STATUS

@@ -23,7 +23,7 @@ train_sweep hybrid "${TRAIN[@]}" schedule=linear,cosine loss=hybrid variance=lea
 train_sweep vlb "${TRAIN[@]}" schedule=linear,cosine loss=vlb variance=learned_range timesteps=importance
 
 ensure_features
-queue_eval ddpm 'metrics=[fid,bpd]' sampler=ddpm 'steps=[50,1000]' n=2000 bpd_n=500
+queue_eval ddpm 'metrics=[fid,bpd]' sampler=ddpm 'steps=[50,1000]' n=${FID_N:-2000} bpd_n=${BPD_N:-500}
 run_queue
 report "Improved DDPM at Fashion-MNIST scale: schedule x objective"
 exit $STATUS

@@ -17,9 +17,9 @@ ensure_features  # FID during training needs the feature network first
 grid weighting=uniform,min_snr,p2
 # min_snr's gamma is 5 and p2's k=1, gamma=1 by default (conf/weighting/).
 train_sweep weighting "${TRAIN[@]}" weighting=uniform,min_snr,p2 callbacks=with_metrics \
-  "callbacks.sample_quality.features=$FEATURES" callbacks.sample_quality.n=2000
+  "callbacks.sample_quality.features=$FEATURES" callbacks.sample_quality.n=${FID_N:-2000}
 
-queue_eval final 'metrics=[fid,bpd]' n=5000 bpd_n=500
+queue_eval final 'metrics=[fid,bpd]' n=${FID_N:-5000} bpd_n=${BPD_N:-500}
 run_queue
 report "Loss weightings at Fashion-MNIST scale: FID over training"
 exit $STATUS

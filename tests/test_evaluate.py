@@ -311,12 +311,18 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     assert plain["gen_img_per_s_steady"] > 0 and math.isfinite(plain["gen_img_per_s_steady"])
 
     modes: list = []
+    batches: list[int] = []
 
     def fake_compile(net, mode=None):
         modes.append(mode)
+        net.register_forward_pre_hook(lambda m, a: batches.append(a[0].shape[0]))
         return net
 
     monkeypatch.setattr(ev.torch, "compile", fake_compile)
     for value in ("true", "reduce-overhead"):
         evaluate(eval_cfg(trained_checkpoint, tmp_path / value, *common, f"compile={value}"))
     assert modes == [None, "reduce-overhead"]
+    # n=10 in batches of 4: the compiled network only ever sees batches of 4 (the last one cut to 2).
+    batches.clear()
+    row = evaluate(eval_cfg(trained_checkpoint, tmp_path / "odd", *common, "compile=true", "n=10"))["rows"][0]
+    assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fid"])

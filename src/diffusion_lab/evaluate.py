@@ -133,7 +133,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     compile_mode = cfg.get("compile")
-    if compile_mode not in (None, False, "false", "none"):
+    compiled = compile_mode not in (None, False, "false", "none")
+    if compiled:
         net = torch.compile(
             net, mode=None if compile_mode in (True, "default", "true") else str(compile_mode)
         )
@@ -181,6 +182,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             for w in guidances:
 
                 def generate(b: int, gen: torch.Generator, sampler=sampler, w=w) -> torch.Tensor:
+                    # A compiled network sees one batch shape: a short last batch is generated at full size
+                    # and cut (a new shape would recompile in the middle of the run).
+                    keep, b = b, (max(b, int(cfg.batch_size)) if compiled else b)
                     noise = torch.randn((b, *shape), device=device, generator=gen)
                     model = net
                     if num_classes:
@@ -192,7 +196,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         x = sampler.sample(
                             parts.diffusion, model, noise.shape, device, noise=noise, generator=gen
                         )
-                    return x.clamp(-1, 1).float()
+                    return x[:keep].clamp(-1, 1).float()
 
                 started = time.time()
                 scores = score_generator(

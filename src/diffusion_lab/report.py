@@ -210,11 +210,8 @@ def _label_jobs(jobs: list[Job], root: Path) -> list[str]:
     for job in jobs:
         for o in job.overrides:
             values.setdefault(_key(o), set()).add(o)
-    common = [
-        o
-        for o in (jobs[0].overrides if jobs else [])
-        if all(o in j.overrides for j in jobs) and len(jobs) > 1
-    ]
+    # (One job: all its overrides are "common", and it is labelled by its folder.)
+    common = [o for o in (jobs[0].overrides if jobs else []) if all(o in j.overrides for j in jobs)]
     for job in jobs:
         varying = [o for o in job.overrides if o not in common and not _key(o).startswith("hydra.")]
         name = (
