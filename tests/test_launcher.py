@@ -60,6 +60,11 @@ def test_long_job_names_are_shortened_to_the_varying_overrides():
     shortened = gp._safe_subdir(long, "0_" + "x" * 300)
     assert len(shortened.encode()) <= 200 and shortened.startswith("0_xxx")
     assert gp._quote("/a/0_b=1,c=[1,2]") == "'/a/0_b=1,c=[1,2]'"
+    # Quotes in override values never reach a folder name (the studies pass its checkpoint path on quoted).
+    assert (
+        gp._safe_subdir("0_trainer.max_time='00:00:03:00',x=\"a b\"", "0")
+        == "0_trainer.max_time=00:00:03:00,x=a b"
+    )
 
 
 def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
@@ -291,3 +296,14 @@ def test_ddp_inside_a_sweep_job(tmp_path):
         "0_schedule.num_timesteps=20",
         "1_schedule.num_timesteps=30",
     ]
+
+
+def test_a_job_folder_can_be_passed_on_as_a_quoted_override():
+    """What the studies do with every job's checkpoint (experiments/common.sh: ckpt='<job>/checkpoints/last.ckpt'):
+    a job folder named by overrides that hold quotes, '=', ',' and ':' must parse back as one string value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    dirname = "0_loss=simple,trainer.max_time='00:00:03:00',x=[1,2],y=\"a b\""
+    path = f"/runs/study/simple/{gp._safe_subdir(dirname, '0')}/checkpoints/last.ckpt"
+    (parsed,) = OverridesParser.create().parse_overrides([f"ckpt='{path}'"])
+    assert parsed.value() == path

@@ -136,8 +136,10 @@ def _shorten(text: str, limit: int) -> str:
 def _safe_subdir(subdir: str, short_name: str, limit: int = 200) -> str:
     """``subdir`` with each component longer than ``limit`` bytes (file systems allow 255; override_dirname of a
     long command line) replaced by ``short_name`` (the job number and the overrides that vary across the sweep),
-    shortened with a hash if it is still too long."""
+    shortened with a hash if it is still too long. Quote characters are dropped (``trainer.max_time='00:03:00'``
+    names a folder ``...max_time=00:03:00``): a path holding them cannot be passed on as a quoted override."""
     parts = [_shorten(short_name, limit) if len(p.encode()) > limit else p for p in Path(subdir).parts]
+    parts = [p.replace("'", "").replace('"', "") for p in parts]
     return str(Path(*parts)) if parts else subdir
 
 
