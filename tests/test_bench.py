@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from diffusion_lab import bench
 
 
@@ -45,3 +47,13 @@ def test_tiny_eager_pass_prints_json_lines_and_ratios(capsys) -> None:
     assert all(r["img_per_s"] > 0 for r in rows)
     out = capsys.readouterr().out.splitlines()
     assert "ratios" in json.loads(out[-1])
+
+
+def test_variant_names_map_to_compile_modes() -> None:
+    assert bench._compile_mode("eager") is None and bench._compile_mode("eager+cl") is None
+    assert bench._compile_mode("compile") == "default"
+    assert bench._compile_mode("compile-ro+cl") == "reduce-overhead"
+    assert bench._compile_mode("compile-ma") == "max-autotune-no-cudagraphs"
+    assert bench._compile_mode("cl+compile-max") == "max-autotune"
+    with pytest.raises(KeyError):
+        bench._compile_mode("compile-fast")

@@ -107,6 +107,7 @@ def _compile_mode(variant: str) -> str | None:
                 "compile": "default",
                 "compile-ro": "reduce-overhead",
                 "compile-ma": "max-autotune-no-cudagraphs",
+                "compile-max": "max-autotune",  # autotuned kernels + CUDA graphs
             }[part]
     return None
 
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--variants",
         default="compile",
         help="comma list; parts joined by '+': eager, compile, "
-        "compile-ro (CUDA graphs), compile-ma (max-autotune), cl (channels_last)",
+        "compile-ro (CUDA graphs), compile-ma (max-autotune), compile-max (max-autotune + CUDA graphs), "
+        "cl (channels_last)",
     )
     p.add_argument("--peer-variants", default="compile")
     p.add_argument("--batch", type=int, default=128)
