@@ -322,6 +322,10 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     for value in ("true", "reduce-overhead"):
         evaluate(eval_cfg(trained_checkpoint, tmp_path / value, *common, f"compile={value}"))
     assert modes == [None, "reduce-overhead"]
+    with pytest.raises(
+        UserError, match=r"compile=fastest is not a torch.compile mode; choose from .*max-autotune"
+    ):
+        evaluate(eval_cfg(trained_checkpoint, tmp_path / "bad", *common, "compile=fastest"))
     # n=10 in batches of 4: the compiled network only ever sees batches of 4 (the last one cut to 2).
     batches.clear()
     row = evaluate(eval_cfg(trained_checkpoint, tmp_path / "odd", *common, "compile=true", "n=10"))["rows"][0]
