@@ -11,14 +11,9 @@ set -uo pipefail
 HERE=$(dirname "${BASH_SOURCE[0]}")
 STUDIES=(${STUDIES:-ddpm_table2 iddpm ddim_table1 weightings})
 STUDIES_OUT=${STUDIES_OUT:-${DIFFUSION_LAB_ROOT:-.}/outputs/studies/all_$(date +%Y-%m-%d_%H-%M-%S)}
-if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-  IFS=',' read -r -a GPUS <<< "$CUDA_VISIBLE_DEVICES"
-else
-  n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-  GPUS=()
-  for ((i = 0; i < ${n:-0}; i++)); do GPUS+=("$i"); done
-  ((${#GPUS[@]})) || GPUS=("")
-fi
+source "$HERE/lib/gpus.sh"
+mapfile -t GPUS < <(visible_gpus)
+((${#GPUS[@]})) || GPUS=("")  # no GPU: the studies run on the CPU
 mkdir -p "$STUDIES_OUT"
 pids=()
 for i in "${!STUDIES[@]}"; do

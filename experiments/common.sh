@@ -30,13 +30,8 @@ if [[ -n "${DATA_ROOT:-}" ]]; then
   DATA_EVAL=("data_root=$DATA_ROOT")
 fi
 
-if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-  IFS=',' read -r -a GPU_IDS <<< "$CUDA_VISIBLE_DEVICES"
-else
-  n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-  GPU_IDS=()
-  for ((i = 0; i < ${n:-0}; i++)); do GPU_IDS+=("$i"); done
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib/gpus.sh"
+mapfile -t GPU_IDS < <(visible_gpus)
 NUM_GPUS=${NUM_GPUS:-${#GPU_IDS[@]}}
 ((NUM_GPUS >= 1)) || NUM_GPUS=1
 ((${#GPU_IDS[@]} >= 1)) || GPU_IDS=(0)
