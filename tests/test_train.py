@@ -283,3 +283,12 @@ def test_cli_incompatible_combination_one_error_line(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "loss=hybrid" in errors[0] and "variance=fixed_small" in errors[0]
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_compile_setting_maps_to_torch_compile_modes():
+    """One reading of `compile=` for training (DiffusionModule) and evaluate: off, default, or a named mode."""
+    from diffusion_lab.module import compile_mode
+
+    assert [compile_mode(v) for v in (False, None, "false", "none")] == [None] * 4
+    assert [compile_mode(v) for v in (True, "true", "default")] == ["default"] * 3
+    assert compile_mode("reduce-overhead") == "reduce-overhead"

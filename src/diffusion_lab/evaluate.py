@@ -29,6 +29,7 @@ from .errors import UserError, friendly_errors
 from .io import atomic_path
 from .metrics.evaluation import QualitySettings, build_extractor, real_features_for, score_generator
 from .metrics.quality import SampleQuality
+from .module import compile_mode
 from .sample import choose_sampler, resolve_device
 from .train import CONFIG_DIR
 
@@ -128,18 +129,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if "bpd" in metrics and int(cfg[key]) < 1:
             raise UserError(f"{key}={cfg[key]} is invalid: it must be >= 1")
     device = resolve_device(str(cfg.device))
-    compile_mode = cfg.get("compile")
-    compiled = compile_mode not in (None, False, "false", "none")
-    mode = None if compile_mode in (True, "default", "true") else str(compile_mode)
+    mode = compile_mode(cfg.get("compile"))
+    compiled = mode is not None
     allowed = ["false", "true", *torch._inductor.list_mode_options()]
-    if compiled and mode is not None and mode not in allowed:
-        raise UserError(f"compile={compile_mode} is not a torch.compile mode; choose from {allowed}")
+    if compiled and mode not in allowed:
+        raise UserError(f"compile={cfg.compile} is not a torch.compile mode; choose from {allowed}")
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
     net = parts.net.to(device)
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
-        net = torch.compile(net, mode=mode)
+        net = torch.compile(net, mode=None if mode == "default" else mode)
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")
     ckpt_path = Path(cfg.ckpt).resolve()

@@ -25,7 +25,17 @@ from .diffusion.likelihood import bound_estimate_bpd
 from .errors import NonFiniteError
 from .samplers import Sampler
 
-__all__ = ["DiffusionModule", "CHECKPOINT_KEY"]
+__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "compile_mode"]
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """The ``compile`` setting (train and evaluate configs) as a torch.compile mode name: None when off (false,
+    none, null), "default" for true, else the mode itself ("reduce-overhead" = CUDA graphs, "max-autotune", ...).
+    """
+    if value in (False, None, "false", "none"):
+        return None
+    return "default" if value in (True, "true") else str(value)
+
 
 CHECKPOINT_KEY = "diffusion_lab"
 NUM_BUCKETS = 10
@@ -72,9 +82,7 @@ class DiffusionModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.compile_mode = (
-            None if compile in (False, None, "false", "none") else ("default" if compile is True else compile)
-        )
+        self.compile_mode = compile_mode(compile)
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
