@@ -8,6 +8,7 @@
 #   JOBS_PER_GPU  training jobs (and evaluations) sharing one GPU (hydra.launcher.jobs_per_gpu); default 1
 #   SWEEPS_AT_ONCE=1  start a study's sweeps together instead of one after another (with JOBS_PER_GPU)
 #   TRAIN_EXTRA more training overrides for every job, space-separated (e.g. "trainer.val_check_interval=500")
+#   EVAL_EXTRA  more evaluate overrides for every evaluation, space-separated (e.g. "compile=true batch_size=1000")
 #   FID_N / BPD_N  samples for FID (default 2000; 5000 for the weightings' final one) / images for bits/dim (500)
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
 set -euo pipefail
@@ -20,6 +21,7 @@ DRY_RUN=${DRY_RUN:-0}
 JOBS_PER_GPU=${JOBS_PER_GPU:-1}
 SWEEPS_AT_ONCE=${SWEEPS_AT_ONCE:-0}
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
+read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:-}"
 STATUS=0
 SWEEP_PIDS=()
 
@@ -81,7 +83,7 @@ queue_eval() {
   local name=$1
   shift
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "EVAL $(printf '%q ' "$@")"
+    echo "EVAL $(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"
     return 0
   fi
   wait_sweeps
@@ -90,7 +92,7 @@ queue_eval() {
     job=$(dirname "$(dirname "$ckpt")")
     # ckpt / out_dir quoted for Hydra: job folders are named by their overrides (they hold '=' and ',').
     TASKS+=("$(printf '%q ' "$PY" -m diffusion_lab.evaluate "ckpt='$ckpt'" "out_dir='$job/evaluation/$name'" \
-      "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
+      "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@" "${EVAL_EXTRA[@]}") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
   done < <(find "$STUDY_OUT" -path '*/checkpoints/last.ckpt' -print0 | sort -z)
 }
 

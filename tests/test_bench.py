@@ -57,3 +57,28 @@ def test_variant_names_map_to_compile_modes() -> None:
     assert bench._compile_mode("cl+compile-max") == "max-autotune"
     with pytest.raises(KeyError):
         bench._compile_mode("compile-fast")
+
+
+def test_bound_variant_strips_every_norm_and_dropout_and_keeps_the_convolutions() -> None:
+    import torch
+    from torch import nn
+
+    net = bench.ho_unet()
+    convs = {n: p.shape for n, p in net.named_parameters() if "conv" in n or "qkv" in n}
+    stripped = bench.strip_to_bound(net)
+    kinds = {type(m) for m in stripped.modules()}
+    assert nn.GroupNorm not in kinds and nn.Dropout not in kinds
+    assert {n: p.shape for n, p in stripped.named_parameters() if "conv" in n or "qkv" in n} == convs
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 500])
+    assert stripped(x, t).shape == x.shape
+
+
+def test_ratios_take_the_best_usable_variant_and_leave_bounds_out() -> None:
+    rows = [
+        {"workload": "train", "system": "ours", "variant": "compile", "img_per_s": 300.0},
+        {"workload": "train", "system": "ours", "variant": "compile+bound", "img_per_s": 900.0},
+        {"workload": "train", "system": "ours", "variant": "eager", "img_per_s": 100.0},
+        {"workload": "train", "system": "diffusers", "variant": "compile", "img_per_s": 150.0},
+        {"workload": "train", "system": "diffusers", "variant": "compile+bound", "error": "x"},
+    ]
+    assert bench.ours_over_peer(rows, ["train"]) == {"train_ours_over_diffusers": 2.0}

@@ -43,9 +43,9 @@ def test_script_is_valid_bash(script):
         assert "Expected finding:" in script.read_text()
 
 
-def dry_run(study: str) -> dict[str, list[list[str]]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "STUDY_OUT")}
-    env.update(DRY_RUN="1", CUDA_VISIBLE_DEVICES="0,1")
+def dry_run(study: str, **extra_env: str) -> dict[str, list[list[str]]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "STUDY_OUT", "EVAL_EXTRA")}
+    env.update(DRY_RUN="1", CUDA_VISIBLE_DEVICES="0,1", **extra_env)
     proc = subprocess.run(
         ["bash", str(EXPERIMENTS / f"{study}.sh")], capture_output=True, text=True, env=env, timeout=60
     )
@@ -101,13 +101,15 @@ def test_study_sweeps_compose_build_and_cover_the_grid(study):
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_evaluations_are_valid(study):
-    lines = dry_run(study)
+    lines = dry_run(study, EVAL_EXTRA="compile=true batch_size=1000")
     assert lines["EVAL"], f"{study} evaluates nothing"
+    assert all(e[-2:] == ["compile=true", "batch_size=1000"] for e in lines["EVAL"])  # EVAL_EXTRA reaches each
     trained = [build(job) for sweep in lines["SWEEP"] for job in expand(sweep)]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for overrides in lines["EVAL"]:
             cfg = compose("evaluate", overrides=[*overrides, "ckpt=x.ckpt", "features=x.pt"])
+            assert cfg.compile is True and cfg.batch_size == 1000
             assert set(cfg.metrics) <= {"fid", "kid", "pr", "is", "bpd"}
             steps = list(cfg.steps)
             for (train_cfg, parts), s in itertools.product(trained, steps):

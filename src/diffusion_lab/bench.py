@@ -8,7 +8,8 @@ network (35.7M parameters): images/s over whole optimizer steps, peak memory, ac
 FLOPs (torch.utils.flop_counter) and their fraction of the GPU's dense bf16 peak.
 Workload B (sample): DDIM, 50 steps, batch 512, same network: images/s.
 
-Prints one JSON line per (system, variant, workload), then one line of ratios ours/peer (best variant of each).
+Prints one JSON line per (system, variant, workload), then one line of ratios ours/peer (best variant of each;
+`bound` variants, a ceiling rather than a usable network, are left out).
 The peer runs in its best reasonable setting: bf16 autocast, fused AdamW, torch.compile. diffusers is an
 optional, bench-only dependency: ``pip install -e .[bench]``.
 """
@@ -94,10 +95,44 @@ def _time(fn: Callable[[], None], warmup: int, iters: int, device: torch.device)
 
 
 def _prepare(net: nn.Module, variant: str, device: torch.device) -> nn.Module:
+    if "bound" in variant.split("+"):
+        net = strip_to_bound(net)
     net = net.to(device)
     if "cl" in variant.split("+"):
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def strip_to_bound(net: nn.Module) -> nn.Module:
+    """The `bound` variant part: the same network with every GroupNorm and Dropout replaced by Identity.
+
+    Not a usable network: what is left is the convolutions, attention and matmuls (all the counted FLOPs) with
+    their fused pointwise work, so its rate is a ceiling for the real network on this GPU and software stack.
+    """
+    for name, child in net.named_children():
+        if isinstance(child, (nn.GroupNorm, nn.Dropout)):
+            setattr(net, name, nn.Identity())
+        else:
+            strip_to_bound(child)
+    return net
+
+
+def top_kernels(fn: Callable[[], None], iters: int, device: torch.device, k: int = 12) -> list:
+    """[(kernel name, ms per call of fn, share of GPU time)] of the k kernels with the most GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize(device)
+    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    key = "self_device_time_total" if hasattr(rows[0], "self_device_time_total") else "self_cuda_time_total"
+    total = sum(getattr(e, key) for e in rows) or 1.0
+    rows.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [
+        [e.key[:90], round(getattr(e, key) / iters / 1e3, 3), round(getattr(e, key) / total, 3)] for e in rows[:k]
+    ]
 
 
 def _compile_mode(variant: str) -> str | None:
@@ -167,6 +202,8 @@ def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
         if device.type == "cuda"
         else None,
     }
+    if args.profile and device.type == "cuda":
+        out["top_kernels"] = top_kernels(train_step, args.profile, device)
     if flops:
         tflops = flops / sec / 1e12
         out.update(gflops_per_step=round(flops / 1e9, 1), achieved_tflops=round(tflops, 1))
@@ -215,7 +252,7 @@ def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
                     x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
 
     sec = _time(run, 1, args.sample_iters, device)
-    return {
+    out = {
         "workload": "sample",
         "system": system,
         "variant": variant,
@@ -224,6 +261,26 @@ def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
         "img_per_s": round(n / sec, 1),
         "seconds_per_batch": round(sec, 3),
     }
+    if args.profile and device.type == "cuda":
+        out["top_kernels"] = top_kernels(run, 1, device)
+    return out
+
+
+def ours_over_peer(results: list[dict], workloads: list[str]) -> dict:
+    """{"<workload>_ours_over_diffusers": best ours / best peer}, over usable variants (not `bound`)."""
+
+    def best(workload: str, system: str) -> float:
+        rates = [
+            r["img_per_s"]
+            for r in results
+            if r["workload"] == workload
+            and r["system"] == system
+            and "img_per_s" in r
+            and "bound" not in r["variant"].split("+")
+        ]
+        return max(rates, default=math.nan)
+
+    return {f"{w}_ours_over_diffusers": round(best(w, "ours") / best(w, "diffusers"), 3) for w in workloads}
 
 
 def ours_or_peer(system: str) -> nn.Module:
@@ -275,7 +332,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default="compile",
         help="comma list; parts joined by '+': eager, compile, "
         "compile-ro (CUDA graphs), compile-ma (max-autotune), compile-max (max-autotune + CUDA graphs), "
-        "cl (channels_last)",
+        "cl (channels_last), bound (GroupNorm and dropout removed: a ceiling, not a usable network; "
+        "left out of the ratios)",
     )
     p.add_argument("--peer-variants", default="compile")
     p.add_argument("--batch", type=int, default=128)
@@ -284,6 +342,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--sample-batch", type=int, default=512)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--sample-iters", type=int, default=3)
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="profile this many more training steps (sampling: one more batch) and add the GPU kernels with "
+        "the most time to each row (top_kernels: name, ms per step or batch, share)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--models",
@@ -322,20 +387,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 torch._dynamo.reset()
-    ratios = {}
-    for workload in args.workloads.split(","):
-        best = {
-            s: max(
-                (
-                    r["img_per_s"]
-                    for r in results
-                    if r["workload"] == workload and r["system"] == s and "img_per_s" in r
-                ),
-                default=math.nan,
-            )
-            for s in ("ours", "diffusers")
-        }
-        ratios[f"{workload}_ours_over_diffusers"] = round(best["ours"] / best["diffusers"], 3)
+    ratios = ours_over_peer(results, args.workloads.split(","))
     print(json.dumps({"ratios": ratios}), flush=True)
     return results
 
