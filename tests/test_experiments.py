@@ -103,7 +103,9 @@ def test_study_sweeps_compose_build_and_cover_the_grid(study):
 def test_study_evaluations_are_valid(study):
     lines = dry_run(study, EVAL_EXTRA="compile=true batch_size=1000")
     assert lines["EVAL"], f"{study} evaluates nothing"
-    assert all(e[-2:] == ["compile=true", "batch_size=1000"] for e in lines["EVAL"])  # EVAL_EXTRA reaches each
+    assert all(
+        e[-2:] == ["compile=true", "batch_size=1000"] for e in lines["EVAL"]
+    )  # EVAL_EXTRA reaches each
     trained = [build(job) for sweep in lines["SWEEP"] for job in expand(sweep)]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

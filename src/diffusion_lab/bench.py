@@ -131,7 +131,8 @@ def top_kernels(fn: Callable[[], None], iters: int, device: torch.device, k: int
     total = sum(getattr(e, key) for e in rows) or 1.0
     rows.sort(key=lambda e: getattr(e, key), reverse=True)
     return [
-        [e.key[:90], round(getattr(e, key) / iters / 1e3, 3), round(getattr(e, key) / total, 3)] for e in rows[:k]
+        [e.key[:90], round(getattr(e, key) / iters / 1e3, 3), round(getattr(e, key) / total, 3)]
+        for e in rows[:k]
     ]
 
 
