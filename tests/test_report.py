@@ -162,3 +162,18 @@ def test_no_sweep_is_one_error_line(tmp_path, capsys, kind):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
     assert ".hydra/overrides.yaml" in err[0]
+
+
+def test_a_lone_job_is_labelled_by_its_sweep_folder_and_number(tmp_path):
+    from diffusion_lab.report import Job, _label_jobs
+
+    root = tmp_path.resolve()
+    lone = Job(dir=root / "model" / "0_loss=simple,trainer.max_time=00:00:06:00", overrides=["loss=simple"])
+    assert _label_jobs([lone], root) == ["loss=simple"]  # its overrides are the common line
+    assert lone.label == "model/#0"
+    bare = Job(dir=root / "run_a", overrides=[])
+    _label_jobs([bare], root)
+    assert bare.label == "run_a"  # not a launcher job folder: the folder name as it is
+    outside = Job(dir=tmp_path.parent / "7_x=1", overrides=[])
+    _label_jobs([outside], root)
+    assert outside.label == "#7"

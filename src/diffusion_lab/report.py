@@ -214,13 +214,17 @@ def _label_jobs(jobs: list[Job], root: Path) -> list[str]:
     common = [o for o in (jobs[0].overrides if jobs else []) if all(o in j.overrides for j in jobs)]
     for job in jobs:
         varying = [o for o in job.overrides if o not in common and not _key(o).startswith("hydra.")]
-        name = (
-            str(job.dir.relative_to(root.resolve()))
-            if job.dir.is_relative_to(root.resolve())
-            else job.dir.name
-        )
-        job.label = " ".join(varying) if varying else name
+        job.label = " ".join(varying) if varying else _folder_label(job, root)
     return common
+
+
+def _folder_label(job: Job, root: Path) -> str:
+    """The job folder relative to the report's root, its own name cut to the launcher's job number
+    (`model/0_loss=simple,...` -> `model/#0`): the overrides are in the common-overrides line already."""
+    rel = job.dir.relative_to(root.resolve()) if job.dir.is_relative_to(root.resolve()) else Path(job.dir.name)
+    num, sep, _ = rel.name.partition("_")
+    name = f"#{num}" if sep and num.isdigit() else rel.name
+    return str(rel.parent / name) if str(rel.parent) != "." else name
 
 
 def _sort(jobs: list[Job]) -> tuple[list[Job], str]:
