@@ -221,7 +221,9 @@ def _label_jobs(jobs: list[Job], root: Path) -> list[str]:
 def _folder_label(job: Job, root: Path) -> str:
     """The job folder relative to the report's root, its own name cut to the launcher's job number
     (`model/0_loss=simple,...` -> `model/#0`): the overrides are in the common-overrides line already."""
-    rel = job.dir.relative_to(root.resolve()) if job.dir.is_relative_to(root.resolve()) else Path(job.dir.name)
+    rel = (
+        job.dir.relative_to(root.resolve()) if job.dir.is_relative_to(root.resolve()) else Path(job.dir.name)
+    )
     num, sep, _ = rel.name.partition("_")
     name = f"#{num}" if sep and num.isdigit() else rel.name
     return str(rel.parent / name) if str(rel.parent) != "." else name
