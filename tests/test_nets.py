@@ -270,6 +270,31 @@ def test_unet_channels_last_and_bf16_autocast():
     assert torch.allclose(out_bf16.float(), ref, atol=0.1 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_attention_keeps_channels_last_through_forward_and_backward(num_heads):
+    """In channels_last the attention block computes the same thing, returns NHWC storage, and hands its qkv
+    convolution an NHWC gradient (an NCHW one makes cuDNN transpose on every backward)."""
+    torch.manual_seed(0)
+    block = AttentionBlock(32, num_heads=num_heads, groups=8)
+    nn.init.normal_(block.proj_out.weight, std=0.1)  # zero-initialised: the attention would not show
+    x = torch.randn(2, 32, 6, 5)
+    ref = block(x)
+    grads = []
+    block.qkv.register_full_backward_hook(lambda m, gin, gout: grads.append(gout[0]))
+    block_cl = block.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = block_cl(x_cl)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    (out * torch.randn_like(out)).sum().backward()
+    assert grads and grads[0].is_contiguous(memory_format=torch.channels_last)
+    # and the NCHW path is untouched: its gradient stays NCHW
+    grads.clear()
+    block_nchw = block.to(memory_format=torch.contiguous_format)
+    block_nchw(x.clone().requires_grad_()).sum().backward()
+    assert grads[0].is_contiguous()
+
+
 def test_dit_bf16_autocast():
     net = DiT(in_channels=3, **SMALL_DIT)
     perturb_zero_init_(net)
