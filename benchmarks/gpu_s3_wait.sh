@@ -11,6 +11,6 @@ for st in ddpm_table2 iddpm ddim_table1; do
   [ -d $S/$st ] || continue
   (cd $S && find $st -name 'report*' -o -name sweep_status.json -o -name 'evaluation*.json' -o -name 'results*.csv' \
      -o -name 'metrics.csv' -o -name final.png -o -name '*.log' -size -2M | tar czf $OUT/$st.tar.gz -T - 2>/dev/null)
-  tail -5 $S/../studies/$st.log >> $OUT/summary.log 2>/dev/null
+  tail -5 $S/$st.log >> $OUT/summary.log 2>/dev/null
 done
 true

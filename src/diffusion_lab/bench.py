@@ -127,6 +127,8 @@ def top_kernels(fn: Callable[[], None], iters: int, device: torch.device, k: int
             fn()
         torch.cuda.synchronize(device)
     rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    if not rows:
+        return []
     key = "self_device_time_total" if hasattr(rows[0], "self_device_time_total") else "self_cuda_time_total"
     total = sum(getattr(e, key) for e in rows) or 1.0
     rows.sort(key=lambda e: getattr(e, key), reverse=True)

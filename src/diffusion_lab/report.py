@@ -225,8 +225,7 @@ def _folder_label(job: Job, root: Path) -> str:
         job.dir.relative_to(root.resolve()) if job.dir.is_relative_to(root.resolve()) else Path(job.dir.name)
     )
     num, sep, _ = rel.name.partition("_")
-    name = f"#{num}" if sep and num.isdigit() else rel.name
-    return str(rel.parent / name) if str(rel.parent) != "." else name
+    return str(rel.with_name(f"#{num}")) if sep and num.isdigit() else str(rel)
 
 
 def _sort(jobs: list[Job]) -> tuple[list[Job], str]:

@@ -175,10 +175,11 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         nh = self.num_heads
-        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W), stored as x is
         # The same split either way; the reshapes follow the storage order so that neither the forward nor the
         # backward converts layouts (in channels_last, NCHW reshapes hand the qkv conv an NCHW gradient).
-        if qkv.is_contiguous(memory_format=torch.channels_last) and not qkv.is_contiguous():
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if nhwc:
             qkv = qkv.permute(0, 2, 3, 1).reshape(B, H * W, 3, nh, C // nh)  # (B, HW, 3, nh, hd): a view
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, HW, hd)
         else:
@@ -186,7 +187,7 @@ class AttentionBlock(nn.Module):
             q, k, v = qkv.permute(1, 0, 2, 4, 3).unbind(0)  # each (B, nh, HW, hd)
         # SDPA's default scale 1/sqrt(hd) is Ho et al.'s C**-0.5 for a single head
         h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hd)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if nhwc:
             h = h.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), stored NHWC
         else:
             h = h.transpose(2, 3).reshape(B, C, H, W)  # (B, C, H, W)
