@@ -59,6 +59,24 @@ def test_variant_names_map_to_compile_modes() -> None:
         bench._compile_mode("compile-fast")
 
 
+def test_lo_part_forces_inductors_layout_optimization(monkeypatch) -> None:
+    seen: list = []
+    monkeypatch.setattr(bench.torch, "compile", lambda net, options=None: seen.append(options) or net)
+    for variant in ("eager", "compile", "compile-ro+cl", "compile-ro+lo", "cl+lo+compile-max"):
+        bench._compile(bench.nn.Identity(), variant)
+    assert seen == [
+        {},
+        {"triton.cudagraphs": True},
+        {"triton.cudagraphs": True, "force_layout_optimization": True},
+        {
+            "max_autotune": True,
+            "triton.cudagraphs": True,
+            "coordinate_descent_tuning": True,
+            "force_layout_optimization": True,
+        },
+    ]
+
+
 def test_bound_variant_strips_every_norm_and_dropout_and_keeps_the_convolutions() -> None:
     import torch
     from torch import nn

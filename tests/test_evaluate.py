@@ -313,20 +313,22 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     modes: list = []
     batches: list[int] = []
 
-    def fake_compile(net, mode=None):
-        modes.append(mode)
+    def fake_compile(net, options=None):
+        modes.append(options)
         net.register_forward_pre_hook(lambda m, a: batches.append(a[0].shape[0]))
         return net
 
     monkeypatch.setattr(ev.torch, "compile", fake_compile)
     for value in ("true", "reduce-overhead"):
         evaluate(eval_cfg(trained_checkpoint, tmp_path / value, *common, f"compile={value}"))
-    assert modes == [None, "reduce-overhead"]
+    evaluate(eval_cfg(trained_checkpoint, tmp_path / "cl", *common, "compile=true", "channels_last=true"))
+    # the mode's inductor options; with channels_last, inductor's layout optimization forced on
+    assert modes == [{}, {"triton.cudagraphs": True}, {"force_layout_optimization": True}]
     with pytest.raises(
         UserError, match=r"compile=fastest is not a torch.compile mode; choose from .*max-autotune"
     ):
         evaluate(eval_cfg(trained_checkpoint, tmp_path / "bad", *common, "compile=fastest"))
-    # n=10 in batches of 4: the compiled network only ever sees batches of 4 (the last one cut to 2).
+    # n=10 in batches of up to 4 (balanced: 4, 3, 3): the compiled network only ever sees batches of 4.
     batches.clear()
     row = evaluate(eval_cfg(trained_checkpoint, tmp_path / "odd", *common, "compile=true", "n=10"))["rows"][0]
     assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fid"])

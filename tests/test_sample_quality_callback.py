@@ -20,7 +20,7 @@ from conftest import small_train_cfg
 from diffusion_lab.build import build_module
 from diffusion_lab.callbacks import SampleQualityCallback
 from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
-from diffusion_lab.metrics.evaluation import rank_batches, rank_share
+from diffusion_lab.metrics.evaluation import largest_batch, rank_batches, rank_share
 from diffusion_lab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,11 +51,18 @@ def metric_overrides(classifier: Path, cache: Path, **settings) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ the split over ranks
-@pytest.mark.parametrize("n,batch_size", [(10, 3), (8, 4), (3, 4), (1000, 500), (7, 1)])
+@pytest.mark.parametrize(
+    "n,batch_size", [(10, 3), (8, 4), (3, 4), (1000, 500), (7, 1), (10000, 512), (10001, 500)]
+)
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8])
 def test_rank_batches_are_the_global_batches_in_rank_order(n, batch_size, world_size):
     single = rank_batches(n, batch_size)
-    assert [b for _, b in single] == [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    sizes = [b for _, b in single]
+    # as many batches as batch_size asks for, balanced: sizes differ by at most one, the larger first, none
+    # over batch_size, and the largest is largest_batch (the one shape a compiled sampler is given)
+    assert len(sizes) == -(-n // batch_size) and sum(sizes) == n
+    assert sizes == sorted(sizes, reverse=True) and max(sizes) - min(sizes) <= 1
+    assert max(sizes) <= batch_size and max(sizes) == largest_batch(n, batch_size)
     per_rank = [rank_batches(n, batch_size, r, world_size) for r in range(world_size)]
     # concatenated in rank order (what the all-gather does) they are the one-process batches, in order
     assert [b for batches in per_rank for b in batches] == single
@@ -232,3 +239,9 @@ def test_ddp_sim_training_logs_the_one_process_fid(classifier28, tmp_path):
     scores = cb.score(module)
     assert scores["fid"] == pytest.approx(fids[2], rel=1e-4)
     assert scores["kid_mean"] == pytest.approx(logged(csv_path, "metrics/kid_mean")[2], rel=1e-4, abs=1e-7)
+
+
+def test_ten_thousand_at_batch_512_is_twenty_batches_of_500():
+    # 19 x 512 + 272 would make a compiled sampler pad the last batch to 512 and discard 240 images
+    assert [b for _, b in rank_batches(10000, 512)] == [500] * 20
+    assert largest_batch(10000, 512) == 500 and largest_batch(10001, 500) == 477

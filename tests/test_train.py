@@ -292,3 +292,22 @@ def test_compile_setting_maps_to_torch_compile_modes():
     assert [compile_mode(v) for v in (False, None, "false", "none")] == [None] * 4
     assert [compile_mode(v) for v in (True, "true", "default")] == ["default"] * 3
     assert compile_mode("reduce-overhead") == "reduce-overhead"
+
+
+def test_compile_options_are_the_modes_and_channels_last_forces_inductors_layout_optimization():
+    from torch._inductor import list_mode_options
+
+    from diffusion_lab.errors import UserError
+    from diffusion_lab.module import DiffusionModule, compile_options
+
+    for mode in ("default", "reduce-overhead", "max-autotune"):
+        assert compile_options(mode) == list_mode_options(mode)
+        assert compile_options(mode, channels_last=True) == {
+            **list_mode_options(mode),
+            "force_layout_optimization": True,
+        }
+    with pytest.raises(UserError, match=r"compile=fastest is not a torch.compile mode; choose from .*'true'"):
+        compile_options("fastest")
+    # the module checks its mode when it is built, before any training
+    with pytest.raises(UserError, match="compile=fastest"):
+        DiffusionModule(None, None, None, None, None, None, compile="fastest")

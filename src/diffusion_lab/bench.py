@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diffusion import Diffusion, LinearSchedule, SimpleLoss, q_sample
+from .module import compile_options
 from .nets import UNet, count_parameters
 from .samplers import DDIMSampler
 
@@ -150,6 +151,15 @@ def _compile_mode(variant: str) -> str | None:
     return None
 
 
+def _compile(net: nn.Module, variant: str) -> nn.Module:
+    """torch.compile in the variant's mode; the `lo` part forces inductor's layout optimization (NHWC
+    convolutions inside the compiled graph, see module.compile_options)."""
+    mode = _compile_mode(variant)
+    if mode is None:
+        return net
+    return torch.compile(net, options=compile_options(mode, channels_last="lo" in variant.split("+")))
+
+
 def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     net = ours_or_peer(system)
@@ -158,8 +168,7 @@ def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
     flops = count_train_flops(net.to(device), call, args.batch, device) if device.type == "cuda" else 0
     net = _prepare(net, variant, device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=device.type == "cuda")
-    mode = _compile_mode(variant)
-    fwd = torch.compile(net, mode=mode) if mode else net
+    fwd = _compile(net, variant)
     B = args.batch
     data = torch.randn(B * 8, 3, 32, 32, device=device).clamp(-1, 1)  # GPU-resident "dataset"
     diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
@@ -220,8 +229,7 @@ def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     net = _prepare(ours_or_peer(system), variant, device).eval()
     call = _call(system)
-    mode = _compile_mode(variant)
-    fwd = torch.compile(net, mode=mode) if mode else net
+    fwd = _compile(net, variant)
     n, steps = args.sample_batch, args.sample_steps
     shape = (n, 3, 32, 32)
 
@@ -335,7 +343,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default="compile",
         help="comma list; parts joined by '+': eager, compile, "
         "compile-ro (CUDA graphs), compile-ma (max-autotune), compile-max (max-autotune + CUDA graphs), "
-        "cl (channels_last), bound (GroupNorm and dropout removed: a ceiling, not a usable network; "
+        "cl (channels_last tensors), lo (inductor's layout optimization forced on: NHWC convolutions in the "
+        "compiled graph), bound (GroupNorm and dropout removed: a ceiling, not a usable network; "
         "left out of the ratios)",
     )
     p.add_argument("--peer-variants", default="compile")

@@ -27,9 +27,15 @@ from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, friendly_errors
 from .io import atomic_path
-from .metrics.evaluation import QualitySettings, build_extractor, real_features_for, score_generator
+from .metrics.evaluation import (
+    QualitySettings,
+    build_extractor,
+    largest_batch,
+    real_features_for,
+    score_generator,
+)
 from .metrics.quality import SampleQuality
-from .module import compile_mode
+from .module import compile_mode, compile_options
 from .sample import choose_sampler, resolve_device
 from .train import CONFIG_DIR
 
@@ -131,15 +137,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     mode = compile_mode(cfg.get("compile"))
     compiled = mode is not None
-    allowed = ["false", "true", *torch._inductor.list_mode_options()]
-    if compiled and mode not in allowed:
-        raise UserError(f"compile={cfg.compile} is not a torch.compile mode; choose from {allowed}")
+    options = compile_options(mode, bool(cfg.get("channels_last"))) if compiled else None
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
     net = parts.net.to(device)
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
-        net = torch.compile(net, mode=None if mode == "default" else mode)
+        net = torch.compile(net, options=options)
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")
     ckpt_path = Path(cfg.ckpt).resolve()
@@ -184,9 +188,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             for w in guidances:
 
                 def generate(b: int, gen: torch.Generator, sampler=sampler, w=w) -> torch.Tensor:
-                    # A compiled network sees one batch shape: a short last batch is generated at full size
-                    # and cut (a new shape would recompile in the middle of the run).
-                    keep, b = b, (max(b, int(cfg.batch_size)) if compiled else b)
+                    # A compiled network sees one batch shape: a batch one smaller than the largest (the batches
+                    # are balanced, see rank_batches) is generated at full size and cut (a new shape would
+                    # recompile in the middle of the run).
+                    keep, b = b, (max(b, largest_batch(int(cfg.n), int(cfg.batch_size))) if compiled else b)
                     noise = torch.randn((b, *shape), device=device, generator=gen)
                     model = net
                     if num_classes:

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from .diffusion import Diffusion, Loss, TimestepSampler, q_sample, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
-from .errors import NonFiniteError
+from .errors import NonFiniteError, UserError
 from .samplers import Sampler
 
-__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "compile_mode"]
+__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "compile_mode", "compile_options"]
 
 
 def compile_mode(value: bool | str | None) -> str | None:
@@ -35,6 +35,29 @@ def compile_mode(value: bool | str | None) -> str | None:
     if value in (False, None, "false", "none"):
         return None
     return "default" if value in (True, "true") else str(value)
+
+
+def compile_options(mode: str, channels_last: bool = False) -> dict[str, Any]:
+    """Inductor's options for the torch.compile ``mode`` ("default", "reduce-overhead", ...), and with
+    ``channels_last`` its layout optimization forced on: ``torch.compile(net, options=compile_options(...))``.
+
+    Inductor decides by itself whether a compiled graph runs its convolutions NHWC, and its heuristic says no for
+    any training graph with a 3x3 convolution that at least halves the channels -- every UNet decoder (and a
+    3-channel output convolution). The step then runs NCHW whatever the tensors' layout, and on a GPU cuDNN
+    transposes to NHWC and back around every convolution (23% of the Ho et al. training step on an H200,
+    BENCHMARKS.md). Forcing it is the only switch for that, so channels_last=true turns it on.
+    """
+    from torch._inductor import list_mode_options
+
+    allowed = list(list_mode_options())
+    if mode not in allowed:
+        raise UserError(
+            f"compile={mode} is not a torch.compile mode; choose from {['false', 'true', *allowed]}"
+        )
+    options = dict(list_mode_options(mode))
+    if channels_last:
+        options["force_layout_optimization"] = True
+    return options
 
 
 CHECKPOINT_KEY = "diffusion_lab"
@@ -83,6 +106,8 @@ class DiffusionModule(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode(compile)
+        if self.compile_mode:
+            compile_options(self.compile_mode)  # a wrong mode fails here, not at the first training step
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
@@ -105,7 +130,7 @@ class DiffusionModule(L.LightningModule):
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):
             # In place: parameter names (and so checkpoints) stay unchanged.
-            self.net.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
+            self.net.compile(options=compile_options(self.compile_mode, self.channels_last))
             self._compiled = True
 
     # ------------------------------------------------------------------ training

@@ -32,6 +32,7 @@ __all__ = [
     "QualitySettings",
     "batch_seed",
     "build_extractor",
+    "largest_batch",
     "rank_batches",
     "rank_share",
     "real_features_for",
@@ -115,7 +116,9 @@ def rank_share(n: int, rank: int, world_size: int) -> int:
 def rank_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
     """``(index, size)`` of the generation batches of rank ``rank``.
 
-    The ``n`` samples are cut into ``ceil(n / batch_size)`` global batches whatever the number of processes,
+    The ``n`` samples are cut into ``ceil(n / batch_size)`` global batches of balanced sizes (they differ by
+    at most one, the larger first: 10000 at batch_size=512 is 20 batches of 500, not 19 of 512 and one of 272,
+    which a compiled sampler would pad to 512 and throw 240 images away), whatever the number of processes,
     and every rank takes a contiguous block of them (``rank_share`` batches): all-gathered in rank order, the
     samples are in the global order, and with one seed per batch (:func:`batch_seed`) they are the same
     samples on any number of processes.
@@ -125,7 +128,12 @@ def rank_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) ->
     num_batches = math.ceil(n / batch_size)
     start = sum(rank_share(num_batches, r, world_size) for r in range(rank))
     count = rank_share(num_batches, rank, world_size)
-    return [(k, min(batch_size, n - k * batch_size)) for k in range(start, start + count)]
+    return [(k, rank_share(n, k, num_batches)) for k in range(start, start + count)]
+
+
+def largest_batch(n: int, batch_size: int) -> int:
+    """The size of the largest of :func:`rank_batches`' batches: the one shape a compiled sampler sees."""
+    return math.ceil(n / math.ceil(n / batch_size)) if n > 0 else batch_size
 
 
 def batch_seed(seed: int, index: int) -> int:
