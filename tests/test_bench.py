@@ -100,3 +100,10 @@ def test_ratios_take_the_best_usable_variant_and_leave_bounds_out() -> None:
         {"workload": "train", "system": "diffusers", "variant": "compile+bound", "error": "x"},
     ]
     assert bench.ours_over_peer(rows, ["train"]) == {"train_ours_over_diffusers": 2.0}
+    # with several peer settings: the ratio to its best, and to each
+    rows.append({"workload": "train", "system": "diffusers", "variant": "compile-ro", "img_per_s": 250.0})
+    assert bench.ours_over_peer(rows, ["train"]) == {
+        "train_ours_over_diffusers": 1.2,
+        "train_ours_over_diffusers[compile]": 2.0,
+        "train_ours_over_diffusers[compile-ro]": 1.2,
+    }

@@ -278,20 +278,29 @@ def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
 
 
 def ours_over_peer(results: list[dict], workloads: list[str]) -> dict:
-    """{"<workload>_ours_over_diffusers": best ours / best peer}, over usable variants (not `bound`)."""
+    """{"<workload>_ours_over_diffusers": best ours / best peer} over usable variants (not `bound`), and
+    {"<workload>_ours_over_diffusers[<variant>]": best ours / that peer variant} for each peer variant run."""
 
-    def best(workload: str, system: str) -> float:
-        rates = [
-            r["img_per_s"]
+    def usable(workload: str, system: str) -> list[dict]:
+        return [
+            r
             for r in results
             if r["workload"] == workload
             and r["system"] == system
             and "img_per_s" in r
             and "bound" not in r["variant"].split("+")
         ]
-        return max(rates, default=math.nan)
 
-    return {f"{w}_ours_over_diffusers": round(best(w, "ours") / best(w, "diffusers"), 3) for w in workloads}
+    ratios = {}
+    for w in workloads:
+        ours = max((r["img_per_s"] for r in usable(w, "ours")), default=math.nan)
+        peers = usable(w, "diffusers")
+        peer = max((r["img_per_s"] for r in peers), default=math.nan)
+        ratios[f"{w}_ours_over_diffusers"] = round(ours / peer, 3)
+        if len(peers) > 1:
+            for r in peers:
+                ratios[f"{w}_ours_over_diffusers[{r['variant']}]"] = round(ours / r["img_per_s"], 3)
+    return ratios
 
 
 def ours_or_peer(system: str) -> nn.Module:
