@@ -311,3 +311,36 @@ def test_compile_options_are_the_modes_and_channels_last_forces_inductors_layout
     # the module checks its mode when it is built, before any training
     with pytest.raises(UserError, match="compile=fastest"):
         DiffusionModule(None, None, None, None, None, None, compile="fastest")
+
+
+def test_loss_is_logged_only_on_the_steps_something_reads_it():
+    """train/loss (one self.log, host time each) on the progress bar's refreshes, the logger's steps, the epoch's
+    last batch and the first and last steps -- and on every step when the bar refreshes every step."""
+    from types import SimpleNamespace
+
+    from diffusion_lab.module import DiffusionModule
+
+    module = DiffusionModule(None, None, None, None, None, None)
+    bar = SimpleNamespace(refresh_rate=10, is_enabled=True)
+    trainer = SimpleNamespace(
+        global_step=0, max_steps=95, log_every_n_steps=25, progress_bar_callback=bar, num_training_batches=32
+    )
+    module._trainer = trainer
+
+    def read_steps() -> list[int]:
+        steps = []
+        for step in range(trainer.max_steps):
+            trainer.global_step = step
+            if module._loss_read(batch_idx=step % trainer.num_training_batches):
+                steps.append(step)
+        return steps
+
+    # first step; logger at steps 24, 49, 74; bar at batch_idx 9, 19, 29 and the epoch's last (31) of each epoch
+    # (epochs start at steps 0, 32, 64); the last step 94
+    assert read_steps() == [0, 9, 19, 24, 29, 31, 41, 49, 51, 61, 63, 73, 74, 83, 93, 94]
+    bar.refresh_rate = 1
+    assert read_steps() == list(range(95))
+    bar.is_enabled = False  # no bar: the logger's steps, the first and the last
+    assert read_steps() == [0, 24, 49, 74, 94]
+    trainer.progress_bar_callback = None
+    assert read_steps() == [0, 24, 49, 74, 94]
