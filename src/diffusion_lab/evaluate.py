@@ -179,6 +179,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
         )
         metric = metric.to(device)
+        full_batch = largest_batch(
+            int(cfg.n), int(cfg.batch_size)
+        )  # the one batch shape a compiled network sees
         for steps in _as_list(cfg.steps):
             if isinstance(cfg.sampler, DictConfig):  # sampler=ddpm|ddim: the node of conf/sampler/<name>.yaml
                 chosen = OmegaConf.to_container(cfg.sampler, resolve=True)
@@ -191,7 +194,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     # A compiled network sees one batch shape: a batch one smaller than the largest (the batches
                     # are balanced, see rank_batches) is generated at full size and cut (a new shape would
                     # recompile in the middle of the run).
-                    keep, b = b, (max(b, largest_batch(int(cfg.n), int(cfg.batch_size))) if compiled else b)
+                    keep, b = b, (max(b, full_batch) if compiled else b)
                     noise = torch.randn((b, *shape), device=device, generator=gen)
                     model = net
                     if num_classes:
