@@ -4,6 +4,7 @@ the EMA, and bad input at start-up."""
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -313,34 +314,46 @@ def test_compile_options_are_the_modes_and_channels_last_forces_inductors_layout
         DiffusionModule(None, None, None, None, None, None, compile="fastest")
 
 
-def test_loss_is_logged_only_on_the_steps_something_reads_it():
-    """train/loss (one self.log, host time each) on the progress bar's refreshes, the logger's steps, the epoch's
-    last batch and the first and last steps -- and on every step when the bar refreshes every step."""
-    from types import SimpleNamespace
-
+def test_training_logs_nothing_to_the_progress_bar_and_the_bar_reads_the_loss(tmp_path, monkeypatch):
+    """Lightning reads every prog_bar metric back to the host after every step (a device sync per step): training
+    logs none, and its terms only on the logger's steps; LossProgressBar shows the module's last loss instead,
+    and the run's summary has the final step's loss."""
+    from diffusion_lab.callbacks import LossProgressBar
     from diffusion_lab.module import DiffusionModule
 
-    module = DiffusionModule(None, None, None, None, None, None)
-    bar = SimpleNamespace(refresh_rate=10, is_enabled=True)
-    trainer = SimpleNamespace(
-        global_step=0, max_steps=95, log_every_n_steps=25, progress_bar_callback=bar, num_training_batches=32
+    calls: list[tuple[int, str, bool]] = []
+    shown: list[dict] = []
+    log, get_metrics = DiffusionModule.log, LossProgressBar.get_metrics
+
+    def recording_log(self, name, value, *args, **kwargs):
+        if self.trainer.training:
+            calls.append((self.trainer.global_step, name, bool(kwargs.get("prog_bar"))))
+        return log(self, name, value, *args, **kwargs)
+
+    def recording_get_metrics(self, trainer, pl_module):
+        items = get_metrics(self, trainer, pl_module)
+        if trainer.training:
+            shown.append({"step": trainer.global_step, **items, "expected": pl_module.last_loss()})
+        return items
+
+    monkeypatch.setattr(DiffusionModule, "log", recording_log)
+    monkeypatch.setattr(LossProgressBar, "get_metrics", recording_get_metrics)
+    cfg = small_train_cfg(
+        tmp_path,
+        "trainer.max_steps=7",
+        "trainer.log_every_n_steps=3",
+        "trainer.enable_progress_bar=true",
+        "progress_refresh_rate=2",
+        "trainer.val_check_interval=100",
+        "trainer.limit_val_batches=0",
     )
-    module._trainer = trainer
-
-    def read_steps() -> list[int]:
-        steps = []
-        for step in range(trainer.max_steps):
-            trainer.global_step = step
-            if module._loss_read(batch_idx=step % trainer.num_training_batches):
-                steps.append(step)
-        return steps
-
-    # first step; logger at steps 24, 49, 74; bar at batch_idx 9, 19, 29 and the epoch's last (31) of each epoch
-    # (epochs start at steps 0, 32, 64); the last step 94
-    assert read_steps() == [0, 9, 19, 24, 29, 31, 41, 49, 51, 61, 63, 73, 74, 83, 93, 94]
-    bar.refresh_rate = 1
-    assert read_steps() == list(range(95))
-    bar.is_enabled = False  # no bar: the logger's steps, the first and the last
-    assert read_steps() == [0, 24, 49, 74, 94]
-    trainer.progress_bar_callback = None
-    assert read_steps() == [0, 24, 49, 74, 94]
+    result = train(cfg)
+    assert result["global_step"] == 7
+    assert calls and not [c for c in calls if c[2]], "a training-time metric was logged with prog_bar=True"
+    # logger steps: global_step + 1 divisible by 3 (steps 2 and 5), nothing logged on the others
+    assert sorted({step for step, name, _ in calls if name == "train/loss"}) == [2, 5]
+    assert {step for step, _, _ in calls} == {2, 5}
+    # the bar refreshed (every 2 batches) with the module's own loss of that step
+    assert shown and all(s["train/loss"] == s["expected"] for s in shown)
+    assert all(math.isfinite(s["train/loss"]) for s in shown)
+    assert math.isfinite(result["metrics"]["train/loss"])

@@ -166,15 +166,12 @@ class DiffusionModule(L.LightningModule):
         ):  # loss-aware: record every rank's losses
             all_t, all_losses = self.all_gather((t, terms["loss"].detach()))
             self.timesteps.update(all_t.flatten(), all_losses.flatten())
-        # Each self.log costs host time (Lightning moves its result state to the value's device, ~1 ms on a
-        # slow CPU), which a CUDA-graphed step cannot hide: the loss only on the steps something reads it (the
-        # progress bar's refreshes, the logger's steps, the first and last), the other terms only for the logger.
-        if self._loss_read(batch_idx):
-            self.log("train/loss", terms["loss"].mean(), prog_bar=True)
+        # The terms only on the logger's steps: each self.log costs host time that a CUDA-graphed step cannot hide
+        # (~1 ms on a slow CPU), and none with prog_bar -- Lightning reads a progress-bar metric back to the host
+        # (a device sync) after every step. LossProgressBar and the run's summary read last_loss() instead.
         if self._should_log():
             for name, value in terms.items():
-                if name != "loss":
-                    self.log(f"train/{name}", value.mean())
+                self.log(f"train/{name}", value.mean())
         self._accumulate_buckets(t, terms["loss"].detach())
         return loss
 
@@ -194,18 +191,11 @@ class DiffusionModule(L.LightningModule):
             self._bucket_sums.zero_()
             self._bucket_counts.zero_()
 
-    def _loss_read(self, batch_idx: int) -> bool:
-        """Whether anything reads this step's train/loss: the logger (its steps), the progress bar (it refreshes
-        at batch_idx + 1 = k * refresh_rate and at the epoch's last batch), the end-of-run summary (last step)."""
-        trainer = self._trainer
-        if trainer is None or trainer.global_step == 0 or self._should_log():
-            return True
-        if trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps:
-            return True
-        bar = trainer.progress_bar_callback
-        rate = getattr(bar, "refresh_rate", 0) if bar is not None and bar.is_enabled else 0
-        n = batch_idx + 1
-        return bool(rate) and (n % rate == 0 or n == trainer.num_training_batches)
+    def last_loss(self) -> float | None:
+        """The last training step's loss (mean over its batch) as a number -- a host read, so for progress bars
+        and summaries, not for every step."""
+        loss = self._step_terms.get("loss")
+        return float(loss.mean()) if loss is not None else None
 
     def _should_log(self) -> bool:
         trainer = self._trainer

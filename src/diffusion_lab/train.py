@@ -21,12 +21,11 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .build import CheckpointError, build_module
-from .callbacks import Preemption, Throughput
+from .callbacks import LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, newest_good_checkpoint, verify_checkpoint
 from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
@@ -187,8 +186,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
     ]
     if cfg.trainer.get("enable_progress_bar", True):
-        # The bar reads (and so host-syncs) the logged loss each time it refreshes: on a GPU refresh rarely.
-        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_refresh_rate", 1))))
+        # The bar reads (and so host-syncs) the loss each time it refreshes: on a GPU refresh rarely.
+        callbacks.append(LossProgressBar(refresh_rate=int(cfg.get("progress_refresh_rate", 1))))
     loggers = [
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c
     ]
@@ -214,6 +213,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "resume": resume_command(output_dir),
         }
     result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if module.last_loss() is not None:  # logged only every log_every_n_steps: the final step's own loss
+        result["metrics"]["train/loss"] = module.last_loss()
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None:
         result["checkpoint"] = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path

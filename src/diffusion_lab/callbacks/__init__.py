@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .ema import EMA
 from .preemption import Preemption
+from .progress import LossProgressBar
 from .sample_grid import SampleGrid
 from .sample_quality import SampleQualityCallback
 from .throughput import Throughput
 
-__all__ = ["EMA", "Preemption", "SampleGrid", "SampleQualityCallback", "Throughput"]
+__all__ = ["EMA", "LossProgressBar", "Preemption", "SampleGrid", "SampleQualityCallback", "Throughput"]

@@ -55,7 +55,7 @@ class SimpleLoss(Loss):
     def mse(self, diffusion: Diffusion, model_out: Tensor, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor):
         mean_out, _ = diffusion.split_output(model_out, x0.shape[1])
         target = diffusion.prediction.target(diffusion.schedule, x0, noise, xt, t)
-        return mean_flat((target - mean_out.float()) ** 2)
+        return mean_flat((target - mean_out.float()).square())
 
     def __call__(self, diffusion, model_out, x0, xt, t, noise):
         mse = self.mse(diffusion, model_out, x0, xt, t, noise)
