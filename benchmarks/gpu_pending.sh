@@ -1,41 +1,23 @@
 #!/usr/bin/env bash
-# What session 4 left for issue 6, for one ~12-minute background call on one H100/H200 (after
-# `source benchmarks/gpu_env.sh`: `R=/tmp/dl/next setsid nohup bash benchmarks/gpu_pending.sh &`, then collect
-# $R/* into $OUT from later calls, as gpu_s4_call1.sh was):
-#   1. the training loop's gap (83% of the raw step in session 4): the loop with torch's CUDA sync debug mode,
-#      which warns with a stack at every host-device synchronisation (a sync per step would serialise the
-#      ~4 ms of host work per step with the GPU's 21 ms);
-#   2. the training ceiling with NHWC convolutions (bound = no GroupNorm/dropout) beside the usable step and the
-#      peer with CUDA graphs (its best: the 2x question);
-#   3. fmnist_fast's steps per second with channels_last (layout optimization) and without;
-#   4. evaluation at batch_size=2000 (5 batches for 10k) beside 1000.
+# What session 5 left for issue 6, for one background call on one H100/H200 (after `source benchmarks/gpu_env.sh`:
+# `R=/tmp/dl/next setsid nohup bash benchmarks/gpu_pending.sh &`, then collect $R/* into $OUT from later calls,
+# as gpu_s5_call1.sh was):
+#   1. the ~31 at::native elementwise kernels in the compiled backward graph (1.13 ms of the 21 ms step): in the
+#      inductor output code (session 5, TORCH_LOGS=output_code) several gradients that inductor's triton kernels
+#      write NCHW (e.g. (128, 256, 8, 8) with strides (16384, 64, 8, 1)) feed aten.convolution_backward, which
+#      copies them to dense channels_last first -- most likely the channel slices of the skip concatenations'
+#      gradients (BENCHMARKS.md, workload A, session 3's CPU check). This call saves the output code again with
+#      the kernel profile, to match each copy to its convolution (a copy is needed in either layout; at best it
+#      can be fused into the kernel that produces the gradient: <= 1.1 ms, ~5%);
+#   2. fmnist_fast for its full 240 s now that the loop no longer syncs every step (its small network is
+#      host-bound: more steps in the same budget), then its 10k-sample evaluation (gpu_quality_ours.sh).
 set -u
 R=${R:-$OUT}; DATA=${DATA_ROOT:-.data/fashion-mnist}; mkdir -p /tmp/dl "$R"
 log() { echo "== $(date +%T) $*" >> "$R/summary.log"; }
-log "loop with sync debug"
-timeout 240 python3 - experiment=bench_train data.root=$DATA hydra.run.dir=/tmp/dl/sync > /tmp/dl/sync.log 2>&1 <<'PY'
-import runpy, sys
-import torch
-torch.cuda.set_sync_debug_mode("warn")
-sys.argv = ["train", *sys.argv[1:]]
-runpy.run_module("diffusion_lab.train", run_name="__main__")
-PY
-grep -E "train speed|rror" /tmp/dl/sync.log >> "$R/summary.log"
-grep -c "synchronizing" /tmp/dl/sync.log >> "$R/summary.log"
-grep -B2 -A12 "synchronizing" /tmp/dl/sync.log | head -150 > "$R/sync_stacks.txt"
-log "bench train ceiling"
-timeout 420 python3 -m diffusion_lab.bench --workloads train --variants compile-ro+cl+lo,compile-ro+cl+lo+bound \
-  --peer-variants compile-ro > "$R/bench_train.jsonl" 2>/tmp/dl/bench.err
-for cl in true false; do
-  log "fmnist_fast channels_last=$cl (90 s)"
-  timeout 200 python3 -m diffusion_lab.train experiment=fmnist_fast data.root=$DATA channels_last=$cl \
-    trainer.max_time=00:00:01:30 final_samples=0 hydra.run.dir=/tmp/dl/ff_$cl > /tmp/dl/ff_$cl.log 2>&1
-  grep -E "steps trained|train speed|rror" /tmp/dl/ff_$cl.log >> "$R/summary.log"
-done
-log "evaluate batch_size=2000"
-timeout 120 python3 -m diffusion_lab.features data.root=$DATA data.image_size=32 data.channels=3 device=cuda epochs=1 \
-  out=/tmp/dl/clf32.pt > /dev/null 2>&1
-timeout 240 python3 -m diffusion_lab.evaluate ckpt=/tmp/dl/sync/checkpoints/last.ckpt features=/tmp/dl/clf32.pt \
-  metrics=[fid] sampler=ddim 'steps=[50]' n=10000 batch_size=2000 compile=reduce-overhead channels_last=true \
-  data_root=$DATA progress=false out_dir=/tmp/dl/eval_2000 2>&1 | grep -E '^\{|rror' >> "$R/summary.log"
+log "bench train, profiled, with inductor's output code"
+TORCH_LOGS=output_code timeout 300 python3 -m diffusion_lab.bench --systems ours --workloads train \
+  --variants compile-ro+cl+lo --profile 5 > "$R/bench_train_profiled.jsonl" 2> /tmp/dl/output_code.log
+gzip -c /tmp/dl/output_code.log > "$R/output_code.log.gz"
+log "fmnist_fast 240 s and its evaluation (the feature network the peers were scored with)"
+OUT=$R FEATURES=.data/fmnist_clf.pt bash benchmarks/gpu_quality_ours.sh after_s5
 log done

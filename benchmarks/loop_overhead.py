@@ -17,14 +17,11 @@ import tempfile
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from diffusion_lab.build import build_module
 from diffusion_lab.diffusion import q_sample
-from diffusion_lab.train import CONFIG_DIR, train
+from diffusion_lab.train import compose_config, train
 
 STEPS, WARMUP = 3000, 500
 DEFAULTS = [
@@ -88,15 +85,8 @@ def raw_ms_per_step(cfg, device: torch.device) -> float:
 
 
 def main(overrides: list[str]) -> dict:
-    with (
-        tempfile.TemporaryDirectory() as out,
-        initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"),
-    ):
-        cfg = compose("train", overrides=[*DEFAULTS, *overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = out
-            del cfg["hydra"]
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_config([*DEFAULTS, *overrides], output_dir=out)
         device = torch.device(
             "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
         )

@@ -12,12 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from diffusion_lab.train import CONFIG_DIR
+from diffusion_lab.train import CONFIG_DIR, compose_config
 
 # =========================================================================================================
 # Training configs for tests: compose conf/ as `@hydra.main` would, shrink to a few CPU seconds, fake data.
@@ -80,20 +77,8 @@ SMALL_RUN = [
 def compose_train(
     overrides: Iterable[str] = (), output_dir: str | Path | None = None, config_name: str = "train"
 ) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as ``@hydra.main`` would.
-
-    The hydra node is registered with ``HydraConfig`` (so ``${hydra:...}`` interpolations resolve) and then
-    removed, as in a real run; ``paths.output_dir`` is set to ``output_dir`` when given.
-    """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        if output_dir is not None:
-            cfg.paths.output_dir = str(output_dir)
-        del cfg["hydra"]
-    return cfg
+    """``conf/<config_name>.yaml`` with ``overrides`` as ``@hydra.main`` would (see ``compose_config``)."""
+    return compose_config(overrides, output_dir, config_name)
 
 
 def dedupe_overrides(overrides: Iterable[str]) -> list[str]:

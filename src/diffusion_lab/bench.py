@@ -315,31 +315,29 @@ def _call(system: str) -> Callable:
 
 def model_costs(names: list[str], image_size: int = 32, channels: int = 3) -> list[dict]:
     """Parameters and forward GFLOPs per image of the network presets (counted on the CPU, no GPU needed)."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .train import CONFIG_DIR
+    from .train import compose_config
 
     rows = []
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        for name in names:
-            cfg = compose("train", overrides=[f"model={name}"])
-            net = instantiate(
-                cfg.model, in_channels=channels, out_channels=channels, image_size=image_size
-            ).eval()
-            x = torch.randn(1, channels, image_size, image_size)
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                net(x, torch.zeros(1, dtype=torch.long))
-            rows.append(
-                {
-                    "workload": "model_cost",
-                    "model": name,
-                    "image": [channels, image_size, image_size],
-                    "params": count_parameters(net),
-                    "gflops_forward_per_image": round(counter.get_total_flops() / 1e9, 3),
-                }
-            )
+    for name in names:
+        cfg = compose_config([f"model={name}"])
+        net = instantiate(
+            cfg.model, in_channels=channels, out_channels=channels, image_size=image_size
+        ).eval()
+        x = torch.randn(1, channels, image_size, image_size)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x, torch.zeros(1, dtype=torch.long))
+        rows.append(
+            {
+                "workload": "model_cost",
+                "model": name,
+                "image": [channels, image_size, image_size],
+                "params": count_parameters(net),
+                "gflops_forward_per_image": round(counter.get_total_flops() / 1e9, 3),
+            }
+        )
     return rows
 
 

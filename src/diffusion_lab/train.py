@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_module
 from .callbacks import LossProgressBar, Preemption, Throughput
@@ -31,9 +32,30 @@ from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
 from .module import CHECKPOINT_KEY
 
-__all__ = ["train", "main", "CONFIG_DIR"]
+__all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def compose_config(
+    overrides: Iterable[str] = (), output_dir: str | Path | None = None, config_name: str = "train"
+) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as ``@hydra.main`` would, for calling
+    :func:`train` from Python (tests, benchmarks, notebooks): the hydra node is registered with ``HydraConfig``
+    (so ``${hydra:...}`` interpolations resolve) and then removed, as in a real run; ``paths.output_dir`` is set
+    to ``output_dir`` when given."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
