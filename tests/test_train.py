@@ -318,7 +318,7 @@ def test_training_logs_nothing_to_the_progress_bar_and_the_bar_reads_the_loss(tm
     """Lightning reads every prog_bar metric back to the host after every step (a device sync per step): training
     logs none, and its terms only on the logger's steps; LossProgressBar shows the module's last loss instead,
     and the run's summary has the final step's loss."""
-    from diffusion_lab.callbacks import LossProgressBar
+    from diffusion_lab.callbacks import LossProgressBar, progress
     from diffusion_lab.module import DiffusionModule
 
     calls: list[tuple[int, str, bool]] = []
@@ -338,6 +338,8 @@ def test_training_logs_nothing_to_the_progress_bar_and_the_bar_reads_the_loss(tm
 
     monkeypatch.setattr(DiffusionModule, "log", recording_log)
     monkeypatch.setattr(LossProgressBar, "get_metrics", recording_get_metrics)
+    clock = iter(range(0, 10**6))  # a second per reading: the bar's twice-a-second limit never holds it back
+    monkeypatch.setattr(progress, "monotonic", lambda: float(next(clock)))
     cfg = small_train_cfg(
         tmp_path,
         "trainer.max_steps=7",
@@ -357,3 +359,32 @@ def test_training_logs_nothing_to_the_progress_bar_and_the_bar_reads_the_loss(tm
     assert shown and all(s["train/loss"] == s["expected"] for s in shown)
     assert all(math.isfinite(s["train/loss"]) for s in shown)
     assert math.isfinite(result["metrics"]["train/loss"])
+
+
+def test_progress_bar_reads_the_loss_at_most_every_min_read_seconds(monkeypatch):
+    """Each read is a host sync on a GPU: a bar refreshing every step reads the loss only every 0.5 s and shows
+    the last value read in between."""
+    from types import SimpleNamespace
+
+    from diffusion_lab.callbacks import LossProgressBar, progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress, "monotonic", lambda: now[0])
+    reads = []
+
+    def last_loss():
+        reads.append(now[0])
+        return 10.0 + len(reads)
+
+    bar = LossProgressBar(refresh_rate=1, min_read_seconds=0.5)
+    trainer = SimpleNamespace(loggers=[], progress_bar_metrics={"val/loss": 2.0})
+    module = SimpleNamespace(last_loss=last_loss)
+    shown = []
+    for t in (0.0, 0.1, 0.4, 0.5, 0.7, 1.2):
+        now[0] = t
+        shown.append(bar.get_metrics(trainer, module))
+    assert reads == [0.0, 0.5, 1.2]
+    assert [s["train/loss"] for s in shown] == [11.0, 11.0, 11.0, 12.0, 12.0, 13.0]
+    assert all(s["val/loss"] == 2.0 for s in shown)  # Lightning's own progress-bar metrics stay
+    # a module without last_loss (any LightningModule): the bar shows what Lightning gives it
+    assert "train/loss" not in LossProgressBar().get_metrics(trainer, SimpleNamespace())

@@ -208,7 +208,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
     ]
     if cfg.trainer.get("enable_progress_bar", True):
-        # The bar reads (and so host-syncs) the loss each time it refreshes: on a GPU refresh rarely.
+        # The bar reads the loss (a host sync on a GPU) when it refreshes, at most twice a second.
         callbacks.append(LossProgressBar(refresh_rate=int(cfg.get("progress_refresh_rate", 1))))
     loggers = [
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c

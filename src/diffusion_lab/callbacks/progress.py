@@ -1,14 +1,17 @@
-"""Lightning's TQDM progress bar, with the training loss read from the module only when the bar refreshes.
+"""Lightning's TQDM progress bar, with the training loss read from the module at most a few times a second.
 
 Lightning turns every metric logged with ``prog_bar=True`` into a Python number after *every* training step
 (its logger connector calls ``.item()`` on each progress-bar metric's latest value, whether or not the bar
 refreshes): a host-device sync per step. It drains the GPU's queue each step, and a CUDA-graphed step then waits
 for the host to launch the next one -- it held Ho et al.'s UNet on an H200 at 83% of its raw step speed
-(BENCHMARKS.md). ``train/loss`` is therefore logged without ``prog_bar`` and this bar reads the loss itself.
+(BENCHMARKS.md). ``train/loss`` is therefore logged without ``prog_bar`` and this bar reads the loss itself, when
+it refreshes and at most every ``min_read_seconds`` (so even ``refresh_rate=1`` on a fast GPU costs at most a
+few syncs a second; the loss shown can then be a few steps older than the step count).
 """
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -17,10 +20,18 @@ __all__ = ["LossProgressBar"]
 
 
 class LossProgressBar(TQDMProgressBar):
+    def __init__(self, refresh_rate: int = 1, min_read_seconds: float = 0.5, **kwargs: Any):
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.min_read_seconds = min_read_seconds
+        self._loss: float | None = None
+        self._read_at = float("-inf")
+
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
+        now = monotonic()
         last_loss = getattr(pl_module, "last_loss", None)
-        loss = last_loss() if callable(last_loss) else None
-        if loss is not None:
-            items["train/loss"] = loss
+        if callable(last_loss) and (self._loss is None or now - self._read_at >= self.min_read_seconds):
+            self._loss, self._read_at = last_loss(), now
+        if self._loss is not None:
+            items["train/loss"] = self._loss
         return items
