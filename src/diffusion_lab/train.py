@@ -235,8 +235,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "resume": resume_command(output_dir),
         }
     result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if module.last_loss() is not None:  # logged only every log_every_n_steps: the final step's own loss
-        result["metrics"]["train/loss"] = module.last_loss()
+    final_loss = module.last_loss()  # train/loss is logged every log_every_n_steps: the final step's own loss
+    if final_loss is not None:
+        result["metrics"]["train/loss"] = final_loss
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None:
         result["checkpoint"] = getattr(ckpt_cb, "last_model_path", "") or ckpt_cb.best_model_path
