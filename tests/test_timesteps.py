@@ -81,6 +81,47 @@ def test_importance_history_is_a_sliding_window():
     np.testing.assert_allclose(sampler.probabilities(), [w0 / (w0 + 1), 1 / (w0 + 1)], rtol=1e-12)
 
 
+def reference_update(history: np.ndarray, counts: np.ndarray, t, losses) -> None:
+    """IDDPM's loop, one loss at a time (the sampler's update is its vectorized form)."""
+    H = history.shape[1]
+    for ti, loss in zip(t, losses):
+        loss = float(np.float32(loss))
+        if not math.isfinite(loss):
+            continue
+        if counts[ti] == H:
+            history[ti, :-1] = history[ti, 1:]
+            history[ti, -1] = loss
+        else:
+            history[ti, counts[ti]] = loss
+            counts[ti] += 1
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    T=st.integers(1, 6),
+    H=st.integers(1, 4),
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 5), st.sampled_from([0.5, 1.0, 2.0, 3.5, math.nan, math.inf])),
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_importance_update_matches_the_sequential_loop(T, H, batches):
+    """Repeated t in one batch (more than H of them too), non-finite losses, empty batches: the same window."""
+    sampler = ImportanceTimestepSampler(T, history=H)
+    history, counts = np.zeros((T, H)), np.zeros(T, dtype=np.int64)
+    for k, batch in enumerate(batches):
+        t = [ti % T for ti, _ in batch]
+        losses = [v * (k + 1) + i for i, (_, v) in enumerate(batch)]  # distinct values: order shows
+        sampler.update(torch.tensor(t, dtype=torch.long), torch.tensor(losses, dtype=torch.float32))
+        reference_update(history, counts, t, losses)
+        np.testing.assert_array_equal(sampler.loss_counts, counts)
+        np.testing.assert_array_equal(sampler.loss_history, history)
+
+
 def test_importance_sampled_loss_is_unbiased():
     """E[weight · L(t)] under the importance distribution equals the uniform mean of L(t)."""
     T = 30

@@ -6,8 +6,6 @@ weight, so E[weight · L_t] under the sampler equals E[L_t] under the uniform di
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -58,7 +56,13 @@ class UniformTimestepSampler(TimestepSampler):
 
 class ImportanceTimestepSampler(TimestepSampler):
     """IDDPM's loss-aware sampler: p(t) ∝ sqrt(E[L_t²]) over the last ``history`` losses of each t, mixed
-    with a little of the uniform distribution; uniform until every t has a full history."""
+    with a little of the uniform distribution; uniform until every t has a full history.
+
+    The history lives on the device the timesteps are drawn on, and ``sample`` / ``update`` run there without a
+    host read (IDDPM's version loops over the batch in Python on the host: a device sync every step, which
+    drains a GPU's queue). ``update`` is the vectorized form of that loop: each t's new losses are appended in
+    batch order and only its last ``history`` values kept.
+    """
 
     name = "importance"
 
@@ -70,43 +74,87 @@ class ImportanceTimestepSampler(TimestepSampler):
             )
         self.history = history
         self.uniform_prob = uniform_prob
-        self.loss_history = np.zeros((num_timesteps, history), dtype=np.float64)
-        self.loss_counts = np.zeros(num_timesteps, dtype=np.int64)
+        self._history = torch.zeros((num_timesteps, history), dtype=torch.float64)
+        self._counts = torch.zeros(num_timesteps, dtype=torch.long)
+
+    # read-only views for inspection and tests (host copies)
+    @property
+    def loss_history(self) -> np.ndarray:
+        return self._history.cpu().numpy()
+
+    @property
+    def loss_counts(self) -> np.ndarray:
+        return self._counts.cpu().numpy()
+
+    def _on(self, device: torch.device | str) -> None:
+        device = torch.device(device)
+        if self._history.device != device:
+            self._history, self._counts = self._history.to(device), self._counts.to(device)
 
     def warmed_up(self) -> bool:
-        return bool((self.loss_counts == self.history).all())
+        return bool((self._counts == self.history).all())
+
+    def _probabilities(self) -> Tensor:
+        """p(t) as a float64 tensor on the history's device (no host read)."""
+        T = self.num_timesteps
+        w = self._history.square().mean(dim=-1).sqrt()
+        w = w / w.sum() * (1.0 - self.uniform_prob) + self.uniform_prob / T
+        warm = (self._counts == self.history).all()
+        return torch.where(warm, w, torch.full_like(w, 1.0 / T))
 
     def probabilities(self) -> np.ndarray:
-        if not self.warmed_up():
-            return np.full(self.num_timesteps, 1.0 / self.num_timesteps)
-        w = np.sqrt(np.mean(self.loss_history**2, axis=-1))
-        w /= w.sum()
-        w = w * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
-        return w
+        return self._probabilities().cpu().numpy()
+
+    def sample(self, batch_size, device="cpu", generator=None):
+        self._on(device)
+        p = self._probabilities()
+        # inverse-CDF draw: data-independent shapes, so no host read on a GPU
+        cdf = p.cumsum(0)
+        u = torch.rand(batch_size, dtype=torch.float64, device=p.device, generator=generator)
+        t = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=self.num_timesteps - 1)
+        weights = (1.0 / (self.num_timesteps * p[t])).float()
+        return t, weights
 
     def update(self, t: Tensor, losses: Tensor) -> None:
-        for ti, loss in zip(t.detach().cpu().tolist(), losses.detach().float().cpu().tolist()):
-            if not math.isfinite(loss):  # a non-finite step is skipped; its loss must not steer sampling
-                continue
-            if self.loss_counts[ti] == self.history:  # full: drop the oldest
-                self.loss_history[ti, :-1] = self.loss_history[ti, 1:]
-                self.loss_history[ti, -1] = loss
-            else:
-                self.loss_history[ti, self.loss_counts[ti]] = loss
-                self.loss_counts[ti] += 1
+        self._on(t.device)
+        T, H = self.num_timesteps, self.history
+        t = t.detach().long().flatten()
+        values = losses.detach().float().double().flatten()
+        ok = torch.isfinite(values)  # a non-finite step is skipped; its loss must not steer sampling
+        # rank of each finite loss among the finite losses of its t, in batch order
+        order = torch.argsort(t, stable=True)
+        t_sorted, ok_sorted = t[order], ok[order].long()
+        seen = ok_sorted.cumsum(0)
+        first = torch.searchsorted(t_sorted, t_sorted)  # where each t's run starts in the sorted batch
+        rank = torch.empty_like(t).scatter_(0, order, seen - (seen[first] - ok_sorted[first]) - 1)
+        new = torch.zeros(T, dtype=torch.long, device=t.device).index_add_(0, t, ok.long())
+        total = self._counts + new
+        dropped = (total - H).clamp(min=0)  # oldest values pushed out of the window
+        # the old values that stay, moved to the front
+        cols = torch.arange(H, device=t.device)
+        src = cols + dropped[:, None]
+        kept_old = src < self._counts[:, None]
+        history = torch.where(kept_old, self._history.gather(1, src.clamp(max=H - 1)), 0.0)
+        # the new values after them (one spare column takes the non-finite ones and those pushed out at once)
+        pos = self._counts[t] + rank - dropped[t]
+        pos = torch.where(ok & (pos >= 0), pos, H)
+        history = torch.cat([history, history.new_zeros(T, 1)], dim=1).index_put_((t, pos), values)
+        self._history = history[:, :H].contiguous()
+        self._counts = total.clamp(max=H)
 
     def state_dict(self) -> dict:
         return {"loss_history": self.loss_history.copy(), "loss_counts": self.loss_counts.copy()}
 
     def load_state_dict(self, state: dict) -> None:
-        history = np.asarray(state["loss_history"], dtype=np.float64)
-        if history.shape != self.loss_history.shape:
+        history = torch.as_tensor(np.asarray(state["loss_history"], dtype=np.float64))
+        if history.shape != self._history.shape:
             raise ValueError(
-                f"timesteps: checkpointed loss history has shape {history.shape}, this run needs "
-                f"{self.loss_history.shape} (T or history length changed)"
+                f"timesteps: checkpointed loss history has shape {tuple(history.shape)}, this run needs "
+                f"{tuple(self._history.shape)} (T or history length changed)"
             )
-        self.loss_history = history.copy()
-        self.loss_counts = np.asarray(state["loss_counts"], dtype=np.int64).copy()
+        device = self._history.device
+        self._history = history.clone().to(device)
+        self._counts = torch.as_tensor(np.asarray(state["loss_counts"], dtype=np.int64)).clone().to(device)
 
 
 TIMESTEP_SAMPLERS: dict[str, type[TimestepSampler]] = {
