@@ -245,3 +245,37 @@ def test_ten_thousand_at_batch_512_is_twenty_batches_of_500():
     # 19 x 512 + 272 would make a compiled sampler pad the last batch to 512 and discard 240 images
     assert [b for _, b in rank_batches(10000, 512)] == [500] * 20
     assert largest_batch(10000, 512) == 500 and largest_batch(10001, 500) == 477
+
+
+def test_the_feature_network_sees_chunks_whatever_the_generation_batch(tmp_path):
+    """batch_size=2000 (the fastest generation batch on an H200) must not feed Inception 2000 images at once: real
+    and generated images reach the feature network EXTRACT_BATCH_SIZE at a time."""
+
+    from diffusion_lab.metrics import SampleQuality
+    from diffusion_lab.metrics.evaluation import QualitySettings, real_features_for
+    from diffusion_lab.metrics.quality import EXTRACT_BATCH_SIZE
+
+    seen: list[int] = []
+
+    class Recording:
+        feature_id, device, num_features, num_logits = "recording", torch.device("cpu"), 3, 0
+
+        def to(self, device):
+            return self
+
+        def features_and_logits(self, x):
+            seen.append(len(x))
+            return x.flatten(1)[:, :3].float() + torch.randn(len(x), 3), None
+
+    n = 2 * EXTRACT_BATCH_SIZE + 88
+    datamodule = SimpleNamespace(
+        name="fake", root=None, data_shape=(1, 4, 4), real_images=lambda split, k: torch.zeros(k, 1, 4, 4)
+    )
+    settings = QualitySettings(features="recording", n_real=n, batch_size=2000, cache_dir=str(tmp_path))
+    real = real_features_for(datamodule, Recording(), settings, torch.device("cpu"))
+    assert real.shape == (n, 3)
+    assert seen == [EXTRACT_BATCH_SIZE, EXTRACT_BATCH_SIZE, 88]
+    seen.clear()
+    metric = SampleQuality(Recording(), real, kid_subset_size=50, pr_num_samples=None)
+    metric.update(torch.zeros(n, 1, 4, 4))
+    assert seen == [EXTRACT_BATCH_SIZE, EXTRACT_BATCH_SIZE, 88]

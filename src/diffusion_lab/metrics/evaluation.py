@@ -26,7 +26,7 @@ from .features import (
     extract_features,
     inception_weights_cache_path,
 )
-from .quality import SampleQuality, real_features_cached
+from .quality import EXTRACT_BATCH_SIZE, SampleQuality, real_features_cached
 
 __all__ = [
     "QualitySettings",
@@ -45,7 +45,8 @@ class QualitySettings:
     """What to score with: ``features`` is ``inception`` or the path of a classifier from
     ``python -m diffusion_lab.features``; ``inception_weights`` a local weights file (offline use).
     ``option_prefix`` is how the caller's config spells these options (``""`` for the evaluate CLI,
-    ``"callbacks.sample_quality."`` for the training callback), for the error messages."""
+    ``"callbacks.sample_quality."`` for the training callback), for the error messages. ``batch_size`` is the
+    generation batch; the feature network takes ``EXTRACT_BATCH_SIZE`` images at a time."""
 
     features: str = "inception"
     inception_weights: str | None = None
@@ -103,7 +104,7 @@ def real_features_for(
 
     def compute() -> Tensor:
         images = datamodule.real_images(settings.real_split, settings.n_real)
-        return extract_features(extractor, images.split(settings.batch_size), device=device)
+        return extract_features(extractor, images.split(EXTRACT_BATCH_SIZE), device=device)
 
     return real_features_cached(settings.cache_dir, key, compute)
 

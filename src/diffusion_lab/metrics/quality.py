@@ -40,6 +40,11 @@ __all__ = [
     "real_features_cached",
 ]
 
+# Images per feature-network call: generated and real images go through the feature network (Inception upsamples
+# to 299x299) in chunks of this size, whatever batch they were generated or loaded in, so a large generation batch
+# does not multiply the feature network's memory.
+EXTRACT_BATCH_SIZE = 256
+
 ArrayLike = np.ndarray | Tensor
 
 
@@ -217,7 +222,7 @@ class SampleQuality(Metric):
         pr_num_samples: int | None = 10000,
         pr_batch_size: int = 10000,
         is_splits: int = 10,
-        extract_batch_size: int = 256,
+        extract_batch_size: int = EXTRACT_BATCH_SIZE,
         seed: int = 2020,
         **kwargs: Any,
     ) -> None:
