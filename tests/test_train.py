@@ -388,3 +388,25 @@ def test_progress_bar_reads_the_loss_at_most_every_min_read_seconds(monkeypatch)
     assert all(s["val/loss"] == 2.0 for s in shown)  # Lightning's own progress-bar metrics stay
     # a module without last_loss (any LightningModule): the bar shows what Lightning gives it
     assert "train/loss" not in LossProgressBar().get_metrics(trainer, SimpleNamespace())
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_acts_on_the_optimizers_parameters(algorithm):
+    """Clipping (and the gradient norm) read the optimizer's parameter lists, not a walk of the module tree."""
+    from types import SimpleNamespace
+
+    from diffusion_lab.module import DiffusionModule
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    module = DiffusionModule(net, None, None, None, None, None)
+    module._trainer = SimpleNamespace(precision="32-true")
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for i, p in enumerate(net.parameters()):
+        p.grad = torch.full_like(p, 3.0 + i)
+    module.configure_gradient_clipping(optimizer, 0.5, algorithm)
+    grads = [p.grad for p in net.parameters()]
+    if algorithm == "norm":
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert total == pytest.approx(0.5, rel=1e-5)
+    else:
+        assert all(torch.all(g == 0.5) for g in grads)

@@ -207,7 +207,7 @@ class DiffusionModule(L.LightningModule):
         log = self._should_log()
         norm = None
         if log or self.nonfinite != "off":
-            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            grads = [p.grad for p in _params(optimizer) if p.grad is not None]
             if grads:
                 norm = _total_norm(grads)
         if self.nonfinite != "off":
@@ -366,9 +366,9 @@ class DiffusionModule(L.LightningModule):
         if str(self.trainer.precision) in ("16-mixed", "16"):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         if gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val, foreach=True)
+            torch.nn.utils.clip_grad_norm_(_params(optimizer), gradient_clip_val, foreach=True)
         else:
-            torch.nn.utils.clip_grad_value_(self.net.parameters(), gradient_clip_val, foreach=True)
+            torch.nn.utils.clip_grad_value_(_params(optimizer), gradient_clip_val, foreach=True)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory
@@ -398,6 +398,12 @@ class DiffusionModule(L.LightningModule):
             self.timesteps.load_state_dict({k: v.numpy() for k, v in extra["timesteps"].items()})
         if extra.get("rng"):
             restore_rng_state(extra["rng"])
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters the optimizer updates, from its lists: walking the module tree (``net.parameters()``)
+    on every step costs host time that a CUDA-graphed step cannot hide."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _total_norm(tensors: list[Tensor]) -> Tensor:
