@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -410,3 +411,58 @@ def test_gradient_clipping_acts_on_the_optimizers_parameters(algorithm):
         assert total == pytest.approx(0.5, rel=1e-5)
     else:
         assert all(torch.all(g == 0.5) for g in grads)
+
+
+class CountHostReads(L.Callback):
+    """Records host reads of tensors (see the test below) with the step they fall in, steps 3 .. 10 whole: a step
+    runs from its on_train_batch_start to the next one's, so Lightning's own end-of-step work (its logger
+    connector) counts in the step it ends."""
+
+    step: int | None = None
+    reads: list[tuple[int, str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        CountHostReads.step = trainer.global_step if 3 <= trainer.global_step < 11 else None
+
+    def on_train_end(self, trainer, pl_module):
+        CountHostReads.step = None
+
+
+@pytest.mark.parametrize("timesteps", ["uniform", "importance"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, timesteps):
+    """A host read of a device tensor (.item(), .tolist(), .cpu(), float(), bool()) is a device sync on a GPU:
+    it drains the queue and a CUDA-graphed step waits for the host (session 5 found Lightning reading a prog_bar
+    metric after every step). Only the logger's steps may read -- counted here on the CPU, where the same
+    calls are made: fused AdamW (the GPU default; torch's per-tensor Adam reads its step counters, CPU tensors
+    even on a GPU), nonfinite=off (a CPU run's check reads its flag: the fused optimizer skips on the device only
+    on CUDA), and one epoch of 16 batches (a DataLoader draws its seed on the host when an epoch starts)."""
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            if CountHostReads.step is not None:
+                CountHostReads.reads.append((CountHostReads.step, name))
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    CountHostReads.reads = []
+    cfg = small_train_cfg(
+        tmp_path,
+        f"timesteps={timesteps}",
+        "nonfinite=off",
+        "+optimizer.fused=true",
+        "data.batch_size=4",
+        "trainer.max_steps=14",
+        "trainer.log_every_n_steps=4",
+        "trainer.val_check_interval=100",
+        "trainer.limit_val_batches=0",
+        f"+callbacks.count_host_reads._target_={__name__}.CountHostReads",
+    )
+    assert train(cfg)["global_step"] == 14
+    logger_steps = {3, 7}  # (global_step + 1) % 4 == 0: the logger reads what it writes
+    assert {step for step, _ in CountHostReads.reads} <= logger_steps, sorted(set(CountHostReads.reads))
+    assert {step for step, _ in CountHostReads.reads} == logger_steps  # the counting itself works
