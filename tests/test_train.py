@@ -433,9 +433,9 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
     """A host read of a device tensor (.item(), .tolist(), .cpu(), float(), bool()) is a device sync on a GPU:
     it drains the queue and a CUDA-graphed step waits for the host (session 5 found Lightning reading a prog_bar
     metric after every step). Only the logger's steps may read -- counted here on the CPU, where the same
-    calls are made: fused AdamW (the GPU default; torch's per-tensor Adam reads its step counters, CPU tensors
-    even on a GPU), nonfinite=off (a CPU run's check reads its flag: the fused optimizer skips on the device only
-    on CUDA), and one epoch of 16 batches (a DataLoader draws its seed on the host when an epoch starts)."""
+    calls are made: with fused AdamW (the GPU default, and what lets the non-finite check skip steps on the
+    device; torch's per-tensor Adam reads its step counters, CPU tensors even on a GPU) and one epoch of 16
+    batches (a DataLoader draws its seed on the host when an epoch starts)."""
 
     def counted(name):
         original = getattr(torch.Tensor, name)
@@ -453,7 +453,6 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
     cfg = small_train_cfg(
         tmp_path,
         f"timesteps={timesteps}",
-        "nonfinite=off",
         "+optimizer.fused=true",
         "data.batch_size=4",
         "trainer.max_steps=14",
