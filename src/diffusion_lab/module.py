@@ -415,7 +415,7 @@ def _total_norm(tensors: list[Tensor]) -> Tensor:
 
 
 def _skips_on_device(optimizer: torch.optim.Optimizer, trainer) -> bool:
-    """Whether the optimizer can skip a step from a device-side flag: fused Adam/AdamW on CUDA, and no float16
+    """Whether the optimizer can skip a step from a device-side flag: fused Adam/AdamW (CUDA or CPU), and no float16
     GradScaler (which owns ``found_inf`` itself)."""
     fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.param_groups[0].get(
         "fused"
