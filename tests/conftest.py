@@ -74,11 +74,8 @@ SMALL_RUN = [
 ]
 
 
-def compose_train(
-    overrides: Iterable[str] = (), output_dir: str | Path | None = None, config_name: str = "train"
-) -> DictConfig:
-    """``conf/<config_name>.yaml`` with ``overrides`` as ``@hydra.main`` would (see ``compose_config``)."""
-    return compose_config(overrides, output_dir, config_name)
+# ``conf/<config_name>.yaml`` with overrides, as ``@hydra.main`` would compose it (the tests' name for it).
+compose_train = compose_config
 
 
 def dedupe_overrides(overrides: Iterable[str]) -> list[str]:
