@@ -91,16 +91,19 @@ class ImportanceTimestepSampler(TimestepSampler):
         if self._history.device != device:
             self._history, self._counts = self._history.to(device), self._counts.to(device)
 
+    def _warm(self) -> Tensor:
+        """Every t has a full history (a device bool: no host read)."""
+        return (self._counts == self.history).all()
+
     def warmed_up(self) -> bool:
-        return bool((self._counts == self.history).all())
+        return bool(self._warm())
 
     def _probabilities(self) -> Tensor:
         """p(t) as a float64 tensor on the history's device (no host read)."""
         T = self.num_timesteps
         w = self._history.square().mean(dim=-1).sqrt()
         w = w / w.sum() * (1.0 - self.uniform_prob) + self.uniform_prob / T
-        warm = (self._counts == self.history).all()
-        return torch.where(warm, w, torch.full_like(w, 1.0 / T))
+        return torch.where(self._warm(), w, torch.full_like(w, 1.0 / T))
 
     def probabilities(self) -> np.ndarray:
         return self._probabilities().cpu().numpy()
