@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	# torch/torchvision first: on the dev/CI machines pip takes these two from local disk.
 	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(VPY) -m pip install -q torch torchvision
-	$(VPY) -m pip install -q -e ".[dev]"
+	# bench: diffusers and denoising-diffusion-pytorch, which the sampler cross-checks compare against.
+	$(VPY) -m pip install -q -e ".[dev,bench]"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's `dataset-fashion-mnist` package (offline-capable mirror).

@@ -23,7 +23,15 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, cli_env, dedupe_overrides, small_train_cfg
+from conftest import (
+    CPU_ONLY,
+    SMALL_RUN,
+    TINY_MODEL,
+    cli_env,
+    dedupe_overrides,
+    documented_count,
+    small_train_cfg,
+)
 from diffusion_lab import train as train_module
 from diffusion_lab.build import CheckpointError
 from diffusion_lab.callbacks import EMA
@@ -515,16 +523,20 @@ def test_unwritable_output_dir(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize(
-    "override,match",
-    [
-        ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer"),
-        ("optimizer.lr=fast", "optimizer.lr='fast' must be a number"),
-        ("schedule.num_timesteps=1.5", "schedule.num_timesteps=1.5 must be an integer"),
-        ("data.batch_size=true", "data.batch_size=True must be an integer"),
-        ("trainer.gradient_clip_val=big", "trainer.gradient_clip_val='big' must be a number or null"),
-    ],
-)
+WRONG_TYPES = [
+    ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer"),
+    ("optimizer.lr=fast", "optimizer.lr='fast' must be a number"),
+    ("schedule.num_timesteps=1.5", "schedule.num_timesteps=1.5 must be an integer"),
+    ("data.batch_size=true", "data.batch_size=True must be an integer"),
+    ("trainer.gradient_clip_val=big", "trainer.gradient_clip_val='big' must be a number or null"),
+]
+
+
+def test_reliability_doc_quotes_the_number_of_type_cases():
+    assert len(WRONG_TYPES) == documented_count(r"test_wrong_value_type_is_one_line` \((\d+) cases\)")
+
+
+@pytest.mark.parametrize("override,match", WRONG_TYPES)
 def test_wrong_value_type_is_one_line(tmp_path, override, match):
     with pytest.raises(UserError, match=match.replace("(", r"\(")) as err:
         train(small_train_cfg(tmp_path / "run", override))
