@@ -1,6 +1,6 @@
 """Summarise a sweep in one table and a few plots.
 
-    python -m diffusion_lab.report outputs/train/multirun/<time>            # -> <that folder>/report.{md,html}
+    python -m diffusion_lab.report outputs/<task_name>/multirun/<time>        # -> <that folder>/report.{md,html}
     python -m diffusion_lab.report outputs/studies/ddpm_table2 --out reports/ddpm_table2
 
 Reads every job folder under the path (one with ``.hydra/overrides.yaml``; several sweeps below one folder are

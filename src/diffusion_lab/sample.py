@@ -1,6 +1,6 @@
 """Sample from a trained checkpoint.
 
-    python -m diffusion_lab.sample ckpt=outputs/train/runs/<time>/checkpoints/last.ckpt n=64 sampler=ddim steps=50 eta=0
+    python -m diffusion_lab.sample ckpt=outputs/<task_name>/runs/<time>/checkpoints/last.ckpt n=64 sampler=ddim steps=50 eta=0
 
 Everything about the diffusion process (schedule, parameterization, variance, network) is rebuilt from the
 spec stored in the checkpoint; only the sampler and its step count can be chosen here. Writes a PNG grid and

@@ -3,7 +3,7 @@
     python -m diffusion_lab.train                                   # the default experiment (CPU-sized)
     python -m diffusion_lab.train schedule=cosine loss=vlb           # any option of any group
     python -m diffusion_lab.train experiment=fmnist trainer=gpu      # a preset study
-    python -m diffusion_lab.train ckpt_path=last resume_dir=outputs/train/runs/<time>   # exact resume
+    python -m diffusion_lab.train ckpt_path=last resume_dir=outputs/<task_name>/runs/<time>   # exact resume
     python -m diffusion_lab.train -m schedule=linear,cosine loss=simple,hybrid,vlb      # a sweep
 
 At the end it prints where the run directory, the checkpoint, the sample grid and the metrics are.
