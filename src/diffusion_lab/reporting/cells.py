@@ -25,13 +25,16 @@ class Cell:
 
 
 def group_cells(jobs: list[Job]) -> list[Cell]:
-    """The complete jobs grouped by their overrides without the seed, in the jobs' order."""
+    """The complete jobs grouped by their overrides without the seed, in the jobs' order (failed and
+    incomplete jobs are in no cell)."""
     cells: dict[tuple[str, ...], Cell] = {}
     for job in jobs:
         if not job.failed and not job.incomplete:
             cells.setdefault(job.cell, Cell(job.cell)).jobs.append(job)
     found = list(cells.values())
-    common = [o for o in (found[0].overrides if found else ()) if all(o in c.overrides for c in found)]
+    # Labelled by what differs across every job of the sweep, so a cell keeps its label when others are
+    # left out (incomplete, failed).
+    common = [o for o in (jobs[0].cell if jobs else ()) if all(o in j.cell for j in jobs)]
     for cell in found:
         cell.label = " ".join(o for o in cell.overrides if o not in common) or "all jobs"
     return found

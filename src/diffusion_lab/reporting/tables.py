@@ -114,7 +114,7 @@ def seed_table(cells: list[Cell]) -> Table:
     table = Table("Over seeds", ["cell", "n", *[m[1] for m in metrics]])
     table.notes.append(
         f"mean ± half-width of the {pct} Student-t confidence interval over seeds "
-        "(t_{0.975, n-1} · s / √n); n: seeds (complete jobs) of the cell."
+        f"(t({(1 + CONFIDENCE) / 2:g}, n − 1) · s / √n); n: seeds (complete jobs) of the cell."
     )
     for cell in cells:
         row = [Entry(cell.label), Entry(str(len(cell.jobs)))]
