@@ -77,3 +77,49 @@ def seeded_sweep(root: Path, effect: float, seeds: list[int], noise: float, rng)
             jobs.append(write_job(root, len(jobs), overrides, {"val/loss": curve}, fid=fid))
     write_status(root, jobs)
     return root
+
+
+def example_study(root: Path) -> Path:
+    """A small study as a sweep leaves it: two cells x three seeds, one job stopped early by its time limit,
+    one failed job, an in-training FID curve and a final sample grid."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    jobs = []
+    for seed in (1, 2, 3):
+        shared = rng.normal(0.0, 0.5)
+        for schedule, shift in (("linear", 0.0), ("cosine", -0.8)):
+            steps = (9, 49, 99)
+            curves = {
+                "val/loss": {
+                    s: round(0.2 + (shared - shift) / 10 + (100 - s) / 500 + rng.normal(0, 0.01), 6)
+                    for s in steps
+                },
+                "metrics/fid": {
+                    s: round(30 + shared + shift + (100 - s) / 10 + rng.normal(0, 0.2), 6) for s in steps
+                },
+            }
+            fid = round(25 + shared + shift + rng.normal(0.0, 0.2), 6)
+            jobs.append(write_job(root, len(jobs), [f"seed={seed}", f"schedule={schedule}"], curves, fid=fid))
+    early = {"val/loss": {9: 0.1}, "metrics/fid": {9: 12.0}}
+    jobs.append(write_job(root, len(jobs), ["seed=4", "schedule=cosine"], early))
+    (jobs[0] / "samples").mkdir()
+    Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(jobs[0] / "samples" / "final.png")
+    write_status(root, jobs)
+    failed = root / f"{len(jobs)}_seed=4,schedule=linear"
+    (failed / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["seed=4", "schedule=linear"]), failed / ".hydra" / "overrides.yaml")
+    status = json.loads((root / "sweep_status.json").read_text())
+    status["jobs"].append(
+        {
+            "num": len(jobs),
+            "status": "FAILED",
+            "exit_code": 1,
+            "duration_s": 2.0,
+            "dir": str(failed),
+            "log": "x.log",
+        }
+    )
+    (root / "sweep_status.json").write_text(json.dumps(status))
+    return root

@@ -233,13 +233,13 @@ def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
         except (OSError, ValueError):
             continue
         for rec in status.get("jobs", []):
-            job_dir = Path(rec.get("dir", ""))
-            if not job_dir.is_dir():  # the sweep was moved or copied: the same place below this file
-                try:
-                    job_dir = status_file.parent / job_dir.relative_to(status.get("sweep_dir", ""))
-                except ValueError:
-                    job_dir = status_file.parent / job_dir.name
-            records[job_dir.resolve()] = rec
+            recorded = Path(rec.get("dir", ""))
+            # The same place below this file first: a moved or copied sweep must not read the original.
+            try:
+                job_dir = status_file.parent / recorded.relative_to(status.get("sweep_dir", ""))
+            except ValueError:
+                job_dir = status_file.parent / recorded.name
+            records[(job_dir if job_dir.is_dir() or not recorded.is_dir() else recorded).resolve()] = rec
     return records
 
 

@@ -84,13 +84,15 @@ def write_report(
     baseline: str | None = None,
     raw_dest: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and the figures for the sweep under ``root``; with ``raw_dest``,
-    first keep the sweep's raw files there and report from that copy. Returns the paths written."""
+    """Write ``report.md``, ``report.html`` and the figures for the sweep under ``root`` into ``out_dir``
+    (default ``root``); with ``raw_dest``, first keep the sweep's raw files there and report from that copy.
+    Returns the paths written."""
     root = Path(root)
     settings = read_settings(root)
     title = title or settings.get("title") or f"Sweep report: {root.resolve().name}"
     baseline = baseline or settings.get("baseline")
     sweep = settings.get("sweep") or str(root.resolve())
+    out = Path(out_dir) if out_dir else root
     if raw_dest is not None:
         find_jobs(root)  # a one-line error for a folder without jobs, before anything is copied
         keep_raw(root, Path(raw_dest), {"title": title, "baseline": baseline, "sweep": sweep})
@@ -99,7 +101,6 @@ def write_report(
     common = label_jobs(jobs, root)
     jobs, sort_key = _sort(jobs)
     cells = group_cells(jobs)
-    out = Path(out_dir) if out_dir else root
     out.mkdir(parents=True, exist_ok=True)
     plots = make_plots([j for j in jobs if not j.incomplete], cells, out / PLOTS_DIR)
     report = Report(
