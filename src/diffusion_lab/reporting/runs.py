@@ -62,7 +62,7 @@ class Job:
     def seed(self) -> int | None:
         for o in self.overrides:
             if option_key(o) == "seed":
-                return int(o.split("=", 1)[1])
+                return _int(o.split("=", 1)[1])
         seed = self.config.get("seed")
         return int(seed) if isinstance(seed, int) else None
 
@@ -123,6 +123,13 @@ class Job:
             return f"{row.get('sampler', '?')}{eta}, {row.get('steps', '?')} steps"
         points = self.series.get("metrics/fid")
         return f"training, step {points[-1][0]}" if points else ""
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _is_hydra(override: str) -> bool:
