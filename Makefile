@@ -6,9 +6,9 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data train test test-all lint format bench clean
+.PHONY: setup data browser train test test-all lint format bench clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -24,6 +24,14 @@ data: $(FMNIST)
 $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Headless Chromium and its driver for the HTML report's browser test (tests/test_report_browser.py), from
+# Debian's packages; selenium (the dev extra) drives them.
+CHROMEDRIVER := /usr/bin/chromedriver
+browser: $(CHROMEDRIVER)
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium chromium-driver
 
 train: setup
 	$(VPY) -m diffusion_lab.train $(ARGS)

@@ -142,8 +142,12 @@ run_queue() {
   TASKS=()
 }
 
+# report TITLE [REPORT ARGS...]: the study's report, its raw text files kept in $STUDY_OUT/raw beside it
+# (report.md, report_plots/ and raw/ are what to commit: `python -m diffusion_lab.report raw --out .` rebuilds).
 report() {
   [[ "$DRY_RUN" == 1 ]] && return 0
-  "$PY" -m diffusion_lab.report "$STUDY_OUT" --title "$1" || STATUS=1
+  local title=$1
+  shift
+  "$PY" -m diffusion_lab.report "$STUDY_OUT" --title "$title" --keep-raw "$STUDY_OUT/raw" "$@" || STATUS=1
   echo "study folder: $STUDY_OUT"
 }
