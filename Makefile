@@ -8,7 +8,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup data browser train test test-all lint format bench clean
 
-setup: $(STAMP) data browser
+setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -36,10 +36,10 @@ $(CHROMEDRIVER):
 train: setup
 	$(VPY) -m diffusion_lab.train $(ARGS)
 
-test: setup
+test: setup browser
 	$(VPY) -m pytest -q -m "not slow" $(ARGS)
 
-test-all: setup
+test-all: setup browser
 	$(VPY) -m pytest -q $(ARGS)
 
 lint: setup
