@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffusion_lab.diffusion import Diffusion, build_schedule, parse_respacing
 from diffusion_lab.samplers import SAMPLERS, DDIMSampler, DDPMSampler, build_sampler
@@ -329,3 +331,50 @@ def test_sampler_registry_and_errors():
         DDPMSampler().sample(
             Diffusion(build_schedule("linear", 30), "eps", "learned_range"), model, (2, 2, 1, 1)
         )
+
+
+# ------------------------------------------------------------------ respacing as improved-diffusion's
+def iddpm_space_timesteps(num_timesteps: int, section_counts) -> set[int]:
+    """improved-diffusion's ``space_timesteps``, written out from its algorithm: a float stride accumulated step
+    by step and rounded with Python's (banker's) ``round``; "ddimN": the smallest integer stride giving N."""
+    if isinstance(section_counts, str) and section_counts.startswith("ddim"):
+        desired = int(section_counts[len("ddim") :])
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == desired:
+                return set(range(0, num_timesteps, stride))
+        raise ValueError(f"no integer stride gives {desired} steps")
+    size_per, extra = num_timesteps // len(section_counts), num_timesteps % len(section_counts)
+    start_idx, taken = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = (size - 1) / (count - 1) if count > 1 else 1
+        cur_idx = 0.0
+        for _ in range(count):
+            taken.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        start_idx += size
+    return set(taken)
+
+
+def test_section_counts_tie_as_improved_diffusion():
+    kept = parse_respacing(1000, "10,31,41")
+    assert kept == sorted(iddpm_space_timesteps(1000, [10, 31, 41]))
+    assert {791, 958} <= set(kept) and not {792, 957} & set(kept)  # exact .5 ties of the accumulated stride
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)  # fixed examples, no .hypothesis/
+@given(T=st.integers(1, 4000), data=st.data())
+def test_respacing_is_improved_diffusions_space_timesteps(T, data):
+    sections = data.draw(st.integers(1, min(T, 6)))
+    size = T // sections  # the smallest section
+    counts = data.draw(st.lists(st.integers(1, size), min_size=sections, max_size=sections))
+    spec = ",".join(map(str, counts))
+    assert parse_respacing(T, spec) == sorted(iddpm_space_timesteps(T, counts))
+    n = data.draw(st.integers(1, T))  # a plain N is one section of N steps
+    assert parse_respacing(T, n) == parse_respacing(T, str(n)) == sorted(iddpm_space_timesteps(T, [n]))
+    ddim = f"ddim{n}"
+    try:
+        expected = sorted(iddpm_space_timesteps(T, ddim))
+    except ValueError:  # no integer stride gives N steps: improved-diffusion refuses, the DDIM stride T // N
+        expected = list(range(0, T, T // n))[:n]
+    assert parse_respacing(T, ddim) == expected
