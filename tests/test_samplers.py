@@ -378,3 +378,34 @@ def test_respacing_is_improved_diffusions_space_timesteps(T, data):
     except ValueError:  # no integer stride gives N steps: improved-diffusion refuses, the DDIM stride T // N
         expected = list(range(0, T, T // n))[:n]
     assert parse_respacing(T, ddim) == expected
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_step_is_float64_exact_at_every_step(schedule, eta, clip):
+    """One DDIM(η) step at every t against float64 numpy from the betas alone, to 1e-6 relative: the first steps'
+    1 - ᾱ must not be taken from a float32 ᾱ."""
+    T, D = 1000, 16
+    sched = build_schedule(schedule, T)
+    abar = np.cumprod(1.0 - sched.betas.numpy())
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    gen = torch.Generator().manual_seed(0)
+    x, eps_out, z = (torch.randn(T, D, generator=gen) for _ in range(3))
+    t = torch.arange(T)
+    out = Diffusion(sched, "eps").denoise(eps_out, x, t, clip_denoised=clip)
+    got = DDIMSampler(eta=eta).step(Diffusion(sched, "eps"), out, x, t, 0, z).double().numpy()
+
+    a, s = np.sqrt(abar)[:, None], np.sqrt(1.0 - abar)[:, None]
+    x64, eps64, z64 = (v.double().numpy() for v in (x, eps_out, z))
+    x0 = (x64 - s * eps64) / a
+    if clip:
+        x0 = np.clip(x0, -1.0, 1.0)
+        eps64 = (x64 - a * x0) / s
+    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))[:, None]
+    expected = (
+        np.sqrt(abar_prev)[:, None] * x0 + np.sqrt(1.0 - abar_prev[:, None] - sigma**2) * eps64 + sigma * z64
+    )
+    scale = np.abs(expected).max(axis=1, keepdims=True)  # per step: a single element may cancel to ~0
+    rel = (np.abs(got - expected) / scale).max(axis=1)
+    assert rel.max() <= 1e-6, f"t={int(rel.argmax())}: relative error {rel.max():.2e}"
