@@ -253,6 +253,7 @@ def test_crafted_checkpoint_with_its_digest_is_refused_on_resume(crafted, tmp_pa
     assert not marker.exists() and not (tmp_path / "new" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a subprocess: ~10-20 s of imports
 def test_crafted_checkpoint_is_refused_by_the_sample_cli(crafted, tmp_path):
     path, marker = crafted
     proc = subprocess.run(

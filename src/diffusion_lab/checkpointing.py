@@ -191,8 +191,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
-        kwargs = {} if map_location is None else {"map_location": map_location}
-        return load_checkpoint_file(path, option="ckpt_path", **kwargs)
+        # map_location None keeps each tensor where it was saved, as Lightning's default does
+        return load_checkpoint_file(path, map_location=map_location, option="ckpt_path")
 
     def remove_checkpoint(self, path: Any) -> None:
         super().remove_checkpoint(path)
