@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_module
 from .callbacks import LossProgressBar, Preemption, Throughput
-from .checkpointing import AtomicCheckpointIO, newest_good_checkpoint, verify_checkpoint
+from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
 from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
 from .module import CHECKPOINT_KEY
@@ -108,7 +108,7 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
 def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> None:
     """A checkpoint of another network (other model / data options) fails here in one line, not in
     ``load_state_dict`` with a page of mismatched keys."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_checkpoint_file(ckpt_path, mmap=True, option="ckpt_path")
     stored = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     own = module.state_dict()
     missing = [k for k in own if k not in stored]
@@ -251,7 +251,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # strategy=ddp_spawn trains in worker processes: this process's trainer never stepped nor saved
             # (Lightning sends back only the weights and metrics), so the step count comes from the checkpoint.
             result["checkpoint"] = str(last)
-            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+            ckpt = load_checkpoint_file(last, mmap=True)
             result["global_step"] = int(ckpt["global_step"])
     if preempted is not None:
         result["checkpoint"] = preempted.checkpoint_path
