@@ -66,10 +66,12 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path
 
 
 def save_samples_npz(images: Tensor, path: str | Path, labels: Tensor | None = None) -> Path:
-    """Save samples as uint8 NHWC (the layout FID tools expect) in an .npz."""
-    arrays = {"images": to_uint8(images).permute(0, 2, 3, 1).numpy() if images.ndim == 4 else images.numpy()}
+    """Save samples in an .npz as uint8 NHWC 0..255 (the layout FID tools expect), under two names each:
+    ``images`` / ``labels``, and ``arr_0`` / ``arr_1``, the names the ADM (guided-diffusion) evaluator reads."""
+    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy() if images.ndim == 4 else images.numpy()
+    arrays = {"images": pixels, "arr_0": pixels}
     if labels is not None:
-        arrays["labels"] = labels.cpu().numpy()
+        arrays["labels"] = arrays["arr_1"] = labels.cpu().numpy()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return Path(path)
