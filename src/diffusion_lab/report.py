@@ -74,7 +74,8 @@ class Job:
             values = [v for v in values if v is not None]
             return min(values) if values else None
         if key == "val_bpd":
-            return self.last.get("val/bpd_estimate")
+            # the one-timestep Monte-Carlo estimate of the bound (older metrics files name it val/bpd_estimate)
+            return self.last.get("val/bpd_one_t_mc", self.last.get("val/bpd_estimate"))
         if key == "val_loss":
             return self.last.get("val/loss")
         if key == "img_per_s":
@@ -99,7 +100,7 @@ COLUMNS: list[tuple[str, str, str | None, str]] = [
     ("fid", "FID", "min", "{:.4g}"),
     ("is", "IS", "max", "{:.4g}"),
     ("bpd", "bits/dim", "min", "{:.4g}"),
-    ("val_bpd", "val bits/dim (est.)", "min", "{:.4g}"),
+    ("val_bpd", "val bits/dim (one-t MC est.)", "min", "{:.4g}"),
     ("val_loss", "val loss", "min", "{:.4g}"),
     ("img_per_s", "train img/s", "max", "{:.0f}"),
     ("steps", "last logged step", None, "{:.0f}"),
@@ -408,8 +409,8 @@ def write_report(
         + (f", {n_failed} not completed" if n_failed else ""),
         f"Sorted by {sorted_by}; ★ marks the best value of a column.",
         "FID / IS: the best row of the job's `evaluate` runs when there are any, else the last value logged in "
-        "training; bits/dim: the full bound from `evaluate`; val bits/dim (est.): the one-sample validation "
-        "estimate.",
+        "training; bits/dim: the full bound from `evaluate`; val bits/dim (one-t MC est.): validation's "
+        "one-timestep Monte-Carlo estimate of the unclipped bound (noisy; not the full bound).",
     ]
     if common:
         intro.append("Common overrides: " + " ".join(f"`{o}`" for o in common))
