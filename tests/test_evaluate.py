@@ -33,6 +33,16 @@ TESTS_DIR = Path(__file__).resolve().parent
 MU, S = 0.0, 0.3  # the Gaussian data of test_likelihood.py: iid N(0, 0.3²) pixels
 T = 50
 SAMPLE_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
+# the same scores on a domain classifier's features (not Inception's): other quantities, other names
+CLASSIFIER_METRICS = (
+    "fd_classifier",
+    "kd_classifier_mean",
+    "kd_classifier_std",
+    "precision",
+    "recall",
+    "classifier_score_mean",
+    "classifier_score_std",
+)
 
 
 def eval_cfg(ckpt: Path | str, out_dir: Path, *overrides: str):
@@ -131,7 +141,7 @@ def test_bpd_of_the_exact_gaussian_denoiser_matches_analytic_value(gaussian_chec
     assert saved["summary"]["bpd"] == summary["bpd"] and saved["rows"] == result["rows"]
     md = Path(paths["table_md"]).read_text()
     assert f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**" in md
-    assert "fid_vs_steps.png" not in " ".join(paths.values())
+    assert "_vs_steps.png" not in " ".join(paths.values())
     printed = capsys.readouterr().out
     assert f"bits/dim : {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} (n={n})" in printed
 
@@ -155,17 +165,18 @@ def test_sample_metrics_per_steps_value_and_real_feature_cache(
     assert [r["steps"] for r in rows] == [2, 4]
     for r in rows:
         assert r["sampler"] == "ddim" and r["n"] == 8 and r["guidance"] == 0.0
-        assert all(math.isfinite(r[k]) for k in SAMPLE_METRICS), r
-        assert r["fid"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["is_mean"] >= 1
+        assert all(math.isfinite(r[k]) for k in CLASSIFIER_METRICS), r
+        assert r["fd_classifier"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+        assert r["classifier_score_mean"] >= 1
         assert "bpd" not in r
     # one row per steps value in every table
     table = read_csv(out / "evaluation.csv")
     assert [int(r["steps"]) for r in table] == [2, 4]
-    assert [float(r["fid"]) for r in table] == pytest.approx([r["fid"] for r in rows])
+    assert [float(r["fd_classifier"]) for r in table] == pytest.approx([r["fd_classifier"] for r in rows])
     assert json.loads((out / "evaluation.json").read_text())["rows"] == rows
     md_rows = [line for line in (out / "evaluation.md").read_text().splitlines() if line.startswith("| ddim")]
     assert len(md_rows) == 2
-    png = out / "fid_vs_steps.png"
+    png = out / "fd_classifier_vs_steps.png"
     assert result["paths"]["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as img:
         img.verify()
@@ -186,8 +197,8 @@ def test_sample_metrics_per_steps_value_and_real_feature_cache(
     again = evaluate(eval_cfg(trained_checkpoint, tmp_path / "again", *common, "steps=[2]"))
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     # the same seed gives the same samples, so the same scores
-    assert again["rows"][0]["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
-    assert not (tmp_path / "again" / "fid_vs_steps.png").exists()  # one row: no curve
+    assert again["rows"][0]["fd_classifier"] == pytest.approx(rows[0]["fd_classifier"], rel=1e-6)
+    assert not list((tmp_path / "again").glob("*_vs_steps.png"))  # one row: no curve
 
 
 def test_inception_features_with_local_weights(
@@ -295,7 +306,7 @@ def test_generation_runs_under_bf16_autocast_on_cuda(trained_checkpoint, classif
     cfg.device = "cuda"
     cfg.n, cfg.n_real, cfg.batch_size, cfg.steps = 4, 8, 4, [2]
     row = evaluate(cfg)["rows"][0]
-    assert seen and all(seen) and math.isfinite(row["fid"])
+    assert seen and all(seen) and math.isfinite(row["fd_classifier"])
 
 
 def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_path, monkeypatch):
@@ -307,7 +318,7 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     common += ["batch_size=4", "steps=[2]"]
     plain = evaluate(eval_cfg(trained_checkpoint, tmp_path / "a", *common))["rows"][0]
     nhwc = evaluate(eval_cfg(trained_checkpoint, tmp_path / "b", *common, "channels_last=true"))["rows"][0]
-    assert nhwc["fid"] == pytest.approx(plain["fid"], rel=1e-3, abs=1e-3)
+    assert nhwc["fd_classifier"] == pytest.approx(plain["fd_classifier"], rel=1e-3, abs=1e-3)
     assert plain["gen_img_per_s_steady"] > 0 and math.isfinite(plain["gen_img_per_s_steady"])
 
     modes: list = []
@@ -331,4 +342,4 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     # n=10 in batches of up to 4 (balanced: 4, 3, 3): the compiled network only ever sees batches of 4.
     batches.clear()
     row = evaluate(eval_cfg(trained_checkpoint, tmp_path / "odd", *common, "compile=true", "n=10"))["rows"][0]
-    assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fid"])
+    assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fd_classifier"])

@@ -5,6 +5,7 @@ Checkpoints go through ``diffusion_lab.checkpointing.AtomicCheckpointIO`` (the s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_path", "atomic_write", "save_grid", "save_samples_npz", "to_uint8"]
+__all__ = ["atomic_path", "atomic_write", "file_sha256", "save_grid", "save_samples_npz", "to_uint8"]
 
 
 @contextlib.contextmanager
@@ -47,6 +48,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
     return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read 4 MiB at a time."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def to_uint8(images: Tensor) -> Tensor:
