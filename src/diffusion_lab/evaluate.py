@@ -179,6 +179,8 @@ def package_versions() -> dict[str, str | None]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    versions["torch"] = torch.__version__  # with its build tag (+cu130, +cpu), which the metadata lacks
+    versions["cuda"] = torch.version.cuda
     return versions
 
 
