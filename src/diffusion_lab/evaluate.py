@@ -424,10 +424,26 @@ def _fmt(v: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str]) -> str:
-    prov = summary["provenance"]
+    lines = [f"# Evaluation of `{summary['ckpt']}`", "", *_provenance_lines(summary.get("provenance"))]
+    if "bpd" in summary:
+        clipped = {True: ", x̂_0 clipped to [-1, 1]", False: ", unclipped"}.get(
+            summary.get("bpd_clip_denoised"), ""
+        )
+        lines += [
+            f"Bits/dim (full bound{clipped}, n={summary['bpd_n']}): "
+            f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**",
+            "",
+        ]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(prov: dict[str, Any] | None) -> list[str]:
+    if not prov:
+        return []
     ckpt = prov["checkpoint"]
-    lines = [f"# Evaluation of `{ckpt['path']}`", ""]
-    lines += [f"- checkpoint: step {ckpt['global_step']}, sha256 `{ckpt['sha256']}`"]
+    lines = [f"- checkpoint: step {ckpt['global_step']}, sha256 `{ckpt['sha256']}`"]
     if "features" in prov:
         feats = prov["features"]
         where = feats.get("path") or feats.get("weights")
@@ -437,17 +453,7 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[
             f"per set, {prov['sample_sets']} set(s), seeds {_fmt(prov['seeds'])}",
         ]
     versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items() if v)
-    lines += [f"- versions: {versions}", ""]
-    if "bpd" in summary:
-        clipped = "x̂_0 clipped to [-1, 1]" if summary["bpd_clip_denoised"] else "unclipped"
-        lines += [
-            f"Bits/dim (full bound, {clipped}, n={summary['bpd_n']}): "
-            f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**",
-            "",
-        ]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return [*lines, f"- versions: {versions}", ""]
 
 
 def write_steps_plot(
