@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .io import file_sha256
+
 __all__ = [
     "CheckpointError",
     "load_checkpoint_file",
@@ -45,7 +47,6 @@ __all__ = [
 ]
 
 SIDECAR_SUFFIX = ".sha256"
-_CHUNK = 1 << 22
 
 
 class CheckpointError(ValueError):
@@ -200,14 +201,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             sidecar = sidecar_path(path)
             if sidecar.is_file():
                 sidecar.unlink()
-
-
-def file_sha256(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def check_digest(path: str | Path) -> bool | None:

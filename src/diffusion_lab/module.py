@@ -311,7 +311,7 @@ class DiffusionModule(L.LightningModule):
         t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
         terms = self._forward_terms(x0, y, t, noise, with_vb=True)
-        terms["bpd_estimate"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
+        terms["bpd_one_t_mc"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
         for name, value in terms.items():
             self.log(f"val/{name}", value.mean(), prog_bar=name == "loss", sync_dist=True)
 

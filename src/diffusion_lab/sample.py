@@ -24,7 +24,7 @@ from .io import save_grid, save_samples_npz
 from .samplers import SAMPLERS, Sampler
 from .train import CONFIG_DIR
 
-__all__ = ["sample", "choose_sampler", "resolve_device", "main"]
+__all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
 DIFFUSION_KEYS = ("schedule", "prediction", "variance", "model", "loss", "weighting", "timesteps")
 
@@ -59,6 +59,14 @@ def choose_sampler(stored: dict, name: str | None, steps: Any = None, eta: float
     return cls(**kwargs)
 
 
+def sampler_from_config(option: Any, stored: dict, steps: Any = None, eta: float | None = None) -> Sampler:
+    """The sampler a CLI's ``sampler=`` option names: ``ddpm|ddim`` arrives as the node of
+    conf/sampler/<name>.yaml, a bare name picks from the registry, null keeps the one stored in the checkpoint."""
+    if isinstance(option, DictConfig):
+        return choose_sampler(OmegaConf.to_container(option, resolve=True), None, steps, eta)
+    return choose_sampler(stored, option, steps, eta)
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     for key in DIFFUSION_KEYS:
         if key in cfg:
@@ -73,11 +81,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
     net = parts.net.to(device)
-    if isinstance(cfg.sampler, DictConfig):  # sampler=ddpm|ddim: the node of conf/sampler/<name>.yaml
-        chosen = OmegaConf.to_container(cfg.sampler, resolve=True)
-        sampler = choose_sampler(chosen, None, cfg.steps, cfg.eta)
-    else:
-        sampler = choose_sampler(spec["sampler"], cfg.sampler, cfg.steps, cfg.eta)
+    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta)
     shape = tuple(spec["data_shape"])
     n = int(cfg.n)
     if n < 1:

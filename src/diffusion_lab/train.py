@@ -314,7 +314,7 @@ def print_summary(result: dict[str, Any]) -> None:
     ]:
         if result.get(key):
             lines.append(f"{label:<14}: {result[key]}")
-    for key in ("val/loss", "val/bpd_estimate", "train/loss"):
+    for key in ("val/loss", "val/bpd_one_t_mc", "train/loss"):
         if key in result["metrics"]:
             lines.append(f"{key:<14}: {result['metrics'][key]:.4f}")
     if result.get("skipped_steps"):

@@ -346,7 +346,9 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
 
 
 def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
-    """The per-timestep terms L_{t-1} of the variational bound (bits/dim, ``calc_bpd_loop``) over ``n`` images."""
+    """The per-timestep terms L_{t-1} of the variational bound (bits/dim, ``calc_bpd_loop``) over the first ``n``
+    images of ``split``; ``clip_denoised`` as evaluate's ``bpd_clip_denoised`` (the same images, seed and setting
+    give the same total as ``evaluate``'s bits/dim)."""
     from .build import load_checkpoint
     from .evaluate import build_datamodule
     from .sample import resolve_device
@@ -357,7 +359,14 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     net = parts.net.to(device)
     results = [
-        calc_bpd_loop(parts.diffusion, net, chunk.to(device), progress=bool(cfg.progress), generator=gen)
+        calc_bpd_loop(
+            parts.diffusion,
+            net,
+            chunk.to(device),
+            progress=bool(cfg.progress),
+            generator=gen,
+            clip_denoised=bool(cfg.clip_denoised),
+        )
         for chunk in images.split(int(cfg.batch_size))
     ]
     vb, mse, x0_mse, total, prior = (
@@ -396,6 +405,7 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
         "n": int(vb.shape[0]),
         "split": str(cfg.split),
         "seed": int(cfg.seed),
+        "clip_denoised": bool(cfg.clip_denoised),
     }
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

@@ -113,7 +113,9 @@ class Job:
             return None if self.last_step is None else float(self.last_step)
         if key == "wall_time":
             return self.wall_time_s
-        logged = {"val_bpd": "val/bpd_estimate", "val_loss": "val/loss", "img_per_s": "perf/train_img_per_s"}
+        if key == "val_bpd":  # validation's one-timestep estimate (older metrics files: val/bpd_estimate)
+            return self.last.get("val/bpd_one_t_mc", self.last.get("val/bpd_estimate"))
+        logged = {"val_loss": "val/loss", "img_per_s": "perf/train_img_per_s"}
         return self.last.get(logged[key])
 
     def fid_at(self) -> str:

@@ -31,7 +31,7 @@ COLUMNS: list[tuple[str, str, str | None, str]] = [
     ("fid", "FID", "min", "{:.4g}"),
     ("is", "IS", "max", "{:.4g}"),
     ("bpd", "bits/dim", "min", "{:.4g}"),
-    ("val_bpd", "val bits/dim (est.)", "min", "{:.4g}"),
+    ("val_bpd", "val bits/dim (one-t MC est.)", "min", "{:.4g}"),
     ("val_loss", "val loss", "min", "{:.4g}"),
     ("img_per_s", "train img/s", "max", "{:.0f}"),
     ("steps", "last logged step", None, "{:.0f}"),
@@ -46,7 +46,7 @@ METRICS: list[tuple[str, str, str]] = [
     ("precision", "precision", "max"),
     ("recall", "recall", "max"),
     ("bpd", "bits/dim", "min"),
-    ("val_bpd", "val bits/dim (est.)", "min"),
+    ("val_bpd", "val bits/dim (one-t MC est.)", "min"),
     ("val_loss", "val loss", "min"),
 ]
 

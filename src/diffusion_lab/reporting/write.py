@@ -48,8 +48,8 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
         f"Sweep: `{sweep}` — {len(jobs)} job(s){counts}",
         f"Sorted by {sorted_by}; ★ marks the best value of a column.",
         "FID / IS: the best row of the job's `evaluate` runs when there are any, else the last value logged in "
-        "training; bits/dim: the full bound from `evaluate`; val bits/dim (est.): the one-sample validation "
-        "estimate.",
+        "training; bits/dim: the full bound from `evaluate`; val bits/dim (one-t MC est.): validation's "
+        "one-timestep Monte-Carlo estimate of the unclipped bound (noisy; not the full bound).",
     ]
     if common:
         intro.append("Common overrides: " + " ".join(f"`{o}`" for o in common))
