@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Session 5, third GPU call (after `source benchmarks/gpu_env.sh`; background, as gpu_s5_call1.sh): the numbers of
-# record after the progress-bar sync fix, in one call on one machine:
+# After `source benchmarks/gpu_env.sh`, in the background as 2026-12-01_loop_profile_sync_debug.sh: on one
+# machine,
 #   1. workload A (bench defaults: ours compile-ro+cl+lo, the peer compile and compile-ro);
 #   2. the real loop (experiment=bench_train), for its ratio to 1.;
-#   3. fmnist_fast for 90 s: steps/s of the small network (host-bound: the per-step sync cost it most).
+#   3. fmnist_fast for 90 s: steps/s of the small network (host-bound: a per-step sync costs it the most).
 set -u
 R=${R:-$OUT}; DATA=${DATA_ROOT:-.data/fashion-mnist}; mkdir -p /tmp/dl "$R"
 log() { echo "== $(date +%T) $*" >> "$R/summary.log"; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Session 3 on nvidia-h200: wait (at most $1 seconds) for the studies gpu_s3_call1.sh started, then bring back
-# their reports, sweep records, evaluations, metrics and grids (one tar per study) and $OUT/summary.log.
+# On nvidia-h200: wait (at most $1 seconds) for the studies 2026-12-01_training_profile_ceiling_studies.sh
+# started, then bring back their reports, sweep records, evaluations, metrics and grids (one tar per study) and
+# $OUT/summary.log.
 set -u
 source benchmarks/gpu_env.sh
 S=/tmp/dl/studies; end=$((SECONDS + ${1:-540}))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 6, evaluation speed: the evaluate CLI's 10k-sample DDIM-50 generation (batch 512) on workload A's
-# network (a 5-step bench_train checkpoint: speed does not depend on the weights), compiled + channels_last,
-# beside the bench's workload B in the same call. On the GPU machine after `source benchmarks/gpu_env.sh`.
+# Evaluation speed: the evaluate CLI's 10k-sample DDIM-50 generation (batch 512) on workload A's network (a 5-step
+# bench_train checkpoint: speed does not depend on the weights), compiled + channels_last, beside the bench's
+# workload B in the same process tree. On the GPU machine after `source benchmarks/gpu_env.sh`.
 set -u
 DATA=${DATA_ROOT:-.data/fashion-mnist}; mkdir -p /tmp/dl
 python3 -m diffusion_lab.train experiment=bench_train data.root=$DATA compile=false trainer.max_steps=5 hydra.run.dir=/tmp/dl/ho 2>&1 | tail -3

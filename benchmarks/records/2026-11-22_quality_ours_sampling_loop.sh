@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Session 2, call 1 on nvidia-h200-x2 (issue 6): the feature network; two fmnist_fast variants side by side
-# (one per GPU); then DDIM-50 sampling variants vs diffusers (GPU 0) and the real training loop vs the raw step
-# (GPU 1). Results: $OUT/summary.log, $OUT/bench.jsonl, grids, and the classifier (for the peers' call).
+# On nvidia-h200-x2: the feature network; two fmnist_fast variants side by side (one per GPU); then DDIM-50
+# sampling variants vs diffusers (GPU 0) and the real training loop vs the raw step (GPU 1). Results:
+# $OUT/summary.log, $OUT/bench.jsonl, grids, and the classifier (which scores the peers in
+# 2026-11-22_quality_peers_evaluation_speed.sh).
 set -u
 source benchmarks/gpu_env.sh; mkdir -p /tmp/dl
 DATA=.data/fashion-mnist; export FEATURES=$OUT/fmnist_clf.pt

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Session 5, second GPU call (after `source benchmarks/gpu_env.sh`; background, as gpu_s5_call1.sh):
-#   1. the training loop (experiment=bench_train) now that nothing is logged to the progress bar (no device sync
+# After `source benchmarks/gpu_env.sh`, in the background as 2026-12-01_loop_profile_sync_debug.sh:
+#   1. the training loop (experiment=bench_train) with nothing logged to the progress bar (no device sync
 #      per step): plain; with nonfinite=off (the cost of the per-step finiteness check); profiled (host ms/step);
-#   2. evaluation (10k DDIM-50 + FID) at batch 1000 and 2000 beside workload B, in one call.
+#   2. evaluation (10k DDIM-50 + FID) at batch 1000 and 2000 beside workload B.
 set -u
 R=${R:-$OUT}; DATA=${DATA_ROOT:-.data/fashion-mnist}; mkdir -p /tmp/dl "$R"
 log() { echo "== $(date +%T) $*" >> "$R/summary.log"; }

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Session 4, issue 6, one H100/H200 (~22 min, run in the background: `R=/tmp/dl/s4 setsid nohup bash
-# benchmarks/gpu_s4_call1.sh &` after `source benchmarks/gpu_env.sh`, results collected by later calls):
+# One H100/H200 (~22 min, run in the background: `R=/tmp/dl/nhwc setsid nohup bash
+# benchmarks/records/2026-12-01_nhwc_layout.sh &` after `source benchmarks/gpu_env.sh`; collect $R afterwards):
 #   1. workload A with inductor's layout optimization forced (`lo`: NHWC convolutions inside the compiled graph;
-#      its heuristic leaves the UNet NCHW and cuDNN transposes around every convolution, 23% of the step),
+#      its heuristic leaves the UNet NCHW and cuDNN transposes around every convolution),
 #      beside the plain step and the peer with and without the same switch, profiled;
 #   2. the real training loop (experiment=bench_train) with channels_last=true (which forces it) and without;
-#   3. evaluation speed: 10k DDIM-50 at batch_size=512 (now 20 balanced batches of 500) and 1000;
-#   4. workload B, ours and the peer, for this session's ratio.
+#   3. evaluation speed: 10k DDIM-50 at batch_size=512 (20 balanced batches of 500) and 1000;
+#   4. workload B, ours and the peer.
 set -u
 R=${R:-$OUT}; DATA=${DATA_ROOT:-.data/fashion-mnist}; mkdir -p /tmp/dl "$R"
 log() { echo "== $(date +%T) $*" >> "$R/summary.log"; }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Session 3, call 1 on nvidia-h200 (issues 6 and 5). Issue 6: workload A with the GPU kernels that take its time
-# (--profile), and the `bound` variant (GroupNorm and dropout removed: a ceiling for this network) beside the peer;
-# workload B likewise; the evaluate CLI's steady 10k DDIM-50 rate with the full-batch fix. Issue 5: then the three
-# studies still without evaluations start in the background (setsid: they outlive this call; benchmarks/gpu_s3_wait.sh
-# collects them). Results: $OUT/summary.log, $OUT/bench.jsonl, $OUT/fmnist_clf.pt.
+# On nvidia-h200: workload A with the GPU kernels that take its time (--profile), and the `bound` variant
+# (GroupNorm and dropout removed: a ceiling for this network) beside the peer; workload B likewise; the evaluate
+# CLI's steady 10k DDIM-50 rate with full batches. Then the three studies still without evaluations start in
+# the background (setsid: they outlive this command; 2026-12-01_studies_collect.sh collects them).
+# Results: $OUT/summary.log, $OUT/bench.jsonl, $OUT/fmnist_clf.pt.
 set -u
 source benchmarks/gpu_env.sh; mkdir -p /tmp/dl
 DATA=.data/fashion-mnist; CLF=/tmp/dl/fmnist_clf.pt; S=$OUT/summary.log

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Session 5, first GPU call (one H100/H200; after `source benchmarks/gpu_env.sh`, in the background:
-# `R=/tmp/dl/s5 setsid nohup bash benchmarks/gpu_s5_call1.sh &`, results collected into $OUT by later calls):
+# One H100/H200 (after `source benchmarks/gpu_env.sh`, in the background:
+# `R=/tmp/dl/sync setsid nohup bash benchmarks/records/2026-12-01_loop_profile_sync_debug.sh &`; collect $R
+# afterwards):
 #   1. the training loop profiled (benchmarks/loop_profile.py: GPU idle gaps and what the host did in them,
 #      host-device syncs) under torch's CUDA sync debug mode (a warning with a stack at every sync);
 #   2. the training ceiling: NHWC step, its bound (no GroupNorm/dropout), the peer with CUDA graphs;
-#   3. evaluation (10k DDIM-50 + FID) at batch 1000 and 2000, and workload B, in one call.
+#   3. evaluation (10k DDIM-50 + FID) at batch 1000 and 2000, and workload B.
 set -u
 R=${R:-$OUT}; DATA=${DATA_ROOT:-.data/fashion-mnist}; mkdir -p /tmp/dl "$R"
 log() { echo "== $(date +%T) $*" >> "$R/summary.log"; }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Session 2, call 3 on nvidia-h200-x2 (issue 5): all four studies at once on both GPUs (experiments/all.sh,
-# SHARE_GPUS=1: each sweep's jobs spread over both GPUs, up to 8 per GPU), at a small budget (3 min per job,
-# FID on 1000 samples, bits/dim on 100 images); then (issue 6) the evaluation's steady 10k DDIM-50 rate on
-# workload A's network with compile + channels_last. Results: one tar per study + $OUT/summary.log.
+# On nvidia-h200-x2: all four studies at once on both GPUs (experiments/all.sh, SHARE_GPUS=1: each sweep's jobs
+# spread over both GPUs, up to 8 per GPU), at a small budget (3 min per job, FID on 1000 samples, bits/dim on
+# 100 images); then the evaluation's steady 10k DDIM-50 rate on workload A's network with compile +
+# channels_last. Results: one tar per study + $OUT/summary.log.
 set -u
 source benchmarks/gpu_env.sh; mkdir -p /tmp/dl
 DATA=.data/fashion-mnist; S=/tmp/dl/studies

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Session 2, call 2 on nvidia-h200-x2 (issue 6): the two peers of the quality comparison, one per GPU, scored with
-# the classifier of call 1 (.data/fmnist_clf.pt); then the evaluation's 10k DDIM-50 generation rate on workload
-# A's network (a bench_train checkpoint), plain and compiled, beside the bench's workload B.
+# On nvidia-h200-x2: the two peers of the quality comparison, one per GPU, scored with the classifier that
+# 2026-11-22_quality_ours_sampling_loop.sh trained (.data/fmnist_clf.pt); then the evaluation's 10k DDIM-50
+# generation rate on workload A's network (a bench_train checkpoint), plain and compiled, beside the bench's
+# workload B.
 set -u
 source benchmarks/gpu_env.sh; mkdir -p /tmp/dl
 DATA=.data/fashion-mnist; CLF=.data/fmnist_clf.pt

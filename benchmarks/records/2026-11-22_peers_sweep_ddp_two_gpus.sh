@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One session on a 2-GPU machine (issues 5 and 6): the two peers of the quality-per-GPU-minute comparison
-# (one per GPU, concurrently, so each has a GPU to itself), a 2-job sweep through the gpu_pool launcher, one job
-# with trainer=ddp over both GPUs, and the real training loop's throughput. Everything lands in $OUT/x2.tar.gz.
+# On a 2-GPU machine: the two peers of the quality-per-GPU-minute comparison (one per GPU, concurrently, so each
+# has a GPU to itself), a 2-job sweep through the gpu_pool launcher, one job with trainer=ddp over both GPUs, and
+# the real training loop's throughput. Everything lands in $OUT/x2.tar.gz.
 set -u
 DATA=${DATA_ROOT:-.data/fashion-mnist}
 L=/tmp/dl/logs; mkdir -p $L
