@@ -13,8 +13,8 @@
 #   STEPS       training steps of every job (each study has its default): cells compare at equal steps
 #   MAX_MINUTES a wall-time guard per job (default none); a job it stops is marked incomplete by the report
 #   FID_N / BPD_N  generated samples per FD/FID (default 10000) / images for bits/dim (500)
-#   SAMPLE_SETS independent sample sets per evaluation (default 1): set k uses seed k and writes
-#               evaluation/<name>_set<k> (k >= 1); their spread is the FD estimator's own noise
+#   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
+#               is the FD estimator's own noise, beside the seed-to-seed spread
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
 set -euo pipefail
 
@@ -95,21 +95,13 @@ ensure_features() {
 }
 
 # queue_eval NAME OVERRIDES...: queue an `evaluate` of every job's last checkpoint under $STUDY_OUT, written to
-# <job>/evaluation/NAME (log: <job>/evaluation_NAME.log), and SAMPLE_SETS-1 more sample sets (seed k) to
-# <job>/evaluation/NAME_set<k>; run_queue runs the queue spread over the GPUs.
+# <job>/evaluation/NAME (log: <job>/evaluation_NAME.log), each setting scored on SAMPLE_SETS independent sample
+# sets; run_queue runs the queue spread over the GPUs.
 TASKS=()
 queue_eval() {
   local name=$1
   shift
-  local k
-  for ((k = 0; k < SAMPLE_SETS; k++)); do
-    queue_eval_set "$name$( ((k)) && echo "_set$k")" "$@" "seed=$k"
-  done
-}
-
-queue_eval_set() {
-  local name=$1
-  shift
+  set -- "$@" "sample_sets=$SAMPLE_SETS"
   if [[ "$DRY_RUN" == 1 ]]; then
     echo "EVAL $(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"
     return 0

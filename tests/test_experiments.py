@@ -136,10 +136,9 @@ def test_ddim_study_grid_matches_the_paper_table():
     assert all(s == {10, 20, 50, 100, 1000} for s in steps.values())
 
 
-def test_sample_sets_evaluate_each_setting_with_its_own_seed():
+def test_sample_sets_reach_every_evaluation():
     evals = dry_run("weightings", SAMPLE_SETS="3")["EVAL"]
-    assert [as_dict(e)["seed"] for e in evals] == ["0", "1", "2"]
-    assert len({tuple(o for o in e if not o.startswith("seed=")) for e in evals}) == 1
+    assert evals and all(as_dict(e)["sample_sets"] == "3" for e in evals)
 
 
 def test_dry_run_passes_data_root(tmp_path):
