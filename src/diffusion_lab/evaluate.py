@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
+from .cli import command
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, friendly_errors
+from .errors import UserError
 from .io import atomic_path
 from .metrics.evaluation import (
     QualitySettings,
@@ -36,8 +36,7 @@ from .metrics.evaluation import (
 )
 from .metrics.quality import SampleQuality
 from .module import compile_mode, compile_options
-from .sample import choose_sampler, resolve_device
-from .train import CONFIG_DIR
+from .sample import choose_sampler, fixed_by_checkpoint, resolve_device
 
 __all__ = ["evaluate", "main", "KNOWN_METRICS"]
 
@@ -295,8 +294,7 @@ def write_table(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Pa
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-@friendly_errors
+@command("evaluate", usage=__doc__, unknown_key=fixed_by_checkpoint)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
