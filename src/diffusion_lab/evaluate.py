@@ -28,16 +28,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
+from .cli import command
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, friendly_errors
+from .errors import UserError
 from .io import atomic_path, file_sha256
 from .metrics.evaluation import (
     QualitySettings,
@@ -50,9 +50,8 @@ from .metrics.evaluation import (
 from .metrics.features import FeatureExtractor
 from .metrics.quality import SampleQuality
 from .module import compile_mode, compile_options
-from .sample import resolve_device, sampler_from_config
+from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
-from .train import CONFIG_DIR
 
 __all__ = ["evaluate", "main", "KNOWN_METRICS"]
 
@@ -532,8 +531,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return {"rows": rows, "summary": summary, "paths": paths}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-@friendly_errors
+@command("evaluate", usage=__doc__, unknown_key=fixed_by_checkpoint)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

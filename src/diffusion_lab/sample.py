@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
+from .cli import command
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types, friendly_errors
+from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
+from .overrides import override_key
 from .samplers import SAMPLERS, Sampler
-from .train import CONFIG_DIR
 
 __all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
@@ -67,12 +67,18 @@ def sampler_from_config(option: Any, stored: dict, steps: Any = None, eta: float
     return choose_sampler(stored, option, steps, eta)
 
 
+def fixed_by_checkpoint(key: str) -> str | None:
+    """The message for an override of a part the checkpoint fixes (None for any other key)."""
+    top = override_key(key).split(".")[0]
+    if top not in DIFFUSION_KEYS:
+        return None
+    return f"{top} is fixed by the checkpoint and cannot be overridden when sampling; drop '{top}='"
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     for key in DIFFUSION_KEYS:
         if key in cfg:
-            raise UserError(
-                f"{key} is fixed by the checkpoint and cannot be overridden when sampling; drop '{key}='"
-            )
+            raise UserError(fixed_by_checkpoint(key))
     check_types(
         cfg,
         {"n": (int,), "batch_size": (int,), "seed": (int,), "guidance": (float,), "eta": (float, None)},
@@ -148,8 +154,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
-@friendly_errors
+@command("sample", usage=__doc__, unknown_key=fixed_by_checkpoint)
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 

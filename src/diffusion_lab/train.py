@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -28,13 +27,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .build import CheckpointError, build_module
 from .callbacks import LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
-from .errors import UserError, check_types, friendly_errors
+from .cli import CONFIG_DIR, command, experiment_summaries
+from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .module import CHECKPOINT_KEY
 
 __all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def compose_config(
@@ -179,6 +177,19 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
 
 
+def read_data_early(datamodule: L.LightningDataModule) -> None:
+    """Read the training data before the Trainer exists, so that a missing, empty or unreadable dataset (or a
+    batch larger than it) is one error line, not Lightning's start-up banners followed by it. On rank 0 only:
+    the other processes wait in Lightning's own ``prepare_data`` (which may be downloading); the datasets are
+    cached, so Lightning's ``setup`` does not read them again."""
+    if rank_zero_only.rank != 0:
+        return
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.train_dataloader()  # checks the batch size against the training set
+    datamodule.dataset("train")[0]  # decodes one item: a folder of unreadable images fails here
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         return Path(cfg.paths.output_dir)
@@ -198,6 +209,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
 
     datamodule = instantiate(cfg.data)
+    read_data_early(datamodule)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
@@ -329,8 +341,15 @@ def print_summary(result: dict[str, Any]) -> None:
     print("\n== diffusion_lab.train done ==\n" + "\n".join(lines), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@friendly_errors
+def usage() -> str:
+    """This module's docstring and the experiments, one line each (``--help``)."""
+    names = experiment_summaries()
+    width = max(len(name) for name, _ in names)
+    lines = [f"  {name:<{width}}  {what}" for name, what in names]
+    return "\n".join([__doc__.strip(), "", "== Experiments (experiment=NAME) ==", *lines])
+
+
+@command("train", usage=usage())
 def main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg)

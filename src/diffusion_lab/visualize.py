@@ -22,18 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from .cli import command
 from .diffusion import SCHEDULES, NoiseSchedule, build_schedule, calc_bpd_loop, q_sample
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types, friendly_errors
+from .errors import UserError, check_types
 from .io import atomic_path
-from .train import CONFIG_DIR
 
 __all__ = [
     "FIGURES",
@@ -478,8 +477,13 @@ def send_to_logger(kind: str, figure: str, png: str, out_dir: Path) -> str:
     raise UserError(f"log_to={kind!r} is unknown for visualize; choose wandb, tensorboard or null")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")
-@friendly_errors
+def usage() -> str:
+    """This module's docstring and the figures, one line each (``--help``)."""
+    lines = [f"  {name:<10}  {fn.__doc__.strip().splitlines()[0]}" for name, fn in FIGURES.items()]
+    return "\n".join([__doc__.strip(), "", "== Figures (figure=NAME) ==", *lines])
+
+
+@command("visualize", usage=usage())
 def _hydra_main(cfg: DictConfig) -> None:
     visualize(cfg)
 
