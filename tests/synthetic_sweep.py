@@ -19,9 +19,11 @@ def write_job(
     max_steps: int = 100,
     log_every: int = 10,
     seed: int = 42,
+    evaluations: dict[str, list[dict]] | None = None,
 ) -> Path:
     """One job folder: ``curves`` {metric: {step: value}} go to csv/metrics.csv (one row per step and
-    metric, as Lightning's CSV logger writes them), ``fid`` to evaluation/last/evaluation.json."""
+    metric, as Lightning's CSV logger writes them), ``fid`` to evaluation/last/evaluation.json, and each of
+    ``evaluations`` {name: rows} to evaluation/<name>/evaluation.json."""
     job = root / f"{num}_{','.join(overrides)}"
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
@@ -39,13 +41,33 @@ def write_job(
         for key in keys:
             for step, value in sorted(curves[key].items()):
                 writer.writerow({"step": step, key: value})
+    evaluations = dict(evaluations or {})
     if fid is not None:
-        (job / "evaluation" / "last").mkdir(parents=True)
-        rows = [{"sampler": "ddpm", "steps": 50, "fid": fid}]
-        (job / "evaluation" / "last" / "evaluation.json").write_text(
-            json.dumps({"summary": {}, "rows": rows})
-        )
+        evaluations["last"] = [{"sampler": "ddpm", "steps": 50, "fid": fid}]
+    for name, rows in evaluations.items():
+        (job / "evaluation" / name).mkdir(parents=True)
+        (job / "evaluation" / name / "evaluation.json").write_text(json.dumps({"summary": {}, "rows": rows}))
     return job
+
+
+def eval_row(sampler: str, eta: float | None, steps: int, sets: list[float], kd: float = 0.01) -> dict:
+    """An `evaluate` row on classifier features (``features=PATH``) with ``len(sets)`` sample sets."""
+    mean = sum(sets) / len(sets)
+    std = (sum((v - mean) ** 2 for v in sets) / (len(sets) - 1)) ** 0.5 if len(sets) > 1 else None
+    return {
+        "sampler": sampler,
+        "eta": eta,
+        "steps": steps,
+        "guidance": 0.0,
+        "features": "classifier",
+        "n": 500,
+        "sample_sets": len(sets),
+        "fd_classifier": mean,
+        "fd_classifier_std": std,
+        "fd_classifier_values": sets,
+        "kd_classifier_mean": kd,
+        "kd_classifier_std": kd / 10,
+    }
 
 
 def write_status(root: Path, jobs: list[Path], status: str = "COMPLETED") -> None:
@@ -80,8 +102,9 @@ def seeded_sweep(root: Path, effect: float, seeds: list[int], noise: float, rng)
 
 
 def example_study(root: Path) -> Path:
-    """A small study as a sweep leaves it: two cells x three seeds, one job stopped early by its time limit,
-    one failed job, an in-training FID curve and a final sample grid."""
+    """A small study as a sweep leaves it, scored on classifier features: two cells x three seeds, one job
+    stopped early by its time limit, one failed job, an in-training FD curve, a final sample grid, and each
+    model evaluated with DDPM and DDIM (eta 0) at 10 and 50 steps on two sample sets."""
     import numpy as np
     from PIL import Image
 
@@ -96,13 +119,22 @@ def example_study(root: Path) -> Path:
                     s: round(0.2 + (shared - shift) / 10 + (100 - s) / 500 + rng.normal(0, 0.01), 6)
                     for s in steps
                 },
-                "metrics/fid": {
+                "metrics/fd_classifier": {
                     s: round(30 + shared + shift + (100 - s) / 10 + rng.normal(0, 0.2), 6) for s in steps
                 },
             }
-            fid = round(25 + shared + shift + rng.normal(0.0, 0.2), 6)
-            jobs.append(write_job(root, len(jobs), [f"seed={seed}", f"schedule={schedule}"], curves, fid=fid))
-    early = {"val/loss": {9: 0.1}, "metrics/fid": {9: 12.0}}
+            evaluations = {}
+            for name, sampler, eta, gain in (("ddpm", "ddpm", None, 0.0), ("ddim_eta0", "ddim", 0.0, 1.0)):
+                rows = []
+                for n_steps in (10, 50):
+                    fd = 25 + shared + shift + 40 / n_steps - gain * 30 / n_steps
+                    sets = [round(fd + rng.normal(0.0, 0.3), 6) for _ in range(2)]
+                    kd = round(0.02 + fd / 2000 + rng.normal(0.0, 0.0002), 6)
+                    rows.append(eval_row(sampler, eta, n_steps, sets, kd))
+                evaluations[name] = rows
+            overrides = [f"seed={seed}", f"schedule={schedule}"]
+            jobs.append(write_job(root, len(jobs), overrides, curves, evaluations=evaluations))
+    early = {"val/loss": {9: 0.1}, "metrics/fd_classifier": {9: 12.0}}
     jobs.append(write_job(root, len(jobs), ["seed=4", "schedule=cosine"], early))
     (jobs[0] / "samples").mkdir()
     Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(jobs[0] / "samples" / "final.png")

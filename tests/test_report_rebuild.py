@@ -63,7 +63,8 @@ def test_keep_raw_copies_the_small_files_and_reports_from_them(tmp_path):
         ".hydra/config.yaml",
         ".hydra/overrides.yaml",
         "csv/metrics.csv",
-        "evaluation/last/evaluation.json",
+        "evaluation/ddpm/evaluation.json",
+        "evaluation/ddim_eta0/evaluation.json",
         "samples/final.png",
     }
     md = (sweep / "report.md").read_text()

@@ -48,8 +48,8 @@ def test_a_true_difference_is_separated_in_the_right_direction(tmp_path):
     diff = _section(md, "Difference from schedule=linear")
     row = dict(zip(_row(diff, "cell"), _row(diff, "schedule=cosine")))
     # Higher val loss is worse, lower FID better; the shared per-seed shift (sd 1) cancels in the pairs.
-    assert row["val loss"].endswith("(n=5, worse)") and row["FID"].endswith("(n=5, better)")
-    for text, true in ((row["val loss"], 1.0), (row["FID"], -1.0)):
+    assert row["val loss"].endswith("(n=5, worse)") and row["FID (Inception)"].endswith("(n=5, better)")
+    for text, true in ((row["val loss"], 1.0), (row["FID (Inception)"], -1.0)):
         mean, half = (float(x) for x in text.split(" (")[0].split(" ± "))
         assert mean - half <= true <= mean + half and half < 0.5
     assert "seeds_val_loss.png" in md

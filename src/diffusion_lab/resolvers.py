@@ -5,6 +5,8 @@
 ``${dl.sweep_group:name}`` ``name`` in a single run; ``<name>-<sweep dir name>`` in a job of a sweep (the gpu_pool
                           launcher tells its job subprocesses the sweep directory; Hydra's in-process
                           launchers have ``hydra.sweep.dir``), so the runs of one sweep share a W&B group.
+``${dl.quality_monitor:features}`` the logged key of the training callback's Fréchet distance on those features
+                          (``metrics/fid`` on inception, ``metrics/fd_classifier`` on a classifier file).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from .score_names import quality_monitor
 
 __all__ = ["register_resolvers", "first_nonempty", "sweep_group"]
 
@@ -49,3 +53,4 @@ def sweep_group(name: Any) -> str:
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("dl.or", first_nonempty, replace=True)
     OmegaConf.register_new_resolver("dl.sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("dl.quality_monitor", quality_monitor, replace=True)

@@ -1,14 +1,21 @@
 """FID / KID / precision-recall / IS during training, from the EMA network, on every rank.
 
+The scores are logged under their names for the feature network (``metrics.evaluation.score_names``):
+``metrics/fid``, ``metrics/kid_mean``, ``metrics/is_mean`` on Inception features; ``metrics/fd_classifier``,
+``metrics/kd_classifier_mean``, ``metrics/classifier_score_mean`` on a domain classifier's (``features=PATH``).
+Precision and recall keep their names. (Metrics files written before this naming hold ``metrics/fid`` whatever
+the features; the report notes such a run.)
+
 At the start of a validation epoch (when the EMA callback — listed before this one — has swapped the averaged
 weights in) the ranks generate the ``n`` samples between them; the metric's states are all-gathered, so every
 rank computes the same numbers. The samples are cut into fixed, separately seeded batches (see
 ``metrics.evaluation.rank_batches``), so they — and the scores — do not depend on the number of processes.
 
-When: at the first validation of a run (so that a ``ModelCheckpoint`` monitoring ``metrics/fid`` finds the
-key at every validation: Lightning refuses a monitor that is missing after validation has run), then at the
-first validation at or after each multiple of ``every_n_steps``. Pair with a ``ModelCheckpoint`` that monitors
-``metrics/fid`` to keep the best-FID checkpoint (``callbacks=with_metrics`` does).
+When: at the first validation of a run (so that a ``ModelCheckpoint`` monitoring the Fréchet distance finds
+the key at every validation: Lightning refuses a monitor that is missing after validation has run), then at
+the first validation at or after each multiple of ``every_n_steps``. Pair with a ``ModelCheckpoint`` that
+monitors it to keep the best-score checkpoint (``callbacks=with_metrics`` does, its monitor resolved from the
+features by ``${dl.quality_monitor:...}``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from ..metrics.evaluation import (
     build_extractor,
     real_features_for,
     score_generator,
+    score_names,
 )
 from ..metrics.quality import SampleQuality
 
@@ -70,6 +78,7 @@ class SampleQualityCallback(L.Callback):
             option_prefix=OPTION_PREFIX,
         )
         self.metric: SampleQuality | None = None
+        self.names: dict[str, str] = {}  # score key -> its logged name on these features
         self.history: list[dict[str, float]] = []
         self._last_step: int | None = None  # global step of the last computation in this run
 
@@ -77,6 +86,7 @@ class SampleQualityCallback(L.Callback):
         if stage != "fit" or self.metric is not None:
             return
         extractor = build_extractor(self.settings)
+        self.names = score_names(extractor.kind)
         # The module is not on its device yet when callbacks are set up; the strategy knows where it will be
         # (extracting the real features on the CPU of a GPU job would be very slow).
         device = trainer.strategy.root_device
@@ -131,6 +141,7 @@ class SampleQualityCallback(L.Callback):
         started = time.time()
         scores = self.score(pl_module, trainer.global_rank, trainer.world_size)
         scores["eval_seconds"] = time.time() - started
+        scores = {self.names.get(key, key): value for key, value in scores.items()}
         self._last_step = step
         self.history.append({"step": step, **scores})
         for name, value in scores.items():

@@ -1,5 +1,6 @@
-"""The report's figures: per-job curves, loss by timestep, FID against sampling steps, and mean ± CI bands
-over seeds. PNGs are written without a creation stamp or software tag, so a rebuilt figure is the same file."""
+"""The report's figures: per-job curves, loss by timestep, each Fréchet distance (FID on Inception, FD on
+classifier features: separate figures) against sampling steps per job and as mean ± CI bands over seeds per
+sampler setting, and training curves as mean ± CI bands over seeds. PNGs are written without a creation stamp or software tag, so a rebuilt figure is the same file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 from ..io import atomic_path
 from .cells import Cell
+from .evalcells import EvalGroup
 from .runs import Job, num
+from .scores import FRECHET, Score
 from .stats import CONFIDENCE, t_interval
 
 __all__ = ["make_plots", "PLOTS_DIR", "NUM_BUCKETS"]
@@ -48,7 +51,10 @@ class _Figures:
 
 def _training_curves(figs: _Figures, jobs: list[Job]) -> None:
     for key, title, ylabel, name in [
-        ("metrics/fid", "FID over training", "FID", "fid_over_training.png"),
+        *[
+            (f"metrics/{f.key}", f"{f.header} over training", f.header, f"{f.key}_over_training.png")
+            for f in FRECHET
+        ],
         ("val/loss", "Validation loss over training", "val loss", "val_loss_over_training.png"),
     ]:
         series = [(j.label, j.series[key]) for j in jobs if j.series.get(key)]
@@ -76,16 +82,16 @@ def _loss_by_timestep(figs: _Figures, jobs: list[Job]) -> None:
     figs.save(fig, ax, "loss_by_timestep.png", "Loss by timestep bucket")
 
 
-def _sampling_curves(jobs: list[Job]) -> list[tuple[str, list[tuple[float, float]]]]:
+def _sampling_curves(jobs: list[Job], key: str) -> list[tuple[str, list[tuple[float, float]]]]:
     curves = []
     for j in jobs:
         for e in j.evaluations:
             groups: dict[tuple, list[tuple[float, float]]] = {}
             for r in e["rows"]:
-                steps, fid = num(r.get("steps")), num(r.get("fid"))
-                if steps is not None and fid is not None:
+                steps, value = num(r.get("steps")), num(r.get(key))
+                if steps is not None and value is not None:
                     setting = (r.get("sampler"), num(r.get("eta")), num(r.get("guidance")) or 0.0)
-                    groups.setdefault(setting, []).append((steps, fid))
+                    groups.setdefault(setting, []).append((steps, value))
             for (sampler, eta, w), points in groups.items():
                 parts = (
                     j.label if len(jobs) > 1 else "",
@@ -97,23 +103,59 @@ def _sampling_curves(jobs: list[Job]) -> list[tuple[str, list[tuple[float, float
     return curves
 
 
-def _fid_vs_steps(figs: _Figures, jobs: list[Job]) -> None:
-    curves = _sampling_curves(jobs)
-    if not curves:
-        return
+def _steps_axis(ax, steps: set[float]) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    ax.set_xscale("log")
+    if len(steps) <= 12:
+        ax.set_xticks(sorted(steps))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _score_vs_steps(figs: _Figures, jobs: list[Job], score: Score) -> None:
+    curves = _sampling_curves(jobs, score.key)
+    if not curves:
+        return
     fig, ax = figs.new()
     for label, points in curves:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label)
-    ax.set(xlabel="sampling steps (network evaluations)", ylabel="FID", title="FID against sampling steps")
-    ax.set_xscale("log")
-    ticks = sorted({p[0] for _, points in curves for p in points})
-    if len(ticks) <= 12:
-        ax.set_xticks(ticks)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    figs.save(fig, ax, "fid_vs_steps.png", "FID against sampling steps")
+    title = f"{score.header} against sampling steps"
+    ax.set(xlabel="sampling steps (network evaluations)", ylabel=score.header, title=title)
+    _steps_axis(ax, {p[0] for _, points in curves for p in points})
+    figs.save(fig, ax, f"{score.key}_vs_steps.png", title)
+
+
+def _lines(groups: list[EvalGroup], key: str) -> dict[str, list[EvalGroup]]:
+    """The groups with ``key`` by plot line (cell and sampler setting; samples per set where they vary)."""
+    cells = {id(g.cell) for g in groups}
+    sizes = {g.setting.n for g in groups}
+    lines: dict[str, list[EvalGroup]] = {}
+    for g in groups:
+        if g.setting.steps is not None and g.values(key):
+            parts = [g.cell.label if len(cells) > 1 else "", g.setting.line]
+            parts.append(f"n={g.setting.n:g}" if len(sizes) > 1 and g.setting.n is not None else "")
+            lines.setdefault(" ".join(p for p in parts if p), []).append(g)
+    return lines
+
+
+def _score_vs_steps_over_seeds(figs: _Figures, groups: list[EvalGroup], score: Score) -> None:
+    lines = _lines(groups, score.key)
+    if not lines:
+        return
+    fig, ax = figs.new()
+    for label, line in lines.items():
+        line = sorted(line, key=lambda g: g.setting.steps)
+        steps = [g.setting.steps for g in line]
+        intervals = [t_interval(g.values(score.key)) for g in line]
+        seeds = max(i.n for i in intervals)
+        ax.plot(steps, [i.mean for i in intervals], marker="o", ms=3, label=f"{label} (n={seeds})")
+        if seeds > 1:
+            ax.fill_between(steps, [i.low for i in intervals], [i.high for i in intervals], alpha=0.2)
+    title = f"{score.header} against sampling steps: mean ± {CONFIDENCE:.0%} CI over seeds"
+    ax.set(xlabel="sampling steps (network evaluations)", ylabel=score.header, title=title)
+    _steps_axis(ax, {g.setting.steps for line in lines.values() for g in line})
+    figs.save(fig, ax, f"{score.key}_vs_steps_over_seeds.png", title)
 
 
 def curve_metrics(cells: list[Cell]) -> list[str]:
@@ -146,12 +188,15 @@ def _bands(figs: _Figures, cells: list[Cell]) -> None:
         figs.save(fig, ax, f"seeds_{key.replace('/', '_')}.png", title)
 
 
-def make_plots(jobs: list[Job], cells: list[Cell], out: Path) -> dict[str, Path]:
+def make_plots(jobs: list[Job], cells: list[Cell], groups: list[EvalGroup], out: Path) -> dict[str, Path]:
     """Every figure the data allow, into ``out``; returns their paths by title."""
     figs = _Figures(out)
     _training_curves(figs, jobs)
     _loss_by_timestep(figs, jobs)
-    _fid_vs_steps(figs, jobs)
+    for score in FRECHET:
+        _score_vs_steps(figs, jobs, score)
+        if any(len(g.rows) > 1 for g in groups):
+            _score_vs_steps_over_seeds(figs, groups, score)
     if any(len(c.jobs) > 1 for c in cells):
         _bands(figs, cells)
     return figs.made

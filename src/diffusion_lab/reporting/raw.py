@@ -32,7 +32,7 @@ def _job_dirs(root: Path) -> list[Path]:
 
 def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
     """Copy the raw files under ``root`` into ``dest`` (same layout) and write the report's ``settings``
-    (title, baseline, the sweep's path) beside them; returns the files written."""
+    (title, baseline, eval_baseline, the sweep's path) beside them; returns the files written."""
     root, dest = root.resolve(), dest.resolve()
     if dest == root or root.is_relative_to(dest):
         raise UserError(

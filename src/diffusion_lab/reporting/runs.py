@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..score_names import features_kind
+from .scores import FRECHET, SCORES, score
 
 __all__ = ["Job", "find_jobs", "label_jobs", "num", "STATUS_FILE", "option_key"]
 
@@ -93,18 +95,28 @@ class Job:
         return self.last_step is None or self.last_step + 1 < due
 
     # ---- the table's values
-    def best_eval_row(self) -> dict[str, Any] | None:
-        rows = [(e["name"], r) for e in self.evaluations for r in e["rows"] if num(r.get("fid")) is not None]
+    def best_eval_row(self, frechet: str) -> dict[str, Any] | None:
+        """The evaluation row with the lowest Fréchet distance ``frechet`` (``fid`` or ``fd_classifier``)."""
+        rows = [
+            (e["name"], r) for e in self.evaluations for r in e["rows"] if num(r.get(frechet)) is not None
+        ]
         if not rows:
             return None
-        name, row = min(rows, key=lambda nr: nr[1]["fid"])
+        name, row = min(rows, key=lambda nr: nr[1][frechet])
         return {**row, "_eval": name}
 
+    def _score(self, key: str) -> float | None:
+        """A sample-quality score: from the best evaluation row of its feature network when there is one (for
+        precision / recall, named alike on both, of the first network evaluated), else the last logged."""
+        kind = score(key).kind
+        for frechet in (f for f in FRECHET if kind in (None, f.kind)):
+            if (row := self.best_eval_row(frechet.key)) is not None:
+                return num(row.get(key))
+        return self.last.get(f"metrics/{key}")
+
     def value(self, key: str) -> float | None:
-        row = self.best_eval_row()
-        if key in ("fid", "is", "kid", "precision", "recall"):
-            column = {"fid": "fid", "is": "is_mean", "kid": "kid_mean"}.get(key, key)
-            return num(row.get(column)) if row else self.last.get(f"metrics/{column}")
+        if any(s.key == key for s in SCORES):
+            return self._score(key)
         if key == "bpd":
             values = [num(e["summary"].get("bpd")) for e in self.evaluations]
             values = [v for v in values if v is not None]
@@ -118,12 +130,13 @@ class Job:
         logged = {"val_loss": "val/loss", "img_per_s": "perf/train_img_per_s"}
         return self.last.get(logged[key])
 
-    def fid_at(self) -> str:
-        row = self.best_eval_row()
+    def score_at(self, frechet: str) -> str:
+        """Where the Fréchet distance ``frechet`` shown for the job comes from."""
+        row = self.best_eval_row(frechet)
         if row:
             eta = f" η={row['eta']:g}" if num(row.get("eta")) is not None else ""
             return f"{row.get('sampler', '?')}{eta}, {row.get('steps', '?')} steps"
-        points = self.series.get("metrics/fid")
+        points = self.series.get(f"metrics/{frechet}")
         return f"training, step {points[-1][0]}" if points else ""
 
 
@@ -163,15 +176,34 @@ def _read_config(path: Path) -> dict[str, Any]:
         "max_steps": "trainer.max_steps",
         "log_every_n_steps": "trainer.log_every_n_steps",
     }
-    found = {}
+    found: dict[str, Any] = {}
+    features = _select(cfg, "callbacks.sample_quality.features")
+    if isinstance(features, str):
+        found["quality_features"] = features
     for name, key in wanted.items():
-        try:
-            value = OmegaConf.select(cfg, key, default=None)
-        except Exception:
-            continue
-        if isinstance(value, int):
+        if isinstance(value := _select(cfg, key), int):
             found[name] = value
     return found
+
+
+def _select(cfg, key: str) -> Any:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:  # an interpolation that does not resolve outside the run
+        return None
+
+
+def _note_old_fid(job: Job) -> None:
+    """Metrics files from before the callback named its scores by feature network hold ``metrics/fid`` even
+    on a classifier's features: shown as logged, with a note saying what it is."""
+    features = job.config.get("quality_features")
+    if features and features_kind(features) == "classifier" and "metrics/fid" in job.last:
+        job.notes.append(
+            f"`metrics/fid` was logged on classifier features (`{features}`) by an older version: it is a "
+            "Fréchet distance on those features (FD), not an Inception FID, and is shown as logged"
+        )
 
 
 def _add(job: Job, key: str, step: int | None, value: float) -> None:
@@ -272,6 +304,7 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.log = rec.get("log")
     job.num = rec.get("num")
     _read_metrics(job)
+    _note_old_fid(job)
     _read_evaluations(job)
     return job
 

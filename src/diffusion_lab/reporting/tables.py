@@ -7,9 +7,21 @@ from dataclasses import dataclass, field
 
 from .cells import Cell
 from .runs import Job
+from .scores import FRECHET, SCORES
 from .stats import CONFIDENCE, Interval, paired_difference, t_interval, verdict
 
-__all__ = ["Entry", "Table", "COLUMNS", "job_table", "eval_table", "seed_table", "baseline_table"]
+__all__ = [
+    "Entry",
+    "Table",
+    "COLUMNS",
+    "BETTER_NOTE",
+    "job_table",
+    "eval_table",
+    "seed_table",
+    "baseline_table",
+    "mean_ci",
+    "difference_text",
+]
 
 
 @dataclass(frozen=True)
@@ -26,10 +38,10 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-# (key, header, better: "min" | "max" | None, format)
+# (key, header, better: "min" | "max" | None, format); the Fréchet distances and IS-like scores of each
+# feature network, each in its own column.
 COLUMNS: list[tuple[str, str, str | None, str]] = [
-    ("fid", "FID", "min", "{:.4g}"),
-    ("is", "IS", "max", "{:.4g}"),
+    *[(s.key, s.header, s.better, "{:.4g}") for s in SCORES if s.frechet or s.better == "max" and s.kind],
     ("bpd", "bits/dim", "min", "{:.4g}"),
     ("val_bpd", "val bits/dim (one-t MC est.)", "min", "{:.4g}"),
     ("val_loss", "val loss", "min", "{:.4g}"),
@@ -37,14 +49,10 @@ COLUMNS: list[tuple[str, str, str | None, str]] = [
     ("steps", "last logged step", None, "{:.0f}"),
     ("wall_time", "wall time (s)", None, "{:.0f}"),
 ]
-# The quality metrics compared over seeds: lower is better for losses, FID, KID and bits/dim, higher for IS,
-# precision and recall.
+# The quality metrics compared over seeds: lower is better for losses, FD / FID, KD / KID and bits/dim, higher
+# for IS, the classifier score, precision and recall.
 METRICS: list[tuple[str, str, str]] = [
-    ("fid", "FID", "min"),
-    ("is", "IS", "max"),
-    ("kid", "KID", "min"),
-    ("precision", "precision", "max"),
-    ("recall", "recall", "max"),
+    *[(s.key, s.header, s.better) for s in SCORES],
     ("bpd", "bits/dim", "min"),
     ("val_bpd", "val bits/dim (one-t MC est.)", "min"),
     ("val_loss", "val loss", "min"),
@@ -61,12 +69,13 @@ def _best_values(jobs: list[Job], cols) -> dict[str, float]:
 
 
 def job_table(jobs: list[Job], title: str | None = None, ranked: bool = True) -> Table:
-    """One row per job; when ``ranked``, the best value of each column is marked."""
+    """One row per job; when ``ranked``, the best value of each column is marked. Each Fréchet distance is
+    followed by where it comes from (an evaluation's sampler and steps, or training)."""
     cols = [c for c in COLUMNS if any(j.value(c[0]) is not None for j in jobs)]
-    show_fid_at = any(j.fid_at() for j in jobs)
-    header = ["#", "job", "status", *[c[1] for c in cols]]
-    if show_fid_at:
-        header.insert(3 + [c[0] for c in cols].index("fid") + 1, "FID at")
+    at = {f.key for f in FRECHET if any(j.score_at(f.key) for j in jobs)}
+    header = ["#", "job", "status"]
+    for key, name, _, _ in cols:
+        header += [name, f"{name} at"] if key in at else [name]
     best = _best_values(jobs, cols) if ranked else {}
     table = Table(title, header)
     for i, job in enumerate(jobs, 1):
@@ -74,32 +83,51 @@ def job_table(jobs: list[Job], title: str | None = None, ranked: bool = True) ->
         for key, _, _, fmt in cols:
             v = job.value(key)
             row.append(Entry("" if v is None else fmt.format(v), v is not None and best.get(key) == v))
-            if key == "fid" and show_fid_at:
-                row.append(Entry(job.fid_at()))
+            if key in at:
+                row.append(Entry(job.score_at(key)))
         table.rows.append(row)
     return table
 
 
+def _cell_text(row: dict, key: str) -> str:
+    v = row.get(key)
+    spread = row.get(key[: -len("_mean")] + "_std" if key.endswith("_mean") else key + "_std")
+    if isinstance(v, float) and isinstance(spread, float):
+        return f"{v:.4g} ± {spread:.2g}"
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
 def eval_table(jobs: list[Job]) -> Table:
-    keys = ["sampler", "eta", "steps", "guidance", "fid", "is_mean", "kid_mean", "precision", "recall", "bpd"]
-    present = [k for k in keys if any(k in r for j in jobs for e in j.evaluations for r in e["rows"])]
-    table = Table("Evaluations", ["job", "evaluation", *present])
+    """Every evaluation row of every job, its scores under their own names."""
+    rows = [r for j in jobs for e in j.evaluations for r in e["rows"]]
+    keys = ["sampler", "eta", "steps", "guidance", *[s.key for s in SCORES]]
+    present = [k for k in [*keys, "bpd"] if any(k in r for r in rows)]
+    headers = {s.key: s.header for s in SCORES}
+    table = Table("Evaluations", ["job", "evaluation", *[headers.get(k, k) for k in present]])
+    table.notes.append(
+        "x ± s: KID / KD and IS / classifier score with their own std (over subsets / splits); FID / FD of "
+        "several sample sets (evaluate's sample_sets) as their mean ± std over the sets."
+    )
     for j in jobs:
         for e in j.evaluations:
             for r in e["rows"]:
-                cells = [j.label, e["name"]]
-                for k in present:
-                    v = r.get(k)
-                    cells.append(f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
-                table.rows.append([Entry(c) for c in cells])
+                table.rows.append(
+                    [Entry(j.label), Entry(e["name"]), *[Entry(_cell_text(r, k)) for k in present]]
+                )
     return table
+
+
+BETTER_NOTE = (
+    "'better' / 'worse' only where the interval excludes 0 (lower is better for losses, FID / FD, KID / KD and "
+    "bits/dim; higher for IS, the classifier score, precision and recall), else 'not separated'."
+)
 
 
 def _metrics(cells: list[Cell]) -> list[tuple[str, str, str]]:
     return [m for m in METRICS if any(c.values(m[0]) for c in cells)]
 
 
-def _mean_ci(interval: Interval) -> str:
+def mean_ci(interval: Interval) -> str:
     if interval.n == 0:
         return ""
     if math.isnan(interval.half_width):
@@ -118,12 +146,12 @@ def seed_table(cells: list[Cell]) -> Table:
     )
     for cell in cells:
         row = [Entry(cell.label), Entry(str(len(cell.jobs)))]
-        row += [Entry(_mean_ci(t_interval(cell.values(key)))) for key, _, _ in metrics]
+        row += [Entry(mean_ci(t_interval(cell.values(key)))) for key, _, _ in metrics]
         table.rows.append(row)
     return table
 
 
-def _difference(diff: Interval, better: str) -> str:
+def difference_text(diff: Interval, better: str) -> str:
     if diff.n == 0:
         return ""
     if math.isnan(diff.half_width):
@@ -137,8 +165,7 @@ def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
     table = Table(f"Difference from {baseline.label}", ["cell", *[m[1] for m in metrics]])
     table.notes.append(
         f"cell − baseline, paired by seed: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval of "
-        "the per-seed differences, n pairs. 'better' / 'worse' only where the interval excludes 0 (lower is "
-        "better for losses, FID, KID and bits/dim; higher for IS, precision and recall), else 'not separated'."
+        "the per-seed differences, n pairs. " + BETTER_NOTE
     )
     for cell in cells:
         if cell is baseline:
@@ -146,7 +173,7 @@ def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
         row = [Entry(cell.label)]
         for key, _, better in metrics:
             row.append(
-                Entry(_difference(paired_difference(cell.by_seed(key), baseline.by_seed(key)), better))
+                Entry(difference_text(paired_difference(cell.by_seed(key), baseline.by_seed(key)), better))
             )
         table.rows.append(row)
     return table

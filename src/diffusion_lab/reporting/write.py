@@ -9,10 +9,13 @@ from pathlib import Path
 
 from ..io import atomic_path
 from .cells import Cell, find_baseline, group_cells
+from .eval_tables import eval_baseline_table, eval_seed_table
+from .evalcells import EvalGroup, group_evaluations, pair_with_baseline
 from .plots import PLOTS_DIR, make_plots
 from .raw import keep_raw, read_settings
 from .render import Figure, Report, render
 from .runs import Job, find_jobs, label_jobs
+from .scores import FRECHET, score
 from .tables import Table, baseline_table, eval_table, job_table, seed_table
 
 __all__ = ["write_report"]
@@ -24,7 +27,9 @@ INCOMPLETE = (
 
 
 def _sort(jobs: list[Job]) -> tuple[list[Job], str]:
-    key = "fid" if any(j.value("fid") is not None for j in jobs) else "val_loss"
+    """By the first Fréchet distance the jobs have (FID, else FD on classifier features), else val loss."""
+    found = [f.key for f in FRECHET if any(j.value(f.key) is not None for j in jobs)]
+    key = found[0] if found else "val_loss"
 
     def order(j: Job) -> tuple:
         v = j.value(key)
@@ -43,12 +48,14 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
             f", {n_incomplete} incomplete" if n_incomplete else "",
         ]
     )
-    sorted_by = "FID (lower is better)" if sort_key == "fid" else "validation loss (lower is better)"
+    sorted_by = score(sort_key).header if sort_key != "val_loss" else "validation loss"
+    sorted_by += " (lower is better)"
     intro = [
         f"Sweep: `{sweep}` — {len(jobs)} job(s){counts}",
         f"Sorted by {sorted_by}; ★ marks the best value of a column.",
-        "FID / IS: the best row of the job's `evaluate` runs when there are any, else the last value logged in "
-        "training; bits/dim: the full bound from `evaluate`; val bits/dim (one-t MC est.): validation's "
+        "FID / IS (Inception) and FD / classifier score (classifier features; not comparable with Inception "
+        "numbers): the best row of the job's `evaluate` runs on those features when there are any, else the last "
+        "value logged in training; bits/dim: the full bound from `evaluate`; val bits/dim (one-t MC est.): validation's "
         "one-timestep Monte-Carlo estimate of the unclipped bound (noisy; not the full bound).",
     ]
     if common:
@@ -56,7 +63,22 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
     return intro
 
 
-def _tables(jobs: list[Job], cells: list[Cell], baseline: str | None) -> list[Table]:
+def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None) -> list[Table]:
+    tables = []
+    if any(len(g.rows) > 1 for g in groups) or eval_baseline:
+        tables.append(eval_seed_table(groups))
+    if eval_baseline:
+        tables.append(eval_baseline_table(pair_with_baseline(groups, eval_baseline), eval_baseline))
+    return tables
+
+
+def _tables(
+    jobs: list[Job],
+    cells: list[Cell],
+    baseline: str | None,
+    groups: list[EvalGroup],
+    eval_baseline: str | None,
+) -> list[Table]:
     ranked = [j for j in jobs if not j.incomplete]
     incomplete = [j for j in jobs if j.incomplete]
     tables = [job_table(ranked)] if ranked else []
@@ -66,6 +88,7 @@ def _tables(jobs: list[Job], cells: list[Cell], baseline: str | None) -> list[Ta
         tables.append(seed_table(cells))
     if baseline:
         tables.append(baseline_table(cells, find_baseline(cells, baseline)))
+    tables += _eval_tables(groups, eval_baseline)
     evaluations = eval_table(jobs)
     if evaluations.rows:
         tables.append(evaluations)
@@ -83,34 +106,40 @@ def write_report(
     title: str | None = None,
     baseline: str | None = None,
     raw_dest: str | Path | None = None,
+    eval_baseline: str | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the figures for the sweep under ``root`` into ``out_dir``
     (default ``root``); with ``raw_dest``, first keep the sweep's raw files there and report from that copy.
-    Returns the paths written."""
+    ``baseline`` names the cell others are compared with, ``eval_baseline`` the evaluation setting others are
+    compared with within each cell. Returns the paths written."""
     root = Path(root)
     settings = read_settings(root)
     title = title or settings.get("title") or f"Sweep report: {root.resolve().name}"
     baseline = baseline or settings.get("baseline")
+    eval_baseline = eval_baseline or settings.get("eval_baseline")
     sweep = settings.get("sweep") or str(root.resolve())
     out = Path(out_dir) if out_dir else root
     if raw_dest is not None:
         find_jobs(root)  # a one-line error for a folder without jobs, before anything is copied
-        keep_raw(root, Path(raw_dest), {"title": title, "baseline": baseline, "sweep": sweep})
+        kept = {"title": title, "baseline": baseline, "eval_baseline": eval_baseline, "sweep": sweep}
+        keep_raw(root, Path(raw_dest), kept)
         root = Path(raw_dest)
     jobs = find_jobs(root)
     common = label_jobs(jobs, root)
     jobs, sort_key = _sort(jobs)
     cells = group_cells(jobs)
+    groups, group_notes = group_evaluations(cells)
+    tables = _tables(jobs, cells, baseline, groups, eval_baseline)  # a bad baseline fails before any write
     out.mkdir(parents=True, exist_ok=True)
-    plots = make_plots([j for j in jobs if not j.incomplete], cells, out / PLOTS_DIR)
+    plots = make_plots([j for j in jobs if not j.incomplete], cells, groups, out / PLOTS_DIR)
     report = Report(
         title=title,
         intro=_intro(sweep, jobs, sort_key, common),
-        tables=_tables(jobs, cells, baseline),
+        tables=tables,
         figures=[Figure(name, path, f"{PLOTS_DIR}/{path.name}") for name, path in plots.items()],
         samples=_samples(jobs, out),
         failed=[f"{j.label}: exit {j.exit_code}, log `{j.log}`" for j in jobs if j.failed],
-        notes=[f"{j.label}: {note}" for j in jobs for note in j.notes],
+        notes=[f"{j.label}: {note}" for j in jobs for note in j.notes] + group_notes,
     )
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     for fmt, key in (("md", "markdown"), ("html", "html")):
