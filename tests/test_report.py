@@ -23,8 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, one_thread) -> Path:
-    """A multirun folder as the gpu_pool launcher leaves it: two trained jobs (4 steps each, FID logged during
-    training by callbacks=with_metrics on an untrained feature net), an `evaluate` result each, one failed job."""
+    """A multirun folder as the gpu_pool launcher leaves it: two trained jobs (4 steps each, FD logged during
+    training by callbacks=with_metrics on an untrained classifier's features), an `evaluate` result each on
+    those features, one failed job."""
     tmp = tmp_path_factory.mktemp("report")
     data = write_fake_idx_root(tmp / "data", n_train=48, n_test=16)
     features = save_classifier(SmallClassifier(width=4, feature_dim=16), tmp / "features.pt")
@@ -49,7 +50,8 @@ def sweep(tmp_path_factory, one_thread) -> Path:
         result = train(cfg)
         (job_dir / ".hydra").mkdir(parents=True)
         OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
-        # What `python -m diffusion_lab.evaluate ... sampler=ddim steps=[10,20,50]` writes (its own writer).
+        # What `python -m diffusion_lab.evaluate ... features=PATH sampler=ddim steps=[10,20,50]` writes (its own
+        # writer).
         fid = {"linear": 30.0, "cosine": 20.0}[schedule]
         rows = [
             {
@@ -58,8 +60,8 @@ def sweep(tmp_path_factory, one_thread) -> Path:
                 "eta": 0.0,
                 "guidance": 0.0,
                 "n": 8,
-                "fid": fid + 50 / s,
-                "is_mean": 2.0,
+                "fd_classifier": fid + 50 / s,
+                "classifier_score_mean": 2.0,
             }
             for s in (10, 20, 50)
         ]
@@ -111,20 +113,21 @@ def test_report_table_plots_and_html(sweep, tmp_path):
     md = (out / "report.md").read_text()
     rows = _table_rows(md)
     assert len(rows) == 3  # one row per job
-    # Sorted by FID (evaluate's best row): cosine (20.0 + 1), linear (31), then the failed job.
+    # Sorted by FD (evaluate's best row): cosine (20.0 + 1), linear (31), then the failed job.
     assert [r[1] for r in rows] == ["schedule=cosine", "schedule=linear", "schedule.num_timesteps=0"]
     assert [r[2] for r in rows] == ["COMPLETED", "COMPLETED", "FAILED"]
     header = md.split("\n\n| # |", 1)[1].splitlines()[0]
-    assert "FID" in header and "bits/dim" in header and "wall time" in header and "val loss" in header
+    assert "FD (classifier features)" in header and "FID" not in header
+    assert "bits/dim" in header and "wall time" in header and "val loss" in header
     assert rows[0][3] == "**21 ★**" and "ddim η=0, 50 steps" in rows[0][4]
     assert "Common overrides: `trainer.max_steps=4` `trainer.val_check_interval=2`" in md
     assert "## Evaluations" in md and "## Failed jobs" in md
 
     expected = {
-        "fid_over_training.png",
+        "fd_classifier_over_training.png",
         "val_loss_over_training.png",
         "loss_by_timestep.png",
-        "fid_vs_steps.png",
+        "fd_classifier_vs_steps.png",
     }
     pngs = {p.name: p for p in (out / "report_plots").glob("*.png")}
     assert expected <= set(pngs)
@@ -147,7 +150,9 @@ def test_report_cli_writes_next_to_the_sweep(sweep):
     )
     assert proc.returncode == 0, proc.stderr
     assert f"report   : {sweep / 'report.html'}" in proc.stdout
-    assert (sweep / "report.md").is_file() and (sweep / "report_plots" / "fid_vs_steps.png").is_file()
+    assert (sweep / "report.md").is_file() and (
+        sweep / "report_plots" / "fd_classifier_vs_steps.png"
+    ).is_file()
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])

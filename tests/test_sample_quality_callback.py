@@ -179,8 +179,59 @@ def test_due_first_validation_then_every_n_steps():
     assert not cb.due(7) and cb.due(9)
 
 
+# --------------------------------------------------------------------------- logged names by feature network
+class LoggingModule(FakeModule):
+    def __init__(self):
+        super().__init__()
+        self.logged: dict[str, float] = {}
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = value
+
+
+class FakeInception:
+    """An extractor of kind 'inception' (the real one needs its weights file): random 3-d features."""
+
+    kind, feature_id, device, num_features, num_logits = (
+        "inception",
+        "fake-inception",
+        torch.device("cpu"),
+        3,
+        0,
+    )
+
+    def to(self, device):
+        return self
+
+    def features_and_logits(self, x):
+        return x.flatten(1)[:, :3].float(), None
+
+
+@pytest.mark.parametrize("kind", ["classifier", "inception"])
+def test_scores_are_logged_under_the_feature_networks_names(kind, tmp_path, monkeypatch):
+    import diffusion_lab.callbacks.sample_quality as sample_quality
+
+    features = "inception"
+    if kind == "classifier":
+        features = str(save_tiny_classifier(tmp_path / "clf8.pt", 8))
+    else:
+        monkeypatch.setattr(sample_quality, "build_extractor", lambda settings: FakeInception())
+    cb = SampleQualityCallback(n=6, n_real=12, batch_size=3, features=features, cache_dir=str(tmp_path / "c"))
+    cb.setup(fake_trainer(0, lambda: None), FakeModule(), "fit")
+    module = LoggingModule()
+    trainer = SimpleNamespace(global_step=2, sanity_checking=False, global_rank=0, world_size=1)
+    cb.on_validation_epoch_start(trainer, module)
+    fid, kid = ("metrics/fd_classifier", "metrics/kd_classifier_mean")
+    if kind == "inception":
+        fid, kid = "metrics/fid", "metrics/kid_mean"
+    assert {fid, kid, "metrics/precision", "metrics/eval_seconds"} <= set(module.logged)
+    assert (kind == "classifier") == ("metrics/fid" not in module.logged)
+    assert not any("classifier" in k for k in module.logged) or kind == "classifier"
+    assert cb.history[-1][fid.removeprefix("metrics/")] == module.logged[fid]
+
+
 # ------------------------------------------------------------------------------------------------ training
-def test_training_logs_fid_and_keeps_the_best_fid_checkpoint(classifier28, tmp_path):
+def test_training_logs_fd_and_keeps_the_best_fd_checkpoint(classifier28, tmp_path):
     # validation every 2 steps, metrics every 4: computed at the first validation (2), then at 4, not at 6 --
     # and the best-FID ModelCheckpoint never finds its monitor missing
     cfg = small_train_cfg(
@@ -192,14 +243,16 @@ def test_training_logs_fid_and_keeps_the_best_fid_checkpoint(classifier28, tmp_p
     )
     result = train(cfg)
     assert result["global_step"] == 6
-    fids = logged(result["metrics_csv"], "metrics/fid")
+    # on a classifier's features: the Fréchet distance is FD, logged and monitored as such (never as FID)
+    assert cfg.callbacks.best_fid.monitor == "metrics/fd_classifier"
+    fids = logged(result["metrics_csv"], "metrics/fd_classifier")
     assert sorted(fids) == [2, 4] and all(v >= 0 for v in fids.values())
-    for key in ("metrics/kid_mean", "metrics/precision", "metrics/is_mean"):
+    for key in ("metrics/kd_classifier_mean", "metrics/precision", "metrics/classifier_score_mean"):
         assert sorted(logged(result["metrics_csv"], key)) == [2, 4]
     best = tmp_path / "run" / "checkpoints" / "best_fid.ckpt"
     assert best.is_file()
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
-    (state,) = [v for k, v in ckpt["callbacks"].items() if "metrics/fid" in k]
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "metrics/fd_classifier" in k]
     assert float(state["best_model_score"]) == pytest.approx(min(fids.values()), rel=1e-6)
     assert ckpt["global_step"] == min(fids, key=fids.get)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
@@ -219,7 +272,7 @@ def test_ddp_sim_training_logs_the_one_process_fid(classifier28, tmp_path):
     result = train(cfg)
     assert result["global_step"] == 2
     csv_path = tmp_path / "run" / "csv" / "metrics.csv"
-    fids = logged(csv_path, "metrics/fid")
+    fids = logged(csv_path, "metrics/fd_classifier")
     assert list(fids) == [2]
     best = tmp_path / "run" / "checkpoints" / "best_fid.ckpt"
     assert best.is_file()
@@ -238,7 +291,9 @@ def test_ddp_sim_training_logs_the_one_process_fid(classifier28, tmp_path):
     cb.setup(trainer, module, "fit")
     scores = cb.score(module)
     assert scores["fid"] == pytest.approx(fids[2], rel=1e-4)
-    assert scores["kid_mean"] == pytest.approx(logged(csv_path, "metrics/kid_mean")[2], rel=1e-4, abs=1e-7)
+    assert scores["kid_mean"] == pytest.approx(
+        logged(csv_path, "metrics/kd_classifier_mean")[2], rel=1e-4, abs=1e-7
+    )
 
 
 def test_ten_thousand_at_batch_512_is_twenty_batches_of_500():

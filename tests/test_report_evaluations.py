@@ -1,0 +1,216 @@
+"""The report's evaluation rows: scores under their feature network's names, evaluations over seeds with the
+estimator's own spread, and paired comparisons between evaluation settings (--eval-baseline)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from diffusion_lab.report import main as report_main
+from diffusion_lab.reporting.cells import group_cells
+from diffusion_lab.reporting.evalcells import group_evaluations, sample_set_spread
+from diffusion_lab.reporting.raw import SETTINGS_FILE
+from diffusion_lab.reporting.runs import find_jobs
+from synthetic_sweep import eval_row, write_job, write_status
+
+SEEDS = [1, 2, 3, 4, 5]
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _rows(section: str) -> list[dict[str, str]]:
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    return [dict(zip(cells[0], row)) for row in cells[1:]]
+
+
+def _headers(md: str) -> list[str]:
+    """Every table's header cells."""
+    lines = md.splitlines()
+    return [
+        c.strip()
+        for i, line in enumerate(lines[:-1])
+        if line.startswith("| ") and lines[i + 1].startswith("|---")
+        for c in line.strip("|").split(" | ")
+    ]
+
+
+def sampler_study(root, effects: dict[tuple[str, float | None], float], rng, sets: int = 2):
+    """One model per seed, each evaluated with every sampler setting of ``effects`` {(sampler, eta): shift}
+    at 10 and 50 steps; each seed shifts every setting alike (sd 1), each sample set adds noise (sd 0.05)."""
+    jobs = []
+    for seed in SEEDS:
+        shared = rng.normal(0.0, 1.0)
+        evaluations = {}
+        for (sampler, eta), shift in effects.items():
+            rows = []
+            for steps in (10, 50):
+                fd = 20.0 + shared + shift + rng.normal(0.0, 0.05)
+                values = [round(fd + rng.normal(0.0, 0.05), 9) for _ in range(sets)]
+                rows.append(eval_row(sampler, eta, steps, values))
+            evaluations[f"{sampler}_{eta}"] = rows
+        jobs.append(
+            write_job(root, len(jobs), [f"seed={seed}"], {"val/loss": {99: 1.0}}, evaluations=evaluations)
+        )
+    write_status(root, jobs)
+    return root
+
+
+def test_a_known_sampler_difference_is_separated_in_the_right_direction(tmp_path):
+    effects = {("ddpm", None): 0.0, ("ddim", 0.0): -2.0, ("ddim", 1.0): 1.0, ("ddim", 0.5): 0.0}
+    sweep = sampler_study(tmp_path / "sweep", effects, np.random.default_rng(0))
+    report_main([str(sweep), "--eval-baseline", "sampler=ddpm"])
+    md = (sweep / "report.md").read_text()
+    rows = {r["setting"]: r for r in _rows(_section(md, "Evaluation differences from sampler=ddpm"))}
+    assert len(rows) == 6  # three settings x two step counts, each against DDPM at its own steps
+    for steps in (10, 50):
+        assert rows[f"ddim η=0, {steps} steps"]["baseline"] == f"ddpm, {steps} steps"
+        better = rows[f"ddim η=0, {steps} steps"]["FD (classifier features)"]
+        assert better.endswith("(n=5, better)")
+        mean, half = (float(x) for x in better.split(" (")[0].split(" ± "))
+        assert mean - half <= -2.0 <= mean + half and half < 0.5  # the seed's shared shift cancels in pairs
+        assert rows[f"ddim η=1, {steps} steps"]["FD (classifier features)"].endswith("(n=5, worse)")
+        assert rows[f"ddim η=0.5, {steps} steps"]["FD (classifier features)"].endswith("(n=5, not separated)")
+
+
+def test_identical_settings_are_not_separated(tmp_path):
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(1)
+    jobs = []
+    for seed in SEEDS:
+        values = [float(v) for v in 20 + rng.normal(0.0, 1.0, 2)]
+        same = {"a": [eval_row("ddpm", None, 10, values)], "b": [eval_row("ddim", 1.0, 10, values)]}
+        jobs.append(write_job(root, len(jobs), [f"seed={seed}"], {"val/loss": {99: 1.0}}, evaluations=same))
+    write_status(root, jobs)
+    report_main([str(root), "--eval-baseline", "sampler=ddpm"])
+    (row,) = _rows(_section((root / "report.md").read_text(), "Evaluation differences from sampler=ddpm"))
+    assert row["setting"] == "ddim η=1, 10 steps"
+    assert row["FD (classifier features)"] == "+0 ± 0 (n=5, not separated)"
+
+
+def test_the_estimators_spread_is_the_pooled_within_checkpoint_std(tmp_path):
+    root = tmp_path / "sweep"
+    sets = {1: [10.0, 10.4], 2: [12.0, 11.0, 12.5], 3: [9.0, 9.3]}
+    jobs = [
+        write_job(
+            root,
+            i,
+            [f"seed={seed}"],
+            {"val/loss": {99: 1.0}},
+            evaluations={"e": [eval_row("ddpm", None, 10, values)]},
+        )
+        for i, (seed, values) in enumerate(sets.items())
+    ]
+    write_status(root, jobs)
+    dof = sum(len(v) - 1 for v in sets.values())
+    pooled = math.sqrt(sum((len(v) - 1) * np.var(v, ddof=1) for v in sets.values()) / dof)
+    between = float(np.std([np.mean(v) for v in sets.values()], ddof=1))
+    (group,) = group_evaluations(group_cells(find_jobs(root)))[0]
+    assert sample_set_spread(group, "fd_classifier") == (pytest.approx(pooled, rel=1e-12), 2)
+    report_main([str(root)])
+    (row,) = _rows(_section((root / "report.md").read_text(), "Evaluations over seeds"))
+    fd = "FD (classifier features)"
+    assert row[f"{fd}: within-checkpoint std (sample sets)"] == f"{pooled:.2g} (S=2)"
+    assert row[f"{fd}: seed-to-seed std"] == f"{between:.2g}"
+    assert row["seeds"] == "3" and row["samples/set"] == "500"
+    assert row["KD (classifier features)"].startswith("0.01 ± ")  # KID / KD: over seeds, no sample-set spread
+    assert not any(
+        "KD (classifier features): within" in h for h in _headers((root / "report.md").read_text())
+    )
+
+
+def test_a_classifier_study_shows_fd_and_no_fid(tmp_path):
+    sweep = sampler_study(tmp_path / "sweep", {("ddpm", None): 0.0}, np.random.default_rng(2))
+    report_main([str(sweep)])
+    md = (sweep / "report.md").read_text()
+    headers = _headers(md)
+    assert "FD (classifier features)" in headers and "KD (classifier features)" in headers
+    assert not any("FID" in h or "KID" in h for h in headers)
+    assert "Sorted by FD (classifier features)" in md
+    plots = sorted(p.name for p in (sweep / "report_plots").glob("*.png"))
+    assert "fd_classifier_vs_steps_over_seeds.png" in plots and not any("fid" in p for p in plots)
+
+
+def test_an_inception_study_shows_fid_and_no_fd(tmp_path):
+    root = tmp_path / "sweep"
+    jobs = []
+    for seed in SEEDS[:3]:
+        rows = [
+            {"sampler": "ddim", "eta": 0.0, "steps": s, "fid": 10.0 + seed + 10 / s, "is_mean": 3.0}
+            for s in (10, 20)
+        ]
+        curves = {"metrics/fid": {9: 30.0 + seed}, "val/loss": {99: 1.0}}
+        jobs.append(write_job(root, len(jobs), [f"seed={seed}"], curves, evaluations={"e": rows}))
+    write_status(root, jobs)
+    report_main([str(root)])
+    md = (root / "report.md").read_text()
+    headers = _headers(md)
+    assert "FID (Inception)" in headers and "IS (Inception)" in headers
+    assert not any("FD (" in h or "classifier" in h for h in headers)
+    over_seeds = _rows(_section(md, "Evaluations over seeds"))
+    assert [r["setting"] for r in over_seeds] == ["ddim η=0, 10 steps", "ddim η=0, 20 steps"]
+    assert over_seeds[0]["FID (Inception)"].startswith("13 ± ")
+
+
+def test_a_study_with_both_feature_networks_shows_both_unmerged(tmp_path):
+    root = tmp_path / "sweep"
+    inception = {"sampler": "ddpm", "steps": 10, "fid": 40.0}
+    job = write_job(
+        root, 0, ["x=1"], {}, evaluations={"c": [eval_row("ddpm", None, 10, [5.0, 6.0])], "i": [inception]}
+    )
+    write_status(root, [job])
+    report_main([str(root)])
+    table = _rows("| # |" + (root / "report.md").read_text().split("\n\n| # |", 1)[1].split("\n\n", 1)[0])
+    assert table[0]["FID (Inception)"] == "40" and table[0]["FD (classifier features)"] == "5.5"
+
+
+def test_eval_baseline_is_kept_for_the_rebuild(tmp_path):
+    sweep = sampler_study(
+        tmp_path / "sweep", {("ddpm", None): 0.0, ("ddim", 0.0): -1.0}, np.random.default_rng(3)
+    )
+    raw = tmp_path / "kept" / "raw"
+    report_main(
+        [str(sweep), "--keep-raw", str(raw), "--eval-baseline", "sampler=ddpm", "--out", str(tmp_path / "a")]
+    )
+    assert json.loads((raw / SETTINGS_FILE).read_text())["eval_baseline"] == "sampler=ddpm"
+    report_main([str(raw), "--out", str(tmp_path / "b")])
+    first, rebuilt = ((tmp_path / d / "report.md").read_text() for d in "ab")
+    assert "## Evaluation differences from sampler=ddpm" in rebuilt and rebuilt == first
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("sampler=euler", ["matches no evaluation row", "ddpm, 10 steps"]),
+        ("sampler=ddim", ["matches 2 settings", "add fields"]),
+        ("temperature=1", ["FIELD=VALUE", "sampler, eta, steps, guidance, n"]),
+    ],
+)
+def test_a_bad_eval_baseline_is_one_error_line(tmp_path, capsys, spec, words):
+    effects = {("ddpm", None): 0.0, ("ddim", 0.0): 0.0, ("ddim", 1.0): 0.0}
+    sweep = sampler_study(tmp_path / "sweep", effects, np.random.default_rng(4))
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(sweep), "--eval-baseline", spec])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--eval-baseline" in err[0] and all(w in err[0] for w in words)
+    assert not (sweep / "report.md").exists()
+
+
+def test_an_old_fid_logged_on_a_classifier_is_shown_as_logged_with_a_note(tmp_path):
+    from omegaconf import OmegaConf
+
+    job = write_job(tmp_path / "sweep", 0, ["x=1"], {"metrics/fid": {9: 7.0}})
+    config = OmegaConf.load(job / ".hydra" / "config.yaml")
+    config.callbacks = {"sample_quality": {"features": "/cache/features/fashion_mnist.pt"}}
+    OmegaConf.save(config, job / ".hydra" / "config.yaml")
+    report_main([str(tmp_path / "sweep")])
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert "FID (Inception)" in _headers(md)  # as logged
+    notes = _section(md, "Notes")
+    assert "`metrics/fid` was logged on classifier features (`/cache/features/fashion_mnist.pt`)" in notes
