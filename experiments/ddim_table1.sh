@@ -30,5 +30,6 @@ for setting in "ddpm sampler=ddpm" "ddim_eta0 sampler=ddim eta=0.0" "ddim_eta0.5
   queue_eval "${words[0]}_1000" 'metrics=[fid,kid]' "${words[@]:1}" 'steps=[1000]' n=${FID_N_1000:-2000}
 done
 run_queue
-report "DDIM Table 1 at Fashion-MNIST scale: sampler x steps, per seed"
+# Each sampler against DDPM at the same steps, paired by seed: the "Evaluation differences" table.
+report "DDIM Table 1 at Fashion-MNIST scale: sampler x steps, per seed" --eval-baseline sampler=ddpm
 exit $STATUS
