@@ -230,6 +230,14 @@ def test_scores_are_logged_under_the_feature_networks_names(kind, tmp_path, monk
     assert cb.history[-1][fid.removeprefix("metrics/")] == module.logged[fid]
 
 
+@pytest.mark.parametrize(
+    "features,monitor", [("inception", "metrics/fid"), ("/cache/clf.pt", "metrics/fd_classifier")]
+)
+def test_the_best_score_checkpoint_monitors_the_logged_name(features, monitor, tmp_path):
+    cfg = small_train_cfg(tmp_path, "callbacks=with_metrics", f"callbacks.sample_quality.features={features}")
+    assert cfg.callbacks.best_fid.monitor == monitor
+
+
 # ------------------------------------------------------------------------------------------------ training
 def test_training_logs_fd_and_keeps_the_best_fd_checkpoint(classifier28, tmp_path):
     # validation every 2 steps, metrics every 4: computed at the first validation (2), then at 4, not at 6 --
