@@ -102,7 +102,7 @@ def test_the_estimators_spread_is_the_pooled_within_checkpoint_std(tmp_path):
             i,
             [f"seed={seed}"],
             {"val/loss": {99: 1.0}},
-            evaluations={"e": [eval_row("ddpm", None, 10, values)]},
+            evaluations={"e": [eval_row("ddpm", None, 10, values)], "bits": [{"bpd": 3.2, "bpd_n": 8}]},
         )
         for i, (seed, values) in enumerate(sets.items())
     ]
@@ -110,7 +110,7 @@ def test_the_estimators_spread_is_the_pooled_within_checkpoint_std(tmp_path):
     dof = sum(len(v) - 1 for v in sets.values())
     pooled = math.sqrt(sum((len(v) - 1) * np.var(v, ddof=1) for v in sets.values()) / dof)
     between = float(np.std([np.mean(v) for v in sets.values()], ddof=1))
-    (group,) = group_evaluations(group_cells(find_jobs(root)))[0]
+    (group,) = group_evaluations(group_cells(find_jobs(root)))[0]  # the bits/dim-only rows: no group
     assert sample_set_spread(group, "fd_classifier") == (pytest.approx(pooled, rel=1e-12), 2)
     report_main([str(root)])
     (row,) = _rows(_section((root / "report.md").read_text(), "Evaluations over seeds"))

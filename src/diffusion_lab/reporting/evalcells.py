@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import UserError
 from .cells import Cell
 from .runs import num
+from .scores import SCORES
 
 __all__ = ["Setting", "EvalGroup", "group_evaluations", "sample_set_spread", "pair_with_baseline"]
 
@@ -78,15 +79,18 @@ class EvalGroup:
 
 
 def group_evaluations(cells: list[Cell]) -> tuple[list[EvalGroup], list[str]]:
-    """The evaluation rows of the cells' seeded jobs by (cell, setting), in cell order then setting order; and
-    a note for each row left out (a second row of one setting in one job)."""
+    """The evaluation rows (with a sample-quality score; not a bits/dim-only row) of the cells' seeded jobs by
+    (cell, setting), in cell order then setting order; and a note for each row left out (a second row of one
+    setting in one job)."""
     groups: list[EvalGroup] = []
     notes = []
     for cell in cells:
         found: dict[Setting, EvalGroup] = {}
         for job in (j for j in cell.jobs if j.seed is not None):
             for evaluation in job.evaluations:
-                for row in evaluation["rows"]:
+                for row in (
+                    r for r in evaluation["rows"] if any(num(r.get(s.key)) is not None for s in SCORES)
+                ):
                     group = found.setdefault(Setting.of(row), EvalGroup(cell, Setting.of(row)))
                     if job.seed in group.rows:
                         notes.append(
