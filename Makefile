@@ -25,7 +25,7 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 train: setup
-	$(VPY) -m diffusion_lab.train $(ARGS)
+	$(VPY) -m diffusion_lab.train experiment=fmnist_cpu $(ARGS)
 
 test: setup
 	$(VPY) -m pytest -q -m "not slow" $(ARGS)

@@ -82,6 +82,23 @@ def test_default_config_leaves_checkpoint_grid_and_metrics(tmp_path):
     assert spec["schedule"]["_target_"].endswith("LinearSchedule") and parts.diffusion.num_timesteps == 1000
 
 
+def test_default_config_uses_the_gpu_where_there_is_one_and_make_train_the_cpu_experiment():
+    """`python -m diffusion_lab.train` picks the accelerator (a GPU where there is one); `make train` runs the
+    CPU-sized experiment explicitly, with any ARGS after it."""
+    default = compose_train()
+    assert default.trainer.accelerator == "auto" and default.trainer.max_time is None
+    repo = Path(train_module.CONFIG_DIR).parent
+    proc = subprocess.run(
+        ["make", "-n", "-o", "setup", "train", "ARGS=seed=3"], cwd=repo, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    command = proc.stdout.strip().splitlines()[-1].split()
+    assert command[1:3] == ["-m", "diffusion_lab.train"]
+    assert command[3:] == ["experiment=fmnist_cpu", "seed=3"]
+    made = compose_train(command[3:])
+    assert made.task_name == "fmnist_cpu" and made.trainer.accelerator == "cpu" and made.seed == 3
+
+
 # --------------------------------------------------------------------------------------------------- DDP
 def test_ddp_sim_trains_and_checkpoint_loads(tmp_path):
     cfg = small_train_cfg(tmp_path, "trainer=ddp_sim", "trainer.max_steps=3")

@@ -1,6 +1,6 @@
 """Train a diffusion model.
 
-    python -m diffusion_lab.train                                   # the default experiment (CPU-sized)
+    python -m diffusion_lab.train                                   # the defaults, on a GPU where there is one
     python -m diffusion_lab.train schedule=cosine loss=vlb           # any option of any group
     python -m diffusion_lab.train experiment=fmnist trainer=gpu      # a preset study
     python -m diffusion_lab.train ckpt_path=last resume_dir=outputs/train/runs/<time>   # exact resume
