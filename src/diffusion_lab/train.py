@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_module
-from .callbacks import LossProgressBar, Preemption, Throughput
+from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, newest_good_checkpoint, verify_checkpoint
 from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
@@ -204,7 +204,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path is not None:
         check_resume_compatible(module, ckpt_path)
 
-    callbacks = [
+    # FinalCheckpoint first: it saves the final step before the EMA callback copies the average into the module.
+    callbacks = [FinalCheckpoint()] + [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
     ]
     if cfg.trainer.get("enable_progress_bar", True):
