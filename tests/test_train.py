@@ -148,25 +148,8 @@ def weights(ckpt_path: str) -> tuple[dict, dict, dict]:
     return ckpt["state_dict"], ckpt["current_model_state"], ckpt[CHECKPOINT_KEY]["timesteps"]
 
 
-LIGHTNING_TRAIN_END_RESTART = (
-    "Lightning 2.6 restarts wrongly from a checkpoint that ModelCheckpoint(save_last=True) writes in "
-    "on_train_end: the resumed fit runs one extra batch (batch_idx N) in the finished epoch from a fresh "
-    "loader iterator, then starts the next epoch with another one, so the data order (and, after a validation, "
-    "the logged step numbers) shift. The weights, optimizer, RNG and timestep history restore correctly."
-)
-
-
 @pytest.mark.parametrize(
-    "timesteps,saved",
-    [
-        ("uniform", "step"),
-        ("importance", "step"),
-        pytest.param(
-            "uniform",
-            "train_end",
-            marks=pytest.mark.xfail(reason=LIGHTNING_TRAIN_END_RESTART, raises=AssertionError, strict=False),
-        ),
-    ],
+    "timesteps,saved", [("uniform", "step"), ("importance", "step"), ("uniform", "train_end")]
 )
 def test_exact_resume(timesteps, saved, tmp_path):
     """N steps, then a new run from its last.ckpt to 2N, ends bit for bit where 2N straight steps end."""

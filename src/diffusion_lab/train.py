@@ -30,7 +30,9 @@ from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, newest_good_checkpoint, verify_checkpoint
 from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
+from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
+from .resume import continue_run, record_run, resume_argv
 
 __all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
 
@@ -105,9 +107,9 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(ckpt)
 
 
-def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> None:
+def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> int:
     """A checkpoint of another network (other model / data options) fails here in one line, not in
-    ``load_state_dict`` with a page of mismatched keys."""
+    ``load_state_dict`` with a page of mismatched keys. Returns the checkpoint's step."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     stored = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     own = module.state_dict()
@@ -115,7 +117,7 @@ def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> None:
     unexpected = [k for k in stored if k not in own]
     shapes = [k for k in own if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)]
     if not (missing or unexpected or shapes):
-        return
+        return int(ckpt.get("global_step", 0))
     spec = (ckpt.get(CHECKPOINT_KEY) or {}).get("spec", {}) if isinstance(ckpt, dict) else {}
     trained = str((spec.get("model") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
     if shapes:
@@ -189,9 +191,12 @@ def _output_dir(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, write final samples; returns the paths and final metrics."""
     started = time.time()
+    cfg, resume_overrides = continue_run(cfg)
     check_config(cfg)
     output_dir = _output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)
     check_output_dir(output_dir)
+    record_run(cfg, output_dir, resume_overrides)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -200,9 +205,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
     if ckpt_path is not None:
-        check_resume_compatible(module, ckpt_path)
+        resumed_step = check_resume_compatible(module, ckpt_path)
 
     # FinalCheckpoint first: it saves the final step before the EMA callback copies the average into the module.
     callbacks = [FinalCheckpoint()] + [
@@ -214,6 +218,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c
     ]
+    for lg in loggers:
+        if ckpt_path is not None and isinstance(
+            lg, CSVLogger
+        ):  # one metrics.csv: the resumed steps continue it
+            lg.continue_from_step = resumed_step
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg)
     )
@@ -345,4 +354,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)  # a resume runs in its own run directory
     main()

@@ -75,16 +75,41 @@ class FinalCheckpoint(L.Callback):
                 steps.add(getattr(cb, "stopped_at_step", None))
         return trainer.global_step in steps
 
-    def _save(self, trainer: L.Trainer) -> Path | None:
+    def _save(self, trainer: L.Trainer, at_train_end: bool = False) -> Path | None:
         if self._saved_this_step(trainer):
             return None
         path = self.path(trainer)
-        save_last_checkpoint(trainer, path)
+        self._at_train_end = at_train_end
+        self._trainer_batches_that_stepped = trainer.fit_loop.epoch_loop._batches_that_stepped
+        try:
+            save_last_checkpoint(trainer, path)
+        finally:
+            self._at_train_end = False
         self.saved_step = trainer.global_step
         return path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        self._save(trainer, at_train_end=True)
+
+    # The logged step of a fit resumed from a checkpoint written at the end of fit. Lightning (2.6) restarts as
+    # if every checkpoint were written within a batch's hooks, before its loop counted the batch in
+    # ``_batches_that_stepped`` (the step metrics are logged at), and adds one on restart in some cases (a fit
+    # that ended with its epoch) but not others; the count is kept here and set back before the first batch.
+    def state_dict(self) -> dict:
+        if getattr(self, "_at_train_end", False):
+            return {"batches_that_stepped": self._trainer_batches_that_stepped}
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restore_batches_that_stepped = state_dict.get("batches_that_stepped")
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        count = getattr(self, "_restore_batches_that_stepped", None)
+        if count is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = count
+            self._restore_batches_that_stepped = None
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

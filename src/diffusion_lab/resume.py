@@ -1,0 +1,154 @@
+"""Continue a run: ``ckpt_path=last resume_dir=RUN`` trains on in RUN with RUN's own config.
+
+* The config is the one RUN stored when it started (``RUN/.hydra/config.yaml``: Hydra writes it, ``train()``
+  writes it for runs started from Python). Overrides given at resume that only say how long to train, what to
+  log, how often, and what to write at the end (``RESUMABLE``) are applied to it; any other override that would
+  change the stored config (the model, the diffusion process, the data, the seed, the optimizer...) is refused
+  in one line naming the key. Overrides equal to the stored values (the command printed at a preemption repeats
+  the run's own) are accepted.
+* RUN keeps its record: each resume writes ``RUN/.hydra/resume_<n>/overrides.yaml`` (its overrides) and
+  ``config.yaml`` (the config it ran) beside the original ``.hydra/config.yaml``, which is never rewritten.
+* From the command line, ``resume_argv`` points Hydra at RUN (``hydra.run.dir``) with no ``.hydra`` output of its
+  own, so a resume opens no new run directory: checkpoints, metrics.csv and the log stay in RUN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .errors import UserError
+
+__all__ = ["RESUMABLE", "continue_run", "record_run", "resume_argv"]
+
+# What a resume may change: a key itself or anything under it.
+RESUMABLE = (
+    "ckpt_path",
+    "resume_dir",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.max_epochs",
+    "trainer.val_check_interval",
+    "trainer.limit_val_batches",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.num_sanity_val_steps",
+    "final_samples",
+    "sampler",
+    "logger",
+    "callbacks",
+    "progress_refresh_rate",
+    "compile",
+    "data.num_workers",
+    "data.root",
+    "paths",
+)
+STORED = Path(".hydra") / "config.yaml"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
+
+
+def _leaves(cfg: DictConfig) -> dict[str, object]:
+    """``{dotted key: value}`` of every leaf, unresolved (interpolations compare as written)."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def _given_overrides() -> list[str]:
+    """The overrides this config was composed with (command line or ``compose_config``)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def check_overrides(cfg: DictConfig, stored: DictConfig, overrides: list[str], run: Path) -> None:
+    """Refuse, in one line naming the key, an override that changes what ``RESUMABLE`` does not cover."""
+    given, kept = _leaves(cfg), _leaves(stored)
+    changed = sorted(
+        k
+        for k in set(given) | set(kept)
+        if not _resumable(k) and given.get(k, "<unset>") != kept.get(k, "<unset>")
+    )
+    for override in overrides:
+        key = _key(override)
+        if _resumable(key):
+            continue
+        under = [k for k in changed if k == key or k.startswith(key + ".")]
+        if not any(k == key or k.startswith(key + ".") for k in (*given, *kept)):
+            under = changed  # a group of global settings (experiment=..., debug=...): anything it changed
+        if under:
+            k = under[0]
+            raise UserError(
+                f"{override}: cannot change {k} (the run in {run} has {kept.get(k, '<unset>')!r}) when "
+                f"resuming; a resume may change only {', '.join(RESUMABLE[2:])}; start a new run for another {key}"
+            )
+
+
+def continue_run(cfg: DictConfig) -> tuple[DictConfig, list[str] | None]:
+    """The config to run and, for a resume, its overrides: ``cfg`` itself (and None), or for ``ckpt_path=last
+    resume_dir=RUN`` RUN's stored config (``cfg`` if it has none) with the resumable overrides applied, in RUN."""
+    if cfg.get("ckpt_path") != "last" or not cfg.get("resume_dir"):
+        return cfg, None
+    run = Path(cfg.resume_dir)
+    stored = OmegaConf.load(run / STORED) if (run / STORED).is_file() else cfg
+    overrides = _given_overrides()
+    check_overrides(cfg, stored, overrides, run)
+    resumed = stored.copy()
+    with open_dict(resumed):
+        for override in overrides:
+            key = _key(override)
+            if _resumable(key) and not override.startswith("~"):
+                OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+        resumed.ckpt_path, resumed.resume_dir = "last", str(run)
+        resumed.paths.output_dir = str(run)
+    return resumed, overrides
+
+
+def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | None) -> None:
+    """A fresh run's config in ``output_dir/.hydra/config.yaml`` (Hydra has written it for a command-line run; a
+    run started from Python gets the same record), never rewritten; a resume's overrides and config beside it,
+    in ``.hydra/resume_<n>/``."""
+    if rank_zero_only.rank != 0:
+        return
+    stored = output_dir / STORED
+    if not stored.exists():
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, stored)
+    if resume_overrides is not None:
+        n = 1
+        while (output_dir / ".hydra" / f"resume_{n}").exists():
+            n += 1
+        record = output_dir / ".hydra" / f"resume_{n}"
+        record.mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(resume_overrides), record / "overrides.yaml")
+        OmegaConf.save(cfg, record / "config.yaml")
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Command-line arguments that run a resume in its own run directory: with ``ckpt_path=last
+    resume_dir=RUN`` (one run, not ``-m``) Hydra's run directory is RUN and it writes no ``.hydra`` there (the
+    original record stays; ``continue_run`` records the resume)."""
+    args = argv[1:]
+    resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume_dir=")), None)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    own_dir = any(a.startswith("hydra.run.dir=") for a in args)
+    if resume_dir and "ckpt_path=last" in args and not multirun and not own_dir:
+        return [*argv, f"hydra.run.dir={resume_dir}", "hydra.output_subdir=null"]
+    return argv

@@ -1,0 +1,115 @@
+"""`ckpt_path=last resume_dir=RUN` continues RUN: in RUN, with RUN's stored config, one metrics.csv, the data
+order resumed mid-epoch, the original record kept; only overrides about length, logging and output apply."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_train, small_train_cfg
+from diffusion_lab import train as train_module
+from diffusion_lab.errors import UserError
+from diffusion_lab.resume import RESUMABLE, resume_argv
+from diffusion_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# 4 batches an epoch (limit_train 64 / batch 16): chunks of 2 steps resume mid-epoch and at an epoch's end.
+COMMON = ["trainer.log_every_n_steps=1", "trainer.val_check_interval=3", "final_samples=0", "seed=3"]
+
+
+def logged_steps(path: Path) -> list[tuple[int, float]]:
+    with open(path) as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_resume_in_chunks_continues_one_run(tmp_path, recwarn):
+    straight = train(small_train_cfg(tmp_path / "straight", *COMMON, "trainer.max_steps=6"))
+    run = tmp_path / "run"
+    train(small_train_cfg(run, *COMMON, "trainer.max_steps=2"))
+    original = (run / ".hydra" / "config.yaml").read_text()
+    for steps in (4, 6):  # a larger max_steps at each resume is applied
+        cfg = small_train_cfg(
+            tmp_path / "elsewhere", "ckpt_path=last", f"resume_dir={run}", f"trainer.max_steps={steps}"
+        )
+        result = train(cfg)
+        assert result["global_step"] == steps and result["output_dir"] == str(run)
+    assert not (tmp_path / "elsewhere").exists()
+    # one metrics file, every step once, bit for bit the straight run's losses (the data order resumed too)
+    assert sorted(p.name for p in (run / "csv").iterdir()) == ["hparams.yaml", "metrics.csv"]
+    assert result["metrics_csv"] == str(run / "csv" / "metrics.csv")
+    assert logged_steps(run / "csv" / "metrics.csv") == logged_steps(straight["metrics_csv"])
+    assert [s for s, _ in logged_steps(straight["metrics_csv"])] == list(range(6))
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = torch.load(straight["checkpoint"], weights_only=False)
+    assert [
+        k for k in ref["state_dict"] if not torch.equal(ref["state_dict"][k], last["state_dict"][k])
+    ] == []
+    # the run's record is kept; each resume's overrides and config beside it
+    assert (run / ".hydra" / "config.yaml").read_text() == original
+    assert "trainer.max_steps=6" in (run / ".hydra" / "resume_2" / "overrides.yaml").read_text()
+    assert "max_steps: 4" in (run / ".hydra" / "resume_1" / "config.yaml").read_text()
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
+class Preempt(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.fixture
+def preempted_run(tmp_path, monkeypatch) -> Path:
+    """A run of max_steps 5 (its other settings not the defaults) preempted at step 2."""
+    instantiate = train_module.instantiate
+
+    def with_preempt(config, *args, **kwargs):
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [*kwargs["callbacks"], Preempt()]
+        return instantiate(config, *args, **kwargs)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "instantiate", with_preempt)
+        result = train(small_train_cfg(run, *COMMON, "trainer.max_steps=5", "final_samples=3"))
+    assert result["preempted"]["step"] == 2
+    return run
+
+
+def test_resume_without_overrides_uses_the_runs_config(preempted_run):
+    # Composed as `python -m diffusion_lab.train ckpt_path=last resume_dir=RUN`: the defaults (another network,
+    # max_steps, final_samples) are not the run's; the run's own config is used.
+    result = train(
+        compose_train(["ckpt_path=last", f"resume_dir={preempted_run}"], preempted_run.parent / "x")
+    )
+    assert result["global_step"] == 5 and result["output_dir"] == str(preempted_run)
+    assert len(np.load(result["samples_npz"])["images"]) == 3
+
+
+def test_resume_refuses_an_override_of_the_model_or_process(preempted_run):
+    overrides = ["ckpt_path=last", f"resume_dir={preempted_run}", "schedule=cosine"]
+    with pytest.raises(UserError) as err:
+        train(compose_train(overrides, preempted_run.parent / "x"))
+    assert str(err.value) == (
+        f"schedule=cosine: cannot change schedule._target_ (the run in {preempted_run} has "
+        "'diffusion_lab.diffusion.LinearSchedule') when resuming; a resume may change only "
+        f"{', '.join(RESUMABLE[2:])}; start a new run for another schedule"
+    )
+    assert not (preempted_run / ".hydra" / "resume_1").exists()
+    # the same value as the run's is no change: accepted (the resume command printed at a preemption repeats them)
+    result = train(compose_train([*overrides[:2], "schedule.num_timesteps=50"], preempted_run.parent / "x"))
+    assert result["global_step"] == 5
+
+
+def test_resume_argv_runs_hydra_in_the_run_directory():
+    argv = ["train.py", "ckpt_path=last", "resume_dir=outputs/r", "trainer.max_steps=9"]
+    assert resume_argv(argv) == [*argv, "hydra.run.dir=outputs/r", "hydra.output_subdir=null"]
+    for other in (["train.py", "resume_dir=outputs/r"], [*argv, "-m"], [*argv, "hydra.run.dir=elsewhere"]):
+        assert resume_argv(other) == other
