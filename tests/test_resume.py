@@ -113,3 +113,35 @@ def test_resume_argv_runs_hydra_in_the_run_directory():
     assert resume_argv(argv) == [*argv, "hydra.run.dir=outputs/r", "hydra.output_subdir=null"]
     for other in (["train.py", "resume_dir=outputs/r"], [*argv, "-m"], [*argv, "hydra.run.dir=elsewhere"]):
         assert resume_argv(other) == other
+
+
+@pytest.mark.parametrize("kind", ["loader", "device_batches"])
+def test_training_loader_resumes_mid_epoch(kind):
+    """A training loader restored from its state (at an epoch's 3rd batch, 2 of them trained) yields the rest of
+    that epoch, then the next epochs exactly as the uninterrupted loader does."""
+    from diffusion_lab.data.datamodule import DeviceBatches, ResumableLoader
+    from diffusion_lab.data.datasets import PointDataset
+
+    data = PointDataset(torch.arange(40.0).reshape(20, 2), torch.arange(20))
+
+    def make(trained):
+        if kind == "loader":
+            return ResumableLoader(
+                data, batch_size=4, shuffle=True, drop_last=True, order_seed=11, trained=trained
+            )
+        return DeviceBatches(data, batch_size=4, device="cpu", order_seed=11, trained=trained)
+
+    def epoch(loader):
+        return [y.tolist() for _, y in loader]
+
+    straight = make(lambda: 0)
+    epochs = [epoch(straight) for _ in range(3)]
+    assert epochs[0] != epochs[1] and sorted(sum(epochs[0], [])) == list(range(20))
+    interrupted = make(lambda: 2)
+    first = iter(interrupted)
+    next(first), next(first), next(first)  # two trained, one prefetched
+    state = interrupted.state_dict()
+    resumed = make(lambda: 2)
+    resumed.load_state_dict(state)
+    assert epoch(resumed) == epochs[0][2:]
+    assert [epoch(resumed) for _ in range(2)] == epochs[1:]
