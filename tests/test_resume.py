@@ -111,7 +111,12 @@ def test_resume_refuses_an_override_of_the_model_or_process(preempted_run):
 def test_resume_argv_runs_hydra_in_the_run_directory():
     argv = ["train.py", "ckpt_path=last", "resume_dir=outputs/r", "trainer.max_steps=9"]
     assert resume_argv(argv) == [*argv, "hydra.run.dir=outputs/r", "hydra.output_subdir=null"]
-    for other in (["train.py", "resume_dir=outputs/r"], [*argv, "-m"], [*argv, "hydra.run.dir=elsewhere"]):
+    assert resume_argv([*argv, "hydra.run.dir=outputs/r"]) == [
+        *argv,
+        "hydra.run.dir=outputs/r",
+        "hydra.output_subdir=null",
+    ]
+    for other in (["train.py", "resume_dir=outputs/r"], [*argv, "-m"]):
         assert resume_argv(other) == other
 
 

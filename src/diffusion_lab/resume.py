@@ -143,12 +143,11 @@ def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | 
 
 def resume_argv(argv: list[str]) -> list[str]:
     """Command-line arguments that run a resume in its own run directory: with ``ckpt_path=last
-    resume_dir=RUN`` (one run, not ``-m``) Hydra's run directory is RUN and it writes no ``.hydra`` there (the
-    original record stays; ``continue_run`` records the resume)."""
+    resume_dir=RUN`` (one run, not ``-m``) Hydra's run directory is RUN (unless ``hydra.run.dir`` is given) and
+    Hydra writes no ``.hydra`` files (RUN's record stays; ``record_run`` records the resume beside it)."""
     args = argv[1:]
     resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume_dir=")), None)
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    own_dir = any(a.startswith("hydra.run.dir=") for a in args)
-    if resume_dir and "ckpt_path=last" in args and not multirun and not own_dir:
-        return [*argv, f"hydra.run.dir={resume_dir}", "hydra.output_subdir=null"]
-    return argv
+    if not resume_dir or "ckpt_path=last" not in args or any(a in ("-m", "--multirun") for a in args):
+        return argv
+    run_dir = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={resume_dir}"]
+    return [*argv, *run_dir, "hydra.output_subdir=null"]

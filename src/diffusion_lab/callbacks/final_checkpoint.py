@@ -38,10 +38,9 @@ def save_last_checkpoint(trainer: L.Trainer, path: Path) -> None:
 
     Before saving, as ModelCheckpoint does, its ``last_model_path`` names the file (its state is part of the
     file). After saving, it is told that ``path`` is this step's last checkpoint; otherwise, if it has not saved
-    yet in this fit, its ``on_train_end`` writes last.ckpt again — after the EMA weights were copied into the
-    module, the state Lightning restarts wrongly from (see tests/test_train.py, LIGHTNING_TRAIN_END_RESTART).
-    ``_last_checkpoint_saved`` and ``_last_global_step_saved`` are ModelCheckpoint's own bookkeeping (Lightning
-    2.6)."""
+    yet in this fit, its ``on_train_end`` writes last.ckpt again, after the EMA weights were copied into the
+    module. ``_last_checkpoint_saved`` and ``_last_global_step_saved`` are ModelCheckpoint's own bookkeeping
+    (Lightning 2.6)."""
     owners = last_checkpoint_owners(trainer, path)
     for cb in owners:
         cb.last_model_path = str(path)
