@@ -116,7 +116,11 @@ def test_resume_argv_runs_hydra_in_the_run_directory():
         "hydra.run.dir=outputs/r",
         "hydra.output_subdir=null",
     ]
-    for other in (["train.py", "resume_dir=outputs/r"], [*argv, "-m"]):
+    assert (
+        resume_argv(["train.py", "ckpt_path=last", "hydra.run.dir=outputs/r"])[-1]
+        == "hydra.output_subdir=null"
+    )
+    for other in (["train.py", "resume_dir=outputs/r"], ["train.py", "ckpt_path=last"], [*argv, "-m"]):
         assert resume_argv(other) == other
 
 

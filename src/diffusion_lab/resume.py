@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
 
-__all__ = ["RESUMABLE", "continue_run", "record_run", "resume_argv"]
+__all__ = ["RESUMABLE", "continue_run", "override_key", "record_run", "resume_argv"]
 
 # What a resume may change: a key itself or anything under it.
 RESUMABLE = (
@@ -50,7 +50,8 @@ RESUMABLE = (
 STORED = Path(".hydra") / "config.yaml"
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The config key of a command-line override (`+a.b=1`, `~a.b`, `a.b=1`: `a.b`)."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -87,7 +88,7 @@ def check_overrides(cfg: DictConfig, stored: DictConfig, overrides: list[str], r
         if not _resumable(k) and given.get(k, "<unset>") != kept.get(k, "<unset>")
     )
     for override in overrides:
-        key = _key(override)
+        key = override_key(override)
         if _resumable(key):
             continue
         under = [k for k in changed if k == key or k.startswith(key + ".")]
@@ -102,18 +103,19 @@ def check_overrides(cfg: DictConfig, stored: DictConfig, overrides: list[str], r
 
 
 def continue_run(cfg: DictConfig) -> tuple[DictConfig, list[str] | None]:
-    """The config to run and, for a resume, its overrides: ``cfg`` itself (and None), or for ``ckpt_path=last
-    resume_dir=RUN`` RUN's stored config (``cfg`` if it has none) with the resumable overrides applied, in RUN."""
-    if cfg.get("ckpt_path") != "last" or not cfg.get("resume_dir"):
+    """The config to run and, for a resume, its overrides: ``cfg`` itself (and None), or for ``ckpt_path=last``
+    the config stored by the run resumed (``resume_dir``, else this run's directory; ``cfg`` if it stored none)
+    with the resumable overrides applied, in that run's directory."""
+    if cfg.get("ckpt_path") != "last":
         return cfg, None
-    run = Path(cfg.resume_dir)
+    run = Path(cfg.get("resume_dir") or cfg.paths.output_dir)
     stored = OmegaConf.load(run / STORED) if (run / STORED).is_file() else cfg
     overrides = _given_overrides()
     check_overrides(cfg, stored, overrides, run)
     resumed = stored.copy()
     with open_dict(resumed):
         for override in overrides:
-            key = _key(override)
+            key = override_key(override)
             if _resumable(key) and not override.startswith("~"):
                 OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
         resumed.ckpt_path, resumed.resume_dir = "last", str(run)
@@ -142,12 +144,17 @@ def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | 
 
 
 def resume_argv(argv: list[str]) -> list[str]:
-    """Command-line arguments that run a resume in its own run directory: with ``ckpt_path=last
-    resume_dir=RUN`` (one run, not ``-m``) Hydra's run directory is RUN (unless ``hydra.run.dir`` is given) and
-    Hydra writes no ``.hydra`` files (RUN's record stays; ``record_run`` records the resume beside it)."""
+    """Command-line arguments that run a resume in its own run directory: with ``ckpt_path=last`` and
+    ``resume_dir=RUN`` (or ``hydra.run.dir=RUN``), one run (not ``-m``), Hydra's run directory is RUN and Hydra
+    writes no ``.hydra`` files (RUN's record stays; ``record_run`` records the resume beside it)."""
     args = argv[1:]
     resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume_dir=")), None)
-    if not resume_dir or "ckpt_path=last" not in args or any(a in ("-m", "--multirun") for a in args):
+    own_dir = any(a.startswith("hydra.run.dir=") for a in args)
+    if (
+        not (resume_dir or own_dir)
+        or "ckpt_path=last" not in args
+        or any(a in ("-m", "--multirun") for a in args)
+    ):
         return argv
-    run_dir = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={resume_dir}"]
+    run_dir = [] if own_dir else [f"hydra.run.dir={resume_dir}"]
     return [*argv, *run_dir, "hydra.output_subdir=null"]

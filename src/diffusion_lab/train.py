@@ -32,7 +32,7 @@ from .errors import UserError, check_types, friendly_errors
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
-from .resume import continue_run, record_run, resume_argv
+from .resume import continue_run, override_key, record_run, resume_argv
 
 __all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
 
@@ -305,9 +305,7 @@ def resume_command(output_dir: Path) -> str:
     overrides: list[str] = []
     if HydraConfig.initialized():
         overrides = [
-            o
-            for o in HydraConfig.get().overrides.task
-            if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "resume_dir")
+            o for o in HydraConfig.get().overrides.task if override_key(o) not in ("ckpt_path", "resume_dir")
         ]
     return " ".join(
         ["python -m diffusion_lab.train", *overrides, "ckpt_path=last", f"resume_dir={output_dir}"]
