@@ -98,11 +98,12 @@ def test_resume_refuses_an_override_of_the_model_or_process(preempted_run):
     with pytest.raises(UserError) as err:
         train(compose_train(overrides, preempted_run.parent / "x"))
     assert str(err.value) == (
-        f"schedule=cosine: cannot change schedule._target_ (the run in {preempted_run} has "
-        "'diffusion_lab.diffusion.LinearSchedule') when resuming; a resume may change only "
-        f"{', '.join(RESUMABLE[2:])}; start a new run for another schedule"
+        f"schedule=cosine: cannot change schedule (the run in {preempted_run} has 'linear') when resuming; a "
+        f"resume may change only {', '.join(RESUMABLE[2:])}; start a new run for another schedule"
     )
     assert not (preempted_run / ".hydra" / "resume_1").exists()
+    with pytest.raises(UserError, match=r"^seed=4: cannot change seed \(the run in .* has 3\)"):
+        train(compose_train([*overrides[:2], "seed=4"], preempted_run.parent / "x"))
     # the same value as the run's is no change: accepted (the resume command printed at a preemption repeats them)
     result = train(compose_train([*overrides[:2], "schedule.num_timesteps=50"], preempted_run.parent / "x"))
     assert result["global_step"] == 5
@@ -154,3 +155,16 @@ def test_training_loader_resumes_mid_epoch(kind):
     resumed.load_state_dict(state)
     assert epoch(resumed) == epochs[0][2:]
     assert [epoch(resumed) for _ in range(2)] == epochs[1:]
+
+
+def test_resume_accepts_the_runs_experiment_and_refuses_another(preempted_run):
+    """`experiment=X` at resume: the run's own experiment is accepted without repeating its other overrides
+    (the run's data.batch_size=16 is not the experiment's); another experiment is refused."""
+    base = ["ckpt_path=last", f"resume_dir={preempted_run}"]
+    assert (
+        train(compose_train([*base, "experiment=fmnist_cpu"], preempted_run.parent / "x"))["global_step"] == 5
+    )
+    with pytest.raises(
+        UserError, match=r"^experiment=fmnist: cannot change experiment \(the run in .* has 'fmnist_cpu'\)"
+    ):
+        train(compose_train([*base, "experiment=fmnist"], preempted_run.parent / "x"))

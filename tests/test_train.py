@@ -53,7 +53,7 @@ def test_every_experiment_runs(experiment, tmp_path, fake_cifar_root):
 
 # ------------------------------------------------------------------------------------------- default run
 def test_default_config_leaves_checkpoint_grid_and_metrics(tmp_path):
-    # train.yaml as it is (the default experiment, its network, data and T=1000 schedule), for 4 steps.
+    # train.yaml as it is (no experiment: its network, data and T=1000 schedule), for 4 steps.
     overrides = [
         "trainer.max_steps=4",
         "trainer.val_check_interval=4",

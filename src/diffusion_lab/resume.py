@@ -48,6 +48,8 @@ RESUMABLE = (
     "paths",
 )
 STORED = Path(".hydra") / "config.yaml"
+HYDRA_RECORD = Path(".hydra") / "hydra.yaml"  # Hydra's own record of a command-line run
+CHOICES = Path(".hydra") / "choices.yaml"  # the group options of a run started from Python
 
 
 def override_key(override: str) -> str:
@@ -79,26 +81,43 @@ def _given_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _given_choices() -> dict[str, str | None]:
+    """The option of each config group this config was composed with (``{"schedule": "linear", ...}``)."""
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
+def _stored_choices(run: Path) -> dict | None:
+    """The options RUN was composed with: Hydra's record of a command-line run, ``record_run``'s of another."""
+    if (run / HYDRA_RECORD).is_file():
+        return dict(OmegaConf.load(run / HYDRA_RECORD).hydra.runtime.choices)
+    if (run / CHOICES).is_file():
+        return dict(OmegaConf.load(run / CHOICES))
+    return None
+
+
 def check_overrides(cfg: DictConfig, stored: DictConfig, overrides: list[str], run: Path) -> None:
-    """Refuse, in one line naming the key, an override that changes what ``RESUMABLE`` does not cover."""
+    """Refuse, in one line naming the key, an override that changes what ``RESUMABLE`` does not cover: a group
+    option (``schedule=cosine``, ``experiment=...``) other than the run's, or a value other than the run's."""
     given, kept = _leaves(cfg), _leaves(stored)
-    changed = sorted(
-        k
-        for k in set(given) | set(kept)
-        if not _resumable(k) and given.get(k, "<unset>") != kept.get(k, "<unset>")
-    )
+    choices, stored_choices = _given_choices(), _stored_choices(run) or {}
     for override in overrides:
         key = override_key(override)
         if _resumable(key):
             continue
-        under = [k for k in changed if k == key or k.startswith(key + ".")]
-        if not any(k == key or k.startswith(key + ".") for k in (*given, *kept)):
-            under = changed  # a group of global settings (experiment=..., debug=...): anything it changed
-        if under:
-            k = under[0]
+        if key in choices and key in stored_choices:
+            changed = [key] if choices[key] != stored_choices[key] else []
+            was = stored_choices[key]
+        else:
+            changed = sorted(
+                k
+                for k in set(given) | set(kept)
+                if (k == key or k.startswith(key + ".")) and not _resumable(k) and given.get(k) != kept.get(k)
+            )
+            was = kept.get(changed[0], "<unset>") if changed else None
+        if changed:
             raise UserError(
-                f"{override}: cannot change {k} (the run in {run} has {kept.get(k, '<unset>')!r}) when "
-                f"resuming; a resume may change only {', '.join(RESUMABLE[2:])}; start a new run for another {key}"
+                f"{override}: cannot change {changed[0]} (the run in {run} has {was!r}) when resuming; a resume "
+                f"may change only {', '.join(RESUMABLE[2:])}; start a new run for another {key}"
             )
 
 
@@ -133,6 +152,8 @@ def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | 
     if not stored.exists():
         stored.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, stored)
+        if not (output_dir / HYDRA_RECORD).exists():
+            OmegaConf.save(OmegaConf.create(_given_choices()), output_dir / CHOICES)
     if resume_overrides is not None:
         n = 1
         while (output_dir / ".hydra" / f"resume_{n}").exists():
