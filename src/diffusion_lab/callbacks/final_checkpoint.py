@@ -75,7 +75,9 @@ class FinalCheckpoint(L.Callback):
         return trainer.global_step in steps
 
     def _save(self, trainer: L.Trainer, at_train_end: bool = False) -> Path | None:
-        if self._saved_this_step(trainer):
+        if trainer.fast_dev_run or self._saved_this_step(
+            trainer
+        ):  # fast_dev_run: no checkpoints, as Lightning
             return None
         path = self.path(trainer)
         self._at_train_end = at_train_end
