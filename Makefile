@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data train test test-all lint format bench clean
+.PHONY: setup data browser train test test-all lint format bench clean
 
 setup: $(STAMP) data
 
@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	# torch/torchvision first: on the dev/CI machines pip takes these two from local disk.
 	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(VPY) -m pip install -q torch torchvision
-	$(VPY) -m pip install -q -e ".[dev]"
+	# bench: diffusers and denoising-diffusion-pytorch, which the sampler cross-checks compare against.
+	$(VPY) -m pip install -q -e ".[dev,bench]"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's `dataset-fashion-mnist` package (offline-capable mirror).
@@ -24,13 +25,21 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# Headless Chromium and its driver for the HTML report's browser test (tests/test_report_browser.py), from
+# Debian's packages; selenium (the dev extra) drives them.
+CHROMEDRIVER := /usr/bin/chromedriver
+browser: $(CHROMEDRIVER)
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium chromium-driver
+
 train: setup
 	$(VPY) -m diffusion_lab.train experiment=fmnist_cpu $(ARGS)
 
-test: setup
+test: setup browser
 	$(VPY) -m pytest -q -m "not slow" $(ARGS)
 
-test-all: setup
+test-all: setup browser
 	$(VPY) -m pytest -q $(ARGS)
 
 lint: setup

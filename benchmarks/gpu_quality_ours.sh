@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quality per GPU-minute, our side (issue 6): train experiment=fmnist_fast (240 s budget) with extra overrides,
+# Quality per GPU-minute, our side: train experiment=fmnist_fast (240 s budget) with extra overrides,
 # then score 10k DDIM-100 samples of its EMA weights with the FMNIST feature network $FEATURES (the same file
 # the peers are scored with: benchmarks/peers_fmnist.py --features). On the GPU machine, after
 # `source benchmarks/gpu_env.sh`:

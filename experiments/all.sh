@@ -2,8 +2,8 @@
 # All four studies at once, spread over the visible GPUs (study i on GPU i mod #GPUs), each study's sweeps
 # started together and its jobs sharing their GPU (JOBS_PER_GPU, default 8: Fashion-MNIST-sized jobs leave
 # most of a large GPU idle). For a quick look at every finding on 1-2 GPUs; run the scripts one by one, with
-# more JOB_MINUTES, for closer-to-paper numbers.
-#   JOB_MINUTES=4 bash experiments/all.sh        # DATA_ROOT, FEATURES, STUDIES_OUT, PY as in common.sh
+# more STEPS, for closer-to-paper numbers.
+#   STEPS=4000 bash experiments/all.sh            # DATA_ROOT, FEATURES, STUDIES_OUT, PY as in common.sh
 # SHARE_GPUS=1: every study sees every GPU, and each sweep's launcher spreads its jobs over all of them
 # (least-loaded GPU first), instead of study i keeping to GPU i mod #GPUs.
 # Writes $STUDIES_OUT/<study>/report.{md,html} (default outputs/studies/all_<time>) and <study>.log beside.

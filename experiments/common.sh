@@ -9,7 +9,12 @@
 #   SWEEPS_AT_ONCE=1  start a study's sweeps together instead of one after another (with JOBS_PER_GPU)
 #   TRAIN_EXTRA more training overrides for every job, space-separated (e.g. "trainer.val_check_interval=500")
 #   EVAL_EXTRA  more evaluate overrides for every evaluation, space-separated (e.g. "compile=true batch_size=1000")
-#   FID_N / BPD_N  samples for FID (default 2000; 5000 for the weightings' final one) / images for bits/dim (500)
+#   SEEDS       the seeds every cell is trained with (default 1,2,3): a sweep axis; the report pairs cells by seed
+#   STEPS       training steps of every job (each study has its default): cells compare at equal steps
+#   MAX_MINUTES a wall-time guard per job (default none); a job it stops is marked incomplete by the report
+#   FID_N / BPD_N  generated samples per FD/FID (default 10000) / images for bits/dim (500)
+#   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
+#               is the FD estimator's own noise, beside the seed-to-seed spread
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
 set -euo pipefail
 
@@ -20,6 +25,10 @@ FEATURES=${FEATURES:-$ROOT/.cache/features/fashion_mnist_classifier.pt}
 DRY_RUN=${DRY_RUN:-0}
 JOBS_PER_GPU=${JOBS_PER_GPU:-1}
 SWEEPS_AT_ONCE=${SWEEPS_AT_ONCE:-0}
+SEEDS=${SEEDS:-1,2,3}
+MAX_MINUTES=${MAX_MINUTES:-}
+FID_N=${FID_N:-10000}
+SAMPLE_SETS=${SAMPLE_SETS:-1}
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:-}"
 STATUS=0
@@ -42,18 +51,27 @@ NUM_GPUS=${NUM_GPUS:-${#GPU_IDS[@]}}
 grid() { [[ "$DRY_RUN" == 1 ]] && echo "GRID $*" || true; }
 exclude() { [[ "$DRY_RUN" == 1 ]] && echo "EXCLUDE $*" || true; }
 
+# budget DEFAULT_STEPS VAL_EVERY: the training length every job of the study gets (STEPS overrides the default),
+# validation (and in-training FD) every VAL_EVERY steps -- the same steps for every cell; sets BUDGET.
+budget() {
+  local guard=null
+  [[ -n "$MAX_MINUTES" ]] && guard="'00:00:$(printf %02d "$MAX_MINUTES"):00'"
+  BUDGET=(experiment=fmnist "trainer.max_steps=${STEPS:-$1}" "trainer.max_time=$guard"
+    "trainer.val_check_interval=$2" "callbacks.checkpoint.every_n_train_steps=$2")
+}
+
 # train_sweep NAME OVERRIDES...: one multirun, in parallel over the GPUs (hydra/launcher=gpu_pool), into
 # $STUDY_OUT/NAME. A failed job is recorded (sweep_status.json) and the study goes on.
 train_sweep() {
   local name=$1
   shift
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "SWEEP $(printf '%q ' "$@" "${TRAIN_EXTRA[@]}")"
+    echo "SWEEP $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")"
     return 0
   fi
   mkdir -p "$STUDY_OUT"
   local cmd=("$PY" -m diffusion_lab.train -m hydra/launcher=gpu_pool "hydra.sweep.dir=$STUDY_OUT/$name"
-    "hydra.launcher.jobs_per_gpu=$JOBS_PER_GPU" "${DATA_TRAIN[@]}" "$@" "${TRAIN_EXTRA[@]}")
+    "hydra.launcher.jobs_per_gpu=$JOBS_PER_GPU" "${DATA_TRAIN[@]}" "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")
   if [[ "$SWEEPS_AT_ONCE" == 1 ]]; then
     "${cmd[@]}" &
     SWEEP_PIDS+=($!)
@@ -77,11 +95,13 @@ ensure_features() {
 }
 
 # queue_eval NAME OVERRIDES...: queue an `evaluate` of every job's last checkpoint under $STUDY_OUT, written to
-# <job>/evaluation/NAME (log: <job>/evaluation_NAME.log); run_queue runs the queue spread over the GPUs.
+# <job>/evaluation/NAME (log: <job>/evaluation_NAME.log), each setting scored on SAMPLE_SETS independent sample
+# sets; run_queue runs the queue spread over the GPUs.
 TASKS=()
 queue_eval() {
   local name=$1
   shift
+  set -- "$@" "sample_sets=$SAMPLE_SETS"
   if [[ "$DRY_RUN" == 1 ]]; then
     echo "EVAL $(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"
     return 0
@@ -114,8 +134,12 @@ run_queue() {
   TASKS=()
 }
 
+# report TITLE [REPORT ARGS...]: the study's report, its raw text files kept in $STUDY_OUT/raw beside it
+# (report.md, report_plots/ and raw/ are what to commit: `python -m diffusion_lab.report raw --out .` rebuilds).
 report() {
   [[ "$DRY_RUN" == 1 ]] && return 0
-  "$PY" -m diffusion_lab.report "$STUDY_OUT" --title "$1" || STATUS=1
+  local title=$1
+  shift
+  "$PY" -m diffusion_lab.report "$STUDY_OUT" --title "$title" --keep-raw "$STUDY_OUT/raw" "$@" || STATUS=1
   echo "study folder: $STUDY_OUT"
 }

@@ -7,23 +7,22 @@
 # 1000 steps but keeps it at 50 steps (learned variances let the sampler skip steps) where the fixed-variance
 # L_simple model degrades; L_vlb gives the best bits/dim but the worst FID.
 #
-# Budget: 6 jobs of JOB_MINUTES (default 12 on 2+ GPUs, 6 on one) + evaluation: under an hour on 1-2 GPUs.
+# Budget: 6 cells x SEEDS (default 3) jobs of 20k steps each (STEPS; equal for every cell), then FD/KID on FID_N
+# (10k) samples and bits/dim on BPD_N (500) test images per job.
 #   bash experiments/iddpm.sh                # DATA_ROOT=... NUM_GPUS=... STUDY_OUT=... (see common.sh)
 STUDY=iddpm
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-JOB_MINUTES=${JOB_MINUTES:-$((NUM_GPUS >= 2 ? 12 : 6))}
-TRAIN=(experiment=fmnist trainer.max_steps=20000 "trainer.max_time='00:00:$(printf %02d "$JOB_MINUTES"):00'"
-  trainer.val_check_interval=5000)
+budget 20000 5000
 
 # hybrid / vlb need a learned variance (refused with a fixed one); simple needs a fixed one: the variance goes
 # with the loss, so each loss is its own sweep.
 grid schedule=linear,cosine loss=simple,hybrid,vlb
-train_sweep simple "${TRAIN[@]}" schedule=linear,cosine loss=simple variance=fixed_small
-train_sweep hybrid "${TRAIN[@]}" schedule=linear,cosine loss=hybrid variance=learned_range
-train_sweep vlb "${TRAIN[@]}" schedule=linear,cosine loss=vlb variance=learned_range timesteps=importance
+train_sweep simple "${BUDGET[@]}" schedule=linear,cosine loss=simple variance=fixed_small
+train_sweep hybrid "${BUDGET[@]}" schedule=linear,cosine loss=hybrid variance=learned_range
+train_sweep vlb "${BUDGET[@]}" schedule=linear,cosine loss=vlb variance=learned_range timesteps=importance
 
 ensure_features
-queue_eval ddpm 'metrics=[fid,bpd]' sampler=ddpm 'steps=[50,1000]' n=${FID_N:-2000} bpd_n=${BPD_N:-500}
+queue_eval ddpm 'metrics=[fid,kid,bpd]' sampler=ddpm 'steps=[50,1000]' n=$FID_N bpd_n=${BPD_N:-500}
 run_queue
 report "Improved DDPM at Fashion-MNIST scale: schedule x objective"
 exit $STATUS

@@ -5,21 +5,20 @@
 # Expected finding: Min-SNR-5 converges fastest (lower FID at the early evaluations than uniform); P2, which
 # down-weights the easy high-SNR steps, ends at an equal or better FID than uniform; uniform is slowest.
 #
-# Budget: 3 jobs of JOB_MINUTES (default 18 on 2+ GPUs, 12 on one) + evaluation: under an hour on 1-2 GPUs.
+# Budget: 3 weightings x SEEDS (default 3) jobs of 30k steps (STEPS), FD on 2000 samples every 2000 steps, then a
+# final FD/KID on FID_N (10k) samples and bits/dim.
 #   bash experiments/weightings.sh           # DATA_ROOT=... NUM_GPUS=... STUDY_OUT=... (see common.sh)
 STUDY=weightings
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-JOB_MINUTES=${JOB_MINUTES:-$((NUM_GPUS >= 2 ? 18 : 12))}
-TRAIN=(experiment=fmnist trainer.max_steps=30000 "trainer.max_time='00:00:$(printf %02d "$JOB_MINUTES"):00'"
-  trainer.val_check_interval=2000)
+budget 30000 2000
 
-ensure_features  # FID during training needs the feature network first
+ensure_features  # FD during training needs the feature network first
 grid weighting=uniform,min_snr,p2
 # min_snr's gamma is 5 and p2's k=1, gamma=1 by default (conf/weighting/).
-train_sweep weighting "${TRAIN[@]}" weighting=uniform,min_snr,p2 callbacks=with_metrics \
-  "callbacks.sample_quality.features=$FEATURES" callbacks.sample_quality.n=${FID_N:-2000}
+train_sweep weighting "${BUDGET[@]}" weighting=uniform,min_snr,p2 callbacks=with_metrics \
+  "callbacks.sample_quality.features=$FEATURES" callbacks.sample_quality.n=${TRAIN_FID_N:-2000}
 
-queue_eval final 'metrics=[fid,bpd]' n=${FID_N:-5000} bpd_n=${BPD_N:-500}
+queue_eval final 'metrics=[fid,kid,bpd]' n=$FID_N bpd_n=${BPD_N:-500}
 run_queue
-report "Loss weightings at Fashion-MNIST scale: FID over training"
+report "Loss weightings at Fashion-MNIST scale: FD over training"
 exit $STATUS

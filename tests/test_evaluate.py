@@ -5,8 +5,11 @@ Inception network, the real-feature cache, and the one-line errors of the CLI. N
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +21,14 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import cli_env, compose_train, small_train_cfg
-from diffusion_lab.build import make_spec
+from diffusion_lab.build import load_checkpoint, make_spec
 from diffusion_lab.data import DiffusionDataModule
 from diffusion_lab.errors import UserError
-from diffusion_lab.evaluate import evaluate
+from diffusion_lab.evaluate import build_datamodule, evaluate
 from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
-from diffusion_lab.module import CHECKPOINT_KEY
+from diffusion_lab.module import CHECKPOINT_KEY, DiffusionModule
 from diffusion_lab.train import train
+from diffusion_lab.visualize import visualize
 from gaussian_oracle import analytic_decoder_bits, analytic_vb_bits, tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,6 +37,22 @@ TESTS_DIR = Path(__file__).resolve().parent
 MU, S = 0.0, 0.3  # the Gaussian data of test_likelihood.py: iid N(0, 0.3²) pixels
 T = 50
 SAMPLE_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
+# the same scores on a domain classifier's features (not Inception's): other quantities, other names
+CLASSIFIER_METRICS = (
+    "fd_classifier",
+    "kd_classifier_mean",
+    "kd_classifier_std",
+    "precision",
+    "recall",
+    "classifier_score_mean",
+    "classifier_score_std",
+)
+
+
+def vis_cfg(out_dir: Path, *overrides: str):
+    return compose_train(
+        [f"out_dir={out_dir}", "device=cpu", "progress=false", *overrides], config_name="visualize"
+    )
 
 
 def eval_cfg(ckpt: Path | str, out_dir: Path, *overrides: str):
@@ -131,7 +151,7 @@ def test_bpd_of_the_exact_gaussian_denoiser_matches_analytic_value(gaussian_chec
     assert saved["summary"]["bpd"] == summary["bpd"] and saved["rows"] == result["rows"]
     md = Path(paths["table_md"]).read_text()
     assert f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**" in md
-    assert "fid_vs_steps.png" not in " ".join(paths.values())
+    assert "_vs_steps.png" not in " ".join(paths.values())
     printed = capsys.readouterr().out
     assert f"bits/dim : {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} (n={n})" in printed
 
@@ -155,17 +175,18 @@ def test_sample_metrics_per_steps_value_and_real_feature_cache(
     assert [r["steps"] for r in rows] == [2, 4]
     for r in rows:
         assert r["sampler"] == "ddim" and r["n"] == 8 and r["guidance"] == 0.0
-        assert all(math.isfinite(r[k]) for k in SAMPLE_METRICS), r
-        assert r["fid"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["is_mean"] >= 1
+        assert all(math.isfinite(r[k]) for k in CLASSIFIER_METRICS), r
+        assert r["fd_classifier"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+        assert r["classifier_score_mean"] >= 1
         assert "bpd" not in r
     # one row per steps value in every table
     table = read_csv(out / "evaluation.csv")
     assert [int(r["steps"]) for r in table] == [2, 4]
-    assert [float(r["fid"]) for r in table] == pytest.approx([r["fid"] for r in rows])
+    assert [float(r["fd_classifier"]) for r in table] == pytest.approx([r["fd_classifier"] for r in rows])
     assert json.loads((out / "evaluation.json").read_text())["rows"] == rows
     md_rows = [line for line in (out / "evaluation.md").read_text().splitlines() if line.startswith("| ddim")]
     assert len(md_rows) == 2
-    png = out / "fid_vs_steps.png"
+    png = out / "fd_classifier_vs_steps.png"
     assert result["paths"]["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as img:
         img.verify()
@@ -186,8 +207,8 @@ def test_sample_metrics_per_steps_value_and_real_feature_cache(
     again = evaluate(eval_cfg(trained_checkpoint, tmp_path / "again", *common, "steps=[2]"))
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     # the same seed gives the same samples, so the same scores
-    assert again["rows"][0]["fid"] == pytest.approx(rows[0]["fid"], rel=1e-6)
-    assert not (tmp_path / "again" / "fid_vs_steps.png").exists()  # one row: no curve
+    assert again["rows"][0]["fd_classifier"] == pytest.approx(rows[0]["fd_classifier"], rel=1e-6)
+    assert not list((tmp_path / "again").glob("*_vs_steps.png"))  # one row: no curve
 
 
 def test_inception_features_with_local_weights(
@@ -213,6 +234,215 @@ def test_inception_features_with_local_weights(
     key = json.loads(meta.read_text())["key"]
     assert key["features"] == f"inception-v3-compat:{random_inception_weights.name}:2048"
     assert torch.load(meta.with_suffix(".pt")).shape == (4, 2048)
+
+
+def validation_estimates(ckpt: Path, images: torch.Tensor, rounds: int) -> torch.Tensor:
+    """``val/bpd_one_t_mc`` as the training module's validation step logs it, per image, over ``rounds``
+    validation passes of the same images with different seeds (each draws its own t and noise)."""
+    parts, spec, _ = load_checkpoint(ckpt)
+    module = DiffusionModule(
+        parts.net, parts.diffusion, parts.loss, parts.timesteps, parts.sampler, optimizer=None
+    )
+    logged: list[torch.Tensor] = []
+
+    def log(name, value, **kwargs):
+        if name == "val/bpd_one_t_mc":
+            logged.append(value)
+
+    module.log = log
+    module.eval()
+    with torch.no_grad():
+        for r in range(rounds):
+            module.val_seed = 1000 + r
+            for i, chunk in enumerate(images.split(1)):  # one image per batch: one t per logged value
+                module.validation_step(chunk, i)
+    return torch.stack(logged).double()
+
+
+def test_bits_per_dim_entry_points_agree(trained_checkpoint, tmp_path):
+    """evaluate's bits/dim, visualize vlb and the training's validation estimate measure the same bound: on one
+    checkpoint and one image set they agree within their reported standard errors (validation's one-timestep
+    estimate is of the unclipped bound: it agrees with bpd_clip_denoised=false)."""
+    n = 8
+    common = ["metrics=[bpd]", f"bpd_n={n}", "bpd_batch_size=8", "bpd_split=test"]
+    ev = {
+        clip: evaluate(
+            eval_cfg(trained_checkpoint, tmp_path / f"e{clip}", *common, f"bpd_clip_denoised={clip}")
+        )["summary"]
+        for clip in ("true", "false")
+    }
+    assert ev["true"]["bpd_clip_denoised"] is True and ev["false"]["bpd_clip_denoised"] is False
+    for clip in ("true", "false"):
+        overrides = ["figure=vlb", f"ckpt={trained_checkpoint}", f"n={n}", "batch_size=4", "seed=7"]
+        vis = visualize(vis_cfg(tmp_path / f"v{clip}", *overrides, f"clip_denoised={clip}"))
+        vis = json.loads(Path(vis["summary"]).read_text())
+        assert vis["n"] == n and vis["split"] == "test" and vis["clip_denoised"] == (clip == "true")
+        e = ev[clip]
+        tolerance = 4 * math.hypot(vis["total_bpd_stderr"], e["bpd_stderr"])
+        assert abs(vis["total_bpd"] - e["bpd"]) < tolerance, (clip, vis, e)
+
+    _, spec, _ = load_checkpoint(trained_checkpoint)
+
+    images = build_datamodule(spec, None).real_images("test", n)
+    est = validation_estimates(trained_checkpoint, images, rounds=40)
+    mean, se = float(est.mean()), float(est.std() / math.sqrt(est.numel()))
+    unclipped = ev["false"]
+    assert abs(mean - unclipped["bpd"]) < 4 * math.hypot(se, unclipped["bpd_stderr"]), (mean, se, unclipped)
+
+
+# --------------------------------------------------------------------------------- folders and provenance
+@pytest.fixture
+def run_copy(trained_checkpoint, tmp_path) -> Path:
+    """The trained checkpoint copied into a run folder of this test's own (evaluations land beside it)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copyfile(trained_checkpoint, ckpt)
+    return ckpt
+
+
+def classifier_cfg(ckpt: Path, classifier: Path, cache: Path, *overrides: str):
+    common = [f"features={classifier}", f"cache_dir={cache}", "n=4", "n_real=8", "batch_size=4"]
+    cfg = eval_cfg(ckpt, Path("unused"), *common, *overrides)
+    cfg.out_dir = None  # the default folder, <run>/evaluation/<checkpoint>-<time>
+    return cfg
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_two_evaluations_leave_two_folders(run_copy, classifier, tmp_path):
+    cache = tmp_path / "cache"
+    first = evaluate(
+        classifier_cfg(run_copy, classifier, cache, "metrics=[fid,bpd]", "steps=[2,3]", "bpd_n=2")
+    )
+    folder = Path(first["summary"]["out_dir"])
+    assert folder.parent == run_copy.parent.parent / "evaluation" and folder.name.startswith("last-")
+    kept = folder_bytes(folder)
+    assert {"evaluation.json", "evaluation.csv", "evaluation.md", "fd_classifier_vs_steps.png"} <= set(kept)
+    second = evaluate(classifier_cfg(run_copy, classifier, cache, "metrics=[fid]", "steps=[2]"))
+    other = Path(second["summary"]["out_dir"])
+    assert other != folder and other.parent == folder.parent
+    assert folder_bytes(folder) == kept  # the first evaluation's files intact
+    # the second holds its own files only: one row, no curve, no bits/dim left over from the first
+    assert sorted(p.name for p in other.iterdir()) == ["evaluation.csv", "evaluation.json", "evaluation.md"]
+    assert len(json.loads((other / "evaluation.json").read_text())["rows"]) == 1
+    # a named out_dir that already holds an evaluation is refused before any work, its files kept
+    cfg = classifier_cfg(run_copy, classifier, cache, "metrics=[fid]")
+    cfg.out_dir = str(folder)
+    with pytest.raises(UserError, match=r"out_dir=.* already holds files") as err:
+        evaluate(cfg)
+    assert "\n" not in str(err.value) and folder_bytes(folder) == kept
+
+
+def test_json_records_provenance(run_copy, classifier, tmp_path):
+    cfg = classifier_cfg(run_copy, classifier, tmp_path / "cache", "metrics=[fid,kid,bpd]", "steps=[2]")
+    cfg.bpd_n, cfg.seed, cfg.guidance = 2, 5, [0.0]
+    result = evaluate(cfg)
+    saved = json.loads(Path(result["paths"]["json"]).read_text())
+    prov = saved["summary"]["provenance"]
+    assert prov["checkpoint"] == {
+        "path": str(run_copy.resolve()),
+        "global_step": 2,
+        "sha256": hashlib.sha256(run_copy.read_bytes()).hexdigest(),
+    }
+    feats = prov["features"]
+    assert feats["network"] == "classifier" and feats["path"] == str(classifier.resolve())
+    assert feats["sha256"] == hashlib.sha256(classifier.read_bytes()).hexdigest()
+    assert prov["n_real"] == 8 and prov["n_generated"] == 4 and prov["real_split"] == "train"
+    assert prov["seeds"] == [5] and prov["sample_sets"] == 1 and prov["guidance"] == [0.0]
+    assert prov["bpd"] == {"n": 2, "split": "test", "clip_denoised": True, "seed": 5}
+    assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["torch-fidelity"]
+    assert prov["config"]["ckpt"] == str(run_copy)
+    (row,) = saved["rows"]
+    assert row["sampler"] == "ddim" and row["sampler_settings"].startswith("DDIMSampler(")
+    assert row["steps"] == 2 and row["guidance"] == 0.0 and row["seeds"] == [5]
+    assert row["n"] == 4 and row["n_real"] == 8 and row["features"] == "classifier"
+    md = Path(result["paths"]["table_md"]).read_text()
+    assert prov["checkpoint"]["sha256"] in md and feats["sha256"] in md
+
+
+def test_inception_provenance(trained_checkpoint, random_inception_weights, no_download, tmp_path):
+    common = ["metrics=[fid]", "steps=[2]", "n=4", "n_real=4", "batch_size=4"]
+    result = evaluate(
+        eval_cfg(
+            trained_checkpoint,
+            tmp_path / "eval",
+            f"inception_weights={random_inception_weights}",
+            f"cache_dir={tmp_path / 'cache'}",
+            *common,
+        )
+    )
+    feats = result["summary"]["provenance"]["features"]
+    assert feats["network"] == "inception" and feats["weights"] == str(random_inception_weights)
+    assert feats["sha256"] == hashlib.sha256(random_inception_weights.read_bytes()).hexdigest()
+    assert "fid" in result["rows"][0] and "fd_classifier" not in result["rows"][0]
+
+
+FID_WORD = re.compile(r"(?<![a-z])fid(?![a-z])", re.IGNORECASE)  # fid, FID, fid_std; not torch-fidelity
+
+
+def json_keys(value) -> list[str]:
+    if isinstance(value, dict):
+        return [k for k, v in value.items() for k in [k, *json_keys(v)]]
+    return [k for v in value for k in json_keys(v)] if isinstance(value, list) else []
+
+
+def test_classifier_scores_are_never_labelled_as_inception(trained_checkpoint, classifier, tmp_path):
+    out = tmp_path / "eval"
+    cache = tmp_path / "cache"
+    overrides = ["metrics=[fid,kid,is]", "steps=[2,3]", "n=4", "n_real=8", "batch_size=4", "sample_sets=2"]
+    cfg = eval_cfg(trained_checkpoint, out, f"features={classifier}", f"cache_dir={cache}", *overrides)
+    result = evaluate(cfg)
+    saved = json.loads((out / "evaluation.json").read_text())
+    labels = json_keys(saved["rows"]) + [c for c in read_csv(out / "evaluation.csv")[0]]
+    labels += [p.name for p in out.iterdir()] + list(result["paths"])
+    assert "fd_classifier" in labels and "fd_classifier_std" in labels
+    assert not [x for x in labels if FID_WORD.search(x) or x.startswith(("kid", "is_"))], labels
+    md = (out / "evaluation.md").read_text()
+    assert "fd_classifier" in md and not FID_WORD.search(md), md
+
+
+def test_sample_sets_report_the_spread(trained_checkpoint, classifier, tmp_path):
+    result = evaluate(
+        eval_cfg(
+            trained_checkpoint,
+            tmp_path / "eval",
+            f"features={classifier}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "metrics=[fid,kid]",
+            "steps=[2]",
+            "n=6",
+            "n_real=8",
+            "batch_size=3",
+            "sample_sets=3",
+            "seed=10",
+        )
+    )
+    (row,) = result["rows"]
+    values = row["fd_classifier_values"]
+    assert row["sample_sets"] == 3 and row["seeds"] == [10, 11, 12] and len(values) == 3
+    assert len(set(values)) == 3  # independent sets give different estimates
+    assert row["fd_classifier"] == pytest.approx(np.mean(values))
+    assert row["fd_classifier_std"] == pytest.approx(np.std(values, ddof=1)) and row["fd_classifier_std"] > 0
+    assert math.isfinite(row["kd_classifier_mean"]) and row["kd_classifier_std"] >= 0
+    # each set is the one-set evaluation with that seed
+    single = evaluate(
+        eval_cfg(
+            trained_checkpoint,
+            tmp_path / "one",
+            f"features={classifier}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "metrics=[fid]",
+            "steps=[2]",
+            "n=6",
+            "n_real=8",
+            "batch_size=3",
+            "seed=11",
+        )
+    )["rows"][0]
+    assert single["fd_classifier"] == pytest.approx(values[1], rel=1e-6)
+    assert single["fd_classifier_std"] is None and single["fd_classifier_values"] == [single["fd_classifier"]]
 
 
 # ---------------------------------------------------------------------------------------------- CLI errors
@@ -295,7 +525,7 @@ def test_generation_runs_under_bf16_autocast_on_cuda(trained_checkpoint, classif
     cfg.device = "cuda"
     cfg.n, cfg.n_real, cfg.batch_size, cfg.steps = 4, 8, 4, [2]
     row = evaluate(cfg)["rows"][0]
-    assert seen and all(seen) and math.isfinite(row["fid"])
+    assert seen and all(seen) and math.isfinite(row["fd_classifier"])
 
 
 def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_path, monkeypatch):
@@ -307,7 +537,7 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     common += ["batch_size=4", "steps=[2]"]
     plain = evaluate(eval_cfg(trained_checkpoint, tmp_path / "a", *common))["rows"][0]
     nhwc = evaluate(eval_cfg(trained_checkpoint, tmp_path / "b", *common, "channels_last=true"))["rows"][0]
-    assert nhwc["fid"] == pytest.approx(plain["fid"], rel=1e-3, abs=1e-3)
+    assert nhwc["fd_classifier"] == pytest.approx(plain["fd_classifier"], rel=1e-3, abs=1e-3)
     assert plain["gen_img_per_s_steady"] > 0 and math.isfinite(plain["gen_img_per_s_steady"])
 
     modes: list = []
@@ -331,4 +561,4 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     # n=10 in batches of up to 4 (balanced: 4, 3, 3): the compiled network only ever sees batches of 4.
     batches.clear()
     row = evaluate(eval_cfg(trained_checkpoint, tmp_path / "odd", *common, "compile=true", "n=10"))["rows"][0]
-    assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fid"])
+    assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fd_classifier"])

@@ -95,8 +95,11 @@ def test_study_sweeps_compose_build_and_cover_the_grid(study):
                 refused = {**as_dict(expand(lines["SWEEP"][0])[0]), **cell}
                 with pytest.raises(ValueError):
                     build([f"{k}={v}" for k, v in refused.items()])
-            else:
-                assert len(runs) == 1, f"{study}: cell {cell} run {len(runs)} times"
+            else:  # once per seed, every seed the same step budget
+                seeds = sorted(as_dict(job)["seed"] for job in runs)
+                assert seeds == ["1", "2", "3"], f"{study}: cell {cell} run with seeds {seeds}"
+                budgets = {(as_dict(j)["trainer.max_steps"], as_dict(j)["trainer.max_time"]) for j in runs}
+                assert len(budgets) == 1 and budgets.pop()[1] == "null", f"{study}: unequal budgets"
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -125,9 +128,17 @@ def test_study_evaluations_are_valid(study):
 
 def test_ddim_study_grid_matches_the_paper_table():
     evals = dry_run("ddim_table1")["EVAL"]
-    settings = {(as_dict(e)["sampler"], as_dict(e).get("eta")) for e in evals}
-    assert settings == {("ddpm", None), ("ddim", "0.0"), ("ddim", "0.5"), ("ddim", "1.0")}
-    assert all(as_dict(e)["steps"] == "[10,20,50,100,1000]" for e in evals)
+    steps: dict[tuple, set[int]] = {}
+    for e in evals:
+        key = (as_dict(e)["sampler"], as_dict(e).get("eta"))
+        steps.setdefault(key, set()).update(int(s) for s in as_dict(e)["steps"].strip("[]").split(","))
+    assert set(steps) == {("ddpm", None), ("ddim", "0.0"), ("ddim", "0.5"), ("ddim", "1.0")}
+    assert all(s == {10, 20, 50, 100, 1000} for s in steps.values())
+
+
+def test_sample_sets_reach_every_evaluation():
+    evals = dry_run("weightings", SAMPLE_SETS="3")["EVAL"]
+    assert evals and all(as_dict(e)["sample_sets"] == "3" for e in evals)
 
 
 def test_dry_run_passes_data_root(tmp_path):

@@ -272,7 +272,7 @@ def test_evaluate_cli_one_row_per_guidance(conditional_checkpoint, tmp_path):
     rows = result["rows"]
     assert [r["guidance"] for r in rows] == [0.0, 1.0]
     assert all(r["sampler"] == "dpmpp2m" and r["steps"] == 3 and r["n"] == 8 for r in rows)
-    assert all(np.isfinite(r["fid"]) for r in rows)
+    assert all(np.isfinite(r["fd_classifier"]) for r in rows)
     with open(result["paths"]["table_csv"]) as f:
         table = list(csv.DictReader(f))
     assert [float(r["guidance"]) for r in table] == [0.0, 1.0]

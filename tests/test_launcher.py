@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import cli_env, write_fake_idx_root
 from diffusion_lab.train import CONFIG_DIR
+from hydra_plugins.diffusion_lab_launcher import _job_command as job_command
 from hydra_plugins.diffusion_lab_launcher import gpu_pool_launcher as gp
 
 REPO_ROOT = Path(CONFIG_DIR).parent
@@ -55,14 +56,14 @@ def test_hydra_finds_the_launcher_and_it_is_the_default():
 
 def test_long_job_names_are_shortened_to_the_varying_overrides():
     long = "0_" + ",".join(f"key{i}=value{i}" for i in range(40))
-    assert gp._safe_subdir("0_a=1", "0_x") == "0_a=1"
-    assert gp._safe_subdir(long, "0_lr=0.1") == "0_lr=0.1"
-    shortened = gp._safe_subdir(long, "0_" + "x" * 300)
+    assert job_command.safe_subdir("0_a=1", "0_x") == "0_a=1"
+    assert job_command.safe_subdir(long, "0_lr=0.1") == "0_lr=0.1"
+    shortened = job_command.safe_subdir(long, "0_" + "x" * 300)
     assert len(shortened.encode()) <= 200 and shortened.startswith("0_xxx")
-    assert gp._quote("/a/0_b=1,c=[1,2]") == "'/a/0_b=1,c=[1,2]'"
+    assert job_command.quote("/a/0_b=1,c=[1,2]") == "'/a/0_b=1,c=[1,2]'"
     # Quotes in override values never reach a folder name (the studies pass its checkpoint path on quoted).
     assert (
-        gp._safe_subdir("0_trainer.max_time='00:00:03:00',x=\"a b\"", "0")
+        job_command.safe_subdir("0_trainer.max_time='00:00:03:00',x=\"a b\"", "0")
         == "0_trainer.max_time=00:00:03:00,x=a b"
     )
 
@@ -304,6 +305,6 @@ def test_a_job_folder_can_be_passed_on_as_a_quoted_override():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     dirname = "0_loss=simple,trainer.max_time='00:00:03:00',x=[1,2],y=\"a b\""
-    path = f"/runs/study/simple/{gp._safe_subdir(dirname, '0')}/checkpoints/last.ckpt"
+    path = f"/runs/study/simple/{job_command.safe_subdir(dirname, '0')}/checkpoints/last.ckpt"
     (parsed,) = OverridesParser.create().parse_overrides([f"ckpt='{path}'"])
     assert parsed.value() == path

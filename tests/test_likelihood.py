@@ -53,7 +53,7 @@ def test_bpd_of_the_exact_denoiser_matches_analytic_value(pred, analytic):
     g = torch.Generator().manual_seed(0)
     B = 2000
     x0 = MU + S * torch.randn(B, 1, 8, 8, generator=g)  # each image: 64 iid dimensions
-    res = calc_bpd_loop(d, model, x0, generator=g)
+    res = calc_bpd_loop(d, model, x0, generator=g, clip_denoised=False)  # the analytic values: unclipped
     assert res["vb"].shape == res["mse"].shape == res["x0_mse"].shape == (B, T)
     assert res["total_bpd"].shape == res["prior_bpd"].shape == (B,)
     assert model.calls == T and model.timesteps == list(range(T - 1, -1, -1))
@@ -113,7 +113,7 @@ def test_bpd_is_worse_for_a_wrong_denoiser(analytic):
     wrong = GaussianDenoiser(tables(s.betas.numpy())["abar"], MU, 0.6, "eps")
     g = torch.Generator().manual_seed(2)
     x0 = MU + S * torch.randn(500, 1, 8, 8, generator=g)
-    vb = calc_bpd_loop(d, wrong, x0, generator=g)["vb"].double().numpy().mean(0)
+    vb = calc_bpd_loop(d, wrong, x0, generator=g, clip_denoised=False)["vb"].double().numpy().mean(0)
     assert np.all(vb[1:10] > 1.05 * kl[1:10])
 
 
@@ -124,3 +124,34 @@ def test_prior_bpd_matches_calc_bpd_loop():
     x0 = torch.rand(3, 1, 2, 2) * 2 - 1
     res = calc_bpd_loop(d, model, x0)
     torch.testing.assert_close(res["prior_bpd"], prior_bpd(s, x0))
+
+
+def test_clipped_bound_clips_the_predicted_x0_before_the_mean():
+    """improved-diffusion's protocol: with clip_denoised the predicted x_0 is clipped to [-1, 1] before it makes
+    μ_θ, for every term (KL and decoder) and the ε / x_0 errors beside them; the prior term is the same."""
+    s = LinearSchedule(10)
+    d = Diffusion(s, "x0", "fixed_small")
+    torch.manual_seed(3)
+    x0 = torch.rand(4, 1, 3, 3) * 2 - 1
+    far = 3.0 * torch.randn(4, 1, 3, 3)  # a predicted x_0 mostly outside [-1, 1]
+
+    def model(xt, t):
+        return far
+
+    clipped = calc_bpd_loop(d, model, x0, generator=torch.Generator().manual_seed(0))
+    plain = calc_bpd_loop(d, model, x0, generator=torch.Generator().manual_seed(0), clip_denoised=False)
+    inside = calc_bpd_loop(
+        d, lambda xt, t: far.clamp(-1, 1), x0, generator=torch.Generator().manual_seed(0), clip_denoised=False
+    )
+    for key in ("vb", "total_bpd", "mse", "x0_mse"):
+        torch.testing.assert_close(clipped[key], inside[key])
+        assert not torch.allclose(clipped[key], plain[key]), key
+    torch.testing.assert_close(clipped["prior_bpd"], plain["prior_bpd"])
+    # a prediction already inside [-1, 1] is untouched: both bounds agree
+    both = [
+        calc_bpd_loop(
+            d, lambda xt, t: far.clamp(-1, 1), x0, generator=torch.Generator().manual_seed(0), clip_denoised=c
+        )
+        for c in (True, False)
+    ]
+    torch.testing.assert_close(both[0]["total_bpd"], both[1]["total_bpd"])

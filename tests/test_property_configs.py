@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import group_options, small_train_cfg
+from conftest import IN_CI, documented_count, group_options, small_train_cfg
 from diffusion_lab.errors import root_cause
 from diffusion_lab.train import train
 from test_configs import valid_combination
@@ -57,6 +57,8 @@ def report(tmp_path_factory):
     path = tmp_path_factory.getbasetemp() / "property_configs.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"\nproperty_configs: {record} -> {path}")
+    if IN_CI:  # derandomized there (conftest's "ci" profile): the same draws every run, as the doc quotes
+        assert len(TRIED) == documented_count(r"hypothesis, (\d+) distinct combinations"), record
 
 
 @settings(

@@ -22,10 +22,19 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, cli_env, dedupe_overrides, small_train_cfg
+from conftest import (
+    CPU_ONLY,
+    SMALL_RUN,
+    TINY_MODEL,
+    cli_env,
+    dedupe_overrides,
+    documented_count,
+    small_train_cfg,
+)
 from diffusion_lab import train as train_module
-from diffusion_lab.build import CheckpointError
+from diffusion_lab.build import CheckpointError, build_module, load_checkpoint
 from diffusion_lab.callbacks import EMA
 from diffusion_lab.checkpointing import (
     AtomicCheckpointIO,
@@ -194,6 +203,108 @@ def test_checkpoint_of_another_network_is_one_error(trained_run, tmp_path):
     with pytest.raises(CheckpointError, match="holds another network \\(UNet") as err:
         train(cfg)
     assert "\n" not in str(err.value) and "resume with the model and data options" in str(err.value)
+
+
+# ------------------------------------------------------------------------ a checkpoint is data, never code
+class RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: what a crafted checkpoint could do with any callable."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def crafted(trained_run, tmp_path) -> tuple[Path, Path]:
+    """(a checkpoint whose loading with pickle would create ``marker``, marker): our real checkpoint plus one
+    extra entry, with a valid sidecar so that only loading it can tell."""
+    marker = tmp_path / "code_ran"
+    ckpt = load(trained_run / "checkpoints" / "last.ckpt")
+    ckpt["payload"] = RunsCode(marker)
+    path = tmp_path / "crafted.ckpt"
+    atomic_torch_save(ckpt, path)
+    torch.load(path, weights_only=False)  # the file really runs code when unpickled ...
+    assert marker.exists()
+    marker.unlink()  # ... so every entry below must refuse it before unpickling that entry
+    return path, marker
+
+
+def refusal(err: BaseException | str) -> str:
+    message = str(err)
+    assert "\n" not in message and "never holds; refusing to load it (it could run code)" in message, message
+    return message
+
+
+def test_crafted_checkpoint_is_refused_by_every_loader(crafted, tmp_path):
+    path, marker = crafted
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert refusal(err.value).startswith(f"ckpt={str(path)!r} contains ")
+    with pytest.raises(CheckpointError) as err:
+        AtomicCheckpointIO().load_checkpoint(path)  # what Lightning's trainer.fit(ckpt_path=...) calls
+    refusal(err.value)
+    sidecar_path(path).unlink()  # without a sidecar verify_checkpoint reads the file
+    refusal(verify_checkpoint(path))
+    with pytest.raises(CheckpointError) as err:
+        train(resume_cfg(tmp_path, None, ckpt=path))
+    refusal(err.value)
+    assert not marker.exists()
+
+
+def test_crafted_checkpoint_with_its_digest_is_refused_on_resume(crafted, tmp_path):
+    path, marker = crafted  # the sidecar matches: the resume's own loading must refuse it
+    with pytest.raises(CheckpointError) as err:
+        train(resume_cfg(tmp_path, None, ckpt=path))
+    assert refusal(err.value).startswith(f"ckpt_path={str(path)!r} contains ")
+    assert not marker.exists() and not (tmp_path / "new" / "checkpoints").exists()
+
+
+@pytest.mark.slow  # a subprocess: ~10-20 s of imports
+def test_crafted_checkpoint_is_refused_by_the_sample_cli(crafted, tmp_path):
+    path, marker = crafted
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.sample", f"ckpt={path}", "n=2"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    refusal(errors[0])
+    assert not marker.exists()
+
+
+def test_real_checkpoints_load_as_plain_data(tmp_path):
+    """A checkpoint of every stateful part (EMA, lr schedule, importance sampling, learned variance) loads with
+    weights_only=True, and so does the spec when the module was given OmegaConf nodes and tuples."""
+    cfg = small_train_cfg(
+        tmp_path / "run",
+        "trainer.max_steps=2",
+        "final_samples=0",
+        "lr_scheduler=warmup_cosine",
+        "lr_scheduler.warmup_steps=1",
+        "timesteps=importance",
+        "loss=hybrid",
+        "variance=learned_range",
+    )
+    from diffusion_lab.checkpointing import load_checkpoint_file
+
+    path = Path(train(cfg)["checkpoint"])
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert {"state_dict", "optimizer_states", "lr_schedulers", "callbacks", CHECKPOINT_KEY} <= set(ckpt)
+    assert load_checkpoint_file(path)["global_step"] == 2
+    parts, spec, _ = load_checkpoint(path)
+    module = build_module(cfg, tuple(spec["data_shape"]), spec["num_classes"])
+    module.spec = {**spec, "model": OmegaConf.create(spec["model"]), "data_shape": tuple(spec["data_shape"])}
+    extra: dict = {}
+    module.on_save_checkpoint(extra)
+    torch.save(extra, tmp_path / "extra.pt")
+    stored = torch.load(tmp_path / "extra.pt", weights_only=True)[CHECKPOINT_KEY]["spec"]
+    assert stored == spec and type(stored["model"]) is dict and type(stored["data_shape"]) is list
 
 
 # ------------------------------------------------------------------------------------ SIGTERM / SIGUSR1
@@ -514,16 +625,20 @@ def test_unwritable_output_dir(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize(
-    "override,match",
-    [
-        ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer"),
-        ("optimizer.lr=fast", "optimizer.lr='fast' must be a number"),
-        ("schedule.num_timesteps=1.5", "schedule.num_timesteps=1.5 must be an integer"),
-        ("data.batch_size=true", "data.batch_size=True must be an integer"),
-        ("trainer.gradient_clip_val=big", "trainer.gradient_clip_val='big' must be a number or null"),
-    ],
-)
+WRONG_TYPES = [
+    ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer"),
+    ("optimizer.lr=fast", "optimizer.lr='fast' must be a number"),
+    ("schedule.num_timesteps=1.5", "schedule.num_timesteps=1.5 must be an integer"),
+    ("data.batch_size=true", "data.batch_size=True must be an integer"),
+    ("trainer.gradient_clip_val=big", "trainer.gradient_clip_val='big' must be a number or null"),
+]
+
+
+def test_reliability_doc_quotes_the_number_of_type_cases():
+    assert len(WRONG_TYPES) == documented_count(r"test_wrong_value_type_is_one_line` \((\d+) cases\)")
+
+
+@pytest.mark.parametrize("override,match", WRONG_TYPES)
 def test_wrong_value_type_is_one_line(tmp_path, override, match):
     with pytest.raises(UserError, match=match.replace("(", r"\(")) as err:
         train(small_train_cfg(tmp_path / "run", override))

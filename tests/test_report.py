@@ -165,7 +165,8 @@ def test_no_sweep_is_one_error_line(tmp_path, capsys, kind):
 
 
 def test_a_lone_job_is_labelled_by_its_sweep_folder_and_number(tmp_path):
-    from diffusion_lab.report import Job, _label_jobs
+    from diffusion_lab.report import Job
+    from diffusion_lab.reporting.runs import label_jobs as _label_jobs
 
     root = tmp_path.resolve()
     lone = Job(dir=root / "model" / "0_loss=simple,trainer.max_time=00:00:06:00", overrides=["loss=simple"])

@@ -20,7 +20,7 @@ from diffusion_lab.diffusion import (
     LinearSchedule,
 )
 from diffusion_lab.errors import UserError
-from diffusion_lab.io import to_uint8
+from diffusion_lab.io import save_samples_npz, to_uint8
 from diffusion_lab.sample import sample
 from diffusion_lab.samplers import DDIMSampler
 from diffusion_lab.train import train
@@ -86,6 +86,22 @@ def test_ddpm_sampler_by_name(checkpoint, tmp_path):
     assert "DDPMSampler" in result["sampler"]
     assert Path(result["samples_npz"]) == tmp_path / "ddpm.npz"
     assert np.load(tmp_path / "ddpm.npz")["images"].shape == (2, 28, 28, 1)
+
+
+def test_npz_holds_the_adm_evaluator_names(checkpoint, tmp_path):
+    """The ADM / guided-diffusion evaluator reads ``arr_0`` (uint8 NHWC) and the labels as ``arr_1``."""
+    result = sample(sample_cfg(checkpoint, tmp_path, "n=3", "steps=2", "name=adm"))
+    with np.load(result["samples_npz"]) as saved:
+        arr = saved["arr_0"]
+        assert arr.dtype == np.uint8 and arr.shape == (3, 28, 28, 1)
+        np.testing.assert_array_equal(arr, saved["images"])
+        assert "arr_1" not in saved  # an unconditional model has no labels
+    labels = torch.tensor([2, 0])
+    path = save_samples_npz(torch.rand(2, 3, 4, 5) * 2 - 1, tmp_path / "labelled.npz", labels)
+    with np.load(path) as saved:
+        assert saved["arr_0"].shape == (2, 4, 5, 3) and saved["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(saved["arr_0"], saved["images"])
+        assert saved["arr_1"].tolist() == saved["labels"].tolist() == [2, 0]
 
 
 @pytest.fixture

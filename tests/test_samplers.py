@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffusion_lab.diffusion import Diffusion, build_schedule, parse_respacing
 from diffusion_lab.samplers import SAMPLERS, DDIMSampler, DDPMSampler, build_sampler
@@ -329,3 +331,81 @@ def test_sampler_registry_and_errors():
         DDPMSampler().sample(
             Diffusion(build_schedule("linear", 30), "eps", "learned_range"), model, (2, 2, 1, 1)
         )
+
+
+# ------------------------------------------------------------------ respacing as improved-diffusion's
+def iddpm_space_timesteps(num_timesteps: int, section_counts) -> set[int]:
+    """improved-diffusion's ``space_timesteps``, written out from its algorithm: a float stride accumulated step
+    by step and rounded with Python's (banker's) ``round``; "ddimN": the smallest integer stride giving N."""
+    if isinstance(section_counts, str) and section_counts.startswith("ddim"):
+        desired = int(section_counts[len("ddim") :])
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == desired:
+                return set(range(0, num_timesteps, stride))
+        raise ValueError(f"no integer stride gives {desired} steps")
+    size_per, extra = num_timesteps // len(section_counts), num_timesteps % len(section_counts)
+    start_idx, taken = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = (size - 1) / (count - 1) if count > 1 else 1
+        cur_idx = 0.0
+        for _ in range(count):
+            taken.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        start_idx += size
+    return set(taken)
+
+
+def test_section_counts_tie_as_improved_diffusion():
+    kept = parse_respacing(1000, "10,31,41")
+    assert kept == sorted(iddpm_space_timesteps(1000, [10, 31, 41]))
+    assert {791, 958} <= set(kept) and not {792, 957} & set(kept)  # exact .5 ties of the accumulated stride
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)  # fixed examples, no .hypothesis/
+@given(T=st.integers(1, 4000), data=st.data())
+def test_respacing_is_improved_diffusions_space_timesteps(T, data):
+    sections = data.draw(st.integers(1, min(T, 6)))
+    size = T // sections  # the smallest section
+    counts = data.draw(st.lists(st.integers(1, size), min_size=sections, max_size=sections))
+    spec = ",".join(map(str, counts))
+    assert parse_respacing(T, spec) == sorted(iddpm_space_timesteps(T, counts))
+    n = data.draw(st.integers(1, T))  # a plain N is one section of N steps
+    assert parse_respacing(T, n) == parse_respacing(T, str(n)) == sorted(iddpm_space_timesteps(T, [n]))
+    ddim = f"ddim{n}"
+    try:
+        expected = sorted(iddpm_space_timesteps(T, ddim))
+    except ValueError:  # no integer stride gives N steps: improved-diffusion refuses, the DDIM stride T // N
+        expected = list(range(0, T, T // n))[:n]
+    assert parse_respacing(T, ddim) == expected
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_step_is_float64_exact_at_every_step(schedule, eta, clip):
+    """One DDIM(η) step at every t against float64 numpy from the betas alone, to 1e-6 relative: the first steps'
+    1 - ᾱ must not be taken from a float32 ᾱ."""
+    T, D = 1000, 16
+    sched = build_schedule(schedule, T)
+    abar = np.cumprod(1.0 - sched.betas.numpy())
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    gen = torch.Generator().manual_seed(0)
+    x, eps_out, z = (torch.randn(T, D, generator=gen) for _ in range(3))
+    t = torch.arange(T)
+    out = Diffusion(sched, "eps").denoise(eps_out, x, t, clip_denoised=clip)
+    got = DDIMSampler(eta=eta).step(Diffusion(sched, "eps"), out, x, t, 0, z).double().numpy()
+
+    a, s = np.sqrt(abar)[:, None], np.sqrt(1.0 - abar)[:, None]
+    x64, eps64, z64 = (v.double().numpy() for v in (x, eps_out, z))
+    x0 = (x64 - s * eps64) / a
+    if clip:
+        x0 = np.clip(x0, -1.0, 1.0)
+        eps64 = (x64 - a * x0) / s
+    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))[:, None]
+    expected = (
+        np.sqrt(abar_prev)[:, None] * x0 + np.sqrt(1.0 - abar_prev[:, None] - sigma**2) * eps64 + sigma * z64
+    )
+    scale = np.abs(expected).max(axis=1, keepdims=True)  # per step: a single element may cancel to ~0
+    rel = (np.abs(got - expected) / scale).max(axis=1)
+    assert rel.max() <= 1e-6, f"t={int(rel.argmax())}: relative error {rel.max():.2e}"

@@ -83,7 +83,7 @@ def test_offline_run_has_metrics_and_sample_image(tmp_path, wandb_offline):
     assert {
         "train/loss",
         "val/loss",
-        "val/bpd_estimate",
+        "val/bpd_one_t_mc",
         "train_bucket/loss_t0",
         "samples/filenames",
     } <= history

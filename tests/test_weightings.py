@@ -164,3 +164,20 @@ def test_registry_and_errors():
     with pytest.raises(ValueError, match=r"gamma=-1"):
         P2Weighting(1.0, -1)
     assert "gamma=5.0" in repr(MinSNRWeighting())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("sigma", ["small", "large"])
+def test_vlb_weight_is_float64_exact_at_every_step(schedule, sigma):
+    """Ho et al. eq. (12) against float64 numpy from the betas alone, to 1e-6 relative at every t: the first
+    steps' 1 - ᾱ_t is tiny, so it must not be taken from a float32 ᾱ."""
+    sched = build_schedule(schedule, 1000)
+    beta = sched.betas.numpy()
+    alpha = 1.0 - beta
+    abar = np.cumprod(alpha)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    beta_tilde = beta * (1.0 - abar_prev) / (1.0 - abar)
+    var = np.concatenate([[beta_tilde[1]], beta_tilde[1:] if sigma == "small" else beta[1:]])
+    expected = beta**2 / (2.0 * var * alpha * (1.0 - abar))
+    got = VLBWeighting(sigma)(Diffusion(sched, "eps"), torch.arange(1000)).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)

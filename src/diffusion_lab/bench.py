@@ -1,66 +1,118 @@
-"""Throughput benchmark: ours vs the peer most users pick (diffusers' UNet2DModel), side by side in one process.
+"""Throughput benchmark of our networks: training steps and DDIM sampling, one JSON line per setting.
 
-    python -m diffusion_lab.bench                                   # both workloads, ours and diffusers
+    python -m diffusion_lab.bench --systems ours                     # both workloads, our network
     python -m diffusion_lab.bench --workloads train --systems ours --variants eager,compile,compile-ro+cl+lo
+    python -m diffusion_lab.bench --models unet_ddpm_cifar,dit_s     # parameters and FLOPs of model presets
+    python -m diffusion_lab.bench                                    # ours and diffusers side by side
 
 Workload A (train): 32×32×3 images, batch 128, T = 1000, ε-prediction, L_simple, AdamW, Ho et al.'s CIFAR-10
 network (35.7M parameters): images/s over whole optimizer steps, peak memory, achieved TFLOP/s from counted
 FLOPs (torch.utils.flop_counter) and their fraction of the GPU's dense bf16 peak.
 Workload B (sample): DDIM, 50 steps, batch 512, same network: images/s.
 
-Prints one JSON line per (system, variant, workload), then one line of ratios ours/peer (best variant of each;
-`bound` variants, a ceiling rather than a usable network, are left out).
-The peer runs in its best reasonable setting: bf16 autocast, fused AdamW, torch.compile. diffusers is an
-optional, bench-only dependency: ``pip install -e .[bench]``.
+A system is a ``System``: a network and its recipes for a training loss and a DDIM loop. This module defines
+``ours``; the peer systems (diffusers' UNet2DModel, the default peer) are defined in the repository's
+``benchmarks/bench_peers.py``, loaded only when ``--systems`` names one, so a peer comparison runs from a
+checkout with the bench extra (``pip install -e .[bench]``). With peers, one last line gives ratios ours/peer
+(best variant of each; `bound` variants, a ceiling rather than a usable network, are left out). The peer runs
+in its best reasonable setting: bf16 autocast, fused AdamW, torch.compile.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .diffusion import Diffusion, LinearSchedule, SimpleLoss, q_sample
+from .errors import UserError, friendly_errors
 from .module import compile_options
 from .nets import UNet, count_parameters
 from .samplers import DDIMSampler
 
-__all__ = ["main", "ho_unet", "diffusers_ho_unet"]
+__all__ = ["Model", "OURS", "System", "ho_unet", "load_systems", "main", "ours_over_peer"]
 
 # Dense (no sparsity) bf16 tensor-core peak, TFLOP/s, by device name.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "4090": 165.2}
+# Where the peer systems are defined (in a checkout; not part of the installed package).
+PEERS_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_peers.py"
 
 HO_CIFAR = dict(
     base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,), dropout=0.1
 )
+
+Forward = Callable[[nn.Module, Tensor, Tensor], Tensor]  # (net, x_t, t) -> ε prediction
+Model = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> ε prediction
+
+
+@dataclass(frozen=True)
+class System:
+    """One implementation under benchmark: its network and its own recipes for workloads A and B."""
+
+    name: str
+    network: Callable[[], nn.Module]
+    forward: Forward
+    # (model, device) -> loss(x0, t, noise): the system's training loss, its forward noising included.
+    train_loss: Callable[[Model, torch.device], Callable[[Tensor, Tensor, Tensor], Tensor]]
+    # (model, shape, steps, device) -> run(): one DDIM batch, η = 0.
+    ddim: Callable[[Model, tuple, int, torch.device], Callable[[], None]]
 
 
 def ho_unet() -> nn.Module:
     return UNet(in_channels=3, out_channels=3, image_size=32, **HO_CIFAR)
 
 
-def diffusers_ho_unet() -> nn.Module:
-    """diffusers' UNet2DModel configured as Ho et al.'s CIFAR-10 network (as google/ddpm-cifar10-32)."""
-    from diffusers import UNet2DModel
+def _ours_train_loss(model: Model, device: torch.device) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The framework's own code path: q_sample + SimpleLoss."""
+    diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
+    loss_fn = SimpleLoss()
 
-    return UNet2DModel(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=2,
-        block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        dropout=0.1,
-        attention_head_dim=None,
-        norm_num_groups=32,
-    )
+    def loss(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        xt = q_sample(diffusion.schedule, x0, t, noise)
+        return loss_fn(diffusion, model(xt, t), x0, xt, t, noise)["loss"].mean()
+
+    return loss
+
+
+def _ours_ddim(model: Model, shape: tuple, steps: int, device: torch.device) -> Callable[[], None]:
+    diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
+    sampler = DDIMSampler(steps=steps, eta=0.0)
+    return lambda: sampler.sample(diffusion, model, shape, device)
+
+
+OURS = System("ours", ho_unet, lambda net, x, t: net(x, t), _ours_train_loss, _ours_ddim)
+
+
+def _peer_module() -> ModuleType:
+    if not PEERS_FILE.is_file():
+        raise UserError(
+            f"--systems: peer systems are defined in {PEERS_FILE}, which this installation lacks; "
+            "run from a repository checkout, or pass --systems ours"
+        )
+    spec = importlib.util.spec_from_file_location("bench_peers", PEERS_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_systems(names: list[str]) -> dict[str, System]:
+    """The systems named by ``--systems``: ``ours`` here, any other from benchmarks/bench_peers.py's PEERS."""
+    peers: dict[str, System] = _peer_module().PEERS if any(n != "ours" for n in names) else {}
+    known = {"ours": OURS, **peers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"--systems: {unknown} unknown; choose from {sorted(known)}")
+    return {n: known[n] for n in names}
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -68,9 +120,7 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
-def count_train_flops(
-    net: nn.Module, call: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], batch: int, device
-) -> int:
+def count_train_flops(net: nn.Module, call: Forward, batch: int, device: torch.device) -> int:
     """FLOPs of one forward + backward (counted by torch's FlopCounterMode on the eager network)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -160,23 +210,24 @@ def _compile(net: nn.Module, variant: str) -> nn.Module:
     return torch.compile(net, options=compile_options(mode, channels_last="lo" in variant.split("+")))
 
 
-def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def bench_train(system: System, variant: str, args, device: torch.device) -> dict:
+    """Workload A: whole optimizer steps of ``system`` in ``variant``, on a device-resident batch of noise."""
     torch.manual_seed(0)
-    net = ours_or_peer(system)
+    net = system.network()
     params = count_parameters(net)
-    call = _call(system)
-    flops = count_train_flops(net.to(device), call, args.batch, device) if device.type == "cuda" else 0
+    flops = (
+        count_train_flops(net.to(device), system.forward, args.batch, device) if device.type == "cuda" else 0
+    )
     net = _prepare(net, variant, device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=device.type == "cuda")
     fwd = _compile(net, variant)
     B = args.batch
     data = torch.randn(B * 8, 3, 32, 32, device=device).clamp(-1, 1)  # GPU-resident "dataset"
-    diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
-    loss_fn = SimpleLoss()
-    if system == "diffusers":
-        from diffusers import DDPMScheduler
-
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    loss_fn = system.train_loss(lambda x, t: system.forward(fwd, x, t), device)
     step = [0]
 
     def train_step() -> None:
@@ -187,13 +238,8 @@ def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         t = torch.randint(0, 1000, (B,), device=device)
         noise = torch.randn_like(x0)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if system == "ours":  # the framework's own code path: q_sample + SimpleLoss
-                xt = q_sample(diffusion.schedule, x0, t, noise)
-                loss = loss_fn(diffusion, call(fwd, xt, t), x0, xt, t, noise)["loss"].mean()
-            else:  # diffusers' training-script recipe
-                xt = scheduler.add_noise(x0, noise, t)
-                loss = F.mse_loss(call(fwd, xt, t).float(), noise)
+        with _autocast(device):
+            loss = loss_fn(x0, t, noise)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -201,14 +247,13 @@ def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sec = _time(train_step, args.warmup, args.iters, device)
-    img_s = B / sec
     out = {
         "workload": "train",
-        "system": system,
+        "system": system.name,
         "variant": variant,
         "batch": B,
         "params": params,
-        "img_per_s": round(img_s, 1),
+        "img_per_s": round(B / sec, 1),
         "ms_per_step": round(sec * 1e3, 3),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if device.type == "cuda"
@@ -217,55 +262,35 @@ def bench_train(system: str, variant: str, args, device: torch.device) -> dict:
     if args.profile and device.type == "cuda":
         out["top_kernels"] = top_kernels(train_step, args.profile, device)
     if flops:
-        tflops = flops / sec / 1e12
-        out.update(gflops_per_step=round(flops / 1e9, 1), achieved_tflops=round(tflops, 1))
-        peak = peak_tflops(device)
-        if peak:
-            out["fraction_of_bf16_peak"] = round(tflops / peak, 3)
+        out.update(_flop_rates(flops, sec, device))
     return out
 
 
-def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
+def _flop_rates(flops: int, sec: float, device: torch.device) -> dict:
+    tflops = flops / sec / 1e12
+    out = {"gflops_per_step": round(flops / 1e9, 1), "achieved_tflops": round(tflops, 1)}
+    peak = peak_tflops(device)
+    if peak:
+        out["fraction_of_bf16_peak"] = round(tflops / peak, 3)
+    return out
+
+
+def bench_sample(system: System, variant: str, args, device: torch.device) -> dict:
+    """Workload B: one DDIM batch of ``system`` in ``variant``, timed over ``--sample-iters`` batches."""
     torch.manual_seed(0)
-    net = _prepare(ours_or_peer(system), variant, device).eval()
-    call = _call(system)
+    net = _prepare(system.network(), variant, device).eval()
     fwd = _compile(net, variant)
     n, steps = args.sample_batch, args.sample_steps
-    shape = (n, 3, 32, 32)
+    ddim = system.ddim(lambda x, t: system.forward(fwd, x, t), (n, 3, 32, 32), steps, device)
 
-    if system == "ours":
-        diffusion = Diffusion(LinearSchedule(1000), "eps", "fixed_small")
-        sampler = DDIMSampler(steps=steps, eta=0.0)
-
-        def model(x, t):
-            return call(fwd, x, t)
-
-        def run() -> None:
-            with (
-                torch.no_grad(),
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
-            ):
-                sampler.sample(diffusion, model, shape, device)
-    else:
-        from diffusers import DDIMScheduler
-
-        scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
-        scheduler.set_timesteps(steps)
-
-        def run() -> None:
-            with (
-                torch.no_grad(),
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
-            ):
-                x = torch.randn(shape, device=device)
-                for t in scheduler.timesteps:
-                    eps = call(fwd, x, t.to(device).expand(n))
-                    x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
+    def run() -> None:
+        with torch.no_grad(), _autocast(device):
+            ddim()
 
     sec = _time(run, 1, args.sample_iters, device)
     out = {
         "workload": "sample",
-        "system": system,
+        "system": system.name,
         "variant": variant,
         "batch": n,
         "steps": steps,
@@ -278,8 +303,9 @@ def bench_sample(system: str, variant: str, args, device: torch.device) -> dict:
 
 
 def ours_over_peer(results: list[dict], workloads: list[str]) -> dict:
-    """{"<workload>_ours_over_diffusers": best ours / best peer} over usable variants (not `bound`), and
-    {"<workload>_ours_over_diffusers[<variant>]": best ours / that peer variant} for each peer variant run."""
+    """For each peer system in ``results``: {"<workload>_ours_over_<peer>": best ours / best peer} over usable
+    variants (not `bound`), and {"<workload>_ours_over_<peer>[<variant>]": best ours / that peer variant} when
+    the peer ran several."""
 
     def usable(workload: str, system: str) -> list[dict]:
         return [
@@ -291,26 +317,18 @@ def ours_over_peer(results: list[dict], workloads: list[str]) -> dict:
             and "bound" not in r["variant"].split("+")
         ]
 
+    peer_names = list(dict.fromkeys(r["system"] for r in results if r["system"] != "ours"))
     ratios = {}
     for w in workloads:
         ours = max((r["img_per_s"] for r in usable(w, "ours")), default=math.nan)
-        peers = usable(w, "diffusers")
-        peer = max((r["img_per_s"] for r in peers), default=math.nan)
-        ratios[f"{w}_ours_over_diffusers"] = round(ours / peer, 3)
-        if len(peers) > 1:
-            for r in peers:
-                ratios[f"{w}_ours_over_diffusers[{r['variant']}]"] = round(ours / r["img_per_s"], 3)
+        for name in peer_names:
+            peers = usable(w, name)
+            peer = max((r["img_per_s"] for r in peers), default=math.nan)
+            ratios[f"{w}_ours_over_{name}"] = round(ours / peer, 3)
+            if len(peers) > 1:
+                for r in peers:
+                    ratios[f"{w}_ours_over_{name}[{r['variant']}]"] = round(ours / r["img_per_s"], 3)
     return ratios
-
-
-def ours_or_peer(system: str) -> nn.Module:
-    return ho_unet() if system == "ours" else diffusers_ho_unet()
-
-
-def _call(system: str) -> Callable:
-    if system == "ours":
-        return lambda net, x, t: net(x, t)
-    return lambda net, x, t: net(x, t).sample
 
 
 def model_costs(names: list[str], image_size: int = 32, channels: int = 3) -> list[dict]:
@@ -341,9 +359,13 @@ def model_costs(names: list[str], image_size: int = 32, channels: int = 3) -> li
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="ours,diffusers")
+    p.add_argument(
+        "--systems",
+        default="ours,diffusers",
+        help="comma list: ours, and peers defined in benchmarks/bench_peers.py (diffusers)",
+    )
     p.add_argument("--workloads", default="train,sample")
     p.add_argument(
         "--variants",
@@ -357,8 +379,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument(
         "--peer-variants",
         default="compile,compile-ro",
-        help="the peer's settings (same parts); the ratios take its best: compile is the issue's setting, "
-        "compile-ro (CUDA graphs) the fastest measured",
+        help="the peers' settings (same parts); the ratios take each peer's best: compile is torch.compile's "
+        "default mode, compile-ro adds CUDA graphs",
     )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=15)
@@ -380,12 +402,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="comma list of conf/model presets (e.g. unet_ddpm_cifar,dit_s,dit_b): print their parameter count "
         "and forward FLOPs at 32x32x3 and exit",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _run_one(workload: str, system: System, variant: str, args, device: torch.device) -> dict:
+    """One JSON row; a failing variant gives a row with its error rather than losing the others' numbers."""
+    fn = bench_train if workload == "train" else bench_sample
+    try:
+        row = fn(system, variant, args, device)
+    except Exception as err:
+        row = {"workload": workload, "system": system.name, "variant": variant, "error": repr(err)[:300]}
+    row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    row["torch"] = torch.__version__
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = _parser().parse_args(argv)
     if args.models:
         rows = model_costs(args.models.split(","))
         for row in rows:
             print(json.dumps(row), flush=True)
         return rows
+    systems = load_systems(args.systems.split(","))
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -393,23 +432,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.backends.cudnn.benchmark = True
     results = []
     for workload in args.workloads.split(","):
-        for system in args.systems.split(","):
-            variants = args.variants if system == "ours" else args.peer_variants
+        for system in systems.values():
+            variants = args.variants if system is OURS else args.peer_variants
             for variant in variants.split(","):
-                fn = bench_train if workload == "train" else bench_sample
-                try:
-                    row = fn(system, variant, args, device)
-                except Exception as err:  # one failing variant must not lose the others' numbers
-                    row = {
-                        "workload": workload,
-                        "system": system,
-                        "variant": variant,
-                        "error": repr(err)[:300],
-                    }
-                row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-                row["torch"] = torch.__version__
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                results.append(_run_one(workload, system, variant, args, device))
+                print(json.dumps(results[-1]), flush=True)
                 torch._dynamo.reset()
     ratios = ours_over_peer(results, args.workloads.split(","))
     print(json.dumps({"ratios": ratios}), flush=True)
@@ -417,4 +444,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    friendly_errors(main)()

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .checkpointing import CheckpointError, check_digest, load_checkpoint_file, sidecar_path
 from .diffusion import Diffusion, Loss, TimestepSampler
 from .diffusion.losses import check_compatible
 from .samplers import Sampler
@@ -104,10 +105,6 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
     )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated, or not written by diffusion_lab."""
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Parts, dict, dict]:
     """Rebuild the trained parts from a checkpoint: returns (parts with the EMA network loaded, spec, raw ckpt).
 
@@ -121,15 +118,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"ckpt={str(path)!r} does not exist; pass the path of a .ckpt file from a training run"
         )
-    from .checkpointing import check_digest, sidecar_path
-
     if check_digest(path) is False:
         raise CheckpointError(
             f"ckpt={str(path)!r} is corrupt: its sha256 does not match {sidecar_path(path).name} "
             "(truncated or modified after it was written)"
         )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = load_checkpoint_file(path, map_location=map_location)
+    except CheckpointError:
+        raise
     except Exception as err:  # truncated or not a torch file
         raise CheckpointError(
             f"ckpt={str(path)!r} cannot be read ({type(err).__name__}): truncated or not a checkpoint"

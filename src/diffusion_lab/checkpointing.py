@@ -11,12 +11,19 @@ or a full disk — sees the previous checkpoint or the new one, never a part of 
 ``verify_checkpoint`` tells whether a file is a whole checkpoint: the digest when there is a sidecar, else a
 metadata-only ``torch.load(mmap=True)`` (a truncated zip has no central directory). ``newest_good_checkpoint``
 picks what ``ckpt_path=last`` resumes from.
+
+A checkpoint is data: ``load_checkpoint_file`` is the one way every entry point (sample, evaluate, visualize,
+resume, Lightning's own restore through ``AtomicCheckpointIO``) reads one. It unpickles with
+``weights_only=True``, i.e. tensors and plain containers only: what our checkpoints hold (the module stores
+its spec and extras as plain data; Lightning's loops, callbacks, optimizer and scheduler states are plain too).
+A file naming any other global — which unpickling would import and call — is refused before anything runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -25,7 +32,11 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .io import file_sha256
+
 __all__ = [
+    "CheckpointError",
+    "load_checkpoint_file",
     "AtomicCheckpointIO",
     "atomic_torch_save",
     "sidecar_path",
@@ -36,7 +47,46 @@ __all__ = [
 ]
 
 SIDECAR_SUFFIX = ".sha256"
-_CHUNK = 1 << 22
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, unsafe, or not written by diffusion_lab; ``reason`` is the
+    message without the option and path."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def load_checkpoint_file(
+    path: str | Path, map_location: Any = "cpu", mmap: bool = False, option: str = "ckpt"
+) -> Any:
+    """``torch.load`` of tensors and plain containers only; a file holding anything else (any other global,
+    which unpickling would call) raises a one-line ``CheckpointError`` naming ``option`` and the global.
+    Other failures (truncated, not a torch file) propagate as torch raises them."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        unsafe = _unsafe_globals(path, err)
+        if not unsafe:
+            raise
+        reason = (
+            f"contains {unsafe} which a diffusion_lab checkpoint never holds; refusing to load it (it could "
+            "run code)"
+        )
+        raise CheckpointError(f"{option}={str(path)!r} {reason}", reason) from None
+
+
+def _unsafe_globals(path: str | Path, err: pickle.UnpicklingError) -> str:
+    """The globals outside ``weights_only``'s allowlist that ``path`` names (read without unpickling), or
+    the one torch's error names; "" when the error is not about a global (a damaged file)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    if not names:
+        names = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return ", ".join(names)
 
 
 class _HashingWriter:
@@ -136,20 +186,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """Lightning's restore (``trainer.fit(ckpt_path=...)``) reads through the safe loader too."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        # map_location None keeps each tensor where it was saved, as Lightning's default does
+        return load_checkpoint_file(path, map_location=map_location, option="ckpt_path")
+
     def remove_checkpoint(self, path: Any) -> None:
         super().remove_checkpoint(path)
         if "://" not in str(path):
             sidecar = sidecar_path(path)
             if sidecar.is_file():
                 sidecar.unlink()
-
-
-def file_sha256(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def check_digest(path: str | Path) -> bool | None:
@@ -183,7 +234,9 @@ def verify_checkpoint(path: str | Path) -> str | None:
             None if digest else f"its sha256 does not match {sidecar_path(real).name} (truncated or corrupt)"
         )
     try:
-        ckpt = torch.load(real, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = load_checkpoint_file(real, mmap=True)
+    except CheckpointError as err:
+        return f"it {err.reason}"
     except Exception as err:
         return f"unreadable ({type(err).__name__}: truncated or not a checkpoint)"
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

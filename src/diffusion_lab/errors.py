@@ -3,15 +3,19 @@
 Entry points wrap their body in ``friendly_errors``: a ``UserError`` (or a ValueError / FileNotFoundError
 raised by a part while it checks its arguments, possibly wrapped by Hydra's ``instantiate``) is printed as
 ``error: <message>`` on stderr with exit status 2. ``HYDRA_FULL_ERROR=1`` re-raises with the full trace. In a
-multirun the exception propagates, so the launcher can record that one job failed and go on.
+multirun the exception propagates, so the launcher can record that one job failed and go on. A run rejected
+this way leaves no run folder behind: the folder Hydra created for it is removed if it holds nothing but
+Hydra's own files (``.hydra/``, the log) and loggers' ``hparams.yaml`` — never one with anything else in it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
@@ -24,6 +28,7 @@ __all__ = [
     "check_types",
     "OutputDirCheck",
     "unwritable_reason",
+    "discard_rejected_run",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,6 +118,7 @@ def friendly_errors(fn: F) -> F:
             missing = _missing_value_message(cause)
             if missing:
                 print(f"error: {missing}", file=sys.stderr, flush=True)
+                discard_rejected_run()
                 raise SystemExit(2) from None
             if not isinstance(cause, USER_ERRORS) and type(err).__name__ != "InstantiationException":
                 raise
@@ -120,6 +126,7 @@ def friendly_errors(fn: F) -> F:
             if isinstance(cause, KeyError):
                 message = f"missing key {message}"
             print(f"error: {message}", file=sys.stderr, flush=True)
+            discard_rejected_run()
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -141,9 +148,37 @@ def unwritable_reason(folder: str | os.PathLike) -> str | None:
     return None
 
 
+# The run folder Hydra is about to create for this run (None if it existed before): only that one may be removed.
+_created_run_dir: str | None = None
+
+
+def _holds_nothing_of_value(folder: Path) -> bool:
+    """Only Hydra's own files (.hydra/, the job log), loggers' hparams.yaml and empty folders."""
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_dir() or rel.parts[0] == ".hydra" or path.name == "hparams.yaml":
+            continue
+        if len(rel.parts) == 1 and path.suffix == ".log":
+            continue
+        return False
+    return True
+
+
+def discard_rejected_run() -> None:
+    """Remove the run folder Hydra created for a run rejected at start-up, if nothing of value is in it."""
+    global _created_run_dir
+    folder, _created_run_dir = _created_run_dir, None
+    if folder is None or _in_multirun():
+        return
+    path = Path(folder)
+    if path.is_dir() and _holds_nothing_of_value(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class OutputDirCheck(Callback):
     """A Hydra callback (conf/hydra/default.yaml): checks that the run (or sweep) directory can be created
-    before Hydra creates it — Hydra's own failure there is a traceback. One line, exit status 2."""
+    before Hydra creates it — Hydra's own failure there is a traceback. One line, exit status 2. It also
+    notes whether the run folder is new, so that ``discard_rejected_run`` removes only a folder of this run."""
 
     @staticmethod
     def _check(folder: Any, what: str) -> None:
@@ -158,7 +193,10 @@ class OutputDirCheck(Callback):
             raise SystemExit(2)
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        global _created_run_dir
         self._check(config.hydra.run.dir, "run")
+        folder = os.path.abspath(str(config.hydra.run.dir))
+        _created_run_dir = None if os.path.exists(folder) else folder
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir, "sweep")

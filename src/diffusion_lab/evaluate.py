@@ -2,10 +2,18 @@
 
     python -m diffusion_lab.evaluate ckpt=PATH metrics=[fid,is,kid,pr,bpd] sampler=ddim steps=[10,20,50,100]
     python -m diffusion_lab.evaluate ckpt=PATH features=.cache/features/fashion_mnist.pt guidance=[0,1,2,4]
+    python -m diffusion_lab.evaluate ckpt=PATH metrics=[fid] sample_sets=3     # FID's own spread over 3 sets
 
-Writes ``evaluation.{md,csv,json}`` (one row per sampler setting), ``fid_vs_steps.png``, and for bits/dim
-``vlb_per_t.csv`` (the mean VLB term at each t and its standard error) / ``vlb_per_t.png``; prints where they
-are. Sampling runs under bf16 autocast on CUDA, as the training callbacks sample.
+Every evaluation writes into a folder of its own, never reused: ``out_dir`` when given (refused when it already
+holds files), else a new ``<run>/evaluation/<checkpoint>-<YYYYmmdd-HHMMSS>``. The folder holds
+``evaluation.{md,csv,json}`` (one row per sampler setting; the JSON's ``provenance`` records how it was measured:
+feature network, n real / n generated, sampler, guidance, seeds, checkpoint path / step / sha256, package
+versions), ``<fid or fd_classifier>_vs_steps.png``, and for bits/dim ``vlb_per_t.csv`` (the mean VLB term at
+each t and its standard error) / ``vlb_per_t.png``; the end of the run prints where they are.
+
+On Inception features the scores are called fid / kid_* / is_*; on a domain classifier's features
+(``features=PATH``) fd_classifier / kd_classifier_* / classifier_score_*, which are not comparable with
+published FIDs. Sampling runs under bf16 autocast on CUDA, as the training callbacks sample.
 """
 
 from __future__ import annotations
@@ -13,35 +21,52 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import time
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import hydra
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
+from .cli import command
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, friendly_errors
-from .io import atomic_path
+from .errors import UserError
+from .io import atomic_path, file_sha256
 from .metrics.evaluation import (
     QualitySettings,
     build_extractor,
     largest_batch,
     real_features_for,
     score_generator,
+    score_names,
 )
+from .metrics.features import FeatureExtractor
 from .metrics.quality import SampleQuality
 from .module import compile_mode, compile_options
-from .sample import choose_sampler, resolve_device
-from .train import CONFIG_DIR
+from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
+from .samplers import Sampler
 
 __all__ = ["evaluate", "main", "KNOWN_METRICS"]
 
 KNOWN_METRICS = ("fid", "kid", "pr", "is", "bpd")
+# The packages whose versions can change a number in the tables.
+VERSIONED = (
+    "torch",
+    "torchvision",
+    "torchmetrics",
+    "torch-fidelity",
+    "lightning",
+    "numpy",
+    "scipy",
+    "diffusion_lab",
+)
 
 
 def _as_list(value: Any) -> list:
@@ -50,6 +75,77 @@ def _as_list(value: Any) -> list:
     return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
 
 
+# ------------------------------------------------------------------------------------------------- settings
+def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The metrics asked for (and those of them computed on samples), refusing bad values before any work."""
+    metrics = [str(m) for m in _as_list(cfg.metrics) if m is not None]
+    unknown = sorted(set(metrics) - set(KNOWN_METRICS))
+    if unknown:
+        raise UserError(f"metrics={unknown} unknown; choose from {list(KNOWN_METRICS)}")
+    if not metrics:
+        raise UserError(f"metrics= is empty; choose some of {list(KNOWN_METRICS)}")
+    sample_metrics = [m for m in metrics if m != "bpd"]
+    for key, least in (("n", 2), ("n_real", 2), ("batch_size", 1), ("sample_sets", 1)):
+        if sample_metrics and int(cfg[key]) < least:
+            raise UserError(f"{key}={cfg[key]} is invalid: it must be >= {least}")
+    for key in ("bpd_n", "bpd_batch_size"):
+        if "bpd" in metrics and int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]} is invalid: it must be >= 1")
+    return metrics, sample_metrics
+
+
+def quality_settings(cfg: DictConfig) -> QualitySettings:
+    return QualitySettings(
+        features=str(cfg.features),
+        inception_weights=cfg.inception_weights,
+        allow_download=bool(cfg.allow_download),
+        real_split=str(cfg.real_split),
+        n_real=int(cfg.n_real),
+        cache_dir=str(cfg.cache_dir),
+        batch_size=int(cfg.batch_size),
+        kid_subset_size=min(1000, int(cfg.n), int(cfg.n_real)),
+    )
+
+
+def guidance_scales(cfg: DictConfig, spec: dict) -> list[float]:
+    guidances = [float(g or 0.0) for g in _as_list(cfg.guidance)]
+    if any(guidances) and not spec.get("num_classes"):
+        raise UserError("guidance= needs a class-conditional checkpoint (trained with conditional=true)")
+    return guidances
+
+
+# -------------------------------------------------------------------------------------------- output folder
+def evaluation_dir(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, bool]:
+    """Where this evaluation writes, and whether the user named it: ``out_dir`` (refused when it holds files:
+    an evaluation never overwrites another), else ``<run>/evaluation/<checkpoint>-<time>``."""
+    if cfg.out_dir:
+        out = Path(cfg.out_dir)
+        if out.is_dir() and any(out.iterdir()):
+            raise UserError(
+                f"out_dir={str(out)!r} already holds files and an evaluation never overwrites another; "
+                "give a new folder, or leave out_dir unset for a fresh <run>/evaluation/<checkpoint>-<time>"
+            )
+        return out, True
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return ckpt_path.parent.parent / "evaluation" / f"{ckpt_path.stem}-{stamp}", False
+
+
+def claim_dir(out: Path, named: bool) -> Path:
+    """Create the folder; an unnamed one that exists already (two evaluations in one second) gets -2, -3, ..."""
+    if named:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    for k in range(1, 1000):
+        candidate = out if k == 1 else out.with_name(f"{out.name}-{k}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"no free evaluation folder beside {out}; pass out_dir=")
+
+
+# ------------------------------------------------------------------------------------ checkpoint and data
 def build_datamodule(spec: dict, data_root: str | None):
     data_cfg = dict(spec.get("data") or {})
     if not data_cfg:
@@ -60,39 +156,125 @@ def build_datamodule(spec: dict, data_root: str | None):
     return instantiate(data_cfg)
 
 
+def load_network(cfg: DictConfig, device: torch.device):
+    """(parts, spec, raw checkpoint, the network to sample with, whether it is compiled)."""
+    mode = compile_mode(cfg.get("compile"))
+    compiled = mode is not None
+    options = compile_options(mode, bool(cfg.get("channels_last"))) if compiled else None
+    parts, spec, ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
+    net = parts.net.to(device)
+    if cfg.get("channels_last"):
+        net = net.to(memory_format=torch.channels_last)
+    if compiled:
+        net = torch.compile(net, options=options)
+    return parts, spec, ckpt, net, compiled
+
+
+# --------------------------------------------------------------------------------------------- provenance
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["torch"] = torch.__version__  # with its build tag (+cu130, +cpu), which the metadata lacks
+    versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def provenance(
+    cfg: DictConfig,
+    ckpt_path: Path,
+    ckpt: dict,
+    extractor: FeatureExtractor | None,
+    metrics: list[str],
+    device: torch.device,
+) -> dict[str, Any]:
+    """How the numbers were measured: enough to reproduce them, or to see that two are not comparable."""
+    seeds = [int(cfg.seed) + k for k in range(int(cfg.sample_sets))]
+    record: dict[str, Any] = {
+        "checkpoint": {
+            "path": str(ckpt_path),
+            "global_step": ckpt.get("global_step"),
+            "sha256": file_sha256(ckpt_path),
+        },
+        "metrics": metrics,
+        "device": str(device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if extractor is not None:
+        record |= {
+            "features": extractor.describe(),
+            "n_real": int(cfg.n_real),
+            "real_split": str(cfg.real_split),
+            "n_generated": int(cfg.n),
+            "sample_sets": int(cfg.sample_sets),
+            "seeds": seeds,
+            "batch_size": int(cfg.batch_size),
+            "guidance": [float(g or 0.0) for g in _as_list(cfg.guidance)],
+        }
+    if "bpd" in metrics:
+        record["bpd"] = {
+            "n": int(cfg.bpd_n),
+            "split": str(cfg.bpd_split),
+            "clip_denoised": bool(cfg.bpd_clip_denoised),
+            "seed": int(cfg.seed),
+        }
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ bits/dim
 def bits_per_dim(parts, datamodule, cfg: DictConfig, device: torch.device, out_dir: Path) -> dict[str, Any]:
-    """Full-bound bits/dim over ``bpd_n`` images, with its standard error, and the per-t VLB curve."""
+    """Full-bound bits/dim over ``bpd_n`` images, with its standard error, and the per-t VLB curve.
+
+    ``bpd_clip_denoised=true`` (the default) is improved-diffusion's protocol (``image_nll.py``): the predicted
+    x_0 is clipped to [-1, 1] before it makes the reverse mean; false gives the bound of the network as trained.
+    """
     images = datamodule.real_images(cfg.bpd_split, int(cfg.bpd_n))
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    totals, vb_sum, vb_sq = [], 0.0, 0.0
+    clip = bool(cfg.bpd_clip_denoised)
+    totals, vbs = [], []
     for chunk in images.split(int(cfg.bpd_batch_size)):
         r = calc_bpd_loop(
-            parts.diffusion, parts.net, chunk.to(device), progress=bool(cfg.progress), generator=gen
+            parts.diffusion,
+            parts.net,
+            chunk.to(device),
+            progress=bool(cfg.progress),
+            generator=gen,
+            clip_denoised=clip,
         )
         totals.append(r["total_bpd"].cpu())
-        vb = r["vb"].cpu().double()
-        vb_sum, vb_sq = vb_sum + vb.sum(0), vb_sq + (vb * vb).sum(0)
+        vbs.append(r["vb"].cpu().double())
     total = torch.cat(totals).double()
+    write_vlb_curve(torch.cat(vbs), out_dir)
     n = total.numel()
-    vb_mean = vb_sum / n
+    stderr = float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"bpd": float(total.mean()), "bpd_stderr": stderr, "bpd_n": n, "bpd_clip_denoised": clip}
+
+
+def write_vlb_curve(vb: torch.Tensor, out_dir: Path) -> None:
+    """``vlb_per_t.csv`` (each term's mean over the (N, T) images and its standard error) and its plot."""
+    n = vb.shape[0]
+    mean = vb.mean(0)
     # per-t standard error of the mean over images (images are independent)
-    vb_se = ((vb_sq - n * vb_mean**2).clamp(min=0) / (n - 1) / n).sqrt() if n > 1 else vb_mean * math.nan
-    vb_mean = vb_mean.tolist()
+    se = vb.std(0, unbiased=True) / math.sqrt(n) if n > 1 else mean * math.nan
     with atomic_path(out_dir / "vlb_per_t.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         # t = 1 is the decoder term L_0, t = T the last KL term L_{T-1} (Ho et al.'s 1-based timesteps)
         w.writerow(["t", "vb_bits_per_dim", "vb_stderr"])
-        w.writerows([[t + 1, v, se] for t, (v, se) in enumerate(zip(vb_mean, vb_se.tolist()))])
+        w.writerows([[t + 1, v, e] for t, (v, e) in enumerate(zip(mean.tolist(), se.tolist()))])
+    ts = list(range(1, len(mean) + 1))
     _plot(
         out_dir / "vlb_per_t.png",
-        [(list(range(1, len(vb_mean) + 1)), vb_mean, "L_{t-1}")],
+        [(ts, mean.tolist(), "L_{t-1}")],
         "timestep t",
         "VLB term (bits/dim)",
         "Per-timestep VLB",
         logy=True,
     )
-    stderr = float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return {"bpd": float(total.mean()), "bpd_stderr": stderr, "bpd_n": n}
 
 
 def _plot(
@@ -120,145 +302,31 @@ def _plot(
     plt.close(fig)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    metrics = [str(m) for m in _as_list(cfg.metrics) if m is not None]
-    unknown = sorted(set(metrics) - set(KNOWN_METRICS))
-    if unknown:
-        raise UserError(f"metrics={unknown} unknown; choose from {list(KNOWN_METRICS)}")
-    if not metrics:
-        raise UserError(f"metrics= is empty; choose some of {list(KNOWN_METRICS)}")
-    sample_metrics = [m for m in metrics if m != "bpd"]
-    for key, least in (("n", 2), ("n_real", 2), ("batch_size", 1)):
-        if sample_metrics and int(cfg[key]) < least:
-            raise UserError(f"{key}={cfg[key]} is invalid: it must be >= {least}")
-    for key in ("bpd_n", "bpd_batch_size"):
-        if "bpd" in metrics and int(cfg[key]) < 1:
-            raise UserError(f"{key}={cfg[key]} is invalid: it must be >= 1")
-    device = resolve_device(str(cfg.device))
-    mode = compile_mode(cfg.get("compile"))
-    compiled = mode is not None
-    options = compile_options(mode, bool(cfg.get("channels_last"))) if compiled else None
-    parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
-    net = parts.net.to(device)
-    if cfg.get("channels_last"):
-        net = net.to(memory_format=torch.channels_last)
-    if compiled:
-        net = torch.compile(net, options=options)
-    datamodule = build_datamodule(spec, cfg.data_root)
-    datamodule.setup("test")
-    ckpt_path = Path(cfg.ckpt).resolve()
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "evaluation" / ckpt_path.stem
+# ------------------------------------------------------------------------------------------ sample metrics
+def make_generate(
+    parts, net, spec: dict, sampler: Sampler, w: float, device: torch.device, full_batch: int, compiled: bool
+) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """``generate(b, generator)``: b samples in [-1, 1] with ``sampler`` at guidance scale ``w``."""
     shape = tuple(spec["data_shape"])
     num_classes = spec.get("num_classes")
-    guidances = [float(g or 0.0) for g in _as_list(cfg.guidance)]
-    if any(guidances) and not num_classes:
-        raise UserError("guidance= needs a class-conditional checkpoint (trained with conditional=true)")
 
-    settings = QualitySettings(
-        features=str(cfg.features),
-        inception_weights=cfg.inception_weights,
-        allow_download=bool(cfg.allow_download),
-        real_split=str(cfg.real_split),
-        n_real=int(cfg.n_real),
-        cache_dir=str(cfg.cache_dir),
-        batch_size=int(cfg.batch_size),
-        kid_subset_size=min(1000, int(cfg.n), int(cfg.n_real)),
-    )
-    # The feature network first: a missing weights file fails now, not after a long bits/dim computation.
-    extractor = build_extractor(settings).to(device) if sample_metrics else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def generate(b: int, gen: torch.Generator) -> torch.Tensor:
+        # A compiled network sees one batch shape: a batch one smaller than the largest (the batches are
+        # balanced, see rank_batches) is generated at full size and cut (a new shape would recompile in the
+        # middle of the run).
+        keep, b = b, (max(b, full_batch) if compiled else b)
+        noise = torch.randn((b, *shape), device=device, generator=gen)
+        model = net
+        if num_classes:
+            y = torch.randint(0, num_classes, (b,), device=device, generator=gen)
+            learned = parts.diffusion.variance.learned
+            model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
+        # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x = sampler.sample(parts.diffusion, model, noise.shape, device, noise=noise, generator=gen)
+        return x[:keep].clamp(-1, 1).float()
 
-    summary: dict[str, Any] = {"ckpt": str(ckpt_path), "device": str(device)}
-    if "bpd" in metrics:
-        summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
-
-    rows: list[dict[str, Any]] = []
-    if extractor is not None:
-        real = real_features_for(datamodule, extractor, settings, device)
-        metric = SampleQuality(
-            extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
-        )
-        metric = metric.to(device)
-        full_batch = largest_batch(
-            int(cfg.n), int(cfg.batch_size)
-        )  # the one batch shape a compiled network sees
-        for steps in _as_list(cfg.steps):
-            if isinstance(cfg.sampler, DictConfig):  # sampler=ddpm|ddim: the node of conf/sampler/<name>.yaml
-                chosen = OmegaConf.to_container(cfg.sampler, resolve=True)
-                sampler = choose_sampler(chosen, None, steps, cfg.eta)
-            else:
-                sampler = choose_sampler(spec["sampler"], cfg.sampler, steps, cfg.eta)
-            for w in guidances:
-
-                def generate(b: int, gen: torch.Generator, sampler=sampler, w=w) -> torch.Tensor:
-                    # A compiled network sees one batch shape: a batch one smaller than the largest (the batches
-                    # are balanced, see rank_batches) is generated at full size and cut (a new shape would
-                    # recompile in the middle of the run).
-                    keep, b = b, (max(b, full_batch) if compiled else b)
-                    noise = torch.randn((b, *shape), device=device, generator=gen)
-                    model = net
-                    if num_classes:
-                        y = torch.randint(0, num_classes, (b,), device=device, generator=gen)
-                        learned = parts.diffusion.variance.learned
-                        model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
-                    # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        x = sampler.sample(
-                            parts.diffusion, model, noise.shape, device, noise=noise, generator=gen
-                        )
-                    return x[:keep].clamp(-1, 1).float()
-
-                started = time.time()
-                scores = score_generator(
-                    metric,
-                    generate,
-                    int(cfg.n),
-                    int(cfg.batch_size),
-                    device,
-                    int(cfg.seed),
-                    bool(cfg.progress),
-                )
-                row = {
-                    "sampler": sampler.name,
-                    "steps": sampler.num_evaluations(parts.diffusion),
-                    "eta": getattr(sampler, "eta", None),
-                    "guidance": w,
-                    "n": int(cfg.n),
-                    **{k: v for k, v in scores.items() if _wanted(k, sample_metrics)},
-                    "gen_img_per_s": scores["gen_img_per_s"],
-                    "gen_img_per_s_steady": scores["gen_img_per_s_steady"],
-                    "seconds": round(time.time() - started, 2),
-                }
-                if "bpd" in summary:
-                    row["bpd"] = summary["bpd"]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    if not rows and "bpd" in summary:
-        rows.append({k: summary[k] for k in ("bpd", "bpd_stderr", "bpd_n")})
-    paths = write_table(rows, summary, out_dir)
-    if sample_metrics and "fid" in sample_metrics and len(rows) > 1:
-        series = []
-        for w in guidances:
-            pts = sorted((r["steps"], r["fid"]) for r in rows if r["guidance"] == w)
-            series.append(([p[0] for p in pts], [p[1] for p in pts], f"w={w:g}"))
-        _plot(
-            out_dir / "fid_vs_steps.png",
-            series,
-            "sampling steps (network evaluations)",
-            "FID",
-            "FID vs steps",
-            logx=True,
-        )
-        paths["plot"] = str(out_dir / "fid_vs_steps.png")
-    if "bpd" in summary:
-        paths["vlb_csv"] = str(out_dir / "vlb_per_t.csv")
-        paths["vlb_plot"] = str(out_dir / "vlb_per_t.png")
-    print("\n== diffusion_lab.evaluate done ==")
-    if "bpd" in summary:
-        print(f"bits/dim : {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} (n={summary['bpd_n']})")
-    for key, path in paths.items():
-        print(f"{key:<9}: {path}")
-    return {"rows": rows, "summary": summary, "paths": paths}
+    return generate
 
 
 def _wanted(key: str, metrics: list[str]) -> bool:
@@ -266,7 +334,72 @@ def _wanted(key: str, metrics: list[str]) -> bool:
     return any(key.startswith(p) for m in metrics for p in prefix.get(m, ()))
 
 
+def combine_sets(sets: list[dict[str, float]], metrics: list[str], names: dict[str, str]) -> dict[str, Any]:
+    """The scores of S independent sample sets: each metric's mean over the sets, under its table name; for the
+    Fréchet distance also its spread, ``<name>_std`` (over the sets; null for one set) and ``<name>_values``.
+    KID keeps its own standard deviation over subsets (``*_std``), averaged over the sets."""
+    out: dict[str, Any] = {}
+    for key in (k for k in sets[0] if _wanted(k, metrics)):
+        values = [float(s[key]) for s in sets]
+        out[names[key]] = float(np.mean(values))
+        if key == "fid":
+            out[f"{names[key]}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            out[f"{names[key]}_values"] = values
+    return out
+
+
+def score_setting(
+    metric: SampleQuality, generate, sampler: Sampler, w: float, parts, cfg, device, sample_metrics, names
+) -> dict[str, Any]:
+    """One table row: ``sample_sets`` sets of ``n`` samples (seeds seed, seed + 1, ...) scored and combined."""
+    started = time.time()
+    seeds = [int(cfg.seed) + k for k in range(int(cfg.sample_sets))]
+    sets = [
+        score_generator(metric, generate, int(cfg.n), int(cfg.batch_size), device, seed, bool(cfg.progress))
+        for seed in seeds
+    ]
+    return {
+        "sampler": sampler.name,
+        "sampler_settings": repr(sampler),
+        "steps": sampler.num_evaluations(parts.diffusion),
+        "eta": getattr(sampler, "eta", None),
+        "guidance": w,
+        "features": metric.feature_extractor.kind,
+        "n": int(cfg.n),
+        "n_real": int(cfg.n_real),
+        "sample_sets": len(seeds),
+        "seeds": seeds,
+        **combine_sets(sets, sample_metrics, names),
+        "gen_img_per_s": float(np.mean([s["gen_img_per_s"] for s in sets])),
+        "gen_img_per_s_steady": float(np.mean([s["gen_img_per_s_steady"] for s in sets])),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def sample_rows(
+    parts, net, spec, datamodule, extractor, settings, cfg, device, compiled, sample_metrics, guidances
+) -> list[dict[str, Any]]:
+    """One row per (steps, guidance) pair."""
+    real = real_features_for(datamodule, extractor, settings, device)
+    metric = SampleQuality(
+        extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
+    ).to(device)
+    full_batch = largest_batch(int(cfg.n), int(cfg.batch_size))  # the one batch shape a compiled network sees
+    names = score_names(extractor.kind)
+    rows = []
+    for steps in _as_list(cfg.steps):
+        sampler = sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta)
+        for w in guidances:
+            generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
+            row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- tables
 def write_table(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """``evaluation.csv`` / ``.json`` / ``.md`` in ``out_dir``; returns their paths."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_path(out_dir / "evaluation.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
@@ -274,20 +407,8 @@ def write_table(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Pa
         w.writerows(rows)
     with atomic_path(out_dir / "evaluation.json") as tmp:
         tmp.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-
-    lines = [f"# Evaluation of `{summary['ckpt']}`", ""]
-    if "bpd" in summary:
-        lines += [
-            f"Bits/dim (full bound, n={summary['bpd_n']}): **{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**",
-            "",
-        ]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     with atomic_path(out_dir / "evaluation.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(markdown(rows, summary, columns))
     return {
         "table_md": str(out_dir / "evaluation.md"),
         "table_csv": str(out_dir / "evaluation.csv"),
@@ -295,8 +416,122 @@ def write_table(rows: list[dict[str, Any]], summary: dict[str, Any], out_dir: Pa
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-@friendly_errors
+def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str]) -> str:
+    lines = [f"# Evaluation of `{summary['ckpt']}`", "", *_provenance_lines(summary.get("provenance"))]
+    if "bpd" in summary:
+        clipped = {True: ", x̂_0 clipped to [-1, 1]", False: ", unclipped"}.get(
+            summary.get("bpd_clip_denoised"), ""
+        )
+        lines += [
+            f"Bits/dim (full bound{clipped}, n={summary['bpd_n']}): "
+            f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**",
+            "",
+        ]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(prov: dict[str, Any] | None) -> list[str]:
+    if not prov:
+        return []
+    ckpt = prov["checkpoint"]
+    lines = [f"- checkpoint: step {ckpt['global_step']}, sha256 `{ckpt['sha256']}`"]
+    if "features" in prov:
+        feats = prov["features"]
+        where = feats.get("path") or feats.get("weights")
+        lines += [
+            f"- features: {feats['name']}, `{where}` (sha256 `{feats['sha256']}`)",
+            f"- n real: {prov['n_real']} ({prov['real_split']} split); n generated: {prov['n_generated']} "
+            f"per set, {prov['sample_sets']} set(s), seeds {_fmt(prov['seeds'])}",
+        ]
+    versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items() if v)
+    return [*lines, f"- versions: {versions}", ""]
+
+
+def write_steps_plot(
+    rows: list[dict[str, Any]], kind: str, guidances: list[float], out_dir: Path
+) -> Path | None:
+    """The Fréchet distance against the number of sampling steps, one line per guidance scale (two rows or
+    more); named after the metric, ``fid_vs_steps.png`` or ``fd_classifier_vs_steps.png``."""
+    name = score_names(kind)["fid"]
+    if len(rows) < 2 or name not in rows[0]:
+        return None
+    series = []
+    for w in guidances:
+        pts = sorted((r["steps"], r[name]) for r in rows if r["guidance"] == w)
+        series.append(([p[0] for p in pts], [p[1] for p in pts], f"w={w:g}"))
+    label = "FID (Inception)" if kind == "inception" else "FD on classifier features (not FID)"
+    path = out_dir / f"{name}_vs_steps.png"
+    _plot(path, series, "sampling steps (network evaluations)", label, f"{label} vs steps", logx=True)
+    return path
+
+
+def print_done(summary: dict[str, Any], paths: dict[str, str]) -> None:
+    print("\n== diffusion_lab.evaluate done ==")
+    if "bpd" in summary:
+        print(f"bits/dim : {summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f} (n={summary['bpd_n']})")
+    for key, path in paths.items():
+        print(f"{key:<9}: {path}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt`` (see the module docstring); returns ``{"rows", "summary", "paths"}``."""
+    metrics, sample_metrics = check_settings(cfg)
+    device = resolve_device(str(cfg.device))
+    ckpt_path = Path(cfg.ckpt).resolve()
+    target, named = evaluation_dir(cfg, ckpt_path)
+    parts, spec, ckpt, net, compiled = load_network(cfg, device)
+    datamodule = build_datamodule(spec, cfg.data_root)
+    datamodule.setup("test")
+    guidances = guidance_scales(cfg, spec)
+    settings = quality_settings(cfg)
+    # The feature network first: a missing weights file fails now, not after a long bits/dim computation.
+    extractor = build_extractor(settings).to(device) if sample_metrics else None
+    out_dir = claim_dir(target, named)
+
+    summary: dict[str, Any] = {"ckpt": str(ckpt_path), "device": str(device), "out_dir": str(out_dir)}
+    summary["provenance"] = provenance(cfg, ckpt_path, ckpt, extractor, metrics, device)
+    if "bpd" in metrics:
+        summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
+    rows: list[dict[str, Any]] = []
+    if extractor is not None:
+        rows = sample_rows(
+            parts,
+            net,
+            spec,
+            datamodule,
+            extractor,
+            settings,
+            cfg,
+            device,
+            compiled,
+            sample_metrics,
+            guidances,
+        )
+        for row in rows:
+            row.update({k: summary[k] for k in ("bpd",) if k in summary})
+    else:
+        rows.append({k: summary[k] for k in ("bpd", "bpd_stderr", "bpd_n", "bpd_clip_denoised")})
+    paths = write_table(rows, summary, out_dir)
+    plot = write_steps_plot(rows, extractor.kind, guidances, out_dir) if extractor is not None else None
+    if plot is not None:
+        paths["plot"] = str(plot)
+    if "bpd" in summary:
+        paths["vlb_csv"] = str(out_dir / "vlb_per_t.csv")
+        paths["vlb_plot"] = str(out_dir / "vlb_per_t.png")
+    print_done(summary, paths)
+    return {"rows": rows, "summary": summary, "paths": paths}
+
+
+@command("evaluate", usage=__doc__, unknown_key=fixed_by_checkpoint)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

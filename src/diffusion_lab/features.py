@@ -9,15 +9,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .errors import UserError, check_types, friendly_errors
+from .cli import command
+from .errors import UserError, check_types
 from .metrics.classifier import save_classifier, train_classifier
 from .sample import resolve_device
-from .train import CONFIG_DIR
 
 __all__ = ["train_features", "main"]
 
@@ -53,6 +52,7 @@ def train_features(cfg: DictConfig) -> dict:
         augment=bool(cfg.augment),
         seed=int(cfg.seed),
         verbose=True,
+        progress=None,  # a bar on a terminal
     )
     out = (
         Path(cfg.out)
@@ -76,8 +76,7 @@ def _all(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="features")
-@friendly_errors
+@command("features", usage=__doc__)
 def main(cfg: DictConfig) -> None:
     train_features(cfg)
 

@@ -5,6 +5,7 @@ Checkpoints go through ``diffusion_lab.checkpointing.AtomicCheckpointIO`` (the s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_path", "atomic_write", "save_grid", "save_samples_npz", "to_uint8"]
+__all__ = ["atomic_path", "atomic_write", "file_sha256", "save_grid", "save_samples_npz", "to_uint8"]
 
 
 @contextlib.contextmanager
@@ -49,6 +50,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return Path(path)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read 4 MiB at a time."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """[-1, 1] floats -> uint8 [0, 255], the quantisation the data had."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -66,10 +76,12 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path
 
 
 def save_samples_npz(images: Tensor, path: str | Path, labels: Tensor | None = None) -> Path:
-    """Save samples as uint8 NHWC (the layout FID tools expect) in an .npz."""
-    arrays = {"images": to_uint8(images).permute(0, 2, 3, 1).numpy() if images.ndim == 4 else images.numpy()}
+    """Save samples in an .npz as uint8 NHWC 0..255 (the layout FID tools expect), under two names each:
+    ``images`` / ``labels``, and ``arr_0`` / ``arr_1``, the names the ADM (guided-diffusion) evaluator reads."""
+    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy() if images.ndim == 4 else images.numpy()
+    arrays = {"images": pixels, "arr_0": pixels}
     if labels is not None:
-        arrays["labels"] = labels.cpu().numpy()
+        arrays["labels"] = arrays["arr_1"] = labels.cpu().numpy()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return Path(path)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from .diffusion import Diffusion, Loss, TimestepSampler, q_sample, vb_terms_bpd
@@ -310,7 +311,7 @@ class DiffusionModule(L.LightningModule):
         t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
         terms = self._forward_terms(x0, y, t, noise, with_vb=True)
-        terms["bpd_estimate"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
+        terms["bpd_one_t_mc"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
         for name, value in terms.items():
             self.log(f"val/{name}", value.mean(), prog_bar=name == "loss", sync_dist=True)
 
@@ -385,7 +386,7 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "spec": self.spec,
+            "spec": plain_data(self.spec),  # loaded with weights_only=True: no OmegaConf or other classes
             "skipped_steps": self._fold_skipped(),
             "timesteps": {k: torch.as_tensor(v) for k, v in self.timesteps.state_dict().items()},
             "rng": capture_rng_state(),
@@ -398,6 +399,17 @@ class DiffusionModule(L.LightningModule):
             self.timesteps.load_state_dict({k: v.numpy() for k, v in extra["timesteps"].items()})
         if extra.get("rng"):
             restore_rng_state(extra["rng"])
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` as plain dicts, lists and scalars (OmegaConf nodes resolved, tuples as lists)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_data(item) for item in value]
+    return value
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:

@@ -1,6 +1,6 @@
 """Sample from a trained checkpoint.
 
-    python -m diffusion_lab.sample ckpt=outputs/train/runs/<time>/checkpoints/last.ckpt n=64 sampler=ddim steps=50 eta=0
+    python -m diffusion_lab.sample ckpt=outputs/<task_name>/runs/<time>/checkpoints/last.ckpt n=64 sampler=ddim steps=50 eta=0
 
 Everything about the diffusion process (schedule, parameterization, variance, network) is rebuilt from the
 spec stored in the checkpoint; only the sampler and its step count can be chosen here. Writes a PNG grid and
@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
+from .cli import command
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types, friendly_errors
+from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
+from .overrides import override_key
 from .samplers import SAMPLERS, Sampler
-from .train import CONFIG_DIR
 
-__all__ = ["sample", "choose_sampler", "resolve_device", "main"]
+__all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
 DIFFUSION_KEYS = ("schedule", "prediction", "variance", "model", "loss", "weighting", "timesteps")
 
@@ -59,12 +59,26 @@ def choose_sampler(stored: dict, name: str | None, steps: Any = None, eta: float
     return cls(**kwargs)
 
 
+def sampler_from_config(option: Any, stored: dict, steps: Any = None, eta: float | None = None) -> Sampler:
+    """The sampler a CLI's ``sampler=`` option names: ``ddpm|ddim`` arrives as the node of
+    conf/sampler/<name>.yaml, a bare name picks from the registry, null keeps the one stored in the checkpoint."""
+    if isinstance(option, DictConfig):
+        return choose_sampler(OmegaConf.to_container(option, resolve=True), None, steps, eta)
+    return choose_sampler(stored, option, steps, eta)
+
+
+def fixed_by_checkpoint(key: str) -> str | None:
+    """The message for an override of a part the checkpoint fixes (None for any other key)."""
+    top = override_key(key).split(".")[0]
+    if top not in DIFFUSION_KEYS:
+        return None
+    return f"{top} is fixed by the checkpoint and cannot be overridden when sampling; drop '{top}='"
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     for key in DIFFUSION_KEYS:
         if key in cfg:
-            raise UserError(
-                f"{key} is fixed by the checkpoint and cannot be overridden when sampling; drop '{key}='"
-            )
+            raise UserError(fixed_by_checkpoint(key))
     check_types(
         cfg,
         {"n": (int,), "batch_size": (int,), "seed": (int,), "guidance": (float,), "eta": (float, None)},
@@ -73,11 +87,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
     net = parts.net.to(device)
-    if isinstance(cfg.sampler, DictConfig):  # sampler=ddpm|ddim: the node of conf/sampler/<name>.yaml
-        chosen = OmegaConf.to_container(cfg.sampler, resolve=True)
-        sampler = choose_sampler(chosen, None, cfg.steps, cfg.eta)
-    else:
-        sampler = choose_sampler(spec["sampler"], cfg.sampler, cfg.steps, cfg.eta)
+    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta)
     shape = tuple(spec["data_shape"])
     n = int(cfg.n)
     if n < 1:
@@ -144,8 +154,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
-@friendly_errors
+@command("sample", usage=__doc__, unknown_key=fixed_by_checkpoint)
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 

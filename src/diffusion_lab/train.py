@@ -3,7 +3,7 @@
     python -m diffusion_lab.train                                   # the defaults, on a GPU where there is one
     python -m diffusion_lab.train schedule=cosine loss=vlb           # any option of any group
     python -m diffusion_lab.train experiment=fmnist trainer=gpu      # a preset study
-    python -m diffusion_lab.train ckpt_path=last resume_dir=outputs/train/runs/<time>   # exact resume
+    python -m diffusion_lab.train ckpt_path=last resume_dir=outputs/<task_name>/runs/<time>   # exact resume
     python -m diffusion_lab.train -m schedule=linear,cosine loss=simple,hybrid,vlb      # a sweep
 
 At the end it prints where the run directory, the checkpoint, the sample grid and the metrics are.
@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -27,16 +26,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
-from .checkpointing import AtomicCheckpointIO, newest_good_checkpoint, verify_checkpoint
-from .errors import UserError, check_types, friendly_errors
+from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
+from .cli import CONFIG_DIR, command, experiment_summaries
+from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
 from .resume import continue_run, override_key, record_run, resume_argv
 
 __all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def compose_config(
@@ -110,7 +108,7 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
 def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> int:
     """A checkpoint of another network (other model / data options) fails here in one line, not in
     ``load_state_dict`` with a page of mismatched keys. Returns the checkpoint's step."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_checkpoint_file(ckpt_path, mmap=True, option="ckpt_path")
     stored = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     own = module.state_dict()
     missing = [k for k in own if k not in stored]
@@ -181,6 +179,19 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
 
 
+def read_data_early(datamodule: L.LightningDataModule) -> None:
+    """Read the training data before the Trainer exists, so that a missing, empty or unreadable dataset (or a
+    batch larger than it) is one error line, not Lightning's start-up banners followed by it. On rank 0 only:
+    the other processes wait in Lightning's own ``prepare_data`` (which may be downloading); the datasets are
+    cached, so Lightning's ``setup`` does not read them again."""
+    if rank_zero_only.rank != 0:
+        return
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.train_dataloader()  # checks the batch size against the training set
+    datamodule.dataset("train")[0]  # decodes one item: a folder of unreadable images fails here
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         return Path(cfg.paths.output_dir)
@@ -203,6 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
 
     datamodule = instantiate(cfg.data)
+    read_data_early(datamodule)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
     if ckpt_path is not None:
@@ -261,7 +273,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # strategy=ddp_spawn trains in worker processes: this process's trainer never stepped nor saved
             # (Lightning sends back only the weights and metrics), so the step count comes from the checkpoint.
             result["checkpoint"] = str(last)
-            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+            ckpt = load_checkpoint_file(last, mmap=True)
             result["global_step"] = int(ckpt["global_step"])
     if preempted is not None:
         result["checkpoint"] = preempted.checkpoint_path
@@ -322,7 +334,7 @@ def print_summary(result: dict[str, Any]) -> None:
     ]:
         if result.get(key):
             lines.append(f"{label:<14}: {result[key]}")
-    for key in ("val/loss", "val/bpd_estimate", "train/loss"):
+    for key in ("val/loss", "val/bpd_one_t_mc", "train/loss"):
         if key in result["metrics"]:
             lines.append(f"{key:<14}: {result['metrics'][key]:.4f}")
     if result.get("skipped_steps"):
@@ -337,8 +349,15 @@ def print_summary(result: dict[str, Any]) -> None:
     print("\n== diffusion_lab.train done ==\n" + "\n".join(lines), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@friendly_errors
+def usage() -> str:
+    """This module's docstring and the experiments, one line each (``--help``)."""
+    names = experiment_summaries()
+    width = max(len(name) for name, _ in names)
+    lines = [f"  {name:<{width}}  {what}" for name, what in names]
+    return "\n".join([__doc__.strip(), "", "== Experiments (experiment=NAME) ==", *lines])
+
+
+@command("train", usage=usage())
 def main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg)

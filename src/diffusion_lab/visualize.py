@@ -22,18 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from .cli import command
 from .diffusion import SCHEDULES, NoiseSchedule, build_schedule, calc_bpd_loop, q_sample
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types, friendly_errors
+from .errors import UserError, check_types
 from .io import atomic_path
-from .train import CONFIG_DIR
 
 __all__ = [
     "FIGURES",
@@ -346,7 +345,9 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
 
 
 def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
-    """The per-timestep terms L_{t-1} of the variational bound (bits/dim, ``calc_bpd_loop``) over ``n`` images."""
+    """The per-timestep terms L_{t-1} of the variational bound (bits/dim, ``calc_bpd_loop``) over the first ``n``
+    images of ``split``; ``clip_denoised`` as evaluate's ``bpd_clip_denoised`` (the same images, seed and setting
+    give the same total as ``evaluate``'s bits/dim)."""
     from .build import load_checkpoint
     from .evaluate import build_datamodule
     from .sample import resolve_device
@@ -357,7 +358,14 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     net = parts.net.to(device)
     results = [
-        calc_bpd_loop(parts.diffusion, net, chunk.to(device), progress=bool(cfg.progress), generator=gen)
+        calc_bpd_loop(
+            parts.diffusion,
+            net,
+            chunk.to(device),
+            progress=bool(cfg.progress),
+            generator=gen,
+            clip_denoised=bool(cfg.clip_denoised),
+        )
         for chunk in images.split(int(cfg.batch_size))
     ]
     vb, mse, x0_mse, total, prior = (
@@ -396,6 +404,7 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
         "n": int(vb.shape[0]),
         "split": str(cfg.split),
         "seed": int(cfg.seed),
+        "clip_denoised": bool(cfg.clip_denoised),
     }
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
@@ -468,8 +477,13 @@ def send_to_logger(kind: str, figure: str, png: str, out_dir: Path) -> str:
     raise UserError(f"log_to={kind!r} is unknown for visualize; choose wandb, tensorboard or null")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")
-@friendly_errors
+def usage() -> str:
+    """This module's docstring and the figures, one line each (``--help``)."""
+    lines = [f"  {name:<10}  {fn.__doc__.strip().splitlines()[0]}" for name, fn in FIGURES.items()]
+    return "\n".join([__doc__.strip(), "", "== Figures (figure=NAME) ==", *lines])
+
+
+@command("visualize", usage=usage())
 def _hydra_main(cfg: DictConfig) -> None:
     visualize(cfg)
 

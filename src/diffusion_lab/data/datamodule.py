@@ -167,7 +167,9 @@ class DiffusionDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{option}={value} must be a positive integer")
         if val_size < 0:
             raise ValueError(f"data.val_size={val_size} must be >= 0")
-        self.save_hyperparameters()
+        # Kept as self.hparams but not sent to the loggers: they record the run's whole config (train.py), and
+        # Lightning would merge these arguments on top of it (``seed`` here is the split seed, not the run's).
+        self.save_hyperparameters(logger=False)
         self.name = name
         self.root = root or None  # "" from a config means "not set"
         self.image_size = image_size

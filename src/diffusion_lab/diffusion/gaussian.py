@@ -55,8 +55,8 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor | Non
 def q_step_sample(schedule: NoiseSchedule, x_prev: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
     """One forward step: x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)."""
     noise = torch.randn_like(x_prev) if noise is None else noise
-    beta = schedule.at("betas", t, x_prev.ndim)
-    return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * noise
+    alpha, beta = schedule.at("alphas", t, x_prev.ndim), schedule.at("betas", t, x_prev.ndim)
+    return alpha.sqrt() * x_prev + beta.sqrt() * noise
 
 
 def q_posterior(schedule: NoiseSchedule, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,12 +18,15 @@ from .weightings import UniformWeighting, Weighting
 __all__ = ["Loss", "SimpleLoss", "VLBLoss", "HybridLoss", "vb_terms_bpd", "LOSSES", "build_loss"]
 
 
-def vb_terms_bpd(diffusion: Diffusion, model_out: Tensor, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
+def vb_terms_bpd(
+    diffusion: Diffusion, model_out: Tensor, x0: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = False
+) -> Tensor:
     """One term of the variational bound, in bits per dimension, (B,):
     L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_θ(x_{t-1} | x_t)) for t ≥ 2 (index ≥ 1), and the discretized
-    decoder NLL -log p_θ(x_0 | x_1) over 256 bins at t = 1 (index 0)."""
+    decoder NLL -log p_θ(x_0 | x_1) over 256 bins at t = 1 (index 0). ``clip_denoised`` clips the predicted
+    x_0 to [-1, 1] before it makes the mean μ_θ of p_θ (improved-diffusion's evaluation; training never clips)."""
     true_mean, _, true_log_var = q_posterior(diffusion.schedule, x0, xt, t)
-    out = diffusion.denoise(model_out, xt, t)
+    out = diffusion.denoise(model_out, xt, t, clip_denoised)
     log_var = out.log_variance.expand_as(out.mean)
     kl = mean_flat(normal_kl(true_mean, true_log_var, out.mean, log_var)) / NATS_PER_BIT
     decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(x0, out.mean, 0.5 * log_var)) / NATS_PER_BIT

@@ -122,28 +122,19 @@ class Diffusion:
 
 
 def parse_respacing(num_timesteps: int, spec: int | str) -> list[int]:
-    """Which of ``num_timesteps`` steps to keep.
+    """Which of ``num_timesteps`` steps to keep: exactly improved-diffusion's ``space_timesteps``.
 
-    ``spec``: an int N or "N" (N evenly strided steps, as DDIM), "ddimN" (DDIM's stride T // N, from 0),
-    or section counts "10,15,20" (split 0..T-1 into that many equal sections and take evenly spaced steps
-    within each, as IDDPM's ``space_timesteps``).
+    ``spec``: section counts "10,15,20" (split 0..T-1 into that many sections, the first T % n one step
+    longer, and take evenly spaced steps within each, first and last included); an int N or "N" is one section
+    of N steps. "ddimN" is the smallest integer stride giving exactly N steps from 0 (where none does, which
+    improved-diffusion refuses, DDIM's stride T // N and its first N steps).
     """
     T = num_timesteps
     original = spec
     if isinstance(spec, str):
         spec = spec.strip()
         if spec.startswith("ddim"):
-            n = _parse_count(spec[4:], original, T)
-            stride = T // n
-            return list(range(0, T, stride))[:n]
-        if "," not in spec:
-            spec = _parse_count(spec, original, T)
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        n = _parse_count(spec, original, T)
-        if n == T:
-            return list(range(T))
-        # Evenly spaced over 0..T-1, always keeping the first and last step.
-        return sorted({round(i * (T - 1) / max(n - 1, 1)) for i in range(n)})
+            return _ddim_stride(T, _parse_count(spec[4:], original, T))
     counts = [_parse_count(c, original, T) for c in str(spec).split(",")]
     size_per, extra = divmod(T, len(counts))
     start, kept = 0, []
@@ -153,10 +144,27 @@ def parse_respacing(num_timesteps: int, spec: int | str) -> list[int]:
             raise ValueError(
                 f"sampler.steps={original!r}: section {i} has {size} steps, cannot take {count} of them"
             )
-        stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(stride * j) for j in range(count)]
+        kept += [start + j for j in _section_steps(size, count)]
         start += size
     return sorted(set(kept))
+
+
+def _section_steps(size: int, count: int) -> list[int]:
+    """``count`` of ``size`` steps as improved-diffusion picks them: a float stride accumulated step by step and
+    rounded half to even, so that exact .5 ties fall where its accumulated rounding puts them."""
+    stride = (size - 1) / (count - 1) if count > 1 else 1.0
+    position, steps = 0.0, []
+    for _ in range(count):
+        steps.append(round(position))
+        position += stride
+    return steps
+
+
+def _ddim_stride(T: int, n: int) -> list[int]:
+    stride = -(-T // n)  # the smallest stride with at most n steps (the count falls as the stride grows)
+    if len(range(0, T, stride)) == n:
+        return list(range(0, T, stride))
+    return list(range(0, T, T // n))[:n]
 
 
 def _parse_count(value: int | str, original: int | str, T: int) -> int:

@@ -61,20 +61,28 @@ class NoiseSchedule:
                 raise ValueError("schedule alphas_cumprod must have one value per beta")
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.sqrt_alphas_cumprod_prev = self.alphas_cumprod_prev.sqrt()
+        # 1 - abar here, in float64, and nowhere else: from a float32 abar it would lose the relative precision
+        # of the first steps' small 1 - abar (1e-4 and below at abar near 1).
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.one_minus_alphas_cumprod_prev = 1.0 - self.alphas_cumprod_prev
+        self.sqrt_one_minus_alphas_cumprod = self.one_minus_alphas_cumprod.sqrt()
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         self.log_snr = self.snr.log()
         # Posterior q(x_{t-1} | x_t, x_0) = N(coef1 * x_0 + coef2 * x_t, posterior_variance).
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # beta~ is 0 at the first step; clip its log there to the next value (as IDDPM does).
         first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
-        self.posterior_log_variance_clipped = torch.cat([first.reshape(1), self.posterior_variance[1:]]).log()
+        self.posterior_variance_clipped = torch.cat([first.reshape(1), self.posterior_variance[1:]])
+        self.posterior_log_variance_clipped = self.posterior_variance_clipped.log()
         # The "fixed large" reverse variance: beta_t, with beta~ at the first step (IDDPM's convention).
-        self.large_log_variance = torch.cat([first.reshape(1), betas[1:]]).log()
+        self.large_variance = torch.cat([first.reshape(1), betas[1:]])
+        self.large_log_variance = self.large_variance.log()
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         )
+        self._computed: dict[str, Tensor] = {}  # float64 tables made on demand (``ddim_eps_coef``)
         self._device_cache: dict[tuple[str, torch.device], Tensor] = {}
 
     # ------------------------------------------------------------------ construction helpers
@@ -99,13 +107,23 @@ class NoiseSchedule:
         device = torch.device(device or "cpu")
         key = (name, device)
         if key not in self._device_cache:
-            self._device_cache[key] = getattr(self, name).to(device=device, dtype=torch.float32)
+            values = self._computed[name] if name in self._computed else getattr(self, name)
+            self._device_cache[key] = values.to(device=device, dtype=torch.float32)
         return self._device_cache[key]
 
     def at(self, name: str, t: Tensor, ndim: int = 1) -> Tensor:
         """Table ``name`` at integer timesteps ``t`` (B,), shaped (B, 1, ..., 1) with ``ndim`` dims in all."""
         values = self.table(name, t.device)[t.long()]
         return values.reshape(values.shape + (1,) * (ndim - 1))
+
+    def ddim_eps_coef(self, eta: float, t: Tensor, ndim: int = 1) -> Tensor:
+        """sqrt(1 - abar_{t-1} - sigma_t^2) with sigma_t^2 = eta^2 beta~_t, the eps-coefficient of a DDIM(eta)
+        step, computed in float64 (the difference cancels to ~1e-3 of its terms at a respaced first step)."""
+        name = f"ddim_eps_coef(eta={float(eta)!r})"
+        if name not in self._computed:
+            rest = self.one_minus_alphas_cumprod_prev - eta**2 * self.posterior_variance
+            self._computed[name] = rest.clamp(min=0).sqrt()
+        return self.at(name, t, ndim)
 
     def __len__(self) -> int:
         return self.num_timesteps

@@ -63,9 +63,9 @@ class VLBWeighting(Weighting):
 
     def __call__(self, diffusion, t):
         s = diffusion.schedule
-        log_var = "posterior_log_variance_clipped" if self.sigma == "small" else "large_log_variance"
-        beta, alpha, abar = s.at("betas", t), s.at("alphas", t), s.at("alphas_cumprod", t)
-        w_eps = beta**2 / (2.0 * s.at(log_var, t).exp() * alpha * (1.0 - abar))
+        var = s.at("posterior_variance_clipped" if self.sigma == "small" else "large_variance", t)
+        beta, alpha = s.at("betas", t), s.at("alphas", t)
+        w_eps = beta**2 / (2.0 * var * alpha * s.at("one_minus_alphas_cumprod", t))
         return w_eps * _eps_scale(diffusion, t)
 
 

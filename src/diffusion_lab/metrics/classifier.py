@@ -146,12 +146,16 @@ def train_classifier(
     augment: bool = False,
     seed: int = 0,
     verbose: bool = False,
+    progress: bool | None = False,
 ) -> tuple[SmallClassifier, float]:
     """Train a :class:`SmallClassifier` with AdamW + one-cycle LR; returns (model in eval mode, test accuracy).
 
     Images: (N, C, H, W) with C in {1, 3}, float in [-1, 1] (the generator's output range) or uint8.
-    ``augment`` adds random +-2 pixel shifts (safe for digits and natural images alike).
+    ``augment`` adds random +-2 pixel shifts (safe for digits and natural images alike). ``progress``: a bar
+    of the optimizer steps over all epochs (None: only on a terminal).
     """
+    from tqdm.auto import tqdm
+
     if train_images.ndim != 4 or train_images.shape[1] not in (1, 3):
         raise ValueError(
             f"train_images must be (N, C, H, W) with C in {{1, 3}}, got {tuple(train_images.shape)}"
@@ -176,6 +180,9 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.25
     )
+    bar = tqdm(
+        total=epochs * steps_per_epoch, desc="classifier", disable=None if progress is None else not progress
+    )
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -192,8 +199,11 @@ def train_classifier(
             opt.step()
             sched.step()
             total_loss += float(loss.detach()) * len(idx)
+            bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / n:.4f}")
         if verbose:
             print(f"[classifier] epoch {epoch + 1}/{epochs} train loss {total_loss / n:.4f}")
+    bar.close()
     acc = evaluate_accuracy(model, test_images, test_labels, batch_size=max(batch_size, 512), device=device)
     if verbose:
         print(f"[classifier] test accuracy {acc:.4f}")

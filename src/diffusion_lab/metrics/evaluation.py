@@ -37,7 +37,28 @@ __all__ = [
     "rank_share",
     "real_features_for",
     "score_generator",
+    "score_names",
 ]
+
+SCORE_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
+
+# FID, KID and IS are defined on Inception-v3 features. The same formulas on a domain classifier's features give
+# other quantities, named so that they are never read as (or compared with) Inception numbers.
+CLASSIFIER_NAMES = {
+    "fid": "fd_classifier",
+    "kid_mean": "kd_classifier_mean",
+    "kid_std": "kd_classifier_std",
+    "is_mean": "classifier_score_mean",
+    "is_std": "classifier_score_std",
+}
+
+
+def score_names(kind: str) -> dict[str, str]:
+    """``SampleQuality``'s score keys -> their names in a table, for features of ``kind`` (an extractor's
+    ``kind``: ``inception`` keeps fid / kid / is, ``classifier`` gives fd_classifier / kd_classifier_* /
+    classifier_score_*)."""
+    rename = CLASSIFIER_NAMES if kind == "classifier" else {}
+    return {key: rename.get(key, key) for key in SCORE_KEYS}
 
 
 @dataclass

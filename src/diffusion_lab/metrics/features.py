@@ -13,16 +13,17 @@ those that also provide class logits (for the Inception Score) return them from 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_lab.io import file_sha256
 from diffusion_lab.metrics.classifier import load_classifier
 
 __all__ = [
@@ -107,9 +108,14 @@ class FeatureExtractor(nn.Module):
     identifying network + weights + layer, for real-feature cache keys).
     """
 
+    kind: str = ""  # "inception" or "classifier": what the metrics computed on these features are called
     num_features: int = 0
     num_logits: int = 0
     feature_id: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Which network and weights the features come from, for an evaluation's provenance."""
+        raise NotImplementedError
 
     @property
     def provides_logits(self) -> bool:
@@ -147,6 +153,7 @@ class InceptionFeatures(FeatureExtractor):
     :func:`resolve_inception_weights` for the lookup order. No download unless ``allow_download=True``.
     """
 
+    kind = "inception"
     FEATURES = (64, 192, 768, 2048)
 
     def __init__(
@@ -174,6 +181,17 @@ class InceptionFeatures(FeatureExtractor):
         self.feature_id = f"inception-v3-compat:{Path(self.weights_path).name}:{self.feature}"
         self.train(False)
 
+    def describe(self) -> dict[str, Any]:
+        weights = Path(self.weights_path)
+        return {
+            "network": "inception",
+            "name": "FID Inception-v3 (TF 2015-12-05 weights, torch-fidelity's inception-v3-compat)",
+            "layer": self.feature,
+            "weights": str(weights),
+            "sha256": file_sha256(weights) if weights.is_file() else None,
+            "feature_id": self.feature_id,
+        }
+
     def _features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         x = images_to_uint8(images)
         if x.shape[1] == 1:
@@ -182,20 +200,14 @@ class InceptionFeatures(FeatureExtractor):
         return out[0], (out[1] if self.num_logits else None)
 
 
-def _file_digest(path: str | os.PathLike, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
-
-
 class ClassifierFeatures(FeatureExtractor):
     """Penultimate (128-d) features and logits of a domain classifier saved by ``save_classifier``.
 
     Grayscale inputs are repeated to RGB for a 3-channel classifier; inputs of another resolution are resized
     (bilinear, antialiased) to the classifier's training resolution.
     """
+
+    kind = "classifier"
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
@@ -206,8 +218,19 @@ class ClassifierFeatures(FeatureExtractor):
         self.image_size = self.model.image_size
         self.num_features = self.model.feature_dim
         self.num_logits = self.model.num_classes
-        self.feature_id = f"classifier:{_file_digest(self.path)}"
+        self.sha256 = file_sha256(self.path)
+        self.feature_id = f"classifier:{self.sha256[:16]}"
         self.train(False)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "network": "classifier",
+            "name": "domain classifier (python -m diffusion_lab.features)",
+            "path": str(Path(self.path).resolve()),
+            "sha256": self.sha256,
+            "num_features": self.num_features,
+            "feature_id": self.feature_id,
+        }
 
     def _features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()

@@ -19,12 +19,13 @@ class DDIMSampler(Sampler):
         self.eta = eta
 
     def step(self, diffusion, out, x, t, i, noise):
+        # σ_t² = η² (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · (1 - ᾱ_t / ᾱ_{t-1}) = η² β̃_t; every coefficient comes from the
+        # schedule's float64 tables (1 - ᾱ taken from a float32 ᾱ is off by 1e-4 relative at the first steps).
         s = diffusion.schedule
-        abar, abar_prev = s.at("alphas_cumprod", t, x.ndim), s.at("alphas_cumprod_prev", t, x.ndim)
-        sigma = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
         x_prev = (
-            abar_prev.sqrt() * out.pred_x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * out.pred_eps
+            s.at("sqrt_alphas_cumprod_prev", t, x.ndim) * out.pred_x0
+            + s.ddim_eps_coef(self.eta, t, x.ndim) * out.pred_eps
         )
         if noise is None or self.eta == 0:
             return x_prev
-        return x_prev + sigma * noise
+        return x_prev + self.eta * s.at("posterior_variance", t, x.ndim).sqrt() * noise

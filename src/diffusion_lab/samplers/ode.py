@@ -52,8 +52,8 @@ def alpha_sigma(spaced: Diffusion, i: int) -> tuple[float, float]:
     """(α, σ) = (sqrt(ᾱ), sqrt(1 - ᾱ)) at position ``i`` of the respaced grid, in float64; i = -1 is clean data."""
     if i < 0:
         return 1.0, 0.0
-    abar = float(spaced.schedule.alphas_cumprod[i])
-    return math.sqrt(abar), math.sqrt(1.0 - abar)
+    s = spaced.schedule
+    return float(s.sqrt_alphas_cumprod[i]), float(s.sqrt_one_minus_alphas_cumprod[i])
 
 
 def pf_ode_step(x: Tensor, d: Tensor, a: float, s: float, a_next: float, s_next: float) -> Tensor:

@@ -1,0 +1,157 @@
+"""The report's figures: per-job curves, loss by timestep, FID against sampling steps, and mean ± CI bands
+over seeds. PNGs are written without a creation stamp or software tag, so a rebuilt figure is the same file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..io import atomic_path
+from .cells import Cell
+from .runs import Job, num
+from .stats import CONFIDENCE, t_interval
+
+__all__ = ["make_plots", "PLOTS_DIR", "NUM_BUCKETS"]
+
+PLOTS_DIR = "report_plots"
+NUM_BUCKETS = 10
+PNG_METADATA = {"Software": None}  # matplotlib's version would differ between machines
+SKIPPED_CURVES = ("metrics/eval_seconds",)
+
+
+class _Figures:
+    """Saves figures into one folder and remembers them by title, in the order made."""
+
+    def __init__(self, out: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt, self.out, self.made = plt, out, {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def new(self):
+        return self.plt.subplots(figsize=(7, 4.2))
+
+    def save(self, fig, ax, name: str, title: str) -> None:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = self.out / name
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png", metadata=PNG_METADATA)
+        self.plt.close(fig)
+        self.made[title] = path
+
+
+def _training_curves(figs: _Figures, jobs: list[Job]) -> None:
+    for key, title, ylabel, name in [
+        ("metrics/fid", "FID over training", "FID", "fid_over_training.png"),
+        ("val/loss", "Validation loss over training", "val loss", "val_loss_over_training.png"),
+    ]:
+        series = [(j.label, j.series[key]) for j in jobs if j.series.get(key)]
+        if series:
+            fig, ax = figs.new()
+            for label, points in series:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label)
+            ax.set(xlabel="training step", ylabel=ylabel, title=title)
+            figs.save(fig, ax, name, title)
+
+
+def _loss_by_timestep(figs: _Figures, jobs: list[Job]) -> None:
+    buckets = [f"train_bucket/loss_t{k}" for k in range(NUM_BUCKETS)]
+    bucketed = [j for j in jobs if any(b in j.last for b in buckets)]
+    if not bucketed:
+        return
+    fig, ax = figs.new()
+    xs = [(k + 0.5) / NUM_BUCKETS for k in range(NUM_BUCKETS)]
+    for j in bucketed:
+        # An empty bucket (no sample of t in it since the last log) is logged as exactly 0: a gap here.
+        ax.plot(xs, [j.last.get(b) or math.nan for b in buckets], marker="o", ms=3, label=j.label)
+    ax.set(xlabel="timestep t / T (bucket centre)", ylabel="training loss (last logged)")
+    ax.set_title("Loss by timestep bucket")
+    ax.set_yscale("log")
+    figs.save(fig, ax, "loss_by_timestep.png", "Loss by timestep bucket")
+
+
+def _sampling_curves(jobs: list[Job]) -> list[tuple[str, list[tuple[float, float]]]]:
+    curves = []
+    for j in jobs:
+        for e in j.evaluations:
+            groups: dict[tuple, list[tuple[float, float]]] = {}
+            for r in e["rows"]:
+                steps, fid = num(r.get("steps")), num(r.get("fid"))
+                if steps is not None and fid is not None:
+                    setting = (r.get("sampler"), num(r.get("eta")), num(r.get("guidance")) or 0.0)
+                    groups.setdefault(setting, []).append((steps, fid))
+            for (sampler, eta, w), points in groups.items():
+                parts = (
+                    j.label if len(jobs) > 1 else "",
+                    str(sampler or e["name"]),
+                    f"η={eta:g}" if eta is not None else "",
+                    f"w={w:g}" if w else "",
+                )
+                curves.append((" ".join(x for x in parts if x), sorted(points)))
+    return curves
+
+
+def _fid_vs_steps(figs: _Figures, jobs: list[Job]) -> None:
+    curves = _sampling_curves(jobs)
+    if not curves:
+        return
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = figs.new()
+    for label, points in curves:
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label)
+    ax.set(xlabel="sampling steps (network evaluations)", ylabel="FID", title="FID against sampling steps")
+    ax.set_xscale("log")
+    ticks = sorted({p[0] for _, points in curves for p in points})
+    if len(ticks) <= 12:
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    figs.save(fig, ax, "fid_vs_steps.png", "FID against sampling steps")
+
+
+def curve_metrics(cells: list[Cell]) -> list[str]:
+    """Metrics logged over training (validation and in-training sample quality) by the cells' jobs."""
+    keys = {k for c in cells for j in c.jobs for k in j.series if k.startswith(("val/", "metrics/"))}
+    return sorted(k for k in keys if k not in SKIPPED_CURVES)
+
+
+def common_steps(cells: list[Cell], key: str) -> list[int]:
+    """The steps at which every job of every cell logged ``key``: curves are compared at equal budgets."""
+    step_sets = [{s for s, _ in j.series.get(key, [])} for c in cells for j in c.jobs]
+    return sorted(set.intersection(*step_sets)) if step_sets else []
+
+
+def _bands(figs: _Figures, cells: list[Cell]) -> None:
+    for key in curve_metrics(cells):
+        steps = common_steps(cells, key)
+        if not steps:
+            continue
+        fig, ax = figs.new()
+        for cell in cells:
+            per_step = [dict(j.series[key]) for j in cell.jobs]
+            intervals = [t_interval(d[s] for d in per_step) for s in steps]
+            means = [i.mean for i in intervals]
+            ax.plot(steps, means, marker="o", ms=3, label=f"{cell.label} (n={len(cell.jobs)})")
+            if len(cell.jobs) > 1:
+                ax.fill_between(steps, [i.low for i in intervals], [i.high for i in intervals], alpha=0.2)
+        title = f"{key} over training: mean ± {CONFIDENCE:.0%} CI over seeds"
+        ax.set(xlabel="training step", ylabel=key, title=title)
+        figs.save(fig, ax, f"seeds_{key.replace('/', '_')}.png", title)
+
+
+def make_plots(jobs: list[Job], cells: list[Cell], out: Path) -> dict[str, Path]:
+    """Every figure the data allow, into ``out``; returns their paths by title."""
+    figs = _Figures(out)
+    _training_curves(figs, jobs)
+    _loss_by_timestep(figs, jobs)
+    _fid_vs_steps(figs, jobs)
+    if any(len(c.jobs) > 1 for c in cells):
+        _bands(figs, cells)
+    return figs.made

@@ -1,0 +1,62 @@
+"""Keep a sweep's raw text files (and the settings its report was made with) so the report can be rebuilt
+from them alone: configs, overrides, logged metrics, evaluation results, launcher status and the final sample
+grid of each job; no checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .runs import SETTINGS_FILE, STATUS_FILE
+
+__all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "read_settings"]
+
+# Below a job folder (or the sweep folder, for the status file): what the report reads.
+RAW_PATTERNS = (
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+    "csv/**/metrics.csv",
+    "tensorboard/**/events.out.tfevents.*",
+    "evaluation/*/evaluation.json",
+    "evaluation/*/evaluation.csv",
+    "samples/final.png",
+)
+
+
+def _job_dirs(root: Path) -> list[Path]:
+    return sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")})
+
+
+def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
+    """Copy the raw files under ``root`` into ``dest`` (same layout) and write the report's ``settings``
+    (title, baseline, the sweep's path) beside them; returns the files written."""
+    root, dest = root.resolve(), dest.resolve()
+    if dest == root or root.is_relative_to(dest):
+        raise UserError(
+            f"--keep-raw {dest}: pass a folder other than the sweep folder {root} and not above it"
+        )
+    sources = [p for p in root.rglob(STATUS_FILE) if not p.is_relative_to(dest)]
+    for job_dir in _job_dirs(root):
+        if not job_dir.is_relative_to(dest):
+            sources += [p for pattern in RAW_PATTERNS for p in sorted(job_dir.glob(pattern)) if p.is_file()]
+    written = []
+    for src in sorted(set(sources)):
+        target = dest / src.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        written.append(target)
+    settings_file = dest / SETTINGS_FILE
+    settings_file.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    return [*written, settings_file]
+
+
+def read_settings(root: Path) -> dict[str, Any]:
+    """The settings a kept raw folder was reported with ({} for a sweep folder)."""
+    path = root / SETTINGS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from e

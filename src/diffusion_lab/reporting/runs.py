@@ -1,0 +1,312 @@
+"""Reading a sweep: every job folder, its overrides and config, its status, its logged metrics and evaluations.
+
+A job folder is one with ``.hydra/overrides.yaml`` (or one a launcher's ``sweep_status.json`` lists). Metrics
+come from whichever logger the job used: the CSV logger's ``metrics.csv``, else TensorBoard event files. A W&B
+offline run keeps its metrics in a binary log this report does not read; such a job gets a note saying so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+__all__ = ["Job", "find_jobs", "label_jobs", "num", "STATUS_FILE", "option_key"]
+
+STATUS_FILE = "sweep_status.json"
+SETTINGS_FILE = "report_settings.json"  # marks a kept copy of a sweep's raw files (reporting.raw)
+WHAT_IT_NEEDS = (
+    "a multirun folder (e.g. outputs/<task>/multirun/<time>, from `python -m diffusion_lab.train -m ...`) "
+    "holding one folder per job with .hydra/overrides.yaml and csv/metrics.csv"
+)
+FAILED = ("FAILED", "INTERRUPTED")
+
+
+def num(value: Any) -> float | None:
+    """``value`` as a finite float, else None."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def option_key(override: str) -> str:
+    """The config key an override sets ('+a.b=1', '++a.b=1', '~a.b' -> 'a.b')."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+@dataclass
+class Job:
+    dir: Path
+    overrides: list[str] = field(default_factory=list)
+    status: str = "unknown"
+    exit_code: int | None = None
+    wall_time_s: float | None = None
+    log: str | None = None
+    num: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # seed and trainer limits from .hydra/config.yaml
+    last: dict[str, float] = field(default_factory=dict)  # last logged value of each metric
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value) of each metric
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"name", "summary", "rows"}
+    notes: list[str] = field(default_factory=list)
+    label: str = ""
+
+    # ---- what the job is
+    @property
+    def seed(self) -> int | None:
+        for o in self.overrides:
+            if option_key(o) == "seed":
+                return _int(o.split("=", 1)[1])
+        seed = self.config.get("seed")
+        return int(seed) if isinstance(seed, int) else None
+
+    @property
+    def cell(self) -> tuple[str, ...]:
+        """The job's overrides without its seed: the jobs of one cell differ only in their seed."""
+        return tuple(o for o in self.overrides if option_key(o) != "seed" and not _is_hydra(o))
+
+    @property
+    def last_step(self) -> int | None:
+        steps = [s for points in self.series.values() for s, _ in points]
+        return max(steps) if steps else None
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED
+
+    @property
+    def incomplete(self) -> bool:
+        """Stopped (by trainer.max_time) before trainer.max_steps: the last step it was due to log (steps are
+        logged 0-based every trainer.log_every_n_steps) was never logged."""
+        max_steps = self.config.get("max_steps")
+        if self.failed or not isinstance(max_steps, int) or max_steps <= 0:
+            return False
+        every = self.config.get("log_every_n_steps")
+        every = every if isinstance(every, int) and every > 0 else 1
+        due = max_steps - max_steps % every  # the count of steps trained when the last due log is written
+        return self.last_step is None or self.last_step + 1 < due
+
+    # ---- the table's values
+    def best_eval_row(self) -> dict[str, Any] | None:
+        rows = [(e["name"], r) for e in self.evaluations for r in e["rows"] if num(r.get("fid")) is not None]
+        if not rows:
+            return None
+        name, row = min(rows, key=lambda nr: nr[1]["fid"])
+        return {**row, "_eval": name}
+
+    def value(self, key: str) -> float | None:
+        row = self.best_eval_row()
+        if key in ("fid", "is", "kid", "precision", "recall"):
+            column = {"fid": "fid", "is": "is_mean", "kid": "kid_mean"}.get(key, key)
+            return num(row.get(column)) if row else self.last.get(f"metrics/{column}")
+        if key == "bpd":
+            values = [num(e["summary"].get("bpd")) for e in self.evaluations]
+            values = [v for v in values if v is not None]
+            return min(values) if values else None
+        if key == "steps":
+            return None if self.last_step is None else float(self.last_step)
+        if key == "wall_time":
+            return self.wall_time_s
+        if key == "val_bpd":  # validation's one-timestep estimate (older metrics files: val/bpd_estimate)
+            return self.last.get("val/bpd_one_t_mc", self.last.get("val/bpd_estimate"))
+        logged = {"val_loss": "val/loss", "img_per_s": "perf/train_img_per_s"}
+        return self.last.get(logged[key])
+
+    def fid_at(self) -> str:
+        row = self.best_eval_row()
+        if row:
+            eta = f" η={row['eta']:g}" if num(row.get("eta")) is not None else ""
+            return f"{row.get('sampler', '?')}{eta}, {row.get('steps', '?')} steps"
+        points = self.series.get("metrics/fid")
+        return f"training, step {points[-1][0]}" if points else ""
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _is_hydra(override: str) -> bool:
+    return option_key(override).startswith("hydra.")
+
+
+# ------------------------------------------------------------------------------------------------- files
+def _read_overrides(path: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path))]  # type: ignore[union-attr]
+    except Exception:
+        return []
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The seed and the trainer's step limits of the job's composed config (unresolvable ones left out)."""
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        return {}
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception:
+        return {}
+    wanted = {
+        "seed": "seed",
+        "max_steps": "trainer.max_steps",
+        "log_every_n_steps": "trainer.log_every_n_steps",
+    }
+    found = {}
+    for name, key in wanted.items():
+        try:
+            value = OmegaConf.select(cfg, key, default=None)
+        except Exception:
+            continue
+        if isinstance(value, int):
+            found[name] = value
+    return found
+
+
+def _add(job: Job, key: str, step: int | None, value: float) -> None:
+    job.last[key] = value
+    if step is not None:
+        job.series.setdefault(key, []).append((step, value))
+
+
+def _read_csv(job: Job) -> bool:
+    paths = sorted(job.dir.glob("csv/**/metrics.csv"))
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                step = num(row.get("step"))
+                for key, raw in row.items():
+                    value = num(raw)
+                    if key not in (None, "step") and value is not None:
+                        _add(job, key, None if step is None else int(step), value)
+    return bool(paths)
+
+
+def _read_tensorboard(job: Job) -> bool:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_dirs = sorted({p.parent for p in job.dir.glob("tensorboard/**/events.out.tfevents.*")})
+    for event_dir in event_dirs:
+        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        for key in sorted(events.Tags()["scalars"]):
+            if key == "hp_metric":  # Lightning's placeholder (-1) for a hyperparameter metric
+                continue
+            for e in sorted(events.Scalars(key), key=lambda e: (e.step, e.wall_time)):
+                if (value := num(e.value)) is not None:
+                    _add(job, key, int(e.step), value)
+    return bool(event_dirs)
+
+
+def _note_wandb(job: Job) -> None:
+    for run in sorted(job.dir.glob("wandb/offline-run-*")):
+        job.notes.append(
+            f"W&B offline run `{run.name}`: its metrics are in W&B's binary log, which this report does not "
+            "read (add logger=csv or logger=tensorboard, or `wandb sync` it)"
+        )
+
+
+def _read_metrics(job: Job) -> None:
+    if not _read_csv(job) and not _read_tensorboard(job):
+        _note_wandb(job)
+
+
+def _read_evaluations(job: Job) -> None:
+    for path in sorted(job.dir.glob("evaluation/*/evaluation.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        job.evaluations.append(
+            {"name": path.parent.name, "summary": data.get("summary") or {}, "rows": data.get("rows") or []}
+        )
+
+
+def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
+    """Job records of every sweep_status.json under ``root`` (the gpu_pool launcher's), by job folder."""
+    records: dict[Path, dict[str, Any]] = {}
+    for status_file in sorted(p for p in root.rglob(STATUS_FILE) if not _in_kept_copy(p, root)):
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            continue
+        for rec in status.get("jobs", []):
+            recorded = Path(rec.get("dir", ""))
+            # The same place below this file first: a moved or copied sweep must not read the original.
+            try:
+                job_dir = status_file.parent / recorded.relative_to(status.get("sweep_dir", ""))
+            except ValueError:
+                job_dir = status_file.parent / recorded.name
+            records[(job_dir if job_dir.is_dir() or not recorded.is_dir() else recorded).resolve()] = rec
+    return records
+
+
+def _in_kept_copy(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a kept copy of raw files below ``root`` (read when it is the root itself)."""
+    root = root.resolve()
+    return any(
+        (d / SETTINGS_FILE).is_file() for d in path.resolve().parents if d != root and d.is_relative_to(root)
+    )
+
+
+def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    job = Job(dir=job_dir)
+    job.overrides = _read_overrides(overrides_file) if overrides_file.is_file() else []
+    job.overrides = job.overrides or [str(o) for o in rec.get("overrides", [])]
+    job.config = _read_config(job_dir / ".hydra" / "config.yaml")
+    job.status = str(rec.get("status", "unknown"))
+    job.exit_code = rec.get("exit_code")
+    job.wall_time_s = num(rec.get("duration_s"))
+    job.log = rec.get("log")
+    job.num = rec.get("num")
+    _read_metrics(job)
+    _read_evaluations(job)
+    return job
+
+
+def find_jobs(root: str | Path) -> list[Job]:
+    """Every job under ``root``: folders with .hydra/overrides.yaml, and jobs a sweep_status.json lists."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist or is not a folder; pass {WHAT_IT_NEEDS}")
+    records = _status_records(root)
+    found = (p.parent.parent.resolve() for p in root.rglob(".hydra/overrides.yaml"))
+    dirs = {d for d in found if not _in_kept_copy(d, root)} | set(records)
+    jobs = [_read_job(job_dir, records.get(job_dir, {})) for job_dir in sorted(dirs)]
+    if not jobs:
+        raise UserError(f"{root} holds no jobs; pass {WHAT_IT_NEEDS}")
+    label_jobs(jobs, root)
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------------- labels
+def label_jobs(jobs: list[Job], root: Path) -> list[str]:
+    """Label each job by the overrides that differ between jobs; returns the overrides common to all."""
+    # (One job: all its overrides are "common", and it is labelled by its folder.)
+    common = [o for o in (jobs[0].overrides if jobs else []) if all(o in j.overrides for j in jobs)]
+    for job in jobs:
+        varying = [o for o in job.overrides if o not in common and not _is_hydra(o)]
+        job.label = " ".join(varying) if varying else _folder_label(job, root)
+    return common
+
+
+def _folder_label(job: Job, root: Path) -> str:
+    """The job folder relative to the report's root, its own name cut to the launcher's job number
+    (`model/0_loss=simple,...` -> `model/#0`): the overrides are in the common-overrides line already."""
+    rel = (
+        job.dir.relative_to(root.resolve()) if job.dir.is_relative_to(root.resolve()) else Path(job.dir.name)
+    )
+    number, sep, _ = rel.name.partition("_")
+    return str(rel.with_name(f"#{number}")) if sep and number.isdigit() else str(rel)

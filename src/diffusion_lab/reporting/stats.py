@@ -1,0 +1,67 @@
+"""Intervals over seeds: the Student-t confidence interval of a mean, and of a paired difference.
+
+With n seeds x_1..x_n (mean m, sample standard deviation s) the interval is m ± t_{(1+c)/2, n-1} · s / √n, the
+exact interval for the mean of normal draws. A paired difference is the same interval over the per-seed
+differences a_i - b_i of two cells trained with the same seeds: the seed's shared effect (initial weights,
+data order, timestep draws) cancels, so it separates smaller effects than two independent intervals would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from scipy import stats
+
+__all__ = ["CONFIDENCE", "Interval", "t_interval", "paired_difference", "verdict"]
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    half_width: float  # nan with fewer than two values
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high  # False with a nan half-width
+
+
+def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and the half-width of its Student-t confidence interval (nan half-width below two values)."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        return Interval(math.nan, math.nan, 0)
+    mean = math.fsum(xs) / n
+    if n < 2:
+        return Interval(mean, math.nan, n)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    return Interval(mean, float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n), n)
+
+
+def paired_difference(
+    cell: Mapping[int, float], baseline: Mapping[int, float], confidence: float = CONFIDENCE
+) -> Interval:
+    """The t-interval of cell - baseline over the seeds both have (paired by seed)."""
+    seeds = sorted(set(cell) & set(baseline))
+    return t_interval([cell[s] - baseline[s] for s in seeds], confidence)
+
+
+def verdict(difference: Interval, better: str) -> str:
+    """'better' / 'worse' when the interval excludes 0 ('min': lower is better, 'max': higher), else
+    'not separated' (also when there are too few pairs for an interval)."""
+    if difference.n < 2 or math.isnan(difference.half_width) or difference.contains(0.0):
+        return "not separated"
+    lower = difference.high < 0
+    return "better" if lower == (better == "min") else "worse"

@@ -1,0 +1,135 @@
+"""The command line of one job: how the application was started, the job's overrides, its own run directory
+(a folder name safe to pass on as a quoted override) and the Hydra overrides that make it a plain single run."""
+
+# No `from __future__ import annotations`: see _gpu_slots.py.
+import hashlib
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Sequence  # noqa: UP035 (as the rest of the plugin)
+
+from hydra.types import TaskFunction
+
+from diffusion_lab.overrides import override_key, split_override
+from hydra_plugins.diffusion_lab_launcher._job_results import SaveReturnValue
+
+__all__ = ["app_command", "forwarded", "job_command", "quote", "safe_subdir", "short_name", "varying_keys"]
+
+# Hydra overrides of the multirun that must not reach a job (a job is a plain single run).
+NOT_FORWARDED = (
+    "hydra.mode",
+    "hydra.launcher",
+    "hydra/launcher",
+    "hydra.sweeper",
+    "hydra/sweeper",
+    "hydra.sweep",
+    "hydra.run",
+    "hydra.job.num",
+    "hydra.job.id",
+)
+CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def app_command(task_function: Optional[TaskFunction]) -> list[str]:
+    """How to start the application again: ``python -m <module>`` (or the script), with its config flags."""
+    return [*_interpreter_and_app(task_function), *_config_flags(sys.argv[1:])]
+
+
+def _interpreter_and_app(task_function: Optional[TaskFunction]) -> list[str]:
+    import __main__
+
+    module = getattr(task_function, "__module__", None) or "__main__"
+    # The task function belongs to __main__ (`python -m app` / `python app.py`), or __main__ imported it
+    # (`python -m pkg` whose __main__.py calls pkg.cli.main): start __main__ again. Otherwise the multirun was
+    # started from other code (a test calling the app's main): start the task function's module.
+    in_main = module == "__main__" or any(
+        v is task_function or getattr(v, "__wrapped__", None) is task_function
+        for v in vars(__main__).values()
+    )
+    spec = getattr(__main__, "__spec__", None)
+    if in_main and spec is not None and spec.name:
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__")]
+    if in_main and sys.argv and Path(sys.argv[0]).is_file():
+        return [sys.executable, str(Path(sys.argv[0]).resolve())]
+    if module != "__main__":
+        return [sys.executable, "-m", module]
+    raise RuntimeError("gpu_pool: cannot tell how this application was started; run it with python -m")
+
+
+def _config_flags(args: Sequence[str]) -> list[str]:
+    """The ``--config-path``/``--config-name``/``--config-dir`` flags of the command line, with their values."""
+    flags: list[str] = []
+    for i, arg in enumerate(args):
+        if arg.split("=", 1)[0] in CONFIG_FLAGS:
+            if "=" in arg:
+                flags.append(arg)
+            elif i + 1 < len(args):
+                flags += [arg, args[i + 1]]
+    return flags
+
+
+def forwarded(hydra_overrides: Iterable[str]) -> list[str]:
+    """The multirun's Hydra overrides that a job keeps (not those that make it a multirun)."""
+    return [o for o in hydra_overrides if not override_key(str(o)).startswith(NOT_FORWARDED)]
+
+
+def job_command(
+    app: Sequence[str], overrides: Sequence[str], hydra_overrides: Sequence[str], job_dir: Path, num: int
+) -> list[str]:
+    """``app`` run as a single run in ``job_dir`` as job ``num``, writing its return value (SaveReturnValue)."""
+    callback = f"{SaveReturnValue.__module__}.{SaveReturnValue.__name__}"
+    return [
+        *app,
+        *overrides,
+        *hydra_overrides,
+        f"hydra.run.dir={quote(str(job_dir))}",
+        f"hydra.job.num={num}",
+        f"hydra.job.id={num}",
+        f"++hydra.callbacks.gpu_pool_return._target_={callback}",
+    ]
+
+
+def quote(value: str) -> str:
+    """A string as a quoted Hydra override value (paths hold ',' '=' '[' from override_dirname)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def varying_keys(job_overrides: Sequence[Sequence[str]]) -> set[str]:
+    """Keys whose value differs between jobs, or that some job lacks (they name a job whose full
+    override_dirname is too long for a folder name)."""
+    values: dict[str, list[str]] = {}
+    for overrides in job_overrides:
+        for o in overrides:
+            values.setdefault(override_key(o), []).append(o)
+    return {k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(job_overrides)}
+
+
+def short_name(num: int, overrides: Iterable[str], varying: set[str]) -> str:
+    """``<num>_<the overrides of varying keys, without prefixes>``: a job's folder name when the full one is
+    too long."""
+    parts = []
+    for o in overrides:
+        key, value = split_override(o)
+        if key in varying:
+            parts.append(key if value is None else f"{key}={value}")
+    return f"{num}_{','.join(sorted(parts))}" if parts else str(num)
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text.encode()) <= limit:
+        return text
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    return text.encode()[: limit - 11].decode(errors="ignore") + "_" + digest
+
+
+def safe_subdir(subdir: str, short: str, limit: int = 200) -> str:
+    """``subdir`` with each component longer than ``limit`` bytes (file systems allow 255; override_dirname of a
+    long command line) replaced by ``short`` (the job number and the overrides that vary across the sweep),
+    shortened with a hash if it is still too long. Quote characters are dropped (``trainer.max_time='00:03:00'``
+    names a folder ``...max_time=00:03:00``): a path holding them cannot be passed on as a quoted override."""
+    parts = [_shorten(short, limit) if len(p.encode()) > limit else p for p in Path(subdir).parts]
+    parts = [p.replace("'", "").replace('"', "") for p in parts]
+    return str(Path(*parts)) if parts else subdir

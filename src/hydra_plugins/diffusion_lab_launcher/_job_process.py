@@ -1,0 +1,106 @@
+"""One job of a sweep as a subprocess: started with its GPUs and environment, its output in its log, ended
+(or stopped on an interrupt) with its exit status; one line printed at its start and at its end."""
+
+# No `from __future__ import annotations`: see _gpu_slots.py (Job is a dataclass).
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+from hydra.core.utils import filter_overrides
+from omegaconf import DictConfig
+
+from diffusion_lab.resolvers import SWEEP_DIR_ENV
+from hydra_plugins.diffusion_lab_launcher._job_results import ENV_RETURN, RETURN_FILE
+
+__all__ = ["Job", "job_env", "stop"]
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: list[str]
+    dir: Path
+    config: DictConfig
+    command: list[str]
+    log: Path
+    status: str = "QUEUED"
+    gpus: tuple[str, ...] = ()
+    proc: Optional[subprocess.Popen] = None
+    log_file: Optional[IO[str]] = None
+    started: Optional[float] = None
+    ended: Optional[float] = None
+    exit_code: Optional[int] = None
+
+    def describe(self) -> str:
+        return " ".join(filter_overrides(self.overrides))
+
+    def start(self, gpus: tuple[str, ...], env: dict[str, str]) -> None:
+        """Run the job's command with ``env`` (this process's environment, adjusted), output to its log."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / RETURN_FILE).unlink(missing_ok=True)
+        self.log_file = open(self.log, "w")  # noqa: SIM115 (closed when the job ends)
+        self.log_file.write("$ " + " ".join(self.command) + "\n")
+        self.log_file.flush()
+        self.gpus, self.status, self.started = gpus, "RUNNING", time.time()
+        self.proc = subprocess.Popen(
+            self.command, stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd()
+        )
+        where = f"GPU {','.join(gpus)}" if gpus else "CPU"
+        print(f"[gpu_pool] #{self.num} started on {where}: {self.describe()}", flush=True)
+
+    def poll(self) -> Optional[int]:
+        """The exit status once the job has ended (the job is then finished), else None."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None:
+            self.finish(code)
+        return code
+
+    def finish(self, exit_code: int) -> None:
+        self.ended, self.exit_code = time.time(), exit_code
+        self.status = "COMPLETED" if exit_code == 0 else "FAILED"
+        if self.log_file is not None:
+            self.log_file.close()
+        took = self.ended - (self.started or self.ended)
+        print(
+            f"[gpu_pool] #{self.num} {self.status} (exit {exit_code}) in {took:.1f} s: "
+            f"{self.describe()}  log: {self.log}",
+            flush=True,
+        )
+
+
+def job_env(
+    job: Job, gpus: tuple[str, ...], sweep_dir: Path, cuda_devices: Optional[str], parallel: int
+) -> dict:
+    """This process's environment for ``job``: the sweep directory, where to write its return value, its GPUs
+    (``cuda_devices``; None leaves CUDA_VISIBLE_DEVICES as it is) and, for CPU jobs side by side, a share of the
+    cores."""
+    env = dict(os.environ)
+    env[SWEEP_DIR_ENV] = str(sweep_dir)
+    env[ENV_RETURN] = str(job.dir / RETURN_FILE)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices
+    if not gpus and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
+def stop(running: list[Job]) -> None:
+    """Terminate the running jobs (an interrupt: Ctrl-C), kill those that do not end within 30 s; each is
+    recorded INTERRUPTED."""
+    for job in running:
+        assert job.proc is not None
+        job.proc.terminate()
+    for job in running:
+        assert job.proc is not None
+        try:
+            job.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+            job.proc.wait()
+        job.finish(job.proc.returncode if job.proc.returncode is not None else -1)
+        job.status = "INTERRUPTED"

@@ -1,0 +1,81 @@
+"""What a job hands back: its task function's return value (written by ``SaveReturnValue`` inside the job) or,
+when it failed, a ``JobFailed`` naming its exit status, its last error line and its log."""
+
+# No `from __future__ import annotations`: see _gpu_slots.py.
+import copy
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+if TYPE_CHECKING:
+    from hydra_plugins.diffusion_lab_launcher._job_process import Job
+
+__all__ = ["ENV_RETURN", "RETURN_FILE", "JobFailed", "SaveReturnValue", "job_return"]
+
+RETURN_FILE = ".hydra/job_return.json"
+# Set for every job: where SaveReturnValue writes the return value.
+ENV_RETURN = "DIFFUSION_LAB_JOB_RETURN"
+
+
+class JobFailed(RuntimeError):
+    """A job of the sweep exited with a non-zero status (its log says why)."""
+
+
+class SaveReturnValue(Callback):
+    """Added to each job's Hydra callbacks: writes the task function's return value (e.g. the final val/loss)
+    where the launcher reads it, so sweepers that optimise a return value work with this launcher too."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        path = os.environ.get(ENV_RETURN)
+        if not path or job_return.status != JobStatus.COMPLETED or os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        value = job_return._return_value
+        try:
+            text = json.dumps({"return_value": value})
+        except (TypeError, ValueError):
+            text = json.dumps({"return_value": repr(value)})
+        # Imported here: diffusion_lab.io loads torch, which Hydra's plugin scan should not pay for.
+        from diffusion_lab.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+
+
+def job_return(job: "Job", task_name: str) -> JobReturn:
+    """The ``JobReturn`` Hydra's sweepers expect of a job that has ended."""
+    task_cfg = copy.deepcopy(job.config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    ret = JobReturn(
+        overrides=list(job.overrides),
+        cfg=task_cfg,
+        hydra_cfg=job.config,
+        working_dir=os.getcwd(),
+        task_name=task_name,
+    )
+    ret.status = JobStatus.COMPLETED if job.exit_code == 0 else JobStatus.FAILED
+    if ret.status == JobStatus.COMPLETED:
+        result = job.dir / RETURN_FILE
+        ret.return_value = json.loads(result.read_text())["return_value"] if result.is_file() else None
+    else:
+        tail = _last_error_line(job.log)
+        ret.return_value = JobFailed(
+            f"job #{job.num} exited with status {job.exit_code}"
+            + (f": {tail}" if tail else "")
+            + f"; log: {job.log}"
+        )
+    return ret
+
+
+def _last_error_line(log: Path) -> str:
+    """The log's last ``error:`` line (diffusion_lab's one-line errors), else its last line."""
+    if not log.is_file():
+        return ""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or [""])[-1].strip()

@@ -1,0 +1,61 @@
+"""``<sweep dir>/sweep_status.json``: the launcher's settings and each job's state, exit status, duration, GPUs,
+folder and log — rewritten whole (atomically) at every change, so it can be watched while the sweep runs."""
+
+# No `from __future__ import annotations`: see _gpu_slots.py.
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence  # noqa: UP035 (as the rest of the plugin)
+
+from hydra.core.utils import filter_overrides
+
+from hydra_plugins.diffusion_lab_launcher._job_process import Job
+
+__all__ = ["STATUS_FILE", "job_record", "write_status"]
+
+STATUS_FILE = "sweep_status.json"
+
+
+def _iso(t: Optional[float]) -> Optional[str]:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    duration = None
+    if job.started is not None:
+        duration = round((job.ended or time.time()) - job.started, 2)
+    return {
+        "num": job.num,
+        "overrides": filter_overrides(job.overrides),
+        "status": job.status,
+        "exit_code": job.exit_code,
+        "duration_s": duration,
+        "gpus": list(job.gpus),
+        "dir": str(job.dir),
+        "log": str(job.log),
+        "started": _iso(job.started),
+        "ended": _iso(job.ended),
+    }
+
+
+def _earlier_records(path: Path) -> dict[int, dict]:
+    """Jobs already in the file: earlier batches of the same sweep (a sweeper with max_batch_size)."""
+    if not path.is_file():
+        return {}
+    try:
+        return {int(r["num"]): r for r in json.loads(path.read_text()).get("jobs", [])}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_status(sweep_dir: Path, settings: dict[str, Any], jobs: Sequence[Job]) -> None:
+    """Write the sweep's status: ``settings`` (the launcher's), then every job, earlier batches' included."""
+    path = sweep_dir / STATUS_FILE
+    records = _earlier_records(path)
+    records.update({j.num: job_record(j) for j in jobs})
+    status = {"sweep_dir": str(sweep_dir), **settings, "jobs": [records[k] for k in sorted(records)]}
+    # Imported here: diffusion_lab.io loads torch, which Hydra's plugin scan should not pay for.
+    from diffusion_lab.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(status, indent=2) + "\n")

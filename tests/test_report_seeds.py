@@ -1,0 +1,111 @@
+"""The report over seeds: t-intervals, paired differences from a baseline, incomplete jobs, equal-step curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from diffusion_lab.report import main as report_main
+from diffusion_lab.reporting.cells import group_cells
+from diffusion_lab.reporting.plots import common_steps
+from diffusion_lab.reporting.runs import find_jobs
+from diffusion_lab.reporting.stats import paired_difference, t_interval, verdict
+from synthetic_sweep import seeded_sweep, write_job, write_status
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _row(section: str, label: str) -> list[str]:
+    line = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0], [3.1, 2.9, 3.4], [0.5, -1.0, 2.0, 0.1, 0.3, 0.9]])
+def test_t_interval_matches_scipy(values):
+    interval = t_interval(values)
+    low, high = scipy_stats.t.interval(
+        0.95, len(values) - 1, loc=np.mean(values), scale=scipy_stats.sem(values)
+    )
+    assert interval.n == len(values)
+    assert interval.low == pytest.approx(low, rel=1e-12) and interval.high == pytest.approx(high, rel=1e-12)
+    assert math.isnan(t_interval([1.0]).half_width)
+
+
+def test_a_true_difference_is_separated_in_the_right_direction(tmp_path):
+    sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3, 4, 5], 0.1, np.random.default_rng(0))
+    report_main([str(sweep), "--baseline", "schedule=linear"])
+    md = (sweep / "report.md").read_text()
+    seeds = _section(md, "Over seeds")
+    assert "95% Student-t confidence interval" in seeds
+    header = _row(seeds, "cell")
+    cosine = dict(zip(header, _row(seeds, "schedule=cosine")))
+    assert cosine["n"] == "5" and " ± " in cosine["val loss"]
+    diff = _section(md, "Difference from schedule=linear")
+    row = dict(zip(_row(diff, "cell"), _row(diff, "schedule=cosine")))
+    # Higher val loss is worse, lower FID better; the shared per-seed shift (sd 1) cancels in the pairs.
+    assert row["val loss"].endswith("(n=5, worse)") and row["FID"].endswith("(n=5, better)")
+    for text, true in ((row["val loss"], 1.0), (row["FID"], -1.0)):
+        mean, half = (float(x) for x in text.split(" (")[0].split(" ± "))
+        assert mean - half <= true <= mean + half and half < 0.5
+    assert "seeds_val_loss.png" in md
+
+
+def test_a_null_difference_is_separated_at_about_the_nominal_rate():
+    rng = np.random.default_rng(1)
+    replications, separated = 200, 0
+    for _ in range(replications):
+        shared = rng.normal(0.0, 1.0, 3)
+        a = dict(enumerate(shared + rng.normal(0.0, 0.1, 3)))
+        b = dict(enumerate(shared + rng.normal(0.0, 0.1, 3)))
+        separated += verdict(paired_difference(a, b), "min") != "not separated"
+    low, high = scipy_stats.binom.ppf([0.0005, 0.9995], replications, 0.05)
+    assert low <= separated <= high, separated
+
+
+def test_a_baseline_that_matches_no_cell_is_one_error_line(tmp_path, capsys):
+    sweep = seeded_sweep(tmp_path / "sweep", 0.0, [1, 2], 0.1, np.random.default_rng(0))
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(sweep), "--baseline", "schedule=quadratic"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--baseline" in err[0] and "schedule=cosine" in err[0]
+
+
+def test_a_job_stopped_by_its_time_limit_is_incomplete_and_not_ranked(tmp_path):
+    root = tmp_path / "sweep"
+    curve = {s: 1.0 for s in (9, 19, 29, 39, 49, 59, 69, 79, 89, 99)}
+    early = {s: 0.1 for s in (9, 19, 29)}  # better loss, but only 30 of 100 steps trained
+    jobs = [
+        write_job(root, 0, ["seed=1", "loss=a"], {"val/loss": curve}),
+        write_job(root, 1, ["seed=2", "loss=a"], {"val/loss": {**curve, 99: 3.0}}),
+        write_job(root, 2, ["seed=1", "loss=b"], {"val/loss": early}),
+    ]
+    write_status(root, jobs)
+    found = find_jobs(root)
+    assert [j.incomplete for j in found] == [False, False, True]
+    cells = group_cells(found)
+    assert [(c.label, len(c.jobs)) for c in cells] == [("loss=a", 2)]  # the incomplete job is in no mean
+    report_main([str(root)])
+    md = (root / "report.md").read_text()
+    ranked = md.split("\n\n| # |", 1)[1].split("\n\n", 1)[0]
+    assert "loss=b" not in ranked and "★" in ranked
+    incomplete = _section(
+        md,
+        "Incomplete jobs: stopped (trainer.max_time) before trainer.max_steps; not ranked "
+        "and left out of the means over seeds",
+    )
+    assert "incomplete" in _row(incomplete, "1") and "★" not in incomplete
+
+
+def test_curves_over_seeds_are_compared_at_the_steps_every_job_logged(tmp_path):
+    root = tmp_path / "sweep"
+    write_job(root, 0, ["seed=1", "x=a"], {"val/loss": {9: 1.0, 19: 1.0, 29: 1.0}}, max_steps=30)
+    write_job(root, 1, ["seed=2", "x=a"], {"val/loss": {9: 1.0, 19: 1.0, 29: 1.0}}, max_steps=30)
+    write_job(root, 2, ["seed=1", "x=b"], {"val/loss": {9: 1.0, 29: 1.0, 25: 2.0}}, max_steps=30)
+    cells = group_cells(find_jobs(root))
+    assert common_steps(cells, "val/loss") == [9, 29]
