@@ -34,7 +34,7 @@ $(CHROMEDRIVER):
 	$(SUDO) apt-get install -y -qq chromium chromium-driver
 
 train: setup
-	$(VPY) -m diffusion_lab.train $(ARGS)
+	$(VPY) -m diffusion_lab.train experiment=fmnist_cpu $(ARGS)
 
 test: setup browser
 	$(VPY) -m pytest -q -m "not slow" $(ARGS)

@@ -50,6 +50,7 @@ TINY_MODEL = {
 # Whatever an experiment asks for, run on this CPU: no GPU, no compile, no mixed precision, no time guard,
 # no progress bars or model summaries in the test log.
 CPU_ONLY = [
+    "experiment=fmnist_cpu",  # the CPU-sized preset (`make train`); tests may choose another after it
     "trainer=cpu",
     "trainer.precision=32-true",
     "trainer.max_time=null",

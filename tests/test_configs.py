@@ -260,8 +260,8 @@ def test_every_optimizer_option_instantiates(option):
 
 @pytest.mark.parametrize("option", group_options("lr_scheduler"))
 def test_every_lr_scheduler_option_instantiates(option):
-    # With the default experiment on: it sets lr_scheduler.warmup_steps, also left over for lr_scheduler=none.
-    cfg = compose_train([f"lr_scheduler={option}", *TINY_MLP])
+    # With an experiment that sets lr_scheduler.warmup_steps, also left over for lr_scheduler=none.
+    cfg = compose_train(["experiment=fmnist_cpu", f"lr_scheduler={option}", *TINY_MLP])
     configured = build_module(cfg, (2,), None).configure_optimizers()
     if option == "none":
         assert isinstance(configured, torch.optim.Optimizer)

@@ -406,8 +406,7 @@ KILLS = 3
 
 def kill_run_overrides(run: Path, max_steps: int) -> list[str]:
     # The exact-resume settings of test_train.py: deterministic, fixed seed, a checkpoint (and a validation)
-    # at every epoch end — so every checkpoint a restart can resume from is a step checkpoint at an epoch
-    # boundary, never one written at train end (Lightning restarts those wrongly; see test_train.py).
+    # at every epoch end.
     return cli_overrides(
         "trainer.deterministic=true",
         "seed=7",

@@ -48,7 +48,7 @@ def sweep(tmp_path_factory, one_thread) -> Path:
             "callbacks.sample_quality.batch_size=8",
         )
         result = train(cfg)
-        (job_dir / ".hydra").mkdir(parents=True)
+        (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)  # train() keeps config.yaml there
         OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
         # What `python -m diffusion_lab.evaluate ... features=PATH sampler=ddim steps=[10,20,50]` writes (its own
         # writer).

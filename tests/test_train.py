@@ -53,7 +53,7 @@ def test_every_experiment_runs(experiment, tmp_path, fake_cifar_root):
 
 # ------------------------------------------------------------------------------------------- default run
 def test_default_config_leaves_checkpoint_grid_and_metrics(tmp_path):
-    # train.yaml as it is (the default experiment, its network, data and T=1000 schedule), for 4 steps.
+    # train.yaml as it is (no experiment: its network, data and T=1000 schedule), for 4 steps.
     overrides = [
         "trainer.max_steps=4",
         "trainer.val_check_interval=4",
@@ -80,6 +80,23 @@ def test_default_config_leaves_checkpoint_grid_and_metrics(tmp_path):
     assert read_metrics(metrics, "val/loss")
     parts, spec, _ = load_checkpoint(checkpoint)
     assert spec["schedule"]["_target_"].endswith("LinearSchedule") and parts.diffusion.num_timesteps == 1000
+
+
+def test_default_config_uses_the_gpu_where_there_is_one_and_make_train_the_cpu_experiment():
+    """`python -m diffusion_lab.train` picks the accelerator (a GPU where there is one); `make train` runs the
+    CPU-sized experiment explicitly, with any ARGS after it."""
+    default = compose_train()
+    assert default.trainer.accelerator == "auto" and default.trainer.max_time is None
+    repo = Path(train_module.CONFIG_DIR).parent
+    proc = subprocess.run(
+        ["make", "-n", "-o", "setup", "train", "ARGS=seed=3"], cwd=repo, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    command = proc.stdout.strip().splitlines()[-1].split()
+    assert command[1:3] == ["-m", "diffusion_lab.train"]
+    assert command[3:] == ["experiment=fmnist_cpu", "seed=3"]
+    made = compose_train(command[3:])
+    assert made.task_name == "fmnist_cpu" and made.trainer.accelerator == "cpu" and made.seed == 3
 
 
 # --------------------------------------------------------------------------------------------------- DDP
@@ -131,25 +148,8 @@ def weights(ckpt_path: str) -> tuple[dict, dict, dict]:
     return ckpt["state_dict"], ckpt["current_model_state"], ckpt[CHECKPOINT_KEY]["timesteps"]
 
 
-LIGHTNING_TRAIN_END_RESTART = (
-    "Lightning 2.6 restarts wrongly from a checkpoint that ModelCheckpoint(save_last=True) writes in "
-    "on_train_end: the resumed fit runs one extra batch (batch_idx N) in the finished epoch from a fresh "
-    "loader iterator, then starts the next epoch with another one, so the data order (and, after a validation, "
-    "the logged step numbers) shift. The weights, optimizer, RNG and timestep history restore correctly."
-)
-
-
 @pytest.mark.parametrize(
-    "timesteps,saved",
-    [
-        ("uniform", "step"),
-        ("importance", "step"),
-        pytest.param(
-            "uniform",
-            "train_end",
-            marks=pytest.mark.xfail(reason=LIGHTNING_TRAIN_END_RESTART, raises=AssertionError, strict=False),
-        ),
-    ],
+    "timesteps,saved", [("uniform", "step"), ("importance", "step"), ("uniform", "train_end")]
 )
 def test_exact_resume(timesteps, saved, tmp_path):
     """N steps, then a new run from its last.ckpt to 2N, ends bit for bit where 2N straight steps end."""

@@ -1,6 +1,6 @@
 """Train a diffusion model.
 
-    python -m diffusion_lab.train                                   # the default experiment (CPU-sized)
+    python -m diffusion_lab.train                                   # the defaults, on a GPU where there is one
     python -m diffusion_lab.train schedule=cosine loss=vlb           # any option of any group
     python -m diffusion_lab.train experiment=fmnist trainer=gpu      # a preset study
     python -m diffusion_lab.train ckpt_path=last resume_dir=outputs/<task_name>/runs/<time>   # exact resume
@@ -25,12 +25,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_module
-from .callbacks import LossProgressBar, Preemption, Throughput
+from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
 from .cli import CONFIG_DIR, command, experiment_summaries
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
+from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
+from .resume import continue_run, override_key, record_run, resume_argv
 
 __all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
 
@@ -103,9 +105,9 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(ckpt)
 
 
-def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> None:
+def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> int:
     """A checkpoint of another network (other model / data options) fails here in one line, not in
-    ``load_state_dict`` with a page of mismatched keys."""
+    ``load_state_dict`` with a page of mismatched keys. Returns the checkpoint's step."""
     ckpt = load_checkpoint_file(ckpt_path, mmap=True, option="ckpt_path")
     stored = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     own = module.state_dict()
@@ -113,7 +115,7 @@ def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> None:
     unexpected = [k for k in stored if k not in own]
     shapes = [k for k in own if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)]
     if not (missing or unexpected or shapes):
-        return
+        return int(ckpt.get("global_step", 0))
     spec = (ckpt.get(CHECKPOINT_KEY) or {}).get("spec", {}) if isinstance(ckpt, dict) else {}
     trained = str((spec.get("model") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
     if shapes:
@@ -200,9 +202,12 @@ def _output_dir(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, write final samples; returns the paths and final metrics."""
     started = time.time()
+    cfg, resume_overrides = continue_run(cfg)
     check_config(cfg)
     output_dir = _output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)
     check_output_dir(output_dir)
+    record_run(cfg, output_dir, resume_overrides)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -212,11 +217,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     read_data_early(datamodule)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
     if ckpt_path is not None:
-        check_resume_compatible(module, ckpt_path)
+        resumed_step = check_resume_compatible(module, ckpt_path)
 
-    callbacks = [
+    # FinalCheckpoint first: it saves the final step before the EMA callback copies the average into the module.
+    callbacks = [FinalCheckpoint()] + [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
     ]
     if cfg.trainer.get("enable_progress_bar", True):
@@ -225,6 +230,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c
     ]
+    for lg in loggers:
+        if ckpt_path is not None and isinstance(
+            lg, CSVLogger
+        ):  # one metrics.csv: the resumed steps continue it
+            lg.continue_from_step = resumed_step
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg)
     )
@@ -307,9 +317,7 @@ def resume_command(output_dir: Path) -> str:
     overrides: list[str] = []
     if HydraConfig.initialized():
         overrides = [
-            o
-            for o in HydraConfig.get().overrides.task
-            if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "resume_dir")
+            o for o in HydraConfig.get().overrides.task if override_key(o) not in ("ckpt_path", "resume_dir")
         ]
     return " ".join(
         ["python -m diffusion_lab.train", *overrides, "ckpt_path=last", f"resume_dir={output_dir}"]
@@ -363,4 +371,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)  # a resume runs in its own run directory
     main()

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from .ema import EMA
+from .final_checkpoint import FinalCheckpoint
 from .preemption import Preemption
 from .progress import LossProgressBar
 from .sample_grid import SampleGrid
 from .sample_quality import SampleQualityCallback
 from .throughput import Throughput
 
-__all__ = ["EMA", "LossProgressBar", "Preemption", "SampleGrid", "SampleQualityCallback", "Throughput"]
+__all__ = [
+    "EMA",
+    "FinalCheckpoint",
+    "LossProgressBar",
+    "Preemption",
+    "SampleGrid",
+    "SampleQualityCallback",
+    "Throughput",
+]

@@ -2,9 +2,9 @@
 
 On the signal the handler only sets a flag. At the next training-batch end (after the EMA has averaged that
 step) the callback writes ``<run dir>/checkpoints/last.ckpt`` (atomically, through the Trainer's checkpoint
-plugin), sets ``trainer.should_stop`` and records why; ``train.py`` then skips the final samples and prints how
-to resume (``ckpt_path=last resume_dir=<run dir>``). A second signal changes nothing; SIGKILL cannot be caught
-(the periodic step checkpoints cover it).
+plugin: ``final_checkpoint.save_last_checkpoint``), sets ``trainer.should_stop`` and records why; ``train.py``
+then skips the final samples and prints how to resume (``ckpt_path=last resume_dir=<run dir>``). A second
+signal changes nothing; SIGKILL cannot be caught (the periodic step checkpoints cover it).
 
 Interplay with Lightning (2.6):
 
@@ -31,6 +31,8 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from .final_checkpoint import save_last_checkpoint
 
 __all__ = ["Preemption"]
 
@@ -123,12 +125,7 @@ class Preemption(L.Callback):
         if self.stopped_at_step is not None or not self._should_stop(trainer):
             return
         path = Path(trainer.default_root_dir) / self.dirname / self.filename
-        owners = self._last_checkpoint_owners(trainer, path)
-        for cb in owners:  # before saving, as ModelCheckpoint does: its state inside the file names the file
-            cb.last_model_path = str(path)
-        trainer.save_checkpoint(path)
-        for cb in owners:
-            self._mark_saved(cb, trainer, str(path))
+        save_last_checkpoint(trainer, path)
         trainer.should_stop = True
         self.stopped_at_step = trainer.global_step
         self.checkpoint_path = str(path)
@@ -140,27 +137,6 @@ class Preemption(L.Callback):
                 file=sys.stderr,
                 flush=True,
             )
-
-    @staticmethod
-    def _last_checkpoint_owners(trainer: L.Trainer, path: Path) -> list:
-        """The ModelCheckpoint callbacks whose ``save_last`` file is ``path``."""
-        owners = []
-        for cb in trainer.checkpoint_callbacks:
-            last = Path(cb.dirpath or "", f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-            if getattr(cb, "save_last", False) and last.resolve() == path.resolve():
-                owners.append(cb)
-        return owners
-
-    @staticmethod
-    def _mark_saved(cb, trainer: L.Trainer, path: str) -> None:
-        """Tell ModelCheckpoint that ``path`` is this step's last checkpoint. Otherwise, if it has not saved yet
-        in this run, its ``on_train_end`` writes last.ckpt again — after the EMA weights were copied into the
-        module, the state Lightning restarts wrongly from (see tests/test_train.py, LIGHTNING_TRAIN_END_RESTART).
-        These are ModelCheckpoint's own bookkeeping attributes (Lightning 2.6)."""
-        if hasattr(cb, "_last_checkpoint_saved"):
-            cb._last_checkpoint_saved = path
-        if hasattr(cb, "_last_global_step_saved"):
-            cb._last_global_step_saved = trainer.global_step
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,27 +24,109 @@ _NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "digits": 10, "
                 "gaussian_mixture": 8, "swiss_roll": None}  # fmt: skip
 
 
-class DeviceBatches:
+class ResumableOrder:
+    """What makes a training loader resumable mid-epoch (Lightning saves its ``state_dict`` in each checkpoint).
+
+    Each ``iter()`` starts the next epoch ``e``, shuffled by a generator seeded ``order_seed + e``: the order
+    depends on nothing else that drew random numbers. After ``load_state_dict`` the next ``iter()`` continues the
+    checkpointed epoch without the batches already trained (none left: Lightning goes on to the next epoch). That
+    count is the Trainer's (``trained``): Lightning restores it in its loop progress and expects a resumable loader
+    to yield the rest of the epoch (the loader itself runs a batch ahead of training: Lightning's prefetch).
+    """
+
+    order_seed: int
+    trained: Callable[[], int] | None
+    epoch: int = -1  # the epoch of the latest iter()
+    _restored: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order_seed": self.order_seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order_seed, self.epoch = int(state["order_seed"]), int(state["epoch"])
+        self._restored = True
+
+    def _start_epoch(self) -> tuple[int, int]:
+        """(seed of this epoch's order, batches to leave out) for the epoch an ``iter()`` starts."""
+        skip = 0
+        if self._restored and self.epoch >= 0:
+            skip = self.trained() if self.trained is not None else 0
+        else:
+            self.epoch += 1
+        self._restored = False
+        return self.order_seed + self.epoch, skip
+
+
+class ResumableLoader(ResumableOrder, DataLoader):
+    """The CPU training loader (a shuffling ``DataLoader``), resumable: see ``ResumableOrder``. The batches left
+    out after a restore are skipped as index lists, never loaded."""
+
+    def __init__(self, *args, order_seed: int = 0, trained: Callable[[], int] | None = None, **kwargs):
+        kwargs.setdefault("generator", torch.Generator())
+        super().__init__(*args, **kwargs)
+        self.order_seed = order_seed
+        self.trained = trained
+        self._skip = 0
+
+    @property
+    def _index_sampler(self):
+        batches = super()._index_sampler
+        return _After(batches, self._skip) if self._skip else batches
+
+    def __iter__(self):
+        seed, self._skip = self._start_epoch()
+        self.generator.manual_seed(seed)  # the sampler's (and the workers' base seed) for this epoch
+        try:
+            return super().__iter__()
+        finally:
+            self._skip = 0
+
+
+class _After:
+    """The batches (index lists) of a batch sampler after the first ``skip``."""
+
+    def __init__(self, batches, skip: int):
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
+class DeviceBatches(ResumableOrder):
     """Shuffled batches drawn on the accelerator from a training set held there as one tensor.
 
     For small datasets the CPU data loader (indexing, collation, host-to-device copies) is slower than the
     model; here an epoch is one ``randperm`` on the device plus gathers. Like the train loader, the last
-    incomplete batch is dropped.
+    incomplete batch is dropped; like it, it resumes mid-epoch (``ResumableOrder``).
     """
 
-    def __init__(self, dataset: ds.TensorImageDataset | ds.PointDataset, batch_size: int, device) -> None:
+    def __init__(
+        self,
+        dataset: ds.TensorImageDataset | ds.PointDataset,
+        batch_size: int,
+        device,
+        order_seed: int = 0,
+        trained: Callable[[], int] | None = None,
+    ) -> None:
         self.dataset = dataset
         self.data = dataset.data.to(device)  # still integer for images: converted per batch
         self.labels = dataset.labels.to(device)
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.order_seed = order_seed
+        self.trained = trained
 
     def __len__(self) -> int:
         return len(self.data) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        perm = torch.randperm(len(self.data), device=self.device)
-        for b in range(len(self)):
+        seed, skip = self._start_epoch()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        perm = torch.randperm(len(self.data), device=self.device, generator=generator)
+        for b in range(skip, len(self)):
             idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.dataset.transform(self.data[idx], augment=True), self.labels[idx]
 
@@ -172,10 +256,16 @@ class DiffusionDataModule(L.LightningDataModule):
                 "the last incomplete batch is dropped; lower data.batch_size or raise data.limit_train"
             )
         device = self._device_for_batches()
+        # The order of epoch e is seeded seed + e (the run's seed: seed_everything set the initial seed).
+        order = dict(order_seed=torch.initial_seed(), trained=self._batches_trained if self.trainer else None)
         # Image folders are decoded lazily from disk, so they always go through the CPU loader.
         if device is not None and isinstance(train, ds.TensorImageDataset | ds.PointDataset):
-            return DeviceBatches(train, self.batch_size, device)
-        return self._loader(train, self.batch_size, shuffle=True)
+            return DeviceBatches(train, self.batch_size, device, **order)
+        return self._loader(train, self.batch_size, shuffle=True, **order)
+
+    def _batches_trained(self) -> int:
+        """Batches of the current epoch the Trainer has taken (restored by Lightning on a resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
@@ -183,8 +273,8 @@ class DiffusionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, **order) -> DataLoader:
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -192,6 +282,7 @@ class DiffusionDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            **order,
         )
 
     # ---------------------------------------------------------------------------------------------- misc

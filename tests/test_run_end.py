@@ -1,0 +1,93 @@
+"""However a fit ends (max_steps, max_time, a preemption signal, Ctrl-C, an error in a callback), last.ckpt holds
+its final step: the step the summary reports and the final samples come from."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import RunningStage
+
+from conftest import small_train_cfg
+from diffusion_lab import train as train_module
+from diffusion_lab.checkpointing import verify_checkpoint
+from diffusion_lab.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STOP = 5  # the step each run ends at; step checkpoints every 3 steps, so last.ckpt of step 3 is the stale one
+
+
+class EndAt(L.Callback):
+    """Ends the fit after step ``STOP`` in the way named: the time guard runs out, a SIGUSR1 arrives, Ctrl-C,
+    or an error."""
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.how == "sigusr1" and trainer.global_step == STOP - 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != STOP:
+            return
+        if self.how == "max_time":  # Lightning's Timer (after this callback) finds the time spent
+            timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+            timer._start_time[RunningStage.TRAINING] -= 10**6
+        elif self.how == "keyboard_interrupt":
+            raise KeyboardInterrupt
+        elif self.how == "exception":
+            raise RuntimeError("a callback failed")
+
+
+@pytest.mark.parametrize("how", ["max_steps", "max_time", "sigusr1", "keyboard_interrupt", "exception"])
+def test_last_ckpt_holds_the_final_step(how, tmp_path, monkeypatch, capsys):
+    built = {}
+    build_module, instantiate = train_module.build_module, train_module.instantiate
+
+    def capture(*args, **kwargs):
+        built["module"] = build_module(*args, **kwargs)
+        return built["module"]
+
+    def with_end(config, *args, **kwargs):  # the Trainer gets the callback that ends the fit
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [*kwargs["callbacks"], EndAt(how)]
+        return instantiate(config, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "build_module", capture)
+    monkeypatch.setattr(train_module, "instantiate", with_end)
+    cfg = small_train_cfg(
+        tmp_path,
+        f"trainer.max_steps={STOP if how == 'max_steps' else 1000}",
+        "trainer.max_time=01:00:00:00",
+        "callbacks.checkpoint.every_n_train_steps=3",
+        "trainer.val_check_interval=100",
+    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if how in ("keyboard_interrupt", "exception"):
+        # the run did not finish: it still fails (Ctrl-C exits 1), after saying where its last step is
+        with pytest.raises(SystemExit if how == "keyboard_interrupt" else RuntimeError) as err:
+            train(cfg)
+        if how == "keyboard_interrupt":
+            assert err.value.code == 1
+        assert f"at step {STOP}: {last} holds that step" in capsys.readouterr().err
+        result = None
+    else:
+        result = train(cfg)
+        assert result["global_step"] == STOP and result["checkpoint"] == str(last)
+        assert f"steps trained : {STOP}\n" in capsys.readouterr().out
+    assert verify_checkpoint(last) is None
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STOP
+    # the EMA in state_dict and the live weights in current_model_state, as in every checkpoint
+    ema, live = ckpt["state_dict"], ckpt["current_model_state"]
+    assert ema.keys() == live.keys() and any(not torch.equal(ema[k], v) for k, v in live.items())
+    if result is not None and how != "sigusr1":  # the final samples come from the checkpoint's EMA weights
+        assert (tmp_path / "samples" / "final.png").is_file()
+        module_state = built["module"].state_dict()
+        assert [k for k in ema if not torch.equal(ema[k], module_state[k])] == []
