@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from diffusion_lab.overrides import override_key
 from diffusion_lab.train import CONFIG_DIR, compose_config
 
 # =========================================================================================================
@@ -83,7 +84,7 @@ def dedupe_overrides(overrides: Iterable[str]) -> list[str]:
     """Keep the last override of each key ('+key', '++key' and 'key' are one key), in their order."""
     last: dict[str, str] = {}
     for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
+        key = override_key(o)
         last.pop(key, None)
         last[key] = o
     return list(last.values())

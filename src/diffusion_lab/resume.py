@@ -21,8 +21,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
+from .overrides import override_key
 
-__all__ = ["RESUMABLE", "continue_run", "override_key", "record_run", "resume_argv"]
+__all__ = ["RESUMABLE", "continue_run", "record_run", "resume_argv"]
 
 # What a resume may change: a key itself or anything under it.
 RESUMABLE = (
@@ -50,11 +51,6 @@ RESUMABLE = (
 STORED = Path(".hydra") / "config.yaml"
 HYDRA_RECORD = Path(".hydra") / "hydra.yaml"  # Hydra's own record of a command-line run
 CHOICES = Path(".hydra") / "choices.yaml"  # the group options of a run started from Python
-
-
-def override_key(override: str) -> str:
-    """The config key of a command-line override (`+a.b=1`, `~a.b`, `a.b=1`: `a.b`)."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _resumable(key: str) -> bool:

@@ -32,7 +32,8 @@ from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
-from .resume import continue_run, override_key, record_run, resume_argv
+from .overrides import override_key
+from .resume import continue_run, record_run, resume_argv
 
 __all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..overrides import override_key
 from ..score_names import features_kind
 from .scores import FRECHET, SCORES, score
 
-__all__ = ["Job", "find_jobs", "label_jobs", "num", "STATUS_FILE", "option_key"]
+__all__ = ["Job", "find_jobs", "label_jobs", "num", "STATUS_FILE"]
 
 STATUS_FILE = "sweep_status.json"
 SETTINGS_FILE = "report_settings.json"  # marks a kept copy of a sweep's raw files (reporting.raw)
@@ -36,11 +37,6 @@ def num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def option_key(override: str) -> str:
-    """The config key an override sets ('+a.b=1', '++a.b=1', '~a.b' -> 'a.b')."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 @dataclass
@@ -63,7 +59,7 @@ class Job:
     @property
     def seed(self) -> int | None:
         for o in self.overrides:
-            if option_key(o) == "seed":
+            if override_key(o) == "seed":
                 return _int(o.split("=", 1)[1])
         seed = self.config.get("seed")
         return int(seed) if isinstance(seed, int) else None
@@ -71,7 +67,7 @@ class Job:
     @property
     def cell(self) -> tuple[str, ...]:
         """The job's overrides without its seed: the jobs of one cell differ only in their seed."""
-        return tuple(o for o in self.overrides if option_key(o) != "seed" and not _is_hydra(o))
+        return tuple(o for o in self.overrides if override_key(o) != "seed" and not _is_hydra(o))
 
     @property
     def last_step(self) -> int | None:
@@ -148,7 +144,7 @@ def _int(text: str) -> int | None:
 
 
 def _is_hydra(override: str) -> bool:
-    return option_key(override).startswith("hydra.")
+    return override_key(override).startswith("hydra.")
 
 
 # ------------------------------------------------------------------------------------------------- files
