@@ -88,6 +88,8 @@ class Job:
         every = self.config.get("log_every_n_steps")
         every = every if isinstance(every, int) and every > 0 else 1
         due = max_steps - max_steps % every  # the count of steps trained when the last due log is written
+        if due == 0:  # a run shorter than its logging interval logs nothing: nothing to tell by
+            return False
         return self.last_step is None or self.last_step + 1 < due
 
     # ---- the table's values
