@@ -10,7 +10,7 @@ mkdir -p /tmp/dl
   > /tmp/dl/versions.txt 2>&1
 python3 -m diffusion_lab.features data=fashion_mnist data.root=.data/fashion-mnist device=cuda epochs=5 \
   out=/tmp/dl/fmnist_clf.pt > /tmp/dl/features.log 2>&1
-SHARE_GPUS=1 STUDIES_OUT=/tmp/dl/studies DATA_ROOT=.data/fashion-mnist FEATURES=/tmp/dl/fmnist_clf.pt \
+PY=python3 SHARE_GPUS=1 STUDIES_OUT=/tmp/dl/studies DATA_ROOT=.data/fashion-mnist FEATURES=/tmp/dl/fmnist_clf.pt \
   JOBS_PER_GPU=${JOBS_PER_GPU:-6} setsid nohup bash experiments/all.sh > /tmp/dl/all.log 2>&1 < /dev/null &
 sleep 5
 cat /tmp/dl/versions.txt; tail -3 /tmp/dl/features.log; cat /tmp/dl/all.log
