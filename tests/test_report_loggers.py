@@ -22,7 +22,7 @@ def test_a_tensorboard_only_run_is_reported_with_its_metrics(tmp_path):
         job_dir, *overrides, f"data.root={data}", "data.val_size=8", "trainer.log_every_n_steps=1"
     )
     result = train(cfg)
-    (job_dir / ".hydra").mkdir()
+    (job_dir / ".hydra").mkdir(exist_ok=True)  # train() already wrote the run's config record there
     OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
     OmegaConf.save(cfg, job_dir / ".hydra" / "config.yaml")
     assert not list(job_dir.rglob("metrics.csv"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +89,14 @@ def test_default_config_uses_the_gpu_where_there_is_one_and_make_train_the_cpu_e
     default = compose_train()
     assert default.trainer.accelerator == "auto" and default.trainer.max_time is None
     repo = Path(train_module.CONFIG_DIR).parent
+    # Run inside `make test` too: the outer make's flags (-w: "Entering directory" lines) must not leak in.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(
-        ["make", "-n", "-o", "setup", "train", "ARGS=seed=3"], cwd=repo, capture_output=True, text=True
+        ["make", "-n", "--no-print-directory", "-o", "setup", "train", "ARGS=seed=3"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     command = proc.stdout.strip().splitlines()[-1].split()
