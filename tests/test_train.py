@@ -289,7 +289,7 @@ def test_cli_incompatible_combination_one_error_line(tmp_path):
 
 def test_compile_setting_maps_to_torch_compile_modes():
     """One reading of `compile=` for training (DiffusionModule) and evaluate: off, default, or a named mode."""
-    from diffusion_lab.module import compile_mode
+    from diffusion_lab.compile_policy import compile_mode
 
     assert [compile_mode(v) for v in (False, None, "false", "none")] == [None] * 4
     assert [compile_mode(v) for v in (True, "true", "default")] == ["default"] * 3
@@ -299,8 +299,9 @@ def test_compile_setting_maps_to_torch_compile_modes():
 def test_compile_options_are_the_modes_and_channels_last_forces_inductors_layout_optimization():
     from torch._inductor import list_mode_options
 
+    from diffusion_lab.compile_policy import compile_options
     from diffusion_lab.errors import UserError
-    from diffusion_lab.module import DiffusionModule, compile_options
+    from diffusion_lab.module import DiffusionModule
 
     for mode in ("default", "reduce-overhead", "max-autotune"):
         assert compile_options(mode) == list_mode_options(mode)
