@@ -25,12 +25,12 @@ from .nonfinite import NonFiniteGuard
 from .optim import optimizer_params, total_norm
 from .rng_state import capture_rng_state, restore_rng_state
 from .samplers import Sampler
+from .score_names import NUM_BUCKETS, bucket_key
 
 __all__ = ["DiffusionModule", "CHECKPOINT_KEY"]
 
 
 CHECKPOINT_KEY = "diffusion_lab"
-NUM_BUCKETS = 10
 
 
 class DiffusionModule(L.LightningModule):
@@ -158,7 +158,7 @@ class DiffusionModule(L.LightningModule):
         if self._should_log():
             means = self._bucket_sums / self._bucket_counts.clamp(min=1)
             for k in range(NUM_BUCKETS):
-                self.log(f"train_bucket/loss_t{k}", means[k])
+                self.log(bucket_key(k), means[k])
             self._bucket_sums.zero_()
             self._bucket_counts.zero_()
 
