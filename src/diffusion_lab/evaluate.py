@@ -48,7 +48,7 @@ from .metrics.evaluation import (
     score_generator,
     score_names,
 )
-from .metrics.features import FeatureExtractor
+from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
 from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
