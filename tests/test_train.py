@@ -432,8 +432,8 @@ class CountHostReads(L.Callback):
 @pytest.mark.parametrize("timesteps", ["uniform", "importance"])
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, timesteps):
     """A host read of a device tensor (.item(), .tolist(), .cpu(), float(), bool()) is a device sync on a GPU:
-    it drains the queue and a CUDA-graphed step waits for the host (session 5 found Lightning reading a prog_bar
-    metric after every step). Only the logger's steps may read -- counted here on the CPU, where the same
+    it drains the queue and a CUDA-graphed step waits for the host (Lightning reads a prog_bar metric after every
+    step, so training logs none). Only the logger's steps may read -- counted here on the CPU, where the same
     calls are made: with fused AdamW (the GPU default, and what lets the non-finite check skip steps on the
     device; torch's per-tensor Adam reads its step counters, CPU tensors even on a GPU) and one epoch of 16
     batches (a DataLoader draws its seed on the host when an epoch starts)."""

@@ -69,8 +69,8 @@ class DiffusionModule(L.LightningModule):
         self.spec = spec or {}  # the resolved config of every diffusion part, stored in each checkpoint
         # torch.compile of the network: False, True / "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
         # NHWC activations and conv weights (and, compiled, NHWC convolutions inside the graph: compile_options):
-        # 20% faster for the small UNet on a 2-core CPU, 17% for Ho et al.'s UNet with CUDA graphs on an H200
-        # (BENCHMARKS.md); a switch, on in the experiments where it was measured.
+        # convolution kernels run faster on NHWC on most hardware, but not for every network and device, so it is
+        # a switch, on in the experiments whose speed was checked with it (BENCHMARKS.md).
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
