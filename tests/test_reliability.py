@@ -1,4 +1,4 @@
-"""Nothing lost on a kill, a preemption, a NaN or bad input (issue 8; RELIABILITY.md lists the guarantees).
+"""Nothing lost on a kill, a preemption, a NaN or bad input (RELIABILITY.md lists the guarantees).
 
 * atomic checkpoints with a sha256 sidecar; ``ckpt_path=last`` falls back past a corrupt ``last.ckpt``;
 * SIGTERM / SIGUSR1: checkpoint, stop, exit 0, resume from that step;

@@ -296,7 +296,7 @@ def test_cli_incompatible_combination_one_error_line(tmp_path):
 
 def test_compile_setting_maps_to_torch_compile_modes():
     """One reading of `compile=` for training (DiffusionModule) and evaluate: off, default, or a named mode."""
-    from diffusion_lab.module import compile_mode
+    from diffusion_lab.compile_policy import compile_mode
 
     assert [compile_mode(v) for v in (False, None, "false", "none")] == [None] * 4
     assert [compile_mode(v) for v in (True, "true", "default")] == ["default"] * 3
@@ -306,8 +306,9 @@ def test_compile_setting_maps_to_torch_compile_modes():
 def test_compile_options_are_the_modes_and_channels_last_forces_inductors_layout_optimization():
     from torch._inductor import list_mode_options
 
+    from diffusion_lab.compile_policy import compile_options
     from diffusion_lab.errors import UserError
-    from diffusion_lab.module import DiffusionModule, compile_options
+    from diffusion_lab.module import DiffusionModule
 
     for mode in ("default", "reduce-overhead", "max-autotune"):
         assert compile_options(mode) == list_mode_options(mode)
@@ -438,8 +439,8 @@ class CountHostReads(L.Callback):
 @pytest.mark.parametrize("timesteps", ["uniform", "importance"])
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, timesteps):
     """A host read of a device tensor (.item(), .tolist(), .cpu(), float(), bool()) is a device sync on a GPU:
-    it drains the queue and a CUDA-graphed step waits for the host (session 5 found Lightning reading a prog_bar
-    metric after every step). Only the logger's steps may read -- counted here on the CPU, where the same
+    it drains the queue and a CUDA-graphed step waits for the host (Lightning reads a prog_bar metric after every
+    step, so training logs none). Only the logger's steps may read -- counted here on the CPU, where the same
     calls are made: with fused AdamW (the GPU default, and what lets the non-finite check skip steps on the
     device; torch's per-tensor Adam reads its step counters, CPU tensors even on a GPU) and one epoch of 16
     batches (a DataLoader draws its seed on the host when an epoch starts)."""

@@ -33,9 +33,9 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from .compile_policy import compile_options
 from .diffusion import Diffusion, LinearSchedule, SimpleLoss, q_sample
 from .errors import UserError, friendly_errors
-from .module import compile_options
 from .nets import UNet, count_parameters
 from .samplers import DDIMSampler
 
@@ -203,7 +203,7 @@ def _compile_mode(variant: str) -> str | None:
 
 def _compile(net: nn.Module, variant: str) -> nn.Module:
     """torch.compile in the variant's mode; the `lo` part forces inductor's layout optimization (NHWC
-    convolutions inside the compiled graph, see module.compile_options)."""
+    convolutions inside the compiled graph, see compile_policy.compile_options)."""
     mode = _compile_mode(variant)
     if mode is None:
         return net

@@ -3,6 +3,12 @@
 The schedule is declared once (``cfg.schedule``) and every part that needs T or the schedule receives the
 built object. ``spec`` — the resolved config of every diffusion part and of the network — is stored in each
 checkpoint, so sampling and evaluation rebuild exactly what was trained, with no flags to repeat.
+
+The rule (docs/ARCHITECTURE.md): every part is built from its config group's ``_target_``; the diffusion parts
+and the network go through ``make_spec`` / ``build_parts`` here, so that their resolved configs travel in each
+checkpoint as plain data, while Lightning-side objects (data, callbacks, loggers, trainer, optimizer partials)
+are instantiated by ``train.py``. The name registries (``build_schedule("cosine")``, ``SAMPLERS``, ...) are the
+library's shorthand for code and tests and for a command's ``sampler=NAME``; they are not used here.
 """
 
 from __future__ import annotations

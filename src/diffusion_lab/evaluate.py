@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .cli import command
+from .compile_policy import compile_mode, compile_options
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
@@ -47,9 +48,8 @@ from .metrics.evaluation import (
     score_generator,
     score_names,
 )
-from .metrics.features import FeatureExtractor
+from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
-from .module import compile_mode, compile_options
 from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
 

@@ -8,62 +8,29 @@ used for previews, and the optimizer / learning-rate schedule as partials.
 from __future__ import annotations
 
 import inspect
-import random
-import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
+from .compile_policy import compile_mode, compile_options
 from .diffusion import Diffusion, Loss, TimestepSampler, q_sample, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
-from .errors import NonFiniteError, UserError
+from .nonfinite import NonFiniteGuard
+from .optim import optimizer_params, total_norm
+from .rng_state import capture_rng_state, restore_rng_state
 from .samplers import Sampler
+from .score_names import NUM_BUCKETS, bucket_key
 
-__all__ = ["DiffusionModule", "CHECKPOINT_KEY", "compile_mode", "compile_options"]
-
-
-def compile_mode(value: bool | str | None) -> str | None:
-    """The ``compile`` setting (train and evaluate configs) as a torch.compile mode name: None when off (false,
-    none, null), "default" for true, else the mode itself ("reduce-overhead" = CUDA graphs, "max-autotune", ...).
-    """
-    if value in (False, None, "false", "none"):
-        return None
-    return "default" if value in (True, "true") else str(value)
-
-
-def compile_options(mode: str, channels_last: bool = False) -> dict[str, Any]:
-    """Inductor's options for the torch.compile ``mode`` ("default", "reduce-overhead", ...), and with
-    ``channels_last`` its layout optimization forced on: ``torch.compile(net, options=compile_options(...))``.
-
-    Inductor decides by itself whether a compiled graph runs its convolutions NHWC, and its heuristic says no for
-    any training graph with a 3x3 convolution that at least halves the channels -- every UNet decoder (and a
-    3-channel output convolution). The step then runs NCHW whatever the tensors' layout, and on a GPU cuDNN
-    transposes to NHWC and back around every convolution (23% of the Ho et al. training step on an H200,
-    BENCHMARKS.md). Forcing it is the only switch for that, so channels_last=true turns it on.
-    """
-    from torch._inductor import list_mode_options
-
-    allowed = list(list_mode_options())
-    if mode not in allowed:
-        raise UserError(
-            f"compile={mode} is not a torch.compile mode; choose from {['false', 'true', *allowed]}"
-        )
-    options = dict(list_mode_options(mode))
-    if channels_last:
-        options["force_layout_optimization"] = True
-    return options
+__all__ = ["DiffusionModule", "CHECKPOINT_KEY"]
 
 
 CHECKPOINT_KEY = "diffusion_lab"
-NUM_BUCKETS = 10
-NONFINITE_POLICIES = ("skip", "stop", "off")
 
 
 class DiffusionModule(L.LightningModule):
@@ -87,8 +54,8 @@ class DiffusionModule(L.LightningModule):
         nonfinite: str = "skip",
     ):
         super().__init__()
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite={nonfinite!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
+        # Non-finite loss / gradients: "skip" the optimizer step (and count it), "stop" with an error, or "off".
+        self.nonfinite_guard = NonFiniteGuard(nonfinite)
         self.net = net
         self.diffusion = diffusion
         self.loss_fn = loss
@@ -102,8 +69,8 @@ class DiffusionModule(L.LightningModule):
         self.spec = spec or {}  # the resolved config of every diffusion part, stored in each checkpoint
         # torch.compile of the network: False, True / "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
         # NHWC activations and conv weights (and, compiled, NHWC convolutions inside the graph: compile_options):
-        # 20% faster for the small UNet on a 2-core CPU, 17% for Ho et al.'s UNet with CUDA graphs on an H200
-        # (BENCHMARKS.md); a switch, on in the experiments where it was measured.
+        # convolution kernels run faster on NHWC on most hardware, but not for every network and device, so it is
+        # a switch, on in the experiments whose speed was checked with it (BENCHMARKS.md).
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -114,15 +81,18 @@ class DiffusionModule(L.LightningModule):
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
         self._bucket_counts: Tensor | None = None
-        # Non-finite loss / gradients: "skip" the optimizer step (and count it), "stop" with an error, or "off".
-        self.nonfinite = nonfinite
-        self.skipped_steps = 0  # stored in checkpoints
-        self._skipped_on_device: Tensor | float = (
-            0.0  # steps skipped by a fused optimizer (see _check_finite)
-        )
-        self.step_skipped = False  # this step's update was dropped (the EMA callback then does not average)
         self._step_loss: Tensor | None = None
         self._step_terms: dict[str, Tensor] = {}
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a non-finite loss or gradients so far (stored in checkpoints)."""
+        return self.nonfinite_guard.fold()
+
+    @property
+    def step_skipped(self) -> bool:
+        """Whether this step's update was dropped (the EMA callback then does not average)."""
+        return self.nonfinite_guard.step_skipped
 
     # ------------------------------------------------------------------ the network as the diffusion code sees it
     def model_fn(self, y: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -160,7 +130,7 @@ class DiffusionModule(L.LightningModule):
         noise = torch.randn_like(x0)
         terms = self._forward_terms(x0, y, t, noise)
         loss = (terms["loss"] * weights).mean()
-        self.step_skipped = False
+        self.nonfinite_guard.step_skipped = False
         self._step_loss, self._step_terms = loss.detach(), {k: v.detach() for k, v in terms.items()}
         if (
             type(self.timesteps).update is not TimestepSampler.update
@@ -188,7 +158,7 @@ class DiffusionModule(L.LightningModule):
         if self._should_log():
             means = self._bucket_sums / self._bucket_counts.clamp(min=1)
             for k in range(NUM_BUCKETS):
-                self.log(f"train_bucket/loss_t{k}", means[k])
+                self.log(bucket_key(k), means[k])
             self._bucket_sums.zero_()
             self._bucket_counts.zero_()
 
@@ -205,101 +175,24 @@ class DiffusionModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after backward (and after unscaling under 16-mixed), before clipping and the
         # optimizer step.
+        guard = self.nonfinite_guard
         log = self._should_log()
         norm = None
-        if log or self.nonfinite != "off":
-            grads = [p.grad for p in _params(optimizer) if p.grad is not None]
+        if log or guard.policy != "off":
+            grads = [p.grad for p in optimizer_params(optimizer) if p.grad is not None]
             if grads:
-                norm = _total_norm(grads)
-        if self.nonfinite != "off":
-            self._check_finite(norm)
+                norm = total_norm(grads)
+        if guard.policy != "off":
+            guard.check(self, self._step_loss, self._step_terms, norm)
         if log:
             if norm is not None:
                 self.log("train/grad_norm", norm)
             self.log("train/lr", optimizer.param_groups[0]["lr"])
-        if log or self.step_skipped:
-            self._fold_skipped()
-            self.log("train/skipped_steps", float(self.skipped_steps))
-
-    def _check_finite(self, grad_norm: Tensor | None) -> None:
-        """Drop this step's update if the loss or the gradients are not finite (``nonfinite=skip``: the
-        gradients are set to None, so the optimizer leaves the weights and its moments untouched and the EMA
-        does not average), or raise (``stop``). Nothing non-finite reaches the weights, the EMA or a checkpoint.
-
-        Cost: finiteness is computed on the device (the gradient norm: one read of the gradients, which
-        clipping reads again) and read by the host once per step — one device sync per step, placed after
-        backward, so only the launch of the optimizer kernels waits for it (tens of microseconds; it matters
-        only for steps of a few milliseconds, e.g. CUDA-graphed small models: ``nonfinite=off`` removes it).
-        Under 16-mixed the GradScaler already skips steps with inf/nan gradients (its normal scale search), so
-        only the loss is checked there. With several processes the decision is all-reduced, so every rank
-        skips (or stops at) the same steps.
-        """
-        trainer = self.trainer
-        loss = self._step_loss
-        ok = (
-            torch.isfinite(loss) if loss is not None else torch.ones((), dtype=torch.bool, device=self.device)
-        )
-        if grad_norm is not None and str(trainer.precision) not in ("16-mixed", "16"):
-            ok = ok & torch.isfinite(grad_norm)
-        bad = (~ok).float()
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce(bad, reduce_op="sum")
-        if self.nonfinite == "skip" and _skips_on_device(self.trainer.optimizers[0], trainer):
-            # Fused Adam/AdamW read ``found_inf`` on the device and leave weights, moments and step counts
-            # untouched when it is non-zero (the mechanism GradScaler uses): no host sync, so a CUDA-graphed
-            # step keeps the CPU running ahead. The count is read only when it is logged.
-            optimizer = self.trainer.optimizers[0]
-            optimizer.found_inf = (bad > 0).float()
-            self._skipped_on_device = self._skipped_on_device + optimizer.found_inf
-            return
-        if not bad.item():  # the one host sync per step
-            return
-        what = self._describe_nonfinite(loss, grad_norm)
-        step = trainer.global_step
-        if self.nonfinite == "stop":
-            raise NonFiniteError(
-                f"{what} at step {step} (nonfinite=stop); nonfinite=skip skips such steps, or lower optimizer.lr"
-            )
-        for p in self.parameters():
-            p.grad = None
-        self.skipped_steps += 1
-        self.step_skipped = True
-        n = self.skipped_steps
-        if trainer.is_global_zero and (n <= 10 or n % 100 == 0):
-            print(
-                f"warning: {what} at step {step}: optimizer step skipped (nonfinite=skip; {n} skipped so far)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def _fold_skipped(self) -> int:
-        """Add the device-side count of skipped steps (fused optimizers) to ``skipped_steps`` (one host read)."""
-        if isinstance(self._skipped_on_device, Tensor):
-            self.skipped_steps += int(self._skipped_on_device.item())
-            self._skipped_on_device = 0.0
-        return self.skipped_steps
+        if log or guard.step_skipped:
+            self.log("train/skipped_steps", float(guard.fold()))
 
     def on_train_end(self) -> None:
-        self._fold_skipped()
-
-    def _describe_nonfinite(self, loss: Tensor | None, grad_norm: Tensor | None) -> str:
-        """Which loss term (or the gradients) went non-finite: host reads, on the failure path only."""
-        bad_terms = [
-            f"{name}={_first_nonfinite(value)}"
-            for name, value in self._step_terms.items()
-            if not bool(torch.isfinite(value).all())
-        ]
-        if loss is not None and not bool(torch.isfinite(loss)):
-            return "non-finite loss (" + (", ".join(bad_terms) if bad_terms else f"loss={loss.item()}") + ")"
-        if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
-            names = [
-                n
-                for n, p in self.named_parameters()
-                if p.grad is not None and not torch.isfinite(p.grad).all()
-            ]
-            first = f", first in {names[0]}, {len(names)} tensor(s)" if names else ""
-            return f"non-finite gradients (norm={grad_norm.item()}{first})"
-        return "non-finite loss or gradients on another rank"
+        self.nonfinite_guard.fold()
 
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -367,9 +260,9 @@ class DiffusionModule(L.LightningModule):
         if str(self.trainer.precision) in ("16-mixed", "16"):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         if gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grad_norm_(_params(optimizer), gradient_clip_val, foreach=True)
+            torch.nn.utils.clip_grad_norm_(optimizer_params(optimizer), gradient_clip_val, foreach=True)
         else:
-            torch.nn.utils.clip_grad_value_(_params(optimizer), gradient_clip_val, foreach=True)
+            torch.nn.utils.clip_grad_value_(optimizer_params(optimizer), gradient_clip_val, foreach=True)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory
@@ -387,14 +280,14 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
             "spec": plain_data(self.spec),  # loaded with weights_only=True: no OmegaConf or other classes
-            "skipped_steps": self._fold_skipped(),
+            "skipped_steps": self.nonfinite_guard.fold(),
             "timesteps": {k: torch.as_tensor(v) for k, v in self.timesteps.state_dict().items()},
             "rng": capture_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get(CHECKPOINT_KEY, {})
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        self.nonfinite_guard.skipped_steps = int(extra.get("skipped_steps", 0))
         if extra.get("timesteps"):
             self.timesteps.load_state_dict({k: v.numpy() for k, v in extra["timesteps"].items()})
         if extra.get("rng"):
@@ -410,54 +303,3 @@ def plain_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain_data(item) for item in value]
     return value
-
-
-def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    """The parameters the optimizer updates, from its lists: walking the module tree (``net.parameters()``)
-    on every step costs host time that a CUDA-graphed step cannot hide."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def _total_norm(tensors: list[Tensor]) -> Tensor:
-    """The 2-norm of all ``tensors`` together (multi-tensor kernels where torch has them)."""
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if get_total_norm is not None:
-        return get_total_norm(tensors, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in tensors]))
-
-
-def _skips_on_device(optimizer: torch.optim.Optimizer, trainer) -> bool:
-    """Whether the optimizer can skip a step from a device-side flag: fused Adam/AdamW (CUDA or CPU), and no float16
-    GradScaler (which owns ``found_inf`` itself)."""
-    fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.param_groups[0].get(
-        "fused"
-    )
-    return bool(fused) and str(trainer.precision) not in ("16-mixed", "16")
-
-
-def _first_nonfinite(value: Tensor) -> str:
-    bad = value[~torch.isfinite(value)]
-    return str(bad.flatten()[0].item()) if bad.numel() else "?"
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from (Lightning's checkpoints do not carry them)."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [
-            torch.from_numpy(np.asarray(s)) if isinstance(s, np.ndarray) else s for s in np.random.get_state()
-        ],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state(tuple(s.numpy() if isinstance(s, Tensor) else s for s in np_state))
-    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state["python"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

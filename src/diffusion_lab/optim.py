@@ -1,12 +1,14 @@
-"""Learning-rate schedules: linear warm-up, then constant or cosine decay (a LambdaLR, so it checkpoints)."""
+"""Optimization helpers: the learning-rate schedule (linear warm-up, then constant or cosine decay; a LambdaLR, so
+it checkpoints), and the parameters an optimizer updates with their gradient norm."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor
 
-__all__ = ["warmup_schedule"]
+__all__ = ["warmup_schedule", "optimizer_params", "total_norm"]
 
 
 def warmup_schedule(
@@ -34,3 +36,17 @@ def warmup_schedule(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters the optimizer updates, from its lists: walking the module tree (``net.parameters()``)
+    on every step costs host time that a CUDA-graphed step cannot hide."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def total_norm(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of all ``tensors`` together (multi-tensor kernels where torch has them)."""
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(tensors, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in tensors]))

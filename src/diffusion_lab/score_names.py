@@ -3,12 +3,21 @@
 FID, KID and IS are defined on Inception-v3 features. The same formulas on a domain classifier's features give
 other quantities, named so that they are never read as (or compared with) Inception numbers. One mapping, used
 by ``evaluate``'s tables, the training callback's logged keys, the best-score checkpoint's monitor and the
-report's columns (no torch here: the report and config resolvers import it cheaply).
+report's columns (no torch here: the report and config resolvers import it cheaply). Also the keys of the
+training loss by timestep decile, which the module logs and the report plots.
 """
 
 from __future__ import annotations
 
-__all__ = ["SCORE_KEYS", "CLASSIFIER_NAMES", "features_kind", "score_names", "quality_monitor"]
+__all__ = [
+    "SCORE_KEYS",
+    "CLASSIFIER_NAMES",
+    "NUM_BUCKETS",
+    "bucket_key",
+    "features_kind",
+    "score_names",
+    "quality_monitor",
+]
 
 SCORE_KEYS = ("fid", "kid_mean", "kid_std", "precision", "recall", "is_mean", "is_std")
 
@@ -19,6 +28,13 @@ CLASSIFIER_NAMES = {
     "is_mean": "classifier_score_mean",
     "is_std": "classifier_score_std",
 }
+
+NUM_BUCKETS = 10  # the training loss is logged per tenth of the timestep range
+
+
+def bucket_key(k: int) -> str:
+    """The logged key of the mean training loss over timesteps in the ``k``-th of ``NUM_BUCKETS`` equal bins."""
+    return f"train_bucket/loss_t{k}"
 
 
 def features_kind(features: str) -> str:

@@ -32,6 +32,7 @@ from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
+from .nonfinite import NONFINITE_POLICIES
 from .overrides import override_key
 from .resume import continue_run, record_run, resume_argv
 
@@ -169,7 +170,6 @@ TYPED_KEYS: dict[str, tuple] = {
     "progress_refresh_rate": (int,),
     "nonfinite": (str,),
 }
-NONFINITE_POLICIES = ("skip", "stop", "off")
 
 
 def check_config(cfg: DictConfig) -> None:

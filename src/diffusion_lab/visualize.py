@@ -288,7 +288,7 @@ def figure_spectrum(cfg: DictConfig, out: Path) -> dict[str, Path]:
 def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     """x_t and the network's x̂_0 at chosen steps of one sampling run (the sampler's ``return_trajectory``)."""
     from .build import load_checkpoint
-    from .sample import choose_sampler, resolve_device
+    from .sample import resolve_device, sampler_from_config
 
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt)
@@ -296,10 +296,7 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     if len(shape) != 3:
         raise UserError("figure=trajectory needs an image checkpoint; this one models 2-D points")
     net = parts.net.to(device)
-    if isinstance(cfg.sampler, DictConfig):  # sampler=NAME: conf/sampler/NAME.yaml
-        sampler = choose_sampler(OmegaConf.to_container(cfg.sampler, resolve=True), None, cfg.steps)
-    else:
-        sampler = choose_sampler(spec["sampler"], cfg.sampler, cfg.steps)
+    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps)
     n = int(cfg.n)
     num_classes = spec.get("num_classes")
     model: Callable = net

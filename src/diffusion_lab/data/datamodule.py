@@ -132,7 +132,12 @@ class DeviceBatches(ResumableOrder):
 
 
 class DiffusionDataModule(L.LightningDataModule):
-    """Builds train/val/test sets of ``name`` and their loaders (see the module docstring of datasets.py)."""
+    """Builds train/val/test sets of ``name`` and their loaders (see the module docstring of datasets.py).
+
+    A dataset of one's own: subclass, set ``NAMES`` to its name(s), override ``build`` (and ``data_shape``,
+    ``num_classes``, ``is_image``), and point a conf/data/<name>.yaml's ``_target_`` at the subclass."""
+
+    NAMES: tuple[str, ...] = DATASETS  # the ``name`` values this class builds
 
     def __init__(
         self,
@@ -153,8 +158,10 @@ class DiffusionDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if name not in DATASETS:
-            raise ValueError(f"data.name={name!r} is not a known dataset; use one of: {', '.join(DATASETS)}")
+        if name not in self.NAMES:
+            raise ValueError(
+                f"data.name={name!r} is not a known dataset; use one of: {', '.join(self.NAMES)}"
+            )
         if channels is not None and channels not in (1, 3):
             raise ValueError(
                 f"data.channels={channels} is not supported; use 1, 3 or null (the dataset's own)"

@@ -9,7 +9,7 @@ from diffusion_lab.metrics.classifier import (
     save_classifier,
     train_classifier,
 )
-from diffusion_lab.metrics.features import (
+from diffusion_lab.metrics.feature_nets import (
     INCEPTION_URL,
     ClassifierFeatures,
     FeatureExtractor,

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..score_names import score_names
-from .features import (
+from .feature_nets import (
     INCEPTION_URL,
     FeatureExtractor,
     build_feature_extractor,

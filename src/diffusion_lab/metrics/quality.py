@@ -27,7 +27,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from diffusion_lab.io import atomic_write
-from diffusion_lab.metrics.features import FeatureExtractor
+from diffusion_lab.metrics.feature_nets import FeatureExtractor
 
 __all__ = [
     "SampleQuality",

@@ -8,16 +8,16 @@ import math
 from pathlib import Path
 
 from ..io import atomic_path
+from ..score_names import NUM_BUCKETS, bucket_key
 from .cells import Cell
 from .evalcells import EvalGroup
 from .runs import Job, num
 from .scores import FRECHET, Score
 from .stats import CONFIDENCE, t_interval
 
-__all__ = ["make_plots", "PLOTS_DIR", "NUM_BUCKETS"]
+__all__ = ["make_plots", "PLOTS_DIR"]
 
 PLOTS_DIR = "report_plots"
-NUM_BUCKETS = 10
 PNG_METADATA = {"Software": None}  # matplotlib's version would differ between machines
 SKIPPED_CURVES = ("metrics/eval_seconds",)
 
@@ -67,7 +67,7 @@ def _training_curves(figs: _Figures, jobs: list[Job]) -> None:
 
 
 def _loss_by_timestep(figs: _Figures, jobs: list[Job]) -> None:
-    buckets = [f"train_bucket/loss_t{k}" for k in range(NUM_BUCKETS)]
+    buckets = [bucket_key(k) for k in range(NUM_BUCKETS)]
     bucketed = [j for j in jobs if any(b in j.last for b in buckets)]
     if not bucketed:
         return

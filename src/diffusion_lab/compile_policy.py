@@ -1,0 +1,41 @@
+"""The ``compile`` and ``channels_last`` settings as torch.compile arguments (train, evaluate and bench share them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["compile_mode", "compile_options"]
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """The ``compile`` setting (train and evaluate configs) as a torch.compile mode name: None when off (false,
+    none, null), "default" for true, else the mode itself ("reduce-overhead" = CUDA graphs, "max-autotune", ...).
+    """
+    if value in (False, None, "false", "none"):
+        return None
+    return "default" if value in (True, "true") else str(value)
+
+
+def compile_options(mode: str, channels_last: bool = False) -> dict[str, Any]:
+    """Inductor's options for the torch.compile ``mode`` ("default", "reduce-overhead", ...), and with
+    ``channels_last`` its layout optimization forced on: ``torch.compile(net, options=compile_options(...))``.
+
+    Inductor decides by itself whether a compiled graph runs its convolutions NHWC, and its heuristic says no for
+    any training graph with a 3x3 convolution that at least halves the channels -- every UNet decoder (and a
+    3-channel output convolution). The step then runs NCHW whatever the tensors' layout, and on a GPU cuDNN
+    transposes to NHWC and back around every convolution (a large share of a UNet training step, see
+    BENCHMARKS.md). Forcing it is the only switch for that, so channels_last=true turns it on.
+    """
+    from torch._inductor import list_mode_options
+
+    allowed = list(list_mode_options())
+    if mode not in allowed:
+        raise UserError(
+            f"compile={mode} is not a torch.compile mode; choose from {['false', 'true', *allowed]}"
+        )
+    options = dict(list_mode_options(mode))
+    if channels_last:
+        options["force_layout_optimization"] = True
+    return options
