@@ -76,6 +76,7 @@ def fixed_by_checkpoint(key: str) -> str | None:
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
+    """Draw ``n`` samples from the checkpoint's EMA network; writes a .npz (and a PNG grid for images)."""
     for key in DIFFUSION_KEYS:
         if key in cfg:
             raise UserError(fixed_by_checkpoint(key))
@@ -86,61 +87,18 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
-    net = parts.net.to(device)
     sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta)
-    shape = tuple(spec["data_shape"])
     n = int(cfg.n)
     if n < 1:
         raise UserError(f"n={n} is invalid: the number of samples must be >= 1")
-    num_classes = spec.get("num_classes")
-    labels = None
-    if num_classes:
-        classes = list(cfg.classes) if cfg.classes is not None else list(range(num_classes))
-        bad = [c for c in classes if not 0 <= int(c) < num_classes]
-        if bad:
-            raise UserError(f"classes={bad} out of range: this model has classes 0..{num_classes - 1}")
-        # One row per class: the first ``per_row`` samples are of the first class, and so on.
-        per_row = -(-n // len(classes))
-        labels = torch.tensor([int(classes[i // per_row]) for i in range(n)])
-    elif cfg.classes is not None or cfg.guidance:
-        raise UserError(
-            "classes= / guidance= need a class-conditional checkpoint (trained with conditional=true)"
-        )
-
-    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    chunks = []
-    bs = int(cfg.batch_size)
-    for start in range(0, n, bs):
-        b = min(bs, n - start)
-        if labels is not None:
-            y = labels[start : start + b].to(device)
-            model = ClassifierFreeGuidance(
-                net,
-                y,
-                float(cfg.guidance),
-                num_classes,
-                mean_channels=shape[0] if parts.diffusion.variance.learned else None,
-            )
-        else:
-            model = net
-        noise = torch.randn((b, *shape), device=device, generator=gen)
-        x = sampler.sample(
-            parts.diffusion,
-            model,
-            noise.shape,
-            device,
-            noise=noise,
-            generator=gen,
-            progress=bool(cfg.progress),
-        )
-        chunks.append(x.clamp(-1, 1).float().cpu())
-    images = torch.cat(chunks)
+    labels, per_row = class_labels(cfg, spec.get("num_classes"), n)
+    images = draw(cfg, parts, spec, sampler, labels, device)
 
     ckpt_path = Path(cfg.ckpt).resolve()
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "samples"
     name = cfg.name or f"{ckpt_path.stem}_{sampler.name}{sampler.steps or ''}_n{n}"
     result = {"samples_npz": str(save_samples_npz(images, out_dir / f"{name}.npz", labels)), "n": n}
-    if len(shape) == 3:
+    if len(spec["data_shape"]) == 3:
         nrow = per_row if labels is not None else None  # a class per row
         result["grid"] = str(save_grid(images[:256], out_dir / f"{name}.png", nrow=nrow))
     result["seconds"] = round(time.time() - started, 2)
@@ -152,6 +110,56 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         flush=True,
     )
     return result
+
+
+def class_labels(cfg: DictConfig, num_classes: int | None, n: int) -> tuple[torch.Tensor | None, int | None]:
+    """The label of each sample (one row of the grid per class in ``classes``) and the row length; (None, None)
+    for an unconditional checkpoint, which refuses classes= and guidance=."""
+    if not num_classes:
+        if cfg.classes is not None or cfg.guidance:
+            raise UserError(
+                "classes= / guidance= need a class-conditional checkpoint (trained with conditional=true)"
+            )
+        return None, None
+    classes = list(cfg.classes) if cfg.classes is not None else list(range(num_classes))
+    bad = [c for c in classes if not 0 <= int(c) < num_classes]
+    if bad:
+        raise UserError(f"classes={bad} out of range: this model has classes 0..{num_classes - 1}")
+    # One row per class: the first ``per_row`` samples are of the first class, and so on.
+    per_row = -(-n // len(classes))
+    return torch.tensor([int(classes[i // per_row]) for i in range(n)]), per_row
+
+
+def draw(cfg: DictConfig, parts, spec: dict, sampler: Sampler, labels, device: torch.device) -> torch.Tensor:
+    """``cfg.n`` samples in batches of ``cfg.batch_size`` from one generator seeded by ``cfg.seed`` (guided by
+    ``cfg.guidance`` when there are labels), clamped to [-1, 1], on the CPU."""
+    net = parts.net.to(device)
+    shape = tuple(spec["data_shape"])
+    n, bs = int(cfg.n), int(cfg.batch_size)
+    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    chunks = []
+    for start in range(0, n, bs):
+        b = min(bs, n - start)
+        model = net
+        if labels is not None:
+            y = labels[start : start + b].to(device)
+            learned = parts.diffusion.variance.learned
+            mean_channels = shape[0] if learned else None
+            model = ClassifierFreeGuidance(
+                net, y, float(cfg.guidance), spec["num_classes"], mean_channels=mean_channels
+            )
+        noise = torch.randn((b, *shape), device=device, generator=gen)
+        x = sampler.sample(
+            parts.diffusion,
+            model,
+            noise.shape,
+            device,
+            noise=noise,
+            generator=gen,
+            progress=bool(cfg.progress),
+        )
+        chunks.append(x.clamp(-1, 1).float().cpu())
+    return torch.cat(chunks)
 
 
 @command("sample", usage=__doc__, unknown_key=fixed_by_checkpoint)

@@ -218,9 +218,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     read_data_early(datamodule)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
-    if ckpt_path is not None:
-        resumed_step = check_resume_compatible(module, ckpt_path)
+    resumed_step = check_resume_compatible(module, ckpt_path) if ckpt_path is not None else None
+    trainer, callbacks, loggers = build_trainer(cfg, resumed_step)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    result = fit_result(trainer, module, callbacks, output_dir, started)
+    images = len(datamodule.data_shape) == 3
+    if "preempted" not in result and trainer.is_global_zero and cfg.get("final_samples", 0) and images:
+        result.update(write_final_samples(module, trainer, cfg, num_classes, output_dir))
+    for lg in loggers:
+        if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
+            result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
+    for cb in callbacks:
+        if isinstance(cb, Throughput) and cb.images_per_second:
+            result["train_img_per_s"] = round(cb.images_per_second, 1)
+    result["wall_time_s"] = round(time.time() - started, 1)
+    if trainer.is_global_zero:
+        print_summary(result)
+    return result
+
+
+def build_trainer(cfg: DictConfig, resumed_step: int | None) -> tuple[L.Trainer, list, list]:
+    """The Trainer with the configured callbacks and loggers (each given the run's resolved config); with
+    ``resumed_step`` (a resume) the CSV logger continues the run's metrics.csv from that step."""
     # FinalCheckpoint first: it saves the final step before the EMA callback copies the average into the module.
     callbacks = [FinalCheckpoint()] + [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
@@ -232,7 +252,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c
     ]
     for lg in loggers:
-        if ckpt_path is not None and isinstance(
+        if resumed_step is not None and isinstance(
             lg, CSVLogger
         ):  # one metrics.csv: the resumed steps continue it
             lg.continue_from_step = resumed_step
@@ -242,21 +262,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return trainer, callbacks, loggers
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+def fit_result(
+    trainer: L.Trainer, module: L.LightningModule, callbacks: list, output_dir: Path, started: float
+) -> dict[str, Any]:
+    """What a fit left: its step, metrics, checkpoint, and (when a signal stopped it) how to resume."""
     result: dict[str, Any] = {"output_dir": str(output_dir), "global_step": trainer.global_step}
     result["skipped_steps"] = int(getattr(module, "skipped_steps", 0))
-    preempted = next(
-        (c for c in callbacks if isinstance(c, Preemption) and c.stopped_at_step is not None), None
-    )
-    if preempted is not None:
-        result["preempted"] = {
-            "signal": preempted.signal_name,
-            "step": preempted.stopped_at_step,
-            "checkpoint": preempted.checkpoint_path,
-            "resume": resume_command(output_dir),
-        }
     result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     final_loss = module.last_loss()  # train/loss is logged every log_every_n_steps: the final step's own loss
     if final_loss is not None:
@@ -274,30 +288,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # strategy=ddp_spawn trains in worker processes: this process's trainer never stepped nor saved
             # (Lightning sends back only the weights and metrics), so the step count comes from the checkpoint.
             result["checkpoint"] = str(last)
-            ckpt = load_checkpoint_file(last, mmap=True)
-            result["global_step"] = int(ckpt["global_step"])
+            result["global_step"] = int(load_checkpoint_file(last, mmap=True)["global_step"])
+    preempted = next(
+        (c for c in callbacks if isinstance(c, Preemption) and c.stopped_at_step is not None), None
+    )
     if preempted is not None:
+        result["preempted"] = {
+            "signal": preempted.signal_name,
+            "step": preempted.stopped_at_step,
+            "checkpoint": preempted.checkpoint_path,
+            "resume": resume_command(output_dir),
+        }
         result["checkpoint"] = preempted.checkpoint_path
-    elif trainer.is_global_zero and cfg.get("final_samples", 0) and len(datamodule.data_shape) == 3:
-        # After fit, Lightning's weight averaging has copied the EMA weights into the module.
-        module.to(trainer.strategy.root_device)
-        gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
-        n = int(cfg.final_samples)
-        nrow = -(-n // num_classes) if num_classes else None
-        labels = torch.arange(n) // nrow if num_classes else None  # a class per row of the grid
-        images = module.generate(n, generator=gen, labels=labels, progress=True)
-        result["samples_grid"] = str(save_grid(images, output_dir / "samples" / "final.png", nrow=nrow))
-        result["samples_npz"] = str(save_samples_npz(images, output_dir / "samples" / "final.npz", labels))
-    for lg in loggers:
-        if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
-            result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
-    for cb in callbacks:
-        if isinstance(cb, Throughput) and cb.images_per_second:
-            result["train_img_per_s"] = round(cb.images_per_second, 1)
-    result["wall_time_s"] = round(time.time() - started, 1)
-    if trainer.is_global_zero:
-        print_summary(result)
     return result
+
+
+def write_final_samples(
+    module, trainer: L.Trainer, cfg: DictConfig, num_classes: int | None, output_dir: Path
+) -> dict[str, str]:
+    """``final_samples`` images from the trained sampler (a class per grid row when conditional): PNG + .npz."""
+    # After fit, Lightning's weight averaging has copied the EMA weights into the module.
+    module.to(trainer.strategy.root_device)
+    gen = torch.Generator(device=module.device).manual_seed(cfg.seed)
+    n = int(cfg.final_samples)
+    nrow = -(-n // num_classes) if num_classes else None
+    labels = torch.arange(n) // nrow if num_classes else None  # a class per row of the grid
+    images = module.generate(n, generator=gen, labels=labels, progress=True)
+    return {
+        "samples_grid": str(save_grid(images, output_dir / "samples" / "final.png", nrow=nrow)),
+        "samples_npz": str(save_samples_npz(images, output_dir / "samples" / "final.npz", labels)),
+    }
 
 
 def trainer_plugins(cfg: DictConfig) -> list:
