@@ -174,8 +174,7 @@ def train_classifier(
         device
     )
 
-    n = len(train_images)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
+    steps_per_epoch = (len(train_images) + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.25
@@ -184,31 +183,41 @@ def train_classifier(
         total=epochs * steps_per_epoch, desc="classifier", disable=None if progress is None else not progress
     )
     for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total_loss = 0.0
-        for k in range(steps_per_epoch):
-            idx = perm[k * batch_size : (k + 1) * batch_size]
-            x = _as_float_images(train_images[idx]).to(device, non_blocking=True)
-            y = train_labels[idx].to(device, non_blocking=True)
-            if augment:
-                x = _random_shift(x, 2, gen)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += float(loss.detach()) * len(idx)
-            bar.update(1)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / n:.4f}")
+        mean_loss = _train_epoch(model, opt, sched, train_images, train_labels, batch_size, gen, augment, bar)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")
         if verbose:
-            print(f"[classifier] epoch {epoch + 1}/{epochs} train loss {total_loss / n:.4f}")
+            print(f"[classifier] epoch {epoch + 1}/{epochs} train loss {mean_loss:.4f}")
     bar.close()
     acc = evaluate_accuracy(model, test_images, test_labels, batch_size=max(batch_size, 512), device=device)
     if verbose:
         print(f"[classifier] test accuracy {acc:.4f}")
     model.eval()
     return model, acc
+
+
+def _train_epoch(
+    model, opt, sched, images: Tensor, labels: Tensor, batch_size: int, gen, augment: bool, bar
+) -> float:
+    """One pass over the images in the order ``gen`` draws; returns the mean training loss."""
+    device = next(model.parameters()).device
+    model.train()
+    n = len(images)
+    perm = torch.randperm(n, generator=gen)
+    total_loss = 0.0
+    for k in range((n + batch_size - 1) // batch_size):
+        idx = perm[k * batch_size : (k + 1) * batch_size]
+        x = _as_float_images(images[idx]).to(device, non_blocking=True)
+        y = labels[idx].to(device, non_blocking=True)
+        if augment:
+            x = _random_shift(x, 2, gen)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total_loss += float(loss.detach()) * len(idx)
+        bar.update(1)
+    return total_loss / n
 
 
 def save_classifier(
