@@ -50,7 +50,7 @@ CASES = [
     ("train", ["paths.root_dir={a_file}/sub"], "cannot create the run directory"),
     # sample
     ("sample", ["ckpt={truncated}"], "truncated or not a checkpoint"),
-    pytest.param("sample", [], "ckpt= is required", marks=slow),
+    pytest.param("sample", [], "ckpt_path= is required (alias ckpt=)", marks=slow),
     pytest.param(
         "sample",
         ["ckpt={ckpt}", "schedule=cosine"],

@@ -81,6 +81,27 @@ def test_samples_written_with_the_stored_schedule(checkpoint, tmp_path, monkeypa
     assert not np.array_equal(images, by_hand(LinearSchedule(T)))
 
 
+def test_ckpt_path_and_its_alias_ckpt_read_the_same_checkpoint(checkpoint, tmp_path):
+    def npz(spelling: str, out: str) -> bytes:
+        cfg = compose_train(
+            [f"{spelling}={checkpoint}", f"out_dir={tmp_path / out}", "device=cpu", "progress=false", "n=2"],
+            config_name="sample",
+        )
+        result = sample(cfg)
+        assert cfg.ckpt_path == str(checkpoint)
+        return Path(result["samples_npz"]).read_bytes()
+
+    assert npz("ckpt_path", "canonical") == npz("ckpt", "alias")
+
+
+def test_both_checkpoint_spellings_refused(checkpoint, tmp_path):
+    cfg = sample_cfg(checkpoint, tmp_path, f"ckpt_path={checkpoint}")
+    with pytest.raises(UserError, match="ckpt= is an alias of ckpt_path=") as err:
+        sample(cfg)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ddpm_sampler_by_name(checkpoint, tmp_path):
     result = sample(sample_cfg(checkpoint, tmp_path, "n=2", "sampler=ddpm", "steps=10", "name=ddpm"))
     assert "DDPMSampler" in result["sampler"]

@@ -189,8 +189,8 @@ def test_vlb(tmp_path, checkpoint):
     [
         (["figure=nope"], r"figure='nope' is unknown; choose one of \['forward', 'schedules', 'spectrum'"),
         ([], "figure= is required"),
-        (["figure=trajectory"], "figure=trajectory needs ckpt=PATH"),
-        (["figure=vlb"], "figure=vlb needs ckpt=PATH"),
+        (["figure=trajectory"], "figure=trajectory needs ckpt_path=PATH"),
+        (["figure=vlb"], "figure=vlb needs ckpt_path=PATH"),
         (["figure=vlb", "ckpt=/no/such.ckpt"], "does not exist"),
         (["figure=forward", "t=[1000]"], r"t=\[1000\] out of range"),
         (["figure=forward", "n=0"], "n=0 is invalid"),

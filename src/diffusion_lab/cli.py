@@ -24,13 +24,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from .errors import friendly_errors
+from .errors import UserError, friendly_errors
 
-__all__ = ["CONFIG_DIR", "command", "composition_error_message", "experiment_summaries"]
+__all__ = [
+    "CONFIG_DIR",
+    "checkpoint_argument",
+    "command",
+    "composition_error_message",
+    "experiment_summaries",
+]
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def _config_dir() -> str:
+    """The configs: installed from a wheel they are the package's own ``diffusion_lab/conf``; in a source
+    checkout (and its editable install) the top-level ``conf/`` beside ``src/``."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return str(installed if installed.is_dir() else package.parents[1] / "conf")
+
+
+CONFIG_DIR = _config_dir()
 
 # Hydra's syntax reference, named in the one-line message for an override it cannot parse.
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
@@ -45,6 +60,22 @@ def experiment_summaries() -> list[tuple[str, str]]:
         first = next((c for c in comments if c and not c.startswith("@package")), "")
         out.append((path.stem, first))
     return out
+
+
+def checkpoint_argument(cfg: Any, required: bool) -> str | None:
+    """The checkpoint a command reads: ``ckpt_path=`` (the name ``train`` and Lightning use) or its alias
+    ``ckpt=``; one of them, never both. The answer is also stored as ``cfg.ckpt_path``."""
+    canonical, alias = cfg.get("ckpt_path"), cfg.get("ckpt")
+    if canonical and alias:
+        raise UserError(
+            f"ckpt_path={canonical!r} and ckpt={alias!r} both given; ckpt= is an alias of ckpt_path=: pass one"
+        )
+    path = canonical or alias
+    if required and not path:
+        raise UserError("ckpt_path= is required (alias ckpt=): the .ckpt file of a training run")
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path) if path else None
+    return cfg.ckpt_path
 
 
 def _config_keys(config_name: str) -> list[str]:

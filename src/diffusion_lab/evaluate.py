@@ -1,8 +1,8 @@
 """Evaluate a checkpoint: FID / KID / precision-recall / IS per sampler setting, and bits/dim.
 
-    python -m diffusion_lab.evaluate ckpt=PATH metrics=[fid,is,kid,pr,bpd] sampler=ddim steps=[10,20,50,100]
-    python -m diffusion_lab.evaluate ckpt=PATH features=.cache/features/fashion_mnist.pt guidance=[0,1,2,4]
-    python -m diffusion_lab.evaluate ckpt=PATH metrics=[fid] sample_sets=3     # FID's own spread over 3 sets
+    python -m diffusion_lab.evaluate ckpt_path=PATH metrics=[fid,is,kid,pr,bpd] sampler=ddim steps=[10,20,50,100]
+    python -m diffusion_lab.evaluate ckpt_path=PATH features=.cache/features/fashion_mnist.pt guidance=[0,1,2,4]
+    python -m diffusion_lab.evaluate ckpt_path=PATH metrics=[fid] sample_sets=3     # FID's own spread over 3 sets
 
 Every evaluation writes into a folder of its own, never reused: ``out_dir`` when given (refused when it already
 holds files), else a new ``<run>/evaluation/<checkpoint>-<YYYYmmdd-HHMMSS>``. The folder holds
@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
-from .cli import command
+from .cli import checkpoint_argument, command
 from .compile_policy import compile_mode, compile_options
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
@@ -161,7 +161,7 @@ def load_network(cfg: DictConfig, device: torch.device):
     mode = compile_mode(cfg.get("compile"))
     compiled = mode is not None
     options = compile_options(mode, bool(cfg.get("channels_last"))) if compiled else None
-    parts, spec, ckpt = load_checkpoint(cfg.ckpt, map_location="cpu")
+    parts, spec, ckpt = load_checkpoint(cfg.ckpt_path, map_location="cpu")
     net = parts.net.to(device)
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
@@ -483,10 +483,11 @@ def print_done(summary: dict[str, Any], paths: dict[str, str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.ckpt`` (see the module docstring); returns ``{"rows", "summary", "paths"}``."""
+    """Score ``cfg.ckpt_path`` (alias ``ckpt``; see the module docstring); returns ``{"rows", "summary",
+    "paths"}``."""
     metrics, sample_metrics = check_settings(cfg)
     device = resolve_device(str(cfg.device))
-    ckpt_path = Path(cfg.ckpt).resolve()
+    ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
     datamodule = build_datamodule(spec, cfg.data_root)

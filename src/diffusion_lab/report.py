@@ -46,7 +46,7 @@ from pathlib import Path
 from .errors import friendly_errors
 from .reporting import Job, find_jobs, write_report
 
-__all__ = ["Job", "find_jobs", "write_report", "main"]
+__all__ = ["Job", "find_jobs", "write_report", "main", "run"]
 
 
 @friendly_errors
@@ -91,5 +91,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     return paths
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``diffusion-lab-report`` console script: ``main`` without its return value (the paths), which a
+    console script would take for an exit status."""
     main()
+
+
+if __name__ == "__main__":
+    run()

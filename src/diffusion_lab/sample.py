@@ -1,6 +1,6 @@
 """Sample from a trained checkpoint.
 
-    python -m diffusion_lab.sample ckpt=outputs/<task_name>/runs/<time>/checkpoints/last.ckpt n=64 sampler=ddim steps=50 eta=0
+    python -m diffusion_lab.sample ckpt_path=outputs/<task_name>/runs/<time>/checkpoints/last.ckpt n=64 sampler=ddim steps=50 eta=0
 
 Everything about the diffusion process (schedule, parameterization, variance, network) is rebuilt from the
 spec stored in the checkpoint; only the sampler and its step count can be chosen here. Writes a PNG grid and
@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
-from .cli import command
+from .cli import checkpoint_argument, command
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
@@ -86,7 +86,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     )
     started = time.time()
     device = resolve_device(str(cfg.device))
-    parts, spec, _ = load_checkpoint(cfg.ckpt, map_location="cpu")
+    parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")
     sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta)
     n = int(cfg.n)
     if n < 1:
@@ -94,7 +94,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     labels, per_row = class_labels(cfg, spec.get("num_classes"), n)
     images = draw(cfg, parts, spec, sampler, labels, device)
 
-    ckpt_path = Path(cfg.ckpt).resolve()
+    ckpt_path = Path(cfg.ckpt_path).resolve()
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "samples"
     name = cfg.name or f"{ckpt_path.stem}_{sampler.name}{sampler.steps or ''}_n{n}"
     result = {"samples_npz": str(save_samples_npz(images, out_dir / f"{name}.npz", labels)), "n": n}

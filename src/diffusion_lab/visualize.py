@@ -3,13 +3,13 @@
     python -m diffusion_lab.visualize forward                  # x_0 -> x_T on dataset images (figure=forward)
     python -m diffusion_lab.visualize schedules                # ᾱ_t, SNR and log-SNR of every schedule
     python -m diffusion_lab.visualize spectrum schedule=cosine # radially averaged power spectrum of x_t over t
-    python -m diffusion_lab.visualize trajectory ckpt=PATH sampler=dpmpp2m steps=20
-    python -m diffusion_lab.visualize vlb ckpt=PATH n=16       # per-timestep VLB terms of a checkpoint
+    python -m diffusion_lab.visualize trajectory ckpt_path=PATH sampler=dpmpp2m steps=20
+    python -m diffusion_lab.visualize vlb ckpt_path=PATH n=16   # per-timestep VLB terms of a checkpoint
 
 Each figure writes ``<out_dir>/<name>.png`` and, beside it, the plotted numbers (``.csv`` or ``.npz``), and
 prints where they are. Data: the ``data`` group (default Fashion-MNIST) for forward / spectrum, the
-checkpoint's own data for vlb; schedule: the ``schedule`` group, or the checkpoint's when ``ckpt`` is given.
-Figures are not sent to a logger.
+checkpoint's own data for vlb; schedule: the ``schedule`` group, or the checkpoint's when ``ckpt_path`` (alias
+``ckpt``) is given. Figures are not sent to a logger.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .cli import command
+from .cli import checkpoint_argument, command
 from .diffusion import SCHEDULES, NoiseSchedule, build_schedule, calc_bpd_loop, q_sample
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, check_types
@@ -160,10 +160,10 @@ def _images(cfg: DictConfig, n: int) -> Tensor:
 
 
 def _schedule(cfg: DictConfig) -> NoiseSchedule:
-    if cfg.ckpt:
+    if cfg.ckpt_path:
         from .build import load_checkpoint
 
-        return load_checkpoint(cfg.ckpt)[0].diffusion.schedule
+        return load_checkpoint(cfg.ckpt_path)[0].diffusion.schedule
     return instantiate(cfg.schedule)
 
 
@@ -291,7 +291,7 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     from .sample import resolve_device, sampler_from_config
 
     device = resolve_device(str(cfg.device))
-    parts, spec, _ = load_checkpoint(cfg.ckpt)
+    parts, spec, _ = load_checkpoint(cfg.ckpt_path)
     shape = tuple(spec["data_shape"])
     if len(shape) != 3:
         raise UserError("figure=trajectory needs an image checkpoint; this one models 2-D points")
@@ -350,7 +350,7 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
     from .sample import resolve_device
 
     device = resolve_device(str(cfg.device))
-    parts, spec, _ = load_checkpoint(cfg.ckpt)
+    parts, spec, _ = load_checkpoint(cfg.ckpt_path)
     images = build_datamodule(spec, cfg.data_root).real_images(str(cfg.split), int(cfg.n))
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     net = parts.net.to(device)
@@ -387,7 +387,7 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{Path(cfg.ckpt).name}: n={vb.shape[0]} {cfg.split} images", fontsize=9)
+    fig.suptitle(f"{Path(cfg.ckpt_path).name}: n={vb.shape[0]} {cfg.split} images", fontsize=9)
     fig.tight_layout()
     rows = [
         [int(t[i]), float(vb[:, i].mean()), float(mse[:, i].mean()), float(x0_mse[:, i].mean())]
@@ -426,8 +426,11 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
     figure = str(cfg.figure)
     if figure not in FIGURES:
         raise UserError(f"figure={figure!r} is unknown; choose one of {sorted(FIGURES)}")
-    if figure in NEEDS_CKPT and not cfg.ckpt:
-        raise UserError(f"figure={figure} needs ckpt=PATH (a .ckpt from python -m diffusion_lab.train)")
+    ckpt_path = checkpoint_argument(cfg, required=False)
+    if figure in NEEDS_CKPT and not ckpt_path:
+        raise UserError(
+            f"figure={figure} needs ckpt_path=PATH (alias ckpt=; a .ckpt from python -m diffusion_lab.train)"
+        )
     check_types(
         cfg, {"n": (int,), "seed": (int,), "show": (int,), "batch_size": (int,), "guidance": (float,)}
     )
@@ -435,8 +438,8 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
         raise UserError(f"n={cfg.n} is invalid: the number of images must be >= 1")
     if cfg.out_dir:
         out_dir = Path(cfg.out_dir)
-    elif cfg.ckpt:
-        out_dir = Path(cfg.ckpt).resolve().parent.parent / "figures"
+    elif cfg.ckpt_path:
+        out_dir = Path(cfg.ckpt_path).resolve().parent.parent / "figures"
     else:
         out_dir = Path("figures")
     out_dir.mkdir(parents=True, exist_ok=True)
