@@ -11,6 +11,7 @@ At the end it prints where the run directory, the checkpoint, the sample grid an
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -36,7 +37,7 @@ from .nonfinite import NONFINITE_POLICIES
 from .overrides import override_key
 from .resume import continue_run, record_run, resume_argv
 
-__all__ = ["train", "main", "compose_config", "CONFIG_DIR"]
+__all__ = ["train", "main", "objective", "compose_config", "CONFIG_DIR"]
 
 
 def compose_config(
@@ -388,7 +389,22 @@ def main(cfg: DictConfig) -> float | None:
             import wandb
 
             wandb.finish()
-    return result["metrics"].get("val/loss")
+    return objective(cfg, result["metrics"])
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """What a run hands back to a sweeper: the metric named by ``optimized_metric`` (``val/loss`` when it is
+    null). A non-finite value is returned as +inf, so an optimising sweeper ranks the run last instead of
+    failing the study (Optuna refuses NaN); a name the run did not record is a one-line error."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return metrics.get("val/loss")
+    if name not in metrics:
+        raise UserError(
+            f"optimized_metric={name} was not recorded by this run; it recorded: {', '.join(sorted(metrics))}"
+        )
+    value = metrics[name]
+    return value if math.isfinite(value) else float("inf")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Keep a sweep's raw text files (and the settings its report was made with) so the report can be rebuilt
 from them alone: configs, overrides, logged metrics, evaluation results, launcher status and the final sample
-grid of each job; no checkpoints."""
+grid of each job, a search's best trial; no checkpoints."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import UserError
 from .runs import SETTINGS_FILE, STATUS_FILE
+from .search import SEARCH_FILE
 
 __all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "read_settings"]
 
@@ -38,7 +39,9 @@ def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
         raise UserError(
             f"--keep-raw {dest}: pass a folder other than the sweep folder {root} and not above it"
         )
-    sources = [p for p in root.rglob(STATUS_FILE) if not p.is_relative_to(dest)]
+    sources = [
+        p for name in (STATUS_FILE, SEARCH_FILE) for p in root.rglob(name) if not p.is_relative_to(dest)
+    ]
     for job_dir in _job_dirs(root):
         if not job_dir.is_relative_to(dest):
             sources += [p for pattern in RAW_PATTERNS for p in sorted(job_dir.glob(pattern)) if p.is_file()]

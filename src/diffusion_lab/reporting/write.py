@@ -16,6 +16,7 @@ from .raw import keep_raw, read_settings
 from .render import Figure, Report, render
 from .runs import Job, find_jobs, label_jobs
 from .scores import FRECHET, score
+from .search import search_table
 from .tables import Table, baseline_table, eval_table, job_table, seed_table
 
 __all__ = ["write_report"]
@@ -130,6 +131,9 @@ def write_report(
     cells = group_cells(jobs)
     groups, group_notes = group_evaluations(cells)
     tables = _tables(jobs, cells, baseline, groups, eval_baseline)  # a bad baseline fails before any write
+    search = search_table(root)
+    if search is not None:
+        tables.insert(0, search)
     out.mkdir(parents=True, exist_ok=True)
     plots = make_plots([j for j in jobs if not j.incomplete], cells, groups, out / PLOTS_DIR)
     report = Report(

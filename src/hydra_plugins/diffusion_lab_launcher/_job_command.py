@@ -75,12 +75,15 @@ def forwarded(hydra_overrides: Iterable[str]) -> list[str]:
 def job_command(
     app: Sequence[str], overrides: Sequence[str], hydra_overrides: Sequence[str], job_dir: Path, num: int
 ) -> list[str]:
-    """``app`` run as a single run in ``job_dir`` as job ``num``, writing its return value (SaveReturnValue)."""
+    """``app`` run as a single run in ``job_dir`` as job ``num``, writing its return value (SaveReturnValue).
+    ``hydra.mode=RUN``: a config that sets ``hydra.mode: MULTIRUN`` (a search config does) would otherwise make
+    every job a sweep of its own."""
     callback = f"{SaveReturnValue.__module__}.{SaveReturnValue.__name__}"
     return [
         *app,
         *overrides,
         *hydra_overrides,
+        "hydra.mode=RUN",
         f"hydra.run.dir={quote(str(job_dir))}",
         f"hydra.job.num={num}",
         f"hydra.job.id={num}",
