@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..overrides import override_key
+from ..overrides import override_key, split_override
 from ..score_names import features_kind
 from .scores import FRECHET, SCORES, score
 
@@ -59,8 +59,9 @@ class Job:
     @property
     def seed(self) -> int | None:
         for o in self.overrides:
-            if override_key(o) == "seed":
-                return _int(o.split("=", 1)[1])
+            key, value = split_override(o)
+            if key == "seed":
+                return _int(value or "")
         seed = self.config.get("seed")
         return int(seed) if isinstance(seed, int) else None
 
