@@ -11,6 +11,7 @@
 #   EVAL_EXTRA  more evaluate overrides for every evaluation, space-separated (e.g. "compile=true batch_size=1000")
 #   SEEDS       the seeds every cell is trained with (default 1,2,3): a sweep axis; the report pairs cells by seed
 #   STEPS       training steps of every job (each study has its default): cells compare at equal steps
+#   VAL_EVERY   steps between validations / in-training FD / checkpoints (each study has its default)
 #   MAX_MINUTES a wall-time guard per job (default none); a job it stops is marked incomplete by the report
 #   FID_N / BPD_N  generated samples per FD/FID (default 10000) / images for bits/dim (500)
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
@@ -52,12 +53,13 @@ grid() { [[ "$DRY_RUN" == 1 ]] && echo "GRID $*" || true; }
 exclude() { [[ "$DRY_RUN" == 1 ]] && echo "EXCLUDE $*" || true; }
 
 # budget DEFAULT_STEPS VAL_EVERY: the training length every job of the study gets (STEPS overrides the default),
-# validation (and in-training FD) every VAL_EVERY steps -- the same steps for every cell; sets BUDGET.
+# validation (and in-training FD) every VAL_EVERY steps (VAL_EVERY overrides it) -- the same steps for every
+# cell; sets BUDGET.
 budget() {
-  local guard=null
+  local guard=null every=${VAL_EVERY:-$2}
   [[ -n "$MAX_MINUTES" ]] && guard="'00:00:$(printf %02d "$MAX_MINUTES"):00'"
   BUDGET=(experiment=fmnist "trainer.max_steps=${STEPS:-$1}" "trainer.max_time=$guard"
-    "trainer.val_check_interval=$2" "callbacks.checkpoint.every_n_train_steps=$2")
+    "trainer.val_check_interval=$every" "callbacks.checkpoint.every_n_train_steps=$every")
 }
 
 # train_sweep NAME OVERRIDES...: one multirun, in parallel over the GPUs (hydra/launcher=gpu_pool), into
