@@ -10,7 +10,7 @@ from scipy import stats as scipy_stats
 
 from diffusion_lab.report import main as report_main
 from diffusion_lab.reporting.cells import group_cells
-from diffusion_lab.reporting.plots import common_steps
+from diffusion_lab.reporting.curves import common_steps
 from diffusion_lab.reporting.runs import find_jobs
 from diffusion_lab.reporting.stats import paired_difference, t_interval, verdict
 from synthetic_sweep import seeded_sweep, write_job, write_status
@@ -109,3 +109,34 @@ def test_curves_over_seeds_are_compared_at_the_steps_every_job_logged(tmp_path):
     write_job(root, 2, ["seed=1", "x=b"], {"val/loss": {9: 1.0, 29: 1.0, 25: 2.0}}, max_steps=30)
     cells = group_cells(find_jobs(root))
     assert common_steps(cells, "val/loss") == [9, 29]
+
+
+def test_a_faster_convergence_is_separated_step_by_step_including_jobs_stopped_early(tmp_path):
+    # Cell "fast" is 2.0 lower at step 10 (paired differences -2.1, -1.9, -2.0) and not at step 20 (+0.25,
+    # -0.25, +0.5), over a per-seed offset that pairing cancels; seed 3 of "fast" was stopped by a time guard
+    # after step 20 (incomplete), yet counts at steps 10 and 20.
+    root = tmp_path / "sweep"
+    offset = {1: 3.0, 2: -2.0, 3: 5.0}
+    gaps = {"slow": {1: (0.0, 0.0), 2: (0.0, 0.0), 3: (0.0, 0.0)},
+            "fast": {1: (-2.1, 0.25), 2: (-1.9, -0.25), 3: (-2.0, 0.5)}}  # fmt: skip
+    jobs, num = [], 0
+    for cell, by_seed in gaps.items():
+        for seed, (gap10, gap20) in by_seed.items():
+            e = offset[seed]
+            curve = {10: 10.0 + gap10 + e, 20: 5.0 + gap20 + e, 30: 4.0 + e}
+            if cell == "fast" and seed == 3:
+                curve.pop(30)
+            fd = {"metrics/fd_classifier": curve}
+            jobs.append(write_job(root, num, [f"seed={seed}", f"w={cell}"], fd, max_steps=31))
+            num += 1
+    write_status(root, jobs)
+    assert sum(j.incomplete for j in find_jobs(root)) == 1
+    report_main([str(root), "--baseline", "w=slow"])
+    section = _section(
+        (root / "report.md").read_text(), "metrics/fd_classifier over training: difference from w=slow"
+    )
+    half = scipy_stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # sd of (-2.1, -1.9, -2.0) is 0.1
+    assert _row(section, "10")[1] == f"-2 ± {half:.2g} (n=3, better)"
+    assert _row(section, "20")[1].startswith("+0.1667 ± ")
+    assert _row(section, "20")[1].endswith("(n=3, not separated)")
+    assert "| 30 |" not in section  # step 30 was not reached by every job

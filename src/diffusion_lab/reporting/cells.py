@@ -24,12 +24,13 @@ class Cell:
         return [v for j in self.jobs if (v := j.value(key)) is not None]
 
 
-def group_cells(jobs: list[Job]) -> list[Cell]:
-    """The complete jobs grouped by their overrides without the seed, in the jobs' order (failed and
-    incomplete jobs are in no cell)."""
+def group_cells(jobs: list[Job], with_incomplete: bool = False) -> list[Cell]:
+    """The complete jobs grouped by their overrides without the seed, in the jobs' order (failed jobs are in no
+    cell). ``with_incomplete`` adds the jobs a time guard stopped before their steps: their curves are still
+    equal-budget comparisons up to the step they reached, though their final values are not."""
     cells: dict[tuple[str, ...], Cell] = {}
     for job in jobs:
-        if not job.failed and not job.incomplete:
+        if not job.failed and (with_incomplete or not job.incomplete):
             cells.setdefault(job.cell, Cell(job.cell)).jobs.append(job)
     found = list(cells.values())
     # Labelled by what differs across every job of the sweep, so a cell keeps its label when others are

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..io import atomic_path
 from ..score_names import NUM_BUCKETS, bucket_key
 from .cells import Cell
+from .curves import common_steps
 from .evalcells import EvalGroup
 from .runs import Job, num
 from .scores import FRECHET, Score
@@ -162,12 +163,6 @@ def curve_metrics(cells: list[Cell]) -> list[str]:
     """Metrics logged over training (validation and in-training sample quality) by the cells' jobs."""
     keys = {k for c in cells for j in c.jobs for k in j.series if k.startswith(("val/", "metrics/"))}
     return sorted(k for k in keys if k not in SKIPPED_CURVES)
-
-
-def common_steps(cells: list[Cell], key: str) -> list[int]:
-    """The steps at which every job of every cell logged ``key``: curves are compared at equal budgets."""
-    step_sets = [{s for s, _ in j.series.get(key, [])} for c in cells for j in c.jobs]
-    return sorted(set.intersection(*step_sets)) if step_sets else []
 
 
 def _bands(figs: _Figures, cells: list[Cell]) -> None:

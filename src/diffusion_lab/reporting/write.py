@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..io import atomic_path
 from .cells import Cell, find_baseline, group_cells
+from .curves import curve_tables
 from .eval_tables import eval_baseline_table, eval_seed_table
 from .evalcells import EvalGroup, group_evaluations, pair_with_baseline
 from .plots import PLOTS_DIR, make_plots
@@ -76,6 +77,7 @@ def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None) -> list[Tab
 def _tables(
     jobs: list[Job],
     cells: list[Cell],
+    curve_cells: list[Cell],
     baseline: str | None,
     groups: list[EvalGroup],
     eval_baseline: str | None,
@@ -89,6 +91,7 @@ def _tables(
         tables.append(seed_table(cells))
     if baseline:
         tables.append(baseline_table(cells, find_baseline(cells, baseline)))
+        tables += curve_tables(curve_cells, find_baseline(curve_cells, baseline))
     tables += _eval_tables(groups, eval_baseline)
     evaluations = eval_table(jobs)
     if evaluations.rows:
@@ -129,13 +132,16 @@ def write_report(
     common = label_jobs(jobs, root)
     jobs, sort_key = _sort(jobs)
     cells = group_cells(jobs)
+    curve_cells = group_cells(jobs, with_incomplete=True)  # curves compare at equal steps, whatever the end
     groups, group_notes = group_evaluations(cells)
-    tables = _tables(jobs, cells, baseline, groups, eval_baseline)  # a bad baseline fails before any write
+    tables = _tables(
+        jobs, cells, curve_cells, baseline, groups, eval_baseline
+    )  # a bad baseline fails before any write
     search = search_table(root)
     if search is not None:
         tables.insert(0, search)
     out.mkdir(parents=True, exist_ok=True)
-    plots = make_plots([j for j in jobs if not j.incomplete], cells, groups, out / PLOTS_DIR)
+    plots = make_plots([j for j in jobs if not j.incomplete], curve_cells, groups, out / PLOTS_DIR)
     report = Report(
         title=title,
         intro=_intro(sweep, jobs, sort_key, common),
