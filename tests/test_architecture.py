@@ -131,7 +131,7 @@ LOW_LAYERS = ("diffusion", "samplers", "nets")
 # What a low layer must not import: the composition, the commands and everything that sits on them.
 HIGH = (
     "module", "train", "build", "callbacks", "reporting", "metrics", "cli", "sample", "evaluate", "visualize",
-    "report", "features", "bench", "resume",
+    "report", "features", "bench", "resume", "export", "import_model", "interop",
 )  # fmt: skip
 
 

@@ -93,6 +93,8 @@ OWN_OPTIONS = [
     ("evaluate", ["ckpt:", "metrics:", "n_real:", "bpd_n:"]),
     ("visualize", ["figure:", "forward", "schedules", "spectrum", "trajectory", "vlb"]),
     ("features", ["epochs:", "width:", "augment:"]),
+    ("export", ["ckpt:", "format:", "out:", "overwrite:"]),
+    ("import_model", ["src:", "format:", "out:"]),
 ]
 
 

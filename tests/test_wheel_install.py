@@ -115,7 +115,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     )
     assert list((work / "samples").glob("*.npz")), sampled.stdout
 
-    for script in ("train", "sample", "evaluate", "features", "visualize", "report"):
+    for script in ("train", "sample", "evaluate", "features", "visualize", "report", "export", "import"):
         assert (venv / "bin" / f"diffusion-lab-{script}").is_file(), script
     helped = run(venv, work, str(venv / "bin" / "diffusion-lab-train"), "--help")
     assert "schedule" in helped.stdout

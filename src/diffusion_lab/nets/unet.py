@@ -49,6 +49,9 @@ class UNetConfig:
     num_classes: int | None = None  # label value num_classes is the null (unconditional) class
     resblock_updown: bool = False  # ADM: resample with a ResBlock instead of a plain (de)conv
     groups: int = 32  # GroupNorm groups
+    norm_eps: float = (
+        1e-6  # GroupNorm epsilon: 1e-6 as in Ho et al. (diffusers' UNet2DModel defaults to 1e-5)
+    )
 
     def __post_init__(self) -> None:
         # Hydra/OmegaConf hands us lists (or ListConfig); the dataclass wants hashable tuples of ints.
@@ -67,9 +70,9 @@ class UNetConfig:
                 raise ValueError(f"channel count {c} is not divisible by groups={self.groups}")
 
 
-def normalization(channels: int, groups: int) -> nn.GroupNorm:
+def normalization(channels: int, groups: int, eps: float = 1e-6) -> nn.GroupNorm:
     # eps=1e-6 as in Ho et al.'s tf.contrib group_norm
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -120,15 +123,16 @@ class ResBlock(nn.Module):
         use_scale_shift_norm: bool = False,
         up: bool = False,
         down: bool = False,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
         self.up, self.down = up, down
-        self.norm1 = normalization(in_channels, groups)
+        self.norm1 = normalization(in_channels, groups, norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         # AdaGN needs a scale and a shift per channel; the additive variant needs one bias per channel
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.norm2 = normalization(out_channels, groups)
+        self.norm2 = normalization(out_channels, groups, norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         # 1x1 conv ("NIN shortcut" in Ho et al.) only where the channel count changes
@@ -163,12 +167,12 @@ class AttentionBlock(nn.Module):
     which has the same parameter count). The output projection is zero-initialised, as in DDPM and ADM.
     """
 
-    def __init__(self, channels: int, num_heads: int, groups: int):
+    def __init__(self, channels: int, num_heads: int, groups: int, norm_eps: float = 1e-6):
         super().__init__()
         if channels % num_heads != 0:
             raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.norm = normalization(channels, groups)
+        self.norm = normalization(channels, groups, norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
 
@@ -210,10 +214,19 @@ class UNet(nn.Module):
             return channels // cfg.num_head_channels if cfg.num_head_channels != -1 else cfg.num_heads
 
         def res(c_in: int, c_out: int, **kw) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, cfg.dropout, cfg.groups, cfg.use_scale_shift_norm, **kw)
+            return ResBlock(
+                c_in,
+                c_out,
+                emb_dim,
+                cfg.dropout,
+                cfg.groups,
+                cfg.use_scale_shift_norm,
+                norm_eps=cfg.norm_eps,
+                **kw,
+            )
 
         def attn(channels: int) -> AttentionBlock:
-            return AttentionBlock(channels, heads(channels), cfg.groups)
+            return AttentionBlock(channels, heads(channels), cfg.groups, cfg.norm_eps)
 
         # timestep: sinusoidal(ch) -> Linear -> SiLU -> Linear, to emb_dim
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -261,7 +274,7 @@ class UNet(nn.Module):
                 self.up.append(block)
         assert not skip_channels
 
-        self.norm_out = normalization(c, cfg.groups)
+        self.norm_out = normalization(c, cfg.groups, cfg.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(c, cfg.out_channels, 3, padding=1))
         self._init_weights()
 
