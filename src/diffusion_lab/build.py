@@ -13,6 +13,7 @@ library's shorthand for code and tests and for a command's ``sampler=NAME``; the
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,17 @@ __all__ = [
     "CheckpointError",
 ]
 
-SPEC_KEYS = ("schedule", "prediction", "variance", "loss", "weighting", "timesteps", "sampler", "model")
+SPEC_KEYS = (
+    "process",
+    "schedule",
+    "prediction",
+    "variance",
+    "loss",
+    "weighting",
+    "timesteps",
+    "sampler",
+    "model",
+)
 
 
 @dataclass
@@ -54,7 +65,7 @@ def _container(node: Any) -> Any:
 
 
 def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None) -> dict:
-    spec = {key: _container(cfg[key]) for key in SPEC_KEYS}
+    spec = {key: _container(cfg[key]) for key in SPEC_KEYS if key in cfg}
     spec["data"] = _container(cfg.get("data"))
     spec.update(
         data_shape=list(data_shape), num_classes=num_classes, p_uncond=float(cfg.get("p_uncond", 0.0))
@@ -64,8 +75,7 @@ def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | N
 
 def build_parts(spec: dict) -> Parts:
     """Build every diffusion part and the network from a spec (a config or a checkpoint's stored spec)."""
-    schedule = instantiate(spec["schedule"])
-    diffusion = Diffusion(schedule, instantiate(spec["prediction"]), instantiate(spec["variance"]))
+    diffusion = build_process(spec)
     loss = instantiate(spec["loss"], weighting=instantiate(spec["weighting"]))
     check_compatible(loss, diffusion)
     channels = spec["data_shape"][0]
@@ -83,6 +93,22 @@ def build_parts(spec: dict) -> Parts:
     timesteps = instantiate(spec["timesteps"], num_timesteps=diffusion.num_timesteps)
     sampler = instantiate(spec["sampler"])
     return Parts(diffusion, net, loss, timesteps, sampler)
+
+
+# Groups a process may take as constructor arguments: declared once in the config, built here, injected.
+PROCESS_INPUTS = ("schedule", "prediction", "variance")
+
+
+def build_process(spec: dict):
+    """The process (``process`` group; the Gaussian DDPM process by default, also for a checkpoint written
+    before the group existed), given the built schedule, prediction and variance it asks for by name."""
+    node = spec.get("process") or {"_target_": "diffusion_lab.diffusion.Diffusion"}
+    factory = instantiate(node, _partial_=True)
+    accepted = inspect.signature(factory).parameters
+    inputs = {
+        k: instantiate(spec[k]) for k in PROCESS_INPUTS if k in accepted and k in spec and k not in node
+    }
+    return factory(**inputs)
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None):
@@ -150,5 +176,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"ckpt={str(path)!r} does not match its stored network spec: {first}") from None
+    process_state = ckpt[CHECKPOINT_KEY].get("process_state")
+    if process_state:
+        parts.diffusion.load_state_dict(process_state)
     parts.net.eval()
     return parts, spec, ckpt

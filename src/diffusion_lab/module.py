@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from .compile_policy import compile_mode, compile_options
-from .diffusion import Diffusion, Loss, TimestepSampler, q_sample, vb_terms_bpd
+from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
 from .nonfinite import NonFiniteGuard
@@ -113,12 +113,12 @@ class DiffusionModule(L.LightningModule):
         return x0, (y if self.num_classes else None)
 
     def _forward_terms(self, x0, y, t, noise, with_vb: bool = False) -> dict[str, Tensor]:
-        """Noise x0 to x_t, call the network once, and return the loss terms (plus the bound's ``vb`` term when
-        asked and the loss does not compute it)."""
-        xt = q_sample(self.diffusion.schedule, x0, t, noise)
+        """Corrupt x0 to x_t, call the network once, and return the loss terms (plus the bound's ``vb`` term when
+        asked, the process has a likelihood and the loss does not compute it)."""
+        xt = self.diffusion.corrupt(x0, t, noise)
         out = self.net(xt, t, y) if y is not None else self.net(xt, t)
         terms = self.loss_fn(self.diffusion, out, x0, xt, t, noise)
-        if with_vb and "vb" not in terms:
+        if with_vb and self.diffusion.has_likelihood and "vb" not in terms:
             terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
         return terms
 
@@ -204,7 +204,8 @@ class DiffusionModule(L.LightningModule):
         t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
         terms = self._forward_terms(x0, y, t, noise, with_vb=True)
-        terms["bpd_one_t_mc"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
+        if "vb" in terms:
+            terms["bpd_one_t_mc"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
         for name, value in terms.items():
             self.log(f"val/{name}", value.mean(), prog_bar=name == "loss", sync_dist=True)
 
@@ -283,6 +284,7 @@ class DiffusionModule(L.LightningModule):
             "skipped_steps": self.nonfinite_guard.fold(),
             "timesteps": {k: torch.as_tensor(v) for k, v in self.timesteps.state_dict().items()},
             "rng": capture_rng_state(),
+            "process_state": self.diffusion.state_dict(),  # what the process fitted from data, if anything
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -292,6 +294,8 @@ class DiffusionModule(L.LightningModule):
             self.timesteps.load_state_dict({k: v.numpy() for k, v in extra["timesteps"].items()})
         if extra.get("rng"):
             restore_rng_state(extra["rng"])
+        if extra.get("process_state"):
+            self.diffusion.load_state_dict(extra["process_state"])
 
 
 def plain_data(value: Any) -> Any:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .gaussian import q_posterior
+from .gaussian import q_posterior, q_sample
 from .parameterizations import Parameterization, build_prediction, eps_from_x0
 from .schedules import NoiseSchedule, build_schedule
 from .variances import ReverseVariance, build_variance
@@ -34,7 +34,15 @@ class DenoiserOutput:
 
 
 class Diffusion:
-    """One schedule × one parameterization × one reverse variance."""
+    """One schedule × one parameterization × one reverse variance.
+
+    The process interface the LightningModule and the samplers rely on (other processes, e.g. cold
+    degradations, provide the same): ``num_timesteps``, ``corrupt(x0, t, noise)`` (the training input at level
+    t), ``has_likelihood`` (whether the variational bound, bits/dim, exists), ``state_dict`` /
+    ``load_state_dict`` (anything fitted from data, stored in checkpoints; nothing here).
+    """
+
+    has_likelihood = True
 
     def __init__(
         self,
@@ -63,6 +71,17 @@ class Diffusion:
     @property
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
+
+    def corrupt(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The network's training input at timestep t: x_t ~ q(x_t | x_0) with the given noise."""
+        return q_sample(self.schedule, x0, t, noise)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}  # a Gaussian process is fully defined by its config
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"a Gaussian diffusion holds no fitted state, got {sorted(state)}")
 
     # ------------------------------------------------------------------ network output
     def split_output(self, out: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
