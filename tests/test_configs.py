@@ -19,13 +19,15 @@ from conftest import (
     compose_train,
     config_groups,
     group_options,
+    option_processes,
+    process_options,
     write_fake_cifar,
     write_fake_idx_root,
     write_image_folder,
 )
-from diffusion_lab.build import SPEC_KEYS, build_module, build_parts, make_spec
+from diffusion_lab.build import PROCESS_INPUTS, SPEC_KEYS, build_module, build_parts, make_spec
 from diffusion_lab.data import DiffusionDataModule
-from diffusion_lab.diffusion import Diffusion, Loss, NoiseSchedule, TimestepSampler, q_sample
+from diffusion_lab.diffusion import Diffusion, Loss, NoiseSchedule, TimestepSampler
 from diffusion_lab.errors import root_cause
 from diffusion_lab.samplers import Sampler
 
@@ -47,7 +49,11 @@ def valid_combination(loss: str, variance: str, weighting: str) -> bool:
 
 
 def partners(group: str, option: str) -> list[str]:
-    """Overrides that make ``group=option`` a valid combination with the rest of the defaults."""
+    """Overrides that make ``group=option`` a valid combination with the rest of the defaults: a part of EDM or
+    a flow comes with its process (which brings that process's other defaults)."""
+    processes = option_processes(group, option) if group in PART_GROUPS else None
+    if processes is not None and "ddpm" not in processes:
+        return [f"process={processes[0]}"]
     if group == "variance" and option in LEARNED:
         return ["loss=hybrid"]
     if group == "loss" and option == "hybrid":
@@ -55,19 +61,33 @@ def partners(group: str, option: str) -> list[str]:
     return []
 
 
+# The groups whose parts name the processes they apply to.
+PART_GROUPS = ("loss", "weighting", "timesteps", "sampler")
+
+
+def dropped_by(process: str) -> set[str]:
+    """The process inputs a process's config drops (all of them but for the Gaussian process)."""
+    return set() if process == "ddpm" else set(PROCESS_INPUTS)
+
+
 # ------------------------------------------------------------------------------------------ composition
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g in config_groups() if g != "hydra" for o in group_options(g)]
 )
 def test_every_option_composes_and_resolves(group, option, tmp_path):
-    overrides = [f"{group}={option}"]
+    overrides = [f"{group}={option}", *partners(group, option)]
     if group == "data" and option == "image_folder":
         overrides.append(f"data.root={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert container["paths"]["output_dir"] == str(tmp_path)
+    process = cfg.process._target_.rsplit(".", 1)[-1]
+    dropped = dropped_by({"Diffusion": "ddpm", "EDMProcess": "edm", "FlowProcess": "flow"}[process])
     for key in SPEC_KEYS:
-        assert "_target_" in container[key], key
+        if key in dropped:
+            assert key not in container, key
+        else:
+            assert "_target_" in container[key], key
 
 
 def test_unknown_option_lists_the_choices():
@@ -92,6 +112,8 @@ def option_node(group: str, option: str) -> dict:
 
 
 def the_part(parts, group: str):
+    if group == "process":
+        return parts.diffusion
     if group in ("schedule", "prediction", "variance"):
         return getattr(parts.diffusion, group)
     if group == "weighting":
@@ -103,36 +125,82 @@ def the_part(parts, group: str):
     "group,option",
     [
         (g, o)
-        for g in ("schedule", "prediction", "variance", "loss", "weighting", "timesteps", "sampler")
+        for g in (
+            "process",
+            "schedule",
+            "prediction",
+            "variance",
+            "loss",
+            "weighting",
+            "timesteps",
+            "sampler",
+        )
         for o in group_options(g)
     ],
 )
 def test_every_diffusion_part_builds(group, option):
     cfg = compose_train([f"{group}={option}", *partners(group, option), *TINY_MLP])
     parts = build_parts(make_spec(cfg, (2,), None))
-    assert isinstance(parts.diffusion, Diffusion)
-    assert isinstance(parts.diffusion.schedule, NoiseSchedule)
     assert isinstance(parts.loss, Loss)
     assert isinstance(parts.timesteps, TimestepSampler)
     assert isinstance(parts.sampler, Sampler)
     part = the_part(parts, group)
     assert type(part).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
-    assert parts.timesteps.num_timesteps == parts.diffusion.num_timesteps == cfg.schedule.num_timesteps
+    for kind in (parts.loss, parts.timesteps, parts.sampler):  # every part fits the process it was built with
+        assert type(kind).processes is None or parts.diffusion.name in type(kind).processes
+    if isinstance(parts.diffusion, Diffusion):
+        assert isinstance(parts.diffusion.schedule, NoiseSchedule)
+        assert parts.timesteps.num_timesteps == parts.diffusion.num_timesteps == cfg.schedule.num_timesteps
 
-    # One loss evaluation on a network output of the right shape (2 x channels when the variance is learned).
+    # One loss evaluation on a network output of the right shape (2 x channels when the variance is learned),
+    # as the module makes it: corrupt through the process, call the network on its net_input.
     x0 = torch.randn(4, 2)
     t, weights = parts.timesteps.sample(4)
     noise = torch.randn_like(x0)
-    xt = q_sample(parts.diffusion.schedule, x0, t, noise)
-    out = parts.net(xt, t)
-    assert out.shape == (4, 2 * parts.diffusion.variance.out_channel_factor)
+    xt = parts.diffusion.corrupt(x0, t, noise)
+    out = parts.net(*parts.diffusion.net_input(xt, t))
+    assert out.shape == (4, 2 * parts.diffusion.out_channel_factor)
     terms = parts.loss(parts.diffusion, out, x0, xt, t, noise)
     assert terms["loss"].shape == (4,) and torch.isfinite(terms["loss"]).all()
+    assert weights.shape == (4,) and torch.isfinite(weights).all()
+
+
+@pytest.mark.parametrize(
+    "group,option,process",
+    [
+        (g, o, p)
+        for g in PART_GROUPS
+        for o in group_options(g)
+        for p in ("ddpm", "edm", "flow")
+        if option_processes(g, o) is not None and p not in option_processes(g, o)
+    ],
+)
+def test_a_part_of_another_process_is_refused_in_one_line(group, option, process):
+    """`sampler=ddim process=edm`, `sampler=edm_heun` (with ddpm), `timesteps=importance process=flow`, ...:
+    refused when the parts are built (train start-up), naming the option, the process and the options that fit."""
+    cfg = compose_train([f"process={process}", f"{group}={option}", *TINY_MLP])
+    with pytest.raises(ValueError) as err:
+        build_parts(make_spec(cfg, (2,), None))
+    message = str(err.value)
+    allowed = "|".join(option_processes(group, option))
+    head = f"{group}={option} applies to process={allowed}, not process={process}; choose {group}="
+    assert message.startswith(head), message
+    assert set(message[len(head) :].split("|")) == set(process_options(group, process))
+
+
+@pytest.mark.parametrize("process", ["edm", "flow"])
+@pytest.mark.parametrize("group", ["schedule", "prediction", "variance"])
+def test_a_schedule_prediction_or_variance_set_with_edm_or_flow_is_refused(group, process):
+    """process/edm.yaml and flow.yaml drop these groups; one set explicitly is refused, naming it."""
+    option = {"schedule": "cosine", "prediction": "v", "variance": "fixed_large"}[group]
+    cfg = compose_train([f"process={process}", f"{group}={option}", *TINY_MLP])
+    with pytest.raises(ValueError, match=rf"^process={process} takes no {group} but {group}={option} is set"):
+        build_parts(make_spec(cfg, (2,), None))
 
 
 @pytest.mark.parametrize(
     "loss,variance,weighting",
-    list(itertools.product(group_options("loss"), group_options("variance"), group_options("weighting"))),
+    list(itertools.product(*(process_options(g, "ddpm") for g in ("loss", "variance", "weighting")))),
 )
 def test_loss_variance_weighting_combinations(base_spec, loss, variance, weighting, _option_nodes):
     spec = copy.deepcopy(base_spec)

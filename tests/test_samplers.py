@@ -314,7 +314,18 @@ def test_respaced_sampler_calls_the_network_with_original_timesteps():
 
 
 def test_sampler_registry_and_errors():
-    assert sorted(SAMPLERS) == ["ddim", "ddpm", "dpmpp2m", "euler", "heun"]
+    assert sorted(SAMPLERS) == [
+        "ddim",
+        "ddpm",
+        "dpmpp2m",
+        "edm_euler",
+        "edm_heun",
+        "edm_stochastic",
+        "euler",
+        "flow_euler",
+        "flow_heun",
+        "heun",
+    ]
     s = build_sampler("ddim", steps=20, eta=0.3)
     assert isinstance(s, DDIMSampler) and s.steps == 20 and s.eta == 0.3
     assert isinstance(build_sampler("ddpm", steps="ddim50"), DDPMSampler)

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checkpointing import CheckpointError, check_digest, load_checkpoint_file, sidecar_path
-from .diffusion import Diffusion, Loss, TimestepSampler
+from .diffusion import LOSSES, TIMESTEP_SAMPLERS, WEIGHTINGS, Diffusion, Loss, TimestepSampler
 from .diffusion.losses import check_compatible
-from .samplers import Sampler
+from .samplers import SAMPLERS, Sampler
 
 __all__ = [
     "Parts",
@@ -35,6 +35,7 @@ __all__ = [
     "make_spec",
     "build_module",
     "load_checkpoint",
+    "check_applies",
     "CheckpointError",
 ]
 
@@ -76,23 +77,55 @@ def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | N
 def build_parts(spec: dict) -> Parts:
     """Build every diffusion part and the network from a spec (a config or a checkpoint's stored spec)."""
     diffusion = build_process(spec)
+    for group in ("loss", "weighting", "timesteps", "sampler"):
+        check_applies(get_class(spec[group]["_target_"]), group, diffusion)
     loss = instantiate(spec["loss"], weighting=instantiate(spec["weighting"]))
     check_compatible(loss, diffusion)
     channels = spec["data_shape"][0]
-    net_kwargs: dict[str, Any] = {
-        "in_channels": channels,
-        "out_channels": channels * diffusion.variance.out_channel_factor,
-    }
+    out_channels = channels * diffusion.out_channel_factor
+    net_kwargs: dict[str, Any] = {"in_channels": channels, "out_channels": out_channels}
     if len(spec["data_shape"]) == 3:
         net_kwargs["image_size"] = spec["data_shape"][-1]
     else:  # vector data (2-D toys): in_channels means the vector length
-        net_kwargs = {"in_dim": channels, "out_dim": channels * diffusion.variance.out_channel_factor}
+        net_kwargs = {"in_dim": channels, "out_dim": out_channels}
     if spec.get("num_classes"):
         net_kwargs["num_classes"] = spec["num_classes"]
     net = instantiate(spec["model"], **net_kwargs)
-    timesteps = instantiate(spec["timesteps"], num_timesteps=diffusion.num_timesteps)
+    timesteps_cls = get_class(spec["timesteps"]["_target_"])
+    # A discrete sampler draws from the process's T timesteps; a continuous one (EDM's σ, a flow's t) has no grid.
+    grid = "num_timesteps" in inspect.signature(timesteps_cls).parameters
+    timesteps = instantiate(spec["timesteps"], **({"num_timesteps": diffusion.num_timesteps} if grid else {}))
     sampler = instantiate(spec["sampler"])
     return Parts(diffusion, net, loss, timesteps, sampler)
+
+
+def _option_name(node: dict) -> str:
+    cls = get_class(node["_target_"])
+    return getattr(cls, "name", cls.__name__)
+
+
+# The registries that say which options of a group exist, to name those that fit a process.
+_REGISTRIES = {"loss": LOSSES, "weighting": WEIGHTINGS, "timesteps": TIMESTEP_SAMPLERS, "sampler": SAMPLERS}
+
+
+def check_applies(part: type, group: str, process: Any) -> None:
+    """Refuse a part made for another process (``sampler=ddim`` with ``process=edm``) in one line naming both and
+    the options that fit. A part (class attribute ``processes``, None: any) or a process (``name``) that does
+    not say is not checked."""
+    allowed = getattr(part, "processes", None)
+    name = getattr(process, "name", None)
+    if allowed is None or name is None or name in allowed:
+        return
+    fitting = [
+        option
+        for option, cls in _REGISTRIES.get(group, {}).items()
+        if getattr(cls, "processes", None) is None or name in cls.processes
+    ]
+    choose = f"; choose {group}={'|'.join(fitting)}" if fitting else ""
+    raise ValueError(
+        f"{group}={getattr(part, 'name', part.__name__)} applies to process={'|'.join(allowed)}, not "
+        f"process={name}{choose}"
+    )
 
 
 # Groups a process may take as constructor arguments: declared once in the config, built here, injected.
@@ -101,14 +134,21 @@ PROCESS_INPUTS = ("schedule", "prediction", "variance")
 
 def build_process(spec: dict):
     """The process (``process`` group; the Gaussian DDPM process by default, also for a checkpoint written
-    before the group existed), given the built schedule, prediction and variance it asks for by name."""
+    before the group existed), given the built schedule, prediction and variance it asks for by name. A process
+    that takes none of them (EDM, flow) drops them in its config; one set anyway is refused."""
     node = spec.get("process") or {"_target_": "diffusion_lab.diffusion.Diffusion"}
     factory = instantiate(node, _partial_=True)
     accepted = inspect.signature(factory).parameters
-    inputs = {
-        k: instantiate(spec[k]) for k in PROCESS_INPUTS if k in accepted and k in spec and k not in node
-    }
-    return factory(**inputs)
+    # A node without a _target_ is settings an experiment left for an option not chosen (as for lr_scheduler).
+    given = [k for k in PROCESS_INPUTS if "_target_" in (spec.get(k) or {}) and k not in node]
+    unused = [k for k in given if k not in accepted]
+    if unused:
+        k, name = unused[0], getattr(factory.func, "name", node["_target_"])
+        raise ValueError(
+            f"process={name} takes no {k} but {k}={_option_name(spec[k])} is set; drop it (~{k} where an "
+            "experiment sets it) or use process=ddpm"
+        )
+    return factory(**{k: instantiate(spec[k]) for k in given})
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None):

@@ -319,7 +319,7 @@ def make_generate(
         model = net
         if num_classes:
             y = torch.randint(0, num_classes, (b,), device=device, generator=gen)
-            learned = parts.diffusion.variance.learned
+            learned = parts.diffusion.out_channel_factor > 1  # variance channels: not guided
             model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
         # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -388,7 +388,7 @@ def sample_rows(
     names = score_names(extractor.kind)
     rows = []
     for steps in _as_list(cfg.steps):
-        sampler = sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta)
+        sampler = sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta, parts.diffusion)
         for w in guidances:
             generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
             row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
@@ -490,6 +490,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
+    if "bpd" in metrics and not parts.diffusion.has_likelihood:
+        raise UserError(
+            f"metrics=bpd needs a process with a likelihood bound; this checkpoint's process="
+            f"{parts.diffusion.name} has none: drop bpd (e.g. metrics=[fid,kid,pr,is])"
+        )
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")
     guidances = guidance_scales(cfg, spec)

@@ -116,7 +116,8 @@ class DiffusionModule(L.LightningModule):
         """Corrupt x0 to x_t, call the network once, and return the loss terms (plus the bound's ``vb`` term when
         asked, the process has a likelihood and the loss does not compute it)."""
         xt = self.diffusion.corrupt(x0, t, noise)
-        out = self.net(xt, t, y) if y is not None else self.net(xt, t)
+        net_x, net_t = self.diffusion.net_input(xt, t)  # preconditioned where the process needs it (EDM)
+        out = self.net(net_x, net_t, y) if y is not None else self.net(net_x, net_t)
         terms = self.loss_fn(self.diffusion, out, x0, xt, t, noise)
         if with_vb and self.diffusion.has_likelihood and "vb" not in terms:
             terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
@@ -147,11 +148,11 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def _accumulate_buckets(self, t: Tensor, losses: Tensor) -> None:
-        """Loss by timestep decile, summed on the device and logged every ``log_every_n_steps`` (no host sync)."""
+        """Loss by noise-level decile (the process's ``bucket``), summed on the device and logged every ``log_every_n_steps`` (no host sync)."""
         if self._bucket_sums is None or self._bucket_sums.device != losses.device:
             self._bucket_sums = torch.zeros(NUM_BUCKETS, device=losses.device)
             self._bucket_counts = torch.zeros(NUM_BUCKETS, device=losses.device)
-        bucket = (t * NUM_BUCKETS) // self.diffusion.num_timesteps
+        bucket = self.diffusion.bucket(t, NUM_BUCKETS)
         finite = torch.isfinite(losses)  # a skipped (non-finite) step must not poison the logged means
         self._bucket_sums.index_add_(0, bucket, torch.where(finite, losses, 0).float())
         self._bucket_counts.index_add_(0, bucket, finite.float())
@@ -200,8 +201,7 @@ class DiffusionModule(L.LightningModule):
         # A fixed generator per batch: the same t and noise at every validation, so curves are comparable and
         # validation draws nothing from the global RNG (which exact resume restores).
         gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
-        T = self.diffusion.num_timesteps
-        t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
+        t = self.diffusion.draw_validation_t(x0.shape[0], x0.device, gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
         terms = self._forward_terms(x0, y, t, noise, with_vb=True)
         if "vb" in terms:

@@ -163,7 +163,13 @@ def _schedule(cfg: DictConfig) -> NoiseSchedule:
     if cfg.ckpt_path:
         from .build import load_checkpoint
 
-        return load_checkpoint(cfg.ckpt_path)[0].diffusion.schedule
+        process = load_checkpoint(cfg.ckpt_path)[0].diffusion
+        if not hasattr(process, "schedule"):
+            raise UserError(
+                f"figure={cfg.figure} needs a checkpoint of a scheduled process (process=ddpm), not "
+                f"process={process.name}"
+            )
+        return process.schedule
     return instantiate(cfg.schedule)
 
 
@@ -296,14 +302,14 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     if len(shape) != 3:
         raise UserError("figure=trajectory needs an image checkpoint; this one models 2-D points")
     net = parts.net.to(device)
-    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps)
+    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, process=parts.diffusion)
     n = int(cfg.n)
     num_classes = spec.get("num_classes")
     model: Callable = net
     labels = None
     if num_classes:
         labels = torch.arange(n) % num_classes
-        mean_channels = shape[0] if parts.diffusion.variance.learned else None
+        mean_channels = shape[0] if parts.diffusion.out_channel_factor > 1 else None
         model = ClassifierFreeGuidance(
             net, labels.to(device), float(cfg.guidance), num_classes, mean_channels
         )
@@ -351,6 +357,10 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
 
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt_path)
+    if not parts.diffusion.has_likelihood:
+        raise UserError(
+            f"figure=vlb needs a process with a likelihood bound, not process={parts.diffusion.name}"
+        )
     images = build_datamodule(spec, cfg.data_root).real_images(str(cfg.split), int(cfg.n))
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     net = parts.net.to(device)

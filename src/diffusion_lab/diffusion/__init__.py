@@ -1,12 +1,24 @@
-"""The diffusion mathematics as small parts: schedules, the forward process, parameterizations,
-reverse variances, losses, weightings, timestep samplers and the likelihood.
+"""The diffusion mathematics as small parts: schedules, the forward processes (Gaussian, EDM, flow),
+parameterizations, reverse variances, preconditionings, losses, weightings, timestep samplers and the likelihood.
 
-    from diffusion_lab.diffusion import CosineSchedule, Diffusion
+    from diffusion_lab.diffusion import CosineSchedule, Diffusion, EDMProcess, FlowProcess
     diffusion = Diffusion(CosineSchedule(1000), prediction="eps", variance="fixed_small")
+    edm = EDMProcess(precond="edm", sigma_data=0.5)
 """
 
 from __future__ import annotations
 
+from .edm import (
+    PRECONDITIONINGS,
+    EDMPreconditioning,
+    EDMProcess,
+    Preconditioning,
+    VEPreconditioning,
+    VPPreconditioning,
+    vp_sigma,
+    vp_sigma_inv,
+)
+from .flow import FlowProcess
 from .gaussian import (
     discretized_gaussian_log_likelihood,
     mean_flat,
@@ -18,7 +30,18 @@ from .gaussian import (
     q_step_sample,
 )
 from .likelihood import calc_bpd_loop
-from .losses import LOSSES, HybridLoss, Loss, SimpleLoss, VLBLoss, build_loss, check_compatible, vb_terms_bpd
+from .losses import (
+    LOSSES,
+    EDMLoss,
+    FlowMatchingLoss,
+    HybridLoss,
+    Loss,
+    SimpleLoss,
+    VLBLoss,
+    build_loss,
+    check_compatible,
+    vb_terms_bpd,
+)
 from .parameterizations import (
     PREDICTIONS,
     EpsPrediction,
@@ -28,6 +51,7 @@ from .parameterizations import (
     build_prediction,
 )
 from .process import DenoiserOutput, Diffusion, ModelFn, parse_respacing
+from .process_base import Process
 from .schedules import (
     SCHEDULES,
     CosineSchedule,
@@ -39,9 +63,16 @@ from .schedules import (
 )
 from .timesteps import (
     TIMESTEP_SAMPLERS,
+    EDMLogNormalSampler,
+    FlowLogitNormalSampler,
+    FlowModeSampler,
+    FlowUniformSampler,
     ImportanceTimestepSampler,
+    NoiseLevelSampler,
     TimestepSampler,
     UniformTimestepSampler,
+    VELogUniformSampler,
+    VPUniformTimeSampler,
     build_timestep_sampler,
 )
 from .variances import (
@@ -55,6 +86,8 @@ from .variances import (
 )
 from .weightings import (
     WEIGHTINGS,
+    EDMWeighting,
+    InverseSigmaSquaredWeighting,
     MinSNRWeighting,
     P2Weighting,
     SNRWeighting,
@@ -68,11 +101,22 @@ __all__ = [
     "CosineSchedule",
     "DenoiserOutput",
     "Diffusion",
+    "EDMLogNormalSampler",
+    "EDMLoss",
+    "EDMPreconditioning",
+    "EDMProcess",
+    "EDMWeighting",
     "EpsPrediction",
     "FixedLargeVariance",
     "FixedSmallVariance",
+    "FlowLogitNormalSampler",
+    "FlowMatchingLoss",
+    "FlowModeSampler",
+    "FlowProcess",
+    "FlowUniformSampler",
     "HybridLoss",
     "ImportanceTimestepSampler",
+    "InverseSigmaSquaredWeighting",
     "LOSSES",
     "LearnedRangeVariance",
     "LearnedVariance",
@@ -80,10 +124,14 @@ __all__ = [
     "Loss",
     "MinSNRWeighting",
     "ModelFn",
+    "NoiseLevelSampler",
     "NoiseSchedule",
     "P2Weighting",
+    "PRECONDITIONINGS",
     "PREDICTIONS",
     "Parameterization",
+    "Preconditioning",
+    "Process",
     "QuadraticSchedule",
     "ReverseVariance",
     "SCHEDULES",
@@ -95,8 +143,12 @@ __all__ = [
     "UniformTimestepSampler",
     "UniformWeighting",
     "VARIANCES",
+    "VELogUniformSampler",
+    "VEPreconditioning",
     "VLBLoss",
     "VLBWeighting",
+    "VPPreconditioning",
+    "VPUniformTimeSampler",
     "VPrediction",
     "WEIGHTINGS",
     "Weighting",
@@ -119,4 +171,6 @@ __all__ = [
     "q_sample",
     "q_step_sample",
     "vb_terms_bpd",
+    "vp_sigma",
+    "vp_sigma_inv",
 ]

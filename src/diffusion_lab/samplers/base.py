@@ -23,14 +23,14 @@ __all__ = ["Sampler", "Trajectory"]
 @dataclass
 class Trajectory:
     """Per-step states for visualisation, one entry per kept step (in sampling order): ``timesteps[i]`` (the
-    original index the network saw), ``pred_x0[i]`` (its x̂_0 at the step's input) and ``xt[i]`` (the state
+    original index the network saw; EDM's σ_i, a flow's t_i), ``pred_x0[i]`` (its x̂_0 at the step's input) and ``xt[i]`` (the state
     after the step, i.e. the next step's input; the last is the sample)."""
 
-    timesteps: list[int] = field(default_factory=list)
+    timesteps: list[int | float] = field(default_factory=list)
     xt: list[Tensor] = field(default_factory=list)
     pred_x0: list[Tensor] = field(default_factory=list)
 
-    def record(self, t: int, xt: Tensor, pred_x0: Tensor) -> None:
+    def record(self, t: int | float, xt: Tensor, pred_x0: Tensor) -> None:
         self.timesteps.append(t)
         self.xt.append(xt.detach().cpu())
         self.pred_x0.append(pred_x0.detach().cpu())
@@ -38,6 +38,7 @@ class Trajectory:
 
 class Sampler:
     name = "base"
+    processes: tuple[str, ...] = ("ddpm",)  # the processes it walks (build refuses it with another)
     # Whether ``step`` takes fresh noise: the default ``solve`` draws it from the generator only when True.
     stochastic = True
 
