@@ -440,3 +440,14 @@ def test_evaluate_refuses_bits_per_dim_without_a_bound(edm_checkpoint, tmp_path)
     ):
         evaluate(compose_train(overrides, config_name="evaluate"))
     assert not (tmp_path / "ev").exists()
+
+
+def test_export_to_diffusers_refuses_an_edm_checkpoint(edm_checkpoint, tmp_path):
+    from diffusion_lab.export import export
+
+    cfg = compose_train([f"ckpt={edm_checkpoint}", f"out={tmp_path / 'pipe'}"], config_name="export")
+    with pytest.raises(
+        UserError, match=r"^format=diffusers writes a DDPMPipeline, for process=ddpm .*process=edm$"
+    ):
+        export(cfg)
+    assert not (tmp_path / "pipe").exists()

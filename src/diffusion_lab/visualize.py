@@ -330,7 +330,9 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
         rows.append([traj.pred_x0[j][i] for j in shown] + [x[i].cpu()])
         tag = f"#{i}" + (f" y={int(labels[i])}" if labels is not None else "")
         row_titles += [f"{tag} x_t", f"{tag} x̂_0"]
-    cols = [f"t={traj.timesteps[j]}" for j in shown] + ["sample"]
+    # the level each shown step starts from: DDPM's index, EDM's σ, a flow's t
+    level = [traj.timesteps[j] for j in shown]
+    cols = [f"t={v:.3g}" if isinstance(v, float) else f"t={v}" for v in level] + ["sample"]
     title = f"Reverse trajectory, {sampler!r} ({sampler.num_evaluations(parts.diffusion)} evaluations)"
     fig = _image_grid(rows, cols, row_titles, title)
     data = _save_npz(
