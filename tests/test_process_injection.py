@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from diffusion_lab.build import build_process
 from diffusion_lab.diffusion import CosineSchedule, Diffusion, EDMProcess, VPrediction
@@ -52,3 +53,19 @@ def test_an_input_the_process_does_not_take_is_refused_unless_it_is_leftover_set
         build_process({"schedule": SPEC["schedule"], "process": edm})
     process = build_process({"schedule": {"num_timesteps": 200}, "process": edm})
     assert isinstance(process, EDMProcess)
+
+
+def test_the_gaussian_process_keeps_the_module_s_discrete_behaviour():
+    """What the module asks of a process, for the Gaussian one: validation draws uniform integer timesteps as
+    torch.randint did, buckets are (t · 10) // T, the network sees (x_t, t) — the original index when respaced."""
+    process = Diffusion(CosineSchedule(50))
+    t = torch.arange(50)
+    assert torch.equal(process.bucket(t, 10), (t * 10) // 50)
+    draw = process.draw_validation_t(64, "cpu", torch.Generator().manual_seed(3))
+    assert torch.equal(draw, torch.randint(0, 50, (64,), generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(4, 2)
+    net_x, net_t = process.net_input(x, t[:4])
+    assert net_x is x and net_t is not None and torch.equal(net_t, t[:4])
+    spaced = process.respaced(5)
+    assert torch.equal(spaced.net_input(x, torch.arange(4))[1], spaced.timestep_map[:4])
+    assert process.name == "ddpm" and process.has_likelihood and process.out_channel_factor == 1

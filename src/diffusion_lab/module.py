@@ -1,7 +1,8 @@
 """The LightningModule: composes a network with the diffusion parts, logs, and holds no math of its own.
 
-Every part is built elsewhere (Hydra, see ``build.py``) and injected: the network, the ``Diffusion``
-(schedule × parameterization × variance), the loss (with its weighting), the timestep sampler, the sampler
+Every part is built elsewhere (Hydra, see ``build.py``) and injected: the network, the process (the Gaussian
+``Diffusion`` — schedule × parameterization × variance —, EDM's σ-space process or a flow; the interface it
+relies on is ``diffusion/process_base.py``'s), the loss (with its weighting), the timestep sampler, the sampler
 used for previews, and the optimizer / learning-rate schedule as partials.
 """
 

@@ -3,7 +3,8 @@
     x = sampler.sample(diffusion, model, shape=(64, 1, 28, 28), device="cuda")
 
 ``model(x_t, t)`` is any callable returning the network's raw output; samplers respace the process
-themselves (``steps``) and hand the network the original timestep indices.
+themselves (``steps``) and hand the network the original timestep indices. The samplers of EDM and of a flow
+(edm.py, flow.py) keep the same ``sample`` call but walk their own grids of σ or t.
 """
 
 from __future__ import annotations
