@@ -132,6 +132,7 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         p_uncond=float(cfg.get("p_uncond", 0.0)),
         spec=spec,
         compile=cfg.get("compile", False),
+        compile_eval=bool(cfg.get("compile_eval", False)),
         channels_last=bool(cfg.get("channels_last", False)),
         nonfinite=cfg.get("nonfinite", "skip"),
     )

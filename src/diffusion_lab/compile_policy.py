@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+import torch
 
 from .errors import UserError
 
-__all__ = ["compile_mode", "compile_options"]
+__all__ = ["compile_mode", "compile_options", "eval_stance"]
 
 
 def compile_mode(value: bool | str | None) -> str | None:
@@ -39,3 +42,17 @@ def compile_options(mode: str, channels_last: bool = False) -> dict[str, Any]:
     if channels_last:
         options["force_layout_optimization"] = True
     return options
+
+
+def eval_stance(compiled: bool, compile_eval: bool) -> contextlib.AbstractContextManager:
+    """The context validation and sampling during training run in: eager unless ``compile_eval``.
+
+    The compiled training step is one graph. Validation (no grad, eval mode), sample grids, in-training FD and
+    the final samples (other batch sizes, no grad) would each be a new compilation of the network started after
+    training has begun -- on a GPU tens of seconds each, with CUDA graphs one more per batch shape -- for work
+    that runs a few times per run. ``torch.compiler.set_stance("force_eager")`` runs them through the plain
+    module instead, and compiles nothing.
+    """
+    if not compiled or compile_eval:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")

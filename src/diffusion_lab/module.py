@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from .compile_policy import compile_mode, compile_options
+from .compile_policy import compile_mode, compile_options, eval_stance
 from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
@@ -48,6 +48,7 @@ class DiffusionModule(L.LightningModule):
         p_uncond: float = 0.0,
         spec: dict | None = None,
         compile: bool | str = False,
+        compile_eval: bool = False,
         channels_last: bool = False,
         sample_bf16: bool = True,
         val_seed: int = 1234,
@@ -75,6 +76,9 @@ class DiffusionModule(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode(compile)
+        self.compile_eval = (
+            compile_eval  # also compile validation / sampling (else eager: compile_policy.eval_stance)
+        )
         if self.compile_mode:
             compile_options(self.compile_mode)  # a wrong mode fails here, not at the first training step
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
@@ -195,7 +199,14 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_guard.fold()
 
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
+    def eval_stance(self):
+        return eval_stance(bool(self.compile_mode), self.compile_eval)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        with self.eval_stance():
+            self._validate(batch, batch_idx)
+
+    def _validate(self, batch: Any, batch_idx: int) -> None:
         x0, y = self._split_batch(batch)
         # A fixed generator per batch: the same t and noise at every validation, so curves are comparable and
         # validation draws nothing from the global RNG (which exact resume restores).
@@ -233,8 +244,11 @@ class DiffusionModule(L.LightningModule):
             noise = torch.randn((b, *self.data_shape), device=self.device, generator=generator)
             # The step noise too comes from ``generator``: previews must not draw from the global RNG (which
             # exact resume restores) and are then the same at every validation, whatever the sampler.
-            with torch.autocast(
-                "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+            with (
+                torch.autocast(
+                    "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+                ),
+                self.eval_stance(),
             ):
                 x = sampler.sample(
                     self.diffusion,
