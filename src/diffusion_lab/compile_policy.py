@@ -9,7 +9,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["compile_mode", "compile_options", "eval_stance"]
+__all__ = ["compile_mode", "compile_options", "eval_stance", "use_compile_cache"]
 
 
 def compile_mode(value: bool | str | None) -> str | None:
@@ -56,3 +56,28 @@ def eval_stance(compiled: bool, compile_eval: bool) -> contextlib.AbstractContex
     if not compiled or compile_eval:
         return contextlib.nullcontext()
     return torch.compiler.set_stance("force_eager")
+
+
+def use_compile_cache(folder: str | None) -> None:
+    """Keep inductor's compiled kernels, FX graphs and AOTAutograd graphs in ``folder`` (``compile_cache``), so
+    every job of a sweep and every later run on the same torch and network reuses them: a warm start compiles
+    nothing. Without it inductor uses /tmp/torchinductor_<user>, lost with the machine (a fresh cluster node).
+
+    A folder on a shared filesystem already carries the caches between machines, so torch's "mega-cache"
+    (save_cache_artifacts / load_cache_artifacts, for moving caches without one) is not used. A folder set by the
+    user's own TORCHINDUCTOR_CACHE_DIR wins; torch writes its default into that variable on first use, so a
+    value equal to the default is not the user's.
+    """
+    if not folder:
+        return
+    import os
+    from pathlib import Path
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return
+    path = Path(folder).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it at each cache access

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .cli import checkpoint_argument, command
-from .compile_policy import compile_mode, compile_options
+from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
@@ -166,6 +166,7 @@ def load_network(cfg: DictConfig, device: torch.device):
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
+        use_compile_cache(cfg.get("compile_cache"))
         net = torch.compile(net, options=options)
     return parts, spec, ckpt, net, compiled
 

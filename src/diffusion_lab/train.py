@@ -29,6 +29,7 @@ from .build import CheckpointError, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
 from .cli import CONFIG_DIR, command, experiment_summaries
+from .compile_policy import use_compile_cache
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
@@ -219,6 +220,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     read_data_early(datamodule)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     module = build_module(cfg, datamodule.data_shape, num_classes)
+    if module.compile_mode:
+        use_compile_cache(cfg.get("compile_cache"))
     resumed_step = check_resume_compatible(module, ckpt_path) if ckpt_path is not None else None
     trainer, callbacks, loggers = build_trainer(cfg, resumed_step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
