@@ -47,3 +47,20 @@ def test_a_fit_with_validation_checkpoints_and_samples_compiles_the_network_once
 def test_compiling_evaluation_too_adds_graphs_and_the_count_sees_them(tmp_path, eager_backend):
     # The no-grad validation graph and the sampling batch shapes: what compile_eval=false avoids.
     assert _fit(tmp_path, "compile_eval=true") > 1
+
+
+def test_regional_compilation_compiles_a_repeated_block_once_for_all_its_instances(tmp_path, eager_backend):
+    # Every DiT block sees the same shapes: one graph serves all of them (the whole network would be one graph
+    # too, but one spanning every block, so its compile time grows with the depth).
+    assert _fit(tmp_path, "model=dit_s", "model.depth=3", "compile_scope=blocks") == 1
+
+
+def test_regional_compilation_of_a_network_without_repeated_blocks_is_one_error_line(tmp_path):
+    from diffusion_lab.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _fit(tmp_path, "data=toy2d", "model=mlp", "compile_scope=blocks")
+    assert str(err.value) == (
+        "compile_scope=blocks needs a network that lists its repeated_blocks; MLPDenoiser does not: "
+        "use compile_scope=net"
+    )

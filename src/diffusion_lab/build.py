@@ -133,6 +133,7 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         spec=spec,
         compile=cfg.get("compile", False),
         compile_eval=bool(cfg.get("compile_eval", False)),
+        compile_scope=str(cfg.get("compile_scope", "net")),
         channels_last=bool(cfg.get("channels_last", False)),
         nonfinite=cfg.get("nonfinite", "skip"),
     )
