@@ -14,7 +14,9 @@ Interplay with Lightning (2.6):
   handler at the end. Like Lightning's, it forwards the signal to the processes Lightning's DDP launcher started.
 * Under SLURM (``SLURMEnvironment`` detected) Lightning owns the requeue signal (SIGUSR1 by default): it saves
   ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue``. This callback then leaves SIGUSR1 alone and handles only
-  SIGTERM (which SLURM sends when the grace time is up), so there is no fight over the signal.
+  SIGTERM (which SLURM sends when the grace time is up, or when it requeues the job), so there is no fight over
+  the signal. The SLURM launcher turns submitit's notice (SIGUSR2) into a SIGTERM and reads
+  ``stopped_by_signal()`` to requeue a stopped job.
 * With several processes, the ranks agree before stopping (one all-reduce of a flag every
   ``sync_every_n_steps`` steps), so they all save and stop at the same step; a single process checks its flag
   every step (free: no device sync).

@@ -37,7 +37,6 @@ from hydra.core.utils import JobReturn, JobStatus, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from diffusion_lab.checkpointing import newest_good_checkpoint
 from diffusion_lab.overrides import override_key
 from hydra_plugins.diffusion_lab_launcher._job_command import job_config, job_folder, quote, varying_keys
 
@@ -111,6 +110,8 @@ else:
             job_id: str,
             singleton_state: dict[type, Singleton],
         ) -> JobReturn:
+            # Imported here: Hydra's plugin scan (every command's start) should not pay for Lightning.
+            from diffusion_lab.checkpointing import newest_good_checkpoint
             from hydra_plugins.diffusion_lab_launcher import _slurm_job as job
 
             stops = job.StopSignals()
