@@ -10,6 +10,7 @@ the others going.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -190,6 +191,11 @@ def test_sweep_runs_as_slurm_jobs_and_the_report_reads_it(slurm_cluster, sweep_r
             f"{schedule.capitalize()}Schedule"
         )
         assert [s for s, _ in logged_losses(run)] == list(range(8))
+    status = json.loads((sweep / "sweep_status.json").read_text())
+    assert [(j["num"], j["status"], Path(j["dir"]).name) for j in status["jobs"]] == [
+        (0, "COMPLETED", "0_schedule=linear"),
+        (1, "COMPLETED", "1_schedule=cosine"),
+    ]
     # Each ran as a SLURM job of its own (submitit's log names the job).
     logs = sorted(sweep.glob(".submitit/*_[01]/*_log.out"))
     assert len(logs) == 2 and all("Starting with JobEnvironment(job_id=" in p.read_text() for p in logs)
@@ -203,7 +209,7 @@ def test_sweep_runs_as_slurm_jobs_and_the_report_reads_it(slurm_cluster, sweep_r
     )
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
-    assert "schedule=linear" in text and "schedule=cosine" in text
+    assert "| schedule=linear | COMPLETED |" in text and "| schedule=cosine | COMPLETED |" in text
 
 
 @pytest.mark.slow
@@ -271,6 +277,16 @@ def test_failed_jobs_are_reported_and_the_others_complete(slurm_cluster, sweep_r
     assert f"[slurm] stopped by SIGTERM and not requeued; resume it with: {resume}" in job_logs(sweep)
     for refused in (name(3, 0), name(-1, 0)):  # refused at start-up: no run behind
         assert not (job_folder(sweep, refused) / "checkpoints").exists()
+    status = {
+        Path(j["dir"]).name.split("_", 1)[1]: j["status"]
+        for j in json.loads((sweep / "sweep_status.json").read_text())["jobs"]
+    }
+    assert status == {
+        name(3, 0): "FAILED",
+        name(3, 20): "FAILED",
+        name(-1, 0): "FAILED",
+        name(-1, 20): "COMPLETED",
+    }
 
 
 # ------------------------------------------------------------------------------------------- the parts
@@ -342,6 +358,10 @@ def test_the_queue_watcher_reads_squeue_and_ends_jobs_it_no_longer_lists():
 def test_slurm_cpu_asks_for_cpus_and_no_gpu():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    assert "ResumableSlurmLauncher" in [p.__name__ for p in Plugins.instance().discover(Launcher)]
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Sequence  # noqa: UP035 (as the rest of the plugin)
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
 from diffusion_lab.overrides import override_key
 from hydra_plugins.diffusion_lab_launcher._job_command import job_config, job_folder, quote, varying_keys
+from hydra_plugins.diffusion_lab_launcher._sweep_status import write_records
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
@@ -85,21 +86,43 @@ else:
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             from hydra_plugins.diffusion_lab_launcher._slurm_queue import queue_watcher_without_accounting
 
-            named = self._named(job_overrides, initial_job_idx)
+            folders = self._folders(job_overrides, initial_job_idx)
+            named = [[*o, f"hydra.sweep.subdir={quote(f)}"] for o, f in zip(job_overrides, folders)]
             with queue_watcher_without_accounting():
-                return super().launch(named, initial_job_idx)
+                results = super().launch(named, initial_job_idx)
+            self._write_status(results, folders, initial_job_idx)
+            return results
 
-        def _named(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[list[str]]:
-            """Each job's overrides with its folder (``hydra.sweep.subdir``), named as gpu_pool names it: by the
-            overrides that vary where the full list is too long for a folder name."""
+        def _folders(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[str]:
+            """Each job's folder (``hydra.sweep.subdir``), named as gpu_pool names it: by the overrides that
+            vary where the full list is too long for a folder name."""
             assert self.hydra_context is not None and self.config is not None
             varying = varying_keys(job_overrides)
-            named = []
-            for num, overrides in enumerate(job_overrides, start=first):
-                cfg = job_config(self.hydra_context, self.config, num, overrides)
-                folder = job_folder(cfg, num, overrides, varying)
-                named.append([*overrides, f"hydra.sweep.subdir={quote(folder)}"])
-            return named
+            return [
+                job_folder(
+                    job_config(self.hydra_context, self.config, num, overrides), num, overrides, varying
+                )
+                for num, overrides in enumerate(job_overrides, start=first)
+            ]
+
+        def _write_status(self, results: Sequence[JobReturn], folders: list[str], first: int) -> None:
+            """``<sweep dir>/sweep_status.json`` as gpu_pool writes it (the report reads each job's status)."""
+            assert self.config is not None
+            sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+            records = []
+            for num, (ret, folder) in enumerate(zip(results, folders), start=first):
+                completed = ret.status == JobStatus.COMPLETED
+                records.append(
+                    {
+                        "num": num,
+                        "overrides": filter_overrides(ret.overrides or []),
+                        "status": "COMPLETED" if completed else "FAILED",
+                        "exit_code": 0 if completed else 1,
+                        "dir": str(sweep_dir / folder),
+                        "log": str(sweep_dir / folder / f"{OmegaConf.select(ret.cfg, 'task_name')}.log"),
+                    }
+                )
+            write_records(sweep_dir, {"launcher": "slurm"}, records)
 
         # ------------------------------------------------------------------ inside the SLURM job
         def __call__(
