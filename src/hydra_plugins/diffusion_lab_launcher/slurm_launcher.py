@@ -21,8 +21,11 @@ What this adds to submitit's launcher, inside each job:
     requeued, the next one fails the job. An earlier notice is a preemption and is always requeued.
   - A SIGTERM that requeued nothing (``scancel``, the time limit reached without a notice): the job fails,
     naming the command that resumes it.
-* Where SLURM keeps no accounting (``sacct`` fails), the sweep reads job states from ``squeue``
-  (``_slurm_queue``), so a job that dies without a result is reported instead of waited for.
+
+And in the sweep's own process: job folders named as gpu_pool names them (``job_folder``: by the overrides
+that vary, where the full list is too long for a folder name), ``<sweep dir>/sweep_status.json`` with each job's
+end, and — where SLURM keeps no accounting (``sacct`` fails) — job states read from ``squeue``
+(``_slurm_queue``), so a job that dies without a result is reported instead of waited for.
 
 A job that raises (bad input, an error in training) is a failed job of the sweep; the others go on, and the
 sweep fails at the end naming it, as with every Hydra launcher.
