@@ -412,4 +412,8 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = resume_argv(sys.argv)  # a resume runs in its own run directory
-    main()
+    # The package's own `main`, not this `__main__` copy: a launcher that pickles the task to run it elsewhere
+    # (SLURM through submitit) then pickles a reference to an importable function, not this module's globals.
+    from diffusion_lab.train import main as importable_main
+
+    importable_main()
