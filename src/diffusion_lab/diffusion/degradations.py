@@ -167,27 +167,24 @@ def _covered(half: Tensor, n: int, device: torch.device) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ downsample
 class Downsample(Degradation):
-    """Super-resolution: area-average x_0 down to a smaller size, then nearest-upsample back. The scale shrinks
-    geometrically with t, down to ``min_size`` pixels on the shorter side at t = T-1; what survives is that
-    smallest image (its C · h · w values are the summary)."""
+    """Super-resolution: level t averages x_0 over blocks of ``factor``^(t+1) pixels (area downsampling to
+    size / factor^(t+1), rounded) and upsamples back by repeating each average (nearest). Where the factors
+    divide the image size (28 -> 14 -> 7 -> 4, 32 -> 16 -> 8 -> 4), every level is the orthogonal projection
+    onto block-constant images, so each level loses more than the one before. What survives is the smallest
+    image (its C · h · w values are the summary)."""
 
     name = "downsample"
 
-    def __init__(self, num_timesteps: int = 8, min_size: int = 4):
+    def __init__(self, num_timesteps: int = 3, factor: int = 2):
         super().__init__(num_timesteps)
-        if int(min_size) < 1:
-            raise ValueError(f"degradation.min_size={min_size!r} is invalid: it must be an integer >= 1")
-        self.min_size = int(min_size)
+        if int(factor) < 2:
+            raise ValueError(f"degradation.factor={factor!r} is invalid: it must be an integer >= 2")
+        self.factor = int(factor)
 
     def size(self, level: int, H: int, W: int) -> tuple[int, int]:
-        """(h, w) of the downsampled image at ``level`` (level T-1: min_size on the shorter side)."""
-        if self.min_size > min(H, W):
-            raise ValueError(
-                f"degradation.min_size={self.min_size} is larger than the images ({H}x{W}); choose at most "
-                f"{min(H, W)}"
-            )
-        scale = (self.min_size / min(H, W)) ** ((level + 1) / self.num_timesteps)
-        return max(1, round(H * scale)), max(1, round(W * scale))
+        """(h, w) of the downsampled image at ``level``."""
+        shrink = self.factor ** (level + 1)
+        return max(1, round(H / shrink)), max(1, round(W / shrink))
 
     def __call__(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         t = t.long()
