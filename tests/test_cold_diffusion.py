@@ -448,6 +448,60 @@ def test_a_cold_checkpoint_refuses_ddpm_samplers_and_bits_per_dim(cold_checkpoin
     )
 
 
+def test_gaussian_only_figures_and_export_refuse_a_cold_process(cold_checkpoint, tmp_path):
+    from diffusion_lab.export import export
+    from diffusion_lab.visualize import visualize
+
+    cases = [
+        (
+            "visualize",
+            ["figure=vlb", f"ckpt={cold_checkpoint}"],
+            "figure=vlb needs a likelihood, which this checkpoint's process=cold has not",
+        ),
+        (
+            "visualize",
+            ["figure=spectrum", "process=cold"],
+            "figure=spectrum plots the Gaussian noise schedule; process=cold has none (figure=forward draws any "
+            "process)",
+        ),
+        (
+            "export",
+            [f"ckpt={cold_checkpoint}", f"out={tmp_path / 'pipeline'}"],
+            "format=diffusers exports the Gaussian process (process=ddpm); this checkpoint's is process=cold",
+        ),
+    ]
+    for command, overrides, message in cases:
+        cfg = compose_train(
+            [*overrides, f"out_dir={tmp_path}"] if command == "visualize" else overrides, config_name=command
+        )
+        with pytest.raises(UserError) as err:
+            (visualize if command == "visualize" else export)(cfg)
+        assert str(err.value) == message
+
+
+def test_the_trajectory_figure_starts_from_the_prior(cold_checkpoint, tmp_path):
+    from diffusion_lab.visualize import visualize
+
+    cfg = compose_train(
+        [
+            "figure=trajectory",
+            f"ckpt={cold_checkpoint}",
+            "n=2",
+            "show=3",
+            f"out_dir={tmp_path}",
+            "device=cpu",
+        ],
+        config_name="visualize",
+    )
+    saved = np.load(visualize(cfg)["data"])
+    parts, _, _ = load_checkpoint(cold_checkpoint)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn((2, 1, 16, 16), generator=gen)
+    start = parts.diffusion.prior_sample(noise, gen)
+    assert saved["timesteps"].tolist() == [5, 2, 0]  # sampler.steps=3 of T=6 levels
+    assert np.allclose(saved["xt"][0], start.numpy(), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [[f"degradation={o}"] for o in group_options("degradation")]

@@ -71,9 +71,9 @@ class ColdDiffusion:
 
     def prior_sample(self, noise: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A start x_T of noise's shape: a prior draw made an image and degraded to level T-1 (with ``noise``
-        for a stochastic degradation), plus ``noise_std`` · noise for a deterministic one -- the paper's small
-        perturbation: without it a deterministic restorer maps each prior draw to one image and nearby draws
-        to nearly the same image."""
+        for a stochastic degradation), plus ``noise_std`` · noise for a deterministic one. That small
+        perturbation breaks the determinism: otherwise the samples of a deterministic restorer vary only with
+        the prior's few numbers per image (C per-channel means for blur and mask)."""
         B = noise.shape[0]
         z = self.prior.sample(B, generator, device=noise.device).to(noise.dtype)
         level = torch.full((B,), self.num_timesteps - 1, device=noise.device, dtype=torch.long)

@@ -86,9 +86,9 @@ class GaussianBlur(Degradation):
     ``sigma_min`` (t = 0) to ``sigma_max`` (t = T-1).
 
     The blur is applied exactly in the DCT domain (a Gaussian with reflecting boundaries): each cosine mode of
-    angular frequency ω is scaled by exp(-σ² ω² / 2). Two blurs compose into one of std sqrt(σ₁² + σ₂²), so a
-    level is the same whether read as one blur of growing σ (what is computed) or as the paper's fixed kernel
-    applied cumulatively. The mean (the DC mode) is kept and every other mode fades: the fully blurred image is
+    angular frequency ω is scaled by exp(-σ² ω² / 2). Two blurs compose into one of std sqrt(σ₁² + σ₂²), so
+    level t, one blur of std σ_t (what is computed), is also level t-1 blurred by std sqrt(σ_t² - σ_{t-1}²): the
+    paper's view of a blur applied cumulatively. The mean (the DC mode) is kept and every other mode fades: the fully blurred image is
     its per-channel mean, the summary the prior models. ``sigma_max: None`` picks, per image size, the σ at
     which the slowest mode keeps ``FULL_BLUR_RESIDUAL`` of itself.
     """
