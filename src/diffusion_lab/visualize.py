@@ -335,7 +335,7 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     x, traj = sampler.sample(
         parts.diffusion, model, noise.shape, device, noise=noise, generator=gen, return_trajectory=True
     )
-    # step i evaluates the network at (x_{t_i}, t_i): its input is the previous step's output (noise first)
+    # step i evaluates the network at (x_{t_i}, t_i): its input is the previous step's output (the start first)
     inputs = [traj.start, *traj.xt[:-1]]
     k = len(traj.timesteps)
     shown = sorted({int(round(v)) for v in np.linspace(0, k - 1, min(int(cfg.show), k))})
