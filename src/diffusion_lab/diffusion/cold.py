@@ -67,7 +67,7 @@ class ColdDiffusion:
             raise ValueError(
                 f"process=cold degrades images (C, H, W); this data's items have shape {tuple(images.shape[1:])}"
             )
-        self.prior.fit(self.degradation.summary(images.double()), self.prior_components, self.prior_seed)
+        self.prior.fit(self.degradation.summary(images), self.prior_components, self.prior_seed)
 
     def prior_sample(self, noise: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A start x_T of noise's shape: a prior draw made an image and degraded to level T-1 (with ``noise``
