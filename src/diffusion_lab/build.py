@@ -95,7 +95,9 @@ def build_parts(spec: dict) -> Parts:
     timesteps = instantiate(spec["timesteps"], num_timesteps=diffusion.num_timesteps)
     sampler = instantiate(spec["sampler"])
     check_process(sampler, diffusion)
-    sampler.num_evaluations(diffusion)  # its steps must fit this process: a bad value fails now, not at a preview
+    sampler.num_evaluations(
+        diffusion
+    )  # its steps must fit this process: a bad value fails now, not at a preview
     return Parts(diffusion, net, loss, timesteps, sampler)
 
 
