@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from conftest import (
+    TINY_MODEL,
     compose_train,
     config_groups,
     group_options,
@@ -23,11 +25,12 @@ from conftest import (
     write_fake_idx_root,
     write_image_folder,
 )
-from diffusion_lab.build import SPEC_KEYS, build_module, build_parts, make_spec
+from diffusion_lab.build import OPTIONAL_SPEC_KEYS, SPEC_KEYS, build_module, build_parts, make_spec
 from diffusion_lab.data import DiffusionDataModule
-from diffusion_lab.diffusion import Diffusion, Loss, NoiseSchedule, TimestepSampler, q_sample
+from diffusion_lab.diffusion import ColdDiffusion, Diffusion, Loss, NoiseSchedule, TimestepSampler, q_sample
 from diffusion_lab.errors import root_cause
 from diffusion_lab.samplers import Sampler
+from diffusion_lab.train import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,9 +39,23 @@ LEARNED = {"learned", "learned_range"}
 TINY_MLP = ["model=mlp", "model.hidden=8", "model.num_layers=1", "model.time_embed_dim=8"]
 
 
+def cold_only(group: str, option: str) -> bool:
+    """Options made for process=cold: the degradation group (which process=cold brings), and the losses and
+    samplers whose class names process "cold"."""
+    if group == "degradation":
+        return True
+    if group not in ("loss", "sampler"):
+        return False
+    target = OmegaConf.load(Path(CONFIG_DIR) / group / f"{option}.yaml")["_target_"]
+    return getattr(get_class(target), "process", None) == "cold"
+
+
 def valid_combination(loss: str, variance: str, weighting: str) -> bool:
-    """The rule the library enforces: hybrid needs a learned variance, a learned variance needs a loss that
-    trains it (hybrid or vlb), and the true bound (vlb) takes no weighting."""
+    """The rule the library enforces (with the default process=ddpm): hybrid needs a learned variance, a learned
+    variance needs a loss that trains it (hybrid or vlb), the true bound (vlb) takes no weighting, and a loss
+    made for process=cold does not train it."""
+    if cold_only("loss", loss):
+        return False
     if loss == "hybrid" and variance not in LEARNED:
         return False
     if variance in LEARNED and loss not in ("hybrid", "vlb"):
@@ -48,6 +65,8 @@ def valid_combination(loss: str, variance: str, weighting: str) -> bool:
 
 def partners(group: str, option: str) -> list[str]:
     """Overrides that make ``group=option`` a valid combination with the rest of the defaults."""
+    if cold_only(group, option):
+        return ["process=cold"]
     if group == "variance" and option in LEARNED:
         return ["loss=hybrid"]
     if group == "loss" and option == "hybrid":
@@ -60,7 +79,7 @@ def partners(group: str, option: str) -> list[str]:
     "group,option", [(g, o) for g in config_groups() if g != "hydra" for o in group_options(g)]
 )
 def test_every_option_composes_and_resolves(group, option, tmp_path):
-    overrides = [f"{group}={option}"]
+    overrides = [f"{group}={option}", *partners(group, option)]
     if group == "data" and option == "image_folder":
         overrides.append(f"data.root={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
@@ -68,6 +87,10 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
     assert container["paths"]["output_dir"] == str(tmp_path)
     for key in SPEC_KEYS:
         assert "_target_" in container[key], key
+    for key in OPTIONAL_SPEC_KEYS:
+        assert key not in container or "_target_" in container[key], key
+    if container["process"]["_target_"].endswith("ColdDiffusion"):  # it brings its degradation
+        assert "_target_" in container["degradation"]
 
 
 def test_unknown_option_lists_the_choices():
@@ -105,6 +128,7 @@ def the_part(parts, group: str):
         (g, o)
         for g in ("schedule", "prediction", "variance", "loss", "weighting", "timesteps", "sampler")
         for o in group_options(g)
+        if not cold_only(g, o)  # test_every_cold_part_builds
     ],
 )
 def test_every_diffusion_part_builds(group, option):
@@ -131,6 +155,42 @@ def test_every_diffusion_part_builds(group, option):
 
 
 @pytest.mark.parametrize(
+    "group,option",
+    [("process", "cold")]
+    + [(g, o) for g in ("degradation", "loss", "sampler") for o in group_options(g) if cold_only(g, o)],
+)
+def test_every_cold_part_builds(group, option):
+    """process=cold with each degradation, loss and sampler made for it: built from the config, one loss
+    evaluation on 8x8 images, a prior fitted and a sample drawn."""
+    overrides = [f"{group}={option}", *partners(group, option), "model=unet_tiny", *TINY_MODEL["UNet"]]
+    cfg = compose_train([*overrides, "schedule.num_timesteps=10", "sampler.steps=3"])
+    parts = build_parts(make_spec(cfg, (1, 8, 8), None))
+    assert isinstance(parts.diffusion, ColdDiffusion)
+    part = {"process": parts.diffusion, "degradation": parts.diffusion.degradation}.get(group)
+    part = part or {"loss": parts.loss, "sampler": parts.sampler}[group]
+    assert type(part).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
+    assert (
+        parts.timesteps.num_timesteps
+        == parts.diffusion.num_timesteps
+        == parts.diffusion.degradation.num_timesteps
+    )
+
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t, _ = parts.timesteps.sample(4)
+    noise = torch.randn_like(x0)
+    out = parts.net(parts.diffusion.corrupt(x0, t, noise), t)
+    assert out.shape == x0.shape
+    terms = parts.loss(parts.diffusion, out, x0, parts.diffusion.corrupt(x0, t, noise), t, noise)
+    assert terms["loss"].shape == (4,) and torch.isfinite(terms["loss"]).all()
+    parts.diffusion.fit_prior(x0)
+    with torch.no_grad():
+        x = parts.sampler.sample(
+            parts.diffusion, parts.net, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0)
+        )
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize(
     "loss,variance,weighting",
     list(itertools.product(group_options("loss"), group_options("variance"), group_options("weighting"))),
 )
@@ -152,8 +212,10 @@ def test_loss_variance_weighting_combinations(base_spec, loss, variance, weighti
     message = str(cause)
     assert "\n" not in message.strip()
     assert f"loss={loss}" in message
-    other = f"weighting={weighting}" if loss == "vlb" else f"variance={variance}"
-    assert other in message, message
+    others = [f"weighting={weighting}" if loss == "vlb" else f"variance={variance}"]
+    if cold_only("loss", loss):  # refused for the process, or first for a weighting it does not take
+        others = ["process=ddpm", f"weighting={weighting}"]
+    assert any(other in message for other in others), message
 
 
 @pytest.fixture(scope="module")

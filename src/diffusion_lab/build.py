@@ -26,7 +26,7 @@ from torch import nn
 from .checkpointing import CheckpointError, check_digest, load_checkpoint_file, sidecar_path
 from .diffusion import Diffusion, Loss, TimestepSampler
 from .diffusion.losses import check_compatible
-from .samplers import Sampler
+from .samplers import Sampler, check_process
 
 __all__ = [
     "Parts",
@@ -49,6 +49,8 @@ SPEC_KEYS = (
     "sampler",
     "model",
 )
+# Groups only some processes bring (process=cold's degradation), stored in the spec when the config has them.
+OPTIONAL_SPEC_KEYS = ("degradation",)
 
 
 @dataclass
@@ -65,7 +67,7 @@ def _container(node: Any) -> Any:
 
 
 def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None) -> dict:
-    spec = {key: _container(cfg[key]) for key in SPEC_KEYS if key in cfg}
+    spec = {key: _container(cfg[key]) for key in (*SPEC_KEYS, *OPTIONAL_SPEC_KEYS) if key in cfg}
     spec["data"] = _container(cfg.get("data"))
     spec.update(
         data_shape=list(data_shape), num_classes=num_classes, p_uncond=float(cfg.get("p_uncond", 0.0))
@@ -81,32 +83,46 @@ def build_parts(spec: dict) -> Parts:
     channels = spec["data_shape"][0]
     net_kwargs: dict[str, Any] = {
         "in_channels": channels,
-        "out_channels": channels * diffusion.variance.out_channel_factor,
+        "out_channels": channels * diffusion.out_channel_factor,
     }
     if len(spec["data_shape"]) == 3:
         net_kwargs["image_size"] = spec["data_shape"][-1]
     else:  # vector data (2-D toys): in_channels means the vector length
-        net_kwargs = {"in_dim": channels, "out_dim": channels * diffusion.variance.out_channel_factor}
+        net_kwargs = {"in_dim": channels, "out_dim": channels * diffusion.out_channel_factor}
     if spec.get("num_classes"):
         net_kwargs["num_classes"] = spec["num_classes"]
     net = instantiate(spec["model"], **net_kwargs)
     timesteps = instantiate(spec["timesteps"], num_timesteps=diffusion.num_timesteps)
     sampler = instantiate(spec["sampler"])
+    check_process(sampler, diffusion)
+    sampler.num_evaluations(
+        diffusion
+    )  # its steps must fit this process: a bad value fails now, not at a preview
     return Parts(diffusion, net, loss, timesteps, sampler)
 
 
-# Groups a process may take as constructor arguments: declared once in the config, built here, injected.
-PROCESS_INPUTS = ("schedule", "prediction", "variance")
+# Groups a process (or a part given to it) may take as constructor arguments: declared once in the config, built
+# here, injected.
+PROCESS_INPUTS = ("schedule", "prediction", "variance", "degradation")
 
 
 def build_process(spec: dict):
     """The process (``process`` group; the Gaussian DDPM process by default, also for a checkpoint written
-    before the group existed), given the built schedule, prediction and variance it asks for by name."""
+    before the group existed), given the built schedule, prediction, variance or degradation it asks for by
+    name."""
     node = spec.get("process") or {"_target_": "diffusion_lab.diffusion.Diffusion"}
+    return _build_with_inputs(node, spec)
+
+
+def _build_with_inputs(node: dict, spec: dict):
+    """``node`` built with the parts of ``spec`` its constructor names (PROCESS_INPUTS) and ``node`` does not
+    set, each built the same way (cold diffusion's gaussian_noise degradation takes the schedule)."""
     factory = instantiate(node, _partial_=True)
     accepted = inspect.signature(factory).parameters
     inputs = {
-        k: instantiate(spec[k]) for k in PROCESS_INPUTS if k in accepted and k in spec and k not in node
+        k: _build_with_inputs(spec[k], spec)
+        for k in PROCESS_INPUTS
+        if k in accepted and k in spec and k not in node
     }
     return factory(**inputs)
 

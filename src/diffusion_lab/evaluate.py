@@ -320,7 +320,7 @@ def make_generate(
         model = net
         if num_classes:
             y = torch.randint(0, num_classes, (b,), device=device, generator=gen)
-            learned = parts.diffusion.variance.learned
+            learned = parts.diffusion.out_channel_factor > 1
             model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
         # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -491,6 +491,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
+    if "bpd" in metrics and not parts.diffusion.has_likelihood:
+        raise UserError(
+            f"metrics=[bpd] needs a likelihood, which process={parts.diffusion.name} has not; "
+            f"leave bpd out (metrics=[{','.join(sample_metrics or ['fid'])}])"
+        )
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")
     guidances = guidance_scales(cfg, spec)

@@ -26,7 +26,17 @@ from .samplers import SAMPLERS, Sampler
 
 __all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
-DIFFUSION_KEYS = ("schedule", "prediction", "variance", "model", "loss", "weighting", "timesteps")
+DIFFUSION_KEYS = (
+    "process",
+    "degradation",
+    "schedule",
+    "prediction",
+    "variance",
+    "model",
+    "loss",
+    "weighting",
+    "timesteps",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,8 +153,7 @@ def draw(cfg: DictConfig, parts, spec: dict, sampler: Sampler, labels, device: t
         model = net
         if labels is not None:
             y = labels[start : start + b].to(device)
-            learned = parts.diffusion.variance.learned
-            mean_channels = shape[0] if learned else None
+            mean_channels = shape[0] if parts.diffusion.out_channel_factor > 1 else None
             model = ClassifierFreeGuidance(
                 net, y, float(cfg.guidance), spec["num_classes"], mean_channels=mean_channels
             )

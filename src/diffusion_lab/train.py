@@ -195,6 +195,15 @@ def read_data_early(datamodule: L.LightningDataModule) -> None:
     datamodule.dataset("train")[0]  # decodes one item: a folder of unreadable images fails here
 
 
+def fit_process_to_data(process: Any, datamodule: L.LightningDataModule) -> None:
+    """What a process fits to the training data (cold diffusion's prior of the fully degraded image), fitted
+    before the Trainer exists: every DDP process fits the same (the first images, a fixed seed), and a resumed
+    run then restores the one stored in its checkpoint (``DiffusionModule.on_load_checkpoint``)."""
+    fit = getattr(process, "fit_prior", None)
+    if fit is not None:
+        fit(datamodule.real_images("train", process.prior_images))
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         return Path(cfg.paths.output_dir)
@@ -222,6 +231,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule.data_shape, num_classes)
     if module.compile_mode:
         use_compile_cache(cfg.get("compile_cache"))
+    fit_process_to_data(module.diffusion, datamodule)
     resumed_step = check_resume_compatible(module, ckpt_path) if ckpt_path is not None else None
     trainer, callbacks, loggers = build_trainer(cfg, resumed_step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -382,7 +392,14 @@ def usage() -> str:
     return "\n".join([__doc__.strip(), "", "== Experiments (experiment=NAME) ==", *lines])
 
 
-@command("train", usage=usage())
+def process_group_hint(key: str) -> str | None:
+    """The message for a group only a process brings (``degradation=`` without ``process=cold``)."""
+    if override_key(key).split(".")[0] == "degradation":
+        return "degradation= chooses cold diffusion's degradation: add process=cold (process=cold degradation=mask)"
+    return None
+
+
+@command("train", usage=usage(), unknown_key=process_group_hint)
 def main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg)

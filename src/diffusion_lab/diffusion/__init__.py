@@ -1,5 +1,6 @@
 """The diffusion mathematics as small parts: schedules, the forward process, parameterizations,
-reverse variances, losses, weightings, timestep samplers and the likelihood.
+reverse variances, losses, weightings, timestep samplers and the likelihood; cold diffusion's degradations,
+its process and the prior of its fully degraded images.
 
     from diffusion_lab.diffusion import CosineSchedule, Diffusion
     diffusion = Diffusion(CosineSchedule(1000), prediction="eps", variance="fixed_small")
@@ -7,6 +8,16 @@ reverse variances, losses, weightings, timestep samplers and the likelihood.
 
 from __future__ import annotations
 
+from .cold import ColdDiffusion
+from .degradations import (
+    DEGRADATIONS,
+    Degradation,
+    Downsample,
+    GaussianBlur,
+    GaussianNoise,
+    SquareMask,
+    build_degradation,
+)
 from .gaussian import (
     discretized_gaussian_log_likelihood,
     mean_flat,
@@ -18,7 +29,17 @@ from .gaussian import (
     q_step_sample,
 )
 from .likelihood import calc_bpd_loop
-from .losses import LOSSES, HybridLoss, Loss, SimpleLoss, VLBLoss, build_loss, check_compatible, vb_terms_bpd
+from .losses import (
+    LOSSES,
+    HybridLoss,
+    Loss,
+    RestorationLoss,
+    SimpleLoss,
+    VLBLoss,
+    build_loss,
+    check_compatible,
+    vb_terms_bpd,
+)
 from .parameterizations import (
     PREDICTIONS,
     EpsPrediction,
@@ -27,6 +48,7 @@ from .parameterizations import (
     X0Prediction,
     build_prediction,
 )
+from .prior import GaussianMixturePrior
 from .process import DenoiserOutput, Diffusion, ModelFn, parse_respacing
 from .schedules import (
     SCHEDULES,
@@ -65,12 +87,19 @@ from .weightings import (
 )
 
 __all__ = [
+    "ColdDiffusion",
     "CosineSchedule",
+    "DEGRADATIONS",
+    "Degradation",
     "DenoiserOutput",
     "Diffusion",
+    "Downsample",
     "EpsPrediction",
     "FixedLargeVariance",
     "FixedSmallVariance",
+    "GaussianBlur",
+    "GaussianMixturePrior",
+    "GaussianNoise",
     "HybridLoss",
     "ImportanceTimestepSampler",
     "LOSSES",
@@ -85,11 +114,13 @@ __all__ = [
     "PREDICTIONS",
     "Parameterization",
     "QuadraticSchedule",
+    "RestorationLoss",
     "ReverseVariance",
     "SCHEDULES",
     "SNRWeighting",
     "SigmoidSchedule",
     "SimpleLoss",
+    "SquareMask",
     "TIMESTEP_SAMPLERS",
     "TimestepSampler",
     "UniformTimestepSampler",
@@ -101,6 +132,7 @@ __all__ = [
     "WEIGHTINGS",
     "Weighting",
     "X0Prediction",
+    "build_degradation",
     "build_loss",
     "build_prediction",
     "build_schedule",

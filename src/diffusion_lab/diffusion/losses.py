@@ -15,7 +15,17 @@ from .gaussian import NATS_PER_BIT, discretized_gaussian_log_likelihood, mean_fl
 from .process import Diffusion
 from .weightings import UniformWeighting, Weighting
 
-__all__ = ["Loss", "SimpleLoss", "VLBLoss", "HybridLoss", "vb_terms_bpd", "LOSSES", "build_loss"]
+__all__ = [
+    "Loss",
+    "SimpleLoss",
+    "VLBLoss",
+    "HybridLoss",
+    "RestorationLoss",
+    "vb_terms_bpd",
+    "LOSSES",
+    "build_loss",
+    "check_compatible",
+]
 
 
 def vb_terms_bpd(
@@ -35,6 +45,7 @@ def vb_terms_bpd(
 
 class Loss:
     name = "base"
+    process = "ddpm"  # the process (its ``name``) this loss trains
     trains_variance = False  # whether this loss gives the variance channels a gradient
     needs_learned_variance = False
 
@@ -106,7 +117,36 @@ class HybridLoss(Loss):
         return terms
 
 
-LOSSES: dict[str, type[Loss]] = {"simple": SimpleLoss, "vlb": VLBLoss, "hybrid": HybridLoss}
+class RestorationLoss(Loss):
+    """Cold diffusion's restoration loss: |R(D(x_0, t), t) - x_0| averaged over dimensions (``norm="l1"``, the
+    paper's) or its square (``norm="l2"``). The network's output is the restored x̂_0 itself."""
+
+    name = "restoration"
+    process = "cold"
+    NORMS = ("l1", "l2")
+
+    def __init__(self, weighting: Weighting | None = None, norm: str = "l1"):
+        if weighting is not None and not isinstance(weighting, UniformWeighting):
+            raise ValueError(
+                f"loss=restoration takes no weighting (the weightings are functions of a Gaussian schedule's SNR), "
+                f"but weighting={weighting.name} was given; use weighting=uniform"
+            )
+        if norm not in self.NORMS:
+            raise ValueError(f"loss.norm={norm!r} is unknown; choose one of {list(self.NORMS)}")
+        self.norm = norm
+
+    def __call__(self, process, model_out, x0, xt, t, noise):
+        error = model_out.float() - x0
+        l1, mse = mean_flat(error.abs()), mean_flat(error.square())
+        return {"loss": l1 if self.norm == "l1" else mse, "l1": l1, "mse": mse}
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "simple": SimpleLoss,
+    "vlb": VLBLoss,
+    "hybrid": HybridLoss,
+    "restoration": RestorationLoss,
+}
 
 
 def build_loss(name: str, **kwargs) -> Loss:
@@ -116,7 +156,14 @@ def build_loss(name: str, **kwargs) -> Loss:
 
 
 def check_compatible(loss: Loss, diffusion: Diffusion) -> None:
-    """Refuse a loss/variance pair that cannot train, naming both options."""
+    """Refuse a loss/process or loss/variance pair that cannot train, naming both options."""
+    if loss.process != diffusion.name:
+        fitting = " or ".join(f"loss={name}" for name, cls in LOSSES.items() if cls.process == diffusion.name)
+        raise ValueError(
+            f"loss={loss.name} trains process={loss.process}, not process={diffusion.name}; use {fitting}"
+        )
+    if diffusion.name != "ddpm":
+        return  # the variance rules below are the Gaussian process's
     learned = diffusion.variance.learned
     if loss.needs_learned_variance and not learned:
         raise ValueError(

@@ -37,11 +37,14 @@ class Diffusion:
     """One schedule × one parameterization × one reverse variance.
 
     The process interface the LightningModule and the samplers rely on (other processes, e.g. cold
-    degradations, provide the same): ``num_timesteps``, ``corrupt(x0, t, noise)`` (the training input at level
-    t), ``has_likelihood`` (whether the variational bound, bits/dim, exists), ``state_dict`` /
-    ``load_state_dict`` (anything fitted from data, stored in checkpoints; nothing here).
+    degradations, provide the same): ``name`` (the process option; losses and samplers name the process they
+    are for), ``num_timesteps``, ``corrupt(x0, t, noise)`` (the training input at level t), ``has_likelihood``
+    (whether the variational bound, bits/dim, exists), ``out_channel_factor`` (the network's output channels per
+    data channel), ``state_dict`` / ``load_state_dict`` (anything fitted from data, stored in checkpoints;
+    nothing here).
     """
 
+    name = "ddpm"
     has_likelihood = True
 
     def __init__(
@@ -71,6 +74,10 @@ class Diffusion:
     @property
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
+
+    @property
+    def out_channel_factor(self) -> int:
+        return self.variance.out_channel_factor
 
     def corrupt(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """The network's training input at timestep t: x_t ~ q(x_t | x_0) with the given noise."""

@@ -1,9 +1,10 @@
 """Samplers: ancestral DDPM (full or respaced), DDIM(η), and the probability-flow ODE solvers Euler, Heun and
-DPM-Solver++(2M); each takes the model as a callable."""
+DPM-Solver++(2M); cold diffusion's naive and improved samplers; each takes the model as a callable."""
 
 from __future__ import annotations
 
-from .base import Sampler, Trajectory
+from .base import Sampler, Trajectory, check_process
+from .cold import ColdSampler, ImprovedColdSampler, NaiveColdSampler
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .ode import DPMSolverPPSampler, EulerSampler, HeunSampler
@@ -14,6 +15,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "dpmpp2m": DPMSolverPPSampler,
     "heun": HeunSampler,
     "euler": EulerSampler,
+    "cold_naive": NaiveColdSampler,
+    "cold_improved": ImprovedColdSampler,
 }
 
 
@@ -33,6 +36,10 @@ __all__ = [
     "DPMSolverPPSampler",
     "EulerSampler",
     "HeunSampler",
+    "ColdSampler",
+    "NaiveColdSampler",
+    "ImprovedColdSampler",
+    "check_process",
     "SAMPLERS",
     "build_sampler",
 ]

@@ -17,15 +17,16 @@ from tqdm.auto import tqdm
 
 from ..diffusion.process import DenoiserOutput, Diffusion, ModelFn
 
-__all__ = ["Sampler", "Trajectory"]
+__all__ = ["Sampler", "Trajectory", "check_process"]
 
 
 @dataclass
 class Trajectory:
     """Per-step states for visualisation, one entry per kept step (in sampling order): ``timesteps[i]`` (the
     original index the network saw), ``pred_x0[i]`` (its x̂_0 at the step's input) and ``xt[i]`` (the state
-    after the step, i.e. the next step's input; the last is the sample)."""
+    after the step, i.e. the next step's input; the last is the sample); ``start`` is the first step's input."""
 
+    start: Tensor | None = None
     timesteps: list[int] = field(default_factory=list)
     xt: list[Tensor] = field(default_factory=list)
     pred_x0: list[Tensor] = field(default_factory=list)
@@ -38,6 +39,7 @@ class Trajectory:
 
 class Sampler:
     name = "base"
+    process = "ddpm"  # the process (its ``name``) this sampler walks back
     # Whether ``step`` takes fresh noise: the default ``solve`` draws it from the generator only when True.
     stochastic = True
 
@@ -69,9 +71,10 @@ class Sampler:
     ) -> Tensor | tuple[Tensor, Trajectory]:
         """Samples of ``shape`` from ``noise`` (x at the largest kept timestep) or fresh noise drawn with
         ``generator``; with ``return_trajectory`` also the per-step states (one entry per kept step)."""
+        check_process(self, diffusion)
         spaced = diffusion.respaced(self.steps)
         x = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
-        trajectory = Trajectory() if return_trajectory else None
+        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
         x = self.solve(spaced, model, x, generator=generator, progress=progress, trajectory=trajectory)
         return (x, trajectory) if return_trajectory else x
 
@@ -119,3 +122,15 @@ class Sampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+def check_process(sampler: Sampler, process) -> None:
+    """Refuse a sampler made for another process, naming both options and the samplers that fit."""
+    if sampler.process == process.name:
+        return
+    from . import SAMPLERS  # the registry imports this module
+
+    fitting = " or ".join(f"sampler={name}" for name, cls in SAMPLERS.items() if cls.process == process.name)
+    raise ValueError(
+        f"sampler={sampler.name} walks back process={sampler.process}, not process={process.name}; use {fitting}"
+    )
