@@ -1,4 +1,5 @@
-"""The process group: each process receives the built schedule / prediction / variance it asks for by name."""
+"""The process group: each process receives the built schedule / prediction / variance / degradation it asks for
+by name, and so do the parts it is given."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 import torch
 
 from diffusion_lab.build import build_process
-from diffusion_lab.diffusion import CosineSchedule, Diffusion, EDMProcess, VPrediction
+from diffusion_lab.diffusion import (
+    ColdDiffusion,
+    CosineSchedule,
+    Diffusion,
+    EDMProcess,
+    GaussianNoise,
+    VPrediction,
+)
 
 SPEC = {
     "schedule": {"_target_": "diffusion_lab.diffusion.CosineSchedule", "num_timesteps": 50},
@@ -69,3 +77,32 @@ def test_the_gaussian_process_keeps_the_module_s_discrete_behaviour():
     spaced = process.respaced(5)
     assert torch.equal(spaced.net_input(x, torch.arange(4))[1], spaced.timestep_map[:4])
     assert process.name == "ddpm" and process.has_likelihood and process.out_channel_factor == 1
+
+
+COLD = {"_target_": "diffusion_lab.diffusion.ColdDiffusion", "noise_std": 0.0}
+
+
+def test_cold_diffusion_gets_its_degradation_and_the_degradation_the_schedule():
+    spec = {
+        "schedule": SPEC["schedule"],
+        "process": COLD,
+        "degradation": {"_target_": "diffusion_lab.diffusion.GaussianNoise"},
+    }
+    process = build_process(spec)
+    assert isinstance(process, ColdDiffusion) and process.noise_std == 0.0
+    assert isinstance(process.degradation, GaussianNoise)
+    assert isinstance(process.degradation.schedule, CosineSchedule) and process.num_timesteps == 50
+
+
+def test_cold_diffusion_leaves_the_schedule_to_its_degradation_and_refuses_a_prediction():
+    """process/cold.yaml keeps the schedule group (the gaussian_noise degradation takes it): with another
+    degradation it goes unused but is not refused; a prediction, which nothing of cold diffusion takes, is."""
+    blur = {"_target_": "diffusion_lab.diffusion.GaussianBlur", "num_timesteps": 7}
+    process = build_process({"schedule": SPEC["schedule"], "process": COLD, "degradation": blur})
+    assert isinstance(process, ColdDiffusion) and process.num_timesteps == 7
+    with pytest.raises(ValueError) as err:
+        build_process({**SPEC, "process": COLD, "degradation": blur})
+    assert str(err.value) == (
+        "process=cold takes no prediction but prediction=v is set; drop it (~prediction where an experiment sets "
+        "it) or use process=ddpm"
+    )

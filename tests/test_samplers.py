@@ -315,6 +315,8 @@ def test_respaced_sampler_calls_the_network_with_original_timesteps():
 
 def test_sampler_registry_and_errors():
     assert sorted(SAMPLERS) == [
+        "cold_improved",
+        "cold_naive",
         "ddim",
         "ddpm",
         "dpmpp2m",
@@ -330,7 +332,7 @@ def test_sampler_registry_and_errors():
     assert isinstance(s, DDIMSampler) and s.steps == 20 and s.eta == 0.3
     assert isinstance(build_sampler("ddpm", steps="ddim50"), DDPMSampler)
     with pytest.raises(
-        ValueError, match=r"sampler='plms' is unknown; choose one of \['ddim', 'ddpm', 'dpmpp2m'"
+        ValueError, match=r"sampler='plms' is unknown; choose one of \['cold_improved', 'cold_naive', 'ddim'"
     ):
         build_sampler("plms")
     with pytest.raises(ValueError, match=r"sampler\.eta=-0\.1 is invalid"):

@@ -50,6 +50,8 @@ SPEC_KEYS = (
     "sampler",
     "model",
 )
+# Groups only some processes bring (process=cold's degradation), stored in the spec when the config has them.
+OPTIONAL_SPEC_KEYS = ("degradation",)
 
 
 @dataclass
@@ -66,7 +68,7 @@ def _container(node: Any) -> Any:
 
 
 def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None) -> dict:
-    spec = {key: _container(cfg[key]) for key in SPEC_KEYS if key in cfg}
+    spec = {key: _container(cfg[key]) for key in (*SPEC_KEYS, *OPTIONAL_SPEC_KEYS) if key in cfg}
     spec["data"] = _container(cfg.get("data"))
     spec.update(
         data_shape=list(data_shape), num_classes=num_classes, p_uncond=float(cfg.get("p_uncond", 0.0))
@@ -96,6 +98,9 @@ def build_parts(spec: dict) -> Parts:
     grid = "num_timesteps" in inspect.signature(timesteps_cls).parameters
     timesteps = instantiate(spec["timesteps"], **({"num_timesteps": diffusion.num_timesteps} if grid else {}))
     sampler = instantiate(spec["sampler"])
+    sampler.num_evaluations(
+        diffusion
+    )  # its steps must fit this process: a bad value fails now, not at a preview
     return Parts(diffusion, net, loss, timesteps, sampler)
 
 
@@ -128,27 +133,42 @@ def check_applies(part: type, group: str, process: Any) -> None:
     )
 
 
-# Groups a process may take as constructor arguments: declared once in the config, built here, injected.
-PROCESS_INPUTS = ("schedule", "prediction", "variance")
+# Groups a process (or a part given to it) may take as constructor arguments: declared once in the config, built
+# here, injected.
+PROCESS_INPUTS = ("schedule", "prediction", "variance", "degradation")
 
 
 def build_process(spec: dict):
     """The process (``process`` group; the Gaussian DDPM process by default, also for a checkpoint written
-    before the group existed), given the built schedule, prediction and variance it asks for by name. A process
-    that takes none of them (EDM, flow) drops them in its config; one set anyway is refused."""
+    before the group existed), given the built schedule, prediction, variance or degradation it asks for by name
+    (and a part it takes the same way: cold diffusion's gaussian_noise degradation gets the schedule). A group set
+    that nothing takes is refused (EDM and flow take none of them: their configs drop them), unless the process
+    leaves it to its parts (``inputs_for_parts``: cold's schedule, unused by the degradations other than noise)."""
     node = spec.get("process") or {"_target_": "diffusion_lab.diffusion.Diffusion"}
-    factory = instantiate(node, _partial_=True)
-    accepted = inspect.signature(factory).parameters
-    # A node without a _target_ is settings an experiment left for an option not chosen (as for lr_scheduler).
+    taken: set[str] = set()
+    process = _build_with_inputs(node, spec, taken)
     given = [k for k in PROCESS_INPUTS if "_target_" in (spec.get(k) or {}) and k not in node]
-    unused = [k for k in given if k not in accepted]
+    unused = [k for k in given if k not in taken and k not in getattr(process, "inputs_for_parts", ())]
     if unused:
-        k, name = unused[0], getattr(factory.func, "name", node["_target_"])
+        k, name = unused[0], getattr(process, "name", node["_target_"])
         raise ValueError(
             f"process={name} takes no {k} but {k}={_option_name(spec[k])} is set; drop it (~{k} where an "
             "experiment sets it) or use process=ddpm"
         )
-    return factory(**{k: instantiate(spec[k]) for k in given})
+    return process
+
+
+def _build_with_inputs(node: dict, spec: dict, taken: set[str]):
+    """``node`` built with the parts of ``spec`` its constructor names (PROCESS_INPUTS) and ``node`` does not
+    set, each built the same way (cold diffusion's gaussian_noise degradation takes the schedule); the groups
+    taken are added to ``taken``."""
+    factory = instantiate(node, _partial_=True)
+    accepted = inspect.signature(factory).parameters
+    # A node without a _target_ is settings an experiment left for an option not chosen (as for lr_scheduler).
+    given = [k for k in PROCESS_INPUTS if "_target_" in (spec.get(k) or {}) and k not in node]
+    inputs = {k: _build_with_inputs(spec[k], spec, taken) for k in given if k in accepted}
+    taken.update(inputs)
+    return factory(**inputs)
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None):
@@ -172,6 +192,8 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         p_uncond=float(cfg.get("p_uncond", 0.0)),
         spec=spec,
         compile=cfg.get("compile", False),
+        compile_eval=bool(cfg.get("compile_eval", False)),
+        compile_scope=str(cfg.get("compile_scope", "net")),
         channels_last=bool(cfg.get("channels_last", False)),
         nonfinite=cfg.get("nonfinite", "skip"),
     )

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .cli import checkpoint_argument, command
-from .compile_policy import compile_mode, compile_options
+from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
@@ -166,6 +166,7 @@ def load_network(cfg: DictConfig, device: torch.device):
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
+        use_compile_cache(cfg.get("compile_cache"))
         net = torch.compile(net, options=options)
     return parts, spec, ckpt, net, compiled
 
@@ -492,8 +493,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
     if "bpd" in metrics and not parts.diffusion.has_likelihood:
         raise UserError(
-            f"metrics=bpd needs a process with a likelihood bound; this checkpoint's process="
-            f"{parts.diffusion.name} has none: drop bpd (e.g. metrics=[fid,kid,pr,is])"
+            f"metrics=[bpd] needs a likelihood, which process={parts.diffusion.name} has not; "
+            f"leave bpd out (metrics=[{','.join(sample_metrics or ['fid'])}])"
         )
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")

@@ -53,7 +53,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     parts, spec, _ = load_checkpoint(ckpt, map_location="cpu")
     if parts.diffusion.name != "ddpm":
         raise UserError(
-            f"format=diffusers writes a DDPMPipeline, for process=ddpm checkpoints only; this one is "
+            f"format=diffusers exports the Gaussian process (process=ddpm); this checkpoint's is "
             f"process={parts.diffusion.name}"
         )
     from .interop.diffusers_folder import write_pipeline_folder

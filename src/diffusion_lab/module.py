@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from .compile_policy import compile_mode, compile_options
+from .compile_policy import check_scope, compile_mode, compile_network, compile_options, eval_stance
 from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
@@ -49,6 +49,8 @@ class DiffusionModule(L.LightningModule):
         p_uncond: float = 0.0,
         spec: dict | None = None,
         compile: bool | str = False,
+        compile_eval: bool = False,
+        compile_scope: str = "net",
         channels_last: bool = False,
         sample_bf16: bool = True,
         val_seed: int = 1234,
@@ -76,8 +78,13 @@ class DiffusionModule(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode(compile)
-        if self.compile_mode:
-            compile_options(self.compile_mode)  # a wrong mode fails here, not at the first training step
+        # Validation and sampling run eagerly unless compile_eval (compile_policy.eval_stance); compile_scope: the
+        # whole network or its repeated blocks (compile_policy.compile_network).
+        self.compile_eval = compile_eval
+        self.compile_scope = compile_scope
+        if self.compile_mode:  # a wrong mode or scope fails here, not at the first training step
+            compile_options(self.compile_mode)
+            check_scope(net, compile_scope)
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
@@ -103,7 +110,9 @@ class DiffusionModule(L.LightningModule):
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):
             # In place: parameter names (and so checkpoints) stay unchanged.
-            self.net.compile(options=compile_options(self.compile_mode, self.channels_last))
+            compile_network(
+                self.net, compile_options(self.compile_mode, self.channels_last), self.compile_scope
+            )
             self._compiled = True
 
     # ------------------------------------------------------------------ training
@@ -197,7 +206,14 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_guard.fold()
 
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
+    def eval_stance(self):
+        return eval_stance(bool(self.compile_mode), self.compile_eval)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        with self.eval_stance():
+            self._validate(batch, batch_idx)
+
+    def _validate(self, batch: Any, batch_idx: int) -> None:
         x0, y = self._split_batch(batch)
         # A fixed generator per batch: the same t and noise at every validation, so curves are comparable and
         # validation draws nothing from the global RNG (which exact resume restores).
@@ -234,8 +250,11 @@ class DiffusionModule(L.LightningModule):
             noise = torch.randn((b, *self.data_shape), device=self.device, generator=generator)
             # The step noise too comes from ``generator``: previews must not draw from the global RNG (which
             # exact resume restores) and are then the same at every validation, whatever the sampler.
-            with torch.autocast(
-                "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+            with (
+                torch.autocast(
+                    "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+                ),
+                self.eval_stance(),
             ):
                 x = sampler.sample(
                     self.diffusion,

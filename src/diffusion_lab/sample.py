@@ -26,7 +26,17 @@ from .samplers import SAMPLERS, Sampler
 
 __all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
-DIFFUSION_KEYS = ("process", "schedule", "prediction", "variance", "model", "loss", "weighting", "timesteps")
+DIFFUSION_KEYS = (
+    "process",
+    "degradation",
+    "schedule",
+    "prediction",
+    "variance",
+    "model",
+    "loss",
+    "weighting",
+    "timesteps",
+)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,5 +1,6 @@
-"""The diffusion mathematics as small parts: schedules, the forward processes (Gaussian, EDM, flow),
-parameterizations, reverse variances, preconditionings, losses, weightings, timestep samplers and the likelihood.
+"""The diffusion mathematics as small parts: schedules, the forward processes (Gaussian, EDM, flow, cold),
+parameterizations, reverse variances, preconditionings, losses, weightings, timestep samplers and the likelihood;
+cold diffusion's degradations and the prior of its fully degraded images.
 
     from diffusion_lab.diffusion import CosineSchedule, Diffusion, EDMProcess, FlowProcess
     diffusion = Diffusion(CosineSchedule(1000), prediction="eps", variance="fixed_small")
@@ -8,6 +9,16 @@ parameterizations, reverse variances, preconditionings, losses, weightings, time
 
 from __future__ import annotations
 
+from .cold import ColdDiffusion
+from .degradations import (
+    DEGRADATIONS,
+    Degradation,
+    Downsample,
+    GaussianBlur,
+    GaussianNoise,
+    SquareMask,
+    build_degradation,
+)
 from .edm import (
     PRECONDITIONINGS,
     EDMPreconditioning,
@@ -36,6 +47,7 @@ from .losses import (
     FlowMatchingLoss,
     HybridLoss,
     Loss,
+    RestorationLoss,
     SimpleLoss,
     VLBLoss,
     build_loss,
@@ -50,6 +62,7 @@ from .parameterizations import (
     X0Prediction,
     build_prediction,
 )
+from .prior import GaussianMixturePrior
 from .process import DenoiserOutput, Diffusion, ModelFn, parse_respacing
 from .process_base import Process
 from .schedules import (
@@ -98,7 +111,10 @@ from .weightings import (
 )
 
 __all__ = [
+    "ColdDiffusion",
     "CosineSchedule",
+    "DEGRADATIONS",
+    "Degradation",
     "DenoiserOutput",
     "Diffusion",
     "EDMLogNormalSampler",
@@ -114,6 +130,13 @@ __all__ = [
     "FlowModeSampler",
     "FlowProcess",
     "FlowUniformSampler",
+    "Downsample",
+    "EpsPrediction",
+    "FixedLargeVariance",
+    "FixedSmallVariance",
+    "GaussianBlur",
+    "GaussianMixturePrior",
+    "GaussianNoise",
     "HybridLoss",
     "ImportanceTimestepSampler",
     "InverseSigmaSquaredWeighting",
@@ -133,11 +156,13 @@ __all__ = [
     "Preconditioning",
     "Process",
     "QuadraticSchedule",
+    "RestorationLoss",
     "ReverseVariance",
     "SCHEDULES",
     "SNRWeighting",
     "SigmoidSchedule",
     "SimpleLoss",
+    "SquareMask",
     "TIMESTEP_SAMPLERS",
     "TimestepSampler",
     "UniformTimestepSampler",
@@ -153,6 +178,7 @@ __all__ = [
     "WEIGHTINGS",
     "Weighting",
     "X0Prediction",
+    "build_degradation",
     "build_loss",
     "build_prediction",
     "build_schedule",

@@ -5,7 +5,7 @@
 
 The network is called once by the caller; the loss does not own it. ``processes`` names the processes a loss
 applies to (``build`` refuses it with another): ``simple`` / ``vlb`` / ``hybrid`` the Gaussian one (ddpm),
-``edm`` the σ-space process of Karras et al. 2022, ``flow`` rectified flow.
+``edm`` the σ-space process of Karras et al. 2022, ``flow`` rectified flow, ``restoration`` cold diffusion.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ __all__ = [
     "HybridLoss",
     "EDMLoss",
     "FlowMatchingLoss",
+    "RestorationLoss",
     "vb_terms_bpd",
     "LOSSES",
     "build_loss",
+    "check_compatible",
 ]
 
 
@@ -151,12 +153,37 @@ class FlowMatchingLoss(Loss):
         return {"loss": self.weighting(process, t) * mse, "mse": mse}
 
 
+class RestorationLoss(Loss):
+    """Cold diffusion's restoration loss: |R(D(x_0, t), t) - x_0| averaged over dimensions (``norm="l1"``, the
+    paper's) or its square (``norm="l2"``). The network's output is the restored x̂_0 itself."""
+
+    name = "restoration"
+    processes = ("cold",)
+    NORMS = ("l1", "l2")
+
+    def __init__(self, weighting: Weighting | None = None, norm: str = "l1"):
+        if weighting is not None and not isinstance(weighting, UniformWeighting):
+            raise ValueError(
+                f"loss=restoration takes no weighting (the weightings are functions of a Gaussian schedule's SNR), "
+                f"but weighting={weighting.name} was given; use weighting=uniform"
+            )
+        if norm not in self.NORMS:
+            raise ValueError(f"loss.norm={norm!r} is unknown; choose one of {list(self.NORMS)}")
+        self.norm = norm
+
+    def __call__(self, process, model_out, x0, xt, t, noise):
+        error = model_out.float() - x0
+        l1, mse = mean_flat(error.abs()), mean_flat(error.square())
+        return {"loss": l1 if self.norm == "l1" else mse, "l1": l1, "mse": mse}
+
+
 LOSSES: dict[str, type[Loss]] = {
     "simple": SimpleLoss,
     "vlb": VLBLoss,
     "hybrid": HybridLoss,
     "edm": EDMLoss,
     "flow": FlowMatchingLoss,
+    "restoration": RestorationLoss,
 }
 
 

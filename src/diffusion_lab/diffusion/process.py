@@ -73,13 +73,13 @@ class Diffusion(Process):
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
 
-    def corrupt(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The network's training input at timestep t: x_t ~ q(x_t | x_0) with the given noise."""
-        return q_sample(self.schedule, x0, t, noise)
-
     @property
     def out_channel_factor(self) -> int:
         return self.variance.out_channel_factor
+
+    def corrupt(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The network's training input at timestep t: x_t ~ q(x_t | x_0) with the given noise."""
+        return q_sample(self.schedule, x0, t, noise)
 
     # ------------------------------------------------------------------ network output
     def split_output(self, out: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:

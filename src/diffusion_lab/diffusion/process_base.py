@@ -14,6 +14,9 @@ processes (EDM's σ, a flow's t in [0, 1]) override the three that read ``t``.
     bucket(t, num_buckets)   which of ``num_buckets`` noise-level bins t falls in (0: least noise), for the logs
     has_likelihood           whether the variational bound (bits/dim) exists
     out_channel_factor       network output channels per data channel (2 when a variance is learned)
+    inputs_for_parts         injected groups the process does not take itself but leaves to the parts it takes
+                             (cold diffusion: the schedule, for its gaussian_noise degradation); ``build``
+                             refuses any other group set that nothing takes
     state_dict / load_state_dict   anything fitted from data, stored in checkpoints
 """
 
@@ -29,6 +32,7 @@ class Process:
     name = "base"
     has_likelihood = False
     out_channel_factor = 1
+    inputs_for_parts: tuple[str, ...] = ()
     num_timesteps: int
 
     def corrupt(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 ``sample(batch_size, device)`` returns ``(t, weights)``; the trainer multiplies each per-sample loss by its
 weight, so E[weight · L_t] under the sampler equals E[L_t] under the uniform distribution.
 
-The discrete samplers draw integer timesteps of the Gaussian process (ddpm). The continuous ones draw a noise
+The discrete samplers draw integer levels of a discrete process (ddpm, cold). The continuous ones draw a noise
 level from a density with unit weights (the density is itself the design choice, as a loss weighting is): EDM's σ
 (log-normal; Table 1's VP and VE distributions) and a flow's t in [0, 1] (uniform, logit-normal, mode).
 ``processes`` names the processes a sampler applies to.
@@ -36,7 +36,7 @@ __all__ = [
 
 class TimestepSampler:
     name = "base"
-    processes: tuple[str, ...] = ("ddpm",)
+    processes: tuple[str, ...] = ("ddpm", "cold")  # the processes on integer levels 0 .. T-1
 
     def __init__(self, num_timesteps: int):
         if num_timesteps < 1:

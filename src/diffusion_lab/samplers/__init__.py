@@ -1,10 +1,12 @@
 """Samplers: ancestral DDPM (full or respaced), DDIM(η), and the probability-flow ODE solvers Euler, Heun and
 DPM-Solver++(2M) for the Gaussian process; Karras et al.'s Euler / Heun / stochastic samplers for EDM; Euler and
-Heun for a flow. Each takes the model as a callable; ``processes`` names the processes a sampler walks."""
+Heun for a flow; cold diffusion's naive and improved samplers. Each takes the model as a callable; ``processes``
+names the processes a sampler walks."""
 
 from __future__ import annotations
 
 from .base import Sampler, Trajectory
+from .cold import ColdSampler, ImprovedColdSampler, NaiveColdSampler
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .edm import EDMEulerSampler, EDMHeunSampler, EDMStochasticSampler
@@ -22,6 +24,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "edm_stochastic": EDMStochasticSampler,
     "flow_euler": FlowEulerSampler,
     "flow_heun": FlowHeunSampler,
+    "cold_naive": NaiveColdSampler,
+    "cold_improved": ImprovedColdSampler,
 }
 
 
@@ -46,6 +50,9 @@ __all__ = [
     "EDMStochasticSampler",
     "FlowEulerSampler",
     "FlowHeunSampler",
+    "ColdSampler",
+    "NaiveColdSampler",
+    "ImprovedColdSampler",
     "SAMPLERS",
     "build_sampler",
 ]

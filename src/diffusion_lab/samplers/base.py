@@ -24,9 +24,11 @@ __all__ = ["Sampler", "Trajectory"]
 @dataclass
 class Trajectory:
     """Per-step states for visualisation, one entry per kept step (in sampling order): ``timesteps[i]`` (the
-    original index the network saw; EDM's σ_i, a flow's t_i), ``pred_x0[i]`` (its x̂_0 at the step's input) and ``xt[i]`` (the state
-    after the step, i.e. the next step's input; the last is the sample)."""
+    original index the network saw; EDM's σ_i, a flow's t_i), ``pred_x0[i]`` (its x̂_0 at the step's input) and
+    ``xt[i]`` (the state after the step, i.e. the next step's input; the last is the sample); ``start`` is the first
+    step's input."""
 
+    start: Tensor | None = None
     timesteps: list[int | float] = field(default_factory=list)
     xt: list[Tensor] = field(default_factory=list)
     pred_x0: list[Tensor] = field(default_factory=list)
@@ -73,7 +75,7 @@ class Sampler:
         ``generator``; with ``return_trajectory`` also the per-step states (one entry per kept step)."""
         spaced = diffusion.respaced(self.steps)
         x = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
-        trajectory = Trajectory() if return_trajectory else None
+        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
         x = self.solve(spaced, model, x, generator=generator, progress=progress, trajectory=trajectory)
         return (x, trajectory) if return_trajectory else x
 

@@ -126,7 +126,7 @@ class EDMHeunSampler(Sampler):
         def denoise(x: Tensor, sigma: float) -> Tensor:
             return diffusion.denoised(model, x, torch.full((x.shape[0],), sigma, device=x.device))
 
-        trajectory = Trajectory() if return_trajectory else None
+        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
         bar = tqdm(total=self.steps, desc=f"{self.name} sampling", disable=not progress, leave=False)
 
         def on_step(i: int, sigma: float, x: Tensor, denoised: Tensor) -> None:

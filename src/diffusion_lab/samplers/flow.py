@@ -92,7 +92,7 @@ class FlowEulerSampler(Sampler):
         def velocity(x: Tensor, t: float) -> Tensor:
             return diffusion.velocity(model, x, torch.full((x.shape[0],), t, device=x.device))
 
-        trajectory = Trajectory() if return_trajectory else None
+        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
         bar = tqdm(total=self.steps, desc=f"{self.name} sampling", disable=not progress, leave=False)
 
         def on_step(i: int, t: float, x: Tensor, pred_x0: Tensor) -> None:
