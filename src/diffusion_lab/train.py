@@ -174,9 +174,18 @@ TYPED_KEYS: dict[str, tuple] = {
 }
 
 
+# The value of ``autoencoder`` in an experiment that only makes sense in a latent space (fmnist_latent).
+AUTOENCODER_REQUIRED = "required"
+
+
 def check_config(cfg: DictConfig) -> None:
     """Start-up checks of values that no part checks itself: one line naming the key, before any work."""
     check_types(cfg, TYPED_KEYS)
+    if cfg.get("autoencoder") == AUTOENCODER_REQUIRED:
+        raise UserError(
+            "autoencoder= is required by this experiment: pass autoencoder=<run directory of "
+            "experiment=autoencoder_fmnist>/checkpoints/last.ckpt (a task=autoencoder checkpoint)"
+        )
     policy = cfg.get("nonfinite", "skip")
     if policy not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
