@@ -23,7 +23,13 @@ from conftest import (
     small_train_cfg,
     train_tiny_autoencoder,
 )
-from diffusion_lab.build import build_datamodule, build_module, load_autoencoder, load_checkpoint
+from diffusion_lab.build import (
+    CheckpointError,
+    build_datamodule,
+    build_module,
+    load_autoencoder,
+    load_checkpoint,
+)
 from diffusion_lab.data import EncodedDataset
 from diffusion_lab.diffusion import CosineSchedule, Diffusion
 from diffusion_lab.errors import UserError
@@ -424,24 +430,27 @@ def test_bad_autoencoder_path_is_one_line_naming_the_option(tmp_path):
     assert_one_line_error(proc, f"autoencoder='{tmp_path / 'missing.ckpt'}' does not exist")
 
 
-def test_a_diffusion_checkpoint_is_no_autoencoder(latent_checkpoint, tmp_path):
-    proc = run_train(tmp_path, "data=digits", f"autoencoder={latent_checkpoint}")
-    assert_one_line_error(proc, "is a diffusion checkpoint, not an autoencoder")
+def test_a_diffusion_checkpoint_is_no_autoencoder(latent_checkpoint):
+    with pytest.raises(CheckpointError) as err:
+        load_autoencoder(latent_checkpoint)
+    assert str(err.value) == (
+        f"autoencoder={str(latent_checkpoint)!r} is a diffusion checkpoint, not an autoencoder; pass the "
+        "last.ckpt of a `python -m diffusion_lab.train experiment=autoencoder_fmnist` run"
+    )
 
 
 def test_an_autoencoder_does_not_sample(tiny_autoencoder, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "diffusion_lab.sample", f"ckpt_path={tiny_autoencoder}", "device=cpu"],
-        capture_output=True, text=True, env=cli_env(tmp_path), timeout=300,
-    )  # fmt: skip
-    assert_one_line_error(proc, "is an autoencoder (task=autoencoder), which does not sample", "autoencoder=")
+    with pytest.raises(CheckpointError) as err:
+        sample(compose_train([f"ckpt={tiny_autoencoder}", "device=cpu"], config_name="sample"))
+    assert "is an autoencoder (task=autoencoder), which does not sample" in str(err.value)
+    assert f"autoencoder={tiny_autoencoder}" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_latent_experiment_requires_an_autoencoder(tmp_path):
-    proc = run_train(tmp_path, "experiment=fmnist_latent", "trainer=cpu")
-    assert_one_line_error(
-        proc, "autoencoder= is required by this experiment", "experiment=autoencoder_fmnist"
-    )
+    with pytest.raises(UserError) as err:
+        train(small_train_cfg(tmp_path, "experiment=fmnist_latent"))
+    assert str(err.value).startswith("autoencoder= is required by this experiment: pass autoencoder=")
+    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
@@ -461,3 +470,31 @@ def test_autoencoder_option_refuses_what_it_cannot_encode(overrides, match, tiny
     with pytest.raises(UserError) as err:
         build_datamodule(cfg)
     assert match in str(err.value) and "\n" not in str(err.value)
+
+
+def test_export_refuses_a_latent_checkpoint(latent_checkpoint, tmp_path):
+    from diffusion_lab.export import export
+
+    cfg = compose_train([f"ckpt={latent_checkpoint}", f"out={tmp_path / 'pipe'}"], config_name="export")
+    with pytest.raises(UserError, match="DDPMPipeline, which has no autoencoder") as err:
+        export(cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "pipe").exists()
+
+
+# --------------------------------------------------------------------------------------------- the task group
+@pytest.mark.parametrize("task", group_options("task"))
+def test_every_task_option_fast_dev_runs(task, tmp_path):
+    overrides = [f"task={task}", "data=digits", f"paths.cache_dir={tmp_path / 'cache'}"]
+    if task == "autoencoder":
+        overrides += TINY_AUTOENCODER
+    result = train(small_train_cfg(tmp_path / "run", *overrides, fast_dev_run=True))
+    assert result["global_step"] == 1 and np.isfinite(result["metrics"]["train/loss"])
+    spec = load_checkpoint_spec(Path(result["checkpoint"]))
+    assert spec.get("task", "diffusion") == task
+
+
+def load_checkpoint_spec(path: Path) -> dict:
+    from diffusion_lab.build import read_checkpoint
+    from diffusion_lab.module import CHECKPOINT_KEY
+
+    return read_checkpoint(path)[CHECKPOINT_KEY]["spec"]
