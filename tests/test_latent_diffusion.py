@@ -305,6 +305,7 @@ def test_diffusion_options_compose_on_latents(overrides, latent_data, tiny_autoe
     module = build_module(cfg, latent_data.data_shape, num_classes, latent=latent_data)
     assert module.spec["data_shape"] == list(LATENT_SHAPE)
     assert module.spec["latent"]["scale_factor"] == latent_data.scale_factor
+    assert not module.spec["sampler"]["clip_denoised"] and not module.sampler.clip_denoised  # as it runs
     x0, y = next(iter(torch.utils.data.DataLoader(latent_data.dataset("train"), batch_size=4)))
     t, _ = module.timesteps.sample(4)
     terms = module._forward_terms(x0, y if num_classes else None, t, torch.randn_like(x0))

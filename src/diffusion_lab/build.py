@@ -130,6 +130,8 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
     spec = make_spec(cfg, data_shape, num_classes)
     if latent is not None:
         spec["latent"] = latent.latent_spec()
+        if "clip_denoised" in spec["sampler"]:  # stored as it runs: x̂_0 is never clipped on latents
+            spec["sampler"]["clip_denoised"] = False
     parts = build_parts(spec)
     return DiffusionModule(
         net=parts.net,

@@ -336,15 +336,13 @@ def write_final_samples(
 
 
 def write_reconstructions(module, datamodule, n: int, output_dir: Path) -> dict[str, str]:
-    """The first ``n`` validation images (odd rows) above their reconstructions (even rows), as one PNG."""
+    """Validation images and their reconstructions as one PNG: each row of images above a row of what the
+    autoencoder makes of them (about ``n`` images, whole rows only)."""
+    nrow = max(1, int(round(n**0.5)))
     images = datamodule.real_images("val", n)
+    images = images[: max(1, len(images) // nrow) * nrow]
     recon = module.reconstruct(images)
-    nrow = max(1, int(round(len(images) ** 0.5)))
-    rows = [
-        t
-        for start in range(0, len(images), nrow)
-        for t in (images[start : start + nrow], recon[start : start + nrow])
-    ]
+    rows = [part[start : start + nrow] for start in range(0, len(images), nrow) for part in (images, recon)]
     grid = save_grid(torch.cat(rows), output_dir / "samples" / "reconstructions.png", nrow=nrow)
     return {"reconstructions_grid": str(grid)}
 
