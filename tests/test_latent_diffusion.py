@@ -364,7 +364,7 @@ def test_sample_cli_writes_decoded_images(latent_checkpoint, tmp_path):
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # float rounding at a .5 boundary
 
 
-def test_sample_in_process_matches_its_stored_sampler(latent_checkpoint, tmp_path):
+def test_sample_in_process_writes_pixel_images(latent_checkpoint, tmp_path):
     cfg = compose_train(
         [
             f"ckpt={latent_checkpoint}",
