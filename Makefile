@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data browser train test test-all lint format bench clean
+.PHONY: setup data browser train test test-all slurm-test lint format bench clean
 
 setup: $(STAMP) data
 
@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	# torch/torchvision first: on the dev/CI machines pip takes these two from local disk.
 	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(VPY) -m pip install -q torch torchvision
-	# bench: diffusers and denoising-diffusion-pytorch, which the sampler cross-checks compare against.
-	$(VPY) -m pip install -q -e ".[dev,bench]"
+	# bench: diffusers and denoising-diffusion-pytorch, which the sampler cross-checks compare against;
+	# slurm, ray: the cluster launchers, which the tests run on a local SLURM cluster and a local Ray instance.
+	$(VPY) -m pip install -q -e ".[dev,bench,slurm,ray]"
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's `dataset-fashion-mnist` package (offline-capable mirror).
@@ -41,6 +42,12 @@ test: setup browser
 
 test-all: setup browser
 	$(VPY) -m pytest -q $(ARGS)
+
+# A single-node SLURM cluster on this machine (scripts/slurm_local.sh: slurm-wlm and munge from apt, needs root
+# or sudo), the tests that submit jobs to it, then the cluster stopped again.
+slurm-test: setup
+	scripts/slurm_local.sh start
+	$(VPY) -m pytest -q -m slurm $(ARGS); status=$$?; scripts/slurm_local.sh stop; exit $$status
 
 lint: setup
 	$(VENV)/bin/ruff check src tests experiments

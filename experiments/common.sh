@@ -16,7 +16,8 @@
 #   FID_N / BPD_N  generated samples per FD/FID (default 10000) / images for bits/dim (500)
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
-#   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it)
+#   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it);
+#               a SWEEP line starts with @<its name>, an EVAL line restricted to one sweep with @<that name>
 set -euo pipefail
 
 PY=${PY:-python}
@@ -68,7 +69,7 @@ train_sweep() {
   local name=$1
   shift
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "SWEEP $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")"
+    echo "SWEEP @$name $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")"
     return 0
   fi
   mkdir -p "$STUDY_OUT"
@@ -96,16 +97,17 @@ ensure_features() {
   "$PY" -m diffusion_lab.features data=fashion_mnist "out=$FEATURES" "${DATA_TRAIN[@]}" || STATUS=1
 }
 
-# queue_eval NAME OVERRIDES...: queue an `evaluate` of every job's last checkpoint under $STUDY_OUT, written to
+# queue_eval NAME OVERRIDES...: queue an `evaluate` of every job's last checkpoint under $STUDY_OUT (only those of
+# the sweep named EVAL_UNDER when it is set: a sampler that applies to one process only), written to
 # <job>/evaluation/NAME (log: <job>/evaluation_NAME.log), each setting scored on SAMPLE_SETS independent sample
 # sets; run_queue runs the queue spread over the GPUs.
 TASKS=()
 queue_eval() {
-  local name=$1
+  local name=$1 under=${EVAL_UNDER:-}
   shift
   set -- "$@" "sample_sets=$SAMPLE_SETS"
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "EVAL $(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"
+    echo "EVAL ${under:+@$under }$(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"
     return 0
   fi
   wait_sweeps
@@ -115,7 +117,7 @@ queue_eval() {
     # ckpt / out_dir quoted for Hydra: job folders are named by their overrides (they hold '=' and ',').
     TASKS+=("$(printf '%q ' "$PY" -m diffusion_lab.evaluate "ckpt='$ckpt'" "out_dir='$job/evaluation/$name'" \
       "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@" "${EVAL_EXTRA[@]}") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
-  done < <(find "$STUDY_OUT" -path '*/checkpoints/last.ckpt' -print0 | sort -z)
+  done < <(find "$STUDY_OUT${under:+/$under}" -path '*/checkpoints/last.ckpt' -print0 | sort -z)
 }
 
 run_queue() {

@@ -28,6 +28,20 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
+def option_processes(group: str, option: str) -> tuple[str, ...] | None:
+    """The processes the part of conf/<group>/<option>.yaml applies to (its class's ``processes``; None: any)."""
+    import yaml
+    from hydra.utils import get_class
+
+    target = yaml.safe_load((Path(CONFIG_DIR) / group / f"{option}.yaml").read_text())["_target_"]
+    return getattr(get_class(target), "processes", None)
+
+
+def process_options(group: str, process: str) -> list[str]:
+    """The options of a group that apply to ``process`` (ddpm, edm, flow)."""
+    return [o for o in group_options(group) if (p := option_processes(group, o)) is None or process in p]
+
+
 def config_groups() -> list[str]:
     """Every config group (sub-folder of conf/)."""
     return sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and any(p.glob("*.yaml")))
@@ -63,7 +77,7 @@ CPU_ONLY = [
 ]
 # A few cheap steps: tiny data, few timesteps, few sampling steps, few samples.
 SMALL_RUN = [
-    "schedule.num_timesteps=50",
+    "++schedule.num_timesteps=50",  # ++: leftover settings (ignored) where the process takes no schedule
     "sampler.steps=3",
     "final_samples=4",
     "data.batch_size=16",

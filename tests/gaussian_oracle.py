@@ -249,3 +249,125 @@ class GaussianImages:
     def real_images(self, split: str, n: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.SPLIT_SEEDS[split])
         return self.mu + self.s * torch.randn(min(n, self.size), *self.data_shape, generator=g)
+
+
+# --------------------------------------------------------------------------------------------- EDM and flow
+# Karras et al. 2022, Table 1, written out here in float64 (the library's preconditionings are checked against
+# these): (c_skip, c_out, c_in, c_noise) of sigma, and sigma back from c_noise.
+VP_BETA_D, VP_BETA_MIN, VP_M = 19.9, 0.1, 1000
+
+
+def vp_sigma_of_time(t):
+    return np.sqrt(np.exp(0.5 * VP_BETA_D * np.square(t) + VP_BETA_MIN * np.asarray(t)) - 1.0)
+
+
+def table1_scalings(precond: str, sigma, sigma_data: float = 0.5):
+    sigma = np.asarray(sigma, dtype=np.float64)
+    one = np.ones_like(sigma)
+    if precond == "vp":
+        t = (np.sqrt(VP_BETA_MIN**2 + 2 * VP_BETA_D * np.log1p(sigma**2)) - VP_BETA_MIN) / VP_BETA_D
+        return one, -sigma, 1 / np.sqrt(sigma**2 + 1), (VP_M - 1) * t
+    if precond == "ve":
+        return one, sigma, one, np.log(0.5 * sigma)
+    sd2 = sigma_data**2
+    return (
+        sd2 / (sigma**2 + sd2),
+        sigma * sigma_data / np.sqrt(sigma**2 + sd2),
+        1 / np.sqrt(sigma**2 + sd2),
+        0.25 * np.log(sigma),
+    )
+
+
+def sigma_from_c_noise(precond: str, c_noise: torch.Tensor) -> torch.Tensor:
+    c = c_noise.double()
+    if precond == "vp":
+        t = c / (VP_M - 1)
+        return torch.sqrt(torch.exp(0.5 * VP_BETA_D * t * t + VP_BETA_MIN * t) - 1.0)
+    if precond == "ve":
+        return 2.0 * torch.exp(c)
+    return torch.exp(4.0 * c)
+
+
+def edm_posterior_mean(x: torch.Tensor, sigma: torch.Tensor, mu: float, s: float) -> torch.Tensor:
+    """E[x_0 | x_0 + sigma n = x] for x_0 ~ N(mu, s^2): mu + s^2 / (s^2 + sigma^2) (x - mu)."""
+    return mu + s * s / (s * s + sigma * sigma) * (x - mu)
+
+
+class EDMGaussianNet:
+    """The network F that makes a preconditioning's D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) the exact
+    denoiser of x_0 ~ N(mu, s^2): it reads sigma back from c_noise and x from c_in x (Table 1, in float64) and
+    returns F = (E[x_0 | x] - c_skip x) / c_out. Counts its calls and records the sigma of each."""
+
+    def __init__(self, precond: str, mu: float, s: float, sigma_data: float = 0.5):
+        self.precond, self.mu, self.s, self.sigma_data = precond, mu, s, sigma_data
+        self.calls = 0
+        self.sigmas: list[float] = []
+
+    def __call__(self, net_x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        sigma = sigma_from_c_noise(self.precond, c_noise)
+        self.sigmas.append(float(sigma[0]))
+        c_skip, c_out, c_in, _ = (
+            torch.as_tensor(v).reshape((-1,) + (1,) * (net_x.ndim - 1))
+            for v in table1_scalings(self.precond, sigma.numpy(), self.sigma_data)
+        )
+        sig = sigma.reshape((-1,) + (1,) * (net_x.ndim - 1))
+        x = net_x.double() / c_in
+        return ((edm_posterior_mean(x, sig, self.mu, self.s) - c_skip * x) / c_out).to(net_x.dtype)
+
+
+def flow_velocity(x: torch.Tensor, t: torch.Tensor, mu: float, s: float) -> torch.Tensor:
+    """E[eps - x_0 | x_t = x] for x_t = (1 - t) x_0 + t eps, x_0 ~ N(mu, s^2): with m = (1 - t) mu and
+    v_t = (1 - t)^2 s^2 + t^2, E[eps | x] = t (x - m) / v_t and E[x_0 | x] = mu + (1 - t) s^2 (x - m) / v_t."""
+    m = (1 - t) * mu
+    var = (1 - t) ** 2 * s * s + t * t
+    return t * (x - m) / var - (mu + (1 - t) * s * s * (x - m) / var)
+
+
+class FlowGaussianNet:
+    """The exact velocity network of x_0 ~ N(mu, s^2) (or of a mixture: see ``FlowMixtureNet``), called as the
+    flow process calls it: ``net(x, time_scale * t)``. Counts its calls and records each t."""
+
+    def __init__(self, mu: float, s: float, time_scale: float = 1000.0):
+        self.mu, self.s, self.time_scale = mu, s, time_scale
+        self.calls = 0
+        self.times: list[float] = []
+
+    def __call__(self, x: torch.Tensor, scaled_t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        t = (scaled_t.double() / self.time_scale).reshape((-1,) + (1,) * (x.ndim - 1))
+        self.times.append(float(t.flatten()[0]))
+        return flow_velocity(x.double(), t, self.mu, self.s).to(x.dtype)
+
+
+def toy_mixture() -> tuple[np.ndarray, float]:
+    """data=toy2d name=gaussian_mixture as a population: 8 equal components N(c_k, s^2 I) with centres 2·(cos, sin)
+    of 2πk/8 and s = 0.1, scaled (as make_toy2d scales its points) by the population's standard deviation
+    sqrt(2 + 0.1^2) (each axis of the centres has variance 2^2 / 2). Returns (centres (8, 2), s)."""
+    angles = 2 * np.pi * np.arange(8) / 8
+    scale = math.sqrt(2.0 + 0.01)
+    return 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1) / scale, 0.1 / scale
+
+
+class FlowMixtureNet:
+    """The exact velocity of x_0 ~ (1/K) Σ_k N(c_k, s^2 I) in 2-D. Given component k, x_t ~ N((1 - t) c_k, v_t I)
+    with v_t = (1 - t)^2 s^2 + t^2, and E[eps - x_0 | x_t, k] is ``flow_velocity`` per coordinate; the velocity is
+    its average under the responsibilities r_k(x) ∝ exp(-|x - (1 - t) c_k|^2 / (2 v_t)). Called as the flow
+    process calls it: ``net(x, time_scale * t)``."""
+
+    def __init__(self, centres: np.ndarray, s: float, time_scale: float = 1000.0):
+        self.centres = torch.as_tensor(centres, dtype=torch.float64)  # (K, 2)
+        self.s, self.time_scale = s, time_scale
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, scaled_t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        t = (scaled_t.double() / self.time_scale)[:, None, None]  # (B, 1, 1)
+        xx = x.double()[:, None, :]  # (B, 1, 2)
+        c = self.centres[None]  # (1, K, 2)
+        var = (1 - t) ** 2 * self.s**2 + t * t
+        logits = -((xx - (1 - t) * c) ** 2).sum(-1) / (2 * var[..., 0])  # (B, K)
+        r = torch.softmax(logits, dim=1)[..., None]  # (B, K, 1)
+        m = (1 - t) * c
+        per_component = t * (xx - m) / var - (c + (1 - t) * self.s**2 * (xx - m) / var)  # (B, K, 2)
+        return (r * per_component).sum(1).to(x.dtype)

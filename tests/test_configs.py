@@ -16,16 +16,19 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import (
+    TINY_MODEL,
     compose_train,
     config_groups,
     group_options,
+    option_processes,
+    process_options,
     write_fake_cifar,
     write_fake_idx_root,
     write_image_folder,
 )
-from diffusion_lab.build import SPEC_KEYS, build_module, build_parts, make_spec
+from diffusion_lab.build import OPTIONAL_SPEC_KEYS, SPEC_KEYS, build_module, build_parts, make_spec
 from diffusion_lab.data import DiffusionDataModule
-from diffusion_lab.diffusion import Diffusion, Loss, NoiseSchedule, TimestepSampler, q_sample
+from diffusion_lab.diffusion import ColdDiffusion, Diffusion, Loss, NoiseSchedule, TimestepSampler
 from diffusion_lab.errors import root_cause
 from diffusion_lab.samplers import Sampler
 
@@ -34,6 +37,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LEARNED = {"learned", "learned_range"}
 # The diffusion parts are what vary here: the smallest network will do.
 TINY_MLP = ["model=mlp", "model.hidden=8", "model.num_layers=1", "model.time_embed_dim=8"]
+
+
+def cold_only(group: str, option: str) -> bool:
+    """Options made for process=cold (which degrades images: built on images by test_every_cold_part_builds):
+    the process, its degradations, and the parts whose class names only process "cold"."""
+    if group in ("process", "degradation"):
+        return group == "degradation" or option == "cold"
+    return group in PART_GROUPS and option_processes(group, option) == ("cold",)
 
 
 def valid_combination(loss: str, variance: str, weighting: str) -> bool:
@@ -47,7 +58,14 @@ def valid_combination(loss: str, variance: str, weighting: str) -> bool:
 
 
 def partners(group: str, option: str) -> list[str]:
-    """Overrides that make ``group=option`` a valid combination with the rest of the defaults."""
+    """Overrides that make ``group=option`` a valid combination with the rest of the defaults: a part of EDM, a
+    flow or cold diffusion comes with its process (which brings that process's other defaults), and so does a
+    degradation (cold's)."""
+    if group == "degradation":
+        return ["process=cold"]
+    processes = option_processes(group, option) if group in PART_GROUPS else None
+    if processes is not None and "ddpm" not in processes:
+        return [f"process={processes[0]}"]
     if group == "variance" and option in LEARNED:
         return ["loss=hybrid"]
     if group == "loss" and option == "hybrid":
@@ -55,19 +73,41 @@ def partners(group: str, option: str) -> list[str]:
     return []
 
 
+# The groups whose parts name the processes they apply to.
+PART_GROUPS = ("loss", "weighting", "timesteps", "sampler")
+
+
+def dropped_by(process: str) -> set[str]:
+    """The groups a process's config drops: EDM and flow take no schedule / prediction / variance; cold keeps
+    the schedule (its gaussian_noise degradation takes it)."""
+    return {"ddpm": set(), "cold": {"prediction", "variance"}}.get(
+        process, {"schedule", "prediction", "variance"}
+    )
+
+
 # ------------------------------------------------------------------------------------------ composition
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g in config_groups() if g != "hydra" for o in group_options(g)]
 )
 def test_every_option_composes_and_resolves(group, option, tmp_path):
-    overrides = [f"{group}={option}"]
+    overrides = [f"{group}={option}", *partners(group, option)]
     if group == "data" and option == "image_folder":
         overrides.append(f"data.root={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert container["paths"]["output_dir"] == str(tmp_path)
+    process = cfg.process._target_.rsplit(".", 1)[-1]
+    names = {"Diffusion": "ddpm", "EDMProcess": "edm", "FlowProcess": "flow", "ColdDiffusion": "cold"}
+    dropped = dropped_by(names[process])
     for key in SPEC_KEYS:
-        assert "_target_" in container[key], key
+        if key in dropped:
+            assert key not in container, key
+        else:
+            assert "_target_" in container[key], key
+    for key in OPTIONAL_SPEC_KEYS:
+        assert key not in container or "_target_" in container[key], key
+    if process == "ColdDiffusion":  # it brings its degradation
+        assert "_target_" in container["degradation"]
 
 
 def test_unknown_option_lists_the_choices():
@@ -92,6 +132,8 @@ def option_node(group: str, option: str) -> dict:
 
 
 def the_part(parts, group: str):
+    if group == "process":
+        return parts.diffusion
     if group in ("schedule", "prediction", "variance"):
         return getattr(parts.diffusion, group)
     if group == "weighting":
@@ -103,36 +145,126 @@ def the_part(parts, group: str):
     "group,option",
     [
         (g, o)
-        for g in ("schedule", "prediction", "variance", "loss", "weighting", "timesteps", "sampler")
+        for g in (
+            "process",
+            "schedule",
+            "prediction",
+            "variance",
+            "loss",
+            "weighting",
+            "timesteps",
+            "sampler",
+        )
         for o in group_options(g)
+        if not cold_only(g, o)  # test_every_cold_part_builds
     ],
 )
 def test_every_diffusion_part_builds(group, option):
     cfg = compose_train([f"{group}={option}", *partners(group, option), *TINY_MLP])
     parts = build_parts(make_spec(cfg, (2,), None))
-    assert isinstance(parts.diffusion, Diffusion)
-    assert isinstance(parts.diffusion.schedule, NoiseSchedule)
     assert isinstance(parts.loss, Loss)
     assert isinstance(parts.timesteps, TimestepSampler)
     assert isinstance(parts.sampler, Sampler)
     part = the_part(parts, group)
     assert type(part).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
-    assert parts.timesteps.num_timesteps == parts.diffusion.num_timesteps == cfg.schedule.num_timesteps
+    for kind in (parts.loss, parts.timesteps, parts.sampler):  # every part fits the process it was built with
+        assert type(kind).processes is None or parts.diffusion.name in type(kind).processes
+    if isinstance(parts.diffusion, Diffusion):
+        assert isinstance(parts.diffusion.schedule, NoiseSchedule)
+        assert parts.timesteps.num_timesteps == parts.diffusion.num_timesteps == cfg.schedule.num_timesteps
 
-    # One loss evaluation on a network output of the right shape (2 x channels when the variance is learned).
+    # One loss evaluation on a network output of the right shape (2 x channels when the variance is learned),
+    # as the module makes it: corrupt through the process, call the network on its net_input.
     x0 = torch.randn(4, 2)
     t, weights = parts.timesteps.sample(4)
     noise = torch.randn_like(x0)
-    xt = q_sample(parts.diffusion.schedule, x0, t, noise)
-    out = parts.net(xt, t)
-    assert out.shape == (4, 2 * parts.diffusion.variance.out_channel_factor)
+    xt = parts.diffusion.corrupt(x0, t, noise)
+    out = parts.net(*parts.diffusion.net_input(xt, t))
+    assert out.shape == (4, 2 * parts.diffusion.out_channel_factor)
     terms = parts.loss(parts.diffusion, out, x0, xt, t, noise)
     assert terms["loss"].shape == (4,) and torch.isfinite(terms["loss"]).all()
+    assert weights.shape == (4,) and torch.isfinite(weights).all()
+
+
+@pytest.mark.parametrize(
+    "group,option,process",
+    [
+        (g, o, p)
+        for g in PART_GROUPS
+        for o in group_options(g)
+        for p in ("ddpm", "edm", "flow", "cold")
+        if option_processes(g, o) is not None and p not in option_processes(g, o)
+    ],
+)
+def test_a_part_of_another_process_is_refused_in_one_line(group, option, process):
+    """`sampler=ddim process=edm`, `sampler=edm_heun` (with ddpm), `timesteps=importance process=flow`, ...:
+    refused when the parts are built (train start-up), naming the option, the process and the options that fit."""
+    cfg = compose_train([f"process={process}", f"{group}={option}", *TINY_MLP])
+    with pytest.raises(ValueError) as err:
+        build_parts(make_spec(cfg, (2,), None))
+    message = str(err.value)
+    allowed = "|".join(option_processes(group, option))
+    head = f"{group}={option} applies to process={allowed}, not process={process}; choose {group}="
+    assert message.startswith(head), message
+    assert set(message[len(head) :].split("|")) == set(process_options(group, process))
+
+
+@pytest.mark.parametrize(
+    "group,process",
+    [
+        (g, p)
+        for p in ("edm", "flow", "cold")
+        for g in ("schedule", "prediction", "variance")
+        if g in dropped_by(p)
+    ],
+)
+def test_a_group_the_process_does_not_take_is_refused(group, process):
+    """process/edm.yaml, flow.yaml and cold.yaml drop these groups; one set explicitly is refused, naming it."""
+    option = {"schedule": "cosine", "prediction": "v", "variance": "fixed_large"}[group]
+    cfg = compose_train([f"process={process}", f"{group}={option}", *TINY_MLP])
+    with pytest.raises(ValueError, match=rf"^process={process} takes no {group} but {group}={option} is set"):
+        build_parts(make_spec(cfg, (2,), None))
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [("process", "cold")]
+    + [(g, o) for g in ("degradation", "loss", "sampler") for o in group_options(g) if cold_only(g, o)],
+)
+def test_every_cold_part_builds(group, option):
+    """process=cold with each degradation, loss and sampler made for it: built from the config, one loss
+    evaluation on 8x8 images, a prior fitted and a sample drawn."""
+    overrides = [f"{group}={option}", *partners(group, option), "model=unet_tiny", *TINY_MODEL["UNet"]]
+    cfg = compose_train([*overrides, "schedule.num_timesteps=10", "sampler.steps=3"])
+    parts = build_parts(make_spec(cfg, (1, 8, 8), None))
+    assert isinstance(parts.diffusion, ColdDiffusion)
+    part = {"process": parts.diffusion, "degradation": parts.diffusion.degradation}.get(group)
+    part = part or {"loss": parts.loss, "sampler": parts.sampler}[group]
+    assert type(part).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
+    assert (
+        parts.timesteps.num_timesteps
+        == parts.diffusion.num_timesteps
+        == parts.diffusion.degradation.num_timesteps
+    )
+
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t, _ = parts.timesteps.sample(4)
+    noise = torch.randn_like(x0)
+    out = parts.net(parts.diffusion.corrupt(x0, t, noise), t)
+    assert out.shape == x0.shape
+    terms = parts.loss(parts.diffusion, out, x0, parts.diffusion.corrupt(x0, t, noise), t, noise)
+    assert terms["loss"].shape == (4,) and torch.isfinite(terms["loss"]).all()
+    parts.diffusion.fit_prior(x0)
+    with torch.no_grad():
+        x = parts.sampler.sample(
+            parts.diffusion, parts.net, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0)
+        )
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
 
 
 @pytest.mark.parametrize(
     "loss,variance,weighting",
-    list(itertools.product(group_options("loss"), group_options("variance"), group_options("weighting"))),
+    list(itertools.product(*(process_options(g, "ddpm") for g in ("loss", "variance", "weighting")))),
 )
 def test_loss_variance_weighting_combinations(base_spec, loss, variance, weighting, _option_nodes):
     spec = copy.deepcopy(base_spec)

@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import compose_train
-from diffusion_lab.build import build_parts, make_spec
+from diffusion_lab.build import build_parts, check_applies, make_spec
 from diffusion_lab.sample import choose_sampler
 from diffusion_lab.train import CONFIG_DIR
 
@@ -30,7 +30,7 @@ FMNIST_SHAPE = (1, 28, 28)
 
 
 def test_there_are_studies():
-    assert {"ddpm_table2", "iddpm", "ddim_table1", "weightings"} <= set(STUDIES)
+    assert {"ddpm_table2", "iddpm", "ddim_table1", "weightings", "formulations"} <= set(STUDIES)
 
 
 @pytest.mark.parametrize("script", sorted(EXPERIMENTS.glob("*.sh")), ids=lambda p: p.name)
@@ -43,18 +43,25 @@ def test_script_is_valid_bash(script):
         assert "Expected finding:" in script.read_text()
 
 
-def dry_run(study: str, **extra_env: str) -> dict[str, list[list[str]]]:
+def dry_run(study: str, **extra_env: str) -> dict[str, list]:
+    """The study's GRID / EXCLUDE / SWEEP / EVAL lines as override lists; ``SWEEP@`` holds each sweep's name and
+    ``EVAL@`` the sweep each evaluation is restricted to (None: every checkpoint)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "STUDY_OUT", "EVAL_EXTRA")}
     env.update(DRY_RUN="1", CUDA_VISIBLE_DEVICES="0,1", **extra_env)
     proc = subprocess.run(
         ["bash", str(EXPERIMENTS / f"{study}.sh")], capture_output=True, text=True, env=env, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    lines: dict[str, list[list[str]]] = {"GRID": [], "EXCLUDE": [], "SWEEP": [], "EVAL": []}
+    lines: dict[str, list] = {"GRID": [], "EXCLUDE": [], "SWEEP": [], "EVAL": [], "SWEEP@": [], "EVAL@": []}
     for line in proc.stdout.splitlines():
         kind, _, rest = line.partition(" ")
-        assert kind in lines, line
-        lines[kind].append(shlex.split(rest))
+        assert kind in ("GRID", "EXCLUDE", "SWEEP", "EVAL"), line
+        words = shlex.split(rest)
+        tag = words.pop(0)[1:] if words and words[0].startswith("@") else None
+        lines[kind].append(words)
+        if kind in ("SWEEP", "EVAL"):
+            lines[f"{kind}@"].append(tag)
+    assert all(lines["SWEEP@"]), "every SWEEP line names its sweep"
     return lines
 
 
@@ -67,7 +74,7 @@ def expand(overrides: list[str]) -> list[list[str]]:
 
 
 def as_dict(overrides: list[str]) -> dict[str, str]:
-    return dict(o.split("=", 1) for o in overrides)
+    return dict(o.split("=", 1) for o in overrides if "=" in o)  # a deletion (~schedule) sets nothing
 
 
 def build(overrides: list[str]):
@@ -109,21 +116,29 @@ def test_study_evaluations_are_valid(study):
     assert all(
         e[-2:] == ["compile=true", "batch_size=1000"] for e in lines["EVAL"]
     )  # EVAL_EXTRA reaches each
-    trained = [build(job) for sweep in lines["SWEEP"] for job in expand(sweep)]
+    trained = [
+        (name, *build(job)) for name, sweep in zip(lines["SWEEP@"], lines["SWEEP"]) for job in expand(sweep)
+    ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        for overrides in lines["EVAL"]:
+        for under, overrides in zip(lines["EVAL@"], lines["EVAL"]):
             cfg = compose("evaluate", overrides=[*overrides, "ckpt=x.ckpt", "features=x.pt"])
             assert cfg.compile is True and cfg.batch_size == 1000
             assert set(cfg.metrics) <= {"fid", "kid", "pr", "is", "bpd"}
-            steps = list(cfg.steps)
-            for (train_cfg, parts), s in itertools.product(trained, steps):
+            if "bpd" in cfg.metrics:
+                assert all(parts.diffusion.has_likelihood for _, _, parts in trained)
+            # an evaluation restricted to a sweep (EVAL_UNDER) scores only that sweep's checkpoints
+            models = [(c, parts) for name, c, parts in trained if under is None or name == under]
+            assert models, f"{study}: an evaluation under {under!r} has no checkpoint to score"
+            for (train_cfg, parts), s in itertools.product(models, list(cfg.steps)):
                 if cfg.sampler is None:  # the trained sampler
                     sampler = choose_sampler(OmegaConf.to_container(train_cfg.sampler), None, s, cfg.eta)
-                else:  # sampler=ddpm|ddim: conf/sampler/<name>.yaml, as evaluate does
+                else:  # sampler=NAME: conf/sampler/<name>.yaml, as evaluate does
                     sampler = choose_sampler(OmegaConf.to_container(cfg.sampler), None, s, cfg.eta)
-                if s is not None:
-                    assert sampler.num_evaluations(parts.diffusion) == s
+                check_applies(type(sampler), "sampler", parts.diffusion)  # as evaluate refuses it
+                if s is not None:  # Heun (EDM, flow): 2s - 1 evaluations for s steps
+                    per_step = 2 * s - 1 if getattr(sampler, "second_order", False) else s
+                    assert sampler.num_evaluations(parts.diffusion) == per_step
 
 
 def test_ddim_study_grid_matches_the_paper_table():
@@ -134,6 +149,26 @@ def test_ddim_study_grid_matches_the_paper_table():
         steps.setdefault(key, set()).update(int(s) for s in as_dict(e)["steps"].strip("[]").split(","))
     assert set(steps) == {("ddpm", None), ("ddim", "0.0"), ("ddim", "0.5"), ("ddim", "1.0")}
     assert all(s == {10, 20, 50, 100, 1000} for s in steps.values())
+
+
+def test_formulations_compare_at_equal_network_evaluations():
+    """Every formulation is scored at about 10, 20, 35, 50 and 100 network evaluations (Heun's 2n - 1 for n
+    steps: 9, 19, 35, 49, 99), and every cell of the study gets at least one sampler."""
+    lines = dry_run("formulations")
+    trained = {name: build(expand(sweep)[0])[1] for name, sweep in zip(lines["SWEEP@"], lines["SWEEP"])}
+    assert set(trained) == {"ddpm_eps", "ddpm_v", "edm", "flow"} == set(lines["EVAL@"])
+    for under, overrides in zip(lines["EVAL@"], lines["EVAL"]):
+        e = as_dict(overrides)
+        steps = [int(v) for v in e["steps"].strip("[]").split(",")]
+        process = trained[under].diffusion
+        samplers = [choose_sampler({}, e["sampler"], s) for s in steps]
+        evaluations = [sampler.num_evaluations(process) for sampler in samplers]
+        assert len(evaluations) == 5, e
+        assert all(abs(n - want) <= 1 for n, want in zip(evaluations, (10, 20, 35, 50, 100))), (
+            e,
+            evaluations,
+        )
+        assert all(process.name in sampler.processes for sampler in samplers)
 
 
 def test_sample_sets_reach_every_evaluation():

@@ -49,7 +49,7 @@ def test_hydra_finds_the_launcher_and_it_is_the_default():
     assert basic.hydra.launcher._target_.endswith("BasicLauncher")
     assert (
         slurm.hydra.launcher._target_
-        == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+        == "hydra_plugins.diffusion_lab_launcher.slurm_launcher.ResumableSlurmLauncher"
     )
     assert OmegaConf.select(slurm, "hydra.launcher.tasks_per_node") == slurm.trainer.devices
 

@@ -188,10 +188,11 @@ def test_check_compatible():
 
 
 def test_build_loss():
-    assert sorted(LOSSES) == ["hybrid", "simple", "vlb"]
+    assert sorted(LOSSES) == ["edm", "flow", "hybrid", "restoration", "simple", "vlb"]
     assert isinstance(build_loss("hybrid", vlb_weight=0.01), HybridLoss)
     assert build_loss("hybrid", vlb_weight=0.01).vlb_weight == 0.01
     with pytest.raises(
-        ValueError, match=r"loss='l1' is unknown; choose one of \['hybrid', 'simple', 'vlb'\]"
+        ValueError,
+        match=r"loss='l1' is unknown; choose one of \[.edm., .flow., .hybrid., .restoration., .simple., .vlb.\]",
     ):
         build_loss("l1")

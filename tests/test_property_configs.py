@@ -2,7 +2,8 @@
 validation batch, then final samples) or fails at start-up with one ValueError line naming the options.
 
 Hypothesis draws schedule × prediction × variance × loss × weighting × timesteps × sampler × model (a UNet,
-a DiT, an MLP on 2-D data) × T; half the (loss, variance, weighting) draws come from the valid triples. The rule of which combinations are refused is test_configs.valid_combination;
+a DiT, an MLP on 2-D data) × T, the options of the Gaussian process (those of EDM and flow, refused with it, are
+test_configs.py's); half the (loss, variance, weighting) draws come from the valid triples. The rule of which combinations are refused is test_configs.valid_combination;
 a combination that breaks anywhere else (a crash in training, a NaN, a traceback-worthy error) fails the test.
 The number of combinations tried is printed and written to <pytest base temp>/property_configs.json.
 """
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import IN_CI, documented_count, group_options, small_train_cfg
+from conftest import IN_CI, documented_count, process_options, small_train_cfg
 from diffusion_lab.errors import root_cause
 from diffusion_lab.train import train
 from test_configs import valid_combination
@@ -32,14 +33,14 @@ MODELS = [("unet_tiny", None), ("dit_s", None), ("mlp", "toy2d")]
 TRIED: set[tuple] = set()
 OUTCOMES = {"trained": 0, "refused": 0}
 
-LVW = list(itertools.product(group_options("loss"), group_options("variance"), group_options("weighting")))
+LVW = list(itertools.product(*(process_options(g, "ddpm") for g in ("loss", "variance", "weighting"))))
 # Half the draws from the valid (loss, variance, weighting) triples, or most draws would be refusals.
 loss_variance_weighting = st.one_of(
     st.sampled_from([c for c in LVW if valid_combination(*c)]), st.sampled_from(LVW)
 )
 combination = st.fixed_dictionaries(
     {
-        group: st.sampled_from(group_options(group))
+        group: st.sampled_from(process_options(group, "ddpm"))
         for group in ("schedule", "prediction", "timesteps", "sampler")
     }
     | {

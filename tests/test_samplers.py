@@ -314,12 +314,25 @@ def test_respaced_sampler_calls_the_network_with_original_timesteps():
 
 
 def test_sampler_registry_and_errors():
-    assert sorted(SAMPLERS) == ["ddim", "ddpm", "dpmpp2m", "euler", "heun"]
+    assert sorted(SAMPLERS) == [
+        "cold_improved",
+        "cold_naive",
+        "ddim",
+        "ddpm",
+        "dpmpp2m",
+        "edm_euler",
+        "edm_heun",
+        "edm_stochastic",
+        "euler",
+        "flow_euler",
+        "flow_heun",
+        "heun",
+    ]
     s = build_sampler("ddim", steps=20, eta=0.3)
     assert isinstance(s, DDIMSampler) and s.steps == 20 and s.eta == 0.3
     assert isinstance(build_sampler("ddpm", steps="ddim50"), DDPMSampler)
     with pytest.raises(
-        ValueError, match=r"sampler='plms' is unknown; choose one of \['ddim', 'ddpm', 'dpmpp2m'"
+        ValueError, match=r"sampler='plms' is unknown; choose one of \['cold_improved', 'cold_naive', 'ddim'"
     ):
         build_sampler("plms")
     with pytest.raises(ValueError, match=r"sampler\.eta=-0\.1 is invalid"):

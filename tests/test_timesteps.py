@@ -166,7 +166,16 @@ def test_importance_load_wrong_shape_raises(T, history):
 
 
 def test_sampler_errors_and_registry():
-    assert sorted(TIMESTEP_SAMPLERS) == ["importance", "uniform"]
+    assert sorted(TIMESTEP_SAMPLERS) == [
+        "edm_lognormal",
+        "edm_ve",
+        "edm_vp",
+        "flow_logit_normal",
+        "flow_mode",
+        "flow_uniform",
+        "importance",
+        "uniform",
+    ]
     assert isinstance(build_timestep_sampler("importance", 10, history=3), ImportanceTimestepSampler)
     with pytest.raises(ValueError, match=r"timesteps='stratified' is unknown"):
         build_timestep_sampler("stratified", 10)

@@ -16,7 +16,14 @@ from PIL import Image
 
 from conftest import cli_env, compose_train, small_train_cfg
 from diffusion_lab.build import load_checkpoint
-from diffusion_lab.diffusion import SCHEDULES, build_schedule, calc_bpd_loop, parse_respacing, q_sample
+from diffusion_lab.diffusion import (
+    SCHEDULES,
+    SquareMask,
+    build_schedule,
+    calc_bpd_loop,
+    parse_respacing,
+    q_sample,
+)
 from diffusion_lab.errors import friendly_errors
 from diffusion_lab.visualize import FIGURES, radial_power_spectrum, visualize
 
@@ -76,6 +83,21 @@ def test_forward(tmp_path):
         expected = q_sample(schedule, x0, torch.full((3,), t), noise)
         assert np.array_equal(saved["xt"][:, k], expected.numpy())
     assert np.array_equal(saved["alphas_cumprod"], schedule.alphas_cumprod[[0, 100, 999]].numpy())
+
+
+def test_forward_draws_a_cold_degradation(tmp_path):
+    """process=cold degradation=mask: the figure goes through process.corrupt, so it shows the degradation
+    D(x_0, t) (tested against its own derivation in test_cold_diffusion.py)."""
+    overrides = ["figure=forward", "n=2", "t=[0,24,49]", "process=cold", "degradation=mask"]
+    result = visualize(vis_cfg(tmp_path, *overrides))
+    check_png(result["png"])
+    saved = np.load(result["data"])
+    x0 = real_images(2)
+    assert np.array_equal(saved["x0"], x0.numpy()) and saved["timesteps"].tolist() == [0, 24, 49]
+    assert "SquareMask(num_timesteps=50)" in str(saved["process"]) and "alphas_cumprod" not in saved
+    for k, t in enumerate([0, 24, 49]):
+        assert np.array_equal(saved["xt"][:, k], SquareMask(50)(x0, torch.full((2,), t)).numpy())
+    assert np.allclose(saved["xt"][:, 2], x0.mean(dim=(2, 3), keepdim=True).expand_as(x0).numpy(), atol=1e-6)
 
 
 def test_schedules(tmp_path):

@@ -150,10 +150,12 @@ def test_weighted_loss_is_the_same_whatever_the_network_predicts(weighting):
 
 
 def test_registry_and_errors():
-    assert sorted(WEIGHTINGS) == ["min_snr", "p2", "snr", "uniform", "vlb"]
+    assert sorted(WEIGHTINGS) == ["edm", "inverse_sigma2", "min_snr", "p2", "snr", "uniform", "vlb"]
     assert isinstance(build_weighting("min_snr", gamma=3.0), MinSNRWeighting)
     assert build_weighting("p2", k=2.0, gamma=0.5).k == 2.0
-    with pytest.raises(ValueError, match=r"weighting='focal' is unknown; choose one of \['min_snr'"):
+    with pytest.raises(
+        ValueError, match=r"weighting='focal' is unknown; choose one of \['edm', 'inverse_sigma2', 'min_snr'"
+    ):
         build_weighting("focal")
     with pytest.raises(ValueError, match=r"weighting\.gamma=0 is invalid"):
         MinSNRWeighting(0)

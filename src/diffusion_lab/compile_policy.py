@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+import torch
 
 from .errors import UserError
 
-__all__ = ["compile_mode", "compile_options"]
+__all__ = [
+    "COMPILE_SCOPES",
+    "compile_mode",
+    "compile_options",
+    "compile_network",
+    "eval_stance",
+    "use_compile_cache",
+]
+
+COMPILE_SCOPES = ("net", "blocks")
 
 
 def compile_mode(value: bool | str | None) -> str | None:
@@ -39,3 +51,68 @@ def compile_options(mode: str, channels_last: bool = False) -> dict[str, Any]:
     if channels_last:
         options["force_layout_optimization"] = True
     return options
+
+
+def eval_stance(compiled: bool, compile_eval: bool) -> contextlib.AbstractContextManager:
+    """The context validation and sampling during training run in: eager unless ``compile_eval``.
+
+    The compiled training step is one graph. Validation (no grad, eval mode), sample grids, in-training FD and
+    the final samples (other batch sizes, no grad) would each be a new compilation of the network started after
+    training has begun -- on a GPU tens of seconds each, with CUDA graphs one more per batch shape -- for work
+    that runs a few times per run. ``torch.compiler.set_stance("force_eager")`` runs them through the plain
+    module instead, and compiles nothing.
+    """
+    if not compiled or compile_eval:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
+def use_compile_cache(folder: str | None) -> None:
+    """Keep inductor's compiled kernels, FX graphs and AOTAutograd graphs in ``folder`` (``compile_cache``), so
+    every job of a sweep and every later run on the same torch and network reuses them: a warm start compiles
+    nothing. Without it inductor uses /tmp/torchinductor_<user>, lost with the machine (a fresh cluster node).
+
+    A folder on a shared filesystem already carries the caches between machines, so torch's "mega-cache"
+    (save_cache_artifacts / load_cache_artifacts, for moving caches without one) is not used. A folder set by the
+    user's own TORCHINDUCTOR_CACHE_DIR wins; torch writes its default into that variable on first use, so a
+    value equal to the default is not the user's.
+    """
+    if not folder:
+        return
+    import os
+    from pathlib import Path
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return
+    path = Path(folder).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it at each cache access
+
+
+def compile_network(net: torch.nn.Module, options: dict[str, Any], scope: str = "net") -> None:
+    """torch.compile ``net`` in place (parameter names, and so checkpoints, unchanged): the whole network
+    (``scope="net"``, one graph) or each of its repeated blocks (``"blocks"``, regional compilation: Dynamo
+    compiles a block class's forward once per distinct input shape and reuses it for every instance, so a deep
+    network compiles in a fraction of the time, at the price of the fusions across block boundaries).
+    """
+    check_scope(net, scope)
+    if scope == "net":
+        net.compile(options=options)
+        return
+    for module in net.modules():
+        if isinstance(module, net.repeated_blocks):
+            module.compile(options=options)
+
+
+def check_scope(net: torch.nn.Module, scope: str) -> None:
+    """A one-line error for a ``compile_scope`` that is unknown or that ``net`` cannot be compiled by."""
+    if scope not in COMPILE_SCOPES:
+        raise UserError(f"compile_scope={scope!r} is not one of {list(COMPILE_SCOPES)}")
+    if scope == "blocks" and not getattr(net, "repeated_blocks", None):
+        raise UserError(
+            f"compile_scope=blocks needs a network that lists its repeated_blocks; {type(net).__name__} does not: "
+            "use compile_scope=net"
+        )

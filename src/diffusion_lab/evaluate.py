@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .cli import checkpoint_argument, command
-from .compile_policy import compile_mode, compile_options
+from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
@@ -169,6 +169,7 @@ def load_network(cfg: DictConfig, device: torch.device):
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
+        use_compile_cache(cfg.get("compile_cache"))
         net = torch.compile(net, options=options)
     return parts, spec, ckpt, net, compiled
 
@@ -323,7 +324,7 @@ def make_generate(
         model = net
         if num_classes:
             y = torch.randint(0, num_classes, (b,), device=device, generator=gen)
-            learned = parts.diffusion.variance.learned
+            learned = parts.diffusion.out_channel_factor > 1  # variance channels: not guided
             model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
         # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -393,7 +394,7 @@ def sample_rows(
     rows = []
     for steps in _as_list(cfg.steps):
         sampler = sampler_for(
-            sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta), parts.decoder
+            sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta, parts.diffusion), parts.decoder
         )
         for w in guidances:
             generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
@@ -500,6 +501,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(
             "metrics=[bpd] is a likelihood of pixels, and this checkpoint models an autoencoder's latents; "
             "drop bpd (fid, kid, pr, is score its decoded images)"
+        )
+    if "bpd" in metrics and not parts.diffusion.has_likelihood:
+        raise UserError(
+            f"metrics=[bpd] needs a likelihood, which process={parts.diffusion.name} has not; "
+            f"leave bpd out (metrics=[{','.join(sample_metrics or ['fid'])}])"
         )
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")

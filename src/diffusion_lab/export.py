@@ -51,6 +51,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ckpt = checkpoint_argument(cfg, required=True)
     out = output_folder(str(cfg.out), bool(cfg.overwrite))
     parts, spec, _ = load_checkpoint(ckpt, map_location="cpu")
+    if parts.diffusion.name != "ddpm":
+        raise UserError(
+            f"format=diffusers exports the Gaussian process (process=ddpm); this checkpoint's is "
+            f"process={parts.diffusion.name}"
+        )
     from .interop.diffusers_folder import write_pipeline_folder
 
     result = write_pipeline_folder(parts, spec, out)

@@ -1,7 +1,8 @@
 """The LightningModule: composes a network with the diffusion parts, logs, and holds no math of its own.
 
-Every part is built elsewhere (Hydra, see ``build.py``) and injected: the network, the ``Diffusion``
-(schedule × parameterization × variance), the loss (with its weighting), the timestep sampler, the sampler
+Every part is built elsewhere (Hydra, see ``build.py``) and injected: the network, the process (the Gaussian
+``Diffusion`` — schedule × parameterization × variance —, EDM's σ-space process or a flow; the interface it
+relies on is ``diffusion/process_base.py``'s), the loss (with its weighting), the timestep sampler, the sampler
 used for previews, and the optimizer / learning-rate schedule as partials.
 """
 
@@ -15,7 +16,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from .compile_policy import compile_mode, compile_options
+from .compile_policy import check_scope, compile_mode, compile_network, compile_options, eval_stance
 from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
@@ -47,6 +48,8 @@ class DiffusionModule(NetTraining):
         p_uncond: float = 0.0,
         spec: dict | None = None,
         compile: bool | str = False,
+        compile_eval: bool = False,
+        compile_scope: str = "net",
         channels_last: bool = False,
         sample_bf16: bool = True,
         val_seed: int = 1234,
@@ -77,8 +80,13 @@ class DiffusionModule(NetTraining):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode(compile)
-        if self.compile_mode:
-            compile_options(self.compile_mode)  # a wrong mode fails here, not at the first training step
+        # Validation and sampling run eagerly unless compile_eval (compile_policy.eval_stance); compile_scope: the
+        # whole network or its repeated blocks (compile_policy.compile_network).
+        self.compile_eval = compile_eval
+        self.compile_scope = compile_scope
+        if self.compile_mode:  # a wrong mode or scope fails here, not at the first training step
+            compile_options(self.compile_mode)
+            check_scope(net, compile_scope)
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
@@ -94,7 +102,9 @@ class DiffusionModule(NetTraining):
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):
             # In place: parameter names (and so checkpoints) stay unchanged.
-            self.net.compile(options=compile_options(self.compile_mode, self.channels_last))
+            compile_network(
+                self.net, compile_options(self.compile_mode, self.channels_last), self.compile_scope
+            )
             self._compiled = True
 
     # ------------------------------------------------------------------ training
@@ -108,7 +118,8 @@ class DiffusionModule(NetTraining):
         """Corrupt x0 to x_t, call the network once, and return the loss terms (plus the bound's ``vb`` term when
         asked, the process has a likelihood and the loss does not compute it)."""
         xt = self.diffusion.corrupt(x0, t, noise)
-        out = self.net(xt, t, y) if y is not None else self.net(xt, t)
+        net_x, net_t = self.diffusion.net_input(xt, t)  # preconditioned where the process needs it (EDM)
+        out = self.net(net_x, net_t, y) if y is not None else self.net(net_x, net_t)
         terms = self.loss_fn(self.diffusion, out, x0, xt, t, noise)
         if with_vb and self.diffusion.has_likelihood and "vb" not in terms:
             terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
@@ -139,11 +150,11 @@ class DiffusionModule(NetTraining):
         return loss
 
     def _accumulate_buckets(self, t: Tensor, losses: Tensor) -> None:
-        """Loss by timestep decile, summed on the device and logged every ``log_every_n_steps`` (no host sync)."""
+        """Loss by noise-level decile (the process's ``bucket``), summed on the device and logged every ``log_every_n_steps`` (no host sync)."""
         if self._bucket_sums is None or self._bucket_sums.device != losses.device:
             self._bucket_sums = torch.zeros(NUM_BUCKETS, device=losses.device)
             self._bucket_counts = torch.zeros(NUM_BUCKETS, device=losses.device)
-        bucket = (t * NUM_BUCKETS) // self.diffusion.num_timesteps
+        bucket = self.diffusion.bucket(t, NUM_BUCKETS)
         finite = torch.isfinite(losses)  # a skipped (non-finite) step must not poison the logged means
         self._bucket_sums.index_add_(0, bucket, torch.where(finite, losses, 0).float())
         self._bucket_counts.index_add_(0, bucket, finite.float())
@@ -155,13 +166,19 @@ class DiffusionModule(NetTraining):
             self._bucket_counts.zero_()
 
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
+    def eval_stance(self):
+        return eval_stance(bool(self.compile_mode), self.compile_eval)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        with self.eval_stance():
+            self._validate(batch, batch_idx)
+
+    def _validate(self, batch: Any, batch_idx: int) -> None:
         x0, y = self._split_batch(batch)
         # A fixed generator per batch: the same t and noise at every validation, so curves are comparable and
         # validation draws nothing from the global RNG (which exact resume restores).
         gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
-        T = self.diffusion.num_timesteps
-        t = torch.randint(0, T, (x0.shape[0],), device=x0.device, generator=gen)
+        t = self.diffusion.draw_validation_t(x0.shape[0], x0.device, gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
         # The bound in bits/dim is a likelihood of pixels; on latents it would not be comparable with one.
         terms = self._forward_terms(x0, y, t, noise, with_vb=self.decoder is None)
@@ -194,8 +211,11 @@ class DiffusionModule(NetTraining):
             noise = torch.randn((b, *self.data_shape), device=self.device, generator=generator)
             # The step noise too comes from ``generator``: previews must not draw from the global RNG (which
             # exact resume restores) and are then the same at every validation, whatever the sampler.
-            with torch.autocast(
-                "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+            with (
+                torch.autocast(
+                    "cuda", dtype=torch.bfloat16, enabled=self.sample_bf16 and self.device.type == "cuda"
+                ),
+                self.eval_stance(),
             ):
                 x = sample_images(
                     sampler, self.diffusion, self.model_fn(y), noise, generator, progress, self.decoder

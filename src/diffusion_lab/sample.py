@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .build import load_checkpoint
+from .build import check_applies, load_checkpoint
 from .cli import checkpoint_argument, command
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, check_types
@@ -27,7 +27,17 @@ from .samplers import SAMPLERS, Sampler
 
 __all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
-DIFFUSION_KEYS = ("schedule", "prediction", "variance", "model", "loss", "weighting", "timesteps")
+DIFFUSION_KEYS = (
+    "process",
+    "degradation",
+    "schedule",
+    "prediction",
+    "variance",
+    "model",
+    "loss",
+    "weighting",
+    "timesteps",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,12 +70,19 @@ def choose_sampler(stored: dict, name: str | None, steps: Any = None, eta: float
     return cls(**kwargs)
 
 
-def sampler_from_config(option: Any, stored: dict, steps: Any = None, eta: float | None = None) -> Sampler:
+def sampler_from_config(
+    option: Any, stored: dict, steps: Any = None, eta: float | None = None, process: Any = None
+) -> Sampler:
     """The sampler a CLI's ``sampler=`` option names: ``ddpm|ddim`` arrives as the node of
-    conf/sampler/<name>.yaml, a bare name picks from the registry, null keeps the one stored in the checkpoint."""
+    conf/sampler/<name>.yaml, a bare name picks from the registry, null keeps the one stored in the checkpoint.
+    With ``process`` (the checkpoint's), a sampler made for another process is refused in one line."""
     if isinstance(option, DictConfig):
-        return choose_sampler(OmegaConf.to_container(option, resolve=True), None, steps, eta)
-    return choose_sampler(stored, option, steps, eta)
+        sampler = choose_sampler(OmegaConf.to_container(option, resolve=True), None, steps, eta)
+    else:
+        sampler = choose_sampler(stored, option, steps, eta)
+    if process is not None:
+        check_applies(type(sampler), "sampler", process)
+    return sampler
 
 
 def fixed_by_checkpoint(key: str) -> str | None:
@@ -89,7 +106,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")
     sampler = sampler_for(
-        sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta), parts.decoder
+        sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta, parts.diffusion), parts.decoder
     )
     n = int(cfg.n)
     if n < 1:
@@ -148,7 +165,7 @@ def draw(cfg: DictConfig, parts, spec: dict, sampler: Sampler, labels, device: t
         model = net
         if labels is not None:
             y = labels[start : start + b].to(device)
-            learned = parts.diffusion.variance.learned
+            learned = parts.diffusion.out_channel_factor > 1  # variance channels: not guided
             mean_channels = shape[0] if learned else None
             model = ClassifierFreeGuidance(
                 net, y, float(cfg.guidance), spec["num_classes"], mean_channels=mean_channels

@@ -29,6 +29,7 @@ from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
 from .cli import CONFIG_DIR, command, experiment_summaries
+from .compile_policy import use_compile_cache
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
@@ -204,6 +205,15 @@ def read_data_early(datamodule: L.LightningDataModule) -> None:
     datamodule.dataset("train")[0]  # decodes one item: a folder of unreadable images fails here
 
 
+def fit_process_to_data(process: Any, datamodule: L.LightningDataModule) -> None:
+    """What a process fits to the training data (cold diffusion's prior of the fully degraded image), fitted
+    before the Trainer exists: every DDP process fits the same (the first images, a fixed seed), and a resumed
+    run then restores the one stored in its checkpoint (``DiffusionModule.on_load_checkpoint``)."""
+    fit = getattr(process, "fit_prior", None)
+    if fit is not None:
+        fit(datamodule.real_images("train", process.prior_images))
+
+
 def _output_dir(cfg: DictConfig) -> Path:
     try:
         return Path(cfg.paths.output_dir)
@@ -230,6 +240,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
     latent = datamodule if cfg.get("autoencoder") else None
     module = build_module(cfg, datamodule.data_shape, num_classes, latent=latent)
+    if getattr(module, "compile_mode", None):
+        use_compile_cache(cfg.get("compile_cache"))
+    if hasattr(module, "diffusion"):
+        if latent is not None and module.diffusion.name != "ddpm":
+            raise UserError(
+                f"autoencoder= (latent diffusion) runs process=ddpm; process={module.diffusion.name} is not "
+                "supported on latents yet: drop autoencoder= or use process=ddpm"
+            )
+        fit_process_to_data(module.diffusion, datamodule)
     resumed_step = check_resume_compatible(module, ckpt_path) if ckpt_path is not None else None
     trainer, callbacks, loggers = build_trainer(cfg, resumed_step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -406,7 +425,14 @@ def usage() -> str:
     return "\n".join([__doc__.strip(), "", "== Experiments (experiment=NAME) ==", *lines])
 
 
-@command("train", usage=usage())
+def process_group_hint(key: str) -> str | None:
+    """The message for a group only a process brings (``degradation=`` without ``process=cold``)."""
+    if override_key(key).split(".")[0] == "degradation":
+        return "degradation= chooses cold diffusion's degradation: add process=cold (process=cold degradation=mask)"
+    return None
+
+
+@command("train", usage=usage(), unknown_key=process_group_hint)
 def main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg)
@@ -436,4 +462,8 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = resume_argv(sys.argv)  # a resume runs in its own run directory
-    main()
+    # The package's own `main`, not this `__main__` copy: a launcher that pickles the task to run it elsewhere
+    # (SLURM through submitit) then pickles a reference to an importable function, not this module's globals.
+    from diffusion_lab.train import main as importable_main
+
+    importable_main()

@@ -1,6 +1,7 @@
 """Figures of the diffusion process, made by the library's own code on real data or a trained checkpoint.
 
     python -m diffusion_lab.visualize forward                  # x_0 -> x_T on dataset images (figure=forward)
+    python -m diffusion_lab.visualize forward process=cold degradation=mask   # a cold degradation D(x_0, t)
     python -m diffusion_lab.visualize schedules                # ᾱ_t, SNR and log-SNR of every schedule
     python -m diffusion_lab.visualize spectrum schedule=cosine # radially averaged power spectrum of x_t over t
     python -m diffusion_lab.visualize trajectory ckpt_path=PATH sampler=dpmpp2m steps=20
@@ -8,8 +9,9 @@
 
 Each figure writes ``<out_dir>/<name>.png`` and, beside it, the plotted numbers (``.csv`` or ``.npz``), and
 prints where they are. Data: the ``data`` group (default Fashion-MNIST) for forward / spectrum, the
-checkpoint's own data for vlb; schedule: the ``schedule`` group, or the checkpoint's when ``ckpt_path`` (alias
-``ckpt``) is given. Figures are not sent to a logger.
+checkpoint's own data for vlb; process and schedule: the ``process`` (``ddpm``, or ``cold`` with its ``degradation``)
+and ``schedule`` groups, or the checkpoint's when ``ckpt_path`` (alias ``ckpt``) is given. Figures are not sent to a
+logger.
 """
 
 from __future__ import annotations
@@ -159,37 +161,65 @@ def _images(cfg: DictConfig, n: int) -> Tensor:
     return datamodule.real_images(str(cfg.split), n)
 
 
-def _schedule(cfg: DictConfig) -> NoiseSchedule:
-    if cfg.ckpt_path:
-        from .build import load_checkpoint
+def _process(cfg: DictConfig):
+    """The checkpoint's process, else the one the ``process`` group names (with its schedule / degradation)."""
+    from .build import build_process, load_checkpoint
 
-        return load_checkpoint(cfg.ckpt_path)[0].diffusion.schedule
-    return instantiate(cfg.schedule)
+    if cfg.ckpt_path:
+        return load_checkpoint(cfg.ckpt_path)[0].diffusion
+    groups = ("process", "schedule", "degradation")
+    return build_process({k: OmegaConf.to_container(cfg[k], resolve=True) for k in groups if k in cfg})
+
+
+def _schedule(cfg: DictConfig) -> NoiseSchedule:
+    process = _process(cfg)
+    if process.name != "ddpm":
+        raise UserError(
+            f"figure={cfg.figure} plots the Gaussian noise schedule; process={process.name} has none "
+            "(figure=forward draws process=ddpm or cold)"
+        )
+    return process.schedule
+
+
+# The processes figure=forward draws: those on discrete levels t = 0 .. T-1 (EDM's σ and a flow's t are continuous).
+FORWARD_PROCESSES = ("ddpm", "cold")
 
 
 # --------------------------------------------------------------------------------------------- figures
 def figure_forward(cfg: DictConfig, out: Path) -> dict[str, Path]:
-    """x_0 and x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε at chosen t, one noise ε per image for every t."""
-    schedule = _schedule(cfg)
-    T = schedule.num_timesteps
+    """x_0 and x_t = process.corrupt(x_0, t, ε) at chosen t, one noise ε per image for every t: the Gaussian
+    q(x_t | x_0), or cold diffusion's degradation D(x_0, t)."""
+    process = _process(cfg)
+    if process.name not in FORWARD_PROCESSES:
+        raise UserError(
+            f"figure=forward draws process={'|'.join(FORWARD_PROCESSES)} (discrete levels t); this checkpoint's is "
+            f"process={process.name}"
+        )
+    T = process.num_timesteps
     ts = _timesteps(cfg, T, default_timesteps(T, 8)[1:])  # 7 evenly spaced after the x_0 column
     x0 = _images(cfg, int(cfg.n))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(cfg.seed)))
-    xt = torch.stack([q_sample(schedule, x0, torch.full((x0.shape[0],), t), noise) for t in ts], dim=1)
-    abar = schedule.alphas_cumprod[ts].numpy()
+    xt = torch.stack([process.corrupt(x0, torch.full((x0.shape[0],), t), noise) for t in ts], dim=1)
     rows = [[x0[i], *xt[i]] for i in range(x0.shape[0])]
-    cols = ["x_0"] + [f"t={t}\nᾱ={a:.3g}" for t, a in zip(ts, abar)]
-    fig = _image_grid(
-        rows, cols, [f"#{i}" for i in range(x0.shape[0])], f"Forward process q(x_t | x_0), {schedule!r}"
-    )
+    arrays: dict[str, Any] = {}
+    if process.name == "ddpm":
+        abar = process.schedule.alphas_cumprod[ts].numpy()
+        arrays["alphas_cumprod"] = abar
+        cols = ["x_0"] + [f"t={t}\nᾱ={a:.3g}" for t, a in zip(ts, abar)]
+        title = f"Forward process q(x_t | x_0), {process.schedule!r}"
+    else:
+        cols = ["x_0"] + [f"t={t}" for t in ts]
+        title = f"Degradation D(x_0, t), {process.degradation!r}"
+    fig = _image_grid(rows, cols, [f"#{i}" for i in range(x0.shape[0])], title)
     data = _save_npz(
         out.with_suffix(".npz"),
         x0=x0.numpy(),
         xt=xt.numpy(),
         timesteps=np.array(ts),
-        alphas_cumprod=abar,
         seed=int(cfg.seed),
         split=str(cfg.split),
+        process=repr(process),
+        **arrays,
     )
     return {"png": _save_fig(fig, out.with_suffix(".png")), "data": data}
 
@@ -296,14 +326,14 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     if len(shape) != 3:
         raise UserError("figure=trajectory needs an image checkpoint; this one models 2-D points")
     net = parts.net.to(device)
-    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps)
+    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, process=parts.diffusion)
     n = int(cfg.n)
     num_classes = spec.get("num_classes")
     model: Callable = net
     labels = None
     if num_classes:
         labels = torch.arange(n) % num_classes
-        mean_channels = shape[0] if parts.diffusion.variance.learned else None
+        mean_channels = shape[0] if parts.diffusion.out_channel_factor > 1 else None
         model = ClassifierFreeGuidance(
             net, labels.to(device), float(cfg.guidance), num_classes, mean_channels
         )
@@ -314,8 +344,8 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     x, traj = sampler.sample(
         parts.diffusion, model, noise.shape, device, noise=noise, generator=gen, return_trajectory=True
     )
-    # step i evaluates the network at (x_{t_i}, t_i): its input is the previous step's output (noise first)
-    inputs = [noise.cpu(), *traj.xt[:-1]]
+    # step i evaluates the network at (x_{t_i}, t_i): its input is the previous step's output (the start first)
+    inputs = [traj.start, *traj.xt[:-1]]
     k = len(traj.timesteps)
     shown = sorted({int(round(v)) for v in np.linspace(0, k - 1, min(int(cfg.show), k))})
     rows, row_titles = [], []
@@ -324,7 +354,9 @@ def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
         rows.append([traj.pred_x0[j][i] for j in shown] + [x[i].cpu()])
         tag = f"#{i}" + (f" y={int(labels[i])}" if labels is not None else "")
         row_titles += [f"{tag} x_t", f"{tag} x̂_0"]
-    cols = [f"t={traj.timesteps[j]}" for j in shown] + ["sample"]
+    # the level each shown step starts from: DDPM's index, EDM's σ, a flow's t
+    level = [traj.timesteps[j] for j in shown]
+    cols = [f"t={v:.3g}" if isinstance(v, float) else f"t={v}" for v in level] + ["sample"]
     title = f"Reverse trajectory, {sampler!r} ({sampler.num_evaluations(parts.diffusion)} evaluations)"
     fig = _image_grid(rows, cols, row_titles, title)
     data = _save_npz(
@@ -351,6 +383,10 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
 
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt_path)
+    if not parts.diffusion.has_likelihood:
+        raise UserError(
+            f"figure=vlb needs a likelihood, which this checkpoint's process={parts.diffusion.name} has not"
+        )
     images = build_datamodule(spec, cfg.data_root).real_images(str(cfg.split), int(cfg.n))
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     net = parts.net.to(device)

@@ -14,7 +14,9 @@ Interplay with Lightning (2.6):
   handler at the end. Like Lightning's, it forwards the signal to the processes Lightning's DDP launcher started.
 * Under SLURM (``SLURMEnvironment`` detected) Lightning owns the requeue signal (SIGUSR1 by default): it saves
   ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue``. This callback then leaves SIGUSR1 alone and handles only
-  SIGTERM (which SLURM sends when the grace time is up), so there is no fight over the signal.
+  SIGTERM (which SLURM sends when the grace time is up, or when it requeues the job), so there is no fight over
+  the signal. The SLURM launcher turns submitit's notice (SIGUSR2) into a SIGTERM and reads
+  ``stopped_by_signal()`` to requeue a stopped job.
 * With several processes, the ranks agree before stopping (one all-reduce of a flag every
   ``sync_every_n_steps`` steps), so they all save and stop at the same step; a single process checks its flag
   every step (free: no device sync).
@@ -34,7 +36,17 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from .final_checkpoint import save_last_checkpoint
 
-__all__ = ["Preemption"]
+__all__ = ["Preemption", "stopped_by_signal"]
+
+# The signal that stopped the latest fit of this process, None when it ran to its end. A launcher that runs the
+# task in its own process reads it after the task returns, to tell a finished job from one that was asked to
+# stop (the SLURM launcher requeues the latter: hydra_plugins/diffusion_lab_launcher/slurm_launcher.py).
+_stopped_by: str | None = None
+
+
+def stopped_by_signal() -> str | None:
+    """The name of the signal that stopped this process's latest fit (``"SIGTERM"``), or None."""
+    return _stopped_by
 
 
 class Preemption(L.Callback):
@@ -83,7 +95,9 @@ class Preemption(L.Callback):
         return nums
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        global _stopped_by
         self.received, self.stopped_at_step, self.checkpoint_path = None, None, None
+        _stopped_by = None
         self._trainer = trainer
         connector = getattr(trainer, "_signal_connector", None)
         if connector is not None and getattr(connector, "received_sigterm", False):
@@ -122,6 +136,7 @@ class Preemption(L.Callback):
         return trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        global _stopped_by
         if self.stopped_at_step is not None or not self._should_stop(trainer):
             return
         path = Path(trainer.default_root_dir) / self.dirname / self.filename
@@ -131,6 +146,7 @@ class Preemption(L.Callback):
         self.checkpoint_path = str(path)
         if self.received is None:  # another rank got the signal
             self.received = int(signal.SIGTERM)
+        _stopped_by = self.signal_name
         if trainer.is_global_zero:
             print(
                 f"\n{self.signal_name} received: saved {path} at step {trainer.global_step}; stopping.",

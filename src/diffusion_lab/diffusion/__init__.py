@@ -1,12 +1,35 @@
-"""The diffusion mathematics as small parts: schedules, the forward process, parameterizations,
-reverse variances, losses, weightings, timestep samplers and the likelihood.
+"""The diffusion mathematics as small parts: schedules, the forward processes (Gaussian, EDM, flow, cold),
+parameterizations, reverse variances, preconditionings, losses, weightings, timestep samplers and the likelihood;
+cold diffusion's degradations and the prior of its fully degraded images.
 
-    from diffusion_lab.diffusion import CosineSchedule, Diffusion
+    from diffusion_lab.diffusion import CosineSchedule, Diffusion, EDMProcess, FlowProcess
     diffusion = Diffusion(CosineSchedule(1000), prediction="eps", variance="fixed_small")
+    edm = EDMProcess(precond="edm", sigma_data=0.5)
 """
 
 from __future__ import annotations
 
+from .cold import ColdDiffusion
+from .degradations import (
+    DEGRADATIONS,
+    Degradation,
+    Downsample,
+    GaussianBlur,
+    GaussianNoise,
+    SquareMask,
+    build_degradation,
+)
+from .edm import (
+    PRECONDITIONINGS,
+    EDMPreconditioning,
+    EDMProcess,
+    Preconditioning,
+    VEPreconditioning,
+    VPPreconditioning,
+    vp_sigma,
+    vp_sigma_inv,
+)
+from .flow import FlowProcess
 from .gaussian import (
     discretized_gaussian_log_likelihood,
     mean_flat,
@@ -18,7 +41,19 @@ from .gaussian import (
     q_step_sample,
 )
 from .likelihood import calc_bpd_loop
-from .losses import LOSSES, HybridLoss, Loss, SimpleLoss, VLBLoss, build_loss, check_compatible, vb_terms_bpd
+from .losses import (
+    LOSSES,
+    EDMLoss,
+    FlowMatchingLoss,
+    HybridLoss,
+    Loss,
+    RestorationLoss,
+    SimpleLoss,
+    VLBLoss,
+    build_loss,
+    check_compatible,
+    vb_terms_bpd,
+)
 from .parameterizations import (
     PREDICTIONS,
     EpsPrediction,
@@ -27,7 +62,9 @@ from .parameterizations import (
     X0Prediction,
     build_prediction,
 )
+from .prior import GaussianMixturePrior
 from .process import DenoiserOutput, Diffusion, ModelFn, parse_respacing
+from .process_base import Process
 from .schedules import (
     SCHEDULES,
     CosineSchedule,
@@ -39,9 +76,16 @@ from .schedules import (
 )
 from .timesteps import (
     TIMESTEP_SAMPLERS,
+    EDMLogNormalSampler,
+    FlowLogitNormalSampler,
+    FlowModeSampler,
+    FlowUniformSampler,
     ImportanceTimestepSampler,
+    NoiseLevelSampler,
     TimestepSampler,
     UniformTimestepSampler,
+    VELogUniformSampler,
+    VPUniformTimeSampler,
     build_timestep_sampler,
 )
 from .variances import (
@@ -55,6 +99,8 @@ from .variances import (
 )
 from .weightings import (
     WEIGHTINGS,
+    EDMWeighting,
+    InverseSigmaSquaredWeighting,
     MinSNRWeighting,
     P2Weighting,
     SNRWeighting,
@@ -65,14 +111,35 @@ from .weightings import (
 )
 
 __all__ = [
+    "ColdDiffusion",
     "CosineSchedule",
+    "DEGRADATIONS",
+    "Degradation",
     "DenoiserOutput",
     "Diffusion",
+    "EDMLogNormalSampler",
+    "EDMLoss",
+    "EDMPreconditioning",
+    "EDMProcess",
+    "EDMWeighting",
     "EpsPrediction",
     "FixedLargeVariance",
     "FixedSmallVariance",
+    "FlowLogitNormalSampler",
+    "FlowMatchingLoss",
+    "FlowModeSampler",
+    "FlowProcess",
+    "FlowUniformSampler",
+    "Downsample",
+    "EpsPrediction",
+    "FixedLargeVariance",
+    "FixedSmallVariance",
+    "GaussianBlur",
+    "GaussianMixturePrior",
+    "GaussianNoise",
     "HybridLoss",
     "ImportanceTimestepSampler",
+    "InverseSigmaSquaredWeighting",
     "LOSSES",
     "LearnedRangeVariance",
     "LearnedVariance",
@@ -80,27 +147,38 @@ __all__ = [
     "Loss",
     "MinSNRWeighting",
     "ModelFn",
+    "NoiseLevelSampler",
     "NoiseSchedule",
     "P2Weighting",
+    "PRECONDITIONINGS",
     "PREDICTIONS",
     "Parameterization",
+    "Preconditioning",
+    "Process",
     "QuadraticSchedule",
+    "RestorationLoss",
     "ReverseVariance",
     "SCHEDULES",
     "SNRWeighting",
     "SigmoidSchedule",
     "SimpleLoss",
+    "SquareMask",
     "TIMESTEP_SAMPLERS",
     "TimestepSampler",
     "UniformTimestepSampler",
     "UniformWeighting",
     "VARIANCES",
+    "VELogUniformSampler",
+    "VEPreconditioning",
     "VLBLoss",
     "VLBWeighting",
+    "VPPreconditioning",
+    "VPUniformTimeSampler",
     "VPrediction",
     "WEIGHTINGS",
     "Weighting",
     "X0Prediction",
+    "build_degradation",
     "build_loss",
     "build_prediction",
     "build_schedule",
@@ -119,4 +197,6 @@ __all__ = [
     "q_sample",
     "q_step_sample",
     "vb_terms_bpd",
+    "vp_sigma",
+    "vp_sigma_inv",
 ]

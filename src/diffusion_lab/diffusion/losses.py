@@ -3,7 +3,9 @@
 
     terms = loss_fn(diffusion, model_out, x0, xt, t, noise)
 
-The network is called once by the caller; the loss does not own it.
+The network is called once by the caller; the loss does not own it. ``processes`` names the processes a loss
+applies to (``build`` refuses it with another): ``simple`` / ``vlb`` / ``hybrid`` the Gaussian one (ddpm),
+``edm`` the σ-space process of Karras et al. 2022, ``flow`` rectified flow, ``restoration`` cold diffusion.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from .gaussian import NATS_PER_BIT, discretized_gaussian_log_likelihood, mean_fl
 from .process import Diffusion
 from .weightings import UniformWeighting, Weighting
 
-__all__ = ["Loss", "SimpleLoss", "VLBLoss", "HybridLoss", "vb_terms_bpd", "LOSSES", "build_loss"]
+__all__ = [
+    "Loss",
+    "SimpleLoss",
+    "VLBLoss",
+    "HybridLoss",
+    "EDMLoss",
+    "FlowMatchingLoss",
+    "RestorationLoss",
+    "vb_terms_bpd",
+    "LOSSES",
+    "build_loss",
+    "check_compatible",
+]
 
 
 def vb_terms_bpd(
@@ -35,6 +49,7 @@ def vb_terms_bpd(
 
 class Loss:
     name = "base"
+    processes: tuple[str, ...] = ("ddpm",)
     trains_variance = False  # whether this loss gives the variance channels a gradient
     needs_learned_variance = False
 
@@ -106,7 +121,70 @@ class HybridLoss(Loss):
         return terms
 
 
-LOSSES: dict[str, type[Loss]] = {"simple": SimpleLoss, "vlb": VLBLoss, "hybrid": HybridLoss}
+class EDMLoss(Loss):
+    """Karras et al. 2022, eq. 2 with the preconditioned denoiser (eq. 7): λ(σ)·|D_θ(x_0 + σn; σ) − x_0|²
+    averaged over dimensions. The noise levels σ come from the ``timesteps`` option (EDM: log-normal), λ(σ)
+    from the ``weighting`` (EDM: (σ² + σ_d²) / (σ·σ_d)², which makes the network's own effective weight
+    λ·c_out² = 1); ``mse`` is the denoiser's error in data space."""
+
+    name = "edm"
+    processes = ("edm",)
+
+    def __init__(self, weighting: Weighting | None = None):
+        self.weighting = weighting or UniformWeighting()
+
+    def __call__(self, process, model_out, x0, xt, t, noise):
+        mse = mean_flat((process.denoise(model_out.float(), xt, t) - x0).square())
+        return {"loss": self.weighting(process, t) * mse, "mse": mse}
+
+
+class FlowMatchingLoss(Loss):
+    """Conditional flow matching (Lipman et al. 2023; Liu et al. 2022): λ(t)·|v̂_θ(x_t, t) − (ε − x_0)|² averaged
+    over dimensions, with t from the ``timesteps`` option (uniform, logit-normal, mode) and λ the ``weighting``."""
+
+    name = "flow"
+    processes = ("flow",)
+
+    def __init__(self, weighting: Weighting | None = None):
+        self.weighting = weighting or UniformWeighting()
+
+    def __call__(self, process, model_out, x0, xt, t, noise):
+        mse = mean_flat((model_out.float() - process.velocity_target(x0, noise)).square())
+        return {"loss": self.weighting(process, t) * mse, "mse": mse}
+
+
+class RestorationLoss(Loss):
+    """Cold diffusion's restoration loss: |R(D(x_0, t), t) - x_0| averaged over dimensions (``norm="l1"``, the
+    paper's) or its square (``norm="l2"``). The network's output is the restored x̂_0 itself."""
+
+    name = "restoration"
+    processes = ("cold",)
+    NORMS = ("l1", "l2")
+
+    def __init__(self, weighting: Weighting | None = None, norm: str = "l1"):
+        if weighting is not None and not isinstance(weighting, UniformWeighting):
+            raise ValueError(
+                f"loss=restoration takes no weighting (the weightings are functions of a Gaussian schedule's SNR), "
+                f"but weighting={weighting.name} was given; use weighting=uniform"
+            )
+        if norm not in self.NORMS:
+            raise ValueError(f"loss.norm={norm!r} is unknown; choose one of {list(self.NORMS)}")
+        self.norm = norm
+
+    def __call__(self, process, model_out, x0, xt, t, noise):
+        error = model_out.float() - x0
+        l1, mse = mean_flat(error.abs()), mean_flat(error.square())
+        return {"loss": l1 if self.norm == "l1" else mse, "l1": l1, "mse": mse}
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "simple": SimpleLoss,
+    "vlb": VLBLoss,
+    "hybrid": HybridLoss,
+    "edm": EDMLoss,
+    "flow": FlowMatchingLoss,
+    "restoration": RestorationLoss,
+}
 
 
 def build_loss(name: str, **kwargs) -> Loss:
@@ -117,10 +195,11 @@ def build_loss(name: str, **kwargs) -> Loss:
 
 def check_compatible(loss: Loss, diffusion: Diffusion) -> None:
     """Refuse a loss/variance pair that cannot train, naming both options."""
-    learned = diffusion.variance.learned
+    variance = getattr(diffusion, "variance", None)  # processes other than the Gaussian one have none
+    learned = variance is not None and variance.learned
     if loss.needs_learned_variance and not learned:
         raise ValueError(
-            f"loss={loss.name} needs a learned variance but variance={diffusion.variance.name} is fixed; "
+            f"loss={loss.name} needs a learned variance but variance={getattr(variance, 'name', None)} is fixed; "
             "use variance=learned_range (or learned), or loss=simple"
         )
     if learned and not loss.trains_variance:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .gaussian import q_posterior, q_sample
 from .parameterizations import Parameterization, build_prediction, eps_from_x0
+from .process_base import Process
 from .schedules import NoiseSchedule, build_schedule
 from .variances import ReverseVariance, build_variance
 
@@ -33,15 +34,15 @@ class DenoiserOutput:
     var_out: Tensor | None  # the raw variance channels when the variance is learned
 
 
-class Diffusion:
+class Diffusion(Process):
     """One schedule × one parameterization × one reverse variance.
 
-    The process interface the LightningModule and the samplers rely on (other processes, e.g. cold
-    degradations, provide the same): ``num_timesteps``, ``corrupt(x0, t, noise)`` (the training input at level
-    t), ``has_likelihood`` (whether the variational bound, bits/dim, exists), ``state_dict`` /
-    ``load_state_dict`` (anything fitted from data, stored in checkpoints; nothing here).
+    The process interface the LightningModule relies on is ``Process``'s (process_base.py): here on integer
+    timesteps 0 .. T-1, with the network called on (x_t, t) — the original index when respaced — and a
+    likelihood; nothing fitted from data.
     """
 
+    name = "ddpm"
     has_likelihood = True
 
     def __init__(
@@ -72,16 +73,13 @@ class Diffusion:
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
 
+    @property
+    def out_channel_factor(self) -> int:
+        return self.variance.out_channel_factor
+
     def corrupt(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """The network's training input at timestep t: x_t ~ q(x_t | x_0) with the given noise."""
         return q_sample(self.schedule, x0, t, noise)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {}  # a Gaussian process is fully defined by its config
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"a Gaussian diffusion holds no fitted state, got {sorted(state)}")
 
     # ------------------------------------------------------------------ network output
     def split_output(self, out: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
@@ -103,8 +101,11 @@ class Diffusion:
             return t
         return self.timestep_map.to(t.device)[t]
 
+    def net_input(self, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return xt, self.model_timesteps(t)
+
     def call_model(self, model: ModelFn, xt: Tensor, t: Tensor) -> Tensor:
-        return model(xt, self.model_timesteps(t))
+        return model(*self.net_input(xt, t))
 
     def denoise(self, out: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = False) -> DenoiserOutput:
         """Read the network's raw output ``out`` at (x_t, t) as the reverse step."""

@@ -2,19 +2,41 @@
 
 ``sample(batch_size, device)`` returns ``(t, weights)``; the trainer multiplies each per-sample loss by its
 weight, so E[weight · L_t] under the sampler equals E[L_t] under the uniform distribution.
+
+The discrete samplers draw integer levels of a discrete process (ddpm, cold). The continuous ones draw a noise
+level from a density with unit weights (the density is itself the design choice, as a loss weighting is): EDM's σ
+(log-normal; Table 1's VP and VE distributions) and a flow's t in [0, 1] (uniform, logit-normal, mode).
+``processes`` names the processes a sampler applies to.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TimestepSampler", "UniformTimestepSampler", "ImportanceTimestepSampler", "TIMESTEP_SAMPLERS"]
+from .edm import vp_sigma
+
+__all__ = [
+    "TimestepSampler",
+    "UniformTimestepSampler",
+    "ImportanceTimestepSampler",
+    "NoiseLevelSampler",
+    "EDMLogNormalSampler",
+    "VPUniformTimeSampler",
+    "VELogUniformSampler",
+    "FlowUniformSampler",
+    "FlowLogitNormalSampler",
+    "FlowModeSampler",
+    "TIMESTEP_SAMPLERS",
+]
 
 
 class TimestepSampler:
     name = "base"
+    processes: tuple[str, ...] = ("ddpm", "cold")  # the processes on integer levels 0 .. T-1
 
     def __init__(self, num_timesteps: int):
         if num_timesteps < 1:
@@ -160,13 +182,129 @@ class ImportanceTimestepSampler(TimestepSampler):
         self._counts = torch.as_tensor(np.asarray(state["loss_counts"], dtype=np.int64)).clone().to(device)
 
 
+class NoiseLevelSampler(TimestepSampler):
+    """A continuous noise level per example, ``draw``n from a density; unit weights. No grid of timesteps."""
+
+    def __init__(self):
+        pass
+
+    def draw(self, n: int, device: torch.device | str, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, batch_size, device="cpu", generator=None):
+        return self.draw(batch_size, device, generator), torch.ones(batch_size, device=device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class EDMLogNormalSampler(NoiseLevelSampler):
+    """Karras et al. 2022, Table 1 (EDM): ln σ ~ N(P_mean, P_std²)."""
+
+    name = "edm_lognormal"
+    processes = ("edm",)
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+        if not p_std > 0:
+            raise ValueError(f"timesteps.p_std={p_std!r} must be > 0")
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def draw(self, n, device, generator):
+        return (self.p_mean + self.p_std * torch.randn(n, device=device, generator=generator)).exp()
+
+
+class VPUniformTimeSampler(NoiseLevelSampler):
+    """Table 1 (VP): σ = σ(t) = sqrt(exp(½β_d t² + β_min t) − 1), t ~ U(ε_t, 1)."""
+
+    name = "edm_vp"
+    processes = ("edm",)
+
+    def __init__(self, eps_t: float = 1e-5, beta_d: float = 19.9, beta_min: float = 0.1):
+        if not 0 < eps_t < 1:
+            raise ValueError(f"timesteps.eps_t={eps_t!r} must be in (0, 1)")
+        self.eps_t, self.beta_d, self.beta_min = eps_t, beta_d, beta_min
+
+    def draw(self, n, device, generator):
+        u = torch.rand(n, device=device, generator=generator)
+        return vp_sigma(self.eps_t + (1 - self.eps_t) * u, self.beta_d, self.beta_min)
+
+
+class VELogUniformSampler(NoiseLevelSampler):
+    """Table 1 (VE): σ = σ_min·(σ_max / σ_min)^t, t ~ U(0, 1), i.e. ln σ uniform."""
+
+    name = "edm_ve"
+    processes = ("edm",)
+
+    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"timesteps: need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def draw(self, n, device, generator):
+        u = torch.rand(n, device=device, generator=generator)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** u
+
+
+class FlowUniformSampler(NoiseLevelSampler):
+    """Rectified flow (Liu et al. 2022): t ~ U(0, 1)."""
+
+    name = "flow_uniform"
+    processes = ("flow",)
+
+    def draw(self, n, device, generator):
+        return torch.rand(n, device=device, generator=generator)
+
+
+class FlowLogitNormalSampler(NoiseLevelSampler):
+    """Esser et al. 2024, §3.1: t = sigmoid(m + s·z), z ~ N(0, 1) — more weight on the middle of the path."""
+
+    name = "flow_logit_normal"
+    processes = ("flow",)
+
+    def __init__(self, m: float = 0.0, s: float = 1.0):
+        if not s > 0:
+            raise ValueError(f"timesteps.s={s!r} must be > 0")
+        self.m, self.s = m, s
+
+    def draw(self, n, device, generator):
+        return torch.sigmoid(self.m + self.s * torch.randn(n, device=device, generator=generator))
+
+
+class FlowModeSampler(NoiseLevelSampler):
+    """Esser et al. 2024, §3.1, mode sampling with heavy tails: t = f_mode(u) = 1 − u − s·(cos²(π/2·u) − 1 + u),
+    u ~ U(0, 1). s = 0 is uniform; s > 0 favours the middle, s < 0 the ends; f_mode is a bijection of [0, 1]
+    for −1 ≤ s ≤ 2 / (π − 2)."""
+
+    name = "flow_mode"
+    processes = ("flow",)
+
+    def __init__(self, s: float = 1.29):
+        if not -1.0 <= s <= 2.0 / (math.pi - 2.0):
+            raise ValueError(
+                f"timesteps.s={s!r} must be in [-1, 2/(pi-2) = 1.752] (f_mode must stay monotone)"
+            )
+        self.s = s
+
+    def draw(self, n, device, generator):
+        u = torch.rand(n, device=device, generator=generator)
+        return 1.0 - u - self.s * (torch.cos(0.5 * math.pi * u) ** 2 - 1.0 + u)
+
+
 TIMESTEP_SAMPLERS: dict[str, type[TimestepSampler]] = {
     "uniform": UniformTimestepSampler,
     "importance": ImportanceTimestepSampler,
+    "edm_lognormal": EDMLogNormalSampler,
+    "edm_vp": VPUniformTimeSampler,
+    "edm_ve": VELogUniformSampler,
+    "flow_uniform": FlowUniformSampler,
+    "flow_logit_normal": FlowLogitNormalSampler,
+    "flow_mode": FlowModeSampler,
 }
 
 
-def build_timestep_sampler(name: str, num_timesteps: int, **kwargs) -> TimestepSampler:
+def build_timestep_sampler(name: str, num_timesteps: int | None = None, **kwargs) -> TimestepSampler:
+    """``build_timestep_sampler("uniform", 1000)``; the continuous ones take no ``num_timesteps``."""
     if name not in TIMESTEP_SAMPLERS:
         raise ValueError(f"timesteps={name!r} is unknown; choose one of {sorted(TIMESTEP_SAMPLERS)}")
-    return TIMESTEP_SAMPLERS[name](num_timesteps, **kwargs)
+    cls = TIMESTEP_SAMPLERS[name]
+    return cls(**kwargs) if issubclass(cls, NoiseLevelSampler) else cls(num_timesteps, **kwargs)

@@ -3,6 +3,10 @@
 A weighting is defined where its paper defines it (ε-space or x_0-space) and converted to the space of the
 network's target with the parameterization's ``eps_error_scale`` = |Δε|²/|Δtarget|², using
 |Δε|² = SNR · |Δx_0|². So a weighting means the same thing whichever of ε, x_0, v the network predicts.
+
+``processes`` names the processes a weighting applies to: the SNR-based ones read the Gaussian process's
+schedule (ddpm); ``edm`` and ``inverse_sigma2`` are λ(σ) on the denoiser's data-space error in EDM's σ-space;
+``uniform`` applies to every process.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ __all__ = [
     "SNRWeighting",
     "MinSNRWeighting",
     "P2Weighting",
+    "EDMWeighting",
+    "InverseSigmaSquaredWeighting",
     "WEIGHTINGS",
     "build_weighting",
 ]
@@ -26,6 +32,7 @@ __all__ = [
 
 class Weighting:
     name = "base"
+    processes: tuple[str, ...] | None = ("ddpm",)  # None: any process
 
     def __call__(self, diffusion: Diffusion, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -43,6 +50,7 @@ class UniformWeighting(Weighting):
     """λ_t = 1 on the target's MSE: Ho et al.'s L_simple for whatever the network predicts."""
 
     name = "uniform"
+    processes = None
 
     def __call__(self, diffusion, t):
         return torch.ones(t.shape, device=t.device)
@@ -112,12 +120,36 @@ class P2Weighting(Weighting):
         return (self.k + snr).pow(-self.gamma) * _eps_scale(diffusion, t)
 
 
+class EDMWeighting(Weighting):
+    """Karras et al. 2022, Table 1: λ(σ) = (σ² + σ_data²) / (σ·σ_data)² on |D_θ − x_0|² (σ_data: the
+    process's). It is 1 / c_out(σ)² of the EDM preconditioning, so the network's own target has unit weight."""
+
+    name = "edm"
+    processes = ("edm",)
+
+    def __call__(self, process, t):
+        sd = process.sigma_data
+        return (t**2 + sd**2) / (t * sd) ** 2
+
+
+class InverseSigmaSquaredWeighting(Weighting):
+    """λ(σ) = 1 / σ² on |D_θ − x_0|²: the VP and VE rows of Karras et al.'s Table 1 (the ε-MSE of DDPM)."""
+
+    name = "inverse_sigma2"
+    processes = ("edm",)
+
+    def __call__(self, process, t):
+        return 1.0 / t**2
+
+
 WEIGHTINGS: dict[str, type[Weighting]] = {
     "uniform": UniformWeighting,
     "vlb": VLBWeighting,
     "snr": SNRWeighting,
     "min_snr": MinSNRWeighting,
     "p2": P2Weighting,
+    "edm": EDMWeighting,
+    "inverse_sigma2": InverseSigmaSquaredWeighting,
 }
 
 

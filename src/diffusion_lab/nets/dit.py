@@ -151,6 +151,9 @@ class DiT(nn.Module):
     Construct with flat keyword arguments (those of ``DiTConfig``), as Hydra's ``instantiate`` does.
     """
 
+    # The blocks repeated through the network, for regional compilation (``compile_scope=blocks``).
+    repeated_blocks = (DiTBlock,)
+
     def __init__(self, **kwargs):
         super().__init__()
         self.config = cfg = DiTConfig(**kwargs)

@@ -204,6 +204,9 @@ class UNet(nn.Module):
     Construct with flat keyword arguments (those of ``UNetConfig``), as Hydra's ``instantiate`` does.
     """
 
+    # The blocks repeated through the network, for regional compilation (``compile_scope=blocks``).
+    repeated_blocks = (ResBlock, AttentionBlock)
+
     def __init__(self, **kwargs):
         super().__init__()
         self.config = cfg = UNetConfig(**kwargs)

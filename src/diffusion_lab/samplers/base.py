@@ -3,7 +3,8 @@
     x = sampler.sample(diffusion, model, shape=(64, 1, 28, 28), device="cuda")
 
 ``model(x_t, t)`` is any callable returning the network's raw output; samplers respace the process
-themselves (``steps``) and hand the network the original timestep indices.
+themselves (``steps``) and hand the network the original timestep indices. The samplers of EDM and of a flow
+(edm.py, flow.py) keep the same ``sample`` call but walk their own grids of σ or t.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ __all__ = ["Sampler", "Trajectory"]
 @dataclass
 class Trajectory:
     """Per-step states for visualisation, one entry per kept step (in sampling order): ``timesteps[i]`` (the
-    original index the network saw), ``pred_x0[i]`` (its x̂_0 at the step's input) and ``xt[i]`` (the state
-    after the step, i.e. the next step's input; the last is the sample)."""
+    original index the network saw; EDM's σ_i, a flow's t_i), ``pred_x0[i]`` (its x̂_0 at the step's input) and
+    ``xt[i]`` (the state after the step, i.e. the next step's input; the last is the sample); ``start`` is the first
+    step's input."""
 
-    timesteps: list[int] = field(default_factory=list)
+    start: Tensor | None = None
+    timesteps: list[int | float] = field(default_factory=list)
     xt: list[Tensor] = field(default_factory=list)
     pred_x0: list[Tensor] = field(default_factory=list)
 
-    def record(self, t: int, xt: Tensor, pred_x0: Tensor) -> None:
+    def record(self, t: int | float, xt: Tensor, pred_x0: Tensor) -> None:
         self.timesteps.append(t)
         self.xt.append(xt.detach().cpu())
         self.pred_x0.append(pred_x0.detach().cpu())
@@ -38,6 +41,7 @@ class Trajectory:
 
 class Sampler:
     name = "base"
+    processes: tuple[str, ...] = ("ddpm",)  # the processes it walks (build refuses it with another)
     # Whether ``step`` takes fresh noise: the default ``solve`` draws it from the generator only when True.
     stochastic = True
 
@@ -71,7 +75,7 @@ class Sampler:
         ``generator``; with ``return_trajectory`` also the per-step states (one entry per kept step)."""
         spaced = diffusion.respaced(self.steps)
         x = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
-        trajectory = Trajectory() if return_trajectory else None
+        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
         x = self.solve(spaced, model, x, generator=generator, progress=progress, trajectory=trajectory)
         return (x, trajectory) if return_trajectory else x
 

@@ -3,16 +3,30 @@
 
 # No `from __future__ import annotations`: see _gpu_slots.py.
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence  # noqa: UP035 (as the rest of the plugin)
 
-from hydra.types import TaskFunction
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import filter_overrides
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_lab.overrides import override_key, split_override
 from hydra_plugins.diffusion_lab_launcher._job_results import SaveReturnValue
 
-__all__ = ["app_command", "forwarded", "job_command", "quote", "safe_subdir", "short_name", "varying_keys"]
+__all__ = [
+    "app_command",
+    "forwarded",
+    "job_command",
+    "job_config",
+    "job_folder",
+    "quote",
+    "safe_subdir",
+    "short_name",
+    "varying_keys",
+]
 
 # Hydra overrides of the multirun that must not reach a job (a job is a plain single run).
 NOT_FORWARDED = (
@@ -136,3 +150,34 @@ def safe_subdir(subdir: str, short: str, limit: int = 200) -> str:
     parts = [_shorten(short, limit) if len(p.encode()) > limit else p for p in Path(subdir).parts]
     parts = [p.replace("'", "").replace('"', "") for p in parts]
     return str(Path(*parts)) if parts else subdir
+
+
+def job_config(
+    hydra_context: HydraContext, config: DictConfig, num: int, overrides: Sequence[str]
+) -> DictConfig:
+    """The config of sweep job ``num`` (the multirun's ``config`` with the job's ``overrides``)."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = num
+        sweep_config.hydra.job.num = num
+        # A path in an override value (features=/a/b.pt) must not nest the job directory.
+        dirname = str(sweep_config.hydra.job.override_dirname)
+        sweep_config.hydra.job.override_dirname = dirname.replace(os.sep, "_")
+    return sweep_config
+
+
+def _job_subdir(sweep_config: DictConfig) -> str:
+    previous = HydraConfig.instance().cfg
+    # ${hydra:...} in the subdir resolves against this job's config.
+    HydraConfig.instance().set_config(sweep_config)
+    try:
+        return str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def job_folder(sweep_config: DictConfig, num: int, overrides: Sequence[str], varying: set[str]) -> str:
+    """The job's folder in the sweep directory: ``hydra.sweep.subdir``, named by the varying overrides
+    (``short_name``) where that is too long for a folder name (``safe_subdir``)."""
+    short = short_name(num, filter_overrides(overrides), varying)
+    return safe_subdir(_job_subdir(sweep_config), short)

@@ -11,7 +11,7 @@ from hydra.core.utils import filter_overrides
 
 from hydra_plugins.diffusion_lab_launcher._job_process import Job
 
-__all__ = ["STATUS_FILE", "job_record", "write_status"]
+__all__ = ["STATUS_FILE", "job_record", "write_records", "write_status"]
 
 STATUS_FILE = "sweep_status.json"
 
@@ -50,9 +50,14 @@ def _earlier_records(path: Path) -> dict[int, dict]:
 
 def write_status(sweep_dir: Path, settings: dict[str, Any], jobs: Sequence[Job]) -> None:
     """Write the sweep's status: ``settings`` (the launcher's), then every job, earlier batches' included."""
+    write_records(sweep_dir, settings, [job_record(j) for j in jobs])
+
+
+def write_records(sweep_dir: Path, settings: dict[str, Any], jobs: Sequence[dict[str, Any]]) -> None:
+    """``write_status`` for job records (``job_record``'s fields) a launcher made itself."""
     path = sweep_dir / STATUS_FILE
     records = _earlier_records(path)
-    records.update({j.num: job_record(j) for j in jobs})
+    records.update({int(r["num"]): r for r in jobs})
     status = {"sweep_dir": str(sweep_dir), **settings, "jobs": [records[k] for k in sorted(records)]}
     # Imported here: diffusion_lab.io loads torch, which Hydra's plugin scan should not pay for.
     from diffusion_lab.io import atomic_path

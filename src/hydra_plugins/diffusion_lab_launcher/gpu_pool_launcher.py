@@ -20,15 +20,13 @@ printed when it ends. When all have ended, a failed job makes the multirun exit 
 #   _gpu_slots     which GPUs there are and which are free          _job_command   a job's command line and folder
 #   _job_process   a job as a subprocess (start, end, interrupt)     _job_results   what a job hands back
 #   _sweep_status  sweep_status.json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence  # noqa: UP035 (OmegaConf structured configs want typing)
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -39,8 +37,8 @@ from hydra_plugins.diffusion_lab_launcher._job_command import (
     app_command,
     forwarded,
     job_command,
-    safe_subdir,
-    short_name,
+    job_config,
+    job_folder,
     varying_keys,
 )
 from hydra_plugins.diffusion_lab_launcher._job_process import Job, job_env, stop
@@ -148,27 +146,6 @@ class GPUPoolLauncher(Launcher):
         return ",".join(gpus) if self.gpus_per_job else ""
 
     # ------------------------------------------------------------------------------------------ jobs
-    def _job_config(self, num: int, overrides: Sequence[str]) -> DictConfig:
-        assert self.hydra_context is not None and self.config is not None
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = num
-            sweep_config.hydra.job.num = num
-            # A path in an override value (features=/a/b.pt) must not nest the job directory.
-            dirname = str(sweep_config.hydra.job.override_dirname)
-            sweep_config.hydra.job.override_dirname = dirname.replace(os.sep, "_")
-        return sweep_config
-
-    @staticmethod
-    def _job_subdir(sweep_config: DictConfig) -> str:
-        previous = HydraConfig.instance().cfg
-        # ${hydra:...} in the subdir resolves against this job's config.
-        HydraConfig.instance().set_config(sweep_config)
-        try:
-            return str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
-        finally:
-            HydraConfig.instance().cfg = previous
-
     def _with_devices(self, overrides: Sequence[str]) -> list[str]:
         """The job's overrides, plus ``<devices_override>=<gpus_per_job>`` on a GPU machine unless given."""
         job_overrides = list(overrides)
@@ -186,9 +163,9 @@ class GPUPoolLauncher(Launcher):
         self, num: int, overrides: Sequence[str], app: list[str], sweep_dir: Path, varying: set[str]
     ) -> Job:
         assert self.config is not None
-        sweep_config = self._job_config(num, overrides)
-        short = short_name(num, filter_overrides(overrides), varying)
-        job_dir = (sweep_dir / safe_subdir(self._job_subdir(sweep_config), short)).resolve()
+        assert self.hydra_context is not None
+        sweep_config = job_config(self.hydra_context, self.config, num, overrides)
+        job_dir = (sweep_dir / job_folder(sweep_config, num, overrides, varying)).resolve()
         with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
             sweep_config.hydra.runtime.output_dir = str(job_dir)
         hydra_overrides = forwarded(OmegaConf.to_container(self.config.hydra.overrides.hydra) or [])

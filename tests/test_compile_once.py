@@ -1,0 +1,66 @@
+"""One compilation per run: validation, the EMA swap, checkpoints, sample grids and the final samples do not
+compile the network again after training has started (compile_eval=false, the default)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from conftest import small_train_cfg
+from diffusion_lab.train import train
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """torch.compile with the "eager" backend: Dynamo decides every (re)compilation before any backend runs, so
+    the counts are those of inductor, and each compilation costs milliseconds instead of a C++ build."""
+    original = torch.nn.Module.compile
+
+    def compile_eagerly(self, *args, **kwargs):
+        return original(self, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _fit(tmp_path, *overrides: str) -> int:
+    cfg = small_train_cfg(
+        tmp_path / "run",
+        "compile=true",
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=4",  # three validations, each with an EMA swap and a sample grid
+        "callbacks.checkpoint.every_n_train_steps=4",
+        *overrides,
+    )
+    train(cfg)
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_a_fit_with_validation_checkpoints_and_samples_compiles_the_network_once(tmp_path, eager_backend):
+    assert _fit(tmp_path) == 1  # a recompilation (a failed guard) would be a second graph
+
+
+def test_compiling_evaluation_too_adds_graphs_and_the_count_sees_them(tmp_path, eager_backend):
+    # The no-grad validation graph and the sampling batch shapes: what compile_eval=false avoids.
+    assert _fit(tmp_path, "compile_eval=true") > 1
+
+
+def test_regional_compilation_compiles_a_repeated_block_once_for_all_its_instances(tmp_path, eager_backend):
+    # Every DiT block sees the same shapes: one graph serves all of them (the whole network would be one graph
+    # too, but one spanning every block, so its compile time grows with the depth).
+    assert _fit(tmp_path, "model=dit_s", "model.depth=3", "compile_scope=blocks") == 1
+
+
+def test_regional_compilation_of_a_network_without_repeated_blocks_is_one_error_line(tmp_path):
+    from diffusion_lab.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _fit(tmp_path, "data=toy2d", "model=mlp", "compile_scope=blocks")
+    assert str(err.value) == (
+        "compile_scope=blocks needs a network that lists its repeated_blocks; MLPDenoiser does not: "
+        "use compile_scope=net"
+    )
