@@ -204,6 +204,43 @@ def cli_env(root: Path) -> dict[str, str]:
     return env
 
 
+# A tiny autoencoder (task=autoencoder) on the offline digits, f = 2 (16x16 -> 8x8x2): a few CPU seconds. It is
+# fully convolutional, so it also encodes any 1-channel data of even size (28x28 Fashion-MNIST -> 14x14x2).
+TINY_AUTOENCODER = [
+    "task=autoencoder",
+    "data=digits",
+    "task.net.base_channels=8",
+    "task.net.groups=4",
+    "task.net.channel_mult=[1,2]",
+    "task.net.latent_channels=2",
+    "optimizer.lr=3e-3",
+    "lr_scheduler.warmup_steps=5",
+    "callbacks.ema.decay=0.9",
+]
+TINY_AUTOENCODER_STEPS = 60
+
+
+def train_tiny_autoencoder(output_dir: str | Path, *overrides: str) -> Path:
+    """Train the tiny autoencoder into ``output_dir``; returns its checkpoint."""
+    from diffusion_lab.train import train
+
+    steps = f"trainer.max_steps={TINY_AUTOENCODER_STEPS}"
+    every = f"trainer.val_check_interval={TINY_AUTOENCODER_STEPS}"
+    cfg = small_train_cfg(output_dir, *TINY_AUTOENCODER, steps, every, *overrides)
+    return Path(train(cfg)["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder(tmp_path_factory) -> Path:
+    """The checkpoint of the tiny autoencoder (for ``autoencoder=PATH``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_tiny_autoencoder(tmp_path_factory.mktemp("autoencoder"))
+    finally:
+        torch.set_num_threads(before)
+
+
 # ======================================================================================= end of training configs
 
 

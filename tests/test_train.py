@@ -39,16 +39,21 @@ def read_metrics(csv_path: str | Path, key: str = "train/loss") -> dict[int, flo
 
 # ---------------------------------------------------------------------------------- experiment configs
 @pytest.mark.parametrize("experiment", group_options("experiment"))
-def test_every_experiment_runs(experiment, tmp_path, fake_cifar_root):
-    overrides = [f"experiment={experiment}"]
-    if compose_train(overrides).data.name == "cifar10":
+def test_every_experiment_runs(experiment, tmp_path, fake_cifar_root, request):
+    overrides = [f"experiment={experiment}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    composed = compose_train(overrides)
+    if composed.data.name == "cifar10":
         overrides.append(f"data.root={fake_cifar_root}")
+    if composed.autoencoder == "required":  # a latent-diffusion experiment
+        overrides.append(f"autoencoder={request.getfixturevalue('tiny_autoencoder')}")
     cfg = small_train_cfg(tmp_path / "run", *overrides, fast_dev_run=True)
     result = train(cfg)
     assert result["global_step"] == 1
     assert result["output_dir"] == str(tmp_path / "run")
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
-    if cfg.data.name not in TOY_KINDS:  # image data: final samples written
+    if cfg.task.name == "autoencoder":  # held-out images above their reconstructions
+        assert Path(result["reconstructions_grid"]).is_file() and "samples_grid" not in result
+    elif cfg.data.name not in TOY_KINDS:  # image data: final samples written
         assert Path(result["samples_grid"]).is_file() and Path(result["samples_npz"]).is_file()
 
 

@@ -26,6 +26,9 @@ from torch import nn
 from .checkpointing import CheckpointError, check_digest, load_checkpoint_file, sidecar_path
 from .diffusion import LOSSES, TIMESTEP_SAMPLERS, WEIGHTINGS, Diffusion, Loss, TimestepSampler
 from .diffusion.losses import check_compatible
+from .errors import UserError
+from .io import file_sha256
+from .latent.decoder import LatentDecoder
 from .samplers import SAMPLERS, Sampler
 
 __all__ = [
@@ -34,7 +37,11 @@ __all__ = [
     "build_parts",
     "make_spec",
     "build_module",
+    "build_datamodule",
     "load_checkpoint",
+    "read_checkpoint",
+    "TrainedAutoencoder",
+    "load_autoencoder",
     "check_applies",
     "CheckpointError",
 ]
@@ -61,6 +68,7 @@ class Parts:
     loss: Loss
     timesteps: TimestepSampler
     sampler: Sampler
+    decoder: LatentDecoder | None = None  # latent diffusion: the frozen decoder back to pixels (else None)
 
 
 def _container(node: Any) -> Any:
@@ -101,7 +109,8 @@ def build_parts(spec: dict) -> Parts:
     sampler.num_evaluations(
         diffusion
     )  # its steps must fit this process: a bad value fails now, not at a preview
-    return Parts(diffusion, net, loss, timesteps, sampler)
+    decoder = build_latent_decoder(spec["latent"]) if spec.get("latent") else None
+    return Parts(diffusion, net, loss, timesteps, sampler, decoder)
 
 
 def _option_name(node: dict) -> str:
@@ -171,14 +180,19 @@ def _build_with_inputs(node: dict, spec: dict, taken: set[str]):
     return factory(**inputs)
 
 
-def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None):
+def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None, latent=None):
+    """The LightningModule of the run's ``task``: a diffusion model of ``data_shape`` (in the latent space of
+    ``latent``, a ``LatentDataModule``, when given) or an autoencoder (``task=autoencoder``)."""
     from .module import DiffusionModule
 
+    if task_name(cfg) == "autoencoder":
+        return build_autoencoder_module(cfg, data_shape)
     spec = make_spec(cfg, data_shape, num_classes)
+    if latent is not None:
+        spec["latent"] = latent.latent_spec()
+        if "clip_denoised" in spec["sampler"]:  # stored as it runs: x̂_0 is never clipped on latents
+            spec["sampler"]["clip_denoised"] = False
     parts = build_parts(spec)
-    # lr_scheduler=none is `{}`, but an experiment may still set keys of it (e.g. warmup_steps): no _target_,
-    # no schedule.
-    lr_scheduler = cfg.get("lr_scheduler")
     return DiffusionModule(
         net=parts.net,
         diffusion=parts.diffusion,
@@ -186,7 +200,7 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         timesteps=parts.timesteps,
         sampler=parts.sampler,
         optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(lr_scheduler) if lr_scheduler and "_target_" in lr_scheduler else None,
+        lr_scheduler=_lr_scheduler(cfg),
         data_shape=tuple(data_shape),
         num_classes=num_classes,
         p_uncond=float(cfg.get("p_uncond", 0.0)),
@@ -196,7 +210,50 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         compile_scope=str(cfg.get("compile_scope", "net")),
         channels_last=bool(cfg.get("channels_last", False)),
         nonfinite=cfg.get("nonfinite", "skip"),
+        decoder=latent.decoder() if latent is not None else None,
     )
+
+
+def _lr_scheduler(cfg: DictConfig):
+    # lr_scheduler=none is `{}`, but an experiment may still set keys of it (e.g. warmup_steps): no _target_,
+    # no schedule.
+    lr_scheduler = cfg.get("lr_scheduler")
+    return instantiate(lr_scheduler) if lr_scheduler and "_target_" in lr_scheduler else None
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", option: str = "ckpt") -> dict:
+    """A whole checkpoint written by diffusion_lab (its digest checked, loaded as plain data), or a one-line
+    ``CheckpointError`` naming ``option``."""
+    from .module import CHECKPOINT_KEY
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{option}={str(path)!r} does not exist; pass the path of a .ckpt file from a training run"
+        )
+    if check_digest(path) is False:
+        raise CheckpointError(
+            f"{option}={str(path)!r} is corrupt: its sha256 does not match {sidecar_path(path).name} "
+            "(truncated or modified after it was written)"
+        )
+    try:
+        ckpt = load_checkpoint_file(path, map_location=map_location, option=option)
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated or not a torch file
+        raise CheckpointError(
+            f"{option}={str(path)!r} cannot be read ({type(err).__name__}): truncated or not a checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "spec" not in ckpt[CHECKPOINT_KEY]:
+        raise CheckpointError(
+            f"{option}={str(path)!r} was not written by diffusion_lab (no '{CHECKPOINT_KEY}' spec inside); "
+            "use a checkpoint from `python -m diffusion_lab.train`"
+        )
+    return ckpt
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Parts, dict, dict]:
@@ -207,34 +264,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     from .module import CHECKPOINT_KEY
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"ckpt={str(path)!r} does not exist; pass the path of a .ckpt file from a training run"
-        )
-    if check_digest(path) is False:
-        raise CheckpointError(
-            f"ckpt={str(path)!r} is corrupt: its sha256 does not match {sidecar_path(path).name} "
-            "(truncated or modified after it was written)"
-        )
-    try:
-        ckpt = load_checkpoint_file(path, map_location=map_location)
-    except CheckpointError:
-        raise
-    except Exception as err:  # truncated or not a torch file
-        raise CheckpointError(
-            f"ckpt={str(path)!r} cannot be read ({type(err).__name__}): truncated or not a checkpoint"
-        ) from None
-    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "spec" not in ckpt[CHECKPOINT_KEY]:
-        raise CheckpointError(
-            f"ckpt={str(path)!r} was not written by diffusion_lab (no '{CHECKPOINT_KEY}' spec inside); "
-            "use a checkpoint from `python -m diffusion_lab.train`"
-        )
+    ckpt = read_checkpoint(path, map_location)
     spec = ckpt[CHECKPOINT_KEY]["spec"]
+    if task_name(spec) == "autoencoder":
+        raise CheckpointError(
+            f"ckpt={str(path)!r} is an autoencoder (task=autoencoder), which does not sample; train a diffusion "
+            f"model in its latent space with autoencoder={str(path)}"
+        )
     parts = build_parts(spec)
-    net_state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
-        parts.net.load_state_dict(net_state)
+        parts.net.load_state_dict(_prefixed(ckpt["state_dict"], "net."))
+        if parts.decoder is not None:
+            parts.decoder.load_state_dict(_prefixed(ckpt["state_dict"], "decoder."))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"ckpt={str(path)!r} does not match its stored network spec: {first}") from None
@@ -243,3 +284,104 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         parts.diffusion.load_state_dict(process_state)
     parts.net.eval()
     return parts, spec, ckpt
+
+
+# ------------------------------------------------------------------------------ latent diffusion (Rombach 2022)
+def task_name(cfg_or_spec) -> str:
+    """``diffusion`` or ``autoencoder``: what a config trains (``task.name``) or a checkpoint's spec holds."""
+    task = cfg_or_spec.get("task")
+    if isinstance(task, str):
+        return task
+    return str((task or {}).get("name", "diffusion"))
+
+
+def build_datamodule(cfg: DictConfig):
+    """The run's data: ``cfg.data`` as configured, or, with ``autoencoder=PATH``, seen through that
+    autoencoder's encoder (latents cached under ``paths.cache_dir``/latents)."""
+    if not cfg.get("autoencoder"):
+        return instantiate(cfg.data)
+    from .latent.datamodule import LatentDataModule
+
+    if task_name(cfg) == "autoencoder":
+        raise UserError(
+            f"autoencoder={cfg.autoencoder} is for a diffusion run in that autoencoder's latent space; "
+            "task=autoencoder trains an autoencoder: drop autoencoder="
+        )
+    cache_dir = Path(cfg.paths.cache_dir) / "latents"
+    return LatentDataModule(_container(cfg.data), str(cfg.autoencoder), str(cache_dir))
+
+
+def build_autoencoder(node: dict, image_shape) -> nn.Module:
+    """An (untrained) autoencoder network from its config node, for images of ``image_shape`` (C, H, W)."""
+    return instantiate(node, in_channels=int(image_shape[0]))
+
+
+def build_latent_decoder(latent: dict) -> LatentDecoder:
+    """The (untrained) decoder of a latent-diffusion spec, with its scale factor; the weights come from the
+    diffusion checkpoint (which stores the frozen decoder)."""
+    autoencoder = build_autoencoder(latent["autoencoder"], latent["image_shape"])
+    return LatentDecoder(autoencoder.decoder, latent["scale_factor"])
+
+
+def make_autoencoder_spec(cfg: DictConfig, data_shape: tuple[int, ...]) -> dict:
+    return {
+        "task": "autoencoder",
+        "autoencoder": _container(cfg.task.net),
+        "loss": _container(cfg.task.loss),
+        "data": _container(cfg.get("data")),
+        "data_shape": list(data_shape),
+    }
+
+
+def build_autoencoder_module(cfg: DictConfig, data_shape: tuple[int, ...]):
+    from .latent.module import AutoencoderModule
+
+    if len(data_shape) != 3:
+        raise UserError(f"task=autoencoder needs image data; data.name={cfg.data.name} gives points")
+    spec = make_autoencoder_spec(cfg, data_shape)
+    net = build_autoencoder(spec["autoencoder"], data_shape)
+    try:
+        net.latent_shape(tuple(data_shape))
+    except ValueError as err:
+        raise UserError(f"task.net: {err}") from None
+    return AutoencoderModule(
+        net=net,
+        loss=instantiate(spec["loss"]),
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=_lr_scheduler(cfg),
+        data_shape=tuple(data_shape),
+        spec=spec,
+        nonfinite=cfg.get("nonfinite", "skip"),
+    )
+
+
+@dataclass
+class TrainedAutoencoder:
+    """A trained autoencoder loaded from its checkpoint: the frozen network (EMA weights), its spec, and the
+    checkpoint's path and sha256 (which key the latent cache)."""
+
+    net: nn.Module
+    spec: dict
+    sha256: str
+    path: str
+
+
+def load_autoencoder(path: str | Path) -> TrainedAutoencoder:
+    """The autoencoder of ``autoencoder=PATH``; a one-line ``CheckpointError`` naming the option otherwise."""
+    from .module import CHECKPOINT_KEY
+
+    ckpt = read_checkpoint(path, option="autoencoder")
+    spec = ckpt[CHECKPOINT_KEY]["spec"]
+    if task_name(spec) != "autoencoder":
+        raise CheckpointError(
+            f"autoencoder={str(path)!r} is a diffusion checkpoint, not an autoencoder; pass the last.ckpt of a "
+            "`python -m diffusion_lab.train experiment=autoencoder_fmnist` run"
+        )
+    net = build_autoencoder(spec["autoencoder"], spec["data_shape"])
+    try:
+        net.load_state_dict(_prefixed(ckpt["state_dict"], "net."))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"autoencoder={str(path)!r} does not match its stored spec: {first}") from None
+    net.eval().requires_grad_(False)
+    return TrainedAutoencoder(net, spec, file_sha256(path), str(path))

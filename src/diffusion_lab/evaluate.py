@@ -40,6 +40,7 @@ from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
 from .io import atomic_path, file_sha256
+from .latent.decoder import sample_images, sampler_for
 from .metrics.evaluation import (
     QualitySettings,
     build_extractor,
@@ -163,6 +164,8 @@ def load_network(cfg: DictConfig, device: torch.device):
     options = compile_options(mode, bool(cfg.get("channels_last"))) if compiled else None
     parts, spec, ckpt = load_checkpoint(cfg.ckpt_path, map_location="cpu")
     net = parts.net.to(device)
+    if parts.decoder is not None:
+        parts.decoder.to(device)
     if cfg.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
@@ -307,7 +310,8 @@ def _plot(
 def make_generate(
     parts, net, spec: dict, sampler: Sampler, w: float, device: torch.device, full_batch: int, compiled: bool
 ) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """``generate(b, generator)``: b samples in [-1, 1] with ``sampler`` at guidance scale ``w``."""
+    """``generate(b, generator)``: b samples in [-1, 1] with ``sampler`` at guidance scale ``w`` (decoded to
+    pixels for a latent model)."""
     shape = tuple(spec["data_shape"])
     num_classes = spec.get("num_classes")
 
@@ -324,8 +328,8 @@ def make_generate(
             model = ClassifierFreeGuidance(net, y, w, num_classes, shape[0] if learned else None)
         # bf16 autocast on CUDA, as DiffusionModule.generate samples during training
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            x = sampler.sample(parts.diffusion, model, noise.shape, device, noise=noise, generator=gen)
-        return x[:keep].clamp(-1, 1).float()
+            x = sample_images(sampler, parts.diffusion, model, noise, gen, decoder=parts.decoder)
+        return x[:keep]
 
     return generate
 
@@ -389,7 +393,9 @@ def sample_rows(
     names = score_names(extractor.kind)
     rows = []
     for steps in _as_list(cfg.steps):
-        sampler = sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta, parts.diffusion)
+        sampler = sampler_for(
+            sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta, parts.diffusion), parts.decoder
+        )
         for w in guidances:
             generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
             row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
@@ -491,6 +497,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
+    if "bpd" in metrics and spec.get("latent"):
+        raise UserError(
+            "metrics=[bpd] is a likelihood of pixels, and this checkpoint models an autoencoder's latents; "
+            "drop bpd (fid, kid, pr, is score its decoded images)"
+        )
     if "bpd" in metrics and not parts.diffusion.has_likelihood:
         raise UserError(
             f"metrics=[bpd] needs a likelihood, which process={parts.diffusion.name} has not; "

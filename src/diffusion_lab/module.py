@@ -8,12 +8,10 @@ used for previews, and the optimizer / learning-rate schedule as partials.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
@@ -22,8 +20,9 @@ from .compile_policy import check_scope, compile_mode, compile_network, compile_
 from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
+from .latent.decoder import sample_images
+from .net_training import NetTraining
 from .nonfinite import NonFiniteGuard
-from .optim import optimizer_params, total_norm
 from .rng_state import capture_rng_state, restore_rng_state
 from .samplers import Sampler
 from .score_names import NUM_BUCKETS, bucket_key
@@ -34,7 +33,7 @@ __all__ = ["DiffusionModule", "CHECKPOINT_KEY"]
 CHECKPOINT_KEY = "diffusion_lab"
 
 
-class DiffusionModule(L.LightningModule):
+class DiffusionModule(NetTraining):
     def __init__(
         self,
         net: nn.Module,
@@ -55,6 +54,7 @@ class DiffusionModule(L.LightningModule):
         sample_bf16: bool = True,
         val_seed: int = 1234,
         nonfinite: str = "skip",
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         # Non-finite loss / gradients: "skip" the optimizer step (and count it), "stop" with an error, or "off".
@@ -70,6 +70,8 @@ class DiffusionModule(L.LightningModule):
         self.num_classes = num_classes
         self.p_uncond = p_uncond
         self.spec = spec or {}  # the resolved config of every diffusion part, stored in each checkpoint
+        # Latent diffusion: the frozen decoder from latents to pixels (its weights travel in the checkpoint).
+        self.decoder = decoder
         # torch.compile of the network: False, True / "default", "reduce-overhead" (CUDA graphs), "max-autotune", ...
         # NHWC activations and conv weights (and, compiled, NHWC convolutions inside the graph: compile_options):
         # convolution kernels run faster on NHWC on most hardware, but not for every network and device, so it is
@@ -91,16 +93,6 @@ class DiffusionModule(L.LightningModule):
         self._bucket_counts: Tensor | None = None
         self._step_loss: Tensor | None = None
         self._step_terms: dict[str, Tensor] = {}
-
-    @property
-    def skipped_steps(self) -> int:
-        """Optimizer steps skipped for a non-finite loss or gradients so far (stored in checkpoints)."""
-        return self.nonfinite_guard.fold()
-
-    @property
-    def step_skipped(self) -> bool:
-        """Whether this step's update was dropped (the EMA callback then does not average)."""
-        return self.nonfinite_guard.step_skipped
 
     # ------------------------------------------------------------------ the network as the diffusion code sees it
     def model_fn(self, y: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -173,38 +165,6 @@ class DiffusionModule(L.LightningModule):
             self._bucket_sums.zero_()
             self._bucket_counts.zero_()
 
-    def last_loss(self) -> float | None:
-        """The last training step's loss (mean over its batch) as a number -- a host read, so for progress bars
-        and summaries, not for every step."""
-        loss = self._step_terms.get("loss")
-        return float(loss.mean()) if loss is not None else None
-
-    def _should_log(self) -> bool:
-        trainer = self._trainer
-        return trainer is not None and (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls this after backward (and after unscaling under 16-mixed), before clipping and the
-        # optimizer step.
-        guard = self.nonfinite_guard
-        log = self._should_log()
-        norm = None
-        if log or guard.policy != "off":
-            grads = [p.grad for p in optimizer_params(optimizer) if p.grad is not None]
-            if grads:
-                norm = total_norm(grads)
-        if guard.policy != "off":
-            guard.check(self, self._step_loss, self._step_terms, norm)
-        if log:
-            if norm is not None:
-                self.log("train/grad_norm", norm)
-            self.log("train/lr", optimizer.param_groups[0]["lr"])
-        if log or guard.step_skipped:
-            self.log("train/skipped_steps", float(guard.fold()))
-
-    def on_train_end(self) -> None:
-        self.nonfinite_guard.fold()
-
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
     def eval_stance(self):
         return eval_stance(bool(self.compile_mode), self.compile_eval)
@@ -220,7 +180,8 @@ class DiffusionModule(L.LightningModule):
         gen = torch.Generator(device=x0.device).manual_seed(self.val_seed + batch_idx)
         t = self.diffusion.draw_validation_t(x0.shape[0], x0.device, gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
-        terms = self._forward_terms(x0, y, t, noise, with_vb=True)
+        # The bound in bits/dim is a likelihood of pixels; on latents it would not be comparable with one.
+        terms = self._forward_terms(x0, y, t, noise, with_vb=self.decoder is None)
         if "vb" in terms:
             terms["bpd_one_t_mc"] = bound_estimate_bpd(self.diffusion, terms["vb"], x0)
         for name, value in terms.items():
@@ -238,8 +199,8 @@ class DiffusionModule(L.LightningModule):
         progress: bool = False,
         on_device: bool = False,
     ) -> Tensor:
-        """``n`` samples in [-1, 1] from the current weights (EMA while an EMA callback has swapped them in);
-        on the CPU unless ``on_device`` (metrics keep them on the GPU)."""
+        """``n`` samples in [-1, 1] from the current weights (EMA while an EMA callback has swapped them in),
+        decoded to pixels for a latent model; on the CPU unless ``on_device`` (metrics keep them on the GPU)."""
         sampler = sampler or self.sampler
         was_training = self.net.training
         self.net.eval()
@@ -256,46 +217,12 @@ class DiffusionModule(L.LightningModule):
                 ),
                 self.eval_stance(),
             ):
-                x = sampler.sample(
-                    self.diffusion,
-                    self.model_fn(y),
-                    noise.shape,
-                    self.device,
-                    noise=noise,
-                    generator=generator,
-                    progress=progress,
+                x = sample_images(
+                    sampler, self.diffusion, self.model_fn(y), noise, generator, progress, self.decoder
                 )
-            x = x.clamp(-1, 1).float()
             chunks.append(x if on_device else x.cpu())
         self.net.train(was_training)
         return torch.cat(chunks)
-
-    # ------------------------------------------------------------------ optimization
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        """Clip directly unless a float16 GradScaler is in play. Lightning's mixed-precision plugin refuses to
-        clip for fused optimizers (they unscale internally) even under bf16, where nothing is scaled."""
-        if gradient_clip_val is None:
-            return
-        if str(self.trainer.precision) in ("16-mixed", "16"):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grad_norm_(optimizer_params(optimizer), gradient_clip_val, foreach=True)
-        else:
-            torch.nn.utils.clip_grad_value_(optimizer_params(optimizer), gradient_clip_val, foreach=True)
-
-    def configure_optimizers(self):
-        factory = self.optimizer_factory
-        keywords = getattr(factory, "keywords", {})
-        accepts_fused = "fused" in inspect.signature(getattr(factory, "func", factory)).parameters
-        if self.device.type == "cuda" and accepts_fused and keywords.get("fused") is None:
-            factory = partial(factory, fused=True)  # one kernel for the whole update on the GPU
-        optimizer = factory(params=self.net.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from .cli import checkpoint_argument, command
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
+from .latent.decoder import sample_images, sampler_for
 from .overrides import override_key
 from .samplers import SAMPLERS, Sampler
 
@@ -104,7 +105,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")
-    sampler = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta, parts.diffusion)
+    sampler = sampler_for(
+        sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta, parts.diffusion), parts.decoder
+    )
     n = int(cfg.n)
     if n < 1:
         raise UserError(f"n={n} is invalid: the number of samples must be >= 1")
@@ -149,8 +152,10 @@ def class_labels(cfg: DictConfig, num_classes: int | None, n: int) -> tuple[torc
 
 def draw(cfg: DictConfig, parts, spec: dict, sampler: Sampler, labels, device: torch.device) -> torch.Tensor:
     """``cfg.n`` samples in batches of ``cfg.batch_size`` from one generator seeded by ``cfg.seed`` (guided by
-    ``cfg.guidance`` when there are labels), clamped to [-1, 1], on the CPU."""
+    ``cfg.guidance`` when there are labels), decoded to pixels for a latent model, clamped to [-1, 1], on the
+    CPU."""
     net = parts.net.to(device)
+    decoder = parts.decoder.to(device) if parts.decoder is not None else None
     shape = tuple(spec["data_shape"])
     n, bs = int(cfg.n), int(cfg.batch_size)
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
@@ -166,16 +171,8 @@ def draw(cfg: DictConfig, parts, spec: dict, sampler: Sampler, labels, device: t
                 net, y, float(cfg.guidance), spec["num_classes"], mean_channels=mean_channels
             )
         noise = torch.randn((b, *shape), device=device, generator=gen)
-        x = sampler.sample(
-            parts.diffusion,
-            model,
-            noise.shape,
-            device,
-            noise=noise,
-            generator=gen,
-            progress=bool(cfg.progress),
-        )
-        chunks.append(x.clamp(-1, 1).float().cpu())
+        x = sample_images(sampler, parts.diffusion, model, noise, gen, bool(cfg.progress), decoder)
+        chunks.append(x.cpu())
     return torch.cat(chunks)
 
 

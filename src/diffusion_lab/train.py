@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .build import CheckpointError, build_module
+from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
 from .cli import CONFIG_DIR, command, experiment_summaries
@@ -171,12 +171,22 @@ TYPED_KEYS: dict[str, tuple] = {
     "p_uncond": (float,),
     "progress_refresh_rate": (int,),
     "nonfinite": (str,),
+    "autoencoder": (str, None),
 }
+
+
+# The value of ``autoencoder`` in an experiment that only makes sense in a latent space (fmnist_latent).
+AUTOENCODER_REQUIRED = "required"
 
 
 def check_config(cfg: DictConfig) -> None:
     """Start-up checks of values that no part checks itself: one line naming the key, before any work."""
     check_types(cfg, TYPED_KEYS)
+    if cfg.get("autoencoder") == AUTOENCODER_REQUIRED:
+        raise UserError(
+            "autoencoder= is required by this experiment: pass autoencoder=<run directory of "
+            "experiment=autoencoder_fmnist>/checkpoints/last.ckpt (a task=autoencoder checkpoint)"
+        )
     policy = cfg.get("nonfinite", "skip")
     if policy not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
@@ -225,13 +235,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)  # with autoencoder=PATH: the data's latents
     read_data_early(datamodule)
     num_classes = datamodule.num_classes if cfg.get("conditional") else None
-    module = build_module(cfg, datamodule.data_shape, num_classes)
-    if module.compile_mode:
+    latent = datamodule if cfg.get("autoencoder") else None
+    module = build_module(cfg, datamodule.data_shape, num_classes, latent=latent)
+    if getattr(module, "compile_mode", None):
         use_compile_cache(cfg.get("compile_cache"))
-    fit_process_to_data(module.diffusion, datamodule)
+    if hasattr(module, "diffusion"):
+        if latent is not None and module.diffusion.name != "ddpm":
+            raise UserError(
+                f"autoencoder= (latent diffusion) runs process=ddpm; process={module.diffusion.name} is not "
+                "supported on latents yet: drop autoencoder= or use process=ddpm"
+            )
+        fit_process_to_data(module.diffusion, datamodule)
     resumed_step = check_resume_compatible(module, ckpt_path) if ckpt_path is not None else None
     trainer, callbacks, loggers = build_trainer(cfg, resumed_step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -239,7 +256,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     result = fit_result(trainer, module, callbacks, output_dir, started)
     images = len(datamodule.data_shape) == 3
     if "preempted" not in result and trainer.is_global_zero and cfg.get("final_samples", 0) and images:
-        result.update(write_final_samples(module, trainer, cfg, num_classes, output_dir))
+        if hasattr(module, "generate"):
+            result.update(write_final_samples(module, trainer, cfg, num_classes, output_dir))
+        else:  # an autoencoder: what it makes of held-out images
+            result.update(write_reconstructions(module, datamodule, int(cfg.final_samples), output_dir))
     for lg in loggers:
         if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
             result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
@@ -334,6 +354,18 @@ def write_final_samples(
     }
 
 
+def write_reconstructions(module, datamodule, n: int, output_dir: Path) -> dict[str, str]:
+    """Validation images and their reconstructions as one PNG: each row of images above a row of what the
+    autoencoder makes of them (about ``n`` images, whole rows only)."""
+    nrow = max(1, int(round(n**0.5)))
+    images = datamodule.real_images("val", n)
+    images = images[: max(1, len(images) // nrow) * nrow]
+    recon = module.reconstruct(images)
+    rows = [part[start : start + nrow] for start in range(0, len(images), nrow) for part in (images, recon)]
+    grid = save_grid(torch.cat(rows), output_dir / "samples" / "reconstructions.png", nrow=nrow)
+    return {"reconstructions_grid": str(grid)}
+
+
 def trainer_plugins(cfg: DictConfig) -> list:
     """``trainer.plugins`` from the config, plus ``AtomicCheckpointIO`` unless a checkpoint plugin is given."""
     from lightning.fabric.plugins import CheckpointIO
@@ -365,11 +397,12 @@ def print_summary(result: dict[str, Any]) -> None:
         ("checkpoint", "checkpoint"),
         ("samples_grid", "sample grid"),
         ("samples_npz", "samples .npz"),
+        ("reconstructions_grid", "reconstructions"),
         ("metrics_csv", "metrics CSV"),
     ]:
         if result.get(key):
             lines.append(f"{label:<14}: {result[key]}")
-    for key in ("val/loss", "val/bpd_one_t_mc", "train/loss"):
+    for key in ("val/loss", "val/bpd_one_t_mc", "val/psnr", "train/loss"):
         if key in result["metrics"]:
             lines.append(f"{key:<14}: {result['metrics'][key]:.4f}")
     if result.get("skipped_steps"):

@@ -26,6 +26,8 @@ class SampleGrid(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not pl_module.data_shape or len(pl_module.data_shape) != 3:
             return
+        if not hasattr(pl_module, "generate"):  # a model that does not sample (an autoencoder)
+            return
         # Samples on every rank would be identical work; rank 0 writes the preview.
         if trainer.global_rank != 0:
             return

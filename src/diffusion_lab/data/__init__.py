@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from diffusion_lab.data.datamodule import DATASETS, DeviceBatches, DiffusionDataModule
 from diffusion_lab.data.datasets import (
+    EncodedDataset,
     ImageFileDataset,
     PointDataset,
     TensorImageDataset,
@@ -23,6 +24,7 @@ __all__ = [
     "DATASETS",
     "DeviceBatches",
     "DiffusionDataModule",
+    "EncodedDataset",
     "ImageFileDataset",
     "PointDataset",
     "TensorImageDataset",

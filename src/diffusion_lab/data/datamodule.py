@@ -105,7 +105,7 @@ class DeviceBatches(ResumableOrder):
 
     def __init__(
         self,
-        dataset: ds.TensorImageDataset | ds.PointDataset,
+        dataset: ds.TensorImageDataset | ds.PointDataset | ds.EncodedDataset,
         batch_size: int,
         device,
         order_seed: int = 0,
@@ -266,7 +266,9 @@ class DiffusionDataModule(L.LightningDataModule):
         # The order of epoch e is seeded seed + e (the run's seed: seed_everything set the initial seed).
         order = dict(order_seed=torch.initial_seed(), trained=self._batches_trained if self.trainer else None)
         # Image folders are decoded lazily from disk, so they always go through the CPU loader.
-        if device is not None and isinstance(train, ds.TensorImageDataset | ds.PointDataset):
+        if device is not None and isinstance(
+            train, ds.TensorImageDataset | ds.PointDataset | ds.EncodedDataset
+        ):
             return DeviceBatches(train, self.batch_size, device, **order)
         return self._loader(train, self.batch_size, shuffle=True, **order)
 

@@ -152,6 +152,44 @@ class PointDataset(Dataset):
         return self.data[index], self.labels[index]
 
 
+class EncodedDataset(Dataset):
+    """Codes of a dataset held in memory as floats (the latents of an autoencoder), (N, C, h, w), with labels.
+
+    With ``mirrored`` (the codes of the horizontally flipped images) ``data`` is (N, 2, C, h, w) and
+    :meth:`transform` picks, per item, the plain or the mirrored code with probability 1/2 when augmenting:
+    the latent counterpart of ``random_flip``, on any device, as the datamodule's on-GPU batcher needs.
+    """
+
+    def __init__(self, codes: Tensor, labels: Tensor, mirrored: Tensor | None = None) -> None:
+        if codes.ndim != 4 or len(codes) != len(labels):
+            raise ValueError(
+                f"expected codes (N, C, h, w) and N labels, got {tuple(codes.shape)}, {len(labels)}"
+            )
+        self.data = codes.float() if mirrored is None else torch.stack([codes, mirrored], dim=1).float()
+        self.labels = labels.long()
+        self.random_flip = mirrored is not None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def transform(self, raw: Tensor, augment: bool) -> Tensor:
+        if not self.random_flip:
+            return raw
+        flip = (
+            torch.rand(raw.shape[0], device=raw.device) < 0.5
+            if augment
+            else torch.zeros(raw.shape[0], dtype=torch.bool, device=raw.device)
+        )
+        return torch.where(flip.view(-1, 1, 1, 1), raw[:, 1], raw[:, 0])  # (B, C, h, w)
+
+    def images(self, n: int) -> Tensor:
+        """The first n codes (B, C, h, w), never the mirrored ones."""
+        return self.transform(self.data[:n], augment=False)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.data[index : index + 1], augment=True)[0], self.labels[index]
+
+
 class ImageFileDataset(Dataset):
     """Image files decoded lazily: shorter side resized to image_size, then center-cropped."""
 

@@ -70,6 +70,11 @@ def _check_same(ours: UNet, theirs: nn.Module) -> float:
 
 # ------------------------------------------------------------------------------------------ export
 def _our_unet(parts: Parts, spec: dict) -> UNet:
+    if spec.get("latent"):
+        raise UserError(
+            "format=diffusers writes a DDPMPipeline, which has no autoencoder: this checkpoint diffuses an "
+            "autoencoder's latents (autoencoder=), and its samples are decoded by it"
+        )
     target = spec["model"].get("_target_")
     if target not in UNET_TARGETS or type(parts.net) is not UNet:
         raise UserError(
