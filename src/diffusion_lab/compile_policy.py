@@ -14,6 +14,7 @@ __all__ = [
     "compile_mode",
     "compile_options",
     "compile_network",
+    "compile_stats",
     "eval_stance",
     "use_compile_cache",
 ]
@@ -116,3 +117,17 @@ def check_scope(net: torch.nn.Module, scope: str) -> None:
             f"compile_scope=blocks needs a network that lists its repeated_blocks; {type(net).__name__} does not: "
             "use compile_scope=net"
         )
+
+
+def compile_stats() -> dict[str, float]:
+    """Seconds this process spent in torch.compile (Dynamo tracing plus the backend: AOTAutograd, inductor, its
+    cache lookups) and the graphs it compiled; empty when nothing was compiled. Read from Dynamo's own counters,
+    which torch keeps for its ``TORCH_LOGS``/``print_time_report`` diagnostics (private, hence the guard)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent, counters
+    except ImportError:
+        return {}
+    graphs = int(counters["stats"]["unique_graphs"])
+    if graphs == 0:
+        return {}
+    return {"compile_s": round(calculate_time_spent().get("total_wall_time", 0.0), 1), "graphs": graphs}

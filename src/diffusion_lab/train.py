@@ -29,7 +29,7 @@ from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
 from .cli import CONFIG_DIR, command, experiment_summaries
-from .compile_policy import use_compile_cache
+from .compile_policy import compile_stats, use_compile_cache
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
@@ -266,6 +266,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for cb in callbacks:
         if isinstance(cb, Throughput) and cb.images_per_second:
             result["train_img_per_s"] = round(cb.images_per_second, 1)
+        if isinstance(cb, Throughput) and cb.startup_seconds is not None:
+            result["startup_s"] = round(cb.startup_seconds, 1)
+    result.update(compile_stats())
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         print_summary(result)
@@ -409,6 +412,11 @@ def print_summary(result: dict[str, Any]) -> None:
         lines.append(f"skipped steps : {result['skipped_steps']} (non-finite loss or gradients)")
     if result.get("train_img_per_s"):
         lines.append(f"train speed   : {result['train_img_per_s']} img/s")
+    if result.get("startup_s") is not None:
+        compiled = (
+            f" (compiling {result['compile_s']} s, {result['graphs']} graphs)" if "graphs" in result else ""
+        )
+        lines.append(f"startup cost  : {result['startup_s']} s beyond steady-state steps{compiled}")
     if result.get("preempted"):
         p = result["preempted"]
         lines.append(f"stopped by    : {p['signal']} at step {p['step']} (checkpoint saved)")

@@ -1,4 +1,6 @@
-"""Training throughput (images/s over whole optimizer steps), measured without per-step host syncs.
+"""Training throughput (images/s over whole optimizer steps), measured without per-step host syncs, and the
+training time a fit spent beyond its steady-state steps (compilation, recompilation, CUDA-graph recording,
+autotuning, checkpoint writes): what a cold start costs.
 
 The clock is read (after a device sync) only every ``window`` steps, so measuring does not slow the loop.
 Lightning's ``ThroughputMonitor`` synchronizes on every batch; on a fast GPU that alone costs several percent.
@@ -6,6 +8,7 @@ Lightning's ``ThroughputMonitor`` synchronizes on every batch; on a fast GPU tha
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import lightning as L
@@ -23,10 +26,20 @@ class Throughput(L.Callback):
         self._steps = 0
         self.total_images = 0
         self.total_seconds = 0.0
+        self.window_step_seconds: list[float] = []  # seconds per step of each timed window
+        self._fit_t0: float | None = None
+        self._fit_start_step = 0
+        self._pause_t0: float | None = None
+        self._paused = 0.0
+        self.startup_seconds: float | None = None
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self._fit_t0, self._fit_start_step, self._paused = time.perf_counter(), trainer.global_step, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step < self.warmup_steps:  # compile / autotune / allocator warm-up
@@ -43,11 +56,30 @@ class Throughput(L.Callback):
             seconds = time.perf_counter() - self._t0
             self.total_images += self._images
             self.total_seconds += seconds
+            self.window_step_seconds.append(seconds / self._steps)
             pl_module.log("perf/train_img_per_s", self._images / seconds, rank_zero_only=True)
             self._t0, self._images, self._steps = time.perf_counter(), 0, 0
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = None  # validation / sampling time is not training time
+        if self._fit_t0 is not None and not trainer.sanity_checking:
+            self._sync(pl_module)
+            self._pause_t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._pause_t0 is not None:
+            self._sync(pl_module)
+            self._paused += time.perf_counter() - self._pause_t0
+            self._pause_t0 = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The startup cost: training time (validation excluded) minus the steps at the median window's pace."""
+        if self._fit_t0 is None or not self.window_step_seconds:
+            return
+        self._sync(pl_module)
+        trained = time.perf_counter() - self._fit_t0 - self._paused
+        steps = trainer.global_step - self._fit_start_step
+        self.startup_seconds = max(0.0, trained - steps * statistics.median(self.window_step_seconds))
 
     @property
     def images_per_second(self) -> float | None:
