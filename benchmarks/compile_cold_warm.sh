@@ -6,7 +6,7 @@
 # inductor's default /tmp folder and Triton's kernel cache); "warm" is the same command again. 2,000 steps with a
 # validation, EMA swap, checkpoint and in-training grid every 500, so a recompilation after the first step shows.
 # On the GPU machine, after `source benchmarks/gpu_env.sh`:
-#   bash benchmarks/compile_cold_warm.sh      # appends to $OUT/compile_cold_warm.log
+#   bash benchmarks/compile_cold_warm.sh      # appends to $OUT/compile_cold_warm.log; WITH_BLOCKS=0: net only
 set -u
 DATA=${DATA_ROOT:-.data/fashion-mnist}
 LOG=${OUT:-/tmp/dl}/compile_cold_warm.log
@@ -25,5 +25,7 @@ one_run() {  # NAME SCOPE
   python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"; } | tee -a "$LOG"
 clear_caches; one_run net_cold net
 one_run net_warm net
-clear_caches; one_run blocks_cold blocks
-one_run blocks_warm blocks
+if [[ "${WITH_BLOCKS:-1}" == 1 ]]; then
+  clear_caches; one_run blocks_cold blocks
+  one_run blocks_warm blocks
+fi
