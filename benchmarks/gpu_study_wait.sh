@@ -2,21 +2,28 @@
 # Watch the studies gpu_study_start.sh started for at most $1 seconds (default 540), printing progress; then
 # (or when they end) pack every study's small text files (metrics, evaluations, statuses, resolved configs, logs)
 # and final sample grids into $OUT/<study>.tar.gz, ready for `python -m diffusion_lab.report` to rebuild from.
+# The watch ends a poll interval before $1 and the packing also runs when the command is killed (TERM, INT), so a
+# device call's own time limit never loses what was measured: give it $1 + 60 s or more.
 set -u
 source benchmarks/gpu_env.sh
 S=/tmp/dl/studies; end=$((SECONDS + ${1:-540}))
-while pgrep -f experiments/all.sh > /dev/null && ((SECONDS < end)); do
-  sleep 30
+pack() {
+  trap - TERM INT
+  cp /tmp/dl/versions.txt /tmp/dl/features.log /tmp/dl/all.log $OUT/ 2>/dev/null
+  cd $S 2>/dev/null || exit 0
+  for st in */; do
+    st=${st%/}
+    find "$st" \( -name 'sweep_status.json' -o -name 'evaluation*.json' -o -name 'evaluation*.csv' -o -name '*.yaml' \
+      -o -name 'metrics.csv' -o -name 'hparams.yaml' -o -name final.png -o -name '*.log' \) -size -4M \
+      | tar czf "$OUT/$st.tar.gz" -T - 2>/dev/null
+  done
+  ls -la $OUT
+}
+trap 'pack; exit 1' TERM INT
+while pgrep -f experiments/all.sh > /dev/null && ((SECONDS + 35 < end)); do
+  sleep 30 & wait $!  # a TERM interrupts the wait at once: the trap packs
   echo "== $(date +%T) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
   for f in $S/*/*/*/csv/metrics.csv; do [ -f "$f" ] && echo "$f: step $(tail -1 "$f" | cut -d, -f1-3)"; done 2>/dev/null | tail -12
   ls $S/*/*/*/evaluation 2>/dev/null | tail -4
 done
-cp /tmp/dl/versions.txt /tmp/dl/features.log /tmp/dl/all.log $OUT/ 2>/dev/null
-cd $S 2>/dev/null || exit 0
-for st in */; do
-  st=${st%/}
-  find "$st" \( -name 'sweep_status.json' -o -name 'evaluation*.json' -o -name 'evaluation*.csv' -o -name '*.yaml' \
-    -o -name 'metrics.csv' -o -name 'hparams.yaml' -o -name final.png -o -name '*.log' \) -size -4M \
-    | tar czf "$OUT/$st.tar.gz" -T - 2>/dev/null
-done
-ls -la $OUT
+pack
