@@ -3,13 +3,17 @@
     x = sampler.sample(diffusion, model, shape=(64, 1, 28, 28), device="cuda")
 
 ``model(x_t, t)`` is any callable returning the network's raw output; samplers respace the process
-themselves (``steps``) and hand the network the original timestep indices. The samplers of EDM and of a flow
-(edm.py, flow.py) keep the same ``sample`` call but walk their own grids of σ or t.
+themselves (``steps``) and hand the network the original timestep indices. ``sample`` is the same for every
+sampler: it draws the noise, makes it the start state (``start``) and walks it to clean data (``solve``, by
+default one ``step`` per kept timestep), with the progress bar and the trajectory. The samplers of cold
+diffusion, EDM and a flow (cold.py, edm.py, flow.py) are ``GridSampler``s: they walk their own grids of levels,
+σ or t on the process as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +21,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..diffusion.process import DenoiserOutput, Diffusion, ModelFn
+from ..diffusion.process_base import Process
 
-__all__ = ["Sampler", "Trajectory"]
+__all__ = ["Sampler", "GridSampler", "Trajectory"]
+
+OnStep = Callable[[int, float, Tensor, Tensor], None]  # on_step(i, level_i, x_{i+1}, x̂_0 at the step's input)
 
 
 @dataclass
@@ -62,7 +69,7 @@ class Sampler:
     @torch.no_grad()
     def sample(
         self,
-        diffusion: Diffusion,
+        diffusion: Process,
         model: ModelFn,
         shape: tuple[int, ...],
         device: torch.device | str = "cpu",
@@ -71,20 +78,33 @@ class Sampler:
         progress: bool = False,
         return_trajectory: bool = False,
     ) -> Tensor | tuple[Tensor, Trajectory]:
-        """Samples of ``shape`` from ``noise`` (x at the largest kept timestep) or fresh noise drawn with
-        ``generator``; with ``return_trajectory`` also the per-step states (one entry per kept step)."""
-        spaced = diffusion.respaced(self.steps)
-        x = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
+        """Samples of ``shape``: ``noise`` ~ N(0, I) (fresh noise drawn with ``generator`` when None) made the
+        start state (``start``), then walked to clean data (``solve``); with ``return_trajectory`` also the
+        per-step states (one entry per step)."""
+        process = self.walked(diffusion)
+        noise = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
+        x = self.start(process, noise, generator)
         trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
-        x = self.solve(spaced, model, x, generator=generator, progress=progress, trajectory=trajectory)
+        x = self.solve(process, model, x, generator=generator, progress=progress, trajectory=trajectory)
         return (x, trajectory) if return_trajectory else x
+
+    def walked(self, diffusion: Diffusion) -> Diffusion:
+        """The process ``solve`` walks: the diffusion respaced to ``steps``."""
+        return diffusion.respaced(self.steps)
+
+    def start(self, process: Process, noise: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The state the walk starts from, given standard normal ``noise``: x at the largest kept timestep."""
+        return noise
+
+    def progress_bar(
+        self, levels: Iterable | None = None, total: int | None = None, progress: bool = False
+    ) -> tqdm:
+        return tqdm(levels, total=total, desc=f"{self.name} sampling", disable=not progress, leave=False)
 
     def positions(self, spaced: Diffusion, progress: bool = False) -> Iterator[int]:
         """The positions i = n-1 .. 0 of the respaced grid, with a progress bar when asked."""
         n = spaced.num_timesteps
-        return iter(
-            tqdm(range(n - 1, -1, -1), desc=f"{self.name} sampling", disable=not progress, leave=False)
-        )
+        return iter(self.progress_bar(range(n - 1, -1, -1), progress=progress))
 
     def evaluate(self, spaced: Diffusion, model: ModelFn, x: Tensor, i: int) -> DenoiserOutput:
         """The denoiser at (x, position i) of the respaced grid (one network evaluation)."""
@@ -123,3 +143,24 @@ class Sampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class GridSampler(Sampler):
+    """A sampler that walks its own grid of levels (cold diffusion's levels, EDM's σ, a flow's t) on the process
+    as it is, where ``Sampler`` walks a respaced ``Diffusion``."""
+
+    def walked(self, diffusion: Process) -> Process:
+        return diffusion
+
+    @contextmanager
+    def stepping(self, steps: int, progress: bool, trajectory: Trajectory | None) -> Iterator[OnStep]:
+        """An ``on_step(i, level, x, pred_x0)`` for a walk of ``steps`` steps that advances the progress bar and
+        records the trajectory."""
+        with self.progress_bar(total=steps, progress=progress) as bar:
+
+            def on_step(i: int, level: float, x: Tensor, pred_x0: Tensor) -> None:
+                bar.update()
+                if trajectory is not None:
+                    trajectory.record(level, x, pred_x0)
+
+            yield on_step
