@@ -6,14 +6,13 @@
 themselves (``steps``) and hand the network the original timestep indices. ``sample`` is the same for every
 sampler: it draws the noise, makes it the start state (``start``) and walks it to clean data (``solve``, by
 default one ``step`` per kept timestep), with the progress bar and the trajectory. The samplers of cold
-diffusion, EDM and a flow (cold.py, edm.py, flow.py) are ``GridSampler``s: they walk their own grids of levels,
-σ or t on the process as it is.
+diffusion, EDM and a flow (cold.py, edm.py, flow.py) are ``GridSampler``s: their ``walk`` goes along their own
+grid of levels, σ or t on the process as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -147,20 +146,42 @@ class Sampler:
 
 class GridSampler(Sampler):
     """A sampler that walks its own grid of levels (cold diffusion's levels, EDM's σ, a flow's t) on the process
-    as it is, where ``Sampler`` walks a respaced ``Diffusion``."""
+    as it is, where ``Sampler`` walks a respaced ``Diffusion``; subclasses give the ``walk``."""
+
+    # Heun's correction on every step but the last (into clean data): 2·steps − 1 network evaluations.
+    second_order = False
 
     def walked(self, diffusion: Process) -> Process:
         return diffusion
 
-    @contextmanager
-    def stepping(self, steps: int, progress: bool, trajectory: Trajectory | None) -> Iterator[OnStep]:
-        """An ``on_step(i, level, x, pred_x0)`` for a walk of ``steps`` steps that advances the progress bar and
-        records the trajectory."""
-        with self.progress_bar(total=steps, progress=progress) as bar:
+    def num_steps(self, process: Process | None = None) -> int:
+        return self.steps
+
+    def num_evaluations(self, process: Process | None = None) -> int:
+        steps = self.num_steps(process)
+        return 2 * steps - 1 if self.second_order else steps
+
+    def walk(
+        self, process: Process, model: ModelFn, x: Tensor, generator: torch.Generator | None, on_step: OnStep
+    ) -> Tensor:
+        """From ``start``'s state x to clean data, with ``on_step(i, level_i, x_{i+1}, x̂_0)`` after each step."""
+        raise NotImplementedError
+
+    def solve(
+        self,
+        process: Process,
+        model: ModelFn,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        trajectory: Trajectory | None = None,
+    ) -> Tensor:
+        """The ``walk``, advancing the progress bar and recording the trajectory at each step."""
+        with self.progress_bar(total=self.num_steps(process), progress=progress) as bar:
 
             def on_step(i: int, level: float, x: Tensor, pred_x0: Tensor) -> None:
                 bar.update()
                 if trajectory is not None:
                     trajectory.record(level, x, pred_x0)
 
-            yield on_step
+            return self.walk(process, model, x, generator, on_step)

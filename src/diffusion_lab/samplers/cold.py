@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..diffusion.cold import ColdDiffusion
 from ..diffusion.process import ModelFn
-from .base import GridSampler, Trajectory
+from .base import GridSampler, OnStep
 
 __all__ = ["ColdSampler", "NaiveColdSampler", "ImprovedColdSampler", "cold_levels"]
 
@@ -51,7 +51,7 @@ class ColdSampler(GridSampler):
         """x at level t_next from x at level t and the restored x̂_0."""
         raise NotImplementedError
 
-    def num_evaluations(self, process: ColdDiffusion) -> int:
+    def num_steps(self, process: ColdDiffusion) -> int:
         return len(cold_levels(process.num_timesteps, self.steps))
 
     def start(
@@ -60,26 +60,17 @@ class ColdSampler(GridSampler):
         """x_T from the process's prior (its draws from ``generator``)."""
         return process.prior_sample(noise, generator)
 
-    def solve(
-        self,
-        process: ColdDiffusion,
-        model: ModelFn,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        trajectory: Trajectory | None = None,
-    ) -> Tensor:
+    def walk(self, process: ColdDiffusion, model: ModelFn, x: Tensor, generator, on_step: OnStep) -> Tensor:
         """From x at level T-1 down to the clean image: one network evaluation per kept level."""
         levels = cold_levels(process.num_timesteps, self.steps)
-        with self.stepping(len(levels), progress, trajectory) as on_step:
-            for k, level in enumerate(levels):
-                t = torch.full((x.shape[0],), level, device=x.device, dtype=torch.long)
-                t_next = torch.full_like(t, levels[k + 1] if k + 1 < len(levels) else -1)
-                x0_hat = model(x, t).to(x.dtype)
-                if self.clip_denoised:
-                    x0_hat = x0_hat.clamp(-1.0, 1.0)
-                x = self.update(process, x, x0_hat, t, t_next)
-                on_step(k, level, x, x0_hat)
+        for k, level in enumerate(levels):
+            t = torch.full((x.shape[0],), level, device=x.device, dtype=torch.long)
+            t_next = torch.full_like(t, levels[k + 1] if k + 1 < len(levels) else -1)
+            x0_hat = model(x, t).to(x.dtype)
+            if self.clip_denoised:
+                x0_hat = x0_hat.clamp(-1.0, 1.0)
+            x = self.update(process, x, x0_hat, t, t_next)
+            on_step(k, level, x, x0_hat)
         return x
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .base import GridSampler, OnStep, Trajectory
+from .base import GridSampler, OnStep
 
 __all__ = [
     "karras_sigmas",
@@ -99,9 +99,6 @@ class EDMHeunSampler(GridSampler):
     def sigmas(self) -> Tensor:
         return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
 
-    def num_evaluations(self, diffusion=None) -> int:
-        return 2 * self.steps - 1 if self.second_order else self.steps
-
     def churn_settings(self) -> dict[str, float]:
         return {}
 
@@ -109,28 +106,14 @@ class EDMHeunSampler(GridSampler):
         """x at σ_0: ``noise`` ~ N(0, I) scaled by the grid's largest σ."""
         return noise * float(self.sigmas()[0])
 
-    def solve(
-        self,
-        process,
-        model,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        trajectory: Trajectory | None = None,
-    ) -> Tensor:
+    def walk(self, process, model, x: Tensor, generator: torch.Generator | None, on_step: OnStep) -> Tensor:
         def denoise(x: Tensor, sigma: float) -> Tensor:
             return process.denoised(model, x, torch.full((x.shape[0],), sigma, device=x.device))
 
-        with self.stepping(self.steps, progress, trajectory) as on_step:
-            return edm_sample(
-                denoise,
-                x,
-                self.sigmas(),
-                self.second_order,
-                generator=generator,
-                on_step=on_step,
-                **self.churn_settings(),
-            )
+        churn = self.churn_settings()
+        return edm_sample(
+            denoise, x, self.sigmas(), self.second_order, generator=generator, on_step=on_step, **churn
+        )
 
 
 class EDMEulerSampler(EDMHeunSampler):

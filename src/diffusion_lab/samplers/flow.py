@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .base import GridSampler, OnStep, Trajectory
+from .base import GridSampler, OnStep
 
 __all__ = ["flow_times", "flow_sample", "FlowEulerSampler", "FlowHeunSampler"]
 
@@ -70,25 +70,13 @@ class FlowEulerSampler(GridSampler):
             raise ValueError(f"sampler.shift={shift!r} must be > 0 (1: a uniform grid)")
         self.steps, self.shift = steps, shift
 
-    def num_evaluations(self, diffusion=None) -> int:
-        return 2 * self.steps - 1 if self.second_order else self.steps
-
-    def solve(
-        self,
-        process,
-        model,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        trajectory: Trajectory | None = None,
-    ) -> Tensor:
+    def walk(self, process, model, x: Tensor, generator: torch.Generator | None, on_step: OnStep) -> Tensor:
         """From x at t = 1 (``sample``'s noise) to t = 0."""
 
         def velocity(x: Tensor, t: float) -> Tensor:
             return process.velocity(model, x, torch.full((x.shape[0],), t, device=x.device))
 
-        with self.stepping(self.steps, progress, trajectory) as on_step:
-            return flow_sample(velocity, x, flow_times(self.steps, self.shift), self.second_order, on_step)
+        return flow_sample(velocity, x, flow_times(self.steps, self.shift), self.second_order, on_step)
 
 
 class FlowHeunSampler(FlowEulerSampler):
