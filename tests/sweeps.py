@@ -37,6 +37,18 @@ def run_sweep(
     ), sweep
 
 
+def run_report(sweep: Path) -> subprocess.CompletedProcess:
+    """``python -m diffusion_lab.report <sweep>`` (it writes the sweep's report.md), in ``cli_env``; its output
+    captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.report", str(sweep)],
+        env=cli_env(sweep.parent),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def tiny_run(*overrides: str) -> list[str]:
     """The overrides of the tests' tiny CPU run (``CPU_ONLY``, ``SMALL_RUN``, a tiny UNet) with ``overrides``
     after them, each key once: the last wins (``schedule.num_timesteps=choice(0,50)`` replaces the 50)."""

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import cli_env, write_fake_idx_root
+from conftest import write_fake_idx_root
 from diffusion_lab.errors import UserError
 from diffusion_lab.train import objective
-from sweeps import job_dirs, run_sweep, tiny_run
+from sweeps import job_dirs, run_report, run_sweep, tiny_run
 
 
 def test_objective_returns_the_named_metric():
@@ -72,13 +70,7 @@ def test_optuna_search_through_gpu_pool_reports_the_best_trial(tmp_path):
     assert best.best_params["weighting.gamma"] == pytest.approx(cfg.weighting.gamma)
     assert best.best_params["callbacks.ema.decay"] == cfg.callbacks.ema.decay
 
-    report = subprocess.run(
-        [sys.executable, "-m", "diffusion_lab.report", str(sweep)],
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = run_report(sweep)
     assert report.returncode == 0, report.stderr
     text = (sweep / "report.md").read_text()
     section = text.split("## Hyperparameter search: best trial", 1)[1].split("\n## ", 1)[0]
