@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_train, small_train_cfg
+from conftest import compose_train
 from diffusion_lab.build import load_checkpoint
 from diffusion_lab.diffusion import (
     Diffusion,
@@ -33,7 +33,6 @@ from diffusion_lab.diffusion import (
 )
 from diffusion_lab.diffusion.guidance import ClassifierFreeGuidance
 from diffusion_lab.errors import UserError
-from diffusion_lab.sample import sample
 from diffusion_lab.samplers import (
     DDIMSampler,
     EDMEulerSampler,
@@ -43,7 +42,6 @@ from diffusion_lab.samplers import (
 )
 from diffusion_lab.samplers.edm import edm_sample, karras_sigmas
 from diffusion_lab.score_names import NUM_BUCKETS, bucket_key
-from diffusion_lab.train import train
 from gaussian_oracle import (
     VP_BETA_D,
     VP_BETA_MIN,
@@ -52,6 +50,7 @@ from gaussian_oracle import (
     table1_scalings,
     vp_sigma_of_time,
 )
+from tiny_runs import fast_dev_run, guided_samples, sample_checkpoint, train_conditional
 
 MU, S = 0.3, 0.5
 Z = 5.0
@@ -59,12 +58,7 @@ PRECONDS = ["edm", "vp", "ve"]
 SIGMAS = np.geomspace(0.002, 80.0, 41)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------- Table 1
@@ -351,32 +345,12 @@ def gen(seed: int) -> torch.Generator:
 
 
 # --------------------------------------------------------------------------------------------- training runs
-# The CPU preset names a schedule, which process=edm does not take: ~schedule drops it (its leftover
-# num_timesteps from the tests' small-run settings is ignored, having no _target_).
-EDM_RUN = ["process=edm", "~schedule"]
-
-
 @pytest.fixture(scope="module")
 def edm_checkpoint(tmp_path_factory) -> Path:
     """A tiny class-conditional Fashion-MNIST UNet trained two steps with process=edm (label dropout 0.2)."""
-    out = tmp_path_factory.mktemp("edm")
-    cfg = small_train_cfg(
-        out,
-        *EDM_RUN,
-        "conditional=true",
-        "p_uncond=0.2",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.log_every_n_steps=1",
-    )
-    result = train(cfg)
+    result = train_conditional(tmp_path_factory.mktemp("edm"), "edm", "trainer.log_every_n_steps=1")
     metrics = result["metrics"]
-    assert (
-        result["global_step"] == 2
-        and math.isfinite(metrics["val/loss"])
-        and math.isfinite(metrics["val/mse"])
-    )
-    assert "val/bpd_one_t_mc" not in metrics  # no likelihood bound in σ-space
+    assert math.isfinite(metrics["val/mse"])
     # the loss by noise-level decile is logged (deciles of the reference log-normal)
     assert sum(math.isfinite(metrics.get(bucket_key(k), math.nan)) for k in range(NUM_BUCKETS)) >= 1
     return Path(result["checkpoint"])
@@ -387,17 +361,11 @@ def test_a_checkpoint_holds_the_edm_process_and_samples_with_guidance(edm_checkp
     assert isinstance(parts.diffusion, EDMProcess) and isinstance(parts.loss, EDMLoss)
     assert not any("_target_" in (spec.get(key) or {}) for key in ("schedule", "prediction", "variance"))
     assert isinstance(parts.timesteps, EDMLogNormalSampler) and isinstance(parts.sampler, EDMHeunSampler)
-    overrides = [f"ckpt={edm_checkpoint}", f"out_dir={tmp_path}", "device=cpu", "progress=false", "n=10"]
-    result = sample(
-        compose_train([*overrides, "sampler=edm_stochastic", "steps=3", "guidance=2.0"], config_name="sample")
-    )
-    saved = np.load(result["samples_npz"])
-    assert saved["images"].shape == (10, 28, 28, 1) and saved["labels"].tolist() == list(range(10))
-    assert "EDMStochasticSampler(steps=3" in result["sampler"]
+    assert "EDMStochasticSampler(steps=3" in guided_samples(edm_checkpoint, tmp_path, "edm_stochastic")
     with pytest.raises(
         ValueError, match=r"^sampler=ddim applies to process=ddpm, not process=edm; choose sampler="
     ):
-        sample(compose_train([*overrides, "sampler=ddim"], config_name="sample"))
+        sample_checkpoint(edm_checkpoint, tmp_path, "sampler=ddim")
 
 
 def test_guidance_combines_the_network_outputs_as_denoisers(edm_checkpoint):
@@ -426,9 +394,7 @@ EDM_OPTIONS = [
 @pytest.mark.parametrize("overrides", EDM_OPTIONS, ids=lambda o: ",".join(o))
 def test_every_edm_option_fast_dev_runs(overrides, tmp_path):
     """Table 1's VP and VE rows (preconditioning, training σ, weighting), the other weightings and samplers."""
-    result = train(small_train_cfg(tmp_path, *EDM_RUN, *overrides, fast_dev_run=True))
-    assert result["global_step"] == 1 and math.isfinite(result["metrics"]["train/loss"])
-    assert Path(result["samples_npz"]).is_file()
+    fast_dev_run(tmp_path, "edm", *overrides)
 
 
 def test_evaluate_refuses_bits_per_dim_without_a_bound(edm_checkpoint, tmp_path):

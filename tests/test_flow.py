@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_train, small_train_cfg
 from diffusion_lab.build import load_checkpoint
 from diffusion_lab.diffusion import (
     FlowLogitNormalSampler,
@@ -26,23 +25,17 @@ from diffusion_lab.diffusion import (
     FlowUniformSampler,
 )
 from diffusion_lab.diffusion.guidance import ClassifierFreeGuidance
-from diffusion_lab.sample import sample
 from diffusion_lab.samplers import FlowEulerSampler, FlowHeunSampler
 from diffusion_lab.samplers.flow import flow_times
 from diffusion_lab.score_names import NUM_BUCKETS
-from diffusion_lab.train import train
 from gaussian_oracle import FlowGaussianNet, FlowMixtureNet, toy_mixture
+from tiny_runs import fast_dev_run, guided_samples, sample_checkpoint, train_conditional
 
 MU, S = 0.3, 0.5
 Z = 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:
@@ -226,38 +219,18 @@ def test_trajectory_records_each_time_and_x0():
 
 
 # --------------------------------------------------------------------------------------------- training runs
-FLOW_RUN = ["process=flow", "~schedule"]  # the CPU preset names a schedule, which a flow does not take
-
-
 @pytest.fixture(scope="module")
 def flow_checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("flow")
-    cfg = small_train_cfg(
-        out,
-        *FLOW_RUN,
-        "conditional=true",
-        "p_uncond=0.2",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-    )
-    result = train(cfg)
-    assert result["global_step"] == 2 and math.isfinite(result["metrics"]["val/loss"])
-    assert "val/bpd_one_t_mc" not in result["metrics"]
-    return Path(result["checkpoint"])
+    return Path(train_conditional(tmp_path_factory.mktemp("flow"), "flow")["checkpoint"])
 
 
 def test_a_checkpoint_holds_the_flow_and_samples_with_guidance(flow_checkpoint, tmp_path):
     parts, spec, _ = load_checkpoint(flow_checkpoint)
     assert isinstance(parts.diffusion, FlowProcess) and isinstance(parts.loss, FlowMatchingLoss)
     assert isinstance(parts.timesteps, FlowLogitNormalSampler) and isinstance(parts.sampler, FlowEulerSampler)
-    overrides = [f"ckpt={flow_checkpoint}", f"out_dir={tmp_path}", "device=cpu", "progress=false", "n=10"]
-    cfg = compose_train([*overrides, "sampler=flow_heun", "steps=3", "guidance=2.0"], config_name="sample")
-    result = sample(cfg)
-    saved = np.load(result["samples_npz"])
-    assert saved["images"].shape == (10, 28, 28, 1) and saved["labels"].tolist() == list(range(10))
-    assert "FlowHeunSampler(steps=3" in result["sampler"]
+    assert "FlowHeunSampler(steps=3" in guided_samples(flow_checkpoint, tmp_path, "flow_heun")
     with pytest.raises(ValueError, match=r"^sampler=edm_heun applies to process=edm, not process=flow"):
-        sample(compose_train([*overrides, "sampler=edm_heun"], config_name="sample"))
+        sample_checkpoint(flow_checkpoint, tmp_path, "sampler=edm_heun")
 
 
 def test_guided_velocity_is_the_guided_network_output(flow_checkpoint):
@@ -276,6 +249,4 @@ def test_guided_velocity_is_the_guided_network_output(flow_checkpoint):
     ids=lambda o: ",".join(o),
 )
 def test_every_flow_option_fast_dev_runs(overrides, tmp_path):
-    result = train(small_train_cfg(tmp_path, *FLOW_RUN, *overrides, fast_dev_run=True))
-    assert result["global_step"] == 1 and math.isfinite(result["metrics"]["train/loss"])
-    assert Path(result["samples_npz"]).is_file()
+    fast_dev_run(tmp_path, "flow", *overrides)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, cli_env, write_fake_idx_root
+from conftest import write_fake_idx_root
 from diffusion_lab.errors import UserError
 from diffusion_lab.train import objective
+from sweeps import job_dirs, run_report, run_sweep, tiny_run
 
 
 def test_objective_returns_the_named_metric():
@@ -34,16 +33,10 @@ def test_optuna_search_through_gpu_pool_reports_the_best_trial(tmp_path):
     at start-up and the study goes on. The sweeper gets each run's val/loss: its best trial is the completed
     trial with the lowest returned value, and the report shows it."""
     data = write_fake_idx_root(tmp_path / "data", n_train=48, n_test=8)
-    sweep = tmp_path / "study"
-    fixed = [o for o in [*CPU_ONLY, *SMALL_RUN] if not o.lstrip("+").startswith("schedule.num_timesteps")]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusion_lab.train",
-            "hparams_search=fmnist_optuna",
-            *fixed,
-            *TINY_MODEL["UNet"],
+    proc, sweep = run_sweep(
+        tmp_path,
+        "hparams_search=fmnist_optuna",
+        *tiny_run(
             f"data.root={data}",
             "trainer.max_steps=3",
             "trainer.val_check_interval=3",
@@ -51,16 +44,10 @@ def test_optuna_search_through_gpu_pool_reports_the_best_trial(tmp_path):
             "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.sampler.n_startup_trials=2",
             "schedule.num_timesteps=choice(0,50)",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    trials = sorted(p.parent.parent for p in sweep.glob("*/.hydra/config.yaml"))
+    trials = job_dirs(sweep)
     assert len(trials) == 5
     returned, failed = {}, []
     for trial in trials:
@@ -83,13 +70,7 @@ def test_optuna_search_through_gpu_pool_reports_the_best_trial(tmp_path):
     assert best.best_params["weighting.gamma"] == pytest.approx(cfg.weighting.gamma)
     assert best.best_params["callbacks.ema.decay"] == cfg.callbacks.ema.decay
 
-    report = subprocess.run(
-        [sys.executable, "-m", "diffusion_lab.report", str(sweep)],
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = run_report(sweep)
     assert report.returncode == 0, report.stderr
     text = (sweep / "report.md").read_text()
     section = text.split("## Hyperparameter search: best trial", 1)[1].split("\n## ", 1)[0]

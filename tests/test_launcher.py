@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from datetime import datetime
 from pathlib import Path
@@ -14,24 +13,13 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from conftest import cli_env, write_fake_idx_root
+from conftest import write_fake_idx_root
 from diffusion_lab.train import CONFIG_DIR
 from hydra_plugins.diffusion_lab_launcher import _job_command as job_command
 from hydra_plugins.diffusion_lab_launcher import gpu_pool_launcher as gp
+from sweeps import job_dirs, run_sweep, sweep_status, tiny_run
 
 REPO_ROOT = Path(CONFIG_DIR).parent
-
-TINY = [
-    "model.base_channels=8",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[]",
-    "model.groups=4",
-    "data.limit_train=64",
-    "final_samples=4",
-    "sampler.steps=2",
-    "trainer.accelerator=cpu",
-]
 
 
 def test_hydra_finds_the_launcher_and_it_is_the_default():
@@ -69,31 +57,21 @@ def test_long_job_names_are_shortened_to_the_varying_overrides():
 
 
 def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusion_lab.train",
-            "-m",
+    proc, sweep = run_sweep(
+        tmp_path,
+        *tiny_run(
             "hydra/launcher=gpu_pool",
             "hydra.launcher.max_parallel=2",
             "schedule.num_timesteps=20,0,30",  # T=0 is refused at start-up
             "debug=fast_dev_run",
-            *TINY,
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
+        ),
         timeout=400,
     )
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "job #1 exited with status 2" in proc.stderr, proc.stderr
     assert "[gpu_pool] #1 FAILED (exit 2)" in proc.stdout and "[gpu_pool] #2 COMPLETED" in proc.stdout
 
-    status = json.loads((sweep / "sweep_status.json").read_text())
+    status = sweep_status(sweep)
     jobs = {j["num"]: j for j in status["jobs"]}
     assert sorted(jobs) == [0, 1, 2] and status["max_parallel"] == 2
     assert [jobs[n]["status"] for n in (0, 1, 2)] == ["COMPLETED", "FAILED", "COMPLETED"]
@@ -171,6 +149,20 @@ trainer:
 """
 
 
+def run_fake_app(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """A sweep of the fake app (written into ``tmp_path``) through the gpu_pool launcher."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(FAKE_APP))
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(FAKE_APP_CONFIG))
+    return run_sweep(
+        tmp_path, *overrides, script="app.py", env={"PYTHONPATH": str(REPO_ROOT / "src")}, timeout=120
+    )
+
+
+def seen_by_jobs(status: dict) -> list[dict]:
+    """What each job of a fake-app sweep saw (its seen.json), in job order."""
+    return [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in status["jobs"]]
+
+
 @pytest.mark.parametrize(
     "launcher,expect_parallel,gpus_per_job,pool",
     [
@@ -179,22 +171,12 @@ trainer:
     ],
 )
 def test_jobs_get_their_own_gpus_and_queue_for_them(tmp_path, launcher, expect_parallel, gpus_per_job, pool):
-    (tmp_path / "app.py").write_text(textwrap.dedent(FAKE_APP))
-    (tmp_path / "app.yaml").write_text(textwrap.dedent(FAKE_APP_CONFIG))
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "app.py", "-m", "x=1,2,3,4,5", "fail_x=4", *launcher, f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path,
-        env={**cli_env(tmp_path), "PYTHONPATH": str(REPO_ROOT / "src")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc, sweep = run_fake_app(tmp_path, "x=1,2,3,4,5", "fail_x=4", *launcher)
     assert proc.returncode != 0 and "job #3 exited with status 3" in proc.stderr, proc.stdout + proc.stderr
-    status = json.loads((sweep / "sweep_status.json").read_text())
+    status = sweep_status(sweep)
     assert [j["status"] for j in status["jobs"]] == ["COMPLETED"] * 3 + ["FAILED", "COMPLETED"]
     assert status["max_parallel"] == expect_parallel
-    seen = [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in status["jobs"]]
+    seen = seen_by_jobs(status)
     for job, s in zip(status["jobs"], seen):
         gpus = s["cuda"].split(",")
         assert len(gpus) == gpus_per_job and set(gpus) <= pool and gpus == job["gpus"]
@@ -215,30 +197,13 @@ def test_jobs_get_their_own_gpus_and_queue_for_them(tmp_path, launcher, expect_p
 
 def test_jobs_share_gpus_with_jobs_per_gpu(tmp_path):
     """jobs_per_gpu=2 on GPUs 1 and 3: four jobs at once, two per GPU, spread (never three on one GPU)."""
-    (tmp_path / "app.py").write_text(textwrap.dedent(FAKE_APP))
-    (tmp_path / "app.yaml").write_text(textwrap.dedent(FAKE_APP_CONFIG))
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "app.py",
-            "-m",
-            "x=1,2,3,4,5,6",
-            "sleep=3",
-            "hydra.launcher.gpus=[1,3]",
-            "hydra.launcher.jobs_per_gpu=2",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-        env={**cli_env(tmp_path), "PYTHONPATH": str(REPO_ROOT / "src")},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc, sweep = run_fake_app(
+        tmp_path, "x=1,2,3,4,5,6", "sleep=3", "hydra.launcher.gpus=[1,3]", "hydra.launcher.jobs_per_gpu=2"
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    status = json.loads((sweep / "sweep_status.json").read_text())
+    status = sweep_status(sweep)
     assert status["max_parallel"] == 4 and status["jobs_per_gpu"] == 2
-    seen = [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in status["jobs"]]
+    seen = seen_by_jobs(status)
     assert {s["cuda"] for s in seen} == {"1", "3"}
     assert [s["cuda"] for s in seen[:2]] == ["1", "3"]  # spread first, then doubled up
     for a in seen:
@@ -256,44 +221,29 @@ def test_ddp_inside_a_sweep_job(tmp_path):
     """Lightning DDP relaunches the job's own command line (a plain single run under hydra.run.dir): two jobs
     side by side, each of 2 processes (CPU, gloo), each in its own directory."""
     data = write_fake_idx_root(tmp_path / "data", n_train=48, n_test=8)
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusion_lab.train",
-            "-m",
+    proc, sweep = run_sweep(
+        tmp_path,
+        *tiny_run(
             "schedule.num_timesteps=20,30",
-            *[o for o in TINY if not o.startswith("trainer.")],
             f"data.root={data}",
             "data.val_size=8",
             "data.batch_size=8",
             "trainer=ddp",
             "trainer.accelerator=cpu",
-            "trainer.precision=32-true",
             "trainer.devices=2",
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
-            "trainer.limit_val_batches=1",
-            "trainer.max_time=null",
-            "trainer.enable_progress_bar=false",
-            "callbacks.sample_grid.n=4",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
+        ),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    status = json.loads((sweep / "sweep_status.json").read_text())
+    status = sweep_status(sweep)
     assert [j["status"] for j in status["jobs"]] == ["COMPLETED", "COMPLETED"]
     for job in status["jobs"]:
         log = Path(job["log"]).read_text()
         assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log
         assert (Path(job["dir"]) / "checkpoints" / "last.ckpt").is_file()
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+    assert [d.name for d in job_dirs(sweep)] == [
         "0_schedule.num_timesteps=20",
         "1_schedule.num_timesteps=30",
     ]

@@ -3,15 +3,12 @@ instance that the sweep starts and stops."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import cli_env
 from diffusion_lab.train import CONFIG_DIR
+from sweeps import job_dirs, run_sweep, tiny_run
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra: pip install -e '.[ray]'")
 
@@ -38,42 +35,23 @@ def test_ray_launchers_ask_for_the_jobs_resources():
 
 @pytest.mark.slow
 def test_cpu_sweep_through_a_local_ray_instance(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "diffusion_lab.train",
-            "-m",
+    proc, sweep = run_sweep(
+        tmp_path,
+        *tiny_run(
             "hydra/launcher=ray_cpu",
             "hydra.launcher.ray.init.num_cpus=2",
             "+hydra.launcher.ray.init.include_dashboard=false",
             "schedule=linear,cosine",
-            "trainer=cpu",
             "data=digits",
-            "model=unet_tiny",
             "trainer.max_steps=6",
-            "trainer.max_time=null",
             "trainer.val_check_interval=3",
-            "trainer.limit_val_batches=1",
-            "trainer.enable_progress_bar=false",
-            "data.batch_size=16",
-            "sampler.steps=2",
-            "final_samples=4",
-            "callbacks.sample_grid.n=4",
-            f"hydra.sweep.dir={sweep}",
             # Ray names a job's folder by all its overrides, which may be too long for a folder name.
             "hydra.sweep.subdir=${hydra.job.num}_${schedule._target_}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Started a local Ray instance" in proc.stderr + proc.stdout
-    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    runs = job_dirs(sweep)
     assert [r.name.split(".")[-1] for r in runs] == ["LinearSchedule", "CosineSchedule"]
     for run in runs:
         ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")

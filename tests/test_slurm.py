@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from conftest import cli_env
 from diffusion_lab.train import CONFIG_DIR
+from sweeps import run_report
 
 pytest.importorskip(
     "hydra_plugins.hydra_submitit_launcher", reason="the slurm extra: pip install -e '.[slurm]'"
@@ -200,13 +201,7 @@ def test_sweep_runs_as_slurm_jobs_and_the_report_reads_it(slurm_cluster, sweep_r
     logs = sorted(sweep.glob(".submitit/*_[01]/*_log.out"))
     assert len(logs) == 2 and all("Starting with JobEnvironment(job_id=" in p.read_text() for p in logs)
 
-    report = subprocess.run(
-        [sys.executable, "-m", "diffusion_lab.report", str(sweep)],
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = run_report(sweep)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
     assert "| schedule=linear | COMPLETED |" in text and "| schedule=cosine | COMPLETED |" in text

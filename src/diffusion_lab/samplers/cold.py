@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..diffusion.cold import ColdDiffusion
 from ..diffusion.process import ModelFn
-from .base import Sampler, Trajectory
+from .base import GridSampler, OnStep
 
 __all__ = ["ColdSampler", "NaiveColdSampler", "ImprovedColdSampler", "cold_levels"]
 
@@ -42,7 +41,7 @@ def cold_levels(num_timesteps: int, steps: int | str | None) -> list[int]:
     return torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long().tolist()
 
 
-class ColdSampler(Sampler):
+class ColdSampler(GridSampler):
     """Walks a ``ColdDiffusion`` back from its prior; subclasses give the step between levels."""
 
     processes = ("cold",)
@@ -52,51 +51,26 @@ class ColdSampler(Sampler):
         """x at level t_next from x at level t and the restored x̂_0."""
         raise NotImplementedError
 
-    def num_evaluations(self, process: ColdDiffusion) -> int:
+    def num_steps(self, process: ColdDiffusion) -> int:
         return len(cold_levels(process.num_timesteps, self.steps))
 
-    @torch.no_grad()
-    def sample(
-        self,
-        process: ColdDiffusion,
-        model: ModelFn,
-        shape: tuple[int, ...],
-        device: torch.device | str = "cpu",
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        return_trajectory: bool = False,
-    ) -> Tensor | tuple[Tensor, Trajectory]:
-        """Samples of ``shape``: x_T from the process's prior (its draws and ``noise``, fresh noise when None,
-        from ``generator``), then restored level by level."""
-        noise = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
-        x = process.prior_sample(noise, generator)
-        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
-        x = self.solve(process, model, x, progress=progress, trajectory=trajectory)
-        return (x, trajectory) if return_trajectory else x
-
-    def solve(
-        self,
-        process: ColdDiffusion,
-        model: ModelFn,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        trajectory: Trajectory | None = None,
+    def start(
+        self, process: ColdDiffusion, noise: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
+        """x_T from the process's prior (its draws from ``generator``)."""
+        return process.prior_sample(noise, generator)
+
+    def walk(self, process: ColdDiffusion, model: ModelFn, x: Tensor, generator, on_step: OnStep) -> Tensor:
         """From x at level T-1 down to the clean image: one network evaluation per kept level."""
         levels = cold_levels(process.num_timesteps, self.steps)
-        for k, level in enumerate(
-            tqdm(levels, desc=f"{self.name} sampling", disable=not progress, leave=False)
-        ):
+        for k, level in enumerate(levels):
             t = torch.full((x.shape[0],), level, device=x.device, dtype=torch.long)
             t_next = torch.full_like(t, levels[k + 1] if k + 1 < len(levels) else -1)
             x0_hat = model(x, t).to(x.dtype)
             if self.clip_denoised:
                 x0_hat = x0_hat.clamp(-1.0, 1.0)
             x = self.update(process, x, x0_hat, t, t_next)
-            if trajectory is not None:
-                trajectory.record(level, x, x0_hat)
+            on_step(k, level, x, x0_hat)
         return x
 
 

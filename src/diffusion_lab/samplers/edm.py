@@ -22,9 +22,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .base import Sampler, Trajectory
+from .base import GridSampler, OnStep
 
 __all__ = [
     "karras_sigmas",
@@ -56,7 +55,7 @@ def edm_sample(
     tmax: float = math.inf,
     s_noise: float = 1.0,
     generator: torch.Generator | None = None,
-    on_step: Callable[[int, float, Tensor, Tensor], None] | None = None,
+    on_step: OnStep | None = None,
 ) -> Tensor:
     """Algorithm 2 (Algorithm 1 with ``churn = 0``; Euler with ``second_order=False``) from ``x`` at σ_0 along
     ``sigmas`` (decreasing, the last 0). ``on_step(i, σ_i, x_{i+1}, D(x̂; σ̂))`` sees every step."""
@@ -80,7 +79,7 @@ def edm_sample(
     return x
 
 
-class EDMHeunSampler(Sampler):
+class EDMHeunSampler(GridSampler):
     """Algorithm 1: deterministic Heun on the Karras σ grid; 2·steps − 1 network evaluations."""
 
     name = "edm_heun"
@@ -100,51 +99,21 @@ class EDMHeunSampler(Sampler):
     def sigmas(self) -> Tensor:
         return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
 
-    def num_evaluations(self, diffusion=None) -> int:
-        return 2 * self.steps - 1 if self.second_order else self.steps
-
     def churn_settings(self) -> dict[str, float]:
         return {}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        diffusion,
-        model,
-        shape: tuple[int, ...],
-        device: torch.device | str = "cpu",
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        return_trajectory: bool = False,
-    ) -> Tensor | tuple[Tensor, Trajectory]:
-        """Samples of ``shape`` from ``noise`` ~ N(0, I) (scaled to σ_max here) or fresh noise from ``generator``."""
-        sigmas = self.sigmas()
-        z = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
-        x = z * float(sigmas[0])
+    def start(self, process, noise: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x at σ_0: ``noise`` ~ N(0, I) scaled by the grid's largest σ."""
+        return noise * float(self.sigmas()[0])
 
+    def walk(self, process, model, x: Tensor, generator: torch.Generator | None, on_step: OnStep) -> Tensor:
         def denoise(x: Tensor, sigma: float) -> Tensor:
-            return diffusion.denoised(model, x, torch.full((x.shape[0],), sigma, device=x.device))
+            return process.denoised(model, x, torch.full((x.shape[0],), sigma, device=x.device))
 
-        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
-        bar = tqdm(total=self.steps, desc=f"{self.name} sampling", disable=not progress, leave=False)
-
-        def on_step(i: int, sigma: float, x: Tensor, denoised: Tensor) -> None:
-            bar.update()
-            if trajectory is not None:
-                trajectory.record(sigma, x, denoised)
-
-        x = edm_sample(
-            denoise,
-            x,
-            sigmas,
-            self.second_order,
-            generator=generator,
-            on_step=on_step,
-            **self.churn_settings(),
+        churn = self.churn_settings()
+        return edm_sample(
+            denoise, x, self.sigmas(), self.second_order, generator=generator, on_step=on_step, **churn
         )
-        bar.close()
-        return (x, trajectory) if return_trajectory else x
 
 
 class EDMEulerSampler(EDMHeunSampler):

@@ -20,9 +20,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .base import Sampler, Trajectory
+from .base import GridSampler, OnStep
 
 __all__ = ["flow_times", "flow_sample", "FlowEulerSampler", "FlowHeunSampler"]
 
@@ -40,7 +39,7 @@ def flow_sample(
     x: Tensor,
     times: Tensor,
     second_order: bool = True,
-    on_step: Callable[[int, float, Tensor, Tensor], None] | None = None,
+    on_step: OnStep | None = None,
 ) -> Tensor:
     """Euler (Heun with ``second_order``) from ``x`` at times[0] along ``times`` (decreasing, the last 0).
     ``on_step(i, t_i, x_{i+1}, v̂(x_i, t_i))`` sees every step."""
@@ -56,7 +55,7 @@ def flow_sample(
     return x
 
 
-class FlowEulerSampler(Sampler):
+class FlowEulerSampler(GridSampler):
     """Euler on the flow ODE: one network evaluation per step."""
 
     name = "flow_euler"
@@ -71,38 +70,13 @@ class FlowEulerSampler(Sampler):
             raise ValueError(f"sampler.shift={shift!r} must be > 0 (1: a uniform grid)")
         self.steps, self.shift = steps, shift
 
-    def num_evaluations(self, diffusion=None) -> int:
-        return 2 * self.steps - 1 if self.second_order else self.steps
-
-    @torch.no_grad()
-    def sample(
-        self,
-        diffusion,
-        model,
-        shape: tuple[int, ...],
-        device: torch.device | str = "cpu",
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        return_trajectory: bool = False,
-    ) -> Tensor | tuple[Tensor, Trajectory]:
-        """Samples of ``shape`` from ``noise`` (x at t = 1) or fresh noise drawn with ``generator``."""
-        x = torch.randn(shape, device=device, generator=generator) if noise is None else noise.to(device)
+    def walk(self, process, model, x: Tensor, generator: torch.Generator | None, on_step: OnStep) -> Tensor:
+        """From x at t = 1 (``sample``'s noise) to t = 0."""
 
         def velocity(x: Tensor, t: float) -> Tensor:
-            return diffusion.velocity(model, x, torch.full((x.shape[0],), t, device=x.device))
+            return process.velocity(model, x, torch.full((x.shape[0],), t, device=x.device))
 
-        trajectory = Trajectory(start=x.detach().cpu()) if return_trajectory else None
-        bar = tqdm(total=self.steps, desc=f"{self.name} sampling", disable=not progress, leave=False)
-
-        def on_step(i: int, t: float, x: Tensor, pred_x0: Tensor) -> None:
-            bar.update()
-            if trajectory is not None:
-                trajectory.record(t, x, pred_x0)
-
-        x = flow_sample(velocity, x, flow_times(self.steps, self.shift), self.second_order, on_step)
-        bar.close()
-        return (x, trajectory) if return_trajectory else x
+        return flow_sample(velocity, x, flow_times(self.steps, self.shift), self.second_order, on_step)
 
 
 class FlowHeunSampler(FlowEulerSampler):

@@ -39,11 +39,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-from ..diffusion.process import Diffusion, ModelFn
-from .base import Sampler, Trajectory
+from ..diffusion.process import Diffusion
+from .base import Sampler
 
 __all__ = ["EulerSampler", "HeunSampler", "DPMSolverPPSampler", "alpha_sigma", "pf_ode_step"]
 
@@ -98,17 +97,9 @@ class HeunSampler(_ODESampler):
     def _corrects(self, i: int, n: int) -> bool:
         return i > 0 and not (self.euler_first and i == n - 1)
 
-    def solve(
-        self,
-        spaced: Diffusion,
-        model: ModelFn,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        trajectory: Trajectory | None = None,
-    ) -> Tensor:
+    def walk(self, spaced, model, x, generator, on_step):
         n = spaced.num_timesteps
-        for i in self.positions(spaced, progress):
+        for i in self.positions(spaced):
             out = self.evaluate(spaced, model, x, i)
             a, s = alpha_sigma(spaced, i)
             a_next, s_next = alpha_sigma(spaced, i - 1)
@@ -119,7 +110,7 @@ class HeunSampler(_ODESampler):
                 eps_next = self.evaluate(spaced, model, x_next, i - 1).pred_eps
                 x_next = pf_ode_step(x, 0.5 * (out.pred_eps + eps_next), a, s, a_next, s_next)
             x = x_next
-            self.record(trajectory, spaced, i, x, out.pred_x0)
+            on_step(i, self.timestep(spaced, i), x, out.pred_x0)
         return x
 
 
@@ -135,18 +126,10 @@ class DPMSolverPPSampler(_ODESampler):
         super().__init__(steps, clip_denoised)
         self.lower_order_final = lower_order_final
 
-    def solve(
-        self,
-        spaced: Diffusion,
-        model: ModelFn,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        trajectory: Trajectory | None = None,
-    ) -> Tensor:
+    def walk(self, spaced, model, x, generator, on_step):
         prev_x0: Tensor | None = None
         prev_lam = 0.0
-        for i in self.positions(spaced, progress):
+        for i in self.positions(spaced):
             out = self.evaluate(spaced, model, x, i)
             a, s = alpha_sigma(spaced, i)
             lam = math.log(a) - math.log(s)
@@ -161,5 +144,5 @@ class DPMSolverPPSampler(_ODESampler):
                     d = (1.0 + 0.5 / r) * out.pred_x0 - (0.5 / r) * prev_x0
                 x = (s_next / s) * x - (a_next * math.expm1(-h)) * d
             prev_x0, prev_lam = out.pred_x0, lam
-            self.record(trajectory, spaced, i, x, out.pred_x0)
+            on_step(i, self.timestep(spaced, i), x, out.pred_x0)
         return x
