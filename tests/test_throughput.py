@@ -38,9 +38,9 @@ def _fit(cb: Throughput, clock: Clock, step_seconds: list[float], validate_at: d
         trainer.global_step += 1
         cb.on_train_batch_end(trainer, module, None, [batch], 0)
         if trainer.global_step in validate_at:
-            cb.on_validation_epoch_start(trainer, module)
+            cb.on_validation_start(trainer, module)
             clock.now += validate_at[trainer.global_step]
-            cb.on_validation_epoch_end(trainer, module)
+            cb.on_validation_end(trainer, module)
     cb.on_train_end(trainer, module)
 
 

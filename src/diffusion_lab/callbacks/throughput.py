@@ -60,13 +60,14 @@ class Throughput(L.Callback):
             pl_module.log("perf/train_img_per_s", self._images / seconds, rank_zero_only=True)
             self._t0, self._images, self._steps = time.perf_counter(), 0, 0
 
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # The first validation hook: the EMA swap, sample grids and in-training FD run in later ones, all left out.
         self._t0 = None  # validation / sampling time is not training time
         if self._fit_t0 is not None and not trainer.sanity_checking:
             self._sync(pl_module)
             self._pause_t0 = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if self._pause_t0 is not None:
             self._sync(pl_module)
             self._paused += time.perf_counter() - self._pause_t0
