@@ -85,17 +85,24 @@ def write_status(root: Path, jobs: list[Path], status: str = "COMPLETED") -> Non
     (root / "sweep_status.json").write_text(json.dumps({"sweep_dir": str(root), "jobs": records}))
 
 
-def seeded_sweep(root: Path, effect: float, seeds: list[int], noise: float, rng) -> Path:
-    """schedule=linear and schedule=cosine x seeds: each seed shifts both cells alike (sd 1), each job adds
-    its own noise (sd ``noise``); cosine's val loss is ``effect`` higher and its FID ``effect`` lower."""
+def seeded_sweep(
+    root: Path,
+    effect: float,
+    seeds: list[int],
+    noise: float,
+    rng,
+    cells: tuple[str, str] = ("schedule=linear", "schedule=cosine"),
+) -> Path:
+    """The two ``cells`` x seeds: each seed shifts both cells alike (sd 1), each job adds its own noise (sd
+    ``noise``); the second cell's val loss is ``effect`` higher and its FID ``effect`` lower."""
     jobs = []
     for seed in seeds:
         shared = rng.normal(0.0, 1.0)
-        for schedule, shift in (("linear", 0.0), ("cosine", effect)):
+        for cell, shift in zip(cells, (0.0, effect)):
             loss = 5.0 + shared + shift + rng.normal(0.0, noise)
             fid = 20.0 + shared - shift + rng.normal(0.0, noise)
             curve = {s: loss + (100 - s) / 100 for s in (9, 49, 99)}
-            overrides = [f"seed={seed}", f"schedule={schedule}"]
+            overrides = [f"seed={seed}", cell]
             jobs.append(write_job(root, len(jobs), overrides, {"val/loss": curve}, fid=fid))
     write_status(root, jobs)
     return root

@@ -37,22 +37,42 @@ def test_t_interval_matches_scipy(values):
 
 
 def test_a_true_difference_is_separated_in_the_right_direction(tmp_path):
-    sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3, 4, 5], 0.1, np.random.default_rng(0))
-    report_main([str(sweep), "--baseline", "schedule=linear"])
+    # A learning rate changes the model, not what its loss measures: the val losses are comparable.
+    cells = ("optimizer.lr=0.0002", "optimizer.lr=0.0001")
+    sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3, 4, 5], 0.1, np.random.default_rng(0), cells)
+    report_main([str(sweep), "--baseline", "optimizer.lr=0.0002"])
     md = (sweep / "report.md").read_text()
     seeds = _section(md, "Over seeds")
     assert "95% Student-t confidence interval" in seeds
     header = _row(seeds, "cell")
-    cosine = dict(zip(header, _row(seeds, "schedule=cosine")))
-    assert cosine["n"] == "5" and " ± " in cosine["val loss"]
-    diff = _section(md, "Difference from schedule=linear")
-    row = dict(zip(_row(diff, "cell"), _row(diff, "schedule=cosine")))
+    slow = dict(zip(header, _row(seeds, "optimizer.lr=0.0001")))
+    assert slow["n"] == "5" and " ± " in slow["val loss"]
+    diff = _section(md, "Difference from optimizer.lr=0.0002")
+    row = dict(zip(_row(diff, "cell"), _row(diff, "optimizer.lr=0.0001")))
     # Higher val loss is worse, lower FID better; the shared per-seed shift (sd 1) cancels in the pairs.
     assert row["val loss"].endswith("(n=5, worse)") and row["FID (Inception)"].endswith("(n=5, better)")
     for text, true in ((row["val loss"], 1.0), (row["FID (Inception)"], -1.0)):
         mean, half = (float(x) for x in text.split(" (")[0].split(" ± "))
         assert mean - half <= true <= mean + half and half < 0.5
-    assert "seeds_val_loss.png" in md
+    assert "seeds_val_loss.png" in md and "not comparable" not in diff
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ("schedule=linear", "schedule=cosine"),  # other noise levels
+        ("process=ddpm", "process=flow"),  # another target
+        ("weighting=uniform", "weighting=min_snr"),  # another weighting of the same terms
+    ],
+)
+def test_val_losses_that_measure_different_quantities_are_not_compared(tmp_path, cells):
+    sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3], 0.1, np.random.default_rng(0), cells)
+    report_main([str(sweep), "--baseline", cells[0]])
+    diff = _section((sweep / "report.md").read_text(), f"Difference from {cells[0]}")
+    row = dict(zip(_row(diff, "cell"), _row(diff, cells[1])))
+    assert row["val loss"] == "not comparable (another loss)"
+    assert row["FID (Inception)"].endswith("(n=3, better)")  # the samples' scores still are
+    assert "differs from the baseline in a group that defines the loss" in diff
 
 
 def test_a_null_difference_is_separated_at_about_the_nominal_rate():

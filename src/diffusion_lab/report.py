@@ -20,7 +20,8 @@ self-contained ``report.html`` (plots and sample grids embedded), both from the 
   in its own table, not ranked, not in the means;
 - with seeds as a sweep axis (``-m seed=1,2,3 ...``): each cell (the jobs' overrides without the seed) as
   mean ± the 95% Student-t interval over its seeds, and with ``--baseline OVERRIDES`` each cell's difference
-  from the baseline cell, paired by seed, marked better / worse only where its interval excludes 0;
+  from the baseline cell, paired by seed, marked better / worse only where its interval excludes 0 (the
+  validation loss only between cells whose loss is the same quantity: not across processes, schedules, ...);
 - with one model per seed evaluated in several settings (sampler, eta, steps, guidance): "Evaluations over
   seeds", each (cell, setting) as mean ± the t-interval over seeds, beside a Fréchet distance scored on several
   sample sets its own spread (the pooled within-checkpoint std) and the seed-to-seed std; with

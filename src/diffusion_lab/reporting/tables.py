@@ -159,8 +159,29 @@ def difference_text(diff: Interval, better: str) -> str:
     return f"{diff.mean:+.4g} ± {diff.half_width:.2g} (n={diff.n}, {verdict(diff, better)})"
 
 
+# The groups whose choice changes what the training loss measures (its target, weighting, noise levels or
+# corruption): the loss of a flow and that of an ε-network, or of one schedule and another, are different
+# quantities, and their difference says nothing about which model is better.
+LOSS_DEFINING = (
+    "process",
+    "loss",
+    "weighting",
+    "prediction",
+    "schedule",
+    "timesteps",
+    "degradation",
+    "variance",
+)
+NOT_COMPARABLE = "not comparable (another loss)"
+
+
+def _loss_definition(cell: Cell) -> set[str]:
+    return {o for o in cell.overrides if o.lstrip("+~").split("=")[0].split(".")[0] in LOSS_DEFINING}
+
+
 def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
-    """Each other cell minus the baseline, paired by seed, with the t-interval of the difference."""
+    """Each other cell minus the baseline, paired by seed, with the t-interval of the difference; the
+    validation loss only between cells whose loss is the same quantity."""
     metrics = _metrics(cells)
     table = Table(f"Difference from {baseline.label}", ["cell", *[m[1] for m in metrics]])
     table.notes.append(
@@ -170,10 +191,19 @@ def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
     for cell in cells:
         if cell is baseline:
             continue
+        other_loss = _loss_definition(cell) != _loss_definition(baseline)
         row = [Entry(cell.label)]
         for key, _, better in metrics:
+            if key == "val_loss" and other_loss:
+                row.append(Entry(NOT_COMPARABLE))
+                continue
             row.append(
                 Entry(difference_text(paired_difference(cell.by_seed(key), baseline.by_seed(key)), better))
             )
         table.rows.append(row)
+    if any(_loss_definition(c) != _loss_definition(baseline) for c in cells):
+        table.notes.append(
+            f"val loss: '{NOT_COMPARABLE}' where a cell differs from the baseline in a group that defines the "
+            f"loss ({', '.join(LOSS_DEFINING)})."
+        )
     return table
