@@ -89,7 +89,7 @@ def test_study_sweeps_compose_build_and_cover_the_grid(study):
     jobs = [job for sweep in lines["SWEEP"] for job in expand(sweep)]
     for job in jobs:
         cfg, parts = build(job)  # raises if the framework would refuse the job at start-up
-        assert cfg.task_name == "fmnist" and parts.net is not None
+        assert cfg.data.name == "fashion_mnist" and parts.net is not None
     # The grid: each cell run by exactly one job, or excluded (and then refused by the framework).
     for grid in lines["GRID"]:
         factors = [(o.split("=", 1)[0], o.split("=", 1)[1].split(",")) for o in grid]
@@ -102,11 +102,13 @@ def test_study_sweeps_compose_build_and_cover_the_grid(study):
                 refused = {**as_dict(expand(lines["SWEEP"][0])[0]), **cell}
                 with pytest.raises(ValueError):
                     build([f"{k}={v}" for k, v in refused.items()])
-            else:  # once per seed, every seed the same step budget
+            else:  # once per seed, every seed the same budget: equal steps, or equal time with no step limit
                 seeds = sorted(as_dict(job)["seed"] for job in runs)
                 assert seeds == ["1", "2", "3"], f"{study}: cell {cell} run with seeds {seeds}"
                 budgets = {(as_dict(j)["trainer.max_steps"], as_dict(j)["trainer.max_time"]) for j in runs}
-                assert len(budgets) == 1 and budgets.pop()[1] == "null", f"{study}: unequal budgets"
+                assert len(budgets) == 1, f"{study}: unequal budgets {budgets}"
+                steps, time = budgets.pop()
+                assert time == "null" or steps == "-1", f"{study}: a time guard on a step budget"
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -169,6 +171,20 @@ def test_formulations_compare_at_equal_network_evaluations():
             evaluations,
         )
         assert all(process.name in sampler.processes for sampler in samplers)
+
+
+def test_latent_and_pixel_models_get_the_same_minutes_and_the_latent_ones_the_studys_autoencoder():
+    lines = dry_run("latent_vs_pixel", STUDY_OUT="/studies/lvp")
+    sweeps = dict(zip(lines["SWEEP@"], lines["SWEEP"]))
+    assert list(sweeps) == ["autoencoder", "pixel", "latent"]  # the first stage before the models that use it
+    (autoencoder,) = expand(sweeps["autoencoder"])
+    assert compose_train(autoencoder, output_dir="/nonexistent").task.name == "autoencoder"
+    assert as_dict(autoencoder)["seed"] == "1"  # trained once, shared by every latent model
+    pixel, latent = (as_dict(sweeps[name]) for name in ("pixel", "latent"))
+    assert latent.pop("autoencoder") == "'/studies/lvp/autoencoder/0_seed=1/checkpoints/last.ckpt'"
+    assert (pixel.pop("experiment"), latent.pop("experiment")) == ("fmnist", "fmnist_latent")
+    assert pixel == latent and pixel["trainer.max_time"] == "'00:00:20:00'"  # same minutes, metrics, seeds
+    assert sorted(lines["EVAL@"]) == ["latent", "pixel"]
 
 
 def test_sample_sets_reach_every_evaluation():
