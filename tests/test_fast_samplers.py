@@ -35,12 +35,7 @@ T = 1000
 Z = 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors on a shared 2-core CPU
 
 
 def abar_of(schedule) -> np.ndarray:

@@ -21,14 +21,7 @@ Z = 5.0  # standard errors: a correct implementation fails one check with probab
 SHAPE = (12_500, 2, 2, 2)  # 100k iid values (the exact denoiser acts elementwise); 2 channels to split
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Elementwise work on ~1e5 values: a second intra-op thread gains little and loses much when the cores
-    are shared (e.g. pytest-xdist or a busy CI runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors on a shared 2-core CPU
 
 
 def abar_of(schedule) -> np.ndarray:
