@@ -2,6 +2,9 @@
 
 Kernels only; ``fused_norm_ops.py`` launches them. They live apart so that tests can reload this module under
 ``TRITON_INTERPRET=1`` (``triton.jit`` picks the interpreter when the function is decorated, not when it runs).
+For that the kernels call only ``triton.language`` builtins and this module's own jit functions: ``tl.sum`` and
+``tl.sigmoid`` (and ``tl.zeros``) are jit functions of triton's, decorated once when triton was imported, so
+``_sum``, ``_sigmoid`` and ``tl.full`` stand in for them (the same code).
 
 One program owns one sample and a run of whole groups (``GPP`` groups of ``CG`` channels, ``BLOCK_C`` lanes) and
 walks the ``HW`` positions in tiles of ``BLOCK_HW`` twice: once to reduce, once to write. Owning whole groups
@@ -23,12 +26,27 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(v, axis: tl.constexpr):
+    return tl.reduce(v, axis, _add)
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
 def _group_sum(v, same_group, GPP: tl.constexpr):
     """Each lane's sum of ``v`` over the lanes of its group (lanes outside every group must hold 0)."""
     if GPP == 1:
-        total = tl.zeros_like(v) + tl.sum(v, axis=0)
+        total = v * 0.0 + _sum(v, 0)
     else:
-        total = tl.sum(tl.where(same_group, v[None, :], 0.0), axis=1)
+        total = _sum(tl.where(same_group, v[None, :], 0.0), 1)
     return total
 
 
@@ -53,7 +71,7 @@ def _adagn_coefficients(
 @triton.jit
 def _silu_grad(z, dy):
     """d silu(z) / dz times the incoming gradient: sig * (1 + z * (1 - sig))."""
-    sig = tl.sigmoid(z)
+    sig = _sigmoid(z)
     return dy * sig * (1.0 + z * (1.0 - sig))
 
 
@@ -86,8 +104,8 @@ def group_norm_silu_fwd_kernel(
     # Sums of x - pivot with each channel's first value as pivot: E[x^2] - E[x]^2 without the cancellation
     # that a large mean would cause in float32.
     pivot = tl.load(x_n + c * sx_c, mask=c_mask, other=0.0).to(tl.float32)
-    acc_s = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    acc_q = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    acc_s = tl.full([BLOCK_HW, BLOCK_C], 0.0, tl.float32)
+    acc_q = tl.full([BLOCK_HW, BLOCK_C], 0.0, tl.float32)
     for hw0 in range(0, HW, BLOCK_HW):
         hw = hw0 + hw_lane
         m = (hw < HW)[:, None] & c_mask[None, :]
@@ -95,8 +113,8 @@ def group_norm_silu_fwd_kernel(
         dv = tl.where(m, v - pivot[None, :], 0.0)
         acc_s += dv
         acc_q += dv * dv
-    s = tl.sum(acc_s, axis=0)
-    q = tl.sum(acc_q, axis=0)
+    s = _sum(acc_s, 0)
+    q = _sum(acc_q, 0)
     # Per channel mean and squared deviations, then the group's by Chan et al.'s pairwise combination.
     mean_c = tl.where(c_mask, pivot + s / HW, 0.0)
     m2_c = tl.where(c_mask, q - s * s / HW, 0.0)
@@ -119,7 +137,7 @@ def group_norm_silu_fwd_kernel(
         m = (hw < HW)[:, None] & c_mask[None, :]
         v = tl.load(x_n + hw[:, None] * sx_hw + c[None, :] * sx_c, mask=m, other=0.0).to(tl.float32)
         z = v * A[None, :] + D[None, :]
-        out = z * tl.sigmoid(z)
+        out = z * _sigmoid(z)
         tl.store(y_n + hw[:, None] * sy_hw + c[None, :] * sy_c, out.to(y_ptr.dtype.element_ty), mask=m)
 
 
@@ -148,8 +166,8 @@ def group_norm_silu_bwd_kernel(
     A = rstd * a
     D = d - mean * A
 
-    acc_dd = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    acc_da = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    acc_dd = tl.full([BLOCK_HW, BLOCK_C], 0.0, tl.float32)
+    acc_da = tl.full([BLOCK_HW, BLOCK_C], 0.0, tl.float32)
     for hw0 in range(0, HW, BLOCK_HW):
         hw = hw0 + hw_lane
         m = (hw < HW)[:, None] & c_mask[None, :]
@@ -158,8 +176,8 @@ def group_norm_silu_bwd_kernel(
         dz = _silu_grad(v * A[None, :] + D[None, :], g)  # 0 where masked, as g is
         acc_dd += dz
         acc_da += dz * (v - mean[None, :])
-    dd = tl.sum(acc_dd, axis=0)
-    da = tl.sum(acc_da, axis=0) * rstd
+    dd = _sum(acc_dd, 0)
+    da = _sum(acc_da, 0) * rstd
     tl.store(dd_ptr + n * C + c, dd, mask=c_mask)
     tl.store(da_ptr + n * C + c, da, mask=c_mask)
 

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import triton
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from diffusion_lab.nets import fused_norm_kernels as kernels
@@ -55,6 +56,15 @@ def _strides(t: Tensor | None) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * 2
 
 
+def _launch(kernel, grid: tuple[int, int], *args, **kwargs) -> None:
+    """``wrap_triton(kernel)[grid](*args, **kwargs)``, except under Triton's CPU interpreter on the data-less
+    tensors torch.compile traces with: an interpreted kernel is plain Python that would read their memory,
+    and tracing only needs the outputs' shapes (the traced graph runs this op again on real tensors)."""
+    if kernels.INTERPRETED and any(is_fake(a) for a in args if isinstance(a, Tensor)):
+        return
+    wrap_triton(kernel)[grid](*args, **kwargs)
+
+
 @triton_op("diffusion_lab::group_norm_silu", mutates_args=())
 def group_norm_silu(
     x: Tensor,
@@ -78,7 +88,8 @@ def group_norm_silu(
     if x.numel() == 0:
         return y, mean, rstd
     gpp, block_c, block_hw, num_warps = launch_config(batch, channels, hw, groups)
-    wrap_triton(kernels.group_norm_silu_fwd_kernel)[(batch, triton.cdiv(groups, gpp))](
+    _launch(
+        kernels.group_norm_silu_fwd_kernel, (batch, triton.cdiv(groups, gpp)),
         x3, y3, weight, bias, weight if scale is None else scale, weight if shift is None else shift,
         mean, rstd, channels, hw, groups, channels // groups, eps,
         *x3.stride(), *y3.stride(), *_strides(scale), *_strides(shift),
@@ -112,7 +123,8 @@ def group_norm_silu_backward(
     if x.numel() == 0:
         return dx, dd, da
     gpp, block_c, block_hw, num_warps = launch_config(batch, channels, hw, groups)
-    wrap_triton(kernels.group_norm_silu_bwd_kernel)[(batch, triton.cdiv(groups, gpp))](
+    _launch(
+        kernels.group_norm_silu_bwd_kernel, (batch, triton.cdiv(groups, gpp)),
         x3, dy3, dx3, weight, bias, weight if scale is None else scale, weight if shift is None else shift,
         mean, rstd, dd, da, channels, hw, groups, channels // groups,
         *x3.stride(), *dy3.stride(), *dx3.stride(), *_strides(scale), *_strides(shift),
