@@ -9,6 +9,7 @@ backward is another ``triton_op``, tied to the forward by ``register_autograd``.
 Importing this module needs triton; ``fused_norm.py`` falls back to PyTorch when it cannot.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -32,13 +33,22 @@ MAX_GROUP_CHANNELS = 4096
 def launch_config(batch: int, channels: int, hw: int, groups: int) -> tuple[int, int, int, int]:
     """(groups per program, BLOCK_C, BLOCK_HW, num_warps) for a (batch, channels, hw) input."""
     cg = channels // groups
-    gpp = max(1, min(groups, TARGET_LANES // cg))
-    while gpp > 1 and batch * triton.cdiv(groups, gpp) < MIN_PROGRAMS:
+    # Groups per program: a power of two that makes each program's run of channels a multiple of 8 (16 bytes
+    # of bf16, one vector load), as many as TARGET_LANES allows, fewer while that leaves the GPU underfilled.
+    step = 8 // math.gcd(cg, 8)
+    gpp = step * _floor_power_of_2(TARGET_LANES // (cg * step))
+    while gpp > step and batch * triton.cdiv(groups, gpp) < MIN_PROGRAMS:
         gpp //= 2
+    gpp = min(gpp, groups)
     block_c = triton.next_power_of_2(gpp * cg)
     block_hw = min(triton.next_power_of_2(hw), max(1, TILE_ELEMENTS // block_c))
     num_warps = 8 if block_c * block_hw >= 4096 else 4
     return gpp, block_c, block_hw, num_warps
+
+
+def _floor_power_of_2(k: int) -> int:
+    """The largest power of two <= k, and 1 for k < 1."""
+    return max(1, triton.next_power_of_2(k + 1) // 2)
 
 
 def _spatial_mergeable(t: Tensor) -> bool:
@@ -91,10 +101,10 @@ def group_norm_silu(
     _launch(
         kernels.group_norm_silu_fwd_kernel, (batch, triton.cdiv(groups, gpp)),
         x3, y3, weight, bias, weight if scale is None else scale, weight if shift is None else shift,
-        mean, rstd, channels, hw, groups, channels // groups, eps,
+        mean, rstd, channels, hw, groups, eps,
         *x3.stride(), *y3.stride(), *_strides(scale), *_strides(shift),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        GPP=gpp, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps,
+        CG=channels // groups, GPP=gpp, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps,
     )  # fmt: skip
     return y, mean, rstd
 
@@ -126,10 +136,10 @@ def group_norm_silu_backward(
     _launch(
         kernels.group_norm_silu_bwd_kernel, (batch, triton.cdiv(groups, gpp)),
         x3, dy3, dx3, weight, bias, weight if scale is None else scale, weight if shift is None else shift,
-        mean, rstd, dd, da, channels, hw, groups, channels // groups,
+        mean, rstd, dd, da, channels, hw, groups,
         *x3.stride(), *dy3.stride(), *dx3.stride(), *_strides(scale), *_strides(shift),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        GPP=gpp, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps,
+        CG=channels // groups, GPP=gpp, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps,
     )  # fmt: skip
     return dx, dd, da
 
