@@ -166,6 +166,13 @@ TINY_UNET = dict(
 )  # fmt: skip
 
 
+def nudge_weights(net: nn.Module) -> None:
+    """Wake the zero-initialised layers: with conv_out at zero the output is zero and no gradient flows."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+
+
 @pytest.mark.parametrize("use_scale_shift_norm", [True, False])
 def test_unet_gives_the_same_output_and_gradients_with_fused_norm_on_and_off(
     interpreted, use_scale_shift_norm
@@ -177,9 +184,7 @@ def test_unet_gives_the_same_output_and_gradients_with_fused_norm_on_and_off(
         f: UNet(**TINY_UNET, use_scale_shift_norm=use_scale_shift_norm, fused_norm=f)
         for f in ("false", "true")
     }
-    with torch.no_grad():  # wake the zero-initialised layers, or the gradients would stop at conv_out
-        for p in nets["false"].parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    nudge_weights(nets["false"])
     nets["true"].load_state_dict(nets["false"].state_dict(), strict=True)
     x = torch.randn(2, 2, 8, 8).contiguous(memory_format=torch.channels_last)
     t, y = torch.tensor([3, 700]), torch.tensor([0, 2])
@@ -194,6 +199,19 @@ def test_unet_gives_the_same_output_and_gradients_with_fused_norm_on_and_off(
     assert grads_on.keys() == grads_off.keys()
     for name in grads_off:
         torch.testing.assert_close(grads_on[name], grads_off[name], **TOL, msg=name)
+
+
+def test_the_unet_with_fused_norm_compiles_as_one_graph(interpreted):
+    """torch.compile(fullgraph=True) of the whole UNet on the Triton path: no graph break at any norm, and the
+    compiled network computes what the eager PyTorch-path network does."""
+    torch.manual_seed(0)
+    nets = {f: UNet(**TINY_UNET, use_scale_shift_norm=True, fused_norm=f) for f in ("false", "true")}
+    nudge_weights(nets["false"])
+    nets["true"].load_state_dict(nets["false"].state_dict())
+    x, t, y = torch.randn(2, 2, 8, 8), torch.tensor([3, 700]), torch.tensor([0, 2])
+    torch._dynamo.reset()
+    compiled = torch.compile(nets["true"], fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, t, y), nets["false"](x, t, y), **TOL)
 
 
 def test_fused_norm_true_on_a_cpu_tensor_is_one_error_line():
