@@ -1,10 +1,11 @@
 """The fused GroupNorm + AdaGN + SiLU as a PyTorch operator: ``torch.ops.diffusion_lab.group_norm_silu``.
 
-Registered with ``torch.library.triton_op`` and launched through ``wrap_triton``, not ``custom_op``: a
-``triton_op`` is transparent to torch.compile, which traces its body (allocations, launch arithmetic and the
-kernel launches) into the graph instead of keeping one opaque call, so a compiled UNet neither graph-breaks at
-the norm nor loses CUDA-graph capture, and Inductor sees which buffers the kernels read and write. The
-backward is another ``triton_op``, tied to the forward by ``register_autograd``.
+Registered with ``torch.library.triton_op`` and launched through ``wrap_triton`` rather than as an opaque
+``custom_op``: torch.compile keeps either as one node of the graph (no graph break), but a ``triton_op``'s body
+(allocations, launch arithmetic, the kernel launches) is traced into the graph, so Inductor compiles the
+kernels into its own generated code (its launcher, no Python op dispatch per call; AOTInductor can package
+them) and knows which buffers they read and write. The backward is another ``triton_op``, tied to the forward
+by ``register_autograd``.
 
 Importing this module needs triton; ``fused_norm.py`` falls back to PyTorch when it cannot.
 """
@@ -63,7 +64,7 @@ def _as_bcl(t: Tensor) -> Tensor:
 
 
 def _strides(t: Tensor | None) -> tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * 2
+    return tuple(t.stride()) if t is not None else (0, 0)
 
 
 def _launch(kernel, grid: tuple[int, int], *args, **kwargs) -> None:
