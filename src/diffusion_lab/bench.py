@@ -37,6 +37,7 @@ from .compile_policy import compile_options
 from .diffusion import Diffusion, LinearSchedule, SimpleLoss, q_sample
 from .errors import UserError, friendly_errors
 from .nets import UNet, count_parameters
+from .nets.fused_norm import GroupNormSiLU
 from .samplers import DDIMSampler
 
 __all__ = ["Model", "OURS", "System", "ho_unet", "load_systems", "main", "ours_over_peer"]
@@ -154,14 +155,26 @@ def _prepare(net: nn.Module, variant: str, device: torch.device) -> nn.Module:
     return net
 
 
+class NormFreeSiLU(nn.Module):
+    """What is left of a ``GroupNormSiLU`` without its norm: ``silu(x * (1 + scale) + shift)``."""
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+        if scale is not None:
+            x = x * (1 + scale)
+        return torch.nn.functional.silu(x if shift is None else x + shift)
+
+
 def strip_to_bound(net: nn.Module) -> nn.Module:
     """The `bound` variant part: the same network with every GroupNorm and Dropout replaced by Identity.
 
     Not a usable network: what is left is the convolutions, attention and matmuls (all the counted FLOPs) with
     their fused pointwise work, so its rate is a ceiling for the real network on this GPU and software stack.
+    A GroupNorm fused with AdaGN and SiLU keeps the pointwise part (``NormFreeSiLU``).
     """
     for name, child in net.named_children():
-        if isinstance(child, (nn.GroupNorm, nn.Dropout)):
+        if isinstance(child, GroupNormSiLU):
+            setattr(net, name, NormFreeSiLU())
+        elif isinstance(child, (nn.GroupNorm, nn.Dropout)):
             setattr(net, name, nn.Identity())
         else:
             strip_to_bound(child)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_lab.nets.embeddings import timestep_embedding
+from diffusion_lab.nets.fused_norm import GroupNormSiLU, check_fused_norm
 
 
 @dataclass
@@ -52,10 +53,14 @@ class UNetConfig:
     norm_eps: float = (
         1e-6  # GroupNorm epsilon: 1e-6 as in Ho et al. (diffusers' UNet2DModel defaults to 1e-5)
     )
+    # GroupNorm(+AdaGN)+SiLU as Triton kernels: auto (on CUDA when triton imports), true, false. Same math
+    # and parameters either way; see nets/fused_norm.py.
+    fused_norm: str = "auto"
 
     def __post_init__(self) -> None:
         # Hydra/OmegaConf hands us lists (or ListConfig); the dataclass wants hashable tuples of ints.
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.fused_norm = check_fused_norm(self.fused_norm)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
         if self.out_channels is None:
             self.out_channels = self.in_channels
@@ -109,6 +114,9 @@ class Upsample(nn.Module):
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, add time embedding, GroupNorm-SiLU-dropout-conv, plus a skip connection.
 
+    Each GroupNorm-SiLU pair (with AdaGN's scale and shift between them under ``use_scale_shift_norm``) is one
+    ``GroupNormSiLU`` module, fused into Triton kernels on the GPU (``fused_norm``).
+
     With ``up``/``down`` the block also resamples (ADM's resblock_updown): the resampling is applied after the
     first norm+SiLU on the residual branch, and to the skip, so both branches agree in size.
     """
@@ -124,15 +132,16 @@ class ResBlock(nn.Module):
         up: bool = False,
         down: bool = False,
         norm_eps: float = 1e-6,
+        fused_norm: str = "auto",
     ):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
         self.up, self.down = up, down
-        self.norm1 = normalization(in_channels, groups, norm_eps)
+        self.norm1 = GroupNormSiLU(groups, in_channels, norm_eps, fused_norm)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         # AdaGN needs a scale and a shift per channel; the additive variant needs one bias per channel
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.norm2 = normalization(out_channels, groups, norm_eps)
+        self.norm2 = GroupNormSiLU(groups, out_channels, norm_eps, fused_norm)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         # 1x1 conv ("NIN shortcut" in Ho et al.) only where the channel count changes
@@ -146,17 +155,17 @@ class ResBlock(nn.Module):
         return x
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = F.silu(self.norm1(x))
+        h = self.norm1(x)  # silu(norm(x))
         h = self._resample(h)
         x = self._resample(x)
         h = self.conv1(h)  # (B, C_out, H, W)
         e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C_out or 2*C_out, 1, 1)
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)  # each (B, C_out, 1, 1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = self.norm2(h, scale, shift)  # silu(norm(h) * (1 + scale) + shift)
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
+            h = self.norm2(h + e)  # silu(norm(h + e))
+        h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 
 
@@ -225,6 +234,7 @@ class UNet(nn.Module):
                 cfg.groups,
                 cfg.use_scale_shift_norm,
                 norm_eps=cfg.norm_eps,
+                fused_norm=cfg.fused_norm,
                 **kw,
             )
 
@@ -277,7 +287,7 @@ class UNet(nn.Module):
                 self.up.append(block)
         assert not skip_channels
 
-        self.norm_out = normalization(c, cfg.groups, cfg.norm_eps)
+        self.norm_out = GroupNormSiLU(cfg.groups, c, cfg.norm_eps, cfg.fused_norm)
         self.conv_out = zero_module(nn.Conv2d(c, cfg.out_channels, 3, padding=1))
         self._init_weights()
 
@@ -315,4 +325,4 @@ class UNet(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)  # (B, C + C_skip, H, W)
             h = self._apply_block(block, h, emb)
 
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
+        return self.conv_out(self.norm_out(h))  # (B, out_channels, H, W); norm_out ends with SiLU

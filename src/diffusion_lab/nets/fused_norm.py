@@ -1,0 +1,99 @@
+"""GroupNorm followed by ADM's adaptive scale/shift (AdaGN) and SiLU, as one module with two paths.
+
+``GroupNormSiLU(x, scale, shift) = silu(group_norm(x) * (1 + scale) + shift)``. The PyTorch path runs the
+three steps as separate ops (the UNet's math before this module existed, op for op). The Triton path
+(``fused_norm_ops``) reads x once for the statistics and once more to write the output, in either NCHW or
+channels-last storage, and its backward recomputes the activation instead of storing the normalised tensor.
+
+The module is an ``nn.GroupNorm``, so its parameters and state-dict keys (``weight``, ``bias``) are those of
+the plain GroupNorm it replaces, and checkpoints load either way.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusion_lab.errors import UserError
+
+try:
+    from diffusion_lab.nets import fused_norm_kernels, fused_norm_ops
+except ImportError:  # no triton: the PyTorch path only
+    fused_norm_kernels = fused_norm_ops = None
+
+FUSED_NORM_CHOICES = ("auto", "true", "false")
+
+
+def check_fused_norm(value: object) -> str:
+    """The ``model.fused_norm`` option as one of FUSED_NORM_CHOICES (YAML reads true/false as booleans)."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    if value not in FUSED_NORM_CHOICES:
+        raise UserError(f"model.fused_norm={value} is not one of {', '.join(FUSED_NORM_CHOICES)}")
+    return value
+
+
+def triton_runs_on(x: Tensor) -> bool:
+    """Whether the Triton kernels can take x: a CUDA tensor, or any tensor under Triton's CPU interpreter."""
+    if fused_norm_ops is None:
+        return False
+    return x.is_cuda or fused_norm_kernels.INTERPRETED
+
+
+def group_norm_silu_reference(
+    x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float, scale=None, shift=None
+) -> Tensor:
+    """The PyTorch path: GroupNorm, then (1 + scale) and + shift broadcast over positions, then SiLU."""
+    h = F.group_norm(x, groups, weight, bias, eps)
+    if scale is not None:
+        h = h * (1 + _per_position(scale, x))
+    if shift is not None:
+        h = h + _per_position(shift, x)
+    return F.silu(h)
+
+
+def _per_position(v: Tensor, x: Tensor) -> Tensor:
+    """(B, C) or (B, C, 1, ...) -> (B, C, 1, ...) broadcasting against x."""
+    return v.reshape(*v.shape[:2], *[1] * (x.dim() - 2))
+
+
+def _per_channel(v: Tensor | None) -> Tensor | None:
+    """(B, C) or (B, C, 1, ...) -> (B, C), a view (strides kept: a chunk of a wider projection is fine)."""
+    return None if v is None else v.flatten(1)
+
+
+class GroupNormSiLU(nn.GroupNorm):
+    """``forward(x, scale=None, shift=None) = silu(group_norm(x) * (1 + scale) + shift)``.
+
+    ``fused``: ``auto`` takes the Triton path for CUDA tensors when triton imports, ``true`` always (an error
+    where it cannot run), ``false`` never.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-6, fused: object = "auto"):
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.fused = check_fused_norm(fused)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fused={self.fused}"
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+        if self._use_triton(x):
+            y, _mean, _rstd = fused_norm_ops.group_norm_silu(
+                x, self.weight, self.bias, _per_channel(scale), _per_channel(shift), self.num_groups, self.eps
+            )
+            return y
+        return group_norm_silu_reference(x, self.num_groups, self.weight, self.bias, self.eps, scale, shift)
+
+    def _use_triton(self, x: Tensor) -> bool:
+        if self.fused == "false":
+            return False
+        if self.fused == "auto" and not (x.is_cuda and fused_norm_ops is not None):
+            return False
+        if not triton_runs_on(x):
+            why = "triton does not import" if fused_norm_ops is None else f"got a {x.device.type} tensor"
+            raise UserError(
+                f"model.fused_norm=true runs Triton kernels, which need a CUDA tensor ({why}); "
+                "choose model.fused_norm=auto or false"
+            )
+        # Groups too wide for the kernels' registers (none in the shipped UNets) stay on the PyTorch path.
+        return self.num_channels // self.num_groups <= fused_norm_ops.MAX_GROUP_CHANNELS

@@ -1,0 +1,232 @@
+"""The fused GroupNorm(+AdaGN)+SiLU (nets/fused_norm.py): its Triton kernels, run on the CPU by Triton's
+interpreter, against PyTorch's own nn.GroupNorm and F.silu, forward and every gradient; the UNet with the fused
+norm on and off; the ``model.fused_norm`` option's errors."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion_lab.errors import UserError
+from diffusion_lab.nets import UNet, fused_norm_kernels, fused_norm_ops
+from diffusion_lab.nets.fused_norm import GroupNormSiLU
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+@contextlib.contextmanager
+def kernels_interpreted(on: bool):
+    """The kernels re-decorated for (or away from) Triton's CPU interpreter, which ``triton.jit`` chooses when
+    it decorates; the module's state before is restored after."""
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if on else "0"
+    try:
+        importlib.reload(fused_norm_kernels)
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRITON_INTERPRET")
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+        importlib.reload(fused_norm_kernels)
+
+
+@pytest.fixture
+def interpreted():
+    with kernels_interpreted(True):
+        yield
+
+
+@pytest.fixture
+def packed_launch(monkeypatch):
+    """Launch parameters that put several groups in one program and walk the positions in several tiles, so
+    that small test inputs reach the code paths the GPU shapes take."""
+    monkeypatch.setattr(fused_norm_ops, "MIN_PROGRAMS", 0)
+    monkeypatch.setattr(fused_norm_ops, "TILE_ELEMENTS", 128)
+
+
+def reference(x, gn: nn.GroupNorm, scale, shift):
+    """PyTorch's GroupNorm, then AdaGN's (1 + scale) and + shift, then SiLU."""
+    h = gn(x)
+    if scale is not None:
+        h = h * (1 + scale) + shift
+    return F.silu(h)
+
+
+def make_case(shape, groups, layout, adagn, seed=0):
+    """Random inputs (mean far from 0), a GroupNorm with random affine parameters, and an output gradient.
+    scale and shift are the two halves of one (B, 2C, 1, 1) projection, strided as in ResBlock."""
+    torch.manual_seed(seed)
+    gn = nn.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        gn.weight.normal_(1.0, 0.5)
+        gn.bias.normal_(0.0, 0.5)
+    x = torch.randn(shape) * 2 + 3
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "hw_transposed":  # spatial dims that do not merge into one stride
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    scale = shift = None
+    if adagn:
+        scale, shift = (0.5 * torch.randn(shape[0], 2 * shape[1], *[1] * (len(shape) - 2))).chunk(2, dim=1)
+    return gn, x, scale, shift, torch.randn(shape)
+
+
+def grads_of(fn, gn, x, scale, shift, dy):
+    """fn's output and the gradients of x, weight, bias (and scale, shift) for the output gradient dy."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, scale, shift) if t is not None]
+    x_, *ss = leaves
+    params = [gn.weight, gn.bias]
+    y = fn(x_, *(ss or [None, None]))
+    grads = torch.autograd.grad(y, [x_, *params, *ss], dy)
+    return y, grads
+
+
+CASES = [
+    # (shape, groups, layout, adagn)
+    ((2, 8, 7, 7), 4, "contiguous", False),
+    ((2, 8, 7, 7), 4, "channels_last", True),
+    ((2, 12, 14, 14), 4, "contiguous", True),  # 3 channels per group: lanes that are not a power of two
+    ((2, 12, 14, 14), 4, "channels_last", False),
+    ((2, 24, 7, 7), 8, "channels_last", True),
+    ((3, 16, 5, 3), 1, "channels_last", True),  # one group: the whole sample
+    ((2, 64, 3, 3), 32, "contiguous", True),
+    ((2, 8, 6, 5), 2, "hw_transposed", True),
+    ((2, 8, 10), 4, "contiguous", True),  # (B, C, L)
+]
+
+
+@pytest.mark.parametrize("launch", ["default", "packed"])
+@pytest.mark.parametrize("shape,groups,layout,adagn", CASES)
+def test_triton_path_matches_group_norm_then_silu(interpreted, request, launch, shape, groups, layout, adagn):
+    """Forward and the gradients of x, weight, bias, scale and shift agree with nn.GroupNorm + F.silu in
+    float32; the output and dx keep x's layout (no copy to NCHW)."""
+    if launch == "packed":
+        request.getfixturevalue("packed_launch")
+    gn, x, scale, shift, dy = make_case(shape, groups, layout, adagn)
+    fused = GroupNormSiLU(groups, shape[1], fused="true")
+    fused.load_state_dict(gn.state_dict())
+    y, grads = grads_of(lambda *a: fused(*a), fused, x, scale, shift, dy)
+    y_ref, grads_ref = grads_of(lambda *a: reference(a[0], gn, *a[1:]), gn, x, scale, shift, dy)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, **TOL)
+    if layout != "hw_transposed":
+        assert y.stride() == x.stride() and grads[0].stride() == x.stride()
+
+
+def test_packed_launch_takes_several_groups_and_tiles_per_program(packed_launch):
+    """The packed launch of the tests above does reach the multi-group, multi-tile code."""
+    groups_per_program, block_c, block_hw, _ = fused_norm_ops.launch_config(2, 12, 196, 4)
+    assert groups_per_program == 4 and block_c == 16 and block_hw < 196
+
+
+def test_the_pytorch_path_is_the_unfused_math_exactly():
+    """fused=false (and auto on a CPU tensor): the ops the UNet ran before, bit for bit."""
+    gn, x, scale, shift, _ = make_case((2, 8, 5, 5), 4, "channels_last", True)
+    for fused in ("false", "auto"):
+        norm = GroupNormSiLU(4, 8, fused=fused)
+        norm.load_state_dict(gn.state_dict())
+        assert torch.equal(norm(x, scale, shift), F.silu(gn(x) * (1 + scale) + shift))
+        assert torch.equal(norm(x), F.silu(gn(x)))
+
+
+def test_state_dict_is_a_group_norms():
+    """Checkpoints of nn.GroupNorm layers load into GroupNormSiLU strictly, and the other way round."""
+    gn, fused = nn.GroupNorm(4, 8, eps=1e-6), GroupNormSiLU(4, 8)
+    assert list(fused.state_dict()) == list(gn.state_dict()) == ["weight", "bias"]
+    fused.load_state_dict(gn.state_dict(), strict=True)
+    gn.load_state_dict(fused.state_dict(), strict=True)
+
+
+def test_the_fused_op_compiles_without_a_graph_break(interpreted):
+    """torch.compile(fullgraph=True) traces a block through GroupNormSiLU (the op's schema, its fake
+    propagation and the autograd registration), and the compiled function computes the same values."""
+    gn, x, scale, shift, dy = make_case((2, 8, 5, 5), 4, "channels_last", True)
+    fused = GroupNormSiLU(4, 8, fused="true")
+    fused.load_state_dict(gn.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: fused(*a) * 2, fullgraph=True, backend="eager")
+    y, grads = grads_of(compiled, fused, x, scale, shift, dy)
+    y_ref, grads_ref = grads_of(lambda *a: reference(a[0], gn, *a[1:]) * 2, gn, x, scale, shift, dy)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, **TOL)
+
+
+TINY_UNET = dict(
+    in_channels=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+    image_size=8, dropout=0.0, groups=4, num_classes=3,
+)  # fmt: skip
+
+
+def nudge_weights(net: nn.Module) -> None:
+    """Wake the zero-initialised layers: with conv_out at zero the output is zero and no gradient flows."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("use_scale_shift_norm", [True, False])
+def test_unet_gives_the_same_output_and_gradients_with_fused_norm_on_and_off(
+    interpreted, use_scale_shift_norm
+):
+    """One state dict, fused_norm=false vs true: every norm-SiLU pair of the UNet (ResBlock's two, the output's)
+    on the Triton path gives the same output and parameter gradients, channels-last as in GPU training."""
+    torch.manual_seed(0)
+    nets = {
+        f: UNet(**TINY_UNET, use_scale_shift_norm=use_scale_shift_norm, fused_norm=f)
+        for f in ("false", "true")
+    }
+    nudge_weights(nets["false"])
+    nets["true"].load_state_dict(nets["false"].state_dict(), strict=True)
+    x = torch.randn(2, 2, 8, 8).contiguous(memory_format=torch.channels_last)
+    t, y = torch.tensor([3, 700]), torch.tensor([0, 2])
+    results = {}
+    for name, net in nets.items():
+        net = net.to(memory_format=torch.channels_last)
+        out = net(x, t, y)
+        out.square().mean().backward()
+        results[name] = (out, {n: p.grad for n, p in net.named_parameters()})
+    torch.testing.assert_close(results["true"][0], results["false"][0], **TOL)
+    grads_on, grads_off = results["true"][1], results["false"][1]
+    assert grads_on.keys() == grads_off.keys()
+    for name in grads_off:
+        torch.testing.assert_close(grads_on[name], grads_off[name], **TOL, msg=name)
+
+
+def test_the_unet_with_fused_norm_compiles_as_one_graph(interpreted):
+    """torch.compile(fullgraph=True) of the whole UNet on the Triton path: no graph break at any norm, and the
+    compiled network computes what the eager PyTorch-path network does."""
+    torch.manual_seed(0)
+    nets = {f: UNet(**TINY_UNET, use_scale_shift_norm=True, fused_norm=f) for f in ("false", "true")}
+    nudge_weights(nets["false"])
+    nets["true"].load_state_dict(nets["false"].state_dict())
+    x, t, y = torch.randn(2, 2, 8, 8), torch.tensor([3, 700]), torch.tensor([0, 2])
+    torch._dynamo.reset()
+    compiled = torch.compile(nets["true"], fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, t, y), nets["false"](x, t, y), **TOL)
+
+
+def test_fused_norm_true_on_a_cpu_tensor_is_one_error_line():
+    with kernels_interpreted(False):
+        norm = UNet(**TINY_UNET, fused_norm=True).norm_out
+        with pytest.raises(UserError) as err:
+            norm(torch.randn(1, 8, 4, 4))
+    assert str(err.value) == (
+        "model.fused_norm=true runs Triton kernels, which need a CUDA tensor (got a cpu tensor); "
+        "choose model.fused_norm=auto or false"
+    )
+
+
+def test_a_fused_norm_value_outside_the_choices_is_one_error_line():
+    with pytest.raises(UserError) as err:
+        UNet(**TINY_UNET, fused_norm="yes")
+    assert str(err.value) == "model.fused_norm=yes is not one of auto, true, false"
+    assert UNet(**TINY_UNET, fused_norm=False).config.fused_norm == "false"  # YAML's false is a boolean
