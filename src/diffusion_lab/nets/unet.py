@@ -55,7 +55,7 @@ class UNetConfig:
     )
     # GroupNorm(+AdaGN)+SiLU as Triton kernels: auto (on CUDA when triton imports), true, false. Same math
     # and parameters either way; see nets/fused_norm.py.
-    fused_norm: str = "auto"
+    fused_norm: str = "false"
 
     def __post_init__(self) -> None:
         # Hydra/OmegaConf hands us lists (or ListConfig); the dataclass wants hashable tuples of ints.
@@ -132,7 +132,7 @@ class ResBlock(nn.Module):
         up: bool = False,
         down: bool = False,
         norm_eps: float = 1e-6,
-        fused_norm: str = "auto",
+        fused_norm: str = "false",
     ):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
