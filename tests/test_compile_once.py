@@ -3,6 +3,8 @@ compile the network again after training has started (compile_eval=false, the de
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -43,6 +45,17 @@ def _fit(tmp_path, *overrides: str) -> int:
 
 def test_a_fit_with_validation_checkpoints_and_samples_compiles_the_network_once(tmp_path, eager_backend):
     assert _fit(tmp_path) == 1  # a recompilation (a failed guard) would be a second graph
+
+
+def test_the_summary_breaks_the_startup_cost_down(tmp_path, eager_backend, capsys):
+    _fit(tmp_path, "callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=2")
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("startup cost"))
+    # the first step, the compiler's seconds and graphs, and the three checkpoints' writes, each timed
+    assert re.fullmatch(
+        r"startup cost  : [\d.]+ s beyond steady-state steps \(first step [\d.]+ s; compiling [\d.]+ s, 1 graphs; "
+        r"checkpoint writes [\d.]+ s\)",
+        line,
+    ), line
 
 
 def test_compiling_evaluation_too_adds_graphs_and_the_count_sees_them(tmp_path, eager_backend):

@@ -51,6 +51,7 @@ def test_startup_cost_is_the_time_beyond_steady_steps_with_validation_left_out(c
     _fit(cb, clock, steps, validate_at={20: 100.0})
     # each step beyond its steady 0.1 s: the first two, and the one that recompiled
     assert cb.startup_seconds == pytest.approx((30.0 - 0.1) + (0.5 - 0.1) + 8.0)
+    assert cb.first_step_seconds == pytest.approx(30.0)
     assert cb.images_per_second == pytest.approx(4 * 35 / (35 * 0.1 + 8.0))  # the windows' own average
 
 

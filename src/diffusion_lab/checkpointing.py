@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +178,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` with atomic, fsynced, digest-checked local writes (see the module doc).
 
     Remote paths (``s3://...``) keep Lightning's own writer. Removing a checkpoint removes its sidecar too.
+    ``seconds_writing`` adds up the time spent in writes (a part of a run's startup cost and of its steps).
     """
+
+    seconds_writing = 0.0
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        if storage_options is not None or "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_torch_save(checkpoint, path)
+        started = time.perf_counter()
+        try:
+            if storage_options is not None or "://" in str(path):
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            atomic_torch_save(checkpoint, path)
+        finally:
+            self.seconds_writing += time.perf_counter() - started
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         """Lightning's restore (``trainer.fit(ckpt_path=...)``) reads through the safe loader too."""

@@ -268,7 +268,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["train_img_per_s"] = round(cb.images_per_second, 1)
         if isinstance(cb, Throughput) and cb.startup_seconds is not None:
             result["startup_s"] = round(cb.startup_seconds, 1)
+            result["first_step_s"] = round(cb.first_step_seconds, 1)
     result.update(compile_stats())
+    io = trainer.strategy.checkpoint_io
+    if isinstance(io, AtomicCheckpointIO) and io.seconds_writing:
+        result["checkpoint_write_s"] = round(io.seconds_writing, 1)
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         print_summary(result)
@@ -413,16 +417,26 @@ def print_summary(result: dict[str, Any]) -> None:
     if result.get("train_img_per_s"):
         lines.append(f"train speed   : {result['train_img_per_s']} img/s")
     if result.get("startup_s") is not None:
-        compiled = (
-            f" (compiling {result['compile_s']} s, {result['graphs']} graphs)" if "graphs" in result else ""
+        lines.append(
+            f"startup cost  : {result['startup_s']} s beyond steady-state steps ({startup_parts(result)})"
         )
-        lines.append(f"startup cost  : {result['startup_s']} s beyond steady-state steps{compiled}")
     if result.get("preempted"):
         p = result["preempted"]
         lines.append(f"stopped by    : {p['signal']} at step {p['step']} (checkpoint saved)")
         lines.append(f"resume with   : {p['resume']}")
     lines.append(f"wall time     : {result['wall_time_s']} s")
     print("\n== diffusion_lab.train done ==\n" + "\n".join(lines), flush=True)
+
+
+def startup_parts(result: dict[str, Any]) -> str:
+    """Where a startup cost may come from, each timed on its own (they overlap: the first step includes the
+    compilation)."""
+    parts = [f"first step {result['first_step_s']} s"]
+    if "graphs" in result:
+        parts.append(f"compiling {result['compile_s']} s, {result['graphs']} graphs")
+    if "checkpoint_write_s" in result:
+        parts.append(f"checkpoint writes {result['checkpoint_write_s']} s")
+    return "; ".join(parts)
 
 
 def usage() -> str:

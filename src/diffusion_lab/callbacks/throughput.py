@@ -32,6 +32,9 @@ class Throughput(L.Callback):
         self._pause_t0: float | None = None
         self._paused = 0.0
         self.startup_seconds: float | None = None
+        self.first_step_seconds: float | None = (
+            None  # from the start of training to the end of its first step
+        )
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":
@@ -42,6 +45,9 @@ class Throughput(L.Callback):
         self._fit_t0, self._fit_start_step, self._paused = time.perf_counter(), trainer.global_step, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.first_step_seconds is None and self._fit_t0 is not None:
+            self._sync(pl_module)
+            self.first_step_seconds = time.perf_counter() - self._fit_t0
         if trainer.global_step < self.warmup_steps:  # compile / autotune / allocator warm-up
             return
         x = batch[0] if isinstance(batch, list | tuple) else batch
