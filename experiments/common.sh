@@ -14,9 +14,10 @@
 #   VAL_EVERY   steps between validations / in-training FD / checkpoints (each study has its default)
 #   MAX_MINUTES a wall-time guard per job (default none); a job it stops is marked incomplete by the report
 #   FID_N / BPD_N  generated samples per FD/FID (default 10000) / images for bits/dim (500)
+#   PREWARM=0   skip the short run that compiles a sweep's network before its jobs start together (see prewarm)
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
-#   DRY_RUN=1   print what would run (GRID / EXCLUDE / SWEEP / EVAL lines) and run nothing (the tests use it);
+#   DRY_RUN=1   print what would run (GRID / EXCLUDE / PREWARM / SWEEP / EVAL lines) and run nothing (the tests use it);
 #               a SWEEP line starts with @<its name>, an EVAL line restricted to one sweep with @<that name>
 set -euo pipefail
 
@@ -69,6 +70,7 @@ train_sweep() {
   local name=$1
   shift
   if [[ "$DRY_RUN" == 1 ]]; then
+    prewarm "$name" "$@"
     echo "SWEEP @$name $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")"
     return 0
   fi
@@ -76,11 +78,45 @@ train_sweep() {
   local cmd=("$PY" -m diffusion_lab.train -m hydra/launcher=gpu_pool "hydra.sweep.dir=$STUDY_OUT/$name"
     "hydra.launcher.jobs_per_gpu=$JOBS_PER_GPU" "${DATA_TRAIN[@]}" "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")
   if [[ "$SWEEPS_AT_ONCE" == 1 ]]; then
-    "${cmd[@]}" &
+    { prewarm "$name" "$@"; "${cmd[@]}"; } &
     SWEEP_PIDS+=($!)
   else
+    prewarm "$name" "$@"
     "${cmd[@]}" || STATUS=1
   fi
+}
+
+# The sweep's first job: each plain comma list (a sweep axis) cut to its first value.
+first_job() {
+  local o
+  for o in "$@"; do
+    if [[ "$o" == *=*,* && "$o" != *[\[\]\{\}\(\)\'\"]* ]]; then echo "${o%%,*}"; else echo "$o"; fi
+  done
+}
+
+# prewarm NAME OVERRIDES...: the sweep's first job trains two steps alone, so its compiled network is in the
+# shared compile cache (compile_cache) before the sweep's jobs start together and load it. Jobs that start at
+# once all miss the cache and compile the same graph side by side (BENCHMARKS.md, "Cold and warm starts": 18 such
+# jobs on a 16-core host took 85-101 s each in the compiler, one alone 55 s). Uncompiled, it costs one start-up.
+# A failure here is reported and the sweep runs anyway (its jobs then compile on their own).
+prewarm() {
+  local name=$1 job
+  shift
+  [[ "${PREWARM:-1}" == 1 ]] || return 0
+  mapfile -t job < <(first_job "$@" "seed=${SEEDS%%,*}" "${TRAIN_EXTRA[@]}")
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "PREWARM @$name $(printf '%q ' "${job[@]}")"
+    return 0
+  fi
+  mkdir -p "$STUDY_OUT/.prewarm"
+  # Inductor's CPU kernels are keyed by the thread count: without GPUs, the launcher's share (cpu_parallel = 2
+  # jobs at once) of the cores, so the prewarmed graph is the jobs' own.
+  local threads=()
+  [[ -n "${OMP_NUM_THREADS:-}" || -n "$(visible_gpus)" ]] || threads=("OMP_NUM_THREADS=$(($(nproc) / 2 > 0 ? $(nproc) / 2 : 1))")
+  env "${threads[@]}" "$PY" -m diffusion_lab.train "hydra.run.dir=$STUDY_OUT/.prewarm/$name" "${DATA_TRAIN[@]}" "${job[@]}" \
+    trainer.max_steps=2 trainer.max_time=null trainer.limit_val_batches=0 final_samples=0 \
+    > "$STUDY_OUT/.prewarm/$name.log" 2>&1 ||
+    echo "prewarm of $name failed, its jobs compile on their own: $STUDY_OUT/.prewarm/$name.log" >&2
 }
 
 # Wait for sweeps started with SWEEPS_AT_ONCE=1 (evaluations need their checkpoints).

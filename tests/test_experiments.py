@@ -52,10 +52,10 @@ def dry_run(study: str, **extra_env: str) -> dict[str, list]:
         ["bash", str(EXPERIMENTS / f"{study}.sh")], capture_output=True, text=True, env=env, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    lines: dict[str, list] = {"GRID": [], "EXCLUDE": [], "SWEEP": [], "EVAL": [], "SWEEP@": [], "EVAL@": []}
+    lines: dict[str, list] = {k: [] for k in ("GRID", "EXCLUDE", "PREWARM", "SWEEP", "EVAL", "SWEEP@", "EVAL@")}
     for line in proc.stdout.splitlines():
         kind, _, rest = line.partition(" ")
-        assert kind in ("GRID", "EXCLUDE", "SWEEP", "EVAL"), line
+        assert kind in ("GRID", "EXCLUDE", "PREWARM", "SWEEP", "EVAL"), line
         words = shlex.split(rest)
         tag = words.pop(0)[1:] if words and words[0].startswith("@") else None
         lines[kind].append(words)
@@ -185,6 +185,19 @@ def test_latent_and_pixel_models_get_the_same_minutes_and_the_latent_ones_the_st
     assert (pixel.pop("experiment"), latent.pop("experiment")) == ("fmnist", "fmnist_latent")
     assert pixel == latent and pixel["trainer.max_time"] == "'00:00:20:00'"  # same minutes, metrics, seeds
     assert sorted(lines["EVAL@"]) == ["latent", "pixel"]
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_each_sweep_is_prewarmed_by_its_own_first_job(study):
+    """The run that fills the compile cache before a sweep's jobs start together is one of that sweep's jobs
+    (so the graph it compiles is theirs), printed just before the sweep."""
+    lines = dry_run(study, TRAIN_EXTRA="compile=reduce-overhead")
+    assert len(lines["PREWARM"]) == len(lines["SWEEP"])
+    for prewarm, sweep in zip(lines["PREWARM"], lines["SWEEP"]):
+        (single,) = expand(prewarm)  # one job, its overrides written as Hydra normalises them
+        assert sorted(single) in [sorted(job) for job in expand(sweep)], (prewarm, sweep)
+        assert prewarm[-1] == "compile=reduce-overhead"  # TRAIN_EXTRA too
+    assert dry_run(study, PREWARM="0")["PREWARM"] == []
 
 
 def test_sample_sets_reach_every_evaluation():
