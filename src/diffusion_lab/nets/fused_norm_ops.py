@@ -63,6 +63,12 @@ def _as_bcl(t: Tensor) -> Tensor:
     return t.flatten(2) if t.dim() > 2 else t.unsqueeze(-1)
 
 
+def _addressable(x: Tensor) -> Tensor:
+    """x, or a contiguous copy where its spatial dims do not merge into one stride: outputs laid out like x are
+    then written through a (B, C, L) view."""
+    return x if _spatial_mergeable(x) else x.contiguous()
+
+
 def _strides(t: Tensor | None) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0, 0)
 
@@ -88,8 +94,7 @@ def group_norm_silu(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``silu(group_norm(x) * (1 + scale) + shift)`` and the per (sample, group) mean and 1/std (float32).
     ``scale`` and ``shift`` are (B, C) or None."""
-    if not _spatial_mergeable(x):
-        x = x.contiguous()  # so that y, laid out like x, is written through a view
+    x = _addressable(x)
     batch, channels = x.shape[:2]
     y = torch.empty_like(x)
     mean = torch.empty(batch, groups, device=x.device, dtype=torch.float32)
@@ -123,8 +128,7 @@ def group_norm_silu_backward(
     groups: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dx, and float32 (B, C) sums over positions of dz and dz * xhat (dz: the gradient at the SiLU input)."""
-    if not _spatial_mergeable(x):
-        x = x.contiguous()  # so that dx, laid out like x, is written through a view
+    x = _addressable(x)
     batch, channels = x.shape[:2]
     dx = torch.empty_like(x)
     dd = torch.empty(batch, channels, device=x.device, dtype=torch.float32)
