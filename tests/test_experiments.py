@@ -52,7 +52,9 @@ def dry_run(study: str, **extra_env: str) -> dict[str, list]:
         ["bash", str(EXPERIMENTS / f"{study}.sh")], capture_output=True, text=True, env=env, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    lines: dict[str, list] = {k: [] for k in ("GRID", "EXCLUDE", "PREWARM", "SWEEP", "EVAL", "SWEEP@", "EVAL@")}
+    lines: dict[str, list] = {
+        k: [] for k in ("GRID", "EXCLUDE", "PREWARM", "SWEEP", "EVAL", "SWEEP@", "EVAL@")
+    }
     for line in proc.stdout.splitlines():
         kind, _, rest = line.partition(" ")
         assert kind in ("GRID", "EXCLUDE", "PREWARM", "SWEEP", "EVAL"), line
