@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_path", "atomic_write", "file_sha256", "save_grid", "save_samples_npz", "to_uint8"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "cached",
+    "file_sha256",
+    "save_grid",
+    "save_samples_npz",
+    "to_uint8",
+]
 
 
 @contextlib.contextmanager
@@ -48,6 +59,36 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
     return Path(path)
+
+
+def cached(
+    path: Path,
+    key: Mapping[str, Any],
+    compute: Callable[[], Any],
+    problem: Callable[[Any], str | None],
+    describe: Callable[[Any], dict[str, Any]],
+    what: str,
+) -> Any:
+    """What ``torch.save`` left at ``path`` when it loads and ``problem(obj)`` finds nothing wrong, else
+    ``compute()`` saved there atomically, with ``key`` and ``describe(obj)`` as readable JSON beside it. A file
+    that is unreadable or wrong is warned about (``what`` names the cache) and computed again."""
+    if path.is_file():
+        try:
+            found = torch.load(path, map_location="cpu", weights_only=True)
+            wrong = problem(found)
+        except Exception as err:
+            wrong = f"unreadable ({type(err).__name__}: {err})"
+        if wrong is None:
+            return found
+        warnings.warn(f"{what} {path} {wrong}; computing it again", stacklevel=3)
+    made = compute()
+    meta = {"key": json.loads(json.dumps(dict(key), sort_keys=True, default=str)), **describe(made)}
+    meta.update(file=path.name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write(path, lambda f: torch.save(made, f))
+    atomic_write(
+        path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
+    )
+    return made
 
 
 def file_sha256(path: str | Path) -> str:

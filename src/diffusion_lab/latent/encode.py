@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..io import atomic_write
+from ..io import cached
 
 __all__ = ["ENCODING", "encode_dataset", "cached_encoding", "cache_path", "scale_factor", "clean_batches"]
 
@@ -81,22 +79,13 @@ def cache_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
 def cached_encoding(cache_dir: str | Path, key: dict[str, Any], compute) -> dict[str, Tensor]:
     """The entry of ``key`` from ``cache_dir``, or ``compute()`` saved there atomically (with the key as JSON
     beside it). An unreadable entry is computed again."""
-    path = cache_path(cache_dir, key)
-    if path.is_file():
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(entry, dict) and isinstance(entry.get("codes"), Tensor):
-                return entry
-            warnings.warn(f"latent cache {path} holds no codes; encoding again", stacklevel=2)
-        except Exception as err:
-            warnings.warn(
-                f"latent cache {path} unreadable ({type(err).__name__}); encoding again", stacklevel=2
-            )
-    entry = compute()
-    meta = {"key": json.loads(_key_json(key)), "shape": list(entry["codes"].shape), "file": path.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-    atomic_write(path, lambda f: torch.save(entry, f))
-    atomic_write(
-        path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
+    return cached(
+        cache_path(cache_dir, key),
+        key,
+        compute,
+        problem=lambda e: (
+            None if isinstance(e, dict) and isinstance(e.get("codes"), Tensor) else "holds no codes"
+        ),
+        describe=lambda e: {"shape": list(e["codes"].shape)},
+        what="latent cache",
     )
-    return entry

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from diffusion_lab.io import atomic_write
+from diffusion_lab.io import cached
 from diffusion_lab.metrics.feature_nets import FeatureExtractor
 
 __all__ = [
@@ -365,33 +363,20 @@ def real_features_cached(
     """Real features for ``key`` (e.g. dict(dataset, split, resolution, feature=extractor.feature_id, n)):
     loaded from ``cache_dir`` on a hit, else ``compute_fn()`` -> saved atomically (temp file + os.replace) next
     to a human-readable JSON of the key. Returns a CPU tensor. An unreadable cache file is recomputed."""
-    path = real_features_cache_path(cache_dir, key)
-    if path.is_file():
-        try:
-            feats = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(feats, Tensor) and feats.ndim == 2:
-                return feats
-            warnings.warn(f"real-feature cache {path} does not hold a 2-D tensor; recomputing", stacklevel=2)
-        except Exception as e:
-            warnings.warn(
-                f"real-feature cache {path} unreadable ({type(e).__name__}: {e}); recomputing", stacklevel=2
-            )
-    feats = compute_fn()
+    return cached(
+        real_features_cache_path(cache_dir, key),
+        key,
+        lambda: _feature_matrix(compute_fn()),
+        problem=lambda f: None if isinstance(f, Tensor) and f.ndim == 2 else "does not hold a 2-D tensor",
+        describe=lambda f: {"shape": list(f.shape), "dtype": str(f.dtype)},
+        what="real-feature cache",
+    )
+
+
+def _feature_matrix(feats: Any) -> Tensor:
+    """``feats`` as a contiguous CPU (N, D) tensor; anything else is an error."""
     if not isinstance(feats, Tensor) or feats.ndim != 2:
         raise ValueError(
             f"compute_fn must return an (N, D) tensor, got {getattr(feats, 'shape', type(feats))}"
         )
-    feats = feats.detach().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "key": json.loads(_key_json(key)),
-        "shape": list(feats.shape),
-        "dtype": str(feats.dtype),
-        "file": path.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write(path, lambda f: torch.save(feats, f))
-    atomic_write(
-        path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
-    )
-    return feats
+    return feats.detach().cpu().contiguous()
