@@ -263,16 +263,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
             result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
-    for cb in callbacks:
-        if isinstance(cb, Throughput) and cb.images_per_second:
+    for cb in (cb for cb in callbacks if isinstance(cb, Throughput)):
+        if cb.images_per_second:
             result["train_img_per_s"] = round(cb.images_per_second, 1)
-        if isinstance(cb, Throughput) and cb.startup_seconds is not None:
+        if cb.startup_seconds is not None:
             result["startup_s"] = round(cb.startup_seconds, 1)
             result["first_step_s"] = round(cb.first_step_seconds, 1)
     result.update(compile_stats())
-    io = trainer.strategy.checkpoint_io
-    if isinstance(io, AtomicCheckpointIO) and io.seconds_writing:
-        result["checkpoint_write_s"] = round(io.seconds_writing, 1)
+    checkpoint_io = trainer.strategy.checkpoint_io
+    if isinstance(checkpoint_io, AtomicCheckpointIO) and checkpoint_io.seconds_writing:
+        result["checkpoint_write_s"] = round(checkpoint_io.seconds_writing, 1)
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         print_summary(result)

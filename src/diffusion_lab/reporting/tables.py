@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..overrides import override_key
 from .cells import Cell
 from .runs import Job
 from .scores import FRECHET, SCORES
@@ -176,7 +177,7 @@ NOT_COMPARABLE = "not comparable (another loss)"
 
 
 def _loss_definition(cell: Cell) -> set[str]:
-    return {o for o in cell.overrides if o.lstrip("+~").split("=")[0].split(".")[0] in LOSS_DEFINING}
+    return {o for o in cell.overrides if override_key(o).split(".")[0] in LOSS_DEFINING}
 
 
 def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
@@ -188,10 +189,12 @@ def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
         f"cell − baseline, paired by seed: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval of "
         "the per-seed differences, n pairs. " + BETTER_NOTE
     )
+    baseline_loss, any_other_loss = _loss_definition(baseline), False
     for cell in cells:
         if cell is baseline:
             continue
-        other_loss = _loss_definition(cell) != _loss_definition(baseline)
+        other_loss = _loss_definition(cell) != baseline_loss
+        any_other_loss |= other_loss
         row = [Entry(cell.label)]
         for key, _, better in metrics:
             if key == "val_loss" and other_loss:
@@ -201,7 +204,7 @@ def baseline_table(cells: list[Cell], baseline: Cell) -> Table:
                 Entry(difference_text(paired_difference(cell.by_seed(key), baseline.by_seed(key)), better))
             )
         table.rows.append(row)
-    if any(_loss_definition(c) != _loss_definition(baseline) for c in cells):
+    if any_other_loss:
         table.notes.append(
             f"val loss: '{NOT_COMPARABLE}' where a cell differs from the baseline in a group that defines the "
             f"loss ({', '.join(LOSS_DEFINING)})."
