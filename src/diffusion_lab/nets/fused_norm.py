@@ -11,15 +11,25 @@ the plain GroupNorm it replaces, and checkpoints load either way.
 
 from __future__ import annotations
 
+import functools
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_lab.errors import UserError
 
-try:
-    from diffusion_lab.nets import fused_norm_kernels, fused_norm_ops
-except ImportError:  # no triton: the PyTorch path only
-    fused_norm_kernels = fused_norm_ops = None
+
+@functools.cache
+def _triton_modules():
+    """(fused_norm_kernels, fused_norm_ops), or None where triton does not import (the PyTorch path only).
+    Imported on first use: registering the op imports torch._inductor (about a second on the CPU), which a
+    network that never takes the Triton path has no use for."""
+    try:
+        from diffusion_lab.nets import fused_norm_kernels, fused_norm_ops
+    except ImportError:
+        return None
+    return fused_norm_kernels, fused_norm_ops
+
 
 FUSED_NORM_CHOICES = ("auto", "true", "false")
 
@@ -35,9 +45,10 @@ def check_fused_norm(value: object) -> str:
 
 def triton_runs_on(x: Tensor) -> bool:
     """Whether the Triton kernels can take x: a CUDA tensor, or any tensor under Triton's CPU interpreter."""
-    if fused_norm_ops is None:
+    modules = _triton_modules()
+    if modules is None:
         return False
-    return x.is_cuda or fused_norm_kernels.INTERPRETED
+    return x.is_cuda or modules[0].INTERPRETED
 
 
 def group_norm_silu_reference(
@@ -78,7 +89,7 @@ class GroupNormSiLU(nn.GroupNorm):
 
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         if self._use_triton(x):
-            y, _mean, _rstd = fused_norm_ops.group_norm_silu(
+            y, _mean, _rstd = _triton_modules()[1].group_norm_silu(
                 x, self.weight, self.bias, _per_channel(scale), _per_channel(shift), self.num_groups, self.eps
             )
             return y
@@ -87,13 +98,13 @@ class GroupNormSiLU(nn.GroupNorm):
     def _use_triton(self, x: Tensor) -> bool:
         if self.fused == "false":
             return False
-        if self.fused == "auto" and not (x.is_cuda and fused_norm_ops is not None):
+        if self.fused == "auto" and not (x.is_cuda and _triton_modules() is not None):
             return False
         if not triton_runs_on(x):
-            why = "triton does not import" if fused_norm_ops is None else f"got a {x.device.type} tensor"
+            why = "triton does not import" if _triton_modules() is None else f"got a {x.device.type} tensor"
             raise UserError(
                 f"model.fused_norm=true runs Triton kernels, which need a CUDA tensor ({why}); "
                 "choose model.fused_norm=auto or false"
             )
         # Groups too wide for the kernels' registers (none in the shipped UNets) stay on the PyTorch path.
-        return self.num_channels // self.num_groups <= fused_norm_ops.MAX_GROUP_CHANNELS
+        return self.num_channels // self.num_groups <= _triton_modules()[1].MAX_GROUP_CHANNELS
