@@ -562,3 +562,33 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     batches.clear()
     row = evaluate(eval_cfg(trained_checkpoint, tmp_path / "odd", *common, "compile=true", "n=10"))["rows"][0]
     assert set(batches) == {4} and row["n"] == 10 and math.isfinite(row["fd_classifier"])
+
+
+def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier, tmp_path, monkeypatch):
+    import diffusion_lab.evaluate as ev
+
+    real_score, calls = ev.score_setting, []
+
+    def stop_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a killed job sees
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "score_setting", stop_on_the_second)
+    cfg = classifier_cfg(run_copy, classifier, tmp_path / "cache", "metrics=[fid]", "steps=[2,3,4]")
+    cfg.out_dir = str(tmp_path / "partial")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg)
+    saved = json.loads((tmp_path / "partial" / "evaluation.json").read_text())
+    assert saved["summary"]["complete"] is False and saved["summary"]["settings"] == 3
+    assert [r["steps"] for r in saved["rows"]] == [2]
+    assert "**Partial**: 1 of 3 settings" in (tmp_path / "partial" / "evaluation.md").read_text()
+    with open(tmp_path / "partial" / "evaluation.csv") as f:
+        assert [r["steps"] for r in csv.DictReader(f)] == ["2"]
+
+    monkeypatch.setattr(ev, "score_setting", real_score)
+    cfg = classifier_cfg(run_copy, classifier, tmp_path / "cache", "metrics=[fid]", "steps=[2,3,4]")
+    cfg.out_dir = str(tmp_path / "whole")
+    done = json.loads(Path(evaluate(cfg)["paths"]["json"]).read_text())
+    assert done["summary"]["complete"] is True and [r["steps"] for r in done["rows"]] == [2, 3, 4]

@@ -214,3 +214,79 @@ def test_an_old_fid_logged_on_a_classifier_is_shown_as_logged_with_a_note(tmp_pa
     assert "FID (Inception)" in _headers(md)  # as logged
     notes = _section(md, "Notes")
     assert "`metrics/fid` was logged on classifier features (`/cache/features/fashion_mnist.pt`)" in notes
+
+
+def test_a_partial_evaluation_is_read_and_named_and_hidden_folders_are_not_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    rows = [eval_row("ddim", 0.0, 10, [5.0]), eval_row("ddim", 0.0, 20, [4.0])]
+    jobs = [
+        write_job(sweep, i, [f"seed={s}"], {"val/loss": {99: 1.0}}, evaluations={"ddim": rows})
+        for i, s in enumerate((1, 2))
+    ]
+    partial = jobs[1] / "evaluation" / "ddim" / "evaluation.json"
+    partial.write_text(json.dumps({"summary": {"complete": False, "settings": 5}, "rows": rows}))
+    write_status(sweep, jobs)
+    # a study's prewarm run (two steps that only fill the compile cache) sits in a hidden folder beside the jobs
+    write_job(sweep / ".prewarm", 0, ["seed=1", "trainer.max_steps=2"], {"val/loss": {1: 9.0}})
+    found = find_jobs(sweep)
+    assert sorted(j.dir.name for j in found) == sorted(j.name for j in jobs)
+    (second,) = [j for j in found if j.seed == 2]
+    assert second.notes == [
+        "evaluation `ddim` is partial: 2 of 5 settings were scored before it stopped; its rows are in the "
+        "tables, the rest are missing"
+    ]
+    assert [len(e["rows"]) for e in second.evaluations] == [2]
+    report_main([str(sweep), "--keep-raw", str(tmp_path / "raw")])
+    assert "is partial: 2 of 5 settings" in (sweep / "report.md").read_text()
+    assert not (tmp_path / "raw" / ".prewarm").exists()
+
+
+def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(tmp_path):
+    """Two formulations, one model per seed each: the baseline cell sampled by DDIM and (worse) DDPM at 10 and
+    20 evaluations, the other by Heun at 9 and 19 (2n - 1), Euler at 10 and DDPM at 20, with known true
+    differences: a sampler the baseline has meets its own, another meets the baseline's best."""
+    rng = np.random.default_rng(1)
+    sweep, jobs = tmp_path / "sweep", []
+    for seed in SEEDS:
+        shared = rng.normal(0.0, 1.0)  # the seed's shared draw: it cancels in the pairs
+
+        def rows(settings):
+            return [eval_row(s, None, n, [20.0 + shared + d + rng.normal(0.0, 0.05)]) for s, n, d in settings]
+
+        base = rows([("ddim", 10, 0.0), ("ddim", 20, -1.0), ("ddpm", 10, 3.0), ("ddpm", 20, 2.0)])
+        other = rows(
+            [
+                ("heun", 9, -2.0),
+                ("heun", 19, -1.0),
+                ("euler", 10, 0.0),
+                ("euler", 40, -3.0),
+                ("ddpm", 20, 1.0),
+            ]
+        )
+        for cell, evaluations in (("process=ddpm", base), ("process=edm", other)):
+            jobs.append(
+                write_job(
+                    sweep,
+                    len(jobs),
+                    [cell, f"seed={seed}"],
+                    {"val/loss": {99: 1.0}},
+                    evaluations={"e": evaluations},
+                )
+            )
+    write_status(sweep, jobs)
+    report_main([str(sweep), "--baseline", "process=ddpm"])
+    md = (sweep / "report.md").read_text()
+    table = _rows(_section(md, "Evaluations: difference from process=ddpm at equal network evaluations"))
+    found = {r["setting"]: (r["baseline"], r["FD (classifier features)"]) for r in table}
+    assert set(found) == {"heun, 9 steps", "heun, 19 steps", "euler, 10 steps", "ddpm, 20 steps"}  # not 40
+    assert found["ddpm, 20 steps"][0] == "ddpm, 20 steps"  # the same sampler where the baseline has it
+    assert found["heun, 9 steps"][0] == "ddim, 10 steps"  # the baseline's best sampler at that budget
+    assert found["heun, 19 steps"][0] == "ddim, 20 steps"
+    for setting, truth, verdict in (
+        ("heun, 9 steps", -2.0, "better"),
+        ("heun, 19 steps", 0.0, "not separated"),
+        ("ddpm, 20 steps", -1.0, "better"),
+    ):
+        text = found[setting][1]
+        mean, half = (float(x) for x in text.split(" (")[0].split(" ± "))
+        assert abs(mean - truth) < 0.15 and text.endswith(f"(n=5, {verdict})")

@@ -382,9 +382,9 @@ def score_setting(
 
 
 def sample_rows(
-    parts, net, spec, datamodule, extractor, settings, cfg, device, compiled, sample_metrics, guidances
+    parts, net, spec, datamodule, extractor, settings, cfg, device, compiled, sample_metrics, guidances, save
 ) -> list[dict[str, Any]]:
-    """One row per (steps, guidance) pair."""
+    """One row per (steps, guidance) pair; ``save(rows)`` after each, so a stopped run keeps what it scored."""
     real = real_features_for(datamodule, extractor, settings, device)
     metric = SampleQuality(
         extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
@@ -401,6 +401,7 @@ def sample_rows(
             row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            save(rows)
     return rows
 
 
@@ -431,6 +432,8 @@ def _fmt(v: Any) -> str:
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str]) -> str:
     lines = [f"# Evaluation of `{summary['ckpt']}`", "", *_provenance_lines(summary.get("provenance"))]
+    if summary.get("complete") is False:
+        lines += [f"**Partial**: {len(rows)} of {summary['settings']} settings scored so far.", ""]
     if "bpd" in summary:
         clipped = {True: ", x̂_0 clipped to [-1, 1]", False: ", unclipped"}.get(
             summary.get("bpd_clip_denoised"), ""
@@ -517,6 +520,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"ckpt": str(ckpt_path), "device": str(device), "out_dir": str(out_dir)}
     summary["provenance"] = provenance(cfg, ckpt_path, ckpt, extractor, metrics, device)
+    # Until the last setting is scored the table on disk says it is partial and how many settings it awaits.
+    summary["settings"] = len(_as_list(cfg.steps)) * len(guidances) if extractor is not None else 1
+    summary["complete"] = False
     if "bpd" in metrics:
         summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
     rows: list[dict[str, Any]] = []
@@ -533,11 +539,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             compiled,
             sample_metrics,
             guidances,
+            save=lambda done: write_table(done, summary, out_dir),
         )
         for row in rows:
             row.update({k: summary[k] for k in ("bpd",) if k in summary})
     else:
         rows.append({k: summary[k] for k in ("bpd", "bpd_stderr", "bpd_n", "bpd_clip_denoised")})
+    summary["complete"] = True
     paths = write_table(rows, summary, out_dir)
     plot = write_steps_plot(rows, extractor.kind, guidances, out_dir) if extractor is not None else None
     if plot is not None:

@@ -10,7 +10,7 @@ from .scores import SCORES, Score
 from .stats import CONFIDENCE, paired_difference, t_interval
 from .tables import BETTER_NOTE, Entry, Table, difference_text, mean_ci
 
-__all__ = ["eval_seed_table", "eval_baseline_table"]
+__all__ = ["eval_seed_table", "eval_baseline_table", "eval_cell_baseline_table"]
 
 WITHIN = "within-checkpoint std (sample sets)"
 BETWEEN = "seed-to-seed std"
@@ -67,16 +67,34 @@ def eval_seed_table(groups: list[EvalGroup]) -> Table:
 
 def eval_baseline_table(pairs: list[tuple[EvalGroup, EvalGroup]], spec: str) -> Table:
     """Each setting minus its baseline setting within a cell, paired by seed (the same model)."""
+    note = (
+        f"setting − baseline setting ({spec}, at the same steps unless it names them), paired by seed (the same "
+        "model sampled both ways)"
+    )
+    return _difference_table(pairs, f"Evaluation differences from {spec}", note)
+
+
+def eval_cell_baseline_table(pairs: list[tuple[EvalGroup, EvalGroup]], baseline: str) -> Table:
+    """Each cell's settings minus the baseline cell's at (about) the same network evaluations, paired by seed
+    (same seed: the same initial weights, data order and timestep draws)."""
+    note = (
+        f"setting − the baseline cell's ({baseline}) setting at the same number of network evaluations (steps; "
+        "within 10%, so Heun's 2n − 1 meets a first-order sampler's 2n) and samples per set, with the same sampler, or "
+        "the baseline's best there where it has not that sampler; paired by seed (same initial weights, data order and "
+        "timestep draws)"
+    )
+    return _difference_table(
+        pairs, f"Evaluations: difference from {baseline} at equal network evaluations", note
+    )
+
+
+def _difference_table(pairs: list[tuple[EvalGroup, EvalGroup]], title: str, note: str) -> Table:
     groups = [g for pair in pairs for g in pair]
     scores = _scores(groups)
-    table = Table(
-        f"Evaluation differences from {spec}",
-        ["cell", "setting", "samples/set", "baseline", *[s.header for s in scores]],
-    )
+    table = Table(title, ["cell", "setting", "samples/set", "baseline", *[s.header for s in scores]])
     table.notes.append(
-        f"setting − baseline setting ({spec}, at the same steps unless it names them), paired by seed (the same "
-        f"model sampled both ways): mean ± half-width of the {CONFIDENCE:.0%} Student-t interval of the per-seed "
-        "differences, n pairs. " + BETTER_NOTE
+        f"{note}: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval of the per-seed differences, n "
+        "pairs. " + BETTER_NOTE
     )
     for group, baseline in pairs:
         row = [*_setting(group), Entry(baseline.setting.label)]

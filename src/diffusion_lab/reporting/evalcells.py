@@ -13,7 +13,14 @@ from .cells import Cell
 from .runs import num
 from .scores import SCORES
 
-__all__ = ["Setting", "EvalGroup", "group_evaluations", "sample_set_spread", "pair_with_baseline"]
+__all__ = [
+    "Setting",
+    "EvalGroup",
+    "group_evaluations",
+    "sample_set_spread",
+    "pair_with_baseline",
+    "pair_with_baseline_cell",
+]
 
 FIELDS = ("sampler", "eta", "steps", "guidance", "n")
 SAME = ("steps", "guidance", "n")  # a setting's baseline is at the same of these, unless the spec names them
@@ -174,3 +181,46 @@ def pair_with_baseline(groups: list[EvalGroup], spec: str) -> list[tuple[EvalGro
         if found:
             pairs.append((group, found[0]))
     return pairs
+
+
+# ------------------------------------------------------------------------------------------------ --baseline
+STEPS_TOLERANCE = (
+    0.1  # Heun's 2n - 1 evaluations (9, 19, 49, 99) meet a first-order sampler's 10, 20, 50, 100
+)
+
+
+def pair_with_baseline_cell(groups: list[EvalGroup], baseline: Cell) -> list[tuple[EvalGroup, EvalGroup]]:
+    """(group, its baseline) for every group of another cell: the baseline cell's group at the same guidance
+    and samples per set whose network evaluations (``steps``) are nearest, within 10% of the larger: with the same sampler
+    where the baseline has it, else (another formulation's samplers) the one with the best mean of the first
+    score, so each cell meets the baseline's best sampler at that budget. Groups with none are left out."""
+    own = [g for g in groups if g.cell is baseline]
+    pairs = []
+    for group in (g for g in groups if g.cell is not baseline and g.setting.steps is not None):
+        steps = group.setting.steps
+        near = [
+            b
+            for b in own
+            if b.setting.steps is not None
+            and (b.setting.guidance, b.setting.n) == (group.setting.guidance, group.setting.n)
+            and abs(b.setting.steps - steps) <= STEPS_TOLERANCE * max(b.setting.steps, steps)
+        ]
+        same = [
+            b
+            for b in near
+            if (b.setting.sampler, b.setting.eta) == (group.setting.sampler, group.setting.eta)
+        ]
+        if same or near:
+            near = same or near
+            nearest = min(abs(b.setting.steps - steps) for b in near)
+            pairs.append((group, _best([b for b in near if abs(b.setting.steps - steps) == nearest])))
+    return pairs
+
+
+def _best(candidates: list[EvalGroup]) -> EvalGroup:
+    for score in SCORES:
+        scored = [g for g in candidates if g.values(score.key)]
+        if scored:
+            sign = -1.0 if score.better == "max" else 1.0
+            return min(scored, key=lambda g: sign * sum(g.values(score.key)) / len(g.values(score.key)))
+    return candidates[0]

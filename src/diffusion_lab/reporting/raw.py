@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .runs import SETTINGS_FILE, STATUS_FILE
+from .runs import SETTINGS_FILE, STATUS_FILE, in_hidden_folder
 from .search import SEARCH_FILE
 
 __all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "read_settings"]
@@ -28,7 +28,8 @@ RAW_PATTERNS = (
 
 
 def _job_dirs(root: Path) -> list[Path]:
-    return sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")})
+    dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    return sorted(d for d in dirs if not in_hidden_folder(d, root))
 
 
 def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
@@ -40,7 +41,10 @@ def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
             f"--keep-raw {dest}: pass a folder other than the sweep folder {root} and not above it"
         )
     sources = [
-        p for name in (STATUS_FILE, SEARCH_FILE) for p in root.rglob(name) if not p.is_relative_to(dest)
+        p
+        for name in (STATUS_FILE, SEARCH_FILE)
+        for p in root.rglob(name)
+        if not p.is_relative_to(dest) and not in_hidden_folder(p, root)
     ]
     for job_dir in _job_dirs(root):
         if not job_dir.is_relative_to(dest):

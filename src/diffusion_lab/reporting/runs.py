@@ -259,15 +259,21 @@ def _read_evaluations(job: Job) -> None:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        job.evaluations.append(
-            {"name": path.parent.name, "summary": data.get("summary") or {}, "rows": data.get("rows") or []}
-        )
+        summary, rows = data.get("summary") or {}, data.get("rows") or []
+        job.evaluations.append({"name": path.parent.name, "summary": summary, "rows": rows})
+        if summary.get("complete") is False:
+            job.notes.append(
+                f"evaluation `{path.parent.name}` is partial: {len(rows)} of {summary.get('settings', '?')} "
+                "settings were scored before it stopped; its rows are in the tables, the rest are missing"
+            )
 
 
 def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
     """Job records of every sweep_status.json under ``root`` (the gpu_pool launcher's), by job folder."""
     records: dict[Path, dict[str, Any]] = {}
-    for status_file in sorted(p for p in root.rglob(STATUS_FILE) if not _in_kept_copy(p, root)):
+    for status_file in sorted(
+        p for p in root.rglob(STATUS_FILE) if not _in_kept_copy(p, root) and not in_hidden_folder(p, root)
+    ):
         try:
             status = json.loads(status_file.read_text())
         except (OSError, ValueError):
@@ -281,6 +287,13 @@ def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
                 job_dir = status_file.parent / recorded.name
             records[(job_dir if job_dir.is_dir() or not recorded.is_dir() else recorded).resolve()] = rec
     return records
+
+
+def in_hidden_folder(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a hidden folder below ``root`` (a study's ``.prewarm`` runs, which only fill the
+    compile cache): not a job of the sweep. Hydra's ``.hydra`` folders hold each job's config and do not count."""
+    rel = path.resolve().relative_to(root.resolve())
+    return any(part.startswith(".") and part != ".hydra" for part in rel.parts)
 
 
 def _in_kept_copy(path: Path, root: Path) -> bool:
@@ -315,7 +328,7 @@ def find_jobs(root: str | Path) -> list[Job]:
         raise UserError(f"{root} does not exist or is not a folder; pass {WHAT_IT_NEEDS}")
     records = _status_records(root)
     found = (p.parent.parent.resolve() for p in root.rglob(".hydra/overrides.yaml"))
-    dirs = {d for d in found if not _in_kept_copy(d, root)} | set(records)
+    dirs = {d for d in found if not _in_kept_copy(d, root) and not in_hidden_folder(d, root)} | set(records)
     jobs = [_read_job(job_dir, records.get(job_dir, {})) for job_dir in sorted(dirs)]
     if not jobs:
         raise UserError(f"{root} holds no jobs; pass {WHAT_IT_NEEDS}")

@@ -10,8 +10,8 @@ from pathlib import Path
 from ..io import atomic_path
 from .cells import Cell, find_baseline, group_cells
 from .curves import curve_tables
-from .eval_tables import eval_baseline_table, eval_seed_table
-from .evalcells import EvalGroup, group_evaluations, pair_with_baseline
+from .eval_tables import eval_baseline_table, eval_cell_baseline_table, eval_seed_table
+from .evalcells import EvalGroup, group_evaluations, pair_with_baseline, pair_with_baseline_cell
 from .plots import PLOTS_DIR, make_plots
 from .raw import keep_raw, read_settings
 from .render import Figure, Report, render
@@ -65,12 +65,15 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
     return intro
 
 
-def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None) -> list[Table]:
+def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None, baseline: Cell | None) -> list[Table]:
     tables = []
     if any(len(g.rows) > 1 for g in groups) or eval_baseline:
         tables.append(eval_seed_table(groups))
     if eval_baseline:
         tables.append(eval_baseline_table(pair_with_baseline(groups, eval_baseline), eval_baseline))
+    across = pair_with_baseline_cell(groups, baseline) if baseline is not None else []
+    if across:
+        tables.append(eval_cell_baseline_table(across, baseline.label))
     return tables
 
 
@@ -89,10 +92,11 @@ def _tables(
         tables.append(job_table(incomplete, INCOMPLETE, ranked=False))
     if any(len(c.jobs) > 1 for c in cells) or baseline:
         tables.append(seed_table(cells))
-    if baseline:
-        tables.append(baseline_table(cells, find_baseline(cells, baseline)))
+    base = find_baseline(cells, baseline) if baseline else None
+    if base is not None:
+        tables.append(baseline_table(cells, base))
         tables += curve_tables(curve_cells, find_baseline(curve_cells, baseline))
-    tables += _eval_tables(groups, eval_baseline)
+    tables += _eval_tables(groups, eval_baseline, base)
     evaluations = eval_table(jobs)
     if evaluations.rows:
         tables.append(evaluations)
