@@ -250,7 +250,7 @@ def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(
     for seed in SEEDS:
         shared = rng.normal(0.0, 1.0)  # the seed's shared draw: it cancels in the pairs
 
-        def rows(settings):
+        def rows(settings, shared=shared):
             return [eval_row(s, None, n, [20.0 + shared + d + rng.normal(0.0, 0.05)]) for s, n, d in settings]
 
         base = rows([("ddim", 10, 0.0), ("ddim", 20, -1.0), ("ddpm", 10, 3.0), ("ddpm", 20, 2.0)])
