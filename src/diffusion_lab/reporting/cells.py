@@ -36,8 +36,9 @@ def group_cells(jobs: list[Job], with_incomplete: bool = False) -> list[Cell]:
     # Labelled by what differs across every job of the sweep, so a cell keeps its label when others are
     # left out (incomplete, failed).
     common = [o for o in (jobs[0].cell if jobs else ()) if all(o in j.cell for j in jobs)]
+    alone = "all jobs" if len(found) == 1 else "the common overrides alone"  # a reference cell beside others
     for cell in found:
-        cell.label = " ".join(o for o in cell.overrides if o not in common) or "all jobs"
+        cell.label = " ".join(o for o in cell.overrides if o not in common) or alone
     return found
 
 
