@@ -5,7 +5,8 @@ UNet: 64 / 128 channels at 28, 14, 7; batch 128, 32 groups, bf16, channels-last)
 the largest absolute error of the forward and of every gradient against a float32 reference for the eager
 PyTorch path and for the Triton path, and the median forward+backward time (CUDA events) of eager PyTorch,
 torch.compile'd PyTorch (one static compilation per shape) and the Triton path (``--compile-triton``: also the
-Triton path under torch.compile, fullgraph). The inputs are what bf16-mixed
+Triton path under torch.compile, fullgraph), and the GPU time of each path's kernels alone (``kernel_ms``, from
+the profiler: the host's launch and autograd work left out, as a CUDA-graph replay leaves it out). The inputs are what bf16-mixed
 training hands the norm: a bf16 activation, float32 weight and bias, bf16 scale and shift (a Linear under
 autocast); the PyTorch paths run under autocast and end in a bf16 cast, as the convolution after them does.
 
@@ -121,6 +122,20 @@ def median_ms(fn, inputs: dict, iters: int, warmup: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def kernel_ms(fn, inputs: dict, iters: int) -> float:
+    """GPU time of the kernels of one forward+backward (the profiler's sum of device self-times): what a
+    CUDA-graph replay of it costs, without the host's launch and autograd work that ``median_ms`` includes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    forward_backward(fn, inputs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            forward_backward(fn, inputs)
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1000.0
+
+
 def bench_setting(shape: tuple[int, int, int], args: argparse.Namespace) -> dict:
     batch, channels, size = shape
     inputs = make_inputs(batch, channels, size, not args.no_adagn, args.nchw)
@@ -130,6 +145,7 @@ def bench_setting(shape: tuple[int, int, int], args: argparse.Namespace) -> dict
     reference = float32_reference(inputs)
     errors = {name: max_errors(fn, inputs, reference) for name, fn in paths.items() if name != "compiled"}
     ms = {name: round(median_ms(fn, inputs, args.iters, args.warmup), 4) for name, fn in paths.items()}
+    kernels = {name: round(kernel_ms(fn, inputs, args.iters), 4) for name, fn in paths.items()}
     # Fewest bytes a forward+backward must move: x and y, then x, dy and dx, each once, in bf16.
     min_bytes = 5 * inputs["x"].numel() * inputs["x"].element_size()
     return {
@@ -139,6 +155,8 @@ def bench_setting(shape: tuple[int, int, int], args: argparse.Namespace) -> dict
         "layout": "nchw" if args.nchw else "channels_last",
         "ms": ms,
         "triton_speedup_vs_compiled": round(ms["compiled"] / ms["triton"], 2),
+        "kernel_ms": kernels,
+        "triton_kernel_speedup_vs_compiled": round(kernels["compiled"] / kernels["triton"], 2),
         "triton_gb_per_s": round(min_bytes / ms["triton"] / 1e6, 1),
         "max_abs_err_vs_fp32": errors,
     }
