@@ -16,7 +16,8 @@ budget 20000 5000
 
 grid degradation=gaussian_blur,mask  # the cold cells; the Gaussian cell is the reference beside them
 # One preset for both (experiment=fmnist: the small UNet, optimizer, EMA, batch): only the process differs.
-train_sweep gaussian "${BUDGET[@]}"
+# process=ddpm names the Gaussian cell (the preset's default) so the report can pair the others with it.
+train_sweep gaussian "${BUDGET[@]}" process=ddpm
 train_sweep cold "${BUDGET[@]}" process=cold degradation=gaussian_blur,mask degradation.num_timesteps=50 sampler.steps=null
 
 ensure_features
@@ -24,5 +25,6 @@ EVAL_UNDER=gaussian queue_eval ddim50 'metrics=[fid,kid]' sampler=ddim 'steps=[5
 EVAL_UNDER=cold queue_eval improved 'metrics=[fid,kid]' sampler=cold_improved n=$FID_N
 EVAL_UNDER=cold queue_eval naive 'metrics=[fid,kid]' sampler=cold_naive n=$FID_N
 run_queue
-report "Cold diffusion at Fashion-MNIST scale: blur and mask next to Gaussian diffusion" --eval-baseline sampler=cold_naive
+report "Cold diffusion at Fashion-MNIST scale: blur and mask next to Gaussian diffusion" --eval-baseline sampler=cold_naive \
+  --baseline process=ddpm
 exit $STATUS
