@@ -50,6 +50,13 @@ NUM_GPUS=${NUM_GPUS:-${#GPU_IDS[@]}}
 ((NUM_GPUS >= 1)) || NUM_GPUS=1
 ((${#GPU_IDS[@]} >= 1)) || GPU_IDS=(0)
 
+# core_share N: the OMP_NUM_THREADS of one of N processes sharing this host's cores: nproc / N, at least 1 (the
+# gpu_pool launcher gives each of the jobs it runs at once the same share).
+core_share() {
+  local n=$(($(nproc) / $1))
+  echo $((n > 0 ? n : 1))
+}
+
 # The study's full factor grid and the combinations it leaves out (why: in a comment where it is called).
 grid() { [[ "$DRY_RUN" == 1 ]] && echo "GRID $*" || true; }
 exclude() { [[ "$DRY_RUN" == 1 ]] && echo "EXCLUDE $*" || true; }
@@ -109,10 +116,12 @@ prewarm() {
     return 0
   fi
   mkdir -p "$STUDY_OUT/.prewarm"
-  # Inductor's CPU kernels are keyed by the thread count: without GPUs, the launcher's share (cpu_parallel = 2
-  # jobs at once) of the cores, so the prewarmed graph is the jobs' own.
-  local threads=()
-  [[ -n "${OMP_NUM_THREADS:-}" || -n "$(visible_gpus)" ]] || threads=("OMP_NUM_THREADS=$(($(nproc) / 2 > 0 ? $(nproc) / 2 : 1))")
+  # Inductor keys a graph with CPU kernels by the thread count: the launcher's share of the cores (jobs at once:
+  # the visible GPUs x JOBS_PER_GPU, or cpu_parallel = 2 without GPUs), so the prewarmed graph is the jobs' own.
+  local threads=() gpus at_once=2
+  mapfile -t gpus < <(visible_gpus)
+  ((${#gpus[@]} == 0)) || at_once=$((${#gpus[@]} * JOBS_PER_GPU))
+  [[ -n "${OMP_NUM_THREADS:-}" ]] || threads=("OMP_NUM_THREADS=$(core_share "$at_once")")
   env "${threads[@]}" "$PY" -m diffusion_lab.train "hydra.run.dir=$STUDY_OUT/.prewarm/$name" "${DATA_TRAIN[@]}" "${job[@]}" \
     trainer.max_steps=2 trainer.max_time=null trainer.limit_val_batches=0 final_samples=0 \
     > "$STUDY_OUT/.prewarm/$name.log" 2>&1 ||
@@ -162,6 +171,8 @@ run_queue() {
   for ((g = 0; g < workers; g++)); do
     (
       export CUDA_VISIBLE_DEVICES=${GPU_IDS[g % ${#GPU_IDS[@]}]}
+      # `workers` evaluations at once share the cores for their CPU-side work (metrics, data, BLAS/OpenMP threads)
+      [[ -n "${OMP_NUM_THREADS:-}" ]] || export OMP_NUM_THREADS=$(core_share "$workers")
       failed=0
       for ((i = g; i < ${#TASKS[@]}; i += workers)); do
         eval "${TASKS[i]}" || { echo "evaluate failed: ${TASKS[i]}" >&2; failed=1; }

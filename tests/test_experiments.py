@@ -224,6 +224,43 @@ def test_dry_run_passes_data_root(tmp_path):
     assert Path(tmp_path / "out").is_dir()
 
 
+def test_evaluations_and_prewarm_get_the_launchers_share_of_the_cores(tmp_path):
+    """On 2 GPUs with JOBS_PER_GPU=2 and 16 cores: run_queue's 4 evaluation workers, spread over the GPUs, and the
+    prewarm run (like the sweep's 4 jobs at once) each get OMP_NUM_THREADS=4; a user's OMP_NUM_THREADS is kept."""
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir()
+    for name, body in (("nproc", "echo 16"), ("py", 'echo "$OMP_NUM_THREADS $CUDA_VISIBLE_DEVICES"')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    jobs = [out / f"job{j}" for j in range(4)]
+    for job in jobs:
+        (job / "checkpoints").mkdir(parents=True)
+        (job / "checkpoints" / "last.ckpt").touch()
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUM_GPUS", "DATA_ROOT")}
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        PY=str(bin_dir / "py"),
+        STUDY_OUT=str(out),
+        CUDA_VISIBLE_DEVICES="0,1",
+        JOBS_PER_GPU="2",
+        DRY_RUN="0",
+    )
+    script = (
+        f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; prewarm p x=1; queue_eval e; run_queue; exit $STATUS"
+    )
+
+    def seen(**extra_env: str) -> tuple[str, list[str]]:
+        proc = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, env={**env, **extra_env}, timeout=60
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        evals = sorted((job / "evaluation_e.log").read_text().strip() for job in jobs)
+        return (out / ".prewarm" / "p.log").read_text().strip(), evals
+
+    assert seen() == ("4 0,1", ["4 0", "4 0", "4 1", "4 1"])
+    assert seen(OMP_NUM_THREADS="3") == ("3 0,1", ["3 0", "3 0", "3 1", "3 1"])
+
+
 def test_all_runs_every_study_at_once_spread_over_the_gpus(tmp_path):
     """experiments/all.sh with PY=echo: each study runs (into its own folder, with its own log) on GPU
     i mod 2, its sweeps started together with jobs_per_gpu, and TRAIN_EXTRA reaches every training job."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from datetime import datetime
@@ -17,6 +18,7 @@ from conftest import write_fake_idx_root
 from diffusion_lab.train import CONFIG_DIR
 from hydra_plugins.diffusion_lab_launcher import _job_command as job_command
 from hydra_plugins.diffusion_lab_launcher import gpu_pool_launcher as gp
+from hydra_plugins.diffusion_lab_launcher._job_process import Job, job_env
 from sweeps import job_dirs, run_sweep, sweep_status, tiny_run
 
 REPO_ROOT = Path(CONFIG_DIR).parent
@@ -215,6 +217,31 @@ def test_jobs_share_gpus_with_jobs_per_gpu(tmp_path):
 def test_jobs_per_gpu_needs_one_gpu_per_job():
     with pytest.raises(ValueError, match="jobs_per_gpu=2 is invalid.*gpus_per_job=1 \\(got 2\\)"):
         gp.GPUPoolLauncher(gpus_per_job=2, jobs_per_gpu=2)
+
+
+@pytest.mark.parametrize(
+    "launcher,gpus,threads",
+    [
+        (dict(jobs_per_gpu=3), ("0",), "2"),  # 2 GPUs x 3 jobs at once on 12 cores
+        (dict(jobs_per_gpu=3, max_parallel=2), ("0",), "6"),
+        (dict(gpus_per_job=2), ("0", "1"), "12"),  # one 2-GPU job at a time
+    ],
+)
+def test_gpu_jobs_get_a_share_of_the_cores_unless_omp_num_threads_is_set(
+    tmp_path, monkeypatch, launcher, gpus, threads
+):
+    """OMP_NUM_THREADS = cores // (jobs running at once on the host) for GPU jobs too; a user's value is kept."""
+    pool = gp.GPUPoolLauncher(**launcher)
+    monkeypatch.setattr(pool, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(os, "cpu_count", lambda: 12)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    pool._set_up_slots()
+    assert pool._slots.take() == gpus
+    job = Job(0, [], tmp_path, OmegaConf.create(), ["true"], tmp_path / "job.log")
+    env = job_env(job, tmp_path, pool._cuda_devices(gpus), pool._parallel)
+    assert env["CUDA_VISIBLE_DEVICES"] == ",".join(gpus) and env["OMP_NUM_THREADS"] == threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert job_env(job, tmp_path, pool._cuda_devices(gpus), pool._parallel)["OMP_NUM_THREADS"] == "5"
 
 
 def test_ddp_inside_a_sweep_job(tmp_path):

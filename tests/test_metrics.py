@@ -27,6 +27,7 @@ from diffusion_lab.metrics import (
     kernel_inception_distance,
     load_classifier,
     precision_recall,
+    quality,
     real_features_cache_path,
     real_features_cached,
     save_classifier,
@@ -175,6 +176,47 @@ def test_kid_subsets_follow_torch_fidelity_sampling():
         r = real[draw.choice(50, 20, replace=False)]
         mmds.append(ref_mmd2_unbiased(f, r))
     np.testing.assert_allclose([mean, std], [np.mean(mmds), np.std(mmds)], rtol=1e-9)
+
+
+def torch_fidelity_kid(real, fake, subsets, subset_size, seed=2020, degree=3, coef0=1.0, gamma=None):
+    """torch-fidelity's own KID (numpy on the CPU), given (fake, real) as its (input1, input2)."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    out = kid_features_to_metric(
+        torch.as_tensor(fake, dtype=torch.float64),
+        torch.as_tensor(real, dtype=torch.float64),
+        kid_subsets=subsets,
+        kid_subset_size=subset_size,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=degree,
+        kid_kernel_poly_gamma=gamma,
+        kid_kernel_poly_coef0=coef0,
+        rng_seed=seed,
+        verbose=False,
+    )
+    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+
+
+@pytest.mark.parametrize(
+    "n_real,n_fake,dim,subsets,subset_size,chunk,kernel",
+    [
+        (50, 45, 5, 7, 20, 3, {}),  # chunks of 3 do not divide 7 subsets
+        (60, 60, 16, 3, 60, 2, {}),  # subset_size = n: every subset is the whole set, std 0
+        (400, 250, 64, 11, 200, 4, {"degree": 2, "coef0": 0.5, "gamma": 0.3}),
+        (300, 300, 8, 20, 100, None, {}),  # the default chunking; same distribution, KID near 0
+    ],
+)
+def test_kid_matches_torch_fidelity(monkeypatch, n_real, n_fake, dim, subsets, subset_size, chunk, kernel):
+    if chunk is not None:
+        monkeypatch.setattr(quality, "_subsets_per_chunk", lambda size, d: chunk)
+    gen = torch.Generator().manual_seed(n_real + dim)
+    real = torch.randn(n_real, dim, generator=gen)
+    fake = torch.randn(n_fake, dim, generator=gen) * 1.2 + (0.3 if n_real != n_fake else 0.0)
+    mean, std = kernel_inception_distance(real, fake, subsets, subset_size, seed=11, **kernel)
+    ref_mean, ref_std = torch_fidelity_kid(real, fake, subsets, subset_size, seed=11, **kernel)
+    assert mean == pytest.approx(ref_mean, rel=1e-12)
+    # the std of values that agree to ~1e-16 of their size: compared on the scale of the values
+    assert std == pytest.approx(ref_std, rel=1e-12, abs=1e-12 * abs(ref_mean))
 
 
 def test_kid_near_zero_for_same_distribution_and_positive_when_shifted():

@@ -1,12 +1,12 @@
 """Sample-quality metrics: FID, KID, precision/recall (Kynkäänniemi et al. 2019), Inception Score.
 
 The numerical cores are torch-fidelity's (``fid_features_to_statistics`` / ``fid_statistics_to_metric``,
-``kid_features_to_metric`` (Binkowski et al.'s unbiased MMD² with a polynomial kernel),
 ``calculate_precision_recall_part`` (chunked k-NN manifolds), ``isc_features_to_metric``), so numbers match
 ``torch_fidelity.calculate_metrics`` bit for bit given the same features. Hand-written here, because neither
-torch-fidelity nor torchmetrics offers it: array/tensor plumbing in float64, the ``SampleQuality``
-torchmetrics.Metric that accumulates generated features (DDP-synced ``cat`` states) against *precomputed*
-real features with any feature extractor, and the on-disk real-feature cache.
+torch-fidelity nor torchmetrics offers it: KID on the features' device (torch-fidelity's own runs in numpy on
+the CPU; ours draws the same subsets and matches it to float64 rounding), array/tensor plumbing in float64, the
+``SampleQuality`` torchmetrics.Metric that accumulates generated features (DDP-synced ``cat`` states) against
+*precomputed* real features with any feature extractor, and the on-disk real-feature cache.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ __all__ = [
 # to 299x299) in chunks of this size, whatever batch they were generated or loaded in, so a large generation batch
 # does not multiply the feature network's memory.
 EXTRACT_BATCH_SIZE = 256
+
+# Memory for one batch of KID subsets: the gathered subsets and one kernel matrix per subset, in float64.
+KID_CHUNK_BYTES = 256 * 2**20
 
 ArrayLike = np.ndarray | Tensor
 
@@ -103,31 +106,67 @@ def kernel_inception_distance(
     gamma: float | None = None,
     seed: int = 2020,
 ) -> tuple[float, float]:
-    """KID: mean and std over ``subsets`` random subsets (without replacement) of the unbiased MMD² with kernel
-    k(x, y) = (gamma x·y + coef0)^degree, gamma = 1/D by default (Binkowski et al. 2018; torch-fidelity's code,
-    fed (fake, real) in its input1/input2 order so that the subsets drawn equal ``calculate_metrics``')."""
-    from torch_fidelity.metric_kid import kid_features_to_metric
+    """KID: mean and (population) std over ``subsets`` random subsets (without replacement) of the unbiased MMD²
+    with kernel k(x, y) = (gamma x·y + coef0)^degree, gamma = 1/D by default (Binkowski et al. 2018).
 
-    real, fake = _as_tensor64(f_real, "f_real").cpu(), _as_tensor64(f_fake, "f_fake").cpu()
+    The numbers are torch-fidelity's ``kid_features_to_metric`` fed (fake, real) as its (input1, input2), i.e.
+    ``calculate_metrics``' (same subsets, same estimator), but computed in float64 on the features' device,
+    ``_subsets_per_chunk`` subsets per batched matrix product. torch-fidelity's loop runs in numpy on the CPU,
+    subset by subset, where the evaluations sharing a GPU host compete for the cores; here it is a few batched
+    products on the device that already holds the features.
+    """
+    real, fake = _as_tensor64(f_real, "f_real"), _as_tensor64(f_fake, "f_fake")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dims differ: {real.shape[1]} vs {fake.shape[1]}")
     if subset_size > min(len(real), len(fake)) or subset_size < 2:
         raise ValueError(
             f"KID subset_size={subset_size} must be in [2, min(n_real, n_fake)={min(len(real), len(fake))}]"
         )
-    out = kid_features_to_metric(
-        fake,
-        real,
-        kid_subsets=int(subsets),
-        kid_subset_size=int(subset_size),
-        kid_kernel="poly",
-        kid_kernel_poly_degree=degree,
-        kid_kernel_poly_gamma=gamma,
-        kid_kernel_poly_coef0=coef0,
-        rng_seed=seed,
-        verbose=False,
-    )
-    return float(out["kernel_inception_distance_mean"]), float(out["kernel_inception_distance_std"])
+    fake = fake.to(real.device)
+    gamma = 1.0 / real.shape[1] if gamma is None else gamma
+    fake_idx, real_idx = _kid_subset_indices(len(fake), len(real), int(subsets), int(subset_size), seed)
+    fake_idx, real_idx = fake_idx.to(real.device), real_idx.to(real.device)
+    mmds = torch.empty(len(fake_idx), dtype=torch.float64, device=real.device)
+    chunk = _subsets_per_chunk(int(subset_size), real.shape[1])
+    for i in range(0, len(mmds), chunk):
+        x, y = fake[fake_idx[i : i + chunk]], real[real_idx[i : i + chunk]]  # (c, m, D) each
+        mmds[i : i + chunk] = _poly_mmd2_unbiased(x, y, degree, gamma, coef0)
+    values = mmds.cpu().numpy()
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _subsets_per_chunk(subset_size: int, dim: int) -> int:
+    """How many subsets go through one batched product so that it stays within ``KID_CHUNK_BYTES``."""
+    per_subset = 8 * (subset_size * subset_size + 2 * subset_size * dim)  # (m, m) kernel + two (m, D) subsets
+    return max(1, KID_CHUNK_BYTES // per_subset)
+
+
+def _kid_subset_indices(
+    n_fake: int, n_real: int, subsets: int, size: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """(subsets, size) fake and real row indices, drawn as torch-fidelity draws them: one RandomState(seed), each
+    subset's fake rows, then its real rows."""
+    rng = np.random.RandomState(seed)
+    fake_idx, real_idx = np.empty((subsets, size), np.int64), np.empty((subsets, size), np.int64)
+    for i in range(subsets):
+        fake_idx[i] = rng.choice(n_fake, size, replace=False)
+        real_idx[i] = rng.choice(n_real, size, replace=False)
+    return torch.from_numpy(fake_idx), torch.from_numpy(real_idx)
+
+
+def _poly_mmd2_unbiased(x: Tensor, y: Tensor, degree: int, gamma: float, coef0: float) -> Tensor:
+    """(c,) unbiased MMD² between the c pairs of (m, D) sets x[i], y[i] under k(a, b) = (gamma a·b + coef0)^degree:
+    the mean of k over distinct pairs within x and within y, minus twice its mean over all x-y pairs."""
+    m = x.shape[1]
+
+    def kernel_sum(a: Tensor, b: Tensor, drop_diagonal: bool) -> Tensor:
+        # (c, m, m), in place and one kernel at a time: the chunk's memory budget holds one
+        k = torch.bmm(a, b.mT).mul_(gamma).add_(coef0).pow_(degree)
+        total = k.sum((1, 2))
+        return total - k.diagonal(dim1=1, dim2=2).sum(1) if drop_diagonal else total
+
+    within = kernel_sum(x, x, True) + kernel_sum(y, y, True)
+    return within / (m * (m - 1)) - 2 * kernel_sum(x, y, False) / (m * m)
 
 
 def precision_recall(

@@ -72,19 +72,19 @@ class Job:
         )
 
 
-def job_env(
-    job: Job, gpus: tuple[str, ...], sweep_dir: Path, cuda_devices: Optional[str], parallel: int
-) -> dict:
+def job_env(job: Job, sweep_dir: Path, cuda_devices: Optional[str], parallel: int) -> dict:
     """This process's environment for ``job``: the sweep directory, where to write its return value, its GPUs
-    (``cuda_devices``; None leaves CUDA_VISIBLE_DEVICES as it is) and, for CPU jobs side by side, a share of the
-    cores."""
+    (``cuda_devices``; None leaves CUDA_VISIBLE_DEVICES as it is) and, unless OMP_NUM_THREADS is set, a share of
+    the cores: OMP_NUM_THREADS = cpu_count // ``parallel`` (the jobs running at once on this host). GPU jobs get
+    it too: their CPU-side work (data, metrics) would otherwise start one thread per core in every job, and the
+    jobs sharing a host's GPUs would then oversubscribe its cores many times over."""
     env = dict(os.environ)
     env[SWEEP_DIR_ENV] = str(sweep_dir)
     env[ENV_RETURN] = str(job.dir / RETURN_FILE)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if cuda_devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_devices
-    if not gpus and "OMP_NUM_THREADS" not in os.environ:
+    if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     return env
 

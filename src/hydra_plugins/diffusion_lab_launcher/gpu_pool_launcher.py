@@ -206,7 +206,7 @@ class GPUPoolLauncher(Launcher):
         while queue and len(running) < self._parallel and self._slots.can_take():
             gpus = self._slots.take()
             job = queue.pop(0)
-            job.start(gpus, job_env(job, gpus, sweep_dir, self._cuda_devices(gpus), self._parallel))
+            job.start(gpus, job_env(job, sweep_dir, self._cuda_devices(gpus), self._parallel))
             running.append(job)
             started = True
         return started
