@@ -10,7 +10,7 @@ network is shared, so the networks (and their libraries' layers) are what differ
     process  ``LinearSchedule(1000)`` + ``q_sample``, L_simple (MSE on ε), uniform t
     optim    AdamW lr 2e-4, betas (0.9, 0.999), weight decay 0 (conf/optimizer/adamw.yaml), grad-norm clip 1.0
              (conf/trainer/default.yaml), bf16 autocast on CUDA, EMA 0.999 of the parameters every step (one
-             foreach lerp over the parameter lists, as the framework's EMA callback)
+             foreach lerp over the parameter lists, as the framework's EMA callback; ``--ema-warmup`` its warmup)
     compile  ``--compile-mode``: none (plain PyTorch), default, or reduce-overhead (CUDA graphs; the network is
              compiled as the framework's ``compile=`` does, the loss and optimizer step stay eager);
              ``--sample-compile-mode`` the same for sampling (default none, as ``diffusion_lab.evaluate``)
@@ -162,9 +162,19 @@ def compiled(net: nn.Module, mode: str) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------- training
-def ema_update(ema_params: list[Tensor], params: list[Tensor], decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * param for every pair, in one foreach kernel per dtype/device group."""
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+def ema_decay(count: int, decay: float, warmup: bool) -> float:
+    """The decay of the EMA update after ``count`` earlier ones; with ``warmup`` min(decay, (1 + k) / (10 + k)),
+    as the framework's EMA callback (callbacks/ema.py), so a short run is not averaged with its random init."""
+    return min(decay, (1.0 + count) / (10.0 + count)) if warmup else decay
+
+
+def ema_update(ema_params: list[Tensor], params: list[Tensor], decay: float, copy: bool = False) -> None:
+    """ema <- decay * ema + (1 - decay) * param for every pair (``copy``: ema <- param), in one foreach kernel
+    per dtype/device group."""
+    if copy:
+        torch._foreach_copy_(ema_params, params)
+    else:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
 def train(
@@ -207,7 +217,8 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
         opt.step()
         with torch.no_grad():
-            ema_update(ema_params, params, args.ema)
+            first = args.ema_warmup and steps == 0  # the framework's first update copies the weights
+            ema_update(ema_params, params, ema_decay(steps, args.ema, args.ema_warmup), copy=first)
             loss_sum += loss.detach()
         steps += 1
         window += 1
@@ -294,6 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm; 0 disables clipping")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay, applied every step")
+    p.add_argument("--ema-warmup", action="store_true", help="decay min(ema, (1+k)/(10+k)) at update k")
     p.add_argument("--check-every", type=int, default=50, help="steps between device syncs / time checks")
     p.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--n", type=int, default=10000, help="samples to generate and score")
@@ -382,6 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sample_compile_mode": args.sample_compile_mode,
         "dropout": args.dropout,
         "ema": args.ema,
+        "ema_warmup": args.ema_warmup,
         "lr": args.lr,
         "seed": args.seed,
     }

@@ -44,6 +44,25 @@ def test_ema_of_a_fixed_parameter_decays_geometrically(peers):
     torch.testing.assert_close(ema[0], p + (e0 - p) * decay**k)
 
 
+def test_ema_warmup_follows_the_framework_callback(peers):
+    from diffusion_lab.callbacks import EMA
+
+    callback = EMA(decay=0.999, warmup=True)
+    for k in (1, 5, 100, 10_000):
+        assert peers.ema_decay(k, 0.999, True) == callback.decay_at(k)
+    assert peers.ema_decay(1, 0.999, False) == 0.999
+
+
+def test_the_first_warmup_update_copies_the_weights(peers):
+    torch.manual_seed(0)
+    net = Tiny()
+    ema = copy.deepcopy(net).requires_grad_(False)
+    data = torch.randn(8, 1, 28, 28)
+    argv = ["--peer", "ours-net", "--batch", "4", "--seconds", "0", "--check-every", "1", "--ema-warmup"]
+    peers.train(peers.parse_args(argv), net, ema, lambda m, x, t: m(x, t), data, torch.device("cpu"))
+    assert torch.equal(ema.conv.weight, net.conv.weight)
+
+
 def test_compile_is_an_alias_of_default_for_training_and_sampling(peers):
     args = peers.parse_args(["--peer", "lucidrains", "--compile"])
     assert (args.compile_mode, args.sample_compile_mode) == ("default", "default")
