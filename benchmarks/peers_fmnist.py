@@ -8,7 +8,8 @@ network is shared, so the networks (and their libraries' layers) are what differ
              held on the device as one tensor in [-1, 1]; batches are gathered by index from a per-epoch
              permutation (the path of the framework's ``data.on_gpu=true``)
     process  ``LinearSchedule(1000)`` + ``q_sample``, L_simple (MSE on ε), uniform t
-    optim    AdamW lr 2e-4, betas (0.9, 0.999), weight decay 0 (conf/optimizer/adamw.yaml), grad-norm clip 1.0
+    optim    AdamW lr 2e-4 (``--lr-warmup-steps``: linear warm-up, as conf/lr_scheduler), betas (0.9, 0.999),
+             weight decay 0 (conf/optimizer/adamw.yaml), grad-norm clip 1.0
              (conf/trainer/default.yaml), bf16 autocast on CUDA, EMA 0.999 of the parameters every step (one
              foreach lerp over the parameter lists, as the framework's EMA callback; ``--ema-warmup`` its warmup)
     compile  ``--compile-mode``: none (plain PyTorch), default, or reduce-overhead (CUDA graphs; the network is
@@ -64,6 +65,7 @@ from diffusion_lab.io import save_grid, save_samples_npz
 from diffusion_lab.metrics import SampleQuality
 from diffusion_lab.metrics.evaluation import QualitySettings, build_extractor, real_features_for
 from diffusion_lab.nets import UNet, count_parameters
+from diffusion_lab.optim import warmup_schedule
 from diffusion_lab.samplers import DDIMSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +186,9 @@ def train(
     params = [p for p in net.parameters() if p.requires_grad]
     ema_params = [p for p, q in zip(ema.parameters(), net.parameters()) if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    lr_schedule = warmup_schedule(
+        opt, args.lr_warmup_steps
+    )  # constant after the warm-up, as conf/lr_scheduler
     run = compiled(net, args.compile_mode)
     # CUDA graphs overwrite a replay's outputs at the next replay: each step starts a new generation of them
     mark_step = args.compile_mode == "reduce-overhead"
@@ -216,6 +221,7 @@ def train(
         if args.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
         opt.step()
+        lr_schedule.step()
         with torch.no_grad():
             first = args.ema_warmup and steps == 0  # the framework's first update copies the weights
             ema_update(ema_params, params, ema_decay(steps, args.ema, args.ema_warmup), copy=first)
@@ -242,7 +248,13 @@ def train(
     # Every parameter-free module state (e.g. a BatchNorm's running stats) follows the live network.
     for b_ema, b in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b)
-    return {"steps": steps, "seconds": seconds, "img_per_s": steps * batch / seconds, "loss": loss_mean}
+    return {
+        "lr_final": opt.param_groups[0]["lr"],
+        "steps": steps,
+        "seconds": seconds,
+        "img_per_s": steps * batch / seconds,
+        "loss": loss_mean,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- sampling
@@ -302,6 +314,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=240.0, help="training wall-time budget")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="linear lr warm-up steps, then constant")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm; 0 disables clipping")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay, applied every step")
@@ -333,6 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.compile:
         args.compile_mode = args.sample_compile_mode = "default"
+    if args.lr_warmup_steps < 0:
+        p.error("--lr-warmup-steps must be >= 0")
     if not 0.0 <= args.dropout < 1.0:
         p.error("--dropout must be in [0, 1)")
     for name in ("batch", "check_every", "n", "sample_steps", "sample_batch", "n_real"):
@@ -396,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ema": args.ema,
         "ema_warmup": args.ema_warmup,
         "lr": args.lr,
+        "lr_warmup_steps": args.lr_warmup_steps,
         "seed": args.seed,
     }
     line = json.dumps(result)

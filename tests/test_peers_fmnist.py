@@ -114,6 +114,29 @@ def trained_weights(peers, seed: int) -> torch.Tensor:
     return net.conv.weight.detach().clone()
 
 
+def test_lr_warms_up_linearly(peers):
+    torch.manual_seed(0)
+    net = Tiny()
+    ema = copy.deepcopy(net).requires_grad_(False)
+    argv = [
+        "--peer",
+        "ours-net",
+        "--batch",
+        "4",
+        "--seconds",
+        "0",
+        "--check-every",
+        "4",
+        "--lr-warmup-steps",
+        "10",
+    ]
+    args = peers.parse_args(argv)
+    result = peers.train(
+        args, net, ema, lambda m, x, t: m(x, t), torch.randn(8, 1, 28, 28), torch.device("cpu")
+    )
+    assert result["lr_final"] == pytest.approx(args.lr * 5 / 10)  # the 5th step's factor, after 4 steps
+
+
 def test_seed_fixes_the_data_order_timesteps_and_noise(peers):
     first, again, other = (trained_weights(peers, s) for s in (5, 5, 6))
     assert torch.equal(first, again)

@@ -1,0 +1,217 @@
+"""One runner for the benchmarks: ``python benchmarks/run.py SUITE [--out DIR] [--dry-run] [options]``.
+
+It runs a suite's measured runs one after another (benchmarks/run_suites.py lists them), each in its own empty
+inductor / Triton cache folders, and writes
+
+    <out>/<suite>.jsonl      one JSON object per measured result: suite, system, seed, settings, the commands
+                             with their exit codes and seconds, the script's own JSON result, and (quality)
+                             the compared metrics
+    <out>/manifest.json      date (UTC), git commit and whether the tree is dirty, host, CPU count, GPU names and
+                             driver, package versions, the options, and every command line it ran
+    <out>/logs/              each command's stdout and stderr
+
+After the quality suite it prints and writes (<out>/quality_summary.json) the per-system mean ± 95% Student-t
+half-width over seeds, and for each peer whether ours has the lower mean FD with non-overlapping intervals.
+
+The fair quality comparison on a GPU machine, from the repository root:
+    source benchmarks/gpu_env.sh && python3 benchmarks/run.py quality --data-root .data/fashion-mnist --out OUT
+(``--features PATH`` reuses a classifier from ``python -m diffusion_lab.features``; without it one is trained
+into OUT first). ``--dry-run`` prints the command lines and runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout, installed or not
+
+from run_manifest import manifest  # noqa: E402
+from run_suites import ROOT, SUITES, Run, command_line, prepare_commands  # noqa: E402
+from run_summary import summary, text  # noqa: E402
+
+BATCH = 128  # the quality suite's batch, for ours' img/s over the budget
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("suite", help=f"one of {', '.join(SUITES)}")
+    p.add_argument(
+        "--out", default=None, help="output folder (default outputs/benchmarks/<suite>-<UTC time>)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the command lines, run nothing")
+    p.add_argument("--seconds", type=float, default=240.0, help="quality: training wall budget per run")
+    p.add_argument("--seeds", default="0,1,2", help="quality: comma-separated seeds")
+    p.add_argument("--features", default=None, help="quality: classifier file (default: trained into --out)")
+    p.add_argument(
+        "--data-root", default=None, help="quality: Fashion-MNIST folder (default: the data config's)"
+    )
+    opts = p.parse_args(argv)
+    try:
+        opts.seeds = [int(s) for s in opts.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds={opts.seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    opts.out = str(Path(opts.out or ROOT / "outputs" / "benchmarks" / f"{opts.suite}-{stamp}").resolve())
+    return opts
+
+
+# ---------------------------------------------------------------------------------------------- results
+def json_lines(stdout: str) -> list[dict]:
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def train_summary(stdout: str) -> dict:
+    """The numbers of diffusion_lab.train's closing summary ("steps trained : N", ...)."""
+    patterns = {
+        "steps": r"steps trained\s*:\s*(\d+)",
+        "train_img_per_s_steady": r"train speed\s*:\s*([\d.]+) img/s",
+        "wall_time_s": r"wall time\s*:\s*([\d.]+) s",
+    }
+    found = {key: re.search(pattern, stdout) for key, pattern in patterns.items()}
+    return {key: float(m.group(1)) for key, m in found.items() if m}
+
+
+def results(run: Run, stdouts: list[str], budget: float) -> list[tuple[dict, dict]]:
+    """(the script's result, the compared metrics) for each result the run printed."""
+    if run.parse == "json_lines":
+        return [(row, {}) for out in stdouts for row in json_lines(out)]
+    if run.parse == "peer":
+        rows = json_lines(stdouts[-1])
+        if not rows:
+            return []
+        r = rows[-1]
+        metrics = {
+            "fd": r["fd"],
+            "kid": r["kid_mean"],
+            "steps": r["steps_trained"],
+            "img_per_s": r["img_per_s"],
+        }
+        return [(r, metrics)]
+    train, rows = train_summary(stdouts[0]), json_lines(stdouts[1]) if len(stdouts) > 1 else []
+    if not rows or "steps" not in train:
+        return []
+    row = rows[-1]
+    metrics = {
+        "fd": row.get("fd_classifier", row.get("fid")),
+        "kid": row.get("kd_classifier_mean", row.get("kid_mean")),
+        "steps": train["steps"],
+        "img_per_s": train["steps"] * BATCH / budget,  # over the budget, compilation included, as the peers'
+    }
+    return [({"train": train, "evaluate": row}, metrics)]
+
+
+# ---------------------------------------------------------------------------------------------- running
+def execute(run: Run, logs: Path) -> tuple[list[dict], list[str]]:
+    """Run ``run``'s commands in order (stopping at a failure) in fresh cache folders: (what each command was,
+    its exit code and seconds; each command's stdout)."""
+    for folder in run.fresh_dirs:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    env = {**os.environ, **run.env}
+    entries, stdouts = [], []
+    for i, command in enumerate(run.commands):
+        out, err = logs / f"{run.label}.{i}.out", logs / f"{run.label}.{i}.err"
+        started = time.perf_counter()
+        try:
+            with out.open("w") as f_out, err.open("w") as f_err:
+                code = subprocess.run(
+                    command, stdout=f_out, stderr=f_err, env=env, cwd=ROOT, timeout=run.timeout_s
+                ).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        seconds = round(time.perf_counter() - started, 1)
+        entries.append(
+            {"run": run.label, "command": command_line(run, command), "returncode": code, "seconds": seconds}
+        )
+        stdouts.append(out.read_text())
+        if code != 0:
+            print(f"[run] {run.label}: command {i} failed ({code}); see {err}", file=sys.stderr, flush=True)
+            break
+    return entries, stdouts
+
+
+def run_suite(opts: argparse.Namespace) -> int:
+    out = Path(opts.out)
+    jsonl = out / f"{opts.suite}.jsonl"
+    if jsonl.exists():
+        print(f"run.py: --out {out} already holds {jsonl.name}; choose another --out", file=sys.stderr)
+        return 2
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    record = manifest(opts.suite, vars(opts))
+    runs = SUITES[opts.suite](opts)
+    record["systems"] = {r.system: r.settings for r in runs}
+
+    def save() -> None:
+        (out / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    for command in prepare_commands(opts.suite, opts):
+        started = time.perf_counter()
+        code = subprocess.run(command, cwd=ROOT).returncode
+        record["prepare"].append({"command": shlex.join(command), "returncode": code,
+                                  "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+        save()
+        if code != 0:
+            print(f"run.py: preparing failed ({code}): {shlex.join(command)}", file=sys.stderr)
+            return 1
+    measured = []
+    for run in runs:
+        print(f"[run] {run.label} ...", file=sys.stderr, flush=True)
+        entries, stdouts = execute(run, logs)
+        record["runs"].extend(entries)
+        base = {"suite": opts.suite, "system": run.system, "seed": run.seed, "settings": run.settings}
+        found = results(run, stdouts, opts.seconds) if entries[-1]["returncode"] == 0 else []
+        rows = [{**base, "result": r, "metrics": m, "commands": entries} for r, m in found]
+        if not rows:
+            rows = [{**base, "result": None, "metrics": {}, "commands": entries, "error": "no result"}]
+        with jsonl.open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        measured.extend(rows)
+        save()
+    if opts.suite == "quality":
+        result = summary(measured)
+        record["summary"] = result
+        (out / "quality_summary.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(text(result), flush=True)
+        save()
+    print(f"[run] wrote {jsonl} and {out / 'manifest.json'}", file=sys.stderr)
+    return 0
+
+
+def dry_run(opts: argparse.Namespace) -> int:
+    for command in prepare_commands(opts.suite, opts):
+        print(f"prepare: {shlex.join(command)}")
+    for run in SUITES[opts.suite](opts):
+        for command in run.commands:
+            print(f"{run.label}: {command_line(run, command)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.suite not in SUITES:
+        print(f"run.py: unknown suite {opts.suite!r}; choose one of {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    return dry_run(opts) if opts.dry_run else run_suite(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
