@@ -3,8 +3,9 @@
 quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each seed, experiment=fmnist_fast
             (train, then evaluate) and the peers diffusers / lucidrains through benchmarks/peers_fmnist.py, one
             after another, each cold (fresh inductor / Triton cache folders), with the same settings wherever
-            they apply: CUDA graphs, dropout 0, batch 128, AdamW lr 2e-4, EMA 0.999 with warmup (foreach), grad
-            clip 1.0, lr warm-up 200 steps, the wall budget, DDIM-100 on 10k samples, eager sampling, the same feature network.
+            they apply: CUDA graphs, dropout 0, batch 128, AdamW lr 2e-4 warmed up over 200 steps, EMA 0.999
+            with warmup (foreach), grad clip 1.0, the wall budget, DDIM-100 on 10k samples, eager sampling, the
+            same feature network.
 fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py (one JSON line per measured shape).
 selftest    one Python command printing a JSON line: the runner's own path, without a GPU.
 """
@@ -25,7 +26,7 @@ SYSTEMS = ("ours", *PEERS)
 SHARED = {
     "dataset": "fashion_mnist 28x28x1 (train split less 1000 held out), on the GPU",
     "batch": 128,
-    "optimizer": "AdamW lr 2e-4 (linear warm-up over 200 steps, then constant) betas (0.9, 0.999) weight decay 0",
+    "optimizer": "AdamW lr 2e-4 (linear warm-up, 200 steps, then constant) betas (0.9, 0.999), no weight decay",
     "grad_clip_norm": 1.0,
     "precision": "bf16 autocast",
     "dropout": 0.0,
