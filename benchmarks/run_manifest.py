@@ -30,12 +30,16 @@ def git_state() -> dict:
 
 
 def versions() -> dict[str, str | None]:
+    """Installed versions (null where absent); torch's as the module reports it, with its CUDA build tag."""
+    import torch
+
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
+    found["torch"] = torch.__version__
     return found
 
 
