@@ -1,22 +1,29 @@
 """One runner for the benchmarks: ``python benchmarks/run.py SUITE [--out DIR] [--dry-run] [options]``.
 
-It runs a suite's measured runs one after another (benchmarks/run_suites.py lists them), each in its own empty
-inductor / Triton cache folders, and writes
+It runs a suite's measured runs (benchmarks/run_suites.py lists them) one after another, or ``--gpus N`` at a
+time each on its own GPU, each in its own empty inductor / Triton cache folders, and writes
 
     <out>/<suite>.jsonl      one JSON object per measured result: suite, system, seed, settings, the commands
                              with their exit codes and seconds, the script's own JSON result, and (quality)
                              the compared metrics
-    <out>/manifest.json      date (UTC), git commit and whether the tree is dirty, host, CPU count, GPU names and
-                             driver, package versions, the options, and every command line it ran
+    <out>/manifest.json      the settings of every system, and per invocation: date (UTC), git commit and
+                             whether the tree is dirty, host, CPU count, GPU names and driver, package versions,
+                             the options, and every command line it ran with its exit code and seconds
     <out>/logs/              each command's stdout and stderr
 
 After the quality suite it prints and writes (<out>/quality_summary.json) the per-system mean ± 95% Student-t
 half-width over seeds, and for each peer whether ours has the lower mean FD with non-overlapping intervals.
 
-The fair quality comparison on a GPU machine, from the repository root:
-    source benchmarks/gpu_env.sh && python3 benchmarks/run.py quality --data-root .data/fashion-mnist --out OUT
-(``--features PATH`` reuses a classifier from ``python -m diffusion_lab.features``; without it one is trained
-into OUT first). ``--dry-run`` prints the command lines and runs nothing.
+A call on an ``--out`` that already holds results runs only the runs without one (``--limit K``: at most K of
+them), so a suite can be split over several calls or continued after an interruption; the summary covers every
+result in the file.
+
+The fair quality comparison on a GPU machine, from the repository root (9 runs of about 7 minutes each):
+    source benchmarks/gpu_env.sh
+    python3 benchmarks/run.py quality --data-root .data/fashion-mnist --out OUT --gpus 3
+(``--gpus 3``: each seed's three systems at once on three GPUs of one host; ``--features PATH`` reuses a
+classifier from ``python -m diffusion_lab.features``, else one is trained into OUT first). ``--dry-run`` prints
+the command lines and runs nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,6 +58,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--out", default=None, help="output folder (default outputs/benchmarks/<suite>-<UTC time>)"
     )
     p.add_argument("--dry-run", action="store_true", help="print the command lines, run nothing")
+    p.add_argument(
+        "--gpus", type=int, default=1, help="runs at once, each on its own GPU (CUDA_VISIBLE_DEVICES)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="run at most this many of the pending runs")
     p.add_argument("--seconds", type=float, default=240.0, help="quality: training wall budget per run")
     p.add_argument("--seeds", default="0,1,2", help="quality: comma-separated seeds")
     p.add_argument("--features", default=None, help="quality: classifier file (default: trained into --out)")
@@ -61,6 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         opts.seeds = [int(s) for s in opts.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds={opts.seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    if opts.gpus < 1:
+        p.error("--gpus must be >= 1")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     opts.out = str(Path(opts.out or ROOT / "outputs" / "benchmarks" / f"{opts.suite}-{stamp}").resolve())
     return opts
@@ -148,58 +162,81 @@ def execute(run: Run, logs: Path) -> tuple[list[dict], list[str]]:
     return entries, stdouts
 
 
-def run_suite(opts: argparse.Namespace) -> int:
-    out = Path(opts.out)
-    jsonl = out / f"{opts.suite}.jsonl"
-    if jsonl.exists():
-        print(f"run.py: --out {out} already holds {jsonl.name}; choose another --out", file=sys.stderr)
-        return 2
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    record = manifest(opts.suite, vars(opts))
-    runs = SUITES[opts.suite](opts)
-    record["systems"] = {r.system: r.settings for r in runs}
+def pending(opts: argparse.Namespace, done: set[str]) -> list[Run]:
+    """The suite's runs not yet in ``done``, with ``--gpus`` > 1 each on the GPU of its slot in its wave."""
+    runs = [r for r in SUITES[opts.suite](opts) if r.label not in done]
+    if opts.gpus > 1:
+        for i, run in enumerate(runs):
+            run.env["CUDA_VISIBLE_DEVICES"] = str(i % opts.gpus)
+    return runs
 
-    def save() -> None:
-        (out / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def prepare(opts: argparse.Namespace, invocation: dict, save) -> bool:
     for command in prepare_commands(opts.suite, opts):
         started = time.perf_counter()
         code = subprocess.run(command, cwd=ROOT).returncode
-        record["prepare"].append({"command": shlex.join(command), "returncode": code,
-                                  "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+        invocation["prepare"].append({"command": shlex.join(command), "returncode": code,
+                                      "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
         save()
         if code != 0:
             print(f"run.py: preparing failed ({code}): {shlex.join(command)}", file=sys.stderr)
-            return 1
-    measured = []
-    for run in runs:
-        print(f"[run] {run.label} ...", file=sys.stderr, flush=True)
-        entries, stdouts = execute(run, logs)
-        record["runs"].extend(entries)
-        base = {"suite": opts.suite, "system": run.system, "seed": run.seed, "settings": run.settings}
-        found = results(run, stdouts, opts.seconds) if entries[-1]["returncode"] == 0 else []
-        rows = [{**base, "result": r, "metrics": m, "commands": entries} for r, m in found]
-        if not rows:
-            rows = [{**base, "result": None, "metrics": {}, "commands": entries, "error": "no result"}]
-        with jsonl.open("a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        measured.extend(rows)
+            return False
+    return True
+
+
+def measured_rows(opts: argparse.Namespace, run: Run, entries: list[dict], stdouts: list[str]) -> list[dict]:
+    base = {"suite": opts.suite, "label": run.label, "system": run.system, "seed": run.seed}
+    base["settings"] = run.settings
+    found = results(run, stdouts, opts.seconds) if entries[-1]["returncode"] == 0 else []
+    rows = [{**base, "result": r, "metrics": m, "commands": entries} for r, m in found]
+    return rows or [{**base, "result": None, "metrics": {}, "commands": entries, "error": "no result"}]
+
+
+def run_suite(opts: argparse.Namespace) -> int:
+    """Run the suite's runs that ``<out>/<suite>.jsonl`` has no result of yet (a later call continues an
+    interrupted or split suite), ``--gpus`` at a time, appending their rows; then the summary over all rows."""
+    out, jsonl = Path(opts.out), Path(opts.out) / f"{opts.suite}.jsonl"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    done = {r["label"] for r in read_jsonl(jsonl) if r.get("result") is not None}
+    runs = pending(opts, done)[: opts.limit]
+    path = out / "manifest.json"
+    record = json.loads(path.read_text()) if path.exists() else {"suite": opts.suite, "invocations": []}
+    record["systems"] = {r.system: r.settings for r in SUITES[opts.suite](opts)}
+    invocation = manifest(opts.suite, vars(opts))
+    record["invocations"].append(invocation)
+
+    def save() -> None:
+        path.write_text(json.dumps(record, indent=2) + "\n")
+
+    if runs and not prepare(opts, invocation, save):
+        return 1
+    for start in range(0, len(runs), opts.gpus):
+        wave = runs[start : start + opts.gpus]
+        print(f"[run] {', '.join(r.label for r in wave)} ...", file=sys.stderr, flush=True)
+        with ThreadPoolExecutor(len(wave)) as pool:
+            finished = list(pool.map(lambda r: (r, *execute(r, out / "logs")), wave))
+        for run, entries, stdouts in finished:
+            invocation["runs"].extend(entries)
+            with jsonl.open("a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in measured_rows(opts, run, entries, stdouts))
         save()
     if opts.suite == "quality":
-        result = summary(measured)
-        record["summary"] = result
-        (out / "quality_summary.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(text(result), flush=True)
-        save()
-    print(f"[run] wrote {jsonl} and {out / 'manifest.json'}", file=sys.stderr)
+        record["summary"] = summary([r for r in read_jsonl(jsonl) if r.get("result") is not None])
+        (out / "quality_summary.json").write_text(json.dumps(record["summary"], indent=2) + "\n")
+        print(text(record["summary"]), flush=True)
+    save()
+    print(f"[run] wrote {jsonl} and {path}", file=sys.stderr)
     return 0
 
 
 def dry_run(opts: argparse.Namespace) -> int:
     for command in prepare_commands(opts.suite, opts):
         print(f"prepare: {shlex.join(command)}")
-    for run in SUITES[opts.suite](opts):
+    for run in pending(opts, set())[: opts.limit]:
         for command in run.commands:
             print(f"{run.label}: {command_line(run, command)}")
     return 0

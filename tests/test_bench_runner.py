@@ -96,7 +96,9 @@ def test_selftest_writes_json_lines_and_the_manifest(runner, tmp_path):
     assert row["result"]["cache"] == str(stale.parent)
     assert not stale.exists()  # the cache folder was emptied before the run
 
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    record = json.loads((tmp_path / "manifest.json").read_text())
+    assert record["systems"] == {"selftest": {"value": 1}}
+    (manifest,) = record["invocations"]
     date = datetime.datetime.fromisoformat(manifest["date_utc"])
     assert date.utcoffset() == datetime.timedelta(0)
     assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 600
@@ -111,15 +113,50 @@ def test_selftest_writes_json_lines_and_the_manifest(runner, tmp_path):
     (ran,) = manifest["runs"]
     assert ran["returncode"] == 0 and ran["command"] == row["commands"][0]["command"]
     assert ran["command"].startswith(f"TORCHINDUCTOR_CACHE_DIR={stale.parent} ")
-    assert manifest["systems"] == {"selftest": {"value": 1}}
 
 
-def test_an_out_folder_with_results_is_refused(runner, tmp_path, capsys):
-    (tmp_path / "selftest.jsonl").write_text("{}\n")
-    assert runner.main(["selftest", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"run.py: --out {tmp_path} already holds selftest.jsonl; choose another --out"
-    )
+def test_a_second_call_continues_the_suite_without_rerunning_what_has_a_result(runner, tmp_path):
+    assert runner.main(["selftest", "--out", str(tmp_path)]) == 0
+    assert runner.main(["selftest", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "selftest.jsonl").read_text().splitlines()) == 1
+    first, second = json.loads((tmp_path / "manifest.json").read_text())["invocations"]
+    assert len(first["runs"]) == 1 and second["runs"] == []
+
+
+def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_path):
+    argv = [
+        "quality",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+        "--features",
+        str(tmp_path / "clf.pt"),
+        "--gpus",
+        "3",
+    ]
+    assert runner.main(argv) == 0
+    devices = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        label, command = line.split(": ", 1)
+        devices[label] = re.search(r"CUDA_VISIBLE_DEVICES=(\d+)", command).group(1)
+    for seed in (0, 1, 2):  # a wave is one seed of every system, at the same time on the same host
+        assert [devices[f"{s}_s{seed}"] for s in ("ours", "diffusers", "lucidrains")] == ["0", "1", "2"]
+
+
+def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
+    argv = [
+        "quality",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+        "--features",
+        str(tmp_path / "clf.pt"),
+        "--limit",
+        "2",
+    ]
+    assert runner.main(argv) == 0
+    labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
+    assert list(dict.fromkeys(labels)) == ["prepare", "ours_s0", "diffusers_s0"]
 
 
 def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
