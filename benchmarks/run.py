@@ -10,6 +10,8 @@ time each on its own GPU, each in its own empty inductor / Triton cache folders,
                              whether the tree is dirty, host, CPU count, GPU names and driver, package versions,
                              the options, and every command line it ran with its exit code and seconds
     <out>/logs/              each command's stdout and stderr
+    <work>/                  each run's folder (checkpoints, samples) and cache folders (``--work``, default
+                             <out>/runs: give a scratch folder to keep <out> small)
 
 After the quality suite it prints and writes (<out>/quality_summary.json) the per-system mean ± 95% Student-t
 half-width over seeds, and for each peer whether ours has the lower mean FD with non-overlapping intervals.
@@ -57,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--out", default=None, help="output folder (default outputs/benchmarks/<suite>-<UTC time>)"
     )
+    p.add_argument(
+        "--work", default=None, help="the runs' folders: checkpoints, samples, caches (default <out>/runs)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command lines, run nothing")
     p.add_argument(
         "--gpus", type=int, default=1, help="runs at once, each on its own GPU (CUDA_VISIBLE_DEVICES)"
@@ -77,6 +82,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--gpus must be >= 1")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     opts.out = str(Path(opts.out or ROOT / "outputs" / "benchmarks" / f"{opts.suite}-{stamp}").resolve())
+    opts.work = str(Path(opts.work or Path(opts.out) / "runs").resolve())
     return opts
 
 
@@ -166,8 +172,9 @@ def pending(opts: argparse.Namespace, done: set[str]) -> list[Run]:
     """The suite's runs not yet in ``done``, with ``--gpus`` > 1 each on the GPU of its slot in its wave."""
     runs = [r for r in SUITES[opts.suite](opts) if r.label not in done]
     if opts.gpus > 1:
-        for i, run in enumerate(runs):
-            run.env["CUDA_VISIBLE_DEVICES"] = str(i % opts.gpus)
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // opts.gpus))
+        for i, run in enumerate(runs):  # each run its GPU and its share of the host's cores
+            run.env.update(CUDA_VISIBLE_DEVICES=str(i % opts.gpus), OMP_NUM_THREADS=threads)
     return runs
 
 

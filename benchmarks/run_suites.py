@@ -1,8 +1,9 @@
 """The suites of benchmarks/run.py: for each, the runs it measures (their command lines, settings, environment).
 
 quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each seed, experiment=fmnist_fast
-            (train, then evaluate) and the peers diffusers / lucidrains through benchmarks/peers_fmnist.py, one
-            after another, each cold (fresh inductor / Triton cache folders), with the same settings wherever
+            (train, then evaluate) and the peers diffusers / lucidrains through benchmarks/peers_fmnist.py (a
+            seed's three runs in a row, or with --gpus 3 at once), each cold (fresh inductor / Triton cache
+            folders), with the same settings wherever
             they apply: CUDA graphs, dropout 0, batch 128, AdamW lr 2e-4 warmed up over 200 steps, EMA 0.999
             with warmup (foreach), grad clip 1.0, the wall budget, DDIM-100 on 10k samples, eager sampling, the
             same feature network.
@@ -91,7 +92,7 @@ def prepare_commands(suite: str, opts: argparse.Namespace) -> list[list[str]]:
 
 
 def ours_run(opts: argparse.Namespace, seed: int) -> Run:
-    run_dir = Path(opts.out) / "runs" / f"ours_s{seed}"
+    run_dir = Path(opts.work) / f"ours_s{seed}"
     env, fresh = cold_caches(run_dir / "cache")
     data = [f"data.root={opts.data_root}"] if opts.data_root else []
     train = [
@@ -125,7 +126,7 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
         ),
         *("n=10000", "batch_size=1000", "n_real=10000", f"seed={seed}", "compile=false", "progress=false"),
         f"compile_cache={env['TORCHINDUCTOR_CACHE_DIR']}",
-        f"cache_dir={Path(opts.out) / 'metrics_cache'}",
+        f"cache_dir={Path(opts.work) / 'metrics_cache'}",
         *([f"data_root={opts.data_root}"] if opts.data_root else []),
         f"out_dir={run_dir / 'eval'}",
     ]
@@ -135,7 +136,7 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
 
 
 def peer_run(opts: argparse.Namespace, peer: str, seed: int) -> Run:
-    run_dir = Path(opts.out) / "runs" / f"{peer}_s{seed}"
+    run_dir = Path(opts.work) / f"{peer}_s{seed}"
     env, fresh = cold_caches(run_dir / "cache")
     command = [
         *(sys.executable, str(ROOT / "benchmarks" / "peers_fmnist.py"), "--peer", peer, "--seed", str(seed)),
@@ -154,7 +155,7 @@ def peer_run(opts: argparse.Namespace, peer: str, seed: int) -> Run:
         *("--clip-grad", "1.0", "--ema", "0.999", "--ema-warmup", "--dropout", "0.0"),
         *("--compile-mode", "reduce-overhead", "--sample-compile-mode", "none"),
         *("--n", "10000", "--sample-steps", "100", "--sample-batch", "1000", "--n-real", "10000"),
-        *("--features", str(features_path(opts)), "--cache-dir", str(Path(opts.out) / "metrics_cache")),
+        *("--features", str(features_path(opts)), "--cache-dir", str(Path(opts.work) / "metrics_cache")),
         *(["--data-root", opts.data_root] if opts.data_root else []),
         *("--out", str(run_dir)),
     ]
@@ -171,7 +172,7 @@ def quality(opts: argparse.Namespace) -> list[Run]:
 
 
 def script_run(opts: argparse.Namespace, script: str, args: list[str]) -> Run:
-    env, fresh = cold_caches(Path(opts.out) / "runs" / script / "cache")
+    env, fresh = cold_caches(Path(opts.work) / script / "cache")
     command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args]
     return Run(script, None, {"args": args}, [command], "json_lines", env, fresh, 1800.0)
 
@@ -182,7 +183,7 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
 
 def selftest(opts: argparse.Namespace) -> list[Run]:
     code = "import json, os; print(json.dumps({'value': 1, 'cache': os.environ['TORCHINDUCTOR_CACHE_DIR']}))"
-    env, fresh = cold_caches(Path(opts.out) / "runs" / "selftest" / "cache")
+    env, fresh = cold_caches(Path(opts.work) / "selftest" / "cache")
     return [
         Run("selftest", None, {"value": 1}, [[sys.executable, "-c", code]], "json_lines", env, fresh, 60.0)
     ]

@@ -25,8 +25,8 @@ def runner():
     return module
 
 
-def dry_run_lines(runner, capsys, tmp_path) -> dict[str, list[str]]:
-    argv = ["quality", "--dry-run", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt")]
+def dry_run_lines(runner, capsys, tmp_path, *extra: str) -> dict[str, list[str]]:
+    argv = ["quality", "--dry-run", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt"), *extra]
     assert runner.main(argv) == 0
     by_run: dict[str, list[str]] = {}
     for line in capsys.readouterr().out.splitlines():
@@ -67,14 +67,14 @@ def test_every_system_trains_with_cuda_graphs_no_dropout_and_the_same_budget(run
 
 
 def test_every_run_starts_from_its_own_empty_compile_caches(runner, capsys, tmp_path):
-    by_run = dry_run_lines(runner, capsys, tmp_path)
+    by_run = dry_run_lines(runner, capsys, tmp_path, "--work", str(tmp_path / "scratch"))
     by_run.pop("prepare")
     inductor, triton = set(), set()
     for label, commands in by_run.items():
         for command in commands:
             env = dict(re.findall(r"(TORCHINDUCTOR_CACHE_DIR|TRITON_CACHE_DIR)=(\S+)", command))
-            assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "runs" / label / "cache" / "inductor")
-            assert env["TRITON_CACHE_DIR"] == str(tmp_path / "runs" / label / "cache" / "triton")
+            assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "scratch" / label / "cache" / "inductor")
+            assert env["TRITON_CACHE_DIR"] == str(tmp_path / "scratch" / label / "cache" / "triton")
             inductor.add(env["TORCHINDUCTOR_CACHE_DIR"])
             triton.add(env["TRITON_CACHE_DIR"])
             if label.startswith("ours"):  # the framework's own cache setting points at the same fresh folder
@@ -123,7 +123,8 @@ def test_a_second_call_continues_the_suite_without_rerunning_what_has_a_result(r
     assert len(first["runs"]) == 1 and second["runs"] == []
 
 
-def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_path):
+def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     argv = [
         "quality",
         "--dry-run",
@@ -139,6 +140,7 @@ def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_pat
     for line in capsys.readouterr().out.splitlines()[1:]:
         label, command = line.split(": ", 1)
         devices[label] = re.search(r"CUDA_VISIBLE_DEVICES=(\d+)", command).group(1)
+        assert f"OMP_NUM_THREADS={max(1, os.cpu_count() // 3)} " in command
     for seed in (0, 1, 2):  # a wave is one seed of every system, at the same time on the same host
         assert [devices[f"{s}_s{seed}"] for s in ("ours", "diffusers", "lucidrains")] == ["0", "1", "2"]
 
@@ -213,3 +215,25 @@ def test_ours_result_is_read_from_the_train_summary_and_the_evaluation_row(runne
     ((result, metrics),) = runner.results(run, [train_out, "progress\n" + json.dumps(row) + "\n"], 240.0)
     assert result["evaluate"] == row
     assert metrics == {"fd": 3.5, "kid": 0.002, "steps": 2400.0, "img_per_s": 2400 * 128 / 240.0}
+
+
+def test_quality_suite_writes_the_summary_of_every_result(runner, monkeypatch, capsys, tmp_path):
+    from run_suites import Run
+
+    def fake_quality(opts):
+        runs = []
+        for seed, (ours_fd, peer_fd) in enumerate([(10.0, 30.0), (12.0, 31.0), (14.0, 32.0)]):
+            for system, fd in (("ours", ours_fd), ("diffusers", peer_fd)):
+                row = {"fd": fd, "kid_mean": 0.01, "steps_trained": 100 + seed, "img_per_s": 50.0}
+                command = [runner.sys.executable, "-c", f"print({json.dumps(json.dumps(row))})"]
+                runs.append(Run(system, seed, {"dropout": 0.0}, [command], "peer"))
+        return runs
+
+    monkeypatch.setitem(runner.SUITES, "quality", fake_quality)
+    (tmp_path / "clf.pt").write_bytes(b"")  # present: nothing to prepare
+    assert runner.main(["quality", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt")]) == 0
+    assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: yes" in capsys.readouterr().out
+    written = json.loads((tmp_path / "quality_summary.json").read_text())
+    assert written["systems"]["ours"]["fd"]["half_width"] == pytest.approx(T_975_2 * 2.0 / math.sqrt(3))
+    assert written["systems"]["diffusers"]["steps"]["mean"] == pytest.approx(101.0)
+    assert json.loads((tmp_path / "manifest.json").read_text())["summary"] == written
