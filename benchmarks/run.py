@@ -20,12 +20,15 @@ A call on an ``--out`` that already holds results runs only the runs without one
 them), so a suite can be split over several calls or continued after an interruption; the summary covers every
 result in the file.
 
-The fair quality comparison on a GPU machine, from the repository root (9 runs of about 7 minutes each):
-    source benchmarks/gpu_env.sh
-    python3 benchmarks/run.py quality --data-root .data/fashion-mnist --out OUT --gpus 3
-(``--gpus 3``: each seed's three systems at once on three GPUs of one host; ``--features PATH`` reuses a
-classifier from ``python -m diffusion_lab.features``, else one is trained into OUT first). ``--dry-run`` prints
-the command lines and runs nothing.
+The fair quality comparison on a GPU machine (8 GPUs), from the repository root, in calls of under 10 minutes
+(a run is about 8: 240 s of training, then 10k DDIM-100 samples scored; each call continues the last):
+    source benchmarks/gpu_env.sh; Q="--data-root .data/fashion-mnist --out outputs/quality_fair --work /tmp/dl/q"
+    python3 benchmarks/run.py quality $Q --limit 0             # the feature network, trained once into --out
+    python3 benchmarks/run.py quality $Q --gpus 6 --limit 6    # seeds 0 and 1: six runs at once, one per GPU
+    python3 benchmarks/run.py quality $Q --gpus 3              # seed 2, then the summary of all nine
+Every wave holds whole seeds (each seed's three systems at once), so the systems share the host alike.
+``--features PATH`` reuses a classifier from ``python -m diffusion_lab.features``. ``--dry-run`` prints the
+command lines and runs nothing.
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ def run_suite(opts: argparse.Namespace) -> int:
     def save() -> None:
         path.write_text(json.dumps(record, indent=2) + "\n")
 
-    if runs and not prepare(opts, invocation, save):
+    if not prepare(opts, invocation, save):  # also with --limit 0: prepare only
         return 1
     for start in range(0, len(runs), opts.gpus):
         wave = runs[start : start + opts.gpus]

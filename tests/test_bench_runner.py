@@ -237,3 +237,14 @@ def test_quality_suite_writes_the_summary_of_every_result(runner, monkeypatch, c
     assert written["systems"]["ours"]["fd"]["half_width"] == pytest.approx(T_975_2 * 2.0 / math.sqrt(3))
     assert written["systems"]["diffusers"]["steps"]["mean"] == pytest.approx(101.0)
     assert json.loads((tmp_path / "manifest.json").read_text())["summary"] == written
+
+
+def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
+    marker = tmp_path / "prepared"
+    command = [runner.sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"]
+    monkeypatch.setattr(runner, "prepare_commands", lambda suite, opts: [command])
+    assert runner.main(["quality", "--out", str(tmp_path), "--limit", "0"]) == 0
+    assert marker.read_text() == "x"
+    assert not (tmp_path / "quality.jsonl").exists()
+    (invocation,) = json.loads((tmp_path / "manifest.json").read_text())["invocations"]
+    assert invocation["prepare"][0]["returncode"] == 0 and invocation["runs"] == []
