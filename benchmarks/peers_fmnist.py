@@ -8,8 +8,14 @@ network is shared, so the networks (and their libraries' layers) are what differ
              held on the device as one tensor in [-1, 1]; batches are gathered by index from a per-epoch
              permutation (the path of the framework's ``data.on_gpu=true``)
     process  ``LinearSchedule(1000)`` + ``q_sample``, L_simple (MSE on ε), uniform t
-    optim    AdamW lr 2e-4, betas (0.9, 0.999), weight decay 0 (conf/optimizer/adamw.yaml), grad-norm clip 1.0
-             (conf/trainer/default.yaml), bf16 autocast on CUDA, EMA 0.999 of the parameters every step
+    optim    AdamW lr 2e-4 (``--lr-warmup-steps``: linear warm-up, as conf/lr_scheduler), betas (0.9, 0.999),
+             weight decay 0 (conf/optimizer/adamw.yaml), grad-norm clip 1.0
+             (conf/trainer/default.yaml), bf16 autocast on CUDA, EMA 0.999 of the parameters every step (one
+             foreach lerp over the parameter lists, as the framework's EMA callback; ``--ema-warmup`` its warmup)
+    compile  ``--compile-mode``: none (plain PyTorch), default, or reduce-overhead (CUDA graphs; the network is
+             compiled as the framework's ``compile=`` does, the loss and optimizer step stay eager);
+             ``--sample-compile-mode`` the same for sampling (default none, as ``diffusion_lab.evaluate``)
+    seed     ``--seed`` seeds the initial weights, the data order, timesteps and noise; sampling uses seed + 1
     sampling DDIM (η = 0, 100 steps) of ``Diffusion(LinearSchedule(1000), "eps", "fixed_small")`` from the EMA
              weights, bf16 autocast, batches of 1000
     metrics  Fréchet distance / precision / recall / KID on the features of a domain classifier
@@ -22,10 +28,13 @@ Peers (``--peer``):
     ours-net    diffusion_lab's ``UNet`` with conf/model/unet_small.yaml, through this same loop
 
 Training time is wall time with the device synchronised at each check (every ``--check-every`` steps), from
-the first step on: cuDNN autotuning, and with ``--compile`` the compilation, count against the budget.
+the first step on: cuDNN autotuning, and with ``--compile-mode`` the compilation, count against the budget.
+Dropout (``--dropout``) is 0 by default, as in experiment=fmnist_fast.
 
 On the GPU machine (``source benchmarks/gpu_env.sh`` first):
-    python benchmarks/peers_fmnist.py --peer diffusers --features /tmp/dl/.cache/features/fashion_mnist_classifier.pt
+    python benchmarks/peers_fmnist.py --peer diffusers --compile-mode reduce-overhead \
+        --features /tmp/dl/.cache/features/fashion_mnist_classifier.pt
+The fair comparison against experiment=fmnist_fast, 3 seeds per system: ``python benchmarks/run.py quality``.
 CPU smoke test:
     python benchmarks/peers_fmnist.py --peer lucidrains --device cpu --seconds 5 --n 16 --batch 8 --sample-steps 3
 
@@ -56,11 +65,13 @@ from diffusion_lab.io import save_grid, save_samples_npz
 from diffusion_lab.metrics import SampleQuality
 from diffusion_lab.metrics.evaluation import QualitySettings, build_extractor, real_features_for
 from diffusion_lab.nets import UNet, count_parameters
+from diffusion_lab.optim import warmup_schedule
 from diffusion_lab.samplers import DDIMSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET_SMALL = ROOT / "conf" / "model" / "unet_small.yaml"
 PEERS = ("diffusers", "lucidrains", "ours-net")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 SHAPE = (1, 28, 28)  # Fashion-MNIST, C x H x W
 NUM_TIMESTEPS = 1000
 
@@ -72,7 +83,7 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- networks
-def build_peer(peer: str) -> tuple[nn.Module, Forward, str]:
+def build_peer(peer: str, dropout: float = 0.0) -> tuple[nn.Module, Forward, str]:
     """(network, forward(net, x_t, t) -> ε prediction, description) for one peer at 28x28x1."""
     channels, size = SHAPE[0], SHAPE[1]
     if peer == "diffusers":
@@ -87,7 +98,7 @@ def build_peer(peer: str) -> tuple[nn.Module, Forward, str]:
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
             norm_num_groups=32,
-            dropout=0.1,
+            dropout=dropout,
         )
 
         def forward(m: nn.Module, x: Tensor, t: Tensor) -> Tensor:
@@ -97,7 +108,7 @@ def build_peer(peer: str) -> tuple[nn.Module, Forward, str]:
     if peer == "lucidrains":
         from denoising_diffusion_pytorch import Unet
 
-        net = Unet(dim=64, dim_mults=(1, 2, 2), channels=channels, dropout=0.1)
+        net = Unet(dim=64, dim_mults=(1, 2, 2), channels=channels, dropout=dropout)
         factor = net.downsample_factor  # 2 ** (levels - 1): the last level keeps its resolution
         if size % factor:
             raise ValueError(f"lucidrains Unet needs sides divisible by {factor}; {size} is not")
@@ -111,6 +122,7 @@ def build_peer(peer: str) -> tuple[nn.Module, Forward, str]:
 
         cfg = OmegaConf.to_container(OmegaConf.load(UNET_SMALL), resolve=True)
         cfg.pop("_target_", None)
+        cfg["dropout"] = dropout
         net = UNet(**cfg, in_channels=channels, out_channels=channels, image_size=size)
 
         def forward(m: nn.Module, x: Tensor, t: Tensor) -> Tensor:
@@ -146,7 +158,27 @@ def load_train_set(datamodule: DiffusionDataModule, device: torch.device) -> Ten
     return data.to(device).contiguous()
 
 
+def compiled(net: nn.Module, mode: str) -> nn.Module:
+    """``net`` under torch.compile ``mode`` (a wrapper sharing its parameters), or ``net`` itself for none."""
+    return net if mode == "none" else torch.compile(net, mode=mode)
+
+
 # ------------------------------------------------------------------------------------------------- training
+def ema_decay(count: int, decay: float, warmup: bool) -> float:
+    """The decay of the EMA update after ``count`` earlier ones; with ``warmup`` min(decay, (1 + k) / (10 + k)),
+    as the framework's EMA callback (callbacks/ema.py), so a short run is not averaged with its random init."""
+    return min(decay, (1.0 + count) / (10.0 + count)) if warmup else decay
+
+
+def ema_update(ema_params: list[Tensor], params: list[Tensor], decay: float, copy: bool = False) -> None:
+    """ema <- decay * ema + (1 - decay) * param for every pair (``copy``: ema <- param), in one foreach kernel
+    per dtype/device group."""
+    if copy:
+        torch._foreach_copy_(ema_params, params)
+    else:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
 def train(
     args: argparse.Namespace, net: nn.Module, ema: nn.Module, forward: Forward, data: Tensor, device
 ) -> dict:
@@ -154,7 +186,12 @@ def train(
     params = [p for p in net.parameters() if p.requires_grad]
     ema_params = [p for p, q in zip(ema.parameters(), net.parameters()) if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
-    run = torch.compile(net) if args.compile else net
+    lr_schedule = warmup_schedule(
+        opt, args.lr_warmup_steps
+    )  # constant after the warm-up, as conf/lr_scheduler
+    run = compiled(net, args.compile_mode)
+    # CUDA graphs overwrite a replay's outputs at the next replay: each step starts a new generation of them
+    mark_step = args.compile_mode == "reduce-overhead"
     use_amp = device.type == "cuda"
     n_data, batch = len(data), args.batch
     if batch > n_data:
@@ -174,6 +211,8 @@ def train(
         t = torch.randint(0, NUM_TIMESTEPS, (batch,), device=device)
         noise = torch.randn_like(x0)
         xt = q_sample(schedule, x0, t, noise)
+        if mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, use_amp):
             pred = forward(run, xt, t)
         loss = F.mse_loss(pred.float(), noise)
@@ -182,8 +221,10 @@ def train(
         if args.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
         opt.step()
+        lr_schedule.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - args.ema)
+            first = args.ema_warmup and steps == 0  # the framework's first update copies the weights
+            ema_update(ema_params, params, ema_decay(steps, args.ema, args.ema_warmup), copy=first)
             loss_sum += loss.detach()
         steps += 1
         window += 1
@@ -207,7 +248,13 @@ def train(
     # Every parameter-free module state (e.g. a BatchNorm's running stats) follows the live network.
     for b_ema, b in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b)
-    return {"steps": steps, "seconds": seconds, "img_per_s": steps * batch / seconds, "loss": loss_mean}
+    return {
+        "lr_final": opt.param_groups[0]["lr"],
+        "steps": steps,
+        "seconds": seconds,
+        "img_per_s": steps * batch / seconds,
+        "loss": loss_mean,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- sampling
@@ -217,10 +264,13 @@ def sample(args: argparse.Namespace, ema: nn.Module, forward: Forward, device) -
     diffusion = Diffusion(LinearSchedule(NUM_TIMESTEPS), "eps", "fixed_small")
     sampler = DDIMSampler(steps=args.sample_steps, eta=0.0)
     ema.eval()
-    run = torch.compile(ema) if args.compile else ema
+    run = compiled(ema, args.sample_compile_mode)
+    mark_step = args.sample_compile_mode == "reduce-overhead"
     use_amp = device.type == "cuda"
 
     def model(x: Tensor, t: Tensor) -> Tensor:
+        if mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, use_amp):
             out = forward(run, x, t)
         return out.float()  # the diffusion arithmetic stays in float32
@@ -264,9 +314,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=240.0, help="training wall-time budget")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-warmup-steps", type=int, default=0, help="linear lr warm-up steps, then constant")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm; 0 disables clipping")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay, applied every step")
+    p.add_argument("--ema-warmup", action="store_true", help="decay min(ema, (1+k)/(10+k)) at update k")
     p.add_argument("--check-every", type=int, default=50, help="steps between device syncs / time checks")
     p.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--n", type=int, default=10000, help="samples to generate and score")
@@ -279,9 +331,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="Fashion-MNIST idx folder (default: Debian's)")
     p.add_argument("--out", default="outputs/peers_fmnist")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (off: plain PyTorch)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="none",
+        help="torch.compile mode of the trained network",
+    )
+    p.add_argument(
+        "--sample-compile-mode", choices=COMPILE_MODES, default="none", help="... of the sampler's"
+    )
+    p.add_argument("--compile", action="store_true", help="both compile modes 'default' (an alias)")
+    p.add_argument("--dropout", type=float, default=0.0, help="the peer network's dropout probability")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, data order, timesteps and noise")
     args = p.parse_args(argv)
+    if args.compile:
+        args.compile_mode = args.sample_compile_mode = "default"
+    if args.lr_warmup_steps < 0:
+        p.error("--lr-warmup-steps must be >= 0")
+    if not 0.0 <= args.dropout < 1.0:
+        p.error("--dropout must be in [0, 1)")
     for name in ("batch", "check_every", "n", "sample_steps", "sample_batch", "n_real"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -297,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml
     torch.manual_seed(args.seed)
 
-    net, forward, desc = build_peer(args.peer)
+    net, forward, desc = build_peer(args.peer, args.dropout)
     params = count_parameters(net)
     log(f"{args.peer}: {desc}: {params:,} parameters")
     net = net.to(device)
@@ -337,7 +405,14 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": args.batch,
         "n": args.n,
         "sample_steps": args.sample_steps,
-        "compile": args.compile,
+        "compile_mode": args.compile_mode,
+        "sample_compile_mode": args.sample_compile_mode,
+        "dropout": args.dropout,
+        "ema": args.ema,
+        "ema_warmup": args.ema_warmup,
+        "lr": args.lr,
+        "lr_warmup_steps": args.lr_warmup_steps,
+        "seed": args.seed,
     }
     line = json.dumps(result)
     (out / f"{args.peer}_result.json").write_text(line + "\n")

@@ -1,0 +1,198 @@
+"""The suites of benchmarks/run.py: for each, the runs it measures (their command lines, settings, environment).
+
+quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each seed, experiment=fmnist_fast
+            (train, then evaluate) and the peers diffusers / lucidrains through benchmarks/peers_fmnist.py (a
+            seed's three runs in a row, or with --gpus 3 at once), each cold (fresh inductor / Triton cache
+            folders), with the same settings wherever
+            they apply: CUDA graphs, dropout 0, batch 128, AdamW lr 2e-4 warmed up over 200 steps, EMA 0.999
+            with warmup (foreach), grad clip 1.0, the wall budget, DDIM-100 on 10k samples, eager sampling, the
+            same feature network.
+fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py (one JSON line per measured shape).
+selftest    one Python command printing a JSON line: the runner's own path, without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ("diffusers", "lucidrains")
+SYSTEMS = ("ours", *PEERS)
+
+# Settings every system of the quality suite runs with (what each side maps them to is in its command line).
+SHARED = {
+    "dataset": "fashion_mnist 28x28x1 (train split less 1000 held out), on the GPU",
+    "batch": 128,
+    "optimizer": "AdamW lr 2e-4 (linear warm-up, 200 steps, then constant) betas (0.9, 0.999), no weight decay",
+    "grad_clip_norm": 1.0,
+    "precision": "bf16 autocast",
+    "dropout": 0.0,
+    "ema": "0.999 every step, foreach lerp, warmup min(0.999, (1+k)/(10+k)), first update copies",
+    "compile": "torch.compile mode=reduce-overhead (CUDA graphs) of the network, cold caches",
+    "process": "linear schedule, 1000 steps, eps prediction, L_simple, uniform t",
+    "sampling": "DDIM eta 0, 100 steps, 10000 samples in batches of 1000, EMA weights, eager",
+    "metrics": "FD / KID / precision / recall on the classifier features vs 10000 train images",
+}
+SIDE_NOTES = {
+    "ours": "Lightning loop of experiment=fmnist_fast (conf/model/unet_small.yaml); its budget is the Trainer's "
+    "max_time, which also covers validation (2 batches every 2000 steps) and checkpoints every 2000 steps",
+    "diffusers": "plain PyTorch loop: diffusers.UNet2DModel (64, 128, 128), attention at 14x14; budget: wall "
+    "time of the training loop from the first step (compilation included)",
+    "lucidrains": "plain PyTorch loop: denoising_diffusion_pytorch.Unet(dim=64, dim_mults=(1, 2, 2)); budget: "
+    "wall time of the training loop from the first step (compilation included)",
+}
+
+
+@dataclass
+class Run:
+    """One measured run: its commands run in order, in the environment ``env`` (added to the runner's)."""
+
+    system: str
+    seed: int | None
+    settings: dict
+    commands: list[list[str]]
+    parse: str  # "peer" | "ours" | "json_lines": how its result is read from the commands' stdout
+    env: dict[str, str] = field(default_factory=dict)
+    fresh_dirs: list[Path] = field(default_factory=list)  # emptied and created before the run
+    timeout_s: float = 3600.0  # per command
+
+    @property
+    def label(self) -> str:
+        return self.system if self.seed is None else f"{self.system}_s{self.seed}"
+
+
+def cold_caches(cache: Path) -> tuple[dict[str, str], list[Path]]:
+    """The environment that points inductor and Triton at empty folders under ``cache``, and those folders."""
+    inductor, triton = cache / "inductor", cache / "triton"
+    return {"TORCHINDUCTOR_CACHE_DIR": str(inductor), "TRITON_CACHE_DIR": str(triton)}, [inductor, triton]
+
+
+def max_time(seconds: float) -> str:
+    """A wall budget in seconds as the Trainer's max_time, DD:HH:MM:SS (whole seconds)."""
+    s = round(seconds)
+    return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def features_path(opts: argparse.Namespace) -> Path:
+    return Path(opts.features) if opts.features else Path(opts.out) / "fmnist_clf.pt"
+
+
+def prepare_commands(suite: str, opts: argparse.Namespace) -> list[list[str]]:
+    """Commands run once before a suite's measured runs (not measured): the quality suite's feature network
+    when its file is missing."""
+    if suite != "quality" or features_path(opts).exists():
+        return []
+    data = [f"data.root={opts.data_root}"] if opts.data_root else []
+    out = f"out={features_path(opts)}"
+    return [[sys.executable, "-m", "diffusion_lab.features", *data, "epochs=5", out]]
+
+
+def ours_run(opts: argparse.Namespace, seed: int) -> Run:
+    run_dir = Path(opts.work) / f"ours_s{seed}"
+    env, fresh = cold_caches(run_dir / "cache")
+    data = [f"data.root={opts.data_root}"] if opts.data_root else []
+    train = [
+        *(sys.executable, "-m", "diffusion_lab.train", "experiment=fmnist_fast", f"seed={seed}"),
+        *(
+            "model.dropout=0.0",
+            "compile=reduce-overhead",
+            "data.batch_size=128",
+            "optimizer.lr=2e-4",
+            "lr_scheduler.warmup_steps=200",
+        ),
+        *("callbacks.ema.decay=0.999", "callbacks.ema.warmup=true", "trainer.gradient_clip_val=1.0"),
+        f"trainer.max_time={max_time(opts.seconds)}",
+        f"compile_cache={env['TORCHINDUCTOR_CACHE_DIR']}",
+        *data,
+        f"hydra.run.dir={run_dir / 'train'}",
+    ]
+    evaluate = [
+        *(
+            sys.executable,
+            "-m",
+            "diffusion_lab.evaluate",
+            f"ckpt={run_dir / 'train' / 'checkpoints' / 'last.ckpt'}",
+        ),
+        *(
+            f"features={features_path(opts)}",
+            "metrics=[fid,kid,pr]",
+            "sampler=ddim",
+            "eta=0.0",
+            "steps=[100]",
+        ),
+        *("n=10000", "batch_size=1000", "n_real=10000", f"seed={seed}", "compile=false", "progress=false"),
+        f"compile_cache={env['TORCHINDUCTOR_CACHE_DIR']}",
+        f"cache_dir={Path(opts.work) / 'metrics_cache'}",
+        *([f"data_root={opts.data_root}"] if opts.data_root else []),
+        f"out_dir={run_dir / 'eval'}",
+    ]
+    settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES["ours"]}
+    timeout = opts.seconds + 600  # compilation, final samples, sampling and scoring
+    return Run("ours", seed, settings, [train, evaluate], "ours", env, fresh, timeout)
+
+
+def peer_run(opts: argparse.Namespace, peer: str, seed: int) -> Run:
+    run_dir = Path(opts.work) / f"{peer}_s{seed}"
+    env, fresh = cold_caches(run_dir / "cache")
+    command = [
+        *(sys.executable, str(ROOT / "benchmarks" / "peers_fmnist.py"), "--peer", peer, "--seed", str(seed)),
+        *(
+            "--seconds",
+            f"{opts.seconds:g}",
+            "--batch",
+            "128",
+            "--lr",
+            "2e-4",
+            "--lr-warmup-steps",
+            "200",
+            "--weight-decay",
+            "0",
+        ),
+        *("--clip-grad", "1.0", "--ema", "0.999", "--ema-warmup", "--dropout", "0.0"),
+        *("--compile-mode", "reduce-overhead", "--sample-compile-mode", "none"),
+        *("--n", "10000", "--sample-steps", "100", "--sample-batch", "1000", "--n-real", "10000"),
+        *("--features", str(features_path(opts)), "--cache-dir", str(Path(opts.work) / "metrics_cache")),
+        *(["--data-root", opts.data_root] if opts.data_root else []),
+        *("--out", str(run_dir)),
+    ]
+    settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES[peer]}
+    return Run(peer, seed, settings, [command], "peer", env, fresh, opts.seconds + 600)
+
+
+def quality(opts: argparse.Namespace) -> list[Run]:
+    runs = []
+    for seed in opts.seeds:  # seed-major: a drift of the machine over the suite spreads over every system
+        runs.append(ours_run(opts, seed))
+        runs.extend(peer_run(opts, peer, seed) for peer in PEERS)
+    return runs
+
+
+def script_run(opts: argparse.Namespace, script: str, args: list[str]) -> Run:
+    env, fresh = cold_caches(Path(opts.work) / script / "cache")
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args]
+    return Run(script, None, {"args": args}, [command], "json_lines", env, fresh, 1800.0)
+
+
+def fused_norm(opts: argparse.Namespace) -> list[Run]:
+    return [script_run(opts, "fused_norm_bench", []), script_run(opts, "fused_norm_unet", [])]
+
+
+def selftest(opts: argparse.Namespace) -> list[Run]:
+    code = "import json, os; print(json.dumps({'value': 1, 'cache': os.environ['TORCHINDUCTOR_CACHE_DIR']}))"
+    env, fresh = cold_caches(Path(opts.work) / "selftest" / "cache")
+    return [
+        Run("selftest", None, {"value": 1}, [[sys.executable, "-c", code]], "json_lines", env, fresh, 60.0)
+    ]
+
+
+SUITES = {"quality": quality, "fused_norm": fused_norm, "selftest": selftest}
+
+
+def command_line(run: Run, command: list[str]) -> str:
+    """The command as a shell line, with the run's environment in front."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in run.env.items())
+    return f"{env} {shlex.join(command)}" if env else shlex.join(command)

@@ -1,0 +1,63 @@
+"""The quality suite's summary: per system the mean ± 95% Student-t half-width over seeds of FD, KID, steps and
+train img/s, and per peer whether ours has the lower mean FD with non-overlapping 95% intervals."""
+
+from __future__ import annotations
+
+import math
+
+from diffusion_lab.reporting.stats import Interval, t_interval
+
+METRICS = (("fd", "FD"), ("kid", "KID"), ("steps", "steps"), ("img_per_s", "train img/s"))
+
+
+def intervals(records: list[dict]) -> dict[str, dict[str, Interval]]:
+    """system -> metric -> its interval over the records (seeds) that have the metric."""
+    systems = list(dict.fromkeys(r["system"] for r in records))
+    out: dict[str, dict[str, Interval]] = {}
+    for system in systems:
+        metrics = [r.get("metrics") or {} for r in records if r["system"] == system]
+        out[system] = {
+            key: t_interval(m[key] for m in metrics if m.get(key) is not None and math.isfinite(m[key]))
+            for key, _ in METRICS
+        }
+    return out
+
+
+def lower_fd_separated(ours: Interval, peer: Interval) -> bool:
+    """Ours has the lower mean FD and the two 95% intervals do not overlap (both need two seeds or more)."""
+    if math.isnan(ours.half_width) or math.isnan(peer.half_width):
+        return False
+    return ours.mean < peer.mean and ours.high < peer.low
+
+
+def summary(records: list[dict]) -> dict:
+    table = intervals(records)
+    verdicts = {}
+    if "ours" in table:
+        for peer in (s for s in table if s != "ours"):
+            verdicts[peer] = lower_fd_separated(table["ours"]["fd"], table[peer]["fd"])
+    return {
+        "systems": {
+            system: {key: {"mean": i.mean, "half_width": i.half_width, "n": i.n} for key, i in row.items()}
+            for system, row in table.items()
+        },
+        "ours_lower_fd_separated": verdicts,
+    }
+
+
+def text(result: dict) -> str:
+    lines = ["system       " + "".join(f"{label:>24}" for _, label in METRICS)]
+    for system, row in result["systems"].items():
+        cells = "".join(f"{fmt(row[key]):>24}" for key, _ in METRICS)
+        lines.append(f"{system:<13}{cells}")
+    for peer, yes in result["ours_lower_fd_separated"].items():
+        lines.append(f"vs {peer}: ours lower mean FD with non-overlapping 95% CIs: {'yes' if yes else 'no'}")
+    return "\n".join(lines)
+
+
+def fmt(cell: dict) -> str:
+    mean, half = cell["mean"], cell["half_width"]
+    if math.isnan(mean):
+        return "-"
+    digits = 4 if abs(mean) < 1 else 1
+    return f"{mean:.{digits}f} ± {half:.{digits}f} (n={cell['n']})"

@@ -1,0 +1,250 @@
+"""benchmarks/run.py: the quality suite's commands, the manifest and JSON lines, the summary, bad suites."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+T_975_2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (statistical tables)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dry_run_lines(runner, capsys, tmp_path, *extra: str) -> dict[str, list[str]]:
+    argv = ["quality", "--dry-run", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt"), *extra]
+    assert runner.main(argv) == 0
+    by_run: dict[str, list[str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        label, command = line.split(": ", 1)
+        by_run.setdefault(label, []).append(command)
+    return by_run
+
+
+def test_quality_runs_three_seeds_of_each_system(runner, capsys, tmp_path):
+    by_run = dry_run_lines(runner, capsys, tmp_path)
+    assert by_run.pop("prepare") == [
+        f"{runner.sys.executable} -m diffusion_lab.features epochs=5 out={tmp_path / 'clf.pt'}"
+    ]
+    systems = ("ours", "diffusers", "lucidrains")
+    assert sorted(by_run) == sorted(f"{s}_s{seed}" for s in systems for seed in (0, 1, 2))
+    for seed in (0, 1, 2):
+        train, evaluate = by_run[f"ours_s{seed}"]
+        assert "diffusion_lab.train experiment=fmnist_fast" in train and "diffusion_lab.evaluate" in evaluate
+        assert f" seed={seed} " in train and f" seed={seed} " in evaluate
+        for peer in ("diffusers", "lucidrains"):
+            (command,) = by_run[f"{peer}_s{seed}"]
+            assert f"--peer {peer} --seed {seed} " in command
+
+
+def test_every_system_trains_with_cuda_graphs_no_dropout_and_the_same_budget(runner, capsys, tmp_path):
+    by_run = dry_run_lines(runner, capsys, tmp_path)
+    by_run.pop("prepare")
+    for label, commands in by_run.items():
+        training = commands[0]
+        if label.startswith("ours"):
+            settings = ["compile=reduce-overhead", "model.dropout=0.0", "data.batch_size=128"]
+            settings += ["optimizer.lr=2e-4", "trainer.max_time=00:00:04:00", "lr_scheduler.warmup_steps=200"]
+        else:
+            settings = ["--compile-mode reduce-overhead", "--dropout 0.0", "--batch 128", "--lr 2e-4"]
+            settings += ["--seconds 240", "--lr-warmup-steps 200", "--ema-warmup"]
+        for setting in settings:
+            assert f" {setting} " in training, (label, setting)
+
+
+def test_every_run_starts_from_its_own_empty_compile_caches(runner, capsys, tmp_path):
+    by_run = dry_run_lines(runner, capsys, tmp_path, "--work", str(tmp_path / "scratch"))
+    by_run.pop("prepare")
+    inductor, triton = set(), set()
+    for label, commands in by_run.items():
+        for command in commands:
+            env = dict(re.findall(r"(TORCHINDUCTOR_CACHE_DIR|TRITON_CACHE_DIR)=(\S+)", command))
+            assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "scratch" / label / "cache" / "inductor")
+            assert env["TRITON_CACHE_DIR"] == str(tmp_path / "scratch" / label / "cache" / "triton")
+            inductor.add(env["TORCHINDUCTOR_CACHE_DIR"])
+            triton.add(env["TRITON_CACHE_DIR"])
+            if label.startswith("ours"):  # the framework's own cache setting points at the same fresh folder
+                assert f" compile_cache={env['TORCHINDUCTOR_CACHE_DIR']} " in command
+    assert len(inductor) == len(triton) == 9
+    for run in runner.SUITES["quality"](runner.parse_args(["quality", "--out", str(tmp_path)])):
+        assert set(run.fresh_dirs) == {Path(v) for v in run.env.values()}
+
+
+def test_selftest_writes_json_lines_and_the_manifest(runner, tmp_path):
+    import torch
+
+    stale = tmp_path / "runs" / "selftest" / "cache" / "inductor" / "stale.bin"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    assert runner.main(["selftest", "--out", str(tmp_path)]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "selftest.jsonl").read_text().splitlines()]
+    assert row["system"] == "selftest" and row["result"]["value"] == 1
+    assert row["result"]["cache"] == str(stale.parent)
+    assert not stale.exists()  # the cache folder was emptied before the run
+
+    record = json.loads((tmp_path / "manifest.json").read_text())
+    assert record["systems"] == {"selftest": {"value": 1}}
+    (manifest,) = record["invocations"]
+    date = datetime.datetime.fromisoformat(manifest["date_utc"])
+    assert date.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 600
+    assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["sha"])
+    assert isinstance(manifest["git"]["dirty"], bool)
+    assert manifest["versions"]["python"] == platform.python_version()
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert manifest["cpu_count"] == os.cpu_count()
+    assert manifest["gpu"]["torch_devices"] == [
+        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+    ]
+    (ran,) = manifest["runs"]
+    assert ran["returncode"] == 0 and ran["command"] == row["commands"][0]["command"]
+    assert ran["command"].startswith(f"TORCHINDUCTOR_CACHE_DIR={stale.parent} ")
+
+
+def test_a_second_call_continues_the_suite_without_rerunning_what_has_a_result(runner, tmp_path):
+    assert runner.main(["selftest", "--out", str(tmp_path)]) == 0
+    assert runner.main(["selftest", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "selftest.jsonl").read_text().splitlines()) == 1
+    first, second = json.loads((tmp_path / "manifest.json").read_text())["invocations"]
+    assert len(first["runs"]) == 1 and second["runs"] == []
+
+
+def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    argv = [
+        "quality",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+        "--features",
+        str(tmp_path / "clf.pt"),
+        "--gpus",
+        "3",
+    ]
+    assert runner.main(argv) == 0
+    devices = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        label, command = line.split(": ", 1)
+        devices[label] = re.search(r"CUDA_VISIBLE_DEVICES=(\d+)", command).group(1)
+        assert f"OMP_NUM_THREADS={max(1, os.cpu_count() // 3)} " in command
+    for seed in (0, 1, 2):  # a wave is one seed of every system, at the same time on the same host
+        assert [devices[f"{s}_s{seed}"] for s in ("ours", "diffusers", "lucidrains")] == ["0", "1", "2"]
+
+
+def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
+    argv = [
+        "quality",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+        "--features",
+        str(tmp_path / "clf.pt"),
+        "--limit",
+        "2",
+    ]
+    assert runner.main(argv) == 0
+    labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
+    assert list(dict.fromkeys(labels)) == ["prepare", "ours_s0", "diffusers_s0"]
+
+
+def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
+    assert runner.main(["nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, selftest\n"
+
+
+def records(system: str, fds: list[float]) -> list[dict]:
+    return [
+        {"system": system, "metrics": {"fd": fd, "kid": 0.01, "steps": 100, "img_per_s": 9.0}} for fd in fds
+    ]
+
+
+def test_summary_interval_and_verdict_match_a_hand_computation(runner):
+    from run_summary import summary, text
+
+    rows = records("ours", [10.0, 12.0, 14.0]) + records("diffusers", [30.0, 31.0, 32.0])
+    rows += records("lucidrains", [14.0, 15.0, 16.0])
+    result = summary(rows)
+    ours = result["systems"]["ours"]["fd"]
+    assert ours["mean"] == pytest.approx(12.0)
+    assert ours["half_width"] == pytest.approx(T_975_2 * 2.0 / math.sqrt(3))  # sd 2 over 3 seeds
+    assert result["systems"]["diffusers"]["fd"]["half_width"] == pytest.approx(T_975_2 / math.sqrt(3))
+    # ours 12 ± 4.97 vs diffusers 31 ± 2.48: apart; vs lucidrains 15 ± 2.48: overlapping
+    assert result["ours_lower_fd_separated"] == {"diffusers": True, "lucidrains": False}
+    lines = text(result).splitlines()
+    assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: yes" in lines
+    assert "vs lucidrains: ours lower mean FD with non-overlapping 95% CIs: no" in lines
+
+
+def test_one_seed_gives_no_verdict(runner):
+    from run_summary import summary
+
+    result = summary(records("ours", [1.0]) + records("diffusers", [50.0]))
+    assert result["ours_lower_fd_separated"] == {"diffusers": False}
+
+
+def test_ours_result_is_read_from_the_train_summary_and_the_evaluation_row(runner, capsys, tmp_path):
+    from diffusion_lab.train import print_summary
+
+    print_summary(
+        {
+            "output_dir": "x",
+            "global_step": 2400,
+            "metrics": {},
+            "train_img_per_s": 1500.0,
+            "wall_time_s": 250.0,
+        }
+    )
+    train_out = capsys.readouterr().out
+    row = {"steps": 100, "fd_classifier": 3.5, "kd_classifier_mean": 0.002, "precision": 0.7}
+    (run,) = [r for r in runner.SUITES["quality"](runner.parse_args(["quality", "--out", str(tmp_path)]))][:1]
+    ((result, metrics),) = runner.results(run, [train_out, "progress\n" + json.dumps(row) + "\n"], 240.0)
+    assert result["evaluate"] == row
+    assert metrics == {"fd": 3.5, "kid": 0.002, "steps": 2400.0, "img_per_s": 2400 * 128 / 240.0}
+
+
+def test_quality_suite_writes_the_summary_of_every_result(runner, monkeypatch, capsys, tmp_path):
+    from run_suites import Run
+
+    def fake_quality(opts):
+        runs = []
+        for seed, (ours_fd, peer_fd) in enumerate([(10.0, 30.0), (12.0, 31.0), (14.0, 32.0)]):
+            for system, fd in (("ours", ours_fd), ("diffusers", peer_fd)):
+                row = {"fd": fd, "kid_mean": 0.01, "steps_trained": 100 + seed, "img_per_s": 50.0}
+                command = [runner.sys.executable, "-c", f"print({json.dumps(json.dumps(row))})"]
+                runs.append(Run(system, seed, {"dropout": 0.0}, [command], "peer"))
+        return runs
+
+    monkeypatch.setitem(runner.SUITES, "quality", fake_quality)
+    (tmp_path / "clf.pt").write_bytes(b"")  # present: nothing to prepare
+    assert runner.main(["quality", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt")]) == 0
+    assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: yes" in capsys.readouterr().out
+    written = json.loads((tmp_path / "quality_summary.json").read_text())
+    assert written["systems"]["ours"]["fd"]["half_width"] == pytest.approx(T_975_2 * 2.0 / math.sqrt(3))
+    assert written["systems"]["diffusers"]["steps"]["mean"] == pytest.approx(101.0)
+    assert json.loads((tmp_path / "manifest.json").read_text())["summary"] == written
+
+
+def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
+    marker = tmp_path / "prepared"
+    command = [runner.sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"]
+    monkeypatch.setattr(runner, "prepare_commands", lambda suite, opts: [command])
+    assert runner.main(["quality", "--out", str(tmp_path), "--limit", "0"]) == 0
+    assert marker.read_text() == "x"
+    assert not (tmp_path / "quality.jsonl").exists()
+    (invocation,) = json.loads((tmp_path / "manifest.json").read_text())["invocations"]
+    assert invocation["prepare"][0]["returncode"] == 0 and invocation["runs"] == []
