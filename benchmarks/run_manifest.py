@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,17 +29,10 @@ def git_state() -> dict:
 
 
 def versions() -> dict[str, str | None]:
-    """Installed versions (null where absent); torch's as the module reports it, with its CUDA build tag."""
-    import torch
+    """Installed versions of the packages a benchmark depends on (null where absent)."""
+    from diffusion_lab.versions import package_versions
 
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    found["torch"] = torch.__version__
-    return found
+    return package_versions(PACKAGES)
 
 
 def gpus() -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -13,21 +12,23 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+from scripts import load_script
+
 T_975_2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (statistical tables)
 
 
 @pytest.fixture(scope="module")
 def runner():
-    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run")
+
+
+def quality_dry_run(tmp_path, *extra: str) -> list[str]:
+    """The quality suite's arguments for a dry run into ``tmp_path``."""
+    return ["quality", "--dry-run", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt"), *extra]
 
 
 def dry_run_lines(runner, capsys, tmp_path, *extra: str) -> dict[str, list[str]]:
-    argv = ["quality", "--dry-run", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt"), *extra]
-    assert runner.main(argv) == 0
+    assert runner.main(quality_dry_run(tmp_path, *extra)) == 0
     by_run: dict[str, list[str]] = {}
     for line in capsys.readouterr().out.splitlines():
         label, command = line.split(": ", 1)
@@ -125,16 +126,7 @@ def test_a_second_call_continues_the_suite_without_rerunning_what_has_a_result(r
 
 def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    argv = [
-        "quality",
-        "--dry-run",
-        "--out",
-        str(tmp_path),
-        "--features",
-        str(tmp_path / "clf.pt"),
-        "--gpus",
-        "3",
-    ]
+    argv = quality_dry_run(tmp_path, "--gpus", "3")
     assert runner.main(argv) == 0
     devices = {}
     for line in capsys.readouterr().out.splitlines()[1:]:
@@ -146,16 +138,7 @@ def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_pat
 
 
 def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
-    argv = [
-        "quality",
-        "--dry-run",
-        "--out",
-        str(tmp_path),
-        "--features",
-        str(tmp_path / "clf.pt"),
-        "--limit",
-        "2",
-    ]
+    argv = quality_dry_run(tmp_path, "--limit", "2")
     assert runner.main(argv) == 0
     labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
     assert list(dict.fromkeys(labels)) == ["prepare", "ours_s0", "diffusers_s0"]

@@ -21,10 +21,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +51,7 @@ from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
 from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
+from .versions import package_versions
 
 __all__ = ["evaluate", "main", "KNOWN_METRICS"]
 
@@ -175,18 +174,6 @@ def load_network(cfg: DictConfig, device: torch.device):
 
 
 # --------------------------------------------------------------------------------------------- provenance
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    versions["torch"] = torch.__version__  # with its build tag (+cu130, +cpu), which the metadata lacks
-    versions["cuda"] = torch.version.cuda
-    return versions
-
-
 def provenance(
     cfg: DictConfig,
     ckpt_path: Path,
@@ -206,7 +193,7 @@ def provenance(
         "metrics": metrics,
         "device": str(device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": package_versions(),
+        "versions": package_versions(VERSIONED),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if extractor is not None:
