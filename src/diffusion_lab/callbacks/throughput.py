@@ -32,9 +32,8 @@ class Throughput(L.Callback):
         self._pause_t0: float | None = None
         self._paused = 0.0
         self.startup_seconds: float | None = None
-        self.first_step_seconds: float | None = (
-            None  # from the start of training to the end of its first step
-        )
+        # From the start of training to the end of its first step.
+        self.first_step_seconds: float | None = None
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":

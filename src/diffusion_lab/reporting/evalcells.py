@@ -184,16 +184,16 @@ def pair_with_baseline(groups: list[EvalGroup], spec: str) -> list[tuple[EvalGro
 
 
 # ------------------------------------------------------------------------------------------------ --baseline
-STEPS_TOLERANCE = (
-    0.1  # Heun's 2n - 1 evaluations (9, 19, 49, 99) meet a first-order sampler's 10, 20, 50, 100
-)
+# Heun's 2n - 1 evaluations (9, 19, 49, 99) meet a first-order sampler's 10, 20, 50, 100.
+STEPS_TOLERANCE = 0.1
 
 
 def pair_with_baseline_cell(groups: list[EvalGroup], baseline: Cell) -> list[tuple[EvalGroup, EvalGroup]]:
     """(group, its baseline) for every group of another cell: the baseline cell's group at the same guidance
-    and samples per set whose network evaluations (``steps``) are nearest, within 10% of the larger: with the same sampler
-    where the baseline has it, else (another formulation's samplers) the one with the best mean of the first
-    score, so each cell meets the baseline's best sampler at that budget. Groups with none are left out."""
+    and samples per set whose network evaluations (``steps``) are nearest, within 10% of the larger: with the
+    same sampler where the baseline has it, else (another formulation's samplers) the one with the best mean of
+    the first score, so each cell meets the baseline's best sampler at that budget. Groups with none are left
+    out."""
     own = [g for g in groups if g.cell is baseline]
     pairs = []
     for group in (g for g in groups if g.cell is not baseline and g.setting.steps is not None):
@@ -210,8 +210,8 @@ def pair_with_baseline_cell(groups: list[EvalGroup], baseline: Cell) -> list[tup
             for b in near
             if (b.setting.sampler, b.setting.eta) == (group.setting.sampler, group.setting.eta)
         ]
-        if same or near:
-            near = same or near
+        near = same or near
+        if near:
             nearest = min(abs(b.setting.steps - steps) for b in near)
             pairs.append((group, _best([b for b in near if abs(b.setting.steps - steps) == nearest])))
     return pairs

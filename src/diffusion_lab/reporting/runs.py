@@ -271,9 +271,7 @@ def _read_evaluations(job: Job) -> None:
 def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
     """Job records of every sweep_status.json under ``root`` (the gpu_pool launcher's), by job folder."""
     records: dict[Path, dict[str, Any]] = {}
-    for status_file in sorted(
-        p for p in root.rglob(STATUS_FILE) if not _in_kept_copy(p, root) and not in_hidden_folder(p, root)
-    ):
+    for status_file in sorted(p for p in root.rglob(STATUS_FILE) if not _outside_the_sweep(p, root)):
         try:
             status = json.loads(status_file.read_text())
         except (OSError, ValueError):
@@ -294,6 +292,11 @@ def in_hidden_folder(path: Path, root: Path) -> bool:
     compile cache): not a job of the sweep. Hydra's ``.hydra`` folders hold each job's config and do not count."""
     rel = path.resolve().relative_to(root.resolve())
     return any(part.startswith(".") and part != ".hydra" for part in rel.parts)
+
+
+def _outside_the_sweep(path: Path, root: Path) -> bool:
+    """Whether ``path`` is below ``root`` but not part of its sweep: in a kept raw copy or a hidden folder."""
+    return _in_kept_copy(path, root) or in_hidden_folder(path, root)
 
 
 def _in_kept_copy(path: Path, root: Path) -> bool:
@@ -328,7 +331,7 @@ def find_jobs(root: str | Path) -> list[Job]:
         raise UserError(f"{root} does not exist or is not a folder; pass {WHAT_IT_NEEDS}")
     records = _status_records(root)
     found = (p.parent.parent.resolve() for p in root.rglob(".hydra/overrides.yaml"))
-    dirs = {d for d in found if not _in_kept_copy(d, root) and not in_hidden_folder(d, root)} | set(records)
+    dirs = {d for d in found if not _outside_the_sweep(d, root)} | set(records)
     jobs = [_read_job(job_dir, records.get(job_dir, {})) for job_dir in sorted(dirs)]
     if not jobs:
         raise UserError(f"{root} holds no jobs; pass {WHAT_IT_NEEDS}")
