@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# On a GPU machine, from the repository root, after `source benchmarks/gpu_env.sh`: train the feature network,
-# then run the studies named by STUDIES through experiments/all.sh in the background (setsid: it outlives the
-# command that started it), logging to /tmp/dl/all.log. benchmarks/gpu_study_wait.sh watches and collects.
+# On a GPU machine, from the repository root, after `source benchmarks/gpu_env.sh`: train the feature network
+# (once: a later call reuses it), then run the studies named by STUDIES through experiments/all.sh in the
+# background (setsid: it outlives the command that started it), logging to /tmp/dl/all.log (all_$TAG.log with
+# TAG set). benchmarks/gpu_study_wait.sh watches and collects.
 #   STUDIES=ddim_table1 JOBS_PER_GPU=6 bash benchmarks/gpu_study_start.sh
+# AFTER=PATH starts the studies only once PATH exists (a second set that should begin when a phase of the first
+# ends, e.g. its autoencoder is trained); every setting of this call (FID_N, STEPS, SWEEPS, ...) is its own.
+#   TAG=second AFTER=/tmp/dl/studies/latent_vs_pixel/.prewarm/pixel.log STUDIES=formulations ... bash $0
 set -u
 mkdir -p /tmp/dl
-{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+LOG=/tmp/dl/all${TAG:+_$TAG}.log
+[[ -f /tmp/dl/versions.txt ]] || { date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"; } \
   > /tmp/dl/versions.txt 2>&1
-python3 -m diffusion_lab.features data=fashion_mnist data.root=.data/fashion-mnist device=cuda epochs=5 \
-  out=/tmp/dl/fmnist_clf.pt > /tmp/dl/features.log 2>&1
+[[ -f /tmp/dl/fmnist_clf.pt ]] || python3 -m diffusion_lab.features data=fashion_mnist data.root=.data/fashion-mnist \
+  device=cuda epochs=5 out=/tmp/dl/fmnist_clf.pt > /tmp/dl/features.log 2>&1
+# The wait gives up when no study is running any more (the first set failed before PATH appeared). The pattern
+# al[l] and the quoted experiments/"all.sh" keep the waiting shell's own command line from matching pgrep.
+WAIT="while [[ -n '${AFTER:-}' && ! -e '${AFTER:-}' ]]; do sleep 5; pgrep -f 'experiments/al[l].sh' > /dev/null || exit 1; done"
 PY=python3 SHARE_GPUS=1 STUDIES_OUT=/tmp/dl/studies DATA_ROOT=.data/fashion-mnist FEATURES=/tmp/dl/fmnist_clf.pt \
-  JOBS_PER_GPU=${JOBS_PER_GPU:-6} setsid nohup bash experiments/all.sh > /tmp/dl/all.log 2>&1 < /dev/null &
+  JOBS_PER_GPU=${JOBS_PER_GPU:-6} setsid nohup bash -c "$WAIT; echo \"[start] \$(date -u +%T)\"; exec bash experiments/\"all.sh\"" \
+  > "$LOG" 2>&1 < /dev/null &
 sleep 5
-cat /tmp/dl/versions.txt; tail -3 /tmp/dl/features.log; cat /tmp/dl/all.log
+cat /tmp/dl/versions.txt; tail -3 /tmp/dl/features.log; cat "$LOG"

@@ -9,7 +9,7 @@ source benchmarks/gpu_env.sh
 S=/tmp/dl/studies; end=$((SECONDS + ${1:-540}))
 pack() {
   trap - TERM INT
-  cp /tmp/dl/versions.txt /tmp/dl/features.log /tmp/dl/all.log $OUT/ 2>/dev/null
+  cp /tmp/dl/versions.txt /tmp/dl/features.log /tmp/dl/all*.log $OUT/ 2>/dev/null
   cd $S 2>/dev/null || exit 0
   for st in */; do
     st=${st%/}

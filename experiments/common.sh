@@ -15,6 +15,8 @@
 #   MAX_MINUTES a wall-time guard per job (default none); a job it stops is marked incomplete by the report
 #   FID_N / BPD_N  generated samples per FD/FID (default 10000) / images for bits/dim (500)
 #   PREWARM=0   skip the short run that compiles a sweep's network before its jobs start together (see prewarm)
+#   SWEEPS      only these sweeps of the study, space-separated (e.g. "flow ddpm_eps"): re-running part of a
+#               study; its evaluations are the selected sweeps' own. Default: every sweep
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / PREWARM / SWEEP / EVAL lines) and run nothing (the tests use it);
@@ -32,6 +34,7 @@ SEEDS=${SEEDS:-1,2,3}
 MAX_MINUTES=${MAX_MINUTES:-}
 FID_N=${FID_N:-10000}
 SAMPLE_SETS=${SAMPLE_SETS:-1}
+SWEEPS=${SWEEPS:-}
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:-}"
 STATUS=0
@@ -49,6 +52,21 @@ mapfile -t GPU_IDS < <(visible_gpus)
 NUM_GPUS=${NUM_GPUS:-${#GPU_IDS[@]}}
 ((NUM_GPUS >= 1)) || NUM_GPUS=1
 ((${#GPU_IDS[@]} >= 1)) || GPU_IDS=(0)
+
+# selected NAME: whether the sweep NAME is one SWEEPS asks for (every sweep when SWEEPS is empty).
+selected() { [[ -z "$SWEEPS" || " $SWEEPS " == *" $1 "* ]]; }
+
+# A name in SWEEPS that no `train_sweep NAME` of the study declares stops the study before anything runs.
+check_sweeps() {
+  local name known
+  known=$(grep -oE '^\s*(SEEDS=[^ ]+ )?train_sweep [A-Za-z0-9_]+' "$0" | awk '{print $NF}' | tr '\n' ' ')
+  for name in $SWEEPS; do
+    [[ " $known " == *" $name "* ]] && continue
+    echo "SWEEPS: $STUDY has no sweep named '$name' (its sweeps: ${known% })" >&2
+    exit 2
+  done
+}
+check_sweeps
 
 # core_share N: the OMP_NUM_THREADS of one of N processes sharing this host's cores: nproc / N, at least 1 (the
 # gpu_pool launcher gives each of the jobs it runs at once the same share).
@@ -76,6 +94,7 @@ budget() {
 train_sweep() {
   local name=$1
   shift
+  selected "$name" || return 0
   if [[ "$DRY_RUN" == 1 ]]; then
     prewarm "$name" "$@"
     echo "SWEEP @$name $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")"
@@ -150,6 +169,7 @@ TASKS=()
 queue_eval() {
   local name=$1 under=${EVAL_UNDER:-}
   shift
+  [[ -z "$under" ]] || selected "$under" || return 0
   set -- "$@" "sample_sets=$SAMPLE_SETS"
   if [[ "$DRY_RUN" == 1 ]]; then
     echo "EVAL ${under:+@$under }$(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"

@@ -290,3 +290,27 @@ def test_all_runs_every_study_at_once_spread_over_the_gpus(tmp_path):
             for line in train
         ), log
         assert f"-m diffusion_lab.report {tmp_path}/{study}" in log
+
+
+def test_sweeps_runs_only_the_named_sweeps_and_their_evaluations():
+    whole = dry_run("formulations")
+    part = dry_run("formulations", SWEEPS="flow ddpm_eps")
+    assert set(whole["SWEEP@"]) == {"ddpm_eps", "ddpm_v", "edm", "flow"}
+    assert part["SWEEP@"] == ["ddpm_eps", "flow"]
+    assert [w for w, tag in zip(whole["SWEEP"], whole["SWEEP@"]) if tag in ("ddpm_eps", "flow")] == part[
+        "SWEEP"
+    ]
+    assert set(part["EVAL@"]) == {"ddpm_eps", "flow"}
+    assert len(part["EVAL"]) == sum(tag in ("ddpm_eps", "flow") for tag in whole["EVAL@"]) == 3
+
+
+def test_sweeps_naming_no_sweep_of_the_study_stops_it_with_exit_2():
+    env = dict(os.environ, DRY_RUN="1", SWEEPS="flow ddpm_esp")
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / "formulations.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "SWEEPS: formulations has no sweep named 'ddpm_esp' (its sweeps: ddpm_eps ddpm_v edm flow)"
+    )
