@@ -59,7 +59,9 @@ selected() { [[ -z "$SWEEPS" || " $SWEEPS " == *" $1 "* ]]; }
 # A name in SWEEPS that no `train_sweep NAME` of the study declares stops the study before anything runs.
 check_sweeps() {
   local name known
-  known=$(grep -oE '^\s*(SEEDS=[^ ]+ )?train_sweep [A-Za-z0-9_]+' "$0" | awk '{print $NF}' | tr '\n' ' ')
+  [[ -n "$SWEEPS" ]] || return 0
+  # the study script: the outermost file of the source chain
+  known=$(grep -oE '^\s*(SEEDS=[^ ]+ )?train_sweep [A-Za-z0-9_]+' "${BASH_SOURCE[-1]}" | awk '{print $NF}' | tr '\n' ' ')
   for name in $SWEEPS; do
     [[ " $known " == *" $name "* ]] && continue
     echo "SWEEPS: $STUDY has no sweep named '$name' (its sweeps: ${known% })" >&2

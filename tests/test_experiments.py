@@ -185,7 +185,21 @@ def test_latent_and_pixel_models_get_the_same_minutes_and_the_latent_ones_the_st
     pixel, latent = (as_dict(sweeps[name]) for name in ("pixel", "latent"))
     assert latent.pop("autoencoder") == "'/studies/lvp/autoencoder/0_seed=1/checkpoints/last.ckpt'"
     assert (pixel.pop("experiment"), latent.pop("experiment")) == ("fmnist", "fmnist_latent")
+    # The latent preset predicts v (its samples are never clipped); the pixel cell asks for the same.
+    assert pixel.pop("prediction") == "v"
     assert pixel == latent and pixel["trainer.max_time"] == "'00:00:20:00'"  # same minutes, metrics, seeds
+    pixel_cfg, latent_cfg = (
+        compose_train(job, output_dir="/nonexistent")
+        for job in (
+            expand(sweeps["pixel"])[0],
+            [o for o in expand(sweeps["latent"])[0] if not o.startswith("autoencoder=")]
+            + ["autoencoder=/studies/ae.ckpt"],
+        )
+    )
+    for group in ("prediction", "schedule", "loss", "weighting"):
+        assert pixel_cfg[group] == latent_cfg[group], group
+    # the sampler too, but for clip_denoised: off on latents, whatever a config says
+    assert {**pixel_cfg.sampler, "clip_denoised": False} == latent_cfg.sampler
     assert sorted(lines["EVAL@"]) == ["latent", "pixel"]
 
 

@@ -28,7 +28,7 @@ from .diffusion import LOSSES, TIMESTEP_SAMPLERS, WEIGHTINGS, Diffusion, Loss, T
 from .diffusion.losses import check_compatible
 from .errors import UserError
 from .io import file_sha256
-from .latent.decoder import LatentDecoder
+from .latent.decoder import LatentDecoder, warn_unclipped_eps
 from .samplers import SAMPLERS, Sampler
 
 __all__ = [
@@ -193,6 +193,8 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         if "clip_denoised" in spec["sampler"]:  # stored as it runs: x̂_0 is never clipped on latents
             spec["sampler"]["clip_denoised"] = False
     parts = build_parts(spec)
+    if latent is not None:
+        warn_unclipped_eps(parts.diffusion)
     return DiffusionModule(
         net=parts.net,
         diffusion=parts.diffusion,

@@ -11,11 +11,18 @@ latents back to pixels, which are then clamped, so every metric scores images ex
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LatentDecoder", "sample_images", "sampler_for"]
+__all__ = ["LatentDecoder", "sample_images", "sampler_for", "unclipped_eps_problem", "warn_unclipped_eps"]
+
+# An ε-network's x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t multiplies its error by 1/√ᾱ_t, and the first sampling
+# steps start at the schedule's last ᾱ. On pixels clipping x̂_0 to [-1, 1] bounds the damage; on latents nothing
+# does: below this ᾱ_T (the cosine schedule's is 2.4e-9) deterministic samplers turn a 1e-3 error of ε̂ into one
+# of about 0.3 in the sample (tests/test_unclipped_sampling.py), and decoded samples are blobs.
+TINY_LAST_ALPHA_BAR = 1e-6
 
 
 class LatentDecoder(nn.Module):
@@ -37,6 +44,30 @@ class LatentDecoder(nn.Module):
         x = self.net(z / self.scale_factor)
         self.net.train(was_training)
         return x
+
+
+def unclipped_eps_problem(diffusion) -> str | None:
+    """Why sampling ``diffusion`` without clipping x̂_0 is unstable (ε-prediction on a schedule whose last ᾱ is
+    below TINY_LAST_ALPHA_BAR), with what to choose instead; None where it is not."""
+    prediction = getattr(getattr(diffusion, "prediction", None), "name", None)
+    schedule = getattr(diffusion, "schedule", None)
+    if prediction != "eps" or schedule is None:
+        return None
+    last = float(schedule.alphas_cumprod[-1])
+    if last >= TINY_LAST_ALPHA_BAR:
+        return None
+    return (
+        f"prediction=eps on a schedule whose last ᾱ is {last:.2g}: without clipping (latents) the first sampling "
+        f"steps multiply ε̂'s error by up to 1/√ᾱ = {last**-0.5:.3g}; use prediction=v, or a schedule whose last "
+        f"ᾱ is at least {TINY_LAST_ALPHA_BAR:g} (schedule=linear: 4e-05)"
+    )
+
+
+def warn_unclipped_eps(diffusion) -> None:
+    """Warn, once per run, where a latent model's diffusion is one ``unclipped_eps_problem`` names."""
+    problem = unclipped_eps_problem(diffusion)
+    if problem:
+        warnings.warn(problem, UserWarning, stacklevel=2)
 
 
 def sampler_for(sampler, decoder: LatentDecoder | None):

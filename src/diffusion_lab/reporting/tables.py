@@ -161,9 +161,13 @@ def difference_text(diff: Interval, better: str) -> str:
 
 
 # The groups whose choice changes what the training loss measures (its target, weighting, noise levels or
-# corruption): the loss of a flow and that of an ε-network, or of one schedule and another, are different
-# quantities, and their difference says nothing about which model is better.
+# corruption, the space it is taken in, the task): the loss of a flow and that of an ε-network, of one schedule
+# and another, or of a model on latents and one on pixels, are different quantities, and their difference says
+# nothing about which model is better. An experiment preset may set any of them.
 LOSS_DEFINING = (
+    "experiment",
+    "task",
+    "autoencoder",
     "process",
     "loss",
     "weighting",
