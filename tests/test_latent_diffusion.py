@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -338,6 +339,32 @@ def test_checkpoint_carries_the_latent_space_and_the_decoder(latent_checkpoint, 
     for key, value in trained.net.decoder.state_dict().items():
         torch.testing.assert_close(parts.decoder.net.state_dict()[key], value)
     assert parts.net.conv_in.in_channels == LATENT_SHAPE[0]  # the network runs on latents
+
+
+def test_loading_a_latent_eps_model_on_the_cosine_schedule_warns(latent_checkpoint, tmp_path):
+    """Sampling or evaluating such a checkpoint gives the warning its training run gave (the unclipped first
+    steps amplify ε̂'s error); the same checkpoint with v-prediction loads silently."""
+    from omegaconf import OmegaConf
+
+    from diffusion_lab.build import read_checkpoint
+    from diffusion_lab.module import CHECKPOINT_KEY
+
+    ckpt = read_checkpoint(latent_checkpoint)
+    messages = {}
+    for prediction in ("eps", "v"):
+        cfg = small_train_cfg(tmp_path / "cfg", f"prediction={prediction}", "schedule=cosine")
+        for group in ("prediction", "schedule"):
+            ckpt[CHECKPOINT_KEY]["spec"][group] = OmegaConf.to_container(cfg[group], resolve=True)
+        path = tmp_path / f"{prediction}.ckpt"
+        torch.save(ckpt, path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_checkpoint(path)
+        messages[prediction] = [str(w.message) for w in caught if "prediction=eps" in str(w.message)]
+    assert len(messages["eps"]) == 1 and messages["eps"][0].startswith(
+        "prediction=eps on a schedule whose last"
+    )
+    assert messages["v"] == []
 
 
 def test_sample_cli_writes_decoded_images(latent_checkpoint, tmp_path):

@@ -74,7 +74,12 @@ def test_the_problem_is_named_for_eps_on_cosine_only():
     assert unclipped_eps_problem(Diffusion(cosine, "eps", "fixed_small")) == (
         "prediction=eps on a schedule whose last ᾱ is 2.4e-09: without clipping (latents) the first sampling "
         "steps multiply ε̂'s error by up to 1/√ᾱ = 2.03e+04; use prediction=v, or a schedule whose last ᾱ is at "
-        "least 1e-06 (schedule=linear: 4e-05)"
+        "least 1e-06 (schedule=linear over 1000 steps: 4e-05)"
+    )
+    # The hint names the linear schedule's last ᾱ at the run's own number of steps (Ho et al.'s betas, rescaled
+    # by 1000/T as Nichol & Dhariwal do, end near 2e-05 at T = 100).
+    assert unclipped_eps_problem(Diffusion(build_schedule("cosine", 100), "eps", "fixed_small")).endswith(
+        "(schedule=linear over 100 steps: 2e-05)"
     )
 
 

@@ -284,6 +284,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     process_state = ckpt[CHECKPOINT_KEY].get("process_state")
     if process_state:
         parts.diffusion.load_state_dict(process_state)
+    if parts.decoder is not None:  # sampling a latent model: the same warning its training run gave
+        warn_unclipped_eps(parts.diffusion)
     parts.net.eval()
     return parts, spec, ckpt
 

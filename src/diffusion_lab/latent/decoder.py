@@ -16,6 +16,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.schedules import build_schedule
+
 __all__ = ["LatentDecoder", "sample_images", "sampler_for", "unclipped_eps_problem", "warn_unclipped_eps"]
 
 # An ε-network's x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t multiplies its error by 1/√ᾱ_t, and the first sampling
@@ -56,10 +58,12 @@ def unclipped_eps_problem(diffusion) -> str | None:
     last = float(schedule.alphas_cumprod[-1])
     if last >= TINY_LAST_ALPHA_BAR:
         return None
+    steps = len(schedule.alphas_cumprod)
+    linear = float(build_schedule("linear", steps).alphas_cumprod[-1])
     return (
         f"prediction=eps on a schedule whose last ᾱ is {last:.2g}: without clipping (latents) the first sampling "
         f"steps multiply ε̂'s error by up to 1/√ᾱ = {last**-0.5:.3g}; use prediction=v, or a schedule whose last "
-        f"ᾱ is at least {TINY_LAST_ALPHA_BAR:g} (schedule=linear: 4e-05)"
+        f"ᾱ is at least {TINY_LAST_ALPHA_BAR:g} (schedule=linear over {steps} steps: {linear:.2g})"
     )
 
 
