@@ -110,6 +110,8 @@ def build_parts(spec: dict) -> Parts:
         diffusion
     )  # its steps must fit this process: a bad value fails now, not at a preview
     decoder = build_latent_decoder(spec["latent"]) if spec.get("latent") else None
+    if decoder is not None:  # a latent model, built to train or loaded to sample: both warn alike
+        warn_unclipped_eps(diffusion)
     return Parts(diffusion, net, loss, timesteps, sampler, decoder)
 
 
@@ -193,8 +195,6 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         if "clip_denoised" in spec["sampler"]:  # stored as it runs: x̂_0 is never clipped on latents
             spec["sampler"]["clip_denoised"] = False
     parts = build_parts(spec)
-    if latent is not None:
-        warn_unclipped_eps(parts.diffusion)
     return DiffusionModule(
         net=parts.net,
         diffusion=parts.diffusion,
@@ -284,8 +284,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     process_state = ckpt[CHECKPOINT_KEY].get("process_state")
     if process_state:
         parts.diffusion.load_state_dict(process_state)
-    if parts.decoder is not None:  # sampling a latent model: the same warning its training run gave
-        warn_unclipped_eps(parts.diffusion)
     parts.net.eval()
     return parts, spec, ckpt
 
