@@ -5,7 +5,8 @@ its compiled output and gradients are from the eager PyTorch-path network's (sam
 channels-last, inductor's layout optimization forced as ``channels_last=true`` does), and the median time of a
 forward+backward step (batch 128, CUDA events). The compilations take a minute or two.
 
-Usage, from the repository root: ``python benchmarks/fused_norm_unet.py [--iters 20] [--batch 128]``.
+Usage, from the repository root: ``python benchmarks/fused_norm_unet.py [--iters 20] [--batch 128] [--mode M]``
+(``--mode reduce-overhead`` replays each step as CUDA graphs, as training does).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def networks() -> dict[str, torch.nn.Module]:
 
 def step(net, x, t) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One forward+backward under bf16 autocast: the output and the parameter gradients."""
+    torch.compiler.cudagraph_mark_step_begin()  # with CUDA graphs: each call is a new step (no-op otherwise)
     net.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = net(x, t)
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument(
+        "--mode", default="default", help="torch.compile mode: default, reduce-overhead (CUDA graphs)"
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print(
@@ -85,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     for fused, net in nets.items():
         start = time.perf_counter()
         compiled = torch.compile(
-            net, options=compile_options("default", channels_last=True), fullgraph=fused == "true"
+            net, options=compile_options(args.mode, channels_last=True), fullgraph=fused == "true"
         )
         out, grads = step(compiled, x, t)
         compile_s = time.perf_counter() - start
         row = {
             "fused_norm": fused,
+            "mode": args.mode,
             "compile_s": round(compile_s, 1),
             "rel_diff_out_vs_eager_unfused": rel_diff(out, eager_out),
             "worst_rel_diff_grad_vs_eager_unfused": max(rel_diff(g, e) for g, e in zip(grads, eager_grads)),
