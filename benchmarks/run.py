@@ -107,6 +107,11 @@ def train_summary(stdout: str) -> dict:
         "steps": r"steps trained\s*:\s*(\d+)",
         "train_img_per_s_steady": r"train speed\s*:\s*([\d.]+) img/s",
         "wall_time_s": r"wall time\s*:\s*([\d.]+) s",
+        "startup_s": r"startup cost\s*:\s*([\d.]+) s",
+        "first_step_s": r"startup cost\s*:.*first step ([\d.]+) s",
+        "compile_s": r"startup cost\s*:.*compiling ([\d.]+) s",
+        "graphs": r"startup cost\s*:.*compiling [\d.]+ s, (\d+) graphs",
+        "checkpoint_write_s": r"startup cost\s*:.*checkpoint writes ([\d.]+) s",
     }
     found = {key: re.search(pattern, stdout) for key, pattern in patterns.items()}
     return {key: float(m.group(1)) for key, m in found.items() if m}
@@ -116,6 +121,9 @@ def results(run: Run, stdouts: list[str], budget: float) -> list[tuple[dict, dic
     """(the script's result, the compared metrics) for each result the run printed."""
     if run.parse == "json_lines":
         return [(row, {}) for out in stdouts for row in json_lines(out)]
+    if run.parse == "startup":  # a cold training, then the same again warm
+        rows = [({"start": start, **train_summary(out)}, {}) for start, out in zip(("cold", "warm"), stdouts)]
+        return [(r, {k: r[k] for k in ("startup_s", "compile_s", "first_step_s") if k in r}) for r, _ in rows]
     if run.parse == "peer":
         rows = json_lines(stdouts[-1])
         if not rows:

@@ -7,7 +7,14 @@ quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each s
             they apply: CUDA graphs, dropout 0, batch 128, AdamW lr 2e-4 warmed up over 200 steps, EMA 0.999
             with warmup (foreach), grad clip 1.0, the wall budget, DDIM-100 on 10k samples, eager sampling, the
             same feature network.
-fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py (one JSON line per measured shape).
+fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py, the latter compiled in the default
+            mode and with CUDA graphs (one JSON line per measured shape or setting).
+startup     cold and warm starts of experiment=fmnist_fast: for the whole network compiled (compile_scope=net),
+            the same with the fused GroupNorm+SiLU op (model.fused_norm=true) and the blocks compiled regionally
+            (compile_scope=blocks), one run each of two trainings in a row: the first in empty inductor / Triton
+            cache folders (cold), the second the same command again (warm). 2,000 steps, a validation, EMA swap,
+            checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
+            own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
 selftest    one Python command printing a JSON line: the runner's own path, without a GPU.
 """
 
@@ -55,7 +62,7 @@ class Run:
     seed: int | None
     settings: dict
     commands: list[list[str]]
-    parse: str  # "peer" | "ours" | "json_lines": how its result is read from the commands' stdout
+    parse: str  # "peer" | "ours" | "startup" | "json_lines": how its result is read from the commands' stdout
     env: dict[str, str] = field(default_factory=dict)
     fresh_dirs: list[Path] = field(default_factory=list)  # emptied and created before the run
     timeout_s: float = 3600.0  # per command
@@ -171,14 +178,47 @@ def quality(opts: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def script_run(opts: argparse.Namespace, script: str, args: list[str]) -> Run:
-    env, fresh = cold_caches(Path(opts.work) / script / "cache")
+def script_run(opts: argparse.Namespace, script: str, args: list[str], label: str | None = None) -> Run:
+    env, fresh = cold_caches(Path(opts.work) / (label or script) / "cache")
     command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args]
-    return Run(script, None, {"args": args}, [command], "json_lines", env, fresh, 1800.0)
+    return Run(label or script, None, {"args": args}, [command], "json_lines", env, fresh, 1800.0)
 
 
 def fused_norm(opts: argparse.Namespace) -> list[Run]:
-    return [script_run(opts, "fused_norm_bench", []), script_run(opts, "fused_norm_unet", [])]
+    graphs = script_run(
+        opts, "fused_norm_unet", ["--mode", "reduce-overhead"], label="fused_norm_unet_cudagraphs"
+    )
+    return [script_run(opts, "fused_norm_bench", []), script_run(opts, "fused_norm_unet", []), graphs]
+
+
+STARTUP_SETTINGS = {  # name: (compile_scope, extra overrides)
+    "net": ("net", []),
+    "net_fused_norm": ("net", ["model.fused_norm=true"]),
+    "blocks": ("blocks", []),
+}
+
+
+def startup_run(opts: argparse.Namespace, name: str) -> Run:
+    """Two trainings of experiment=fmnist_fast in a row on one cache folder, emptied before the first."""
+    scope, extra = STARTUP_SETTINGS[name]
+    env, fresh = cold_caches(Path(opts.work) / name / "cache")
+    data = [f"data.root={opts.data_root}"] if opts.data_root else []
+    common = [
+        *(sys.executable, "-m", "diffusion_lab.train", "experiment=fmnist_fast", "trainer.max_time=null"),
+        *(
+            "trainer.max_steps=2000",
+            "trainer.val_check_interval=500",
+            "callbacks.checkpoint.every_n_train_steps=500",
+        ),
+        *(f"compile_scope={scope}", f"compile_cache={env['TORCHINDUCTOR_CACHE_DIR']}", *extra, *data),
+    ]
+    commands = [[*common, f"hydra.run.dir={Path(opts.work) / name / start}"] for start in ("cold", "warm")]
+    settings = {"compile_scope": scope, "overrides": extra, "steps": 2000, "validate_every": 500}
+    return Run(name, None, settings, commands, "startup", env, fresh, 600.0)
+
+
+def startup(opts: argparse.Namespace) -> list[Run]:
+    return [startup_run(opts, name) for name in STARTUP_SETTINGS]
 
 
 def selftest(opts: argparse.Namespace) -> list[Run]:
@@ -189,7 +229,7 @@ def selftest(opts: argparse.Namespace) -> list[Run]:
     ]
 
 
-SUITES = {"quality": quality, "fused_norm": fused_norm, "selftest": selftest}
+SUITES = {"quality": quality, "fused_norm": fused_norm, "startup": startup, "selftest": selftest}
 
 
 def command_line(run: Run, command: list[str]) -> str:

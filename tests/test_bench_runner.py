@@ -147,7 +147,7 @@ def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
 def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
     assert runner.main(["nope", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, selftest\n"
+    assert err == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, startup, selftest\n"
 
 
 def records(system: str, fds: list[float]) -> list[dict]:
@@ -231,3 +231,38 @@ def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
     assert not (tmp_path / "quality.jsonl").exists()
     (invocation,) = json.loads((tmp_path / "manifest.json").read_text())["invocations"]
     assert invocation["prepare"][0]["returncode"] == 0 and invocation["runs"] == []
+
+
+def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(runner, tmp_path):
+    opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
+    runs = {run.label: run for run in runner.SUITES["startup"](opts)}
+    assert sorted(runs) == ["blocks", "net", "net_fused_norm"]
+    for label, run in runs.items():
+        cold, warm = run.commands
+        cache = run.env["TORCHINDUCTOR_CACHE_DIR"]
+        assert run.fresh_dirs == [
+            Path(cache),
+            Path(run.env["TRITON_CACHE_DIR"]),
+        ]  # emptied before the cold one
+        assert cold[:-1] == warm[:-1]  # the same training again, only its output folder differs
+        assert cold[-1].endswith(f"{label}/cold") and warm[-1].endswith(f"{label}/warm")
+        assert f"compile_cache={cache}" in cold and "data.root=/d" in cold
+    assert "model.fused_norm=true" in runs["net_fused_norm"].commands[0]
+    assert "compile_scope=blocks" in runs["blocks"].commands[0]
+
+
+def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
+    from diffusion_lab.train import print_summary
+
+    outs = []
+    for startup, first, compiling in ((84.4, 61.2, 54.7), (19.3, 9.8, 4.1)):
+        result = {"output_dir": "x", "global_step": 2000, "metrics": {}, "train_img_per_s": 7726.0}
+        result.update(startup_s=startup, first_step_s=first, compile_s=compiling, graphs=1, wall_time_s=99.0)
+        print_summary({**result, "checkpoint_write_s": 1.5})
+        outs.append(capsys.readouterr().out)
+    (run,) = [r for r in runner.SUITES["startup"](runner.parse_args(["startup"])) if r.label == "net"]
+    (cold, cold_metrics), (warm, warm_metrics) = runner.results(run, outs, 240.0)
+    assert cold["start"] == "cold" and warm["start"] == "warm"
+    assert cold_metrics == {"startup_s": 84.4, "compile_s": 54.7, "first_step_s": 61.2}
+    assert warm["graphs"] == 1 and warm["checkpoint_write_s"] == 1.5 and warm["steps"] == 2000
+    assert warm_metrics == {"startup_s": 19.3, "compile_s": 4.1, "first_step_s": 9.8}
