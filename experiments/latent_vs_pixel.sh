@@ -9,7 +9,9 @@
 # Expected finding: the latent model trains more images per second and generates faster (its UNet sees 49
 # positions instead of 784); at 28x28 the autoencoder's reconstruction error is a floor under its FD, so at equal
 # time the pixel model reaches the lower FD (the gain LDM reports is at high resolution, where the pixel UNet
-# is the expensive part).
+# is the expensive part). Measured with MINUTES=3 (experiments/results/2026-12-03_h200): not so at that budget --
+# the latent models trained 3.2x the steps and had the lower FD (latent - pixel -0.83 +- 0.67 on 10k samples);
+# per step they were not ahead. Longer budgets would show whether the floor binds.
 #
 # Budget: one autoencoder (AE_STEPS, default 5000 steps, seed 1: the first stage is trained once and shared by
 # every latent model, as in LDM; its minutes are in its job's wall time in the report); then pixel and latent x
