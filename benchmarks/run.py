@@ -122,8 +122,8 @@ def results(run: Run, stdouts: list[str], budget: float) -> list[tuple[dict, dic
     if run.parse == "json_lines":
         return [(row, {}) for out in stdouts for row in json_lines(out)]
     if run.parse == "startup":  # a cold training, then the same again warm
-        rows = [({"start": start, **train_summary(out)}, {}) for start, out in zip(("cold", "warm"), stdouts)]
-        return [(r, {k: r[k] for k in ("startup_s", "compile_s", "first_step_s") if k in r}) for r, _ in rows]
+        rows = [{"start": start, **train_summary(out)} for start, out in zip(("cold", "warm"), stdouts)]
+        return [(r, {k: r[k] for k in ("startup_s", "compile_s", "first_step_s") if k in r}) for r in rows]
     if run.parse == "peer":
         rows = json_lines(stdouts[-1])
         if not rows:
