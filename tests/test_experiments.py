@@ -155,6 +155,18 @@ def test_ddim_study_grid_matches_the_paper_table():
     assert all(s == {10, 20, 50, 100, 1000} for s in steps.values())
 
 
+def test_iddpm_scores_50_steps_first_and_1000_steps_on_their_own_sample_count():
+    """The 50-step rows (with bits/dim) are queued before the 20x dearer 1000-step ones, which take FID_N_1000
+    samples (FID_N by default) and are left out with FID_N_1000=0."""
+    evals = [as_dict(e) for e in dry_run("iddpm", FID_N="10000", FID_N_1000="2000")["EVAL"]]
+    assert [(e["steps"], e["n"], e["metrics"]) for e in evals] == [
+        ("[50]", "10000", "[fid,kid,bpd]"),
+        ("[1000]", "2000", "[fid,kid]"),
+    ]
+    assert [as_dict(e)["n"] for e in dry_run("iddpm", FID_N="5000")["EVAL"]] == ["5000", "5000"]
+    assert [as_dict(e)["steps"] for e in dry_run("iddpm", FID_N_1000="0")["EVAL"]] == ["[50]"]
+
+
 def test_formulations_compare_at_equal_network_evaluations():
     """Every formulation is scored at about 10, 20, 35, 50 and 100 network evaluations (Heun's 2n - 1 for n
     steps: 9, 19, 35, 49, 99), and every cell of the study gets at least one sampler."""
