@@ -178,13 +178,14 @@ queue_eval() {
     return 0
   fi
   wait_sweeps
-  local ckpt job
+  # every job's checkpoint, not those in hidden folders (.prewarm: two-step runs that only fill the compile cache)
+  local ckpt job root=$STUDY_OUT${under:+/$under}
   while IFS= read -r -d '' ckpt; do
     job=$(dirname "$(dirname "$ckpt")")
     # ckpt / out_dir quoted for Hydra: job folders are named by their overrides (they hold '=' and ',').
     TASKS+=("$(printf '%q ' "$PY" -m diffusion_lab.evaluate "ckpt='$ckpt'" "out_dir='$job/evaluation/$name'" \
       "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@" "${EVAL_EXTRA[@]}") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
-  done < <(find "$STUDY_OUT${under:+/$under}" -path '*/checkpoints/last.ckpt' -print0 | sort -z)
+  done < <(find "$root" \( -name '.*' ! -path "$root" \) -prune -o -path '*/checkpoints/last.ckpt' -print0 | sort -z)
 }
 
 run_queue() {

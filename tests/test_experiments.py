@@ -287,6 +287,21 @@ def test_evaluations_and_prewarm_get_the_launchers_share_of_the_cores(tmp_path):
     assert seen(OMP_NUM_THREADS="3") == ("3 0,1", ["3 0", "3 0", "3 1", "3 1"])
 
 
+def test_queue_eval_leaves_out_the_prewarm_runs_checkpoints(tmp_path):
+    """A sweep's prewarm (two steps, only there to fill the compile cache) leaves a checkpoint under
+    $STUDY_OUT/.prewarm: evaluating it would spend GPU time on a model no report reads."""
+    out = tmp_path / "out dir"  # a space, and the study folder itself need not be hidden-free
+    for job in (out / "sweep" / "0_seed=1", out / ".prewarm" / "sweep", out / "sweep" / ".hidden" / "x"):
+        (job / "checkpoints").mkdir(parents=True)
+        (job / "checkpoints" / "last.ckpt").touch()
+    env = {**os.environ, "STUDY_OUT": str(out), "PY": "echo", "DRY_RUN": "0", "CUDA_VISIBLE_DEVICES": "0"}
+    script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; queue_eval e; printf '%s\\n' \"${{TASKS[@]}}\""
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    tasks = proc.stdout.strip().splitlines()
+    assert len(tasks) == 1 and tasks[0].endswith("sweep/0_seed=1/evaluation_e.log 2>&1"), tasks
+
+
 def test_all_runs_every_study_at_once_spread_over_the_gpus(tmp_path):
     """experiments/all.sh with PY=echo: each study runs (into its own folder, with its own log) on GPU
     i mod 2, its sweeps started together with jobs_per_gpu, and TRAIN_EXTRA reaches every training job."""

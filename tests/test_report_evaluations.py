@@ -290,3 +290,42 @@ def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(
         text = found[setting][1]
         mean, half = (float(x) for x in text.split(" (")[0].split(" ± "))
         assert abs(mean - truth) < 0.15 and text.endswith(f"(n=5, {verdict})")
+
+
+def test_headline_score_is_taken_from_the_settings_every_job_shares(tmp_path):
+    """A setting only some jobs were scored in (here 1000 steps on 1,000 samples, with a lower FD) must not
+    become their headline while the others' comes from 50 steps: the cells would compare two settings. With no
+    shared setting the headline is the job's largest sample count (FD is biased upward as n shrinks)."""
+    fifty = eval_row("ddpm", None, 50, [4.0])
+    fifty["n"] = 10000
+    full = eval_row("ddpm", None, 1000, [3.0])
+    full["n"] = 1000
+    a = write_job(
+        tmp_path / "s", 0, ["loss=hybrid", "seed=1"], {}, evaluations={"ddpm50": [fifty], "ddpm1000": [full]}
+    )
+    b = write_job(
+        tmp_path / "s",
+        1,
+        ["loss=simple", "seed=1"],
+        {},
+        evaluations={"ddpm50": [{**fifty, "fd_classifier": 4.5}]},
+    )
+    write_status(tmp_path / "s", [a, b])
+    jobs = {j.dir.name: j for j in find_jobs(tmp_path / "s")}
+    hybrid, simple = jobs[a.name], jobs[b.name]
+    assert hybrid.value("fd_classifier") == 4.0 and hybrid.score_at("fd_classifier") == "ddpm, 50 steps"
+    assert simple.value("fd_classifier") == 4.5
+
+    # alone (nothing to share with), the hybrid job's headline is its 10,000-sample row, not the smaller set's
+    alone = write_job(
+        tmp_path / "t", 0, ["loss=hybrid", "seed=1"], {}, evaluations={"ddpm50": [fifty], "ddpm1000": [full]}
+    )
+    write_status(tmp_path / "t", [alone])
+    (job,) = find_jobs(tmp_path / "t")
+    assert job.value("fd_classifier") == 4.0
+    # the same job with no sample counts recorded (older evaluation files): the best row, as before
+    del fifty["n"], full["n"]
+    old = write_job(tmp_path / "u", 0, ["seed=1"], {}, evaluations={"ddpm50": [fifty], "ddpm1000": [full]})
+    write_status(tmp_path / "u", [old])
+    (job,) = find_jobs(tmp_path / "u")
+    assert job.value("fd_classifier") == 3.0

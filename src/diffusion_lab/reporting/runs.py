@@ -54,6 +54,8 @@ class Job:
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"name", "summary", "rows"}
     notes: list[str] = field(default_factory=list)
     label: str = ""
+    # the evaluation settings every evaluated job of the sweep has (setting_key); set by find_jobs
+    shared_settings: frozenset = frozenset()
 
     # ---- what the job is
     @property
@@ -95,12 +97,18 @@ class Job:
 
     # ---- the table's values
     def best_eval_row(self, frechet: str) -> dict[str, Any] | None:
-        """The evaluation row with the lowest Fréchet distance ``frechet`` (``fid`` or ``fd_classifier``)."""
+        """The evaluation row with the lowest Fréchet distance ``frechet`` (``fid`` or ``fd_classifier``) among
+        the settings every evaluated job of the sweep shares (else among all of the job's), at the largest sample
+        count among them: a setting only some jobs were scored in, or a smaller sample set (FD is biased upward
+        as n shrinks), would make the jobs' headline scores incomparable."""
         rows = [
             (e["name"], r) for e in self.evaluations for r in e["rows"] if num(r.get(frechet)) is not None
         ]
+        rows = [nr for nr in rows if setting_key(nr[1]) in self.shared_settings] or rows
         if not rows:
             return None
+        largest = max(num(r.get("n")) or 0 for _, r in rows)
+        rows = [nr for nr in rows if (num(nr[1].get("n")) or 0) == largest]
         name, row = min(rows, key=lambda nr: nr[1][frechet])
         return {**row, "_eval": name}
 
@@ -137,6 +145,19 @@ class Job:
             return f"{row.get('sampler', '?')}{eta}, {row.get('steps', '?')} steps"
         points = self.series.get(f"metrics/{frechet}")
         return f"training, step {points[-1][0]}" if points else ""
+
+
+def setting_key(row: dict[str, Any]) -> tuple:
+    """What an evaluation row was scored with: sampler, eta, steps, guidance, features and samples per set."""
+    return tuple(str(row.get(k)) for k in ("sampler", "eta", "steps", "guidance", "features", "n"))
+
+
+def share_settings(jobs: list[Job]) -> None:
+    """Give each job the evaluation settings that every job with evaluations has (``Job.best_eval_row``)."""
+    keys = [{setting_key(r) for e in job.evaluations for r in e["rows"]} for job in jobs if job.evaluations]
+    shared = frozenset(set.intersection(*keys)) if keys else frozenset()
+    for job in jobs:
+        job.shared_settings = shared
 
 
 def _int(text: str) -> int | None:
@@ -335,6 +356,7 @@ def find_jobs(root: str | Path) -> list[Job]:
     jobs = [_read_job(job_dir, records.get(job_dir, {})) for job_dir in sorted(dirs)]
     if not jobs:
         raise UserError(f"{root} holds no jobs; pass {WHAT_IT_NEEDS}")
+    share_settings(jobs)
     label_jobs(jobs, root)
     return jobs
 

@@ -56,8 +56,9 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
         f"Sweep: `{sweep}` — {len(jobs)} job(s){counts}",
         f"Sorted by {sorted_by}; ★ marks the best value of a column.",
         "FID / IS (Inception) and FD / classifier score (classifier features; not comparable with Inception "
-        "numbers): the best row of the job's `evaluate` runs on those features when there are any, else the last "
-        "value logged in training; bits/dim: the full bound from `evaluate`; val bits/dim (one-t MC est.): validation's "
+        "numbers): the best row of the job's `evaluate` runs on those features when there are any (among the "
+        "settings every evaluated job shares, at their largest sample count), else the "
+        "last value logged in training; bits/dim: the full bound from `evaluate`; val bits/dim (one-t MC est.): validation's "
         "one-timestep Monte-Carlo estimate of the unclipped bound (noisy; not the full bound).",
     ]
     if common:
