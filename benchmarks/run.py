@@ -112,6 +112,7 @@ def train_summary(stdout: str) -> dict:
         "compile_s": r"startup cost\s*:.*compiling ([\d.]+) s",
         "graphs": r"startup cost\s*:.*compiling [\d.]+ s, (\d+) graphs",
         "checkpoint_write_s": r"startup cost\s*:.*checkpoint writes ([\d.]+) s",
+        "checkpoint_background_s": r"startup cost\s*:.*checkpoint writes [\d.]+ s, ([\d.]+) s more in the background",
     }
     found = {key: re.search(pattern, stdout) for key, pattern in patterns.items()}
     return {key: float(m.group(1)) for key, m in found.items() if m}

@@ -38,6 +38,7 @@ from diffusion_lab.build import CheckpointError, build_module, load_checkpoint
 from diffusion_lab.callbacks import EMA
 from diffusion_lab.checkpointing import (
     AtomicCheckpointIO,
+    BackgroundCheckpointIO,
     atomic_torch_save,
     file_sha256,
     newest_good_checkpoint,
@@ -86,7 +87,7 @@ def test_atomic_save_writes_sidecar_and_survives_a_failed_write(tmp_path, monkey
 def test_checkpoint_io_is_the_trainers_and_removes_sidecars(tmp_path):
     cfg = small_train_cfg(tmp_path, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2")
     plugins = trainer_plugins(cfg)
-    assert [type(p) for p in plugins] == [AtomicCheckpointIO]
+    assert [type(p) for p in plugins] == [BackgroundCheckpointIO]  # the default: checkpoint_writes=background
     result = train(cfg)
     folder = tmp_path / "checkpoints"
     names = sorted(p.name for p in folder.iterdir())
@@ -110,6 +111,86 @@ def test_configured_checkpoint_plugin_is_kept(tmp_path):
     )
     plugins = trainer_plugins(cfg)
     assert len(plugins) == 1 and type(plugins[0]).__name__ == "TorchCheckpointIO"
+
+
+def test_foreground_writes_and_checkpoint_uploading_loggers_get_the_synchronous_writer(tmp_path):
+    assert [type(p) for p in trainer_plugins(small_train_cfg(tmp_path, "checkpoint_writes=foreground"))] == [
+        AtomicCheckpointIO
+    ]
+    # W&B's log_model reads each checkpoint file as soon as it is saved: it must already be there
+    cfg = small_train_cfg(tmp_path)
+    cfg.logger = OmegaConf.create({"wandb": {"_target_": "x", "log_model": "all"}})
+    assert [type(p) for p in trainer_plugins(cfg)] == [AtomicCheckpointIO]
+
+
+class _HeldWriter:
+    """Replaces AtomicCheckpointIO.save_checkpoint: each write waits until ``release`` is set (or fails)."""
+
+    def __init__(self, io: BackgroundCheckpointIO, fail: bool = False):
+        import threading
+
+        self.release, self.fail, self.real = threading.Event(), fail, io.checkpoint_io.save_checkpoint
+        io.checkpoint_io.save_checkpoint = self
+
+    def __call__(self, checkpoint, path, storage_options=None):
+        assert self.release.wait(10)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.real(checkpoint, path, storage_options)
+
+
+def test_background_writes_save_the_tensors_as_they_were_when_saved(tmp_path):
+    io = BackgroundCheckpointIO()
+    held = _HeldWriter(io)
+    weights = torch.arange(4.0)
+    path = tmp_path / "step_0000001.ckpt"
+    io.save_checkpoint({"state_dict": {"w": weights}, "global_step": 1}, path)
+    assert not path.exists()  # still queued: training went on
+    weights.add_(100.0)  # the next optimizer step changes the parameters in place
+    held.release.set()
+    io.wait()
+    assert torch.equal(load(path)["state_dict"]["w"], torch.arange(4.0)) and verify_checkpoint(path) is None
+    assert io.seconds_writing > 0 and io.seconds_waiting < io.seconds_writing + 10
+    io.teardown()
+
+
+def test_a_failed_background_write_fails_the_next_save_and_the_end_of_the_fit(tmp_path):
+    io = BackgroundCheckpointIO()
+    held = _HeldWriter(io, fail=True)
+    io.save_checkpoint({"w": torch.zeros(2)}, tmp_path / "step_0000001.ckpt")
+    held.release.set()
+    with pytest.raises(OSError, match="No space left on device"):
+        io.wait()
+    with pytest.raises(OSError, match="No space left on device"):
+        io.save_checkpoint({"w": torch.zeros(2)}, tmp_path / "step_0000002.ckpt")
+    with pytest.raises(OSError, match="No space left on device"):
+        io.teardown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_removing_loading_and_requeue_checkpoints_wait_for_pending_writes(tmp_path):
+    import threading
+
+    io = BackgroundCheckpointIO()
+    held = _HeldWriter(io)
+    old = tmp_path / "step_0000001.ckpt"
+    io.save_checkpoint({"w": torch.ones(2)}, old)
+    # a removal queued behind the write must not run first (the write would put the file back afterwards)
+    remover = threading.Thread(target=io.remove_checkpoint, args=(old,))
+    remover.start()
+    remover.join(0.3)
+    assert remover.is_alive()  # waiting for the write
+    held.release.set()
+    remover.join(10)
+    assert not old.exists() and not sidecar_path(old).exists()
+    # Lightning's SLURM requeue checkpoint: on disk when save_checkpoint returns (the job may be killed next)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    io.save_checkpoint({"w": torch.ones(2)}, hpc)
+    assert verify_checkpoint(hpc) is None
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.full((2,), 3.0)}}, path)
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.full((2,), 3.0))
+    io.teardown()
 
 
 # ------------------------------------------------------------------------- corrupt checkpoint: fallback
@@ -601,6 +682,13 @@ def test_nonfinite_policy_is_checked():
         UserError, match=r"nonfinite='ignore' is invalid; choose one of \['skip', 'stop', 'off'\]"
     ):
         train_module.check_config(small_train_cfg("/unused", "nonfinite=ignore"))
+
+
+def test_checkpoint_writes_option_is_checked():
+    with pytest.raises(
+        UserError, match=r"checkpoint_writes='async' is invalid; choose one of \['background', 'foreground'\]"
+    ):
+        train_module.check_config(small_train_cfg("/unused", "checkpoint_writes=async"))
 
 
 # ------------------------------------------------------------------------------- output dir, value types

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import apply_to_collection
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from .io import file_sha256
 
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint_file",
     "AtomicCheckpointIO",
+    "BackgroundCheckpointIO",
     "atomic_torch_save",
     "sidecar_path",
     "file_sha256",
@@ -209,6 +211,76 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             sidecar = sidecar_path(path)
             if sidecar.is_file():
                 sidecar.unlink()
+
+
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """``AtomicCheckpointIO``'s writes in one background thread, so training waits only while the checkpoint's
+    tensors are copied to host memory, not while they are serialised, hashed and fsynced.
+
+    Lightning's ``AsyncCheckpointIO`` gives the thread, the order of writes (one worker) and the error handling: a
+    failed write is raised at the next save and at the end of the fit (``teardown`` waits for every write), so the
+    run fails rather than finishing with a checkpoint missing. It snapshots by cloning each tensor on its device,
+    which doubles a model's GPU memory for optimizer and EMA state at every save; here the snapshot goes to host
+    memory instead (one synchronous copy), and the thread never touches the GPU. Three things wait for the pending
+    writes first: removing a checkpoint (``ModelCheckpoint`` replacing one), loading one, and Lightning's SLURM
+    requeue checkpoint (``hpc_ckpt_*``), after which the job may be killed at any moment.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(AtomicCheckpointIO())
+        self.seconds_waiting = (
+            0.0  # what training spent in save_checkpoint: the copy, or a write it waited for
+        )
+
+    @property
+    def seconds_writing(self) -> float:
+        """Time spent writing, in the background thread (or in the foreground for a requeue checkpoint)."""
+        return self.checkpoint_io.seconds_writing
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if Path(str(path)).name.startswith("hpc_ckpt"):
+                self.wait()
+                self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options)
+                return
+            self.raise_error()
+            snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+            self._ensure_setup()
+            self._executor.submit(self._write, snapshot, path, storage_options)
+        finally:
+            self.seconds_waiting += time.perf_counter() - started
+
+    def _write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None) -> None:
+        try:
+            self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options)
+        except BaseException as err:
+            self._error = self._error or err
+
+    def wait(self) -> None:
+        """Return once every write submitted so far is on disk; raise the first failed write's error."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.wait()
+        self.checkpoint_io.remove_checkpoint(path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        self.wait()
+        return self.checkpoint_io.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A point-in-time copy of ``t`` in host memory (a CPU tensor is copied too: training goes on changing it)."""
+    return t.detach().to("cpu", copy=True)
 
 
 def check_digest(path: str | Path) -> bool | None:

@@ -27,7 +27,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
-from .checkpointing import AtomicCheckpointIO, load_checkpoint_file, newest_good_checkpoint, verify_checkpoint
+from .checkpointing import (
+    AtomicCheckpointIO,
+    BackgroundCheckpointIO,
+    load_checkpoint_file,
+    newest_good_checkpoint,
+    verify_checkpoint,
+)
 from .cli import CONFIG_DIR, command, experiment_summaries
 from .compile_policy import compile_stats, use_compile_cache
 from .errors import UserError, check_types
@@ -179,6 +185,9 @@ TYPED_KEYS: dict[str, tuple] = {
 AUTOENCODER_REQUIRED = "required"
 
 
+CHECKPOINT_WRITES = ("background", "foreground")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Start-up checks of values that no part checks itself: one line naming the key, before any work."""
     check_types(cfg, TYPED_KEYS)
@@ -190,6 +199,9 @@ def check_config(cfg: DictConfig) -> None:
     policy = cfg.get("nonfinite", "skip")
     if policy not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
+    writes = cfg.get("checkpoint_writes", "background")
+    if writes not in CHECKPOINT_WRITES:
+        raise UserError(f"checkpoint_writes={writes!r} is invalid; choose one of {list(CHECKPOINT_WRITES)}")
 
 
 def read_data_early(datamodule: L.LightningDataModule) -> None:
@@ -270,9 +282,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["startup_s"] = round(cb.startup_seconds, 1)
             result["first_step_s"] = round(cb.first_step_seconds, 1)
     result.update(compile_stats())
-    checkpoint_io = trainer.strategy.checkpoint_io
-    if isinstance(checkpoint_io, AtomicCheckpointIO) and checkpoint_io.seconds_writing:
-        result["checkpoint_write_s"] = round(checkpoint_io.seconds_writing, 1)
+    result.update(checkpoint_seconds(trainer.strategy.checkpoint_io))
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         print_summary(result)
@@ -373,6 +383,19 @@ def write_reconstructions(module, datamodule, n: int, output_dir: Path) -> dict[
     return {"reconstructions_grid": str(grid)}
 
 
+def checkpoint_seconds(checkpoint_io) -> dict[str, float]:
+    """What checkpoint writes cost the run: the time training waited for them (``checkpoint_write_s``) and, for
+    writes in the background, the time they took there (``checkpoint_background_s``)."""
+    if isinstance(checkpoint_io, BackgroundCheckpointIO) and checkpoint_io.seconds_writing:
+        return {
+            "checkpoint_write_s": round(checkpoint_io.seconds_waiting, 1),
+            "checkpoint_background_s": round(checkpoint_io.seconds_writing, 1),
+        }
+    if isinstance(checkpoint_io, AtomicCheckpointIO) and checkpoint_io.seconds_writing:
+        return {"checkpoint_write_s": round(checkpoint_io.seconds_writing, 1)}
+    return {}
+
+
 def trainer_plugins(cfg: DictConfig) -> list:
     """``trainer.plugins`` from the config, plus ``AtomicCheckpointIO`` unless a checkpoint plugin is given."""
     from lightning.fabric.plugins import CheckpointIO
@@ -382,7 +405,10 @@ def trainer_plugins(cfg: DictConfig) -> list:
         configured = [configured]
     plugins = [instantiate(p) if isinstance(p, DictConfig) else p for p in configured]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
+        background = cfg.get("checkpoint_writes", "background") == "background"
+        # a logger that uploads each checkpoint as it is saved (W&B log_model) must find the file written
+        uploads = any((lg or {}).get("log_model") for lg in (cfg.get("logger") or {}).values())
+        plugins.append(BackgroundCheckpointIO() if background and not uploads else AtomicCheckpointIO())
     return plugins
 
 
@@ -435,7 +461,9 @@ def startup_parts(result: dict[str, Any]) -> str:
     if "graphs" in result:
         parts.append(f"compiling {result['compile_s']} s, {result['graphs']} graphs")
     if "checkpoint_write_s" in result:
-        parts.append(f"checkpoint writes {result['checkpoint_write_s']} s")
+        background = result.get("checkpoint_background_s")
+        more = f", {background} s more in the background" if background is not None else ""
+        parts.append(f"checkpoint writes {result['checkpoint_write_s']} s{more}")
     return "; ".join(parts)
 
 
