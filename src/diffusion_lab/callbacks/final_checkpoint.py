@@ -119,6 +119,8 @@ class FinalCheckpoint(L.Callback):
             return
         try:
             path = self._save(trainer)
+            # a checkpoint written in the background (BackgroundCheckpointIO) is on disk before it is named
+            getattr(trainer.strategy.checkpoint_io, "wait", lambda: None)()
         except Exception as err:  # the original exception is the one to report
             print(f"\ncould not save {self.path(trainer)}: {err}", file=sys.stderr, flush=True)
             return
