@@ -167,6 +167,13 @@ def test_iddpm_scores_50_steps_first_and_1000_steps_on_their_own_sample_count():
     assert [as_dict(e)["steps"] for e in dry_run("iddpm", FID_N_1000="0")["EVAL"]] == ["[50]"]
 
 
+def test_ddpm_table2_scores_at_1000_steps_unless_told_fewer():
+    (paper,) = [as_dict(e) for e in dry_run("ddpm_table2")["EVAL"]]
+    assert (paper["sampler"], paper["steps"], paper["metrics"]) == ("ddpm", "[1000]", "[fid,kid,bpd]")
+    (short,) = [as_dict(e) for e in dry_run("ddpm_table2", EVAL_STEPS="100")["EVAL"]]
+    assert short["steps"] == "[100]"
+
+
 def test_formulations_compare_at_equal_network_evaluations():
     """Every formulation is scored at about 10, 20, 35, 50 and 100 network evaluations (Heun's 2n - 1 for n
     steps: 9, 19, 35, 49, 99), and every cell of the study gets at least one sampler."""
