@@ -10,8 +10,9 @@ quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each s
 fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py, the latter compiled in the default
             mode and with CUDA graphs (one JSON line per measured shape or setting).
 startup     cold and warm starts of experiment=fmnist_fast: for the whole network compiled (compile_scope=net,
-            model.fused_norm=false), the same with the fused GroupNorm+SiLU op (model.fused_norm=true) and the
-            blocks compiled regionally (compile_scope=blocks, model.fused_norm=false), one run each of two trainings in a row: the first in empty inductor / Triton
+            model.fused_norm=false, checkpoints written in the background), the same with checkpoints written
+            in the foreground, with the fused GroupNorm+SiLU op (model.fused_norm=true) and with the blocks
+            compiled regionally (compile_scope=blocks), one run each of two trainings in a row: the first in empty inductor / Triton
             cache folders (cold), the second the same command again (warm). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
@@ -192,12 +193,15 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
     return [script_run(opts, "fused_norm_bench", []), script_run(opts, "fused_norm_unet", []), graphs]
 
 
-# name: (compile_scope, extra overrides). The fused norm is pinned in each: unet_small's default (auto) turns it on
-# on CUDA, and "net" against "net_fused_norm" is the op's effect, "net" against "blocks" the compile scope's.
+# name: (compile_scope, extra overrides). The fused norm and the checkpoint writes are pinned in each (unet_small's
+# default, auto, turns the op on on CUDA): "net" against "net_foreground_writes" is the effect of writing
+# checkpoints in the background, against "net_fused_norm" the op's, against "blocks" the compile scope's.
+NET = ["model.fused_norm=false", "checkpoint_writes=background"]
 STARTUP_SETTINGS = {
-    "net": ("net", ["model.fused_norm=false"]),
-    "net_fused_norm": ("net", ["model.fused_norm=true"]),
-    "blocks": ("blocks", ["model.fused_norm=false"]),
+    "net": ("net", NET),
+    "net_foreground_writes": ("net", ["model.fused_norm=false", "checkpoint_writes=foreground"]),
+    "net_fused_norm": ("net", ["model.fused_norm=true", "checkpoint_writes=background"]),
+    "blocks": ("blocks", NET),
 }
 
 

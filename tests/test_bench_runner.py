@@ -236,7 +236,7 @@ def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
 def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(runner, tmp_path):
     opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
-    assert sorted(runs) == ["blocks", "net", "net_fused_norm"]
+    assert list(runs) == ["net", "net_foreground_writes", "net_fused_norm", "blocks"]  # --limit 2: one pair
     for label, run in runs.items():
         cold, warm = run.commands
         cache = run.env["TORCHINDUCTOR_CACHE_DIR"]
@@ -252,6 +252,19 @@ def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(ru
     # unet_small's default (auto) fuses on CUDA: the baselines pin the PyTorch path so the pairs compare one thing
     assert "model.fused_norm=false" in runs["net"].commands[0]
     assert "model.fused_norm=false" in runs["blocks"].commands[0]
+    # the checkpoint writer is pinned too: the pair net / net_foreground_writes differs in it alone
+    writes = {
+        label: [o for o in run.commands[0] if o.startswith("checkpoint_writes=")]
+        for label, run in runs.items()
+    }
+    assert writes == {
+        "net": ["checkpoint_writes=background"],
+        "net_foreground_writes": ["checkpoint_writes=foreground"],
+        "net_fused_norm": ["checkpoint_writes=background"],
+        "blocks": ["checkpoint_writes=background"],
+    }
+    net, foreground = runs["net"].commands[0], runs["net_foreground_writes"].commands[0]
+    assert [o for o in net if o not in foreground and "/net/" not in o] == ["checkpoint_writes=background"]
 
 
 def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
