@@ -228,9 +228,8 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
 
     def __init__(self) -> None:
         super().__init__(AtomicCheckpointIO())
-        self.seconds_waiting = (
-            0.0  # what training spent in save_checkpoint: the copy, or a write it waited for
-        )
+        # what training spent in save_checkpoint: the host copy, or the writes it waited for
+        self.seconds_waiting = 0.0
 
     @property
     def seconds_writing(self) -> float:

@@ -397,7 +397,8 @@ def checkpoint_seconds(checkpoint_io) -> dict[str, float]:
 
 
 def trainer_plugins(cfg: DictConfig) -> list:
-    """``trainer.plugins`` from the config, plus ``AtomicCheckpointIO`` unless a checkpoint plugin is given."""
+    """``trainer.plugins`` from the config, plus our checkpoint writer unless a checkpoint plugin is given:
+    ``BackgroundCheckpointIO`` (``checkpoint_writes=background``) or ``AtomicCheckpointIO`` (foreground)."""
     from lightning.fabric.plugins import CheckpointIO
 
     configured = cfg.trainer.get("plugins") or []
