@@ -196,12 +196,13 @@ def check_config(cfg: DictConfig) -> None:
             "autoencoder= is required by this experiment: pass autoencoder=<run directory of "
             "experiment=autoencoder_fmnist>/checkpoints/last.ckpt (a task=autoencoder checkpoint)"
         )
-    policy = cfg.get("nonfinite", "skip")
-    if policy not in NONFINITE_POLICIES:
-        raise UserError(f"nonfinite={policy!r} is invalid; choose one of {list(NONFINITE_POLICIES)}")
-    writes = cfg.get("checkpoint_writes", "background")
-    if writes not in CHECKPOINT_WRITES:
-        raise UserError(f"checkpoint_writes={writes!r} is invalid; choose one of {list(CHECKPOINT_WRITES)}")
+    for key, allowed, default in (
+        ("nonfinite", NONFINITE_POLICIES, "skip"),
+        ("checkpoint_writes", CHECKPOINT_WRITES, "background"),
+    ):
+        value = cfg.get(key, default)
+        if value not in allowed:
+            raise UserError(f"{key}={value!r} is invalid; choose one of {list(allowed)}")
 
 
 def read_data_early(datamodule: L.LightningDataModule) -> None:
