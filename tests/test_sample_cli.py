@@ -201,3 +201,19 @@ def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         sample(sample_cfg(tmp_path / "nope.ckpt", tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (3, "RGB")])
+def test_save_grid_keeps_the_pixels_and_writes_one_channel_images_as_greyscale(tmp_path, channels, mode):
+    from PIL import Image
+
+    from diffusion_lab.io import save_grid
+
+    images = torch.rand(4, channels, 5, 6) * 2 - 1
+    with Image.open(save_grid(images, tmp_path / "grid.png", nrow=2)) as im:
+        assert im.mode == mode and im.size == (2 + 2 * (6 + 2), 2 + 2 * (5 + 2))
+        pixels = np.asarray(im).reshape(im.size[1], im.size[0], channels)
+    quantised = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    # Image 3 (second row, second column) sits after two paddings and one image on each axis.
+    np.testing.assert_array_equal(pixels[2 + 5 + 2 : 2 + 5 + 2 + 5, 2 + 6 + 2 : 2 + 6 + 2 + 6], quantised[3])
+    assert (pixels[:2] == 255).all() and (pixels[:, :2] == 255).all()
