@@ -111,6 +111,7 @@ def train_summary(stdout: str) -> dict:
         "first_step_s": r"startup cost\s*:.*first step ([\d.]+) s",
         "compile_s": r"startup cost\s*:.*compiling ([\d.]+) s",
         "graphs": r"startup cost\s*:.*compiling [\d.]+ s, (\d+) graphs",
+        "kernels_s": r"startup cost\s*:.*compiling [\d.]+ s, \d+ graphs, of which ([\d.]+) s generating",
         "checkpoint_write_s": r"startup cost\s*:.*checkpoint writes ([\d.]+) s",
         "checkpoint_background_s": r"startup cost\s*:.*checkpoint writes [\d.]+ s, ([\d.]+) s more in the background",
     }

@@ -274,7 +274,14 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     for startup, first, compiling in ((84.4, 61.2, 54.7), (19.3, 9.8, 4.1)):
         result = {"output_dir": "x", "global_step": 2000, "metrics": {}, "train_img_per_s": 7726.0}
         result.update(startup_s=startup, first_step_s=first, compile_s=compiling, graphs=1, wall_time_s=99.0)
-        print_summary({**result, "checkpoint_write_s": 1.5, "checkpoint_background_s": 2.5})
+        print_summary(
+            {
+                **result,
+                "kernels_s": round(compiling - 3.0, 1),
+                "checkpoint_write_s": 1.5,
+                "checkpoint_background_s": 2.5,
+            }
+        )
         outs.append(capsys.readouterr().out)
     (run,) = [r for r in runner.SUITES["startup"](runner.parse_args(["startup"])) if r.label == "net"]
     (cold, cold_metrics), (warm, warm_metrics) = runner.results(run, outs, 240.0)
@@ -282,4 +289,5 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     assert cold_metrics == {"startup_s": 84.4, "compile_s": 54.7, "first_step_s": 61.2}
     assert warm["graphs"] == 1 and warm["checkpoint_write_s"] == 1.5 and warm["steps"] == 2000
     assert warm["checkpoint_background_s"] == 2.5
+    assert (cold["kernels_s"], warm["kernels_s"]) == (51.7, 1.1)
     assert warm_metrics == {"startup_s": 19.3, "compile_s": 4.1, "first_step_s": 9.8}

@@ -121,8 +121,10 @@ def check_scope(net: torch.nn.Module, scope: str) -> None:
 
 def compile_stats() -> dict[str, float]:
     """Seconds this process spent in torch.compile (Dynamo tracing plus the backend: AOTAutograd, inductor, its
-    cache lookups) and the graphs it compiled; empty when nothing was compiled. Read from Dynamo's own counters,
-    which torch keeps for its ``TORCH_LOGS``/``print_time_report`` diagnostics (private, hence the guard)."""
+    cache lookups) and the graphs it compiled; empty when nothing was compiled. With inductor, ``kernels_s`` is
+    the part of it spent generating the kernels' code and building them (Triton / C++ compiles, awaited): what a
+    warm compile cache skips, leaving tracing, graph passes and cache loads. Read from Dynamo's own timers, which
+    torch keeps for its ``TORCH_LOGS``/``print_time_report`` diagnostics (private, hence the guard)."""
     try:
         from torch._dynamo.utils import calculate_time_spent, counters
     except ImportError:
@@ -130,4 +132,8 @@ def compile_stats() -> dict[str, float]:
     graphs = int(counters["stats"]["unique_graphs"])
     if graphs == 0:
         return {}
-    return {"compile_s": round(calculate_time_spent().get("total_wall_time", 0.0), 1), "graphs": graphs}
+    spent = calculate_time_spent()
+    stats = {"compile_s": round(spent.get("total_wall_time", 0.0), 1), "graphs": graphs}
+    if counters["inductor"]:  # inductor ran; a cache hit skips its code_gen timer (0 s)
+        stats["kernels_s"] = round(spent.get("code_gen", 0.0), 1)
+    return stats

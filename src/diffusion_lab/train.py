@@ -461,7 +461,12 @@ def startup_parts(result: dict[str, Any]) -> str:
     compilation)."""
     parts = [f"first step {result['first_step_s']} s"]
     if "graphs" in result:
-        parts.append(f"compiling {result['compile_s']} s, {result['graphs']} graphs")
+        kernels = (
+            f", of which {result['kernels_s']} s generating and building kernels"
+            if "kernels_s" in result
+            else ""
+        )
+        parts.append(f"compiling {result['compile_s']} s, {result['graphs']} graphs{kernels}")
     if "checkpoint_write_s" in result:
         background = result.get("checkpoint_background_s")
         more = f", {background} s more in the background" if background is not None else ""
