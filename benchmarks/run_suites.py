@@ -196,12 +196,15 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
 # name: (compile_scope, extra overrides). The fused norm and the checkpoint writes are pinned in each (unet_small's
 # default, auto, turns the op on on CUDA): "net" against "net_foreground_writes" is the effect of writing
 # checkpoints in the background, against "net_fused_norm" the op's, against "blocks" the compile scope's.
-NET = ["model.fused_norm=false", "checkpoint_writes=background"]
+def _pinned(fused_norm: str, writes: str) -> list[str]:
+    return [f"model.fused_norm={fused_norm}", f"checkpoint_writes={writes}"]
+
+
 STARTUP_SETTINGS = {
-    "net": ("net", NET),
-    "net_foreground_writes": ("net", ["model.fused_norm=false", "checkpoint_writes=foreground"]),
-    "net_fused_norm": ("net", ["model.fused_norm=true", "checkpoint_writes=background"]),
-    "blocks": ("blocks", NET),
+    "net": ("net", _pinned("false", "background")),
+    "net_foreground_writes": ("net", _pinned("false", "foreground")),
+    "net_fused_norm": ("net", _pinned("true", "background")),
+    "blocks": ("blocks", _pinned("false", "background")),
 }
 
 
