@@ -88,12 +88,24 @@ class GaussianDenoiser:
         marg = a * a * self.s**2 + sig * sig
         eps = sig * (x - a * self.mu) / marg
         x0 = self.mu + a * self.s**2 * (x - a * self.mu) / marg
-        out = {"eps": eps, "x0": x0, "v": a * eps - sig * x0}[self.prediction]
+        if self.prediction == "mean":
+            out = self.step_mean(t, x0, x)
+        else:
+            out = {"eps": eps, "x0": x0, "v": a * eps - sig * x0}[self.prediction]
         if self.variance == "zeros":
             out = torch.cat([out, torch.zeros_like(out)], dim=1)
         elif self.variance == "exact":
             out = torch.cat([out, self.exact_log_variance(t, x)], dim=1)
         return out.to(xt.dtype)
+
+    def step_mean(self, t: torch.Tensor, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """E[mu~_t(x_t, x_0) | x_t] on the trained chain: beta_t sqrt(abar_{t-1}) / (1 - abar_t) E[x_0 | x_t]
+        + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t (abar_{-1} = 1)."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        abar_prev_all = torch.cat([torch.ones(1, dtype=self.abar.dtype), self.abar[:-1]])
+        abar, abar_prev = self.abar[t.long()].reshape(shape), abar_prev_all[t.long()].reshape(shape)
+        alpha = abar / abar_prev
+        return ((1 - alpha) * abar_prev.sqrt() * x0 + (1 - abar_prev) * alpha.sqrt() * x) / (1 - abar)
 
     def exact_log_variance(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log Var(x_{t-1} | x_t) = log(beta~_t + coef1_t^2 Var(x_0 | x_t)); at index 0 the decoder is

@@ -174,6 +174,15 @@ def test_ddpm_table2_scores_at_1000_steps_unless_told_fewer():
     assert short["steps"] == "[100]"
 
 
+def test_ddpm_table2_trains_the_papers_predictions_unless_told_others():
+    """eps and the posterior mean (the paper's two rows) by default; PREDICTIONS re-runs the eps / x0 variant."""
+    sweeps = [as_dict(s)["prediction"] for s in dry_run("ddpm_table2")["SWEEP"]]
+    assert sweeps == ["eps,mean", "eps,mean"]
+    assert [as_dict(s)["prediction"] for s in dry_run("ddpm_table2", PREDICTIONS="eps,x0")["SWEEP"]] == [
+        "eps,x0"
+    ] * 2
+
+
 def test_formulations_compare_at_equal_network_evaluations():
     """Every formulation is scored at about 10, 20, 35, 50 and 100 network evaluations (Heun's 2n - 1 for n
     steps: 9, 19, 35, 49, 99), and every cell of the study gets at least one sampler."""

@@ -339,6 +339,10 @@ def test_export_refusals(trained, tmp_path):
             "diffusion_lab.nets.DiT",
         ),
         (
+            dict(prediction=option("prediction", "mean")),
+            "prediction=mean has no diffusers prediction_type; format=diffusers exports prediction=eps|v|x0",
+        ),
+        (
             dict(variance=option("variance", "learned"), loss=option("loss", "hybrid")),
             "variance=learned has no diffusers variance_type (diffusers' 'learned' reads the network's output as "
             "σ², ours as log σ²); format=diffusers exports variance=fixed_small|fixed_large|learned_range",

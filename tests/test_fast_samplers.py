@@ -29,7 +29,7 @@ from diffusion_lab.samplers import (
 )
 from gaussian_oracle import GaussianDenoiser, tables
 
-PREDS = ["eps", "x0", "v"]
+PREDS = ["eps", "x0", "v", "mean"]
 MU, S = 0.3, 0.5
 T = 1000
 Z = 5.0

@@ -39,7 +39,7 @@ def analytic():
     return kl, prior, analytic_decoder_bits(betas, MU, S)
 
 
-@pytest.mark.parametrize("pred", ["eps", "x0", "v"])
+@pytest.mark.parametrize("pred", ["eps", "x0", "v", "mean"])
 def test_bpd_of_the_exact_denoiser_matches_analytic_value(pred, analytic):
     kl, prior, decoder = analytic
     s = LinearSchedule(T)

@@ -25,7 +25,7 @@ from diffusion_lab.diffusion import (
 )
 from gaussian_oracle import tables
 
-PREDS = ["eps", "x0", "v"]
+PREDS = ["eps", "x0", "v", "mean"]
 LN2 = math.log(2.0)
 
 
@@ -126,9 +126,13 @@ def test_vb_terms_are_the_gaussian_kl(pred, variance):
     a, sg = np.sqrt(tb["abar"][ti]).reshape(shape), np.sqrt(1 - tb["abar"][ti]).reshape(shape)
     o = out[:, :C].double().numpy()
     x, xtn = x0.double().numpy(), xt.double().numpy()
-    x0_hat = {"eps": (xtn - sg * o) / a, "x0": o, "v": a * xtn - sg * o}[pred]
     c1, c2 = tb["coef1"][ti].reshape(shape), tb["coef2"][ti].reshape(shape)
-    mq, mp = c1 * x + c2 * xtn, c1 * x0_hat + c2 * xtn
+    mq = c1 * x + c2 * xtn
+    if pred == "mean":  # the output is the step's mean itself
+        mp = o
+    else:
+        x0_hat = {"eps": (xtn - sg * o) / a, "x0": o, "v": a * xtn - sg * o}[pred]
+        mp = c1 * x0_hat + c2 * xtn
     vq = tb["post_var"][ti].reshape(shape)
     log_small, log_large = np.log(vq), np.log(tb["betas"][ti]).reshape(shape)
     if variance == "fixed_small":

@@ -1,4 +1,4 @@
-"""ε / x_0 / v parameterizations, the reverse variances and ``Diffusion``'s reading of a network's output."""
+"""ε / x_0 / v / μ̃ parameterizations, the reverse variances and ``Diffusion``'s reading of a network's output."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from diffusion_lab.diffusion import (
     Diffusion,
     EpsPrediction,
     LinearSchedule,
+    MeanPrediction,
     NoiseSchedule,
     VPrediction,
     X0Prediction,
@@ -26,7 +27,7 @@ from diffusion_lab.diffusion import (
 from gaussian_oracle import tables
 
 NAMES = ["linear", "cosine", "sigmoid", "quadratic"]
-PREDS = ["eps", "x0", "v"]
+PREDS = ["eps", "x0", "v", "mean"]
 
 
 def batch(T: int, shape=(2, 3, 4, 4), seed=0, dtype=torch.float64):
@@ -71,8 +72,16 @@ def test_round_trip_float32_moderate_t(pred):
     eps = torch.randn(700, 8, generator=g)
     xt = q_sample(s, x0, t, eps)
     out = p.from_x0_eps(s, x0, eps, t)
-    torch.testing.assert_close(p.to_x0(s, out, xt, t), x0, rtol=0, atol=2e-5)
-    torch.testing.assert_close(p.to_eps(s, out, xt, t), eps, rtol=0, atol=2e-5)
+    # μ̃: x_0 = (μ̃ - c_t x_t) / c_0 divides the output's rounding by c_0 (down to ~1e-3 here), ε by a further
+    # s / a: the same tolerance, held in the output's own space (by the exact derivatives of the read-outs).
+    x0_gain = 1 / s.at("posterior_mean_coef1", t, 2) if pred == "mean" else 1
+    eps_gain = p.eps_error_scale(s, t).sqrt().unsqueeze(1) if pred == "mean" else 1
+    torch.testing.assert_close(
+        (p.to_x0(s, out, xt, t) - x0) / x0_gain, torch.zeros_like(x0), rtol=0, atol=2e-5
+    )
+    torch.testing.assert_close(
+        (p.to_eps(s, out, xt, t) - eps) / eps_gain, torch.zeros_like(eps), rtol=0, atol=2e-5
+    )
 
 
 def test_targets_are_the_papers_formulas():
@@ -89,6 +98,13 @@ def test_targets_are_the_papers_formulas():
         rtol=1e-6,
         atol=1e-6,
     )
+    # μ̃ = β_t sqrt(abar_{t-1}) / (1 - abar_t) x_0 + (1 - abar_{t-1}) sqrt(α_t) / (1 - abar_t) x_t (Ho et al. eq. 7)
+    beta = s.betas.double()[t].unsqueeze(1)
+    abar_all = torch.from_numpy(np.cumprod(1 - s.betas.numpy()))
+    abar_prev = torch.cat([torch.ones(1, dtype=abar_all.dtype), abar_all[:-1]])[t].unsqueeze(1)
+    mu = beta * abar_prev.sqrt() / (1 - abar) * x0 + (1 - abar_prev) * (1 - beta).sqrt() / (1 - abar) * xt
+    torch.testing.assert_close(MeanPrediction().target(s, x0, eps, xt, t), mu, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(MeanPrediction().from_x0_eps(s, x0, eps, t), mu, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("pred", PREDS)
@@ -109,16 +125,20 @@ def test_eps_error_scale_measured_by_perturbation(name, pred):
     assert scale.shape == (T,)
     torch.testing.assert_close(scale, measured, rtol=1e-5, atol=0)
     abar = np.cumprod(1 - s.betas.numpy())
-    expected = {"eps": np.ones(T), "x0": abar / (1 - abar), "v": abar}[pred]
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    coef1 = s.betas.numpy() * np.sqrt(abar_prev) / (1 - abar)
+    expected = {"eps": np.ones(T), "x0": abar / (1 - abar), "v": abar, "mean": abar / (1 - abar) / coef1**2}[
+        pred
+    ]
     np.testing.assert_allclose(scale.numpy(), expected, rtol=1e-5)
 
 
 def test_build_prediction():
-    assert sorted(PREDICTIONS) == ["eps", "v", "x0"]
+    assert sorted(PREDICTIONS) == ["eps", "mean", "v", "x0"]
     for name, cls in PREDICTIONS.items():
         assert isinstance(build_prediction(name), cls)
     with pytest.raises(
-        ValueError, match=r"prediction='noise' is unknown; choose one of \['eps', 'v', 'x0'\]"
+        ValueError, match=r"prediction='noise' is unknown; choose one of \['eps', 'mean', 'v', 'x0'\]"
     ):
         build_prediction("noise")
 
@@ -196,6 +216,24 @@ def test_denoise_perfect_output_gives_the_true_posterior(pred):
     torch.testing.assert_close(out.mean, true_mean, rtol=0, atol=atol)
     torch.testing.assert_close(out.log_variance.expand_as(true_lv).double(), true_lv.double())
     assert out.var_out is None
+
+
+def test_a_respaced_mean_prediction_reads_the_output_as_the_trained_chains_mean():
+    """μ̃ belongs to the chain the network learnt on: on a 20-step grid of a 1000-step schedule the output (the
+    1000-step mean at the original timestep) still gives back x_0 and ε, and the step's mean is the 20-step
+    chain's posterior mean. Read with the respaced chain's own coefficients it would not."""
+    s = LinearSchedule(1000)
+    d = Diffusion(s, "mean", "fixed_small").respaced(20).respaced(10)  # twice: the maps compose
+    x0, eps, i = batch(10, shape=(6, 2, 3), dtype=torch.float64)
+    t = d.model_timesteps(i)
+    xt = q_sample(s, x0, t, eps)
+    out = d.denoise(MeanPrediction().from_x0_eps(s, x0, eps, t), xt, i)
+    torch.testing.assert_close(out.pred_x0, x0, rtol=0, atol=1e-8)
+    torch.testing.assert_close(out.pred_eps, eps, rtol=0, atol=1e-8)
+    torch.testing.assert_close(out.mean, q_posterior(d.schedule, x0, xt, i)[0], rtol=0, atol=1e-8)
+    plain = Diffusion(d.schedule, "mean", "fixed_small")  # the respaced grid's own coefficients
+    misread = plain.denoise(MeanPrediction().from_x0_eps(s, x0, eps, t), xt, i).pred_x0
+    assert (misread - x0).abs().max() > 0.1
 
 
 def test_denoise_clips_x0_and_recomputes_eps():

@@ -57,6 +57,7 @@ from .losses import (
 from .parameterizations import (
     PREDICTIONS,
     EpsPrediction,
+    MeanPrediction,
     Parameterization,
     VPrediction,
     X0Prediction,
@@ -174,6 +175,7 @@ __all__ = [
     "VLBWeighting",
     "VPPreconditioning",
     "VPUniformTimeSampler",
+    "MeanPrediction",
     "VPrediction",
     "WEIGHTINGS",
     "Weighting",

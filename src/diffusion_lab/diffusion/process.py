@@ -135,7 +135,9 @@ class Diffusion(Process):
             return self
         base_map = self.timestep_map if self.timestep_map is not None else torch.arange(self.num_timesteps)
         kept_t = torch.tensor(kept, dtype=torch.long)
-        return Diffusion(self.schedule.respaced(kept), self.prediction, self.variance, base_map[kept_t])
+        timestep_map = base_map[kept_t]
+        prediction = self.prediction.respaced(self.schedule, timestep_map)
+        return Diffusion(self.schedule.respaced(kept), prediction, self.variance, timestep_map)
 
     def __repr__(self) -> str:
         return f"Diffusion({self.schedule!r}, {self.prediction!r}, {self.variance!r})"

@@ -57,13 +57,16 @@ def _betas_fields(schedule: NoiseSchedule, schedule_spec: dict) -> dict[str, Any
     return {"beta_schedule": "linear", **ends, "trained_betas": betas.tolist()}
 
 
-def _variance_type(name: str) -> str:
-    if name not in VARIANCE_TYPES:
+_LEARNED_DIFFERS = " (diffusers' 'learned' reads the network's output as σ², ours as log σ²)"
+
+
+def _diffusers_value(group: str, name: str, table: dict[str, str], field: str, why: str = "") -> str:
+    """Our option ``group=name`` as the diffusers ``field`` value, or a one-line refusal naming what it takes."""
+    if name not in table:
         raise UserError(
-            f"variance={name} has no diffusers variance_type (diffusers' 'learned' reads the network's output "
-            f"as σ², ours as log σ²); format=diffusers exports variance={'|'.join(VARIANCE_TYPES)}"
+            f"{group}={name} has no diffusers {field}{why}; format=diffusers exports {group}={'|'.join(table)}"
         )
-    return VARIANCE_TYPES[name]
+    return table[name]
 
 
 def scheduler_config(diffusion: Diffusion, schedule_spec: dict, clip_denoised: bool) -> dict[str, Any]:
@@ -71,8 +74,12 @@ def scheduler_config(diffusion: Diffusion, schedule_spec: dict, clip_denoised: b
     return {
         "num_train_timesteps": diffusion.num_timesteps,
         **_betas_fields(diffusion.schedule, schedule_spec),
-        "prediction_type": PREDICTION_TYPES[diffusion.prediction.name],
-        "variance_type": _variance_type(diffusion.variance.name),
+        "prediction_type": _diffusers_value(
+            "prediction", diffusion.prediction.name, PREDICTION_TYPES, "prediction_type"
+        ),
+        "variance_type": _diffusers_value(
+            "variance", diffusion.variance.name, VARIANCE_TYPES, "variance_type", _LEARNED_DIFFERS
+        ),
         "clip_sample": bool(clip_denoised),
         **_PLAIN,
     }
