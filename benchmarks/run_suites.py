@@ -231,6 +231,10 @@ def startup(opts: argparse.Namespace) -> list[Run]:
     return [startup_run(opts, name) for name in STARTUP_SETTINGS]
 
 
+def precompile(opts: argparse.Namespace) -> list[Run]:
+    return [script_run(opts, "precompile_probe", [])]
+
+
 def selftest(opts: argparse.Namespace) -> list[Run]:
     code = "import json, os; print(json.dumps({'value': 1, 'cache': os.environ['TORCHINDUCTOR_CACHE_DIR']}))"
     env, fresh = cold_caches(Path(opts.work) / "selftest" / "cache")
@@ -239,7 +243,13 @@ def selftest(opts: argparse.Namespace) -> list[Run]:
     ]
 
 
-SUITES = {"quality": quality, "fused_norm": fused_norm, "startup": startup, "selftest": selftest}
+SUITES = {
+    "quality": quality,
+    "fused_norm": fused_norm,
+    "startup": startup,
+    "precompile": precompile,
+    "selftest": selftest,
+}
 
 
 def command_line(run: Run, command: list[str]) -> str:

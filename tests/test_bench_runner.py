@@ -147,7 +147,10 @@ def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
 def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
     assert runner.main(["nope", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, startup, selftest\n"
+    assert (
+        err
+        == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, startup, precompile, selftest\n"
+    )
 
 
 def records(system: str, fds: list[float]) -> list[dict]:
@@ -291,3 +294,17 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     assert warm["checkpoint_background_s"] == 2.5
     assert (cold["kernels_s"], warm["kernels_s"]) == (51.7, 1.1)
     assert warm_metrics == {"startup_s": 19.3, "compile_s": 4.1, "first_step_s": 9.8}
+
+
+def test_precompile_suite_runs_the_probe_in_empty_caches(runner, tmp_path):
+    (run,) = runner.SUITES["precompile"](runner.parse_args(["precompile", "--out", str(tmp_path)]))
+    assert run.commands[0][1].endswith("benchmarks/precompile_probe.py") and run.parse == "json_lines"
+    assert run.env["TORCHINDUCTOR_CACHE_DIR"] in {str(d) for d in run.fresh_dirs}
+
+
+def test_precompile_probe_reports_a_failed_case_by_its_error_line():
+    """Each case runs in its own process; one that raises is a row with ok false and the exception's line."""
+    probe = load_script("precompile_probe")
+    row = probe.run_case("bad", "no_such_network", False, "cpu")
+    assert row["ok"] is False and row["error"] == "KeyError: 'no_such_network'"
+    assert [name for name, _, _ in probe.CASES] == ["cold", "warm", "save", "precompiled", "other"]

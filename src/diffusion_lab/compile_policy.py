@@ -74,7 +74,11 @@ def use_compile_cache(folder: str | None) -> None:
     nothing. Without it inductor uses /tmp/torchinductor_<user>, lost with the machine (a fresh cluster node).
 
     A folder on a shared filesystem already carries the caches between machines, so torch's "mega-cache"
-    (save_cache_artifacts / load_cache_artifacts, for moving caches without one) is not used. A folder set by the
+    (save_cache_artifacts / load_cache_artifacts, for moving caches without one) is not used. Nor is Dynamo's
+    experimental ``caching_precompile``, which would also skip tracing on a warm start: it keys its saved graphs
+    by the compiled function's source, and ``Module.compile`` compiles ``Module._call_impl`` for every network, so
+    two networks in one cache folder collide (torch 2.14, CPU: loading one network's package for another fails in
+    Dynamo's guard code; BENCHMARKS.md, "Cold and warm starts"). A folder set by the
     user's own TORCHINDUCTOR_CACHE_DIR wins; torch writes its default into that variable on first use, so a
     value equal to the default is not the user's.
     """
