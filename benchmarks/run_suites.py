@@ -195,7 +195,9 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
 
 # name: (compile_scope, extra overrides). The fused norm and the checkpoint writes are pinned in each (unet_small's
 # default, auto, turns the op on on CUDA): "net" against "net_foreground_writes" is the effect of writing
-# checkpoints in the background, against "net_fused_norm" the op's, against "blocks" the compile scope's.
+# checkpoints in the background, against "net_cudnn_heuristics" cuDNN's autotuning of every convolution in the
+# first step (trainer.benchmark, on in trainer=gpu), against "net_fused_norm" the op's, against "blocks" the
+# compile scope's.
 def _pinned(fused_norm: str, writes: str) -> list[str]:
     return [f"model.fused_norm={fused_norm}", f"checkpoint_writes={writes}"]
 
@@ -203,6 +205,7 @@ def _pinned(fused_norm: str, writes: str) -> list[str]:
 STARTUP_SETTINGS = {
     "net": ("net", _pinned("false", "background")),
     "net_foreground_writes": ("net", _pinned("false", "foreground")),
+    "net_cudnn_heuristics": ("net", [*_pinned("false", "background"), "trainer.benchmark=false"]),
     "net_fused_norm": ("net", _pinned("true", "background")),
     "blocks": ("blocks", _pinned("false", "background")),
 }

@@ -239,7 +239,7 @@ def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
 def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(runner, tmp_path):
     opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
-    assert list(runs) == ["net", "net_foreground_writes", "net_fused_norm", "blocks"]  # --limit 2: one pair
+    assert list(runs) == ["net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "blocks"]
     for label, run in runs.items():
         cold, warm = run.commands
         cache = run.env["TORCHINDUCTOR_CACHE_DIR"]
@@ -263,11 +263,17 @@ def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(ru
     assert writes == {
         "net": ["checkpoint_writes=background"],
         "net_foreground_writes": ["checkpoint_writes=foreground"],
+        "net_cudnn_heuristics": ["checkpoint_writes=background"],
         "net_fused_norm": ["checkpoint_writes=background"],
         "blocks": ["checkpoint_writes=background"],
     }
     net, foreground = runs["net"].commands[0], runs["net_foreground_writes"].commands[0]
     assert [o for o in net if o not in foreground and "/net/" not in o] == ["checkpoint_writes=background"]
+    # and net / net_cudnn_heuristics in cuDNN's autotuning alone (trainer=gpu turns it on)
+    heuristics = runs["net_cudnn_heuristics"].commands[0]
+    assert [o for o in heuristics if o not in net and "/net_cudnn_heuristics/" not in o] == [
+        "trainer.benchmark=false"
+    ]
 
 
 def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
