@@ -38,7 +38,7 @@ train: setup
 	$(VPY) -m diffusion_lab.train experiment=fmnist_cpu $(ARGS)
 
 # One pytest worker per core (pytest-xdist): many tests wait on a subprocess's imports, one core's work each, so
-# two workers on the 2-core CI machine run the suite in about 12 minutes instead of 19 (same tests, same result).
+# two workers on the 2-core CI machine run the suite in 9-12 minutes instead of 19 (same tests, same result).
 test: setup browser
 	$(VPY) -m pytest -q -n auto -m "not slow" $(ARGS)
 
