@@ -29,8 +29,13 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 NETWORKS = {"A": 32, "B": 16}  # base channels of unet_tiny's shape (channel_mult 1, 2, 2; attention at 7x7)
-CASES = [("cold", "A", False), ("warm", "A", False), ("save", "A", True), ("precompiled", "A", True)]
-CASES.append(("other", "B", True))
+CASES = [
+    ("cold", "A", False),
+    ("warm", "A", False),
+    ("save", "A", True),
+    ("precompiled", "A", True),
+    ("other", "B", True),
+]
 
 
 def step(network: str, precompile: bool, device: str) -> dict:
