@@ -70,6 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--gpus", type=int, default=1, help="runs at once, each on its own GPU (CUDA_VISIBLE_DEVICES)"
     )
     p.add_argument("--limit", type=int, default=None, help="run at most this many of the pending runs")
+    p.add_argument(
+        "--only", default=None, help="comma-separated run labels: the suite's runs of these labels alone"
+    )
     p.add_argument("--seconds", type=float, default=240.0, help="quality: training wall budget per run")
     p.add_argument("--seeds", default="0,1,2", help="quality: comma-separated seeds")
     p.add_argument("--features", default=None, help="quality: classifier file (default: trained into --out)")
@@ -183,12 +186,25 @@ def execute(run: Run, logs: Path) -> tuple[list[dict], list[str]]:
 
 def pending(opts: argparse.Namespace, done: set[str]) -> list[Run]:
     """The suite's runs not yet in ``done``, with ``--gpus`` > 1 each on the GPU of its slot in its wave."""
-    runs = [r for r in SUITES[opts.suite](opts) if r.label not in done]
+    runs = [r for r in SUITES[opts.suite](opts) if r.label not in done and selected(opts, r.label)]
     if opts.gpus > 1:
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // opts.gpus))
         for i, run in enumerate(runs):  # each run its GPU and its share of the host's cores
             run.env.update(CUDA_VISIBLE_DEVICES=str(i % opts.gpus), OMP_NUM_THREADS=threads)
     return runs
+
+
+def selected(opts: argparse.Namespace, label: str) -> bool:
+    return opts.only is None or label in opts.only.split(",")
+
+
+def unknown_labels(opts: argparse.Namespace) -> str | None:
+    """The one-line error for labels of ``--only`` that the suite has no run of, or None."""
+    labels = [r.label for r in SUITES[opts.suite](opts)]
+    unknown = [x for x in (opts.only.split(",") if opts.only else []) if x not in labels]
+    if not unknown:
+        return None
+    return f"run.py: --only {','.join(unknown)}: no such run in suite {opts.suite}; its runs: {', '.join(labels)}"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -266,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts.suite not in SUITES:
         print(f"run.py: unknown suite {opts.suite!r}; choose one of {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    if error := unknown_labels(opts):
+        print(error, file=sys.stderr)
         return 2
     return dry_run(opts) if opts.dry_run else run_suite(opts)
 

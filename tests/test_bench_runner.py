@@ -144,6 +144,22 @@ def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
     assert list(dict.fromkeys(labels)) == ["prepare", "ours_s0", "diffusers_s0"]
 
 
+def test_only_runs_the_named_settings_in_the_suite_order(runner, capsys, tmp_path):
+    argv = ["startup", "--dry-run", "--out", str(tmp_path), "--only", "net_cudnn_heuristics,net"]
+    assert runner.main(argv) == 0
+    labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
+    assert labels == ["net", "net", "net_cudnn_heuristics", "net_cudnn_heuristics"]  # cold, warm each
+
+
+def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys, tmp_path):
+    argv = ["startup", "--dry-run", "--out", str(tmp_path), "--only", "net,nett"]
+    assert runner.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
+        "net_cudnn_heuristics, net_fused_norm, blocks\n"
+    )
+
+
 def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
     assert runner.main(["nope", "--dry-run"]) == 2
     err = capsys.readouterr().err
