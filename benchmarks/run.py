@@ -86,6 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--seeds={opts.seeds!r}: give comma-separated integers, e.g. 0,1,2")
     if opts.gpus < 1:
         p.error("--gpus must be >= 1")
+    opts.only = opts.only.split(",") if opts.only else None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     opts.out = str(Path(opts.out or ROOT / "outputs" / "benchmarks" / f"{opts.suite}-{stamp}").resolve())
     opts.work = str(Path(opts.work or Path(opts.out) / "runs").resolve())
@@ -195,13 +196,13 @@ def pending(opts: argparse.Namespace, done: set[str]) -> list[Run]:
 
 
 def selected(opts: argparse.Namespace, label: str) -> bool:
-    return opts.only is None or label in opts.only.split(",")
+    return opts.only is None or label in opts.only
 
 
 def unknown_labels(opts: argparse.Namespace) -> str | None:
     """The one-line error for labels of ``--only`` that the suite has no run of, or None."""
     labels = [r.label for r in SUITES[opts.suite](opts)]
-    unknown = [x for x in (opts.only.split(",") if opts.only else []) if x not in labels]
+    unknown = [x for x in opts.only or [] if x not in labels]
     if not unknown:
         return None
     return f"run.py: --only {','.join(unknown)}: no such run in suite {opts.suite}; its runs: {', '.join(labels)}"
