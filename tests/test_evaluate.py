@@ -445,6 +445,36 @@ def test_sample_sets_report_the_spread(trained_checkpoint, classifier, tmp_path)
     assert single["fd_classifier_std"] is None and single["fd_classifier_values"] == [single["fd_classifier"]]
 
 
+def test_sampling_variance_rows_are_their_own_setting(trained_checkpoint, classifier, tmp_path):
+    common = [
+        f"features={classifier}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "metrics=[fid]",
+        "sampler=ddpm",
+        "steps=[3]",
+        "n=6",
+        "n_real=8",
+        "batch_size=3",
+        "seed=5",
+    ]
+    rows = {
+        name: evaluate(eval_cfg(trained_checkpoint, tmp_path / name, *common, *extra))["rows"][0]
+        for name, extra in (
+            ("plain", []),
+            ("small", ["sampling_variance=fixed_small"]),
+            ("large", ["sampling_variance=fixed_large"]),
+        )
+    }
+    assert "variance" not in rows["plain"]
+    assert rows["small"]["variance"] == "fixed_small" and rows["large"]["variance"] == "fixed_large"
+    # the checkpoint was trained with fixed_small: naming it again draws the very same samples
+    assert rows["small"]["fd_classifier"] == rows["plain"]["fd_classifier"]
+    assert rows["large"]["fd_classifier"] != pytest.approx(rows["plain"]["fd_classifier"], rel=1e-3)
+    recorded = json.loads((tmp_path / "large" / "evaluation.json").read_text())
+    assert recorded["summary"]["provenance"]["config"]["sampling_variance"] == "fixed_large"
+    assert "variance" in read_csv(tmp_path / "large" / "evaluation.csv")[0]
+
+
 # ---------------------------------------------------------------------------------------------- CLI errors
 def run_cli(tmp_path: Path, *args: str, torch_home: Path | None = None) -> subprocess.CompletedProcess:
     env = cli_env(tmp_path)
@@ -497,6 +527,25 @@ def test_bad_settings_fail_before_loading(tmp_path, overrides, match):
     with pytest.raises(UserError, match=match) as err:
         evaluate(eval_cfg(tmp_path / "none.ckpt", tmp_path / "eval", *overrides))
     assert "\n" not in str(err.value)
+
+
+def test_sampling_variance_with_ddim_is_one_line_and_writes_nothing(gaussian_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_cli(
+        tmp_path,
+        f"ckpt={gaussian_checkpoint}",
+        f"out_dir={out}",
+        "features=inception",
+        "metrics=[fid]",
+        "sampler=ddim",
+        "sampling_variance=fixed_large",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: sampling_variance=fixed_large is read by ancestral sampling alone, and sampler=ddim takes no "
+        "variance from the process; use sampler=ddpm or drop sampling_variance"
+    ]
+    assert not out.exists()
 
 
 def test_missing_classifier_names_the_option(gaussian_checkpoint, tmp_path):

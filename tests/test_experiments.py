@@ -146,13 +146,27 @@ def test_study_evaluations_are_valid(study):
 
 
 def test_ddim_study_grid_matches_the_paper_table():
-    evals = dry_run("ddim_table1")["EVAL"]
+    """Every row of the paper's Table 1 (η = 0, 0.5, 1 and σ̂: ancestral sampling with β_t) at every step count,
+    queued so that η = 1, a repeat of the DDPM row, comes last and the 1000-step rows after the few-step ones."""
+    evals = [as_dict(e) for e in dry_run("ddim_table1")["EVAL"]]
     steps: dict[tuple, set[int]] = {}
+    order = []
     for e in evals:
-        key = (as_dict(e)["sampler"], as_dict(e).get("eta"))
-        steps.setdefault(key, set()).update(int(s) for s in as_dict(e)["steps"].strip("[]").split(","))
-    assert set(steps) == {("ddpm", None), ("ddim", "0.0"), ("ddim", "0.5"), ("ddim", "1.0")}
+        key = (e["sampler"], e.get("eta"), e.get("sampling_variance"))
+        steps.setdefault(key, set()).update(int(s) for s in e["steps"].strip("[]").split(","))
+        order.append((key, e["steps"] == "[1000]"))
+    assert set(steps) == {
+        ("ddpm", None, None),
+        ("ddim", "0.0", None),
+        ("ddim", "0.5", None),
+        ("ddim", "1.0", None),
+        ("ddpm", None, "fixed_large"),
+    }
     assert all(s == {10, 20, 50, 100, 1000} for s in steps.values())
+    eta1_few = [i for i, (key, full) in enumerate(order) if key[1] == "1.0" and not full]
+    others_few = [i for i, (key, full) in enumerate(order) if key[1] != "1.0" and not full]
+    full = [i for i, (_, is_full) in enumerate(order) if is_full]
+    assert max(others_few) < min(full) and max(full) < min(eta1_few)
 
 
 def test_iddpm_scores_50_steps_first_and_1000_steps_on_their_own_sample_count():

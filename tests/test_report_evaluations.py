@@ -188,7 +188,7 @@ def test_eval_baseline_is_kept_for_the_rebuild(tmp_path):
     [
         ("sampler=euler", ["matches no evaluation row", "ddpm, 10 steps"]),
         ("sampler=ddim", ["matches 2 settings", "add fields"]),
-        ("temperature=1", ["FIELD=VALUE", "sampler, eta, steps, guidance, n"]),
+        ("temperature=1", ["FIELD=VALUE", "sampler, eta, variance, steps, guidance, n"]),
     ],
 )
 def test_a_bad_eval_baseline_is_one_error_line(tmp_path, capsys, spec, words):
@@ -200,6 +200,39 @@ def test_a_bad_eval_baseline_is_one_error_line(tmp_path, capsys, spec, words):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--eval-baseline" in err[0] and all(w in err[0] for w in words)
     assert not (sweep / "report.md").exists()
+
+
+def test_a_sampling_variance_row_is_paired_with_the_checkpoints_own(tmp_path):
+    """DDIM's σ̂ row: ancestral sampling with fixed_large is its own setting, compared with the plain DDPM row
+    (which alone matches 'sampler=ddpm'), and can itself be named as the baseline."""
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(6)
+    jobs = []
+    for seed in SEEDS:
+        shared = rng.normal(0.0, 1.0)
+        large = eval_row("ddpm", None, 10, [20.0 + shared + 3.0 + rng.normal(0.0, 0.05)])
+        large["variance"] = "fixed_large"
+        evaluations = {
+            "ddpm": [eval_row("ddpm", None, 10, [20.0 + shared + rng.normal(0.0, 0.05)])],
+            "ddpm_large": [large],
+        }
+        jobs.append(
+            write_job(root, len(jobs), [f"seed={seed}"], {"val/loss": {99: 1.0}}, evaluations=evaluations)
+        )
+    write_status(root, jobs)
+    report_main([str(root), "--eval-baseline", "sampler=ddpm"])
+    md = (root / "report.md").read_text()
+    (row,) = _rows(_section(md, "Evaluation differences from sampler=ddpm"))
+    assert row["setting"] == "ddpm σ²=fixed_large, 10 steps" and row["baseline"] == "ddpm, 10 steps"
+    difference = row["FD (classifier features)"]
+    assert difference.endswith("(n=5, worse)") and float(difference.split(" ± ")[0]) == pytest.approx(
+        3.0, abs=0.2
+    )
+    assert "variance" in _headers(_section(md, "Evaluations"))  # the per-job table names the variance
+    report_main([str(root), "--eval-baseline", "sampler=ddpm variance=fixed_large"])
+    title = "Evaluation differences from sampler=ddpm variance=fixed_large"
+    (row,) = _rows(_section((root / "report.md").read_text(), title))
+    assert row["setting"] == "ddpm, 10 steps" and row["FD (classifier features)"].endswith("(n=5, better)")
 
 
 def test_an_old_fid_logged_on_a_classifier_is_shown_as_logged_with_a_note(tmp_path):

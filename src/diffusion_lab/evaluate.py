@@ -51,6 +51,7 @@ from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
 from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
+from .sampling_variance import with_sampling_variance
 from .versions import package_versions
 
 __all__ = ["evaluate", "main", "KNOWN_METRICS"]
@@ -355,6 +356,7 @@ def score_setting(
         "sampler_settings": repr(sampler),
         "steps": sampler.num_evaluations(parts.diffusion),
         "eta": getattr(sampler, "eta", None),
+        **({"variance": str(cfg.sampling_variance)} if cfg.get("sampling_variance") else {}),
         "guidance": w,
         "features": metric.feature_extractor.kind,
         "n": int(cfg.n),
@@ -487,6 +489,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
+    if cfg.get("sampling_variance") is not None:
+        sampler = sampler_from_config(cfg.sampler, spec["sampler"], None, cfg.eta, parts.diffusion)
+        parts = with_sampling_variance(parts, str(cfg.sampling_variance), sampler if sample_metrics else None)
     if "bpd" in metrics and spec.get("latent"):
         raise UserError(
             "metrics=[bpd] is a likelihood of pixels, and this checkpoint models an autoencoder's latents; "

@@ -1,5 +1,5 @@
 """Evaluation rows over seeds: the rows of a cell's jobs (one model per seed) grouped by evaluation setting
-(sampler, eta, steps, guidance, samples per set), the estimator's own spread where a row scored several
+(sampler, eta, variance, steps, guidance, samples per set), the estimator's own spread where a row scored several
 sample sets, and the ``--eval-baseline`` setting each other setting of a cell is paired with."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = [
     "pair_with_baseline_cell",
 ]
 
-FIELDS = ("sampler", "eta", "steps", "guidance", "n")
+FIELDS = ("sampler", "eta", "variance", "steps", "guidance", "n")
 SAME = ("steps", "guidance", "n")  # a setting's baseline is at the same of these, unless the spec names them
 
 
@@ -33,6 +33,7 @@ class Setting:
     steps: float | None
     guidance: float
     n: float | None  # samples per set: scores from different sample sizes are not averaged together
+    variance: str | None = None  # evaluate's sampling_variance where it replaced the checkpoint's, else None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Setting:
@@ -43,12 +44,17 @@ class Setting:
             num(row.get("steps")),
             num(row.get("guidance")) or 0.0,
             num(row.get("n")),
+            None if row.get("variance") is None else str(row["variance"]),
         )
 
     @property
     def line(self) -> str:
         """The sampler setting without the step count: one line of a score-against-steps plot."""
-        parts = [self.sampler or "?", f"η={self.eta:g}" if self.eta is not None else ""]
+        parts = [
+            self.sampler or "?",
+            f"η={self.eta:g}" if self.eta is not None else "",
+            f"σ²={self.variance}" if self.variance is not None else "",
+        ]
         return " ".join(p for p in [*parts, f"w={self.guidance:g}" if self.guidance else ""] if p)
 
     @property
@@ -60,6 +66,7 @@ class Setting:
         return (
             self.sampler or "",
             _or(self.eta, -inf),
+            self.variance or "",
             _or(self.steps, inf),
             self.guidance,
             _or(self.n, inf),
@@ -145,9 +152,13 @@ def _parse(spec: str) -> dict[str, str]:
 
 
 def _matches(setting: Setting, wanted: dict[str, str]) -> bool:
+    """Whether ``setting`` is what ``wanted`` names; a setting sampled with another variance than its
+    checkpoint's matches only a spec that names that variance."""
+    if setting.variance is not None and "variance" not in wanted:
+        return False
     for key, value in wanted.items():
         have = getattr(setting, key)
-        if key == "sampler":
+        if key in ("sampler", "variance"):
             if have != value:
                 return False
         elif have is None or num(value) != have:

@@ -91,13 +91,19 @@ def _sampling_curves(jobs: list[Job], key: str) -> list[tuple[str, list[tuple[fl
             for r in e["rows"]:
                 steps, value = num(r.get("steps")), num(r.get(key))
                 if steps is not None and value is not None:
-                    setting = (r.get("sampler"), num(r.get("eta")), num(r.get("guidance")) or 0.0)
+                    setting = (
+                        r.get("sampler"),
+                        num(r.get("eta")),
+                        r.get("variance"),
+                        num(r.get("guidance")) or 0.0,
+                    )
                     groups.setdefault(setting, []).append((steps, value))
-            for (sampler, eta, w), points in groups.items():
+            for (sampler, eta, variance, w), points in groups.items():
                 parts = (
                     j.label if len(jobs) > 1 else "",
                     str(sampler or e["name"]),
                     f"η={eta:g}" if eta is not None else "",
+                    f"σ²={variance}" if variance is not None else "",
                     f"w={w:g}" if w else "",
                 )
                 curves.append((" ".join(x for x in parts if x), sorted(points)))

@@ -142,14 +142,18 @@ class Job:
         row = self.best_eval_row(frechet)
         if row:
             eta = f" η={row['eta']:g}" if num(row.get("eta")) is not None else ""
-            return f"{row.get('sampler', '?')}{eta}, {row.get('steps', '?')} steps"
+            variance = f" σ²={row['variance']}" if row.get("variance") is not None else ""
+            return f"{row.get('sampler', '?')}{eta}{variance}, {row.get('steps', '?')} steps"
         points = self.series.get(f"metrics/{frechet}")
         return f"training, step {points[-1][0]}" if points else ""
 
 
 def setting_key(row: dict[str, Any]) -> tuple:
-    """What an evaluation row was scored with: sampler, eta, steps, guidance, features and samples per set."""
-    return tuple(str(row.get(k)) for k in ("sampler", "eta", "steps", "guidance", "features", "n"))
+    """What an evaluation row was scored with: sampler, eta, variance, steps, guidance, features and samples per
+    set."""
+    return tuple(
+        str(row.get(k)) for k in ("sampler", "eta", "variance", "steps", "guidance", "features", "n")
+    )
 
 
 def share_settings(jobs: list[Job]) -> None:
