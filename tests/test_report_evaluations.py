@@ -12,8 +12,10 @@ import pytest
 from diffusion_lab.report import main as report_main
 from diffusion_lab.reporting.cells import group_cells
 from diffusion_lab.reporting.evalcells import group_evaluations, sample_set_spread
+from diffusion_lab.reporting.plots import seeds_label
 from diffusion_lab.reporting.raw import SETTINGS_FILE
 from diffusion_lab.reporting.runs import find_jobs
+from diffusion_lab.reporting.stats import t_interval
 from synthetic_sweep import eval_row, write_job, write_status
 
 SEEDS = [1, 2, 3, 4, 5]
@@ -362,3 +364,9 @@ def test_headline_score_is_taken_from_the_settings_every_job_shares(tmp_path):
     write_status(tmp_path / "u", [old])
     (job,) = find_jobs(tmp_path / "u")
     assert job.value("fd_classifier") == 3.0
+
+
+def test_a_partial_lines_legend_gives_the_range_of_seeds():
+    """A run cut short leaves a sampler's line with fewer seeds at some steps: its legend says so."""
+    assert seeds_label([t_interval([1.0, 2.0, 3.0]), t_interval([2.0])]) == "n=1–3"
+    assert seeds_label([t_interval([1.0, 2.0]), t_interval([2.0, 3.0])]) == "n=2"

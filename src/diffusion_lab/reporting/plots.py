@@ -16,7 +16,7 @@ from .runs import Job, num
 from .scores import FRECHET, Score
 from .stats import CONFIDENCE, t_interval
 
-__all__ = ["make_plots", "PLOTS_DIR"]
+__all__ = ["make_plots", "PLOTS_DIR", "seeds_label"]
 
 PLOTS_DIR = "report_plots"
 PNG_METADATA = {"Software": None}  # matplotlib's version would differ between machines
@@ -146,6 +146,12 @@ def _lines(groups: list[EvalGroup], key: str) -> dict[str, list[EvalGroup]]:
     return lines
 
 
+def seeds_label(intervals) -> str:
+    """The seeds behind a line's points: 'n=3', or 'n=1–3' where some points have fewer (a partial run)."""
+    low, high = min(i.n for i in intervals), max(i.n for i in intervals)
+    return f"n={high}" if low == high else f"n={low}–{high}"
+
+
 def _score_vs_steps_over_seeds(figs: _Figures, groups: list[EvalGroup], score: Score) -> None:
     lines = _lines(groups, score.key)
     if not lines:
@@ -156,7 +162,9 @@ def _score_vs_steps_over_seeds(figs: _Figures, groups: list[EvalGroup], score: S
         steps = [g.setting.steps for g in line]
         intervals = [t_interval(g.values(score.key)) for g in line]
         seeds = max(i.n for i in intervals)
-        ax.plot(steps, [i.mean for i in intervals], marker="o", ms=3, label=f"{label} (n={seeds})")
+        ax.plot(
+            steps, [i.mean for i in intervals], marker="o", ms=3, label=f"{label} ({seeds_label(intervals)})"
+        )
         if seeds > 1:
             ax.fill_between(steps, [i.low for i in intervals], [i.high for i in intervals], alpha=0.2)
     title = f"{score.header} against sampling steps: mean ± {CONFIDENCE:.0%} CI over seeds"
