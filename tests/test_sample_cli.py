@@ -109,6 +109,23 @@ def test_ddpm_sampler_by_name(checkpoint, tmp_path):
     assert np.load(tmp_path / "ddpm.npz")["images"].shape == (2, 28, 28, 1)
 
 
+def test_ancestral_sampling_with_the_other_fixed_variance(checkpoint, tmp_path):
+    """The checkpoint (fixed_small) sampled with its own variance named draws the same images; with β_t
+    (DDIM's σ̂) other ones, and the file name and summary say which."""
+    common = ["n=4", "sampler=ddpm", "steps=5", "seed=3"]
+    plain = sample(sample_cfg(checkpoint, tmp_path, *common, "name=plain"))
+    same = sample(sample_cfg(checkpoint, tmp_path, *common, "name=same", "sampling_variance=fixed_small"))
+    large = sample(sample_cfg(checkpoint, tmp_path, *common, "sampling_variance=fixed_large"))
+    images = {
+        k: np.load(r["samples_npz"])["images"]
+        for k, r in (("plain", plain), ("same", same), ("large", large))
+    }
+    np.testing.assert_array_equal(images["same"], images["plain"])
+    assert not np.array_equal(images["large"], images["plain"])
+    assert plain["variance"] == same["variance"] == "fixed_small" and large["variance"] == "fixed_large"
+    assert Path(large["samples_npz"]).name == "last_ddpm5_fixed_large_n4.npz"
+
+
 def test_npz_holds_the_adm_evaluator_names(checkpoint, tmp_path):
     """The ADM / guided-diffusion evaluator reads ``arr_0`` (uint8 NHWC) and the labels as ``arr_1``."""
     result = sample(sample_cfg(checkpoint, tmp_path, "n=3", "steps=2", "name=adm"))
@@ -148,6 +165,8 @@ def assert_kept(files: dict[Path, str]) -> None:
         (["+model=unet_small"], "model is fixed by the checkpoint"),
         (["sampler=ddpm", "eta=0.5"], "eta=0.5 applies to sampler=ddim only"),
         (["n=0"], "n=0 is invalid"),
+        (["sampler=ddim", "sampling_variance=fixed_large"], "is read by ancestral sampling alone"),
+        (["sampler=ddpm", "sampling_variance=large"], "sampling_variance=large is unknown"),
     ],
 )
 def test_refused_overrides(checkpoint, tmp_path, existing_outputs, overrides, match):

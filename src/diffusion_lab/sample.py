@@ -24,6 +24,7 @@ from .io import save_grid, save_samples_npz
 from .latent.decoder import sample_images, sampler_for
 from .overrides import override_key
 from .samplers import SAMPLERS, Sampler
+from .sampling_variance import with_sampling_variance
 
 __all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
@@ -105,9 +106,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")
-    sampler = sampler_for(
-        sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta, parts.diffusion), parts.decoder
-    )
+    chosen = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta, parts.diffusion)
+    if cfg.get("sampling_variance") is not None:
+        parts = with_sampling_variance(parts, str(cfg.sampling_variance), chosen)
+    sampler = sampler_for(chosen, parts.decoder)
     n = int(cfg.n)
     if n < 1:
         raise UserError(f"n={n} is invalid: the number of samples must be >= 1")
@@ -116,15 +118,19 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_path = Path(cfg.ckpt_path).resolve()
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "samples"
-    name = cfg.name or f"{ckpt_path.stem}_{sampler.name}{sampler.steps or ''}_n{n}"
+    variance = f"_{cfg.sampling_variance}" if cfg.get("sampling_variance") is not None else ""
+    name = cfg.name or f"{ckpt_path.stem}_{sampler.name}{sampler.steps or ''}{variance}_n{n}"
     result = {"samples_npz": str(save_samples_npz(images, out_dir / f"{name}.npz", labels)), "n": n}
     if len(spec["data_shape"]) == 3:
         nrow = per_row if labels is not None else None  # a class per row
         result["grid"] = str(save_grid(images[:256], out_dir / f"{name}.png", nrow=nrow))
     result["seconds"] = round(time.time() - started, 2)
     result["sampler"] = repr(sampler)
+    result["variance"] = parts.diffusion.variance.name if hasattr(parts.diffusion, "variance") else None
     print(
-        f"\n== diffusion_lab.sample done ==\nsampler : {sampler!r}\nsamples : {result['samples_npz']}\n"
+        f"\n== diffusion_lab.sample done ==\nsampler : {sampler!r}"
+        + (f" with variance={result['variance']}" if result["variance"] else "")
+        + f"\nsamples : {result['samples_npz']}\n"
         + (f"grid    : {result['grid']}\n" if "grid" in result else "")
         + f"time    : {result['seconds']} s on {device}",
         flush=True,
