@@ -13,6 +13,7 @@ from diffusion_lab.diffusion.process import Diffusion
 from diffusion_lab.errors import UserError
 from diffusion_lab.samplers import DDIMSampler, DDPMSampler
 from diffusion_lab.sampling_variance import with_sampling_variance
+from gaussian_oracle import GaussianDenoiserNet
 
 STEPS = 10
 
@@ -102,8 +103,6 @@ def test_beta_is_the_exact_reverse_variance_for_unit_gaussian_data():
     """For x_0 ~ N(0, I) every marginal is N(0, I) and q(x_{t-1} | x_t) = N(sqrt(α_t) x_t, β_t): with the exact
     denoiser, ancestral sampling with σ_t² = β_t (fixed_large) returns unit variance on a respaced grid, and the
     posterior's β̃_t (fixed_small, the checkpoint's here) returns too little."""
-    from gaussian_oracle import GaussianDenoiserNet
-
     trained = Diffusion.from_names("linear", 1000, "eps", "fixed_small")
     oracle = GaussianDenoiserNet(trained.schedule.alphas_cumprod.numpy(), mu=0.0, s=1.0)
     variances = {}

@@ -129,7 +129,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     result["variance"] = parts.diffusion.variance.name if hasattr(parts.diffusion, "variance") else None
     print(
         f"\n== diffusion_lab.sample done ==\nsampler : {sampler!r}"
-        + (f" with variance={result['variance']}" if result["variance"] else "")
+        + (f" with variance={result['variance']}" if variance else "")
         + f"\nsamples : {result['samples_npz']}\n"
         + (f"grid    : {result['grid']}\n" if "grid" in result else "")
         + f"time    : {result['seconds']} s on {device}",

@@ -5,13 +5,14 @@ sampler setting, and training curves as mean ± CI bands over seeds. PNGs are wr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from ..io import atomic_path
 from ..score_names import NUM_BUCKETS, bucket_key
 from .cells import Cell
 from .curves import common_steps
-from .evalcells import EvalGroup
+from .evalcells import EvalGroup, Setting
 from .runs import Job, num
 from .scores import FRECHET, Score
 from .stats import CONFIDENCE, t_interval
@@ -87,26 +88,16 @@ def _sampling_curves(jobs: list[Job], key: str) -> list[tuple[str, list[tuple[fl
     curves = []
     for j in jobs:
         for e in j.evaluations:
-            groups: dict[tuple, list[tuple[float, float]]] = {}
+            # one curve per evaluation setting but its step count (and samples per set)
+            groups: dict[Setting, list[tuple[float, float]]] = {}
             for r in e["rows"]:
                 steps, value = num(r.get("steps")), num(r.get(key))
                 if steps is not None and value is not None:
-                    setting = (
-                        r.get("sampler"),
-                        num(r.get("eta")),
-                        r.get("variance"),
-                        num(r.get("guidance")) or 0.0,
-                    )
-                    groups.setdefault(setting, []).append((steps, value))
-            for (sampler, eta, variance, w), points in groups.items():
-                parts = (
-                    j.label if len(jobs) > 1 else "",
-                    str(sampler or e["name"]),
-                    f"η={eta:g}" if eta is not None else "",
-                    f"σ²={variance}" if variance is not None else "",
-                    f"w={w:g}" if w else "",
-                )
-                curves.append((" ".join(x for x in parts if x), sorted(points)))
+                    groups.setdefault(replace(Setting.of(r), steps=None, n=None), []).append((steps, value))
+            for setting, points in groups.items():
+                named = replace(setting, sampler=str(setting.sampler or e["name"]))
+                label = " ".join(x for x in (j.label if len(jobs) > 1 else "", named.line) if x)
+                curves.append((label, sorted(points)))
     return curves
 
 
