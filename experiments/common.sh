@@ -17,6 +17,8 @@
 #   PREWARM=0   skip the short run that compiles a sweep's network before its jobs start together (see prewarm)
 #   SWEEPS      only these sweeps of the study, space-separated (e.g. "flow ddpm_eps"): re-running part of a
 #               study; its evaluations are the selected sweeps' own. Default: every sweep
+#   EVALS       only these evaluations of the study (queue_eval NAMEs, space-separated, e.g. "ddpm ddpm_1000"): scoring
+#               a trained study again in some settings, or training it again for a few; default: every one
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / PREWARM / SWEEP / EVAL lines) and run nothing (the tests use it);
@@ -35,6 +37,7 @@ MAX_MINUTES=${MAX_MINUTES:-}
 FID_N=${FID_N:-10000}
 SAMPLE_SETS=${SAMPLE_SETS:-1}
 SWEEPS=${SWEEPS:-}
+EVALS=${EVALS:-}
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:-}"
 STATUS=0
@@ -69,6 +72,21 @@ check_sweeps() {
   done
 }
 check_sweeps
+
+# A name in EVALS that the study does not queue stops it before anything runs. The names are read off the study
+# itself, run in a listing mode (LIST_EVALS=1: queue_eval prints its name, nothing runs), since a study may build
+# them in a loop.
+check_evals() {
+  local name known
+  [[ -n "$EVALS" ]] || return 0
+  known=$(EVALS='' LIST_EVALS=1 DRY_RUN=1 bash "${BASH_SOURCE[-1]}" | sed -n 's/^EVALNAME //p' | tr '\n' ' ')
+  for name in $EVALS; do
+    [[ " $known " == *" $name "* ]] && continue
+    echo "EVALS: $STUDY has no evaluation named '$name' (its evaluations: ${known% })" >&2
+    exit 2
+  done
+}
+check_evals
 
 # core_share N: the OMP_NUM_THREADS of one of N processes sharing this host's cores: nproc / N, at least 1 (the
 # gpu_pool launcher gives each of the jobs it runs at once the same share).
@@ -172,6 +190,8 @@ queue_eval() {
   local name=$1 under=${EVAL_UNDER:-}
   shift
   [[ -z "$under" ]] || selected "$under" || return 0
+  [[ "${LIST_EVALS:-0}" == 1 ]] && { echo "EVALNAME $name"; return 0; }
+  [[ -z "$EVALS" || " $EVALS " == *" $name "* ]] || return 0
   set -- "$@" "sample_sets=$SAMPLE_SETS"
   if [[ "$DRY_RUN" == 1 ]]; then
     echo "EVAL ${under:+@$under }$(printf '%q ' "$@" "${EVAL_EXTRA[@]}")"

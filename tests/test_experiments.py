@@ -385,3 +385,30 @@ def test_sweeps_naming_no_sweep_of_the_study_stops_it_with_exit_2():
     assert proc.stderr.strip() == (
         "SWEEPS: formulations has no sweep named 'ddpm_esp' (its sweeps: ddpm_eps ddpm_v edm flow)"
     )
+
+
+def test_evals_runs_only_the_named_evaluations_in_the_studys_order():
+    """EVALS names queue_eval NAMEs; ddim_table1 builds its 1000-step names in a loop, and they select too."""
+    whole = dry_run("ddim_table1")["EVAL"]
+    part = dry_run("ddim_table1", EVALS="ddpm_large_1000 ddpm")["EVAL"]
+    assert [as_dict(e) for e in part] == [
+        as_dict(e)
+        for e in whole
+        if as_dict(e).get("sampler") == "ddpm"
+        and (as_dict(e)["steps"] != "[1000]") == ("sampling_variance" not in as_dict(e))
+    ]
+    assert len(part) == 2
+    assert (as_dict(part[1])["sampling_variance"], as_dict(part[1])["steps"]) == ("fixed_large", "[1000]")
+
+
+def test_evals_naming_no_evaluation_of_the_study_stops_it_with_exit_2():
+    env = dict(os.environ, DRY_RUN="1", EVALS="ddpm ddpm_2000")
+    proc = subprocess.run(
+        ["bash", str(EXPERIMENTS / "ddim_table1.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "EVALS: ddim_table1 has no evaluation named 'ddpm_2000' (its evaluations: ddpm ddim_eta0_sets ddim_eta0 "
+        "ddim_eta0.5 ddpm_large ddpm_1000 ddim_eta0_1000 ddim_eta0.5_1000 ddpm_large_1000 ddim_eta1_1000 ddim_eta1)"
+    )
