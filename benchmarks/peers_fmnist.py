@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml
+        torch.backends.cudnn.benchmark = False  # cuDNN's heuristics, as conf/trainer/gpu.yaml
     torch.manual_seed(args.seed)
 
     net, forward, desc = build_peer(args.peer, args.dropout)

@@ -10,8 +10,8 @@ quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each s
 fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py, the latter compiled in the default
             mode and with CUDA graphs (one JSON line per measured shape or setting).
 startup     cold and warm starts of experiment=fmnist_fast: for the whole network compiled (compile_scope=net,
-            model.fused_norm=false, checkpoints written in the background), the same with checkpoints written
-            in the foreground, with the fused GroupNorm+SiLU op (model.fused_norm=true) and with the blocks
+            model.fused_norm=false, checkpoints written in the background, cuDNN autotuning: trainer.benchmark),
+            the same with checkpoints written in the foreground, with cuDNN's heuristics (the default), with the fused GroupNorm+SiLU op (model.fused_norm=true) and with the blocks
             compiled regionally (compile_scope=blocks), one run each of two trainings in a row: the first in empty inductor / Triton
             cache folders (cold), the second the same command again (warm). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
@@ -193,19 +193,23 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
     return [script_run(opts, "fused_norm_bench", []), script_run(opts, "fused_norm_unet", []), graphs]
 
 
-# name: (compile_scope, extra overrides). The fused norm and the checkpoint writes are pinned in each (unet_small's
-# default, auto, turns the op on on CUDA): "net" against "net_foreground_writes" is the effect of writing
-# checkpoints in the background, against "net_cudnn_heuristics" cuDNN's autotuning of every convolution in the
-# first step (trainer.benchmark, on in trainer=gpu), against "net_fused_norm" the op's, against "blocks" the
-# compile scope's.
-def _pinned(fused_norm: str, writes: str) -> list[str]:
-    return [f"model.fused_norm={fused_norm}", f"checkpoint_writes={writes}"]
+# name: (compile_scope, extra overrides). The fused norm, the checkpoint writes and cuDNN's algorithm choice are
+# pinned in each, so every label means what it meant in the records (unet_small's default, auto, turns the op on
+# on CUDA; trainer=gpu now takes cuDNN's heuristics): "net" against "net_foreground_writes" is the effect of
+# writing checkpoints in the background, against "net_cudnn_heuristics" cuDNN's autotuning of every convolution in
+# the first step (trainer.benchmark), against "net_fused_norm" the op's, against "blocks" the compile scope's.
+def _pinned(fused_norm: str, writes: str, cudnn_autotune: str = "true") -> list[str]:
+    return [
+        f"model.fused_norm={fused_norm}",
+        f"checkpoint_writes={writes}",
+        f"trainer.benchmark={cudnn_autotune}",
+    ]
 
 
 STARTUP_SETTINGS = {
     "net": ("net", _pinned("false", "background")),
     "net_foreground_writes": ("net", _pinned("false", "foreground")),
-    "net_cudnn_heuristics": ("net", [*_pinned("false", "background"), "trainer.benchmark=false"]),
+    "net_cudnn_heuristics": ("net", _pinned("false", "background", cudnn_autotune="false")),
     "net_fused_norm": ("net", _pinned("true", "background")),
     "blocks": ("blocks", _pinned("false", "background")),
 }

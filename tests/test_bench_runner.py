@@ -285,7 +285,8 @@ def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(ru
     }
     net, foreground = runs["net"].commands[0], runs["net_foreground_writes"].commands[0]
     assert [o for o in net if o not in foreground and "/net/" not in o] == ["checkpoint_writes=background"]
-    # and net / net_cudnn_heuristics in cuDNN's autotuning alone (trainer=gpu turns it on)
+    # and net / net_cudnn_heuristics in cuDNN's autotuning alone, pinned in both (trainer=gpu now leaves it off)
+    assert "trainer.benchmark=true" in net
     heuristics = runs["net_cudnn_heuristics"].commands[0]
     assert [o for o in heuristics if o not in net and "/net_cudnn_heuristics/" not in o] == [
         "trainer.benchmark=false"
