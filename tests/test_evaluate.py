@@ -475,6 +475,32 @@ def test_sampling_variance_rows_are_their_own_setting(trained_checkpoint, classi
     assert "variance" in read_csv(tmp_path / "large" / "evaluation.csv")[0]
 
 
+def test_an_unclipped_sampler_is_recorded_as_such(trained_checkpoint, classifier, tmp_path):
+    """sampler.clip_denoised=false reaches the sampler and its row says clip: false (the report's own setting);
+    a clipped row has no clip key, as every row written before the key existed."""
+    common = [
+        f"features={classifier}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "metrics=[fid]",
+        "sampler=ddim",
+        "eta=0.0",
+        "steps=[3]",
+        "n=6",
+        "n_real=8",
+        "batch_size=3",
+        "seed=5",
+    ]
+    rows = {
+        name: evaluate(eval_cfg(trained_checkpoint, tmp_path / name, *common, *extra))["rows"][0]
+        for name, extra in (("clipped", []), ("unclipped", ["sampler.clip_denoised=false"]))
+    }
+    assert "clip" not in rows["clipped"] and "clip_denoised=True" in rows["clipped"]["sampler_settings"]
+    assert (
+        rows["unclipped"]["clip"] is False and "clip_denoised=False" in rows["unclipped"]["sampler_settings"]
+    )
+    assert "clip" in read_csv(tmp_path / "unclipped" / "evaluation.csv")[0]
+
+
 # ---------------------------------------------------------------------------------------------- CLI errors
 def run_cli(tmp_path: Path, *args: str, torch_home: Path | None = None) -> subprocess.CompletedProcess:
     env = cli_env(tmp_path)

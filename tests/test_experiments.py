@@ -146,22 +146,26 @@ def test_study_evaluations_are_valid(study):
 
 
 def test_ddim_study_grid_matches_the_paper_table():
-    """Every row of the paper's Table 1 (η = 0, 0.5, 1 and σ̂: ancestral sampling with β_t) at every step count,
+    """Every row of the paper's Table 1 (η = 0, 0.5, 1 and σ̂: ancestral sampling with β_t) at every step count
+    (and η = 0 unclipped, as the paper sampled, at 1000),
     queued so that η = 1, a repeat of the DDPM row, comes last and the 1000-step rows after the few-step ones."""
     evals = [as_dict(e) for e in dry_run("ddim_table1")["EVAL"]]
     steps: dict[tuple, set[int]] = {}
     order = []
     for e in evals:
-        key = (e["sampler"], e.get("eta"), e.get("sampling_variance"))
+        key = (e["sampler"], e.get("eta"), e.get("sampling_variance"), e.get("sampler.clip_denoised"))
         steps.setdefault(key, set()).update(int(s) for s in e["steps"].strip("[]").split(","))
         order.append((key, e["steps"] == "[1000]"))
     assert set(steps) == {
-        ("ddpm", None, None),
-        ("ddim", "0.0", None),
-        ("ddim", "0.5", None),
-        ("ddim", "1.0", None),
-        ("ddpm", None, "fixed_large"),
+        ("ddpm", None, None, None),
+        ("ddim", "0.0", None, None),
+        ("ddim", "0.5", None, None),
+        ("ddim", "1.0", None, None),
+        ("ddpm", None, "fixed_large", None),
+        ("ddim", "0.0", None, "false"),  # the paper's unclipped DDIM, at 1000 steps
     }
+    unclipped = ("ddim", "0.0", None, "false")
+    assert steps.pop(unclipped) == {1000}
     assert all(s == {10, 20, 50, 100, 1000} for s in steps.values())
     eta1_few = [i for i, (key, full) in enumerate(order) if key[1] == "1.0" and not full]
     others_few = [i for i, (key, full) in enumerate(order) if key[1] != "1.0" and not full]
@@ -410,5 +414,6 @@ def test_evals_naming_no_evaluation_of_the_study_stops_it_with_exit_2():
     assert proc.stdout == ""
     assert proc.stderr.strip() == (
         "EVALS: ddim_table1 has no evaluation named 'ddpm_2000' (its evaluations: ddpm ddim_eta0_sets ddim_eta0 "
-        "ddim_eta0.5 ddpm_large ddpm_1000 ddim_eta0_1000 ddim_eta0.5_1000 ddpm_large_1000 ddim_eta1_1000 ddim_eta1)"
+        "ddim_eta0.5 ddpm_large ddpm_1000 ddim_eta0_1000 ddim_eta0.5_1000 ddpm_large_1000 ddim_eta0_unclipped_1000 "
+        "ddim_eta1_1000 ddim_eta1)"
     )

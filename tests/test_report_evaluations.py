@@ -190,7 +190,7 @@ def test_eval_baseline_is_kept_for_the_rebuild(tmp_path):
     [
         ("sampler=euler", ["matches no evaluation row", "ddpm, 10 steps"]),
         ("sampler=ddim", ["matches 2 settings", "add fields"]),
-        ("temperature=1", ["FIELD=VALUE", "sampler, eta, variance, steps, guidance, n"]),
+        ("temperature=1", ["FIELD=VALUE", "sampler, eta, variance, clip, steps, guidance, n"]),
     ],
 )
 def test_a_bad_eval_baseline_is_one_error_line(tmp_path, capsys, spec, words):
@@ -235,6 +235,50 @@ def test_a_sampling_variance_row_is_paired_with_the_checkpoints_own(tmp_path):
     title = "Evaluation differences from sampler=ddpm variance=fixed_large"
     (row,) = _rows(_section((root / "report.md").read_text(), title))
     assert row["setting"] == "ddpm, 10 steps" and row["FD (classifier features)"].endswith("(n=5, better)")
+
+
+def test_an_unclipped_row_is_its_own_setting_paired_with_the_clipped_one(tmp_path, capsys):
+    """DDIM with sampler.clip_denoised=false writes clip: false; rows without the key (every older row) were
+    clipped. The two are separate settings, the unclipped one paired with the clipped row of its sampler, and
+    it is a baseline only where the spec names clip=false."""
+    root = tmp_path / "sweep"
+    rng = np.random.default_rng(7)
+    jobs = []
+    for seed in SEEDS:
+        shared = rng.normal(0.0, 1.0)
+        unclipped = eval_row("ddim", 0.0, 1000, [2.0 + shared - 0.5 + rng.normal(0.0, 0.05)])
+        unclipped["clip"] = False
+        evaluations = {
+            "ddim": [eval_row("ddim", 0.0, 1000, [2.0 + shared + rng.normal(0.0, 0.05)])],
+            "ddim_unclipped": [unclipped],
+        }
+        jobs.append(
+            write_job(root, len(jobs), [f"seed={seed}"], {"val/loss": {99: 1.0}}, evaluations=evaluations)
+        )
+    write_status(root, jobs)
+    report_main([str(root), "--eval-baseline", "sampler=ddim"])
+    md = (root / "report.md").read_text()
+    (row,) = _rows(_section(md, "Evaluation differences from sampler=ddim"))
+    assert row["setting"] == "ddim η=0 unclipped, 1000 steps" and row["baseline"] == "ddim η=0, 1000 steps"
+    difference = row["FD (classifier features)"]
+    assert difference.endswith("(n=5, better)") and float(difference.split(" ± ")[0]) == pytest.approx(
+        -0.5, abs=0.2
+    )
+    assert "clip" in _headers(_section(md, "Evaluations"))
+    report_main([str(root), "--eval-baseline", "sampler=ddim clip=false"])
+    (row,) = _rows(
+        _section((root / "report.md").read_text(), "Evaluation differences from sampler=ddim clip=false")
+    )
+    assert row["setting"] == "ddim η=0, 1000 steps" and row["FD (classifier features)"].endswith(
+        "(n=5, worse)"
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(root), "--eval-baseline", "sampler=ddim clip=no"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --eval-baseline 'sampler=ddim clip=no': clip=no is not true or false"
+    )
 
 
 def test_an_old_fid_logged_on_a_classifier_is_shown_as_logged_with_a_note(tmp_path):

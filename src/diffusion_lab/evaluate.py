@@ -357,6 +357,7 @@ def score_setting(
         "steps": sampler.num_evaluations(parts.diffusion),
         "eta": getattr(sampler, "eta", None),
         **({"variance": str(cfg.sampling_variance)} if cfg.get("sampling_variance") else {}),
+        **({"clip": False} if getattr(sampler, "clip_denoised", True) is False else {}),
         "guidance": w,
         "features": metric.feature_extractor.kind,
         "n": int(cfg.n),

@@ -1,5 +1,5 @@
 """Evaluation rows over seeds: the rows of a cell's jobs (one model per seed) grouped by evaluation setting
-(sampler, eta, variance, steps, guidance, samples per set), the estimator's own spread where a row scored several
+(sampler, eta, variance, clipping, steps, guidance, samples per set), the estimator's own spread where a row scored several
 sample sets, and the ``--eval-baseline`` setting each other setting of a cell is paired with."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import UserError
 from .cells import Cell
-from .runs import num
 from .scores import SCORES
+from .setting import FIELDS, Setting, num
 
 __all__ = [
     "Setting",
@@ -22,59 +22,7 @@ __all__ = [
     "pair_with_baseline_cell",
 ]
 
-FIELDS = ("sampler", "eta", "variance", "steps", "guidance", "n")
 SAME = ("steps", "guidance", "n")  # a setting's baseline is at the same of these, unless the spec names them
-
-
-@dataclass(frozen=True)
-class Setting:
-    sampler: str | None
-    eta: float | None
-    steps: float | None
-    guidance: float
-    n: float | None  # samples per set: scores from different sample sizes are not averaged together
-    variance: str | None = None  # evaluate's sampling_variance where it replaced the checkpoint's, else None
-
-    @classmethod
-    def of(cls, row: dict[str, Any]) -> Setting:
-        sampler = row.get("sampler")
-        return cls(
-            None if sampler is None else str(sampler),
-            num(row.get("eta")),
-            num(row.get("steps")),
-            num(row.get("guidance")) or 0.0,
-            num(row.get("n")),
-            None if row.get("variance") is None else str(row["variance"]),
-        )
-
-    @property
-    def line(self) -> str:
-        """The sampler setting without the step count: one line of a score-against-steps plot."""
-        parts = [
-            self.sampler or "?",
-            f"η={self.eta:g}" if self.eta is not None else "",
-            f"σ²={self.variance}" if self.variance is not None else "",
-        ]
-        return " ".join(p for p in [*parts, f"w={self.guidance:g}" if self.guidance else ""] if p)
-
-    @property
-    def label(self) -> str:
-        return self.line + (f", {self.steps:g} steps" if self.steps is not None else "")
-
-    def order(self) -> tuple:
-        inf = math.inf
-        return (
-            self.sampler or "",
-            _or(self.eta, -inf),
-            self.variance or "",
-            _or(self.steps, inf),
-            self.guidance,
-            _or(self.n, inf),
-        )
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 @dataclass
@@ -145,6 +93,8 @@ def _parse(spec: str) -> dict[str, str]:
                 f"--eval-baseline {spec!r}: {part!r} is not FIELD=VALUE with FIELD one of {', '.join(FIELDS)} "
                 "(space-separated, e.g. 'sampler=ddpm' or 'sampler=ddim eta=0')"
             )
+        if key == "clip" and value.lower() not in ("true", "false"):
+            raise UserError(f"--eval-baseline {spec!r}: clip={value} is not true or false")
         wanted[key] = value
     if not wanted:
         raise UserError("--eval-baseline is empty; pass FIELD=VALUE pairs, e.g. 'sampler=ddpm'")
@@ -153,12 +103,17 @@ def _parse(spec: str) -> dict[str, str]:
 
 def _matches(setting: Setting, wanted: dict[str, str]) -> bool:
     """Whether ``setting`` is what ``wanted`` names; a setting sampled with another variance than its
-    checkpoint's matches only a spec that names that variance."""
-    if setting.variance is not None and "variance" not in wanted:
+    checkpoint's, or unclipped, matches only a spec that names that variance or clip=false."""
+    if (setting.variance is not None and "variance" not in wanted) or (
+        not setting.clip and "clip" not in wanted
+    ):
         return False
     for key, value in wanted.items():
         have = getattr(setting, key)
-        if key in ("sampler", "variance"):
+        if key == "clip":
+            if have != (value.lower() == "true"):
+                return False
+        elif key in ("sampler", "variance"):
             if have != value:
                 return False
         elif have is None or num(value) != have:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from ..errors import UserError
 from ..overrides import override_key, split_override
 from ..score_names import features_kind
 from .scores import FRECHET, SCORES, score
+from .setting import Setting, num
 
 __all__ = ["Job", "find_jobs", "label_jobs", "num", "STATUS_FILE"]
 
@@ -28,15 +28,6 @@ WHAT_IT_NEEDS = (
     "holding one folder per job with .hydra/overrides.yaml and csv/metrics.csv"
 )
 FAILED = ("FAILED", "INTERRUPTED")
-
-
-def num(value: Any) -> float | None:
-    """``value`` as a finite float, else None."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 @dataclass
@@ -141,19 +132,14 @@ class Job:
         """Where the Fréchet distance ``frechet`` shown for the job comes from."""
         row = self.best_eval_row(frechet)
         if row:
-            eta = f" η={row['eta']:g}" if num(row.get("eta")) is not None else ""
-            variance = f" σ²={row['variance']}" if row.get("variance") is not None else ""
-            return f"{row.get('sampler', '?')}{eta}{variance}, {row.get('steps', '?')} steps"
+            return Setting.of(row).label
         points = self.series.get(f"metrics/{frechet}")
         return f"training, step {points[-1][0]}" if points else ""
 
 
 def setting_key(row: dict[str, Any]) -> tuple:
-    """What an evaluation row was scored with: sampler, eta, variance, steps, guidance, features and samples per
-    set."""
-    return tuple(
-        str(row.get(k)) for k in ("sampler", "eta", "variance", "steps", "guidance", "features", "n")
-    )
+    """What an evaluation row was scored with: its Setting and the features it was scored on."""
+    return Setting.of(row), str(row.get("features"))
 
 
 def share_settings(jobs: list[Job]) -> None:

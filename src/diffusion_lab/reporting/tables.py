@@ -101,7 +101,7 @@ def _cell_text(row: dict, key: str) -> str:
 def eval_table(jobs: list[Job]) -> Table:
     """Every evaluation row of every job, its scores under their own names."""
     rows = [r for j in jobs for e in j.evaluations for r in e["rows"]]
-    keys = ["sampler", "eta", "variance", "steps", "guidance", *[s.key for s in SCORES]]
+    keys = ["sampler", "eta", "variance", "clip", "steps", "guidance", *[s.key for s in SCORES]]
     present = [k for k in [*keys, "bpd"] if any(k in r for r in rows)]
     headers = {s.key: s.header for s in SCORES}
     table = Table("Evaluations", ["job", "evaluation", *[headers.get(k, k) for k in present]])
