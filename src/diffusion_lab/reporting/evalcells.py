@@ -1,6 +1,7 @@
 """Evaluation rows over seeds: the rows of a cell's jobs (one model per seed) grouped by evaluation setting
-(sampler, eta, variance, clipping, steps, guidance, samples per set), the estimator's own spread where a row scored several
-sample sets, and the ``--eval-baseline`` setting each other setting of a cell is paired with."""
+(``setting.Setting``: sampler, eta, variance, clipping, steps, guidance, samples per set), the estimator's own
+spread where a row scored several sample sets, and the ``--eval-baseline`` setting each other setting of a cell is
+paired with."""
 
 from __future__ import annotations
 
