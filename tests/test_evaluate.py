@@ -445,26 +445,34 @@ def test_sample_sets_report_the_spread(trained_checkpoint, classifier, tmp_path)
     assert single["fd_classifier_std"] is None and single["fd_classifier_values"] == [single["fd_classifier"]]
 
 
-def test_sampling_variance_rows_are_their_own_setting(trained_checkpoint, classifier, tmp_path):
+def score_variants(
+    checkpoint, classifier, tmp_path, sampler: list[str], variants: dict[str, list[str]]
+) -> dict:
+    """One small FD evaluation (3 steps, 6 samples, seed 5) per variant, each into tmp_path/<name>: its row."""
     common = [
         f"features={classifier}",
         f"cache_dir={tmp_path / 'cache'}",
         "metrics=[fid]",
-        "sampler=ddpm",
+        *sampler,
         "steps=[3]",
         "n=6",
         "n_real=8",
         "batch_size=3",
         "seed=5",
     ]
-    rows = {
-        name: evaluate(eval_cfg(trained_checkpoint, tmp_path / name, *common, *extra))["rows"][0]
-        for name, extra in (
-            ("plain", []),
-            ("small", ["sampling_variance=fixed_small"]),
-            ("large", ["sampling_variance=fixed_large"]),
-        )
+    return {
+        name: evaluate(eval_cfg(checkpoint, tmp_path / name, *common, *extra))["rows"][0]
+        for name, extra in variants.items()
     }
+
+
+def test_sampling_variance_rows_are_their_own_setting(trained_checkpoint, classifier, tmp_path):
+    variants = {
+        "plain": [],
+        "small": ["sampling_variance=fixed_small"],
+        "large": ["sampling_variance=fixed_large"],
+    }
+    rows = score_variants(trained_checkpoint, classifier, tmp_path, ["sampler=ddpm"], variants)
     assert "variance" not in rows["plain"]
     assert rows["small"]["variance"] == "fixed_small" and rows["large"]["variance"] == "fixed_large"
     # the checkpoint was trained with fixed_small: naming it again draws the very same samples
@@ -478,22 +486,8 @@ def test_sampling_variance_rows_are_their_own_setting(trained_checkpoint, classi
 def test_an_unclipped_sampler_is_recorded_as_such(trained_checkpoint, classifier, tmp_path):
     """sampler.clip_denoised=false reaches the sampler and its row says clip: false (the report's own setting);
     a clipped row has no clip key, as every row written before the key existed."""
-    common = [
-        f"features={classifier}",
-        f"cache_dir={tmp_path / 'cache'}",
-        "metrics=[fid]",
-        "sampler=ddim",
-        "eta=0.0",
-        "steps=[3]",
-        "n=6",
-        "n_real=8",
-        "batch_size=3",
-        "seed=5",
-    ]
-    rows = {
-        name: evaluate(eval_cfg(trained_checkpoint, tmp_path / name, *common, *extra))["rows"][0]
-        for name, extra in (("clipped", []), ("unclipped", ["sampler.clip_denoised=false"]))
-    }
+    variants = {"clipped": [], "unclipped": ["sampler.clip_denoised=false"]}
+    rows = score_variants(trained_checkpoint, classifier, tmp_path, ["sampler=ddim", "eta=0.0"], variants)
     assert "clip" not in rows["clipped"] and "clip_denoised=True" in rows["clipped"]["sampler_settings"]
     assert (
         rows["unclipped"]["clip"] is False and "clip_denoised=False" in rows["unclipped"]["sampler_settings"]
