@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_lab.cli import CONFIG_DIR
 from diffusion_lab.data import DiffusionDataModule
 from diffusion_lab.diffusion import Diffusion, LinearSchedule, q_sample
 from diffusion_lab.io import save_grid, save_samples_npz
@@ -358,11 +359,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def cudnn_autotune() -> bool:
+    """Whether cuDNN times every convolution's algorithms (torch.backends.cudnn.benchmark): the peers take what
+    our GPU trainer preset (conf/trainer/gpu.yaml) takes, so the comparison keeps one setting for every system."""
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.load(Path(CONFIG_DIR) / "trainer" / "gpu.yaml").benchmark)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # cuDNN's heuristics, as conf/trainer/gpu.yaml
+        torch.backends.cudnn.benchmark = cudnn_autotune()
     torch.manual_seed(args.seed)
 
     net, forward, desc = build_peer(args.peer, args.dropout)

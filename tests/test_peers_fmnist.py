@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import compose_train
 from scripts import load_script
 
 
@@ -136,3 +137,10 @@ def test_seed_fixes_the_data_order_timesteps_and_noise(peers):
     first, again, other = (trained_weights(peers, s) for s in (5, 5, 6))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_the_peers_take_cudnns_algorithm_choice_from_the_experiment_they_are_compared_with(peers):
+    """The quality comparison keeps one cuDNN setting for every system: the peers' loop reads it from the GPU
+    trainer preset, which experiment=fmnist_fast uses unchanged."""
+    ours = compose_train(["experiment=fmnist_fast"], output_dir="/nonexistent").trainer.benchmark
+    assert peers.cudnn_autotune() is ours
