@@ -57,6 +57,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from diffusion_lab.cli import CONFIG_DIR
@@ -362,8 +363,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cudnn_autotune() -> bool:
     """Whether cuDNN times every convolution's algorithms (torch.backends.cudnn.benchmark): the peers take what
     our GPU trainer preset (conf/trainer/gpu.yaml) takes, so the comparison keeps one setting for every system."""
-    from omegaconf import OmegaConf
-
     return bool(OmegaConf.load(Path(CONFIG_DIR) / "trainer" / "gpu.yaml").benchmark)
 
 

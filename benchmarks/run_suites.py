@@ -11,8 +11,9 @@ fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py, th
             mode and with CUDA graphs (one JSON line per measured shape or setting).
 startup     cold and warm starts of experiment=fmnist_fast: for the whole network compiled (compile_scope=net,
             model.fused_norm=false, checkpoints written in the background, cuDNN autotuning: trainer.benchmark),
-            the same with checkpoints written in the foreground, with cuDNN's heuristics (the default), with the fused GroupNorm+SiLU op (model.fused_norm=true) and with the blocks
-            compiled regionally (compile_scope=blocks), one run each of two trainings in a row: the first in empty inductor / Triton
+            the same with checkpoints written in the foreground, with cuDNN's heuristics (the default), with the
+            fused GroupNorm+SiLU op (model.fused_norm=true) and with the blocks compiled regionally
+            (compile_scope=blocks), one run each of two trainings in a row: the first in empty inductor / Triton
             cache folders (cold), the second the same command again (warm). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.

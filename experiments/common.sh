@@ -17,8 +17,8 @@
 #   PREWARM=0   skip the short run that compiles a sweep's network before its jobs start together (see prewarm)
 #   SWEEPS      only these sweeps of the study, space-separated (e.g. "flow ddpm_eps"): re-running part of a
 #               study; its evaluations are the selected sweeps' own. Default: every sweep
-#   EVALS       only these evaluations of the study (queue_eval NAMEs, space-separated, e.g. "ddpm ddpm_1000"): scoring
-#               a trained study again in some settings, or training it again for a few; default: every one
+#   EVALS       only these evaluations of the study (queue_eval NAMEs, space-separated, e.g. "ddpm ddpm_1000"):
+#               scoring a trained study again in some settings, or training it again for a few; default: every one
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / PREWARM / SWEEP / EVAL lines) and run nothing (the tests use it);
@@ -59,17 +59,23 @@ NUM_GPUS=${NUM_GPUS:-${#GPU_IDS[@]}}
 # selected NAME: whether the sweep NAME is one SWEEPS asks for (every sweep when SWEEPS is empty).
 selected() { [[ -z "$SWEEPS" || " $SWEEPS " == *" $1 "* ]]; }
 
-# A name in SWEEPS that no `train_sweep NAME` of the study declares stops the study before anything runs.
-check_sweeps() {
-  local name known
-  [[ -n "$SWEEPS" ]] || return 0
-  # the study script: the outermost file of the source chain
-  known=$(grep -oE '^\s*(SEEDS=[^ ]+ )?train_sweep [A-Za-z0-9_]+' "${BASH_SOURCE[-1]}" | awk '{print $NF}' | tr '\n' ' ')
-  for name in $SWEEPS; do
+# refuse_unknown SETTING NOUN KNOWN: stop the study (exit 2, one line) at the first name in $SETTING that is not
+# in the space-separated KNOWN names of its NOUN (sweep, evaluation).
+refuse_unknown() {
+  local setting=$1 noun=$2 known=$3 name
+  for name in ${!setting}; do
     [[ " $known " == *" $name "* ]] && continue
-    echo "SWEEPS: $STUDY has no sweep named '$name' (its sweeps: ${known% })" >&2
+    echo "$setting: $STUDY has no $noun named '$name' (its ${noun}s: ${known% })" >&2
     exit 2
   done
+}
+
+# A name in SWEEPS that no `train_sweep NAME` of the study declares stops the study before anything runs.
+check_sweeps() {
+  [[ -n "$SWEEPS" ]] || return 0
+  # the study script: the outermost file of the source chain
+  refuse_unknown SWEEPS sweep "$(grep -oE '^\s*(SEEDS=[^ ]+ )?train_sweep [A-Za-z0-9_]+' "${BASH_SOURCE[-1]}" \
+    | awk '{print $NF}' | tr '\n' ' ')"
 }
 check_sweeps
 
@@ -77,14 +83,9 @@ check_sweeps
 # itself, run in a listing mode (LIST_EVALS=1: queue_eval prints its name, nothing runs), since a study may build
 # them in a loop.
 check_evals() {
-  local name known
   [[ -n "$EVALS" ]] || return 0
-  known=$(EVALS='' LIST_EVALS=1 DRY_RUN=1 bash "${BASH_SOURCE[-1]}" | sed -n 's/^EVALNAME //p' | tr '\n' ' ')
-  for name in $EVALS; do
-    [[ " $known " == *" $name "* ]] && continue
-    echo "EVALS: $STUDY has no evaluation named '$name' (its evaluations: ${known% })" >&2
-    exit 2
-  done
+  refuse_unknown EVALS evaluation "$(EVALS='' LIST_EVALS=1 DRY_RUN=1 bash "${BASH_SOURCE[-1]}" \
+    | sed -n 's/^EVALNAME //p' | tr '\n' ' ')"
 }
 check_evals
 

@@ -35,8 +35,8 @@ queue_eval ddpm_large 'metrics=[fid,kid]' sampler=ddpm sampling_variance=fixed_l
 # DDIM eta=0 unclipped at 1000 steps: the paper's sampler does not clip x0 (every sampler here does by default),
 # and clipping bends the deterministic path, which no later noise corrects.
 for setting in "ddpm sampler=ddpm" "ddim_eta0 sampler=ddim eta=0.0" "ddim_eta0.5 sampler=ddim eta=0.5" \
-  "ddpm_large sampler=ddpm sampling_variance=fixed_large" "ddim_eta0_unclipped sampler=ddim eta=0.0 sampler.clip_denoised=false" \
-  "ddim_eta1 sampler=ddim eta=1.0"; do
+  "ddpm_large sampler=ddpm sampling_variance=fixed_large" \
+  "ddim_eta0_unclipped sampler=ddim eta=0.0 sampler.clip_denoised=false" "ddim_eta1 sampler=ddim eta=1.0"; do
   read -r -a words <<< "$setting"
   queue_eval "${words[0]}_1000" 'metrics=[fid,kid]' "${words[@]:1}" 'steps=[1000]' n=${FID_N_1000:-2000}
 done

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,24 +205,31 @@ def test_a_bad_eval_baseline_is_one_error_line(tmp_path, capsys, spec, words):
     assert not (sweep / "report.md").exists()
 
 
+def variant_sweep(root: Path, seed: int, setting: tuple, base: float, shift: float, key: str, value) -> Path:
+    """One model per seed, each scored in ``setting`` (sampler, eta, steps) as the checkpoint samples
+    (evaluation named after the sampler) and again with ``key: value`` in its row, ``shift`` FD apart (the
+    evaluation ``<sampler>_variant``); both share the seed's model noise."""
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for s in SEEDS:
+        shared = rng.normal(0.0, 1.0)
+        variant = eval_row(*setting, [base + shared + shift + rng.normal(0.0, 0.05)])
+        variant[key] = value
+        evaluations = {
+            setting[0]: [eval_row(*setting, [base + shared + rng.normal(0.0, 0.05)])],
+            f"{setting[0]}_variant": [variant],
+        }
+        jobs.append(
+            write_job(root, len(jobs), [f"seed={s}"], {"val/loss": {99: 1.0}}, evaluations=evaluations)
+        )
+    write_status(root, jobs)
+    return root
+
+
 def test_a_sampling_variance_row_is_paired_with_the_checkpoints_own(tmp_path):
     """DDIM's σ̂ row: ancestral sampling with fixed_large is its own setting, compared with the plain DDPM row
     (which alone matches 'sampler=ddpm'), and can itself be named as the baseline."""
-    root = tmp_path / "sweep"
-    rng = np.random.default_rng(6)
-    jobs = []
-    for seed in SEEDS:
-        shared = rng.normal(0.0, 1.0)
-        large = eval_row("ddpm", None, 10, [20.0 + shared + 3.0 + rng.normal(0.0, 0.05)])
-        large["variance"] = "fixed_large"
-        evaluations = {
-            "ddpm": [eval_row("ddpm", None, 10, [20.0 + shared + rng.normal(0.0, 0.05)])],
-            "ddpm_large": [large],
-        }
-        jobs.append(
-            write_job(root, len(jobs), [f"seed={seed}"], {"val/loss": {99: 1.0}}, evaluations=evaluations)
-        )
-    write_status(root, jobs)
+    root = variant_sweep(tmp_path / "sweep", 6, ("ddpm", None, 10), 20.0, 3.0, "variance", "fixed_large")
     report_main([str(root), "--eval-baseline", "sampler=ddpm"])
     md = (root / "report.md").read_text()
     (row,) = _rows(_section(md, "Evaluation differences from sampler=ddpm"))
@@ -241,21 +249,7 @@ def test_an_unclipped_row_is_its_own_setting_paired_with_the_clipped_one(tmp_pat
     """DDIM with sampler.clip_denoised=false writes clip: false; rows without the key (every older row) were
     clipped. The two are separate settings, the unclipped one paired with the clipped row of its sampler, and
     it is a baseline only where the spec names clip=false."""
-    root = tmp_path / "sweep"
-    rng = np.random.default_rng(7)
-    jobs = []
-    for seed in SEEDS:
-        shared = rng.normal(0.0, 1.0)
-        unclipped = eval_row("ddim", 0.0, 1000, [2.0 + shared - 0.5 + rng.normal(0.0, 0.05)])
-        unclipped["clip"] = False
-        evaluations = {
-            "ddim": [eval_row("ddim", 0.0, 1000, [2.0 + shared + rng.normal(0.0, 0.05)])],
-            "ddim_unclipped": [unclipped],
-        }
-        jobs.append(
-            write_job(root, len(jobs), [f"seed={seed}"], {"val/loss": {99: 1.0}}, evaluations=evaluations)
-        )
-    write_status(root, jobs)
+    root = variant_sweep(tmp_path / "sweep", 7, ("ddim", 0.0, 1000), 2.0, -0.5, "clip", False)
     report_main([str(root), "--eval-baseline", "sampler=ddim"])
     md = (root / "report.md").read_text()
     (row,) = _rows(_section(md, "Evaluation differences from sampler=ddim"))

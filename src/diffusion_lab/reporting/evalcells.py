@@ -102,12 +102,14 @@ def _parse(spec: str) -> dict[str, str]:
     return wanted
 
 
+# Fields whose value other than this default means evaluate sampled otherwise than the checkpoint's own way
+# (sampling_variance, sampler.clip_denoised=false): such a setting is a baseline only where the spec names it.
+NAMED_ONLY = {"variance": None, "clip": True}
+
+
 def _matches(setting: Setting, wanted: dict[str, str]) -> bool:
-    """Whether ``setting`` is what ``wanted`` names; a setting sampled with another variance than its
-    checkpoint's, or unclipped, matches only a spec that names that variance or clip=false."""
-    if (setting.variance is not None and "variance" not in wanted) or (
-        not setting.clip and "clip" not in wanted
-    ):
+    """Whether ``setting`` is what ``wanted`` names (a NAMED_ONLY field off its default only if named)."""
+    if any(getattr(setting, k) != default and k not in wanted for k, default in NAMED_ONLY.items()):
         return False
     for key, value in wanted.items():
         have = getattr(setting, key)
