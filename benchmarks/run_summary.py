@@ -1,11 +1,13 @@
 """The quality suite's summary: per system the mean ± 95% Student-t half-width over seeds of FD, KID, steps and
-train img/s, and per peer whether ours has the lower mean FD with non-overlapping 95% intervals."""
+train img/s; per peer whether ours has the lower mean FD with non-overlapping 95% intervals, and ours − peer FD
+paired by seed (a seed's runs share a host and a call, so the pairing also holds when seeds ran on different
+machines)."""
 
 from __future__ import annotations
 
 import math
 
-from diffusion_lab.reporting.stats import Interval, t_interval
+from diffusion_lab.reporting.stats import Interval, paired_difference, t_interval, verdict
 
 METRICS = (("fd", "FD"), ("kid", "KID"), ("steps", "steps"), ("img_per_s", "train img/s"))
 
@@ -30,18 +32,27 @@ def lower_fd_separated(ours: Interval, peer: Interval) -> bool:
     return ours.mean < peer.mean and ours.high < peer.low
 
 
+def fd_by_seed(records: list[dict], system: str) -> dict[int, float]:
+    fds = {r["seed"]: (r.get("metrics") or {}).get("fd") for r in records if r["system"] == system}
+    return {seed: fd for seed, fd in fds.items() if fd is not None and math.isfinite(fd)}
+
+
+def cell(i: Interval) -> dict:
+    return {"mean": i.mean, "half_width": i.half_width, "n": i.n}
+
+
 def summary(records: list[dict]) -> dict:
     table = intervals(records)
-    verdicts = {}
+    verdicts, paired = {}, {}
     if "ours" in table:
         for peer in (s for s in table if s != "ours"):
             verdicts[peer] = lower_fd_separated(table["ours"]["fd"], table[peer]["fd"])
+            diff = paired_difference(fd_by_seed(records, "ours"), fd_by_seed(records, peer))
+            paired[peer] = {**cell(diff), "verdict": verdict(diff, "min")}
     return {
-        "systems": {
-            system: {key: {"mean": i.mean, "half_width": i.half_width, "n": i.n} for key, i in row.items()}
-            for system, row in table.items()
-        },
+        "systems": {system: {key: cell(i) for key, i in row.items()} for system, row in table.items()},
         "ours_lower_fd_separated": verdicts,
+        "ours_minus_peer_fd_paired": paired,
     }
 
 
@@ -52,6 +63,8 @@ def text(result: dict) -> str:
         lines.append(f"{system:<13}{cells}")
     for peer, yes in result["ours_lower_fd_separated"].items():
         lines.append(f"vs {peer}: ours lower mean FD with non-overlapping 95% CIs: {'yes' if yes else 'no'}")
+    for peer, diff in result.get("ours_minus_peer_fd_paired", {}).items():
+        lines.append(f"ours - {peer} FD paired by seed: {fmt(diff)}: {diff['verdict']}")
     return "\n".join(lines)
 
 

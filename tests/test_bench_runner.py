@@ -171,7 +171,8 @@ def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
 
 def records(system: str, fds: list[float]) -> list[dict]:
     return [
-        {"system": system, "metrics": {"fd": fd, "kid": 0.01, "steps": 100, "img_per_s": 9.0}} for fd in fds
+        {"system": system, "seed": seed, "metrics": {"fd": fd, "kid": 0.01, "steps": 100, "img_per_s": 9.0}}
+        for seed, fd in enumerate(fds)
     ]
 
 
@@ -190,6 +191,22 @@ def test_summary_interval_and_verdict_match_a_hand_computation(runner):
     lines = text(result).splitlines()
     assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: yes" in lines
     assert "vs lucidrains: ours lower mean FD with non-overlapping 95% CIs: no" in lines
+    # paired by seed the lucidrains gap is separated: differences -4, -3, -2 (sd 1) against unpaired spreads of 2
+    paired = result["ours_minus_peer_fd_paired"]
+    assert paired["lucidrains"]["mean"] == pytest.approx(-3.0)
+    assert paired["lucidrains"]["half_width"] == pytest.approx(T_975_2 / math.sqrt(3))
+    assert paired["lucidrains"]["verdict"] == "better"
+    assert f"ours - lucidrains FD paired by seed: -3.0 ± {T_975_2 / math.sqrt(3):.1f} (n=3): better" in lines
+
+
+def test_paired_difference_uses_only_the_seeds_both_systems_have(runner):
+    from run_summary import summary
+
+    rows = records("ours", [10.0, 12.0, 14.0]) + records("diffusers", [10.5, 12.5])  # seed 2 lost by the peer
+    paired = summary(rows)["ours_minus_peer_fd_paired"]["diffusers"]
+    assert (paired["mean"], paired["n"]) == (pytest.approx(-0.5), 2)
+    assert paired["half_width"] == pytest.approx(0.0)  # both differences -0.5
+    assert paired["verdict"] == "better"
 
 
 def test_one_seed_gives_no_verdict(runner):
