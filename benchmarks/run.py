@@ -21,7 +21,7 @@ them), so a suite can be split over several calls or continued after an interrup
 result in the file.
 
 The fair quality comparison on a GPU machine (8 GPUs), from the repository root, in calls of under 10 minutes
-(a run is about 8: 240 s of training, then 10k DDIM-100 samples scored; each call continues the last):
+(a run is about 5: 240 s of training, then 10k DDIM-100 samples scored; each call continues the last):
     source benchmarks/gpu_env.sh; Q="--data-root .data/fashion-mnist --out outputs/quality_fair --work /tmp/dl/q"
     python3 benchmarks/run.py quality $Q --limit 0             # the feature network, trained once into --out
     python3 benchmarks/run.py quality $Q --gpus 6 --limit 6    # seeds 0 and 1: six runs at once, one per GPU

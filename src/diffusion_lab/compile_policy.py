@@ -113,6 +113,22 @@ def compile_network(net: torch.nn.Module, options: dict[str, Any], scope: str = 
             module.compile(options=options)
 
 
+def fused_norm_warning(net: torch.nn.Module, mode: str, cuda: bool) -> str | None:
+    """A warning when ``net`` would run the fused GroupNorm+SiLU Triton op under a compile mode without CUDA
+    graphs: each of its launches then goes through Python, and on Ho et al.'s network the step was 1.77× slower
+    than without the op (BENCHMARKS.md, "Fused GroupNorm + SiLU kernels"); with CUDA graphs it was 12% faster."""
+    from diffusion_lab.nets.fused_norm import GroupNormSiLU
+
+    fused = {m.fused for m in net.modules() if isinstance(m, GroupNormSiLU)} - {"false"}
+    if not cuda or not fused or mode == "reduce-overhead":
+        return None
+    return (
+        f"model.fused_norm={sorted(fused)[0]} with compile={mode}: the fused GroupNorm+SiLU op is slower than "
+        "PyTorch's without CUDA graphs (1.77x the step on the Ho et al. network); use compile=reduce-overhead "
+        "or model.fused_norm=false"
+    )
+
+
 def check_scope(net: torch.nn.Module, scope: str) -> None:
     """A one-line error for a ``compile_scope`` that is unknown or that ``net`` cannot be compiled by."""
     if scope not in COMPILE_SCOPES:

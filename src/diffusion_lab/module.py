@@ -13,10 +13,18 @@ from functools import partial
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from .compile_policy import check_scope, compile_mode, compile_network, compile_options, eval_stance
+from .compile_policy import (
+    check_scope,
+    compile_mode,
+    compile_network,
+    compile_options,
+    eval_stance,
+    fused_norm_warning,
+)
 from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
@@ -101,6 +109,9 @@ class DiffusionModule(NetTraining):
     def setup(self, stage: str) -> None:
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):
+            cuda = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
+            if warning := fused_norm_warning(self.net, self.compile_mode, cuda):
+                rank_zero_warn(warning)
             # In place: parameter names (and so checkpoints) stay unchanged.
             compile_network(
                 self.net, compile_options(self.compile_mode, self.channels_last), self.compile_scope
