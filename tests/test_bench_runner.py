@@ -348,3 +348,18 @@ def test_precompile_probe_reports_a_failed_case_by_its_error_line():
     row = probe.run_case("bad", "no_such_network", False, "cpu")
     assert row["ok"] is False and row["error"] == "KeyError: 'no_such_network'"
     assert [name for name, _, _ in probe.CASES] == ["cold", "warm", "save", "precompiled", "other"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    sorted(Path(__file__).resolve().parents[1].glob("benchmarks/results/*/quality.jsonl")),
+    ids=lambda p: p.parent.name,
+)
+def test_a_committed_quality_summary_is_rebuilt_from_its_rows(runner, record):
+    from run_summary import summary
+
+    rows = [r for r in runner.read_jsonl(record) if r.get("result") is not None]
+    assert rows, f"{record} holds no measured row"
+    committed = json.loads((record.parent / "quality_summary.json").read_text())
+    # JSON writes nan as NaN, which compares unequal to itself: compare the serialised forms
+    assert json.dumps(summary(rows), sort_keys=True) == json.dumps(committed, sort_keys=True)
