@@ -1,8 +1,17 @@
-"""What a benchmark ran on: date, git commit, package versions, GPU and CPU -- the manifest of benchmarks/run.py."""
+"""What a benchmark ran on: date, git commit, a digest of the code, package versions, GPU and CPU -- the manifest
+of benchmarks/run.py.
+
+The code digest names the code that ran even where git's metadata does not (a copy of the tree whose ``.git`` is
+older than its files, an unpacked archive): ``python benchmarks/run_manifest.py --commit REV`` prints the digest
+of a commit's tree, and a record whose digest equals it ran that commit's code; without ``--commit`` it prints
+the working tree's.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import hashlib
 import os
 import platform
 import shutil
@@ -11,6 +20,51 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "lightning", "diffusers", "denoising_diffusion_pytorch", "triton", "numpy")
+CODE_TOPS = ("src/diffusion_lab", "conf", "benchmarks", "experiments")
+
+
+def is_code(path: str) -> bool:
+    """Whether a repository path (POSIX, relative) is code a benchmark runs: the package and its configs, the
+    benchmark scripts and the study scripts -- not results, caches or docs."""
+    parts = path.split("/")
+    if "__pycache__" in parts or path.endswith(".pyc"):
+        return False
+    if path.startswith(("src/diffusion_lab/", "conf/", "experiments/lib/")):
+        return True
+    return parts[0] in ("benchmarks", "experiments") and len(parts) == 2 and path.endswith((".py", ".sh"))
+
+
+def digest(files: dict[str, bytes]) -> str:
+    """sha256 over the files' paths and contents, in path order."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path] + b"\0")
+    return h.hexdigest()
+
+
+def tree_files(root: Path = ROOT) -> dict[str, bytes]:
+    """The code files of the checkout at ``root``, as they are on disk."""
+    files = {}
+    for top in CODE_TOPS:
+        for f in (root / top).rglob("*"):
+            rel = f.relative_to(root).as_posix()
+            if f.is_file() and is_code(rel):
+                files[rel] = f.read_bytes()
+    return files
+
+
+def commit_files(commit: str, root: Path = ROOT) -> dict[str, bytes]:
+    """The code files of a commit's tree."""
+    git = ["git", "-C", str(root)]
+    names = subprocess.run(
+        [*git, "ls-tree", "-r", "--name-only", commit], capture_output=True, text=True, check=True
+    )
+    show = [*git, "show"]
+    return {
+        name: subprocess.run([*show, f"{commit}:{name}"], capture_output=True, check=True).stdout
+        for name in names.stdout.splitlines()
+        if is_code(name)
+    }
 
 
 def git_state() -> dict:
@@ -53,6 +107,7 @@ def manifest(suite: str, options: dict) -> dict:
         "suite": suite,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
+        "code_sha256": digest(tree_files()),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -62,3 +117,17 @@ def manifest(suite: str, options: dict) -> dict:
         "prepare": [],
         "runs": [],
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the code digest a benchmark manifest records.")
+    parser.add_argument(
+        "--commit", help="a git revision: the digest of its tree instead of the working tree's"
+    )
+    opts = parser.parse_args(argv)
+    print(digest(commit_files(opts.commit) if opts.commit else tree_files()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -105,6 +105,7 @@ def test_selftest_writes_json_lines_and_the_manifest(runner, tmp_path):
     assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 600
     assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["sha"])
     assert isinstance(manifest["git"]["dirty"], bool)
+    assert re.fullmatch(r"[0-9a-f]{64}", manifest["code_sha256"])
     assert manifest["versions"]["python"] == platform.python_version()
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["cpu_count"] == os.cpu_count()
@@ -363,3 +364,38 @@ def test_a_committed_quality_summary_is_rebuilt_from_its_rows(runner, record):
     committed = json.loads((record.parent / "quality_summary.json").read_text())
     # JSON writes nan as NaN, which compares unequal to itself: compare the serialised forms
     assert json.dumps(summary(rows), sort_keys=True) == json.dumps(committed, sort_keys=True)
+
+
+def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_only(tmp_path):
+    import subprocess
+
+    from run_manifest import commit_files, digest, tree_files
+
+    files = {
+        "src/diffusion_lab/a.py": "x = 1\n",
+        "src/diffusion_lab/reporting/templates/t.md.j2": "{{ x }}\n",
+        "conf/model/m.yaml": "width: 8\n",
+        "benchmarks/run.py": "print(1)\n",
+        "experiments/study.sh": "echo\n",
+        "benchmarks/results/r.json": "{}\n",  # results, docs and caches are not code
+        "README.md": "# r\n",
+        "src/diffusion_lab/__pycache__/a.cpython-311.pyc": "",
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+
+    on_disk = tree_files(tmp_path)
+    assert sorted(on_disk) == sorted(
+        p for p in files if not p.startswith(("benchmarks/results", "README", "src/diffusion_lab/__"))
+    )
+    assert digest(on_disk) == digest(commit_files("HEAD", tmp_path))
+    (tmp_path / "benchmarks/results/r.json").write_text("{1}\n")
+    (tmp_path / "README.md").write_text("# changed\n")
+    assert digest(tree_files(tmp_path)) == digest(on_disk)
+    (tmp_path / "conf/model/m.yaml").write_text("width: 16\n")
+    assert digest(tree_files(tmp_path)) != digest(on_disk)
