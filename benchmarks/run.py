@@ -7,8 +7,9 @@ time each on its own GPU, each in its own empty inductor / Triton cache folders,
                              with their exit codes and seconds, the script's own JSON result, and (quality)
                              the compared metrics
     <out>/manifest.json      the settings of every system, and per invocation: date (UTC), git commit and
-                             whether the tree is dirty, the code's digest (``run_manifest.py --commit REV`` prints a commit's), host, CPU count, GPU names and driver, package versions,
-                             the options, and every command line it ran with its exit code and seconds
+                             whether the tree is dirty, the code's digest (``run_manifest.py --commit REV``
+                             prints a commit's), host, CPU count, GPU names and driver, package versions, the
+                             options, and every command line it ran with its exit code and seconds
     <out>/logs/              each command's stdout and stderr
     <work>/                  each run's folder (checkpoints, samples) and cache folders (``--work``, default
                              <out>/runs: give a scratch folder to keep <out> small)
