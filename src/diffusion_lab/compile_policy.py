@@ -115,12 +115,12 @@ def compile_network(net: torch.nn.Module, options: dict[str, Any], scope: str = 
 
 def fused_norm_warning(net: torch.nn.Module, mode: str, cuda: bool) -> str | None:
     """A warning when ``net`` would run the fused GroupNorm+SiLU Triton op under a compile mode without CUDA
-    graphs: each of its launches then goes through Python, and on Ho et al.'s network the step was 1.77× slower
-    than without the op (BENCHMARKS.md, "Fused GroupNorm + SiLU kernels"); with CUDA graphs it was 12% faster."""
+    graphs: on Ho et al.'s network the step was then 1.77× slower than without the op, with CUDA graphs 12% faster
+    (BENCHMARKS.md, "Fused GroupNorm + SiLU kernels"; likely cause: each of its launches goes through Python)."""
     from diffusion_lab.nets.fused_norm import GroupNormSiLU
 
     fused = {m.fused for m in net.modules() if isinstance(m, GroupNormSiLU)} - {"false"}
-    if not cuda or not fused or mode == "reduce-overhead":
+    if not cuda or not fused or compile_options(mode).get("triton.cudagraphs"):
         return None
     return (
         f"model.fused_norm={sorted(fused)[0]} with compile={mode}: the fused GroupNorm+SiLU op is slower than "
