@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(ROOT / "src"))  # run from a checkout, installed or not
+
+from diffusion_lab.provenance import digest  # noqa: E402  (the package's own runs record the same kind)
+
 PACKAGES = ("torch", "lightning", "diffusers", "denoising_diffusion_pytorch", "triton", "numpy")
 CODE_TOPS = ("src/diffusion_lab", "conf", "benchmarks", "experiments")
 
@@ -32,14 +36,6 @@ def is_code(path: str) -> bool:
     if path.startswith(("src/diffusion_lab/", "conf/", "experiments/lib/")):
         return True
     return parts[0] in ("benchmarks", "experiments") and len(parts) == 2 and path.endswith((".py", ".sh"))
-
-
-def digest(files: dict[str, bytes]) -> str:
-    """sha256 over the files' paths and contents, in path order."""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(path.encode() + b"\0" + files[path] + b"\0")
-    return h.hexdigest()
 
 
 def tree_files(root: Path = ROOT) -> dict[str, bytes]:

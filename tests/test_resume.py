@@ -12,10 +12,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose_train, small_train_cfg
 from diffusion_lab import train as train_module
 from diffusion_lab.errors import UserError
+from diffusion_lab.provenance import code_sha256
 from diffusion_lab.resume import RESUMABLE, resume_argv
 from diffusion_lab.train import train
 
@@ -35,6 +37,7 @@ def test_resume_in_chunks_continues_one_run(tmp_path, recwarn):
     run = tmp_path / "run"
     train(small_train_cfg(run, *COMMON, "trainer.max_steps=2"))
     original = (run / ".hydra" / "config.yaml").read_text()
+    provenance = (run / ".hydra" / "provenance.yaml").read_text()
     for steps in (4, 6):  # a larger max_steps at each resume is applied
         cfg = small_train_cfg(
             tmp_path / "elsewhere", "ckpt_path=last", f"resume_dir={run}", f"trainer.max_steps={steps}"
@@ -56,6 +59,10 @@ def test_resume_in_chunks_continues_one_run(tmp_path, recwarn):
     assert (run / ".hydra" / "config.yaml").read_text() == original
     assert "trainer.max_steps=6" in (run / ".hydra" / "resume_2" / "overrides.yaml").read_text()
     assert "max_steps: 4" in (run / ".hydra" / "resume_1" / "config.yaml").read_text()
+    # and the code each part ran with: the run's provenance kept, each resume's beside its config
+    assert (run / ".hydra" / "provenance.yaml").read_text() == provenance
+    for part in ("provenance.yaml", "resume_1/provenance.yaml", "resume_2/provenance.yaml"):
+        assert OmegaConf.load(run / ".hydra" / part).code_sha256 == code_sha256()
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
 
 

@@ -93,6 +93,13 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     module_file, config_dir = where.stdout.split()[-2:]
     assert Path(module_file).is_relative_to(venv) and Path(config_dir).is_relative_to(venv)
     assert Path(config_dir, "train.yaml").is_file() and Path(config_dir, "debug", "limit.yaml").is_file()
+    # the installed code is the checkout's: the digest a run records is the same for both
+    from diffusion_lab.provenance import code_sha256
+
+    installed = run(
+        venv, work, python, "-c", "from diffusion_lab.provenance import code_sha256; print(code_sha256())"
+    )
+    assert installed.stdout.split()[-1] == code_sha256()
 
     data = write_fake_idx_root(tmp_path / "fmnist")
     overrides = [*CPU_ONLY, *SMALL_RUN, *TINY_MODEL["UNet"], f"data.root={data}", "trainer.max_steps=2"]

@@ -49,6 +49,7 @@ from .metrics.evaluation import (
 )
 from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
+from .provenance import code_sha256
 from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
 from .sampling_variance import with_sampling_variance
@@ -195,6 +196,7 @@ def provenance(
         "device": str(device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(VERSIONED),
+        "code_sha256": code_sha256(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if extractor is not None:

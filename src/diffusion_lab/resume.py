@@ -6,8 +6,10 @@
   change the stored config (the model, the diffusion process, the data, the seed, the optimizer...) is refused
   in one line naming the key. Overrides equal to the stored values (the command printed at a preemption repeats
   the run's own) are accepted.
-* RUN keeps its record: each resume writes ``RUN/.hydra/resume_<n>/overrides.yaml`` (its overrides) and
-  ``config.yaml`` (the config it ran) beside the original ``.hydra/config.yaml``, which is never rewritten.
+* RUN keeps its record: each resume writes ``RUN/.hydra/resume_<n>/overrides.yaml`` (its overrides),
+  ``config.yaml`` (the config it ran) and ``provenance.yaml`` (the code digest and versions it ran with: code
+  changed between a run and its resume shows there) beside the original ``.hydra/config.yaml`` and
+  ``provenance.yaml``, which are never rewritten.
 * From the command line, ``resume_argv`` points Hydra at RUN (``hydra.run.dir``) with no ``.hydra`` output of its
   own, so a resume opens no new run directory: checkpoints, metrics.csv and the log stay in RUN.
 """
@@ -22,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UserError
 from .overrides import override_key
+from .provenance import run_provenance
 
 __all__ = ["RESUMABLE", "continue_run", "record_run", "resume_argv"]
 
@@ -51,6 +54,7 @@ RESUMABLE = (
 STORED = Path(".hydra") / "config.yaml"
 HYDRA_RECORD = Path(".hydra") / "hydra.yaml"  # Hydra's own record of a command-line run
 CHOICES = Path(".hydra") / "choices.yaml"  # the group options of a run started from Python
+PROVENANCE = "provenance.yaml"  # beside each config.yaml: the code digest, versions, host and start time
 
 
 def _resumable(key: str) -> bool:
@@ -140,8 +144,8 @@ def continue_run(cfg: DictConfig) -> tuple[DictConfig, list[str] | None]:
 
 def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | None) -> None:
     """A fresh run's config in ``output_dir/.hydra/config.yaml`` (Hydra has written it for a command-line run; a
-    run started from Python gets the same record), never rewritten; a resume's overrides and config beside it,
-    in ``.hydra/resume_<n>/``."""
+    run started from Python gets the same record) and its provenance beside it, never rewritten; a resume's
+    overrides, config and provenance in ``.hydra/resume_<n>/``."""
     if rank_zero_only.rank != 0:
         return
     stored = output_dir / STORED
@@ -150,14 +154,18 @@ def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | 
         OmegaConf.save(cfg, stored)
         if not (output_dir / HYDRA_RECORD).exists():
             OmegaConf.save(OmegaConf.create(_given_choices()), output_dir / CHOICES)
-    if resume_overrides is not None:
-        n = 1
-        while (output_dir / ".hydra" / f"resume_{n}").exists():
-            n += 1
-        record = output_dir / ".hydra" / f"resume_{n}"
-        record.mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create(resume_overrides), record / "overrides.yaml")
-        OmegaConf.save(cfg, record / "config.yaml")
+    if resume_overrides is None:
+        if not (stored.parent / PROVENANCE).exists():
+            OmegaConf.save(OmegaConf.create(run_provenance()), stored.parent / PROVENANCE)
+        return
+    n = 1
+    while (output_dir / ".hydra" / f"resume_{n}").exists():
+        n += 1
+    record = output_dir / ".hydra" / f"resume_{n}"
+    record.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(resume_overrides), record / "overrides.yaml")
+    OmegaConf.save(cfg, record / "config.yaml")
+    OmegaConf.save(OmegaConf.create(run_provenance()), record / PROVENANCE)
 
 
 def resume_argv(argv: list[str]) -> list[str]:

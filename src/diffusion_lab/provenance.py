@@ -1,0 +1,66 @@
+"""What code and software a result came from: a sha256 of the code a run executes -- the package's source files
+and its configs -- with the package versions, the host and the time, written beside a run's config
+(``.hydra/provenance.yaml``, and in each resume's record) and into an evaluation's provenance. Two results with
+the same digest came from the same code, whether it ran from a checkout, an editable install or an installed
+wheel, and whatever git's metadata says (a copy of a tree can carry an older ``.git`` than its files)."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["code_sha256", "digest", "package_files", "run_provenance"]
+
+PACKAGE = Path(__file__).resolve().parent
+SUFFIXES = (".py", ".yaml", ".j2")  # the code, the configs, the report templates
+VERSIONED = ("diffusion_lab", "torch", "lightning", "hydra-core", "omegaconf", "numpy")
+
+
+def digest(files: Mapping[str, bytes]) -> str:
+    """sha256 over the files' names and contents, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name] + b"\0")
+    return h.hexdigest()
+
+
+def package_files() -> dict[str, bytes]:
+    """The package's code files as ``diffusion_lab/<path>`` and its configs as ``conf/<path>``: the same names
+    for a checkout (configs in the top-level ``conf/``) and a wheel (configs in ``diffusion_lab/conf``)."""
+    from .cli import CONFIG_DIR
+
+    conf = Path(CONFIG_DIR)
+    files = {}
+    for f in PACKAGE.rglob("*"):
+        if (
+            f.is_file()
+            and f.suffix in SUFFIXES
+            and not f.is_relative_to(conf)
+            and "__pycache__" not in f.parts
+        ):
+            files[f"diffusion_lab/{f.relative_to(PACKAGE).as_posix()}"] = f.read_bytes()
+    for f in conf.rglob("*.yaml"):
+        files[f"conf/{f.relative_to(conf).as_posix()}"] = f.read_bytes()
+    return files
+
+
+@functools.cache
+def code_sha256() -> str:
+    """The digest of this process's package and configs (read once: a run records the code it started with)."""
+    return digest(package_files())
+
+
+def run_provenance() -> dict:
+    """The code digest, package versions, host and UTC start time of this process, as plain data."""
+    from .versions import package_versions
+
+    return {
+        "code_sha256": code_sha256(),
+        "versions": {k: None if v is None else str(v) for k, v in package_versions(VERSIONED).items()},
+        "host": platform.node(),
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
