@@ -20,10 +20,12 @@ def write_job(
     log_every: int = 10,
     seed: int = 42,
     evaluations: dict[str, list[dict]] | None = None,
+    code: str | None = None,
 ) -> Path:
     """One job folder: ``curves`` {metric: {step: value}} go to csv/metrics.csv (one row per step and
     metric, as Lightning's CSV logger writes them), ``fid`` to evaluation/last/evaluation.json, and each of
-    ``evaluations`` {name: rows} to evaluation/<name>/evaluation.json."""
+    ``evaluations`` {name: rows} to evaluation/<name>/evaluation.json, ``code`` (a code digest) to
+    .hydra/provenance.yaml."""
     job = root / f"{num}_{','.join(overrides)}"
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
@@ -33,6 +35,8 @@ def write_job(
         if key == "seed":
             config["seed"] = int(value)
     OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
+    if code is not None:  # the run's provenance, as train writes it (the digest alone matters here)
+        OmegaConf.save(OmegaConf.create({"code_sha256": code}), job / ".hydra" / "provenance.yaml")
     (job / "csv").mkdir()
     keys = sorted(curves)
     with open(job / "csv" / "metrics.csv", "w", newline="") as f:

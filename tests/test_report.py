@@ -183,3 +183,25 @@ def test_a_lone_job_is_labelled_by_its_sweep_folder_and_number(tmp_path):
     outside = Job(dir=tmp_path.parent / "7_x=1", overrides=[])
     _label_jobs([outside], root)
     assert outside.label == "#7"
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ([None, None, None], None),  # runs from before the digest: nothing said
+        (["a" * 64] * 3, f"Code: every job ran one version (`{'a' * 12}`)."),
+        (
+            ["a" * 64, "b" * 64, None],
+            "**Code: the jobs ran 3 versions**, so a difference between them may come from the code: "
+            f"`{'a' * 12}` (schedule=linear); `{'b' * 12}` (schedule=cosine); none recorded (schedule=sigmoid).",
+        ),
+    ],
+)
+def test_the_report_says_which_code_the_jobs_ran(tmp_path, codes, expected):
+    from synthetic_sweep import write_job
+
+    for num, (schedule, code) in enumerate(zip(("linear", "cosine", "sigmoid"), codes, strict=True)):
+        write_job(tmp_path, num, [f"schedule={schedule}"], {"train/loss": {10: 1.0 + num}}, code=code)
+    text = write_report(tmp_path)["markdown"].read_text()
+    lines = [line.rstrip() for line in text.splitlines() if "Code: " in line]  # intro lines end in a break
+    assert lines == ([] if expected is None else [expected])

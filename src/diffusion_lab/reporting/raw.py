@@ -19,6 +19,7 @@ __all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "read_settings"]
 RAW_PATTERNS = (
     ".hydra/config.yaml",
     ".hydra/overrides.yaml",
+    ".hydra/provenance.yaml",
     "csv/**/metrics.csv",
     "tensorboard/**/events.out.tfevents.*",
     "evaluation/*/evaluation.json",

@@ -40,6 +40,7 @@ class Job:
     log: str | None = None
     num: int | None = None
     config: dict[str, Any] = field(default_factory=dict)  # seed and trainer limits from .hydra/config.yaml
+    code: str | None = None  # the code digest of .hydra/provenance.yaml (None: made before runs recorded it)
     last: dict[str, float] = field(default_factory=dict)  # last logged value of each metric
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value) of each metric
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"name", "summary", "rows"}
@@ -196,6 +197,16 @@ def _read_config(path: Path) -> dict[str, Any]:
     return found
 
 
+def _read_code(path: Path) -> str | None:
+    from omegaconf import OmegaConf
+
+    try:
+        digest = OmegaConf.load(path).get("code_sha256") if path.is_file() else None
+    except Exception:
+        return None
+    return str(digest) if digest else None
+
+
 def _select(cfg, key: str) -> Any:
     from omegaconf import OmegaConf
 
@@ -324,6 +335,7 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.overrides = _read_overrides(overrides_file) if overrides_file.is_file() else []
     job.overrides = job.overrides or [str(o) for o in rec.get("overrides", [])]
     job.config = _read_config(job_dir / ".hydra" / "config.yaml")
+    job.code = _read_code(job_dir / ".hydra" / "provenance.yaml")
     job.status = str(rec.get("status", "unknown"))
     job.exit_code = rec.get("exit_code")
     job.wall_time_s = num(rec.get("duration_s"))

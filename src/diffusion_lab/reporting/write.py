@@ -63,7 +63,28 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
     ]
     if common:
         intro.append("Common overrides: " + " ".join(f"`{o}`" for o in common))
-    return intro
+    return intro + _code_versions(jobs)
+
+
+def _code_versions(jobs: list[Job]) -> list[str]:
+    """Which code the jobs ran (their runs' ``code_sha256``): one line naming it, or, when they differ, a
+    warning that says which jobs ran which, since a difference between them may then come from the code."""
+    by_code: dict[str | None, list[str]] = {}
+    for job in jobs:
+        by_code.setdefault(job.code, []).append(job.label)
+    recorded = [code for code in by_code if code is not None]
+    if not recorded:
+        return []  # runs from before the digest was recorded
+    if len(by_code) == 1:
+        return [f"Code: every job ran one version (`{recorded[0][:12]}`)."]
+    parts = [
+        f"`{code[:12]}` ({', '.join(labels)})" if code else f"none recorded ({', '.join(labels)})"
+        for code, labels in sorted(by_code.items(), key=lambda item: (item[0] is None, item[0] or ""))
+    ]
+    warning = (
+        f"**Code: the jobs ran {len(by_code)} versions**, so a difference between them may come from the code"
+    )
+    return [f"{warning}: {'; '.join(parts)}."]
 
 
 def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None, baseline: Cell | None) -> list[Table]:
