@@ -226,22 +226,30 @@ def variant_sweep(root: Path, seed: int, setting: tuple, base: float, shift: flo
     return root
 
 
+def difference_row(root: Path, spec: str) -> tuple[dict[str, str], str]:
+    """The report written with ``--eval-baseline spec``: the one row of its differences from ``spec``, and the
+    whole Markdown."""
+    report_main([str(root), "--eval-baseline", spec])
+    md = (root / "report.md").read_text()
+    (row,) = _rows(_section(md, f"Evaluation differences from {spec}"))
+    return row, md
+
+
+def assert_fd_difference(row: dict[str, str], mean: float, verdict: str) -> None:
+    difference = row["FD (classifier features)"]
+    assert difference.endswith(f"(n=5, {verdict})")
+    assert float(difference.split(" ± ")[0]) == pytest.approx(mean, abs=0.2)
+
+
 def test_a_sampling_variance_row_is_paired_with_the_checkpoints_own(tmp_path):
     """DDIM's σ̂ row: ancestral sampling with fixed_large is its own setting, compared with the plain DDPM row
     (which alone matches 'sampler=ddpm'), and can itself be named as the baseline."""
     root = variant_sweep(tmp_path / "sweep", 6, ("ddpm", None, 10), 20.0, 3.0, "variance", "fixed_large")
-    report_main([str(root), "--eval-baseline", "sampler=ddpm"])
-    md = (root / "report.md").read_text()
-    (row,) = _rows(_section(md, "Evaluation differences from sampler=ddpm"))
+    row, md = difference_row(root, "sampler=ddpm")
     assert row["setting"] == "ddpm σ²=fixed_large, 10 steps" and row["baseline"] == "ddpm, 10 steps"
-    difference = row["FD (classifier features)"]
-    assert difference.endswith("(n=5, worse)") and float(difference.split(" ± ")[0]) == pytest.approx(
-        3.0, abs=0.2
-    )
+    assert_fd_difference(row, 3.0, "worse")
     assert "variance" in _headers(_section(md, "Evaluations"))  # the per-job table names the variance
-    report_main([str(root), "--eval-baseline", "sampler=ddpm variance=fixed_large"])
-    title = "Evaluation differences from sampler=ddpm variance=fixed_large"
-    (row,) = _rows(_section((root / "report.md").read_text(), title))
+    row, _ = difference_row(root, "sampler=ddpm variance=fixed_large")
     assert row["setting"] == "ddpm, 10 steps" and row["FD (classifier features)"].endswith("(n=5, better)")
 
 
@@ -250,19 +258,11 @@ def test_an_unclipped_row_is_its_own_setting_paired_with_the_clipped_one(tmp_pat
     clipped. The two are separate settings, the unclipped one paired with the clipped row of its sampler, and
     it is a baseline only where the spec names clip=false."""
     root = variant_sweep(tmp_path / "sweep", 7, ("ddim", 0.0, 1000), 2.0, -0.5, "clip", False)
-    report_main([str(root), "--eval-baseline", "sampler=ddim"])
-    md = (root / "report.md").read_text()
-    (row,) = _rows(_section(md, "Evaluation differences from sampler=ddim"))
+    row, md = difference_row(root, "sampler=ddim")
     assert row["setting"] == "ddim η=0 unclipped, 1000 steps" and row["baseline"] == "ddim η=0, 1000 steps"
-    difference = row["FD (classifier features)"]
-    assert difference.endswith("(n=5, better)") and float(difference.split(" ± ")[0]) == pytest.approx(
-        -0.5, abs=0.2
-    )
+    assert_fd_difference(row, -0.5, "better")
     assert "clip" in _headers(_section(md, "Evaluations"))
-    report_main([str(root), "--eval-baseline", "sampler=ddim clip=false"])
-    (row,) = _rows(
-        _section((root / "report.md").read_text(), "Evaluation differences from sampler=ddim clip=false")
-    )
+    row, _ = difference_row(root, "sampler=ddim clip=false")
     assert row["setting"] == "ddim η=0, 1000 steps" and row["FD (classifier features)"].endswith(
         "(n=5, worse)"
     )
