@@ -1,10 +1,13 @@
 """What a benchmark ran on: date, git commit, a digest of the code, package versions, GPU and CPU -- the manifest
 of benchmarks/run.py.
 
-The code digest names the code that ran even where git's metadata does not (a copy of the tree whose ``.git`` is
-older than its files, an unpacked archive): ``python benchmarks/run_manifest.py --commit REV`` prints the digest
-of a commit's tree, and a record whose digest equals it ran that commit's code; without ``--commit`` it prints
-the working tree's.
+The code digests name the code that ran even where git's metadata does not (a copy of the tree whose ``.git`` is
+older than its files, an unpacked archive). A manifest records three: ``code_sha256`` over the package, its
+configs and the benchmark and study scripts; ``package_sha256`` over the package and its configs alone, the digest
+every training run and evaluation records as its own ``code_sha256`` (``diffusion_lab.provenance``), so a
+record and a run's provenance compare directly; and ``scripts_sha256`` over the scripts alone.
+``python benchmarks/run_manifest.py --commit REV`` prints the three of a commit's tree, and a record whose
+digests equal them ran that commit's code; without ``--commit`` it prints the working tree's.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT / "src"))  # run from a checkout, installed or not
 
-from diffusion_lab.provenance import digest  # noqa: E402  (the package's own runs record the same kind)
+from diffusion_lab.provenance import digest, package_name  # noqa: E402  (the package's own runs record the same kind)
 
 PACKAGES = ("torch", "lightning", "diffusers", "denoising_diffusion_pytorch", "triton", "numpy")
 CODE_TOPS = ("src/diffusion_lab", "conf", "benchmarks", "experiments")
@@ -60,6 +63,18 @@ def commit_files(commit: str, root: Path = ROOT) -> dict[str, bytes]:
         name: subprocess.run([*show, f"{commit}:{name}"], capture_output=True, check=True).stdout
         for name in names.stdout.splitlines()
         if is_code(name)
+    }
+
+
+def digests(files: dict[str, bytes]) -> dict[str, str]:
+    """The three digests of a tree's code files (``tree_files`` or ``commit_files``): all of them, the package's
+    under the names its runs hash them by, and the benchmark and study scripts."""
+    package = {package_name(path): data for path, data in files.items() if package_name(path)}
+    scripts = {path: data for path, data in files.items() if path.startswith(("benchmarks/", "experiments/"))}
+    return {
+        "code_sha256": digest(files),
+        "package_sha256": digest(package),
+        "scripts_sha256": digest(scripts),
     }
 
 
@@ -103,7 +118,7 @@ def manifest(suite: str, options: dict) -> dict:
         "suite": suite,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
-        "code_sha256": digest(tree_files()),
+        **digests(tree_files()),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -116,12 +131,13 @@ def manifest(suite: str, options: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the code digest a benchmark manifest records.")
+    parser = argparse.ArgumentParser(description="Print the code digests a benchmark manifest records.")
     parser.add_argument(
-        "--commit", help="a git revision: the digest of its tree instead of the working tree's"
+        "--commit", help="a git revision: the digests of its tree instead of the working tree's"
     )
     opts = parser.parse_args(argv)
-    print(digest(commit_files(opts.commit) if opts.commit else tree_files()))
+    for key, value in digests(commit_files(opts.commit) if opts.commit else tree_files()).items():
+        print(f"{key} {value}")
     return 0
 
 

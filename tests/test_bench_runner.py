@@ -369,7 +369,8 @@ def test_a_committed_quality_summary_is_rebuilt_from_its_rows(runner, record):
 def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_only(tmp_path):
     import subprocess
 
-    from run_manifest import commit_files, digest, tree_files
+    manifest = load_script("run_manifest")
+    commit_files, digest, tree_files = manifest.commit_files, manifest.digest, manifest.tree_files
 
     files = {
         "src/diffusion_lab/a.py": "x = 1\n",
@@ -399,3 +400,45 @@ def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_o
     assert digest(tree_files(tmp_path)) == digest(on_disk)
     (tmp_path / "conf/model/m.yaml").write_text("width: 16\n")
     assert digest(tree_files(tmp_path)) != digest(on_disk)
+
+
+def test_a_manifest_digests_the_package_as_its_runs_do_and_the_scripts_apart(tmp_path):
+    import subprocess
+
+    from diffusion_lab.provenance import code_sha256, digest
+
+    manifest = load_script("run_manifest")
+    commit_files, digests, tree_files = manifest.commit_files, manifest.digests, manifest.tree_files
+
+    # The checkout's package digest is the one every run of this process records in its provenance.
+    assert digests(tree_files(manifest.ROOT))["package_sha256"] == code_sha256()
+    files = {
+        "src/diffusion_lab/a.py": b"x = 1\n",
+        "src/diffusion_lab/py.typed": b"",  # in the tree's digest alone (runs hash .py/.yaml/.j2)
+        "conf/model/m.yaml": b"width: 8\n",
+        "benchmarks/run.py": b"print(1)\n",
+        "experiments/lib/gpus.sh": b"echo\n",
+    }
+    for path, data in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    expected = {
+        "code_sha256": digest(files),
+        "package_sha256": digest(
+            {
+                "diffusion_lab/a.py": files["src/diffusion_lab/a.py"],
+                "conf/model/m.yaml": files["conf/model/m.yaml"],
+            }
+        ),
+        "scripts_sha256": digest({k: files[k] for k in ("benchmarks/run.py", "experiments/lib/gpus.sh")}),
+    }
+    assert digests(tree_files(tmp_path)) == expected
+    assert digests(commit_files("HEAD", tmp_path)) == expected
+    (tmp_path / "benchmarks/run.py").write_bytes(b"print(2)\n")
+    changed = digests(tree_files(tmp_path))
+    assert changed["package_sha256"] == expected["package_sha256"]
+    assert changed["scripts_sha256"] != expected["scripts_sha256"]

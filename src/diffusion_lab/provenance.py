@@ -13,7 +13,7 @@ import platform
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["code_sha256", "digest", "package_files", "run_provenance"]
+__all__ = ["code_sha256", "digest", "package_files", "package_name", "run_provenance"]
 
 PACKAGE = Path(__file__).resolve().parent
 SUFFIXES = (".py", ".yaml", ".j2")  # the code, the configs, the report templates
@@ -46,6 +46,20 @@ def package_files() -> dict[str, bytes]:
     for f in conf.rglob("*.yaml"):
         files[f"conf/{f.relative_to(conf).as_posix()}"] = f.read_bytes()
     return files
+
+
+def package_name(repo_path: str) -> str | None:
+    """The name ``package_files`` gives a checkout's file at ``repo_path`` (POSIX, relative to the repository
+    root), or None where the file is not part of the digest: so a commit's tree, read from git, hashes to the
+    digest its runs record."""
+    parts = repo_path.split("/")
+    if "__pycache__" in parts:
+        return None
+    if repo_path.startswith("src/diffusion_lab/") and repo_path.endswith(SUFFIXES):
+        return repo_path.removeprefix("src/")
+    if parts[0] == "conf" and repo_path.endswith(".yaml"):
+        return repo_path
+    return None
 
 
 @functools.cache
