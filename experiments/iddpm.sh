@@ -10,18 +10,20 @@
 # Budget: 6 cells x SEEDS (default 3) jobs of 20k steps each (STEPS; equal for every cell), then per job FD/KID
 # at 50 steps on FID_N (10k) samples with bits/dim on BPD_N (500) test images, and FD/KID at 1000 steps on
 # FID_N_1000 samples (default FID_N; 0 leaves them out). The 1000-step rows cost 20x the 50-step ones, so they
-# are queued last: a run short of GPU time still has every 50-step row.
+# are queued last: a run short of GPU time still has every 50-step row. SCHEDULES (default linear,cosine) picks
+# the schedules of every sweep, e.g. SCHEDULES=cosine SWEEPS="simple hybrid" re-runs one schedule's comparison.
 #   bash experiments/iddpm.sh                # DATA_ROOT=... NUM_GPUS=... STUDY_OUT=... (see common.sh)
 STUDY=iddpm
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 budget 20000 5000
+SCHEDULES=${SCHEDULES:-linear,cosine}
 
 # hybrid / vlb need a learned variance (refused with a fixed one); simple needs a fixed one: the variance goes
 # with the loss, so each loss is its own sweep.
-grid schedule=linear,cosine loss=simple,hybrid,vlb
-train_sweep simple "${BUDGET[@]}" schedule=linear,cosine loss=simple variance=fixed_small
-train_sweep hybrid "${BUDGET[@]}" schedule=linear,cosine loss=hybrid variance=learned_range
-train_sweep vlb "${BUDGET[@]}" schedule=linear,cosine loss=vlb variance=learned_range timesteps=importance
+grid schedule=$SCHEDULES loss=simple,hybrid,vlb
+train_sweep simple "${BUDGET[@]}" schedule=$SCHEDULES loss=simple variance=fixed_small
+train_sweep hybrid "${BUDGET[@]}" schedule=$SCHEDULES loss=hybrid variance=learned_range
+train_sweep vlb "${BUDGET[@]}" schedule=$SCHEDULES loss=vlb variance=learned_range timesteps=importance
 
 ensure_features
 queue_eval ddpm50 'metrics=[fid,kid,bpd]' sampler=ddpm 'steps=[50]' n=$FID_N bpd_n=${BPD_N:-500}

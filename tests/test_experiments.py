@@ -185,6 +185,16 @@ def test_iddpm_scores_50_steps_first_and_1000_steps_on_their_own_sample_count():
     assert [as_dict(e)["steps"] for e in dry_run("iddpm", FID_N_1000="0")["EVAL"]] == ["[50]"]
 
 
+def test_iddpm_trains_both_schedules_unless_told_one():
+    schedules = [as_dict(s)["schedule"] for s in dry_run("iddpm")["SWEEP"]]
+    assert schedules == ["linear,cosine"] * 3
+    lines = dry_run("iddpm", SCHEDULES="cosine", SWEEPS="simple hybrid")
+    assert [(as_dict(s)["schedule"], as_dict(s)["loss"]) for s in lines["SWEEP"]] == [
+        ("cosine", "simple"),
+        ("cosine", "hybrid"),
+    ]
+
+
 def test_ddpm_table2_scores_at_1000_steps_unless_told_fewer():
     (paper,) = [as_dict(e) for e in dry_run("ddpm_table2")["EVAL"]]
     assert (paper["sampler"], paper["steps"], paper["metrics"]) == ("ddpm", "[1000]", "[fid,kid,bpd]")
