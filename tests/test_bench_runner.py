@@ -366,9 +366,20 @@ def test_a_committed_quality_summary_is_rebuilt_from_its_rows(runner, record):
     assert json.dumps(summary(rows), sort_keys=True) == json.dumps(committed, sort_keys=True)
 
 
-def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_only(tmp_path):
+def commit_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (repository path: content) under ``root`` and commit them to a new git repository."""
     import subprocess
 
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+
+
+def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_only(tmp_path):
     manifest = load_script("run_manifest")
     commit_files, digest, tree_files = manifest.commit_files, manifest.digest, manifest.tree_files
 
@@ -382,13 +393,7 @@ def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_o
         "README.md": "# r\n",
         "src/diffusion_lab/__pycache__/a.cpython-311.pyc": "",
     }
-    for path, text in files.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(text)
-    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    commit_tree(tmp_path, {path: text.encode() for path, text in files.items()})
 
     on_disk = tree_files(tmp_path)
     assert sorted(on_disk) == sorted(
@@ -403,8 +408,6 @@ def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_o
 
 
 def test_a_manifest_digests_the_package_as_its_runs_do_and_the_scripts_apart(tmp_path):
-    import subprocess
-
     from diffusion_lab.provenance import code_sha256, digest
 
     manifest = load_script("run_manifest")
@@ -419,13 +422,7 @@ def test_a_manifest_digests_the_package_as_its_runs_do_and_the_scripts_apart(tmp
         "benchmarks/run.py": b"print(1)\n",
         "experiments/lib/gpus.sh": b"echo\n",
     }
-    for path, data in files.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_bytes(data)
-    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    commit_tree(tmp_path, files)
     expected = {
         "code_sha256": digest(files),
         "package_sha256": digest(
