@@ -226,9 +226,11 @@ def prepare(opts: argparse.Namespace, invocation: dict, save) -> bool:
     return True
 
 
-def measured_rows(opts: argparse.Namespace, run: Run, entries: list[dict], stdouts: list[str]) -> list[dict]:
+def measured_rows(
+    opts: argparse.Namespace, run: Run, entries: list[dict], stdouts: list[str], code: dict
+) -> list[dict]:
     base = {"suite": opts.suite, "label": run.label, "system": run.system, "seed": run.seed}
-    base["settings"] = run.settings
+    base["settings"], base["code"] = run.settings, code
     found = results(run, stdouts, opts.seconds) if entries[-1]["returncode"] == 0 else []
     rows = [{**base, "result": r, "metrics": m, "commands": entries} for r, m in found]
     return rows or [{**base, "result": None, "metrics": {}, "commands": entries, "error": "no result"}]
@@ -246,6 +248,7 @@ def run_suite(opts: argparse.Namespace) -> int:
     record["systems"] = {r.system: r.settings for r in SUITES[opts.suite](opts)}
     invocation = manifest(opts.suite, vars(opts))
     record["invocations"].append(invocation)
+    code = {key: invocation[key] for key in ("package_sha256", "scripts_sha256")}  # each row names its code
 
     def save() -> None:
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -260,7 +263,8 @@ def run_suite(opts: argparse.Namespace) -> int:
         for run, entries, stdouts in finished:
             invocation["runs"].extend(entries)
             with jsonl.open("a") as f:
-                f.writelines(json.dumps(row) + "\n" for row in measured_rows(opts, run, entries, stdouts))
+                rows = measured_rows(opts, run, entries, stdouts, code)
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         save()
     if opts.suite == "quality":
         record["summary"] = summary([r for r in read_jsonl(jsonl) if r.get("result") is not None])

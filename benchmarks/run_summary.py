@@ -1,7 +1,8 @@
 """The quality suite's summary: per system the mean ± 95% Student-t half-width over seeds of FD, KID, steps and
 train img/s; per peer whether ours has the lower mean FD with non-overlapping 95% intervals, and ours − peer FD
 paired by seed (a seed's runs share a host and a call, so the pairing also holds when seeds ran on different
-machines)."""
+machines); and which code each run ran (its call's package digest): seeds run in several calls may have run
+several versions, which the comparison then also measures."""
 
 from __future__ import annotations
 
@@ -53,7 +54,28 @@ def summary(records: list[dict]) -> dict:
         "systems": {system: {key: cell(i) for key, i in row.items()} for system, row in table.items()},
         "ours_lower_fd_separated": verdicts,
         "ours_minus_peer_fd_paired": paired,
+        "code": code_versions(records),
     }
+
+
+def code_versions(records: list[dict]) -> dict[str, list[str]]:
+    """package digest (its first 12 hex digits; "not recorded" for rows from calls that did not record one) ->
+    the labels of the runs that ran it, in the order the rows were written."""
+    versions: dict[str, list[str]] = {}
+    for r in records:
+        sha = (r.get("code") or {}).get("package_sha256")
+        versions.setdefault(sha[:12] if sha else "not recorded", []).append(r["label"])
+    return versions
+
+
+def code_line(versions: dict[str, list[str]]) -> str:
+    if list(versions) == ["not recorded"]:
+        return "code: not recorded by any run's call"
+    if len(versions) == 1:
+        (sha,) = versions
+        return f"code: every run ran one version ({sha})"
+    listed = "; ".join(f"{sha}: {', '.join(labels)}" for sha, labels in versions.items())
+    return f"code: WARNING, the runs ran {len(versions)} versions ({listed})"
 
 
 def text(result: dict) -> str:
@@ -65,6 +87,8 @@ def text(result: dict) -> str:
         lines.append(f"vs {peer}: ours lower mean FD with non-overlapping 95% CIs: {'yes' if yes else 'no'}")
     for peer, diff in result.get("ours_minus_peer_fd_paired", {}).items():
         lines.append(f"ours - {peer} FD paired by seed: {fmt(diff)}: {diff['verdict']}")
+    if "code" in result:
+        lines.append(code_line(result["code"]))
     return "\n".join(lines)
 
 

@@ -106,6 +106,11 @@ def test_selftest_writes_json_lines_and_the_manifest(runner, tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["sha"])
     assert isinstance(manifest["git"]["dirty"], bool)
     assert re.fullmatch(r"[0-9a-f]{64}", manifest["code_sha256"])
+    # each row names the code of the call that measured it: the package digest its runs record themselves
+    from diffusion_lab.provenance import code_sha256
+
+    assert row["code"] == {key: manifest[key] for key in ("package_sha256", "scripts_sha256")}
+    assert row["code"]["package_sha256"] == code_sha256()
     assert manifest["versions"]["python"] == platform.python_version()
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["cpu_count"] == os.cpu_count()
@@ -171,10 +176,36 @@ def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
 
 
 def records(system: str, fds: list[float]) -> list[dict]:
+    metrics = {"kid": 0.01, "steps": 100, "img_per_s": 9.0}
     return [
-        {"system": system, "seed": seed, "metrics": {"fd": fd, "kid": 0.01, "steps": 100, "img_per_s": 9.0}}
+        {"label": f"{system}_s{seed}", "system": system, "seed": seed, "metrics": {"fd": fd, **metrics}}
         for seed, fd in enumerate(fds)
     ]
+
+
+def test_the_summary_names_the_code_every_run_ran_and_warns_when_it_differs(runner):
+    from run_summary import summary, text
+
+    rows = records("ours", [1.0, 2.0]) + records("diffusers", [3.0, 4.0])
+    for row, sha in zip(rows, ["a" * 64, "b" * 64, "a" * 64, "b" * 64]):
+        row["code"] = {"package_sha256": sha, "scripts_sha256": "c" * 64}
+    rows[3]["code"] = None  # a row from a call that recorded no digest
+    result = summary(rows)
+    assert result["code"] == {
+        "a" * 12: ["ours_s0", "diffusers_s0"],
+        "b" * 12: ["ours_s1"],
+        "not recorded": ["diffusers_s1"],
+    }
+    assert text(result).splitlines()[-1] == (
+        f"code: WARNING, the runs ran 3 versions ({'a' * 12}: ours_s0, diffusers_s0; {'b' * 12}: ours_s1; "
+        "not recorded: diffusers_s1)"
+    )
+    for row in rows:
+        row["code"] = {"package_sha256": "a" * 64}
+    assert text(summary(rows)).splitlines()[-1] == f"code: every run ran one version ({'a' * 12})"
+    for row in rows:
+        del row["code"]
+    assert text(summary(rows)).splitlines()[-1] == "code: not recorded by any run's call"
 
 
 def test_summary_interval_and_verdict_match_a_hand_computation(runner):
