@@ -7,7 +7,8 @@ configs and the benchmark and study scripts; ``package_sha256`` over the package
 every training run and evaluation records as its own ``code_sha256`` (``diffusion_lab.provenance``), so a
 record and a run's provenance compare directly; and ``scripts_sha256`` over the scripts alone.
 ``python benchmarks/run_manifest.py --commit REV`` prints the three of a commit's tree, and a record whose
-digests equal them ran that commit's code; without ``--commit`` it prints the working tree's.
+digests equal them ran that commit's code; without ``--commit`` it prints the working tree's; ``--find DIGEST``
+(or its first 8+ hex digits, as a report prints 12) lists the recent commits with that digest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -52,18 +54,53 @@ def tree_files(root: Path = ROOT) -> dict[str, bytes]:
     return files
 
 
-def commit_files(commit: str, root: Path = ROOT) -> dict[str, bytes]:
-    """The code files of a commit's tree."""
+def commit_files(commit: str, root: Path = ROOT, blobs: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The code files of a commit's tree; ``blobs`` (git object id -> content) caches contents across commits."""
+    blobs = {} if blobs is None else blobs
+    listing = subprocess.run(
+        ["git", "-C", str(root), "ls-tree", "-r", commit], capture_output=True, text=True, check=True
+    ).stdout
+    wanted = {}
+    for line in listing.splitlines():
+        meta, path = line.split("\t", 1)
+        if meta.split()[1] == "blob" and is_code(path):
+            wanted[path] = meta.split()[2]
+    blobs.update(read_blobs([sha for sha in set(wanted.values()) if sha not in blobs], root))
+    return {path: blobs[sha] for path, sha in wanted.items()}
+
+
+def read_blobs(shas: list[str], root: Path) -> dict[str, bytes]:
+    """The contents of git blobs, read by one ``git cat-file --batch``."""
+    if not shas:
+        return {}
+    out = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "--batch"], input="\n".join(shas).encode() + b"\n",
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    contents, at = {}, 0
+    for sha in shas:  # each answer: "<sha> blob <size>\n<content>\n", in the order asked
+        header_end = out.index(b"\n", at)
+        size = int(out[at:header_end].split()[2])
+        contents[sha] = out[header_end + 1 : header_end + 1 + size]
+        at = header_end + 1 + size + 1
+    return contents
+
+
+def find_commits(prefix: str, root: Path = ROOT, limit: int = 500) -> list[tuple[str, str, str]]:
+    """(commit, digest name, subject) for each of the last ``limit`` commits of HEAD's history with a digest
+    starting with ``prefix``, newest first: which commit(s) a record's or a run's digest names."""
     git = ["git", "-C", str(root)]
-    names = subprocess.run(
-        [*git, "ls-tree", "-r", "--name-only", commit], capture_output=True, text=True, check=True
-    )
-    show = [*git, "show"]
-    return {
-        name: subprocess.run([*show, f"{commit}:{name}"], capture_output=True, check=True).stdout
-        for name in names.stdout.splitlines()
-        if is_code(name)
-    }
+    log = subprocess.run(
+        [*git, "log", f"--max-count={limit}", "--format=%H %s"], capture_output=True, text=True, check=True
+    ).stdout
+    blobs: dict[str, bytes] = {}
+    found = []
+    for line in log.splitlines():
+        commit, _, subject = line.partition(" ")
+        for key, value in digests(commit_files(commit, root, blobs)).items():
+            if value.startswith(prefix):
+                found.append((commit, key, subject))
+    return found
 
 
 def digests(files: dict[str, bytes]) -> dict[str, str]:
@@ -132,13 +169,35 @@ def manifest(suite: str, options: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print the code digests a benchmark manifest records.")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--commit", help="a git revision: the digests of its tree instead of the working tree's"
     )
+    which.add_argument(
+        "--find",
+        metavar="DIGEST",
+        help="a digest or its first 8+ hex digits: the commits of HEAD's last 500 with it",
+    )
     opts = parser.parse_args(argv)
+    if opts.find is not None:
+        return print_found(opts.find.lower())
     for key, value in digests(commit_files(opts.commit) if opts.commit else tree_files()).items():
         print(f"{key} {value}")
     return 0
+
+
+def print_found(prefix: str) -> int:
+    if not re.fullmatch(r"[0-9a-f]{8,64}", prefix):
+        print(f"run_manifest.py: --find {prefix!r}: give 8 to 64 hex digits of a digest", file=sys.stderr)
+        return 2
+    found = find_commits(prefix)
+    for commit, key, subject in found:
+        print(f"{commit[:12]} {key} {subject[:80]}")
+    if not found:
+        print(
+            f"run_manifest.py: no commit of HEAD's last 500 has a digest starting {prefix}", file=sys.stderr
+        )
+    return 0 if found else 1
 
 
 if __name__ == "__main__":

@@ -397,17 +397,51 @@ def test_a_committed_quality_summary_is_rebuilt_from_its_rows(runner, record):
     assert json.dumps(summary(rows), sort_keys=True) == json.dumps(committed, sort_keys=True)
 
 
-def commit_tree(root: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (repository path: content) under ``root`` and commit them to a new git repository."""
+def commit_tree(root: Path, files: dict[str, bytes], message: str = "c") -> str:
+    """Write ``files`` (repository path: content) under ``root`` and commit them (a new git repository where
+    ``root`` is none yet); returns the commit's id."""
     import subprocess
 
     for path, data in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
     git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    if not (root / ".git").exists():
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    subprocess.run([*git, "commit", "-qm", message], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_find_names_the_commits_whose_code_has_a_digest(tmp_path, capsys, monkeypatch):
+    manifest = load_script("run_manifest")
+    first = commit_tree(tmp_path, {"src/diffusion_lab/a.py": b"x = 1\n", "README.md": b"# r\n"}, "first")
+    docs = commit_tree(tmp_path, {"README.md": b"# docs only\n"}, "docs")
+    code = commit_tree(tmp_path, {"src/diffusion_lab/a.py": b"x = 2\n"}, "code")
+    package = manifest.digests(manifest.commit_files(first, tmp_path))["package_sha256"]
+    assert package == manifest.digest({"diffusion_lab/a.py": b"x = 1\n"})
+    # newest first; the docs-only commit has the first commit's code, the last one other code
+    found = manifest.find_commits(package[:12], tmp_path)
+    assert [(c, key) for c, key, _ in found] == [(docs, "package_sha256"), (first, "package_sha256")]
+    assert [subject for *_, subject in found] == ["docs", "first"]
+    assert code not in {c for c, *_ in manifest.find_commits(package, tmp_path)}
+    original = manifest.find_commits  # the command line searches this repository's history instead of ours
+    monkeypatch.setattr(manifest, "find_commits", lambda prefix: original(prefix, tmp_path))
+    capsys.readouterr()
+    assert manifest.main(["--find", package[:12].upper()]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{docs[:12]} package_sha256 docs",
+        f"{first[:12]} package_sha256 first",
+    ]
+    assert manifest.main(["--find", "0" * 12]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"run_manifest.py: no commit of HEAD's last 500 has a digest starting {'0' * 12}\n"
+    )
+    assert manifest.main(["--find", "xyz"]) == 2
+    assert capsys.readouterr().err == "run_manifest.py: --find 'xyz': give 8 to 64 hex digits of a digest\n"
 
 
 def test_the_code_digest_of_a_tree_equals_its_commits_and_follows_code_changes_only(tmp_path):
