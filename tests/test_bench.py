@@ -91,6 +91,24 @@ def test_bound_variant_strips_every_norm_and_dropout_and_keeps_the_convolutions(
     assert stripped(x, t).shape == x.shape
 
 
+def test_fn_variant_switches_every_norm_of_ours_to_the_fused_kernels_and_keeps_its_outputs() -> None:
+    import torch
+
+    from diffusion_lab.nets.fused_norm import GroupNormSiLU
+
+    net = bench.ho_unet().eval()
+    norms = [m for m in net.modules() if isinstance(m, GroupNormSiLU)]
+    assert norms and {m.fused for m in norms} == {"false"}  # Ho et al.'s network: PyTorch's norm by default
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 500])
+    before = net(x, t)
+    prepared = bench._prepare(net, "compile-ro+cl+fn", torch.device("cpu"))
+    assert {m.fused for m in norms} == {
+        "auto"
+    }  # the kernels on CUDA; on this CPU PyTorch's path, same values
+    torch.testing.assert_close(prepared(x, t), before)
+    assert bench.use_fused_norm(torch.nn.Conv2d(3, 3, 1)) == 0
+
+
 def test_ratios_take_the_best_usable_variant_and_leave_bounds_out() -> None:
     rows = [
         {"workload": "train", "system": "ours", "variant": "compile", "img_per_s": 300.0},

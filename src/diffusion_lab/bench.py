@@ -149,10 +149,21 @@ def _time(fn: Callable[[], None], warmup: int, iters: int, device: torch.device)
 def _prepare(net: nn.Module, variant: str, device: torch.device) -> nn.Module:
     if "bound" in variant.split("+"):
         net = strip_to_bound(net)
+    if "fn" in variant.split("+"):
+        use_fused_norm(net)
     net = net.to(device)
     if "cl" in variant.split("+"):
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def use_fused_norm(net: nn.Module) -> int:
+    """The `fn` variant part: every ``GroupNormSiLU`` of our network takes the fused Triton kernels on CUDA
+    (``fused_norm=auto``; PyTorch elsewhere); returns how many it switched. A peer's network has none."""
+    norms = [m for m in net.modules() if isinstance(m, GroupNormSiLU)]
+    for m in norms:
+        m.fused = "auto"
+    return len(norms)
 
 
 class NormFreeSiLU(nn.Module):
@@ -386,8 +397,8 @@ def _parser() -> argparse.ArgumentParser:
         help="comma list; parts joined by '+': eager, compile, "
         "compile-ro (CUDA graphs), compile-ma (max-autotune), compile-max (max-autotune + CUDA graphs), "
         "cl (channels_last tensors), lo (inductor's layout optimization forced on: NHWC convolutions in the "
-        "compiled graph), bound (GroupNorm and dropout removed: a ceiling, not a usable network; "
-        "left out of the ratios)",
+        "compiled graph), fn (our GroupNorm+SiLU as fused Triton kernels on CUDA; no effect on a peer), "
+        "bound (GroupNorm and dropout removed: a ceiling, not a usable network; left out of the ratios)",
     )
     p.add_argument(
         "--peer-variants",
