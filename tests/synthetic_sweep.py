@@ -21,11 +21,12 @@ def write_job(
     seed: int = 42,
     evaluations: dict[str, list[dict]] | None = None,
     code: str | None = None,
+    eval_codes: dict[str, str] | None = None,
 ) -> Path:
     """One job folder: ``curves`` {metric: {step: value}} go to csv/metrics.csv (one row per step and
     metric, as Lightning's CSV logger writes them), ``fid`` to evaluation/last/evaluation.json, and each of
     ``evaluations`` {name: rows} to evaluation/<name>/evaluation.json, ``code`` (a code digest) to
-    .hydra/provenance.yaml."""
+    .hydra/provenance.yaml, ``eval_codes`` {name: digest} to those evaluations' provenance."""
     job = root / f"{num}_{','.join(overrides)}"
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
@@ -50,7 +51,11 @@ def write_job(
         evaluations["last"] = [{"sampler": "ddpm", "steps": 50, "fid": fid}]
     for name, rows in evaluations.items():
         (job / "evaluation" / name).mkdir(parents=True)
-        (job / "evaluation" / name / "evaluation.json").write_text(json.dumps({"summary": {}, "rows": rows}))
+        code_of = (eval_codes or {}).get(name)
+        summary = {"provenance": {"code_sha256": code_of}} if code_of else {}
+        (job / "evaluation" / name / "evaluation.json").write_text(
+            json.dumps({"summary": summary, "rows": rows})
+        )
     return job
 
 

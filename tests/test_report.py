@@ -205,3 +205,47 @@ def test_the_report_says_which_code_the_jobs_ran(tmp_path, codes, expected):
     text = write_report(tmp_path)["markdown"].read_text()
     lines = [line.rstrip() for line in text.splitlines() if "Code: " in line]  # intro lines end in a break
     assert lines == ([] if expected is None else [expected])
+
+
+A, B = "a" * 64, "b" * 64
+
+
+@pytest.mark.parametrize(
+    ("eval_codes", "expected"),
+    [
+        ([{}, {}], None),  # evaluations from before the digest: nothing said
+        (
+            [{"ddpm": A, "ddim": A}, {"ddpm": A, "ddim": A}],
+            f"Evaluations: every evaluation ran one version (`{'a' * 12}`) (the jobs' own).",
+        ),
+        (
+            [{"ddpm": B, "ddim": B}, {"ddpm": B, "ddim": B}],
+            f"Evaluations: every evaluation ran one version (`{'b' * 12}`).",
+        ),
+        (
+            [{"ddpm": A, "ddim": B}, {"ddpm": A}],
+            "**Evaluations: they ran 3 versions**, so rows scored by different versions may differ because of the "
+            f"code: `{'a' * 12}` (seed=1: ddpm, seed=2: ddpm); `{'b' * 12}` (seed=1: ddim); none recorded (seed=2: ddim).",
+        ),
+    ],
+)
+def test_the_report_says_which_code_the_evaluations_ran(tmp_path, eval_codes, expected):
+    from synthetic_sweep import eval_row, write_job
+
+    for num, codes in enumerate(eval_codes):
+        rows = {
+            "ddpm": [eval_row("ddpm", None, 50, [2.0 + num])],
+            "ddim": [eval_row("ddim", 0.0, 50, [1.5 + num])],
+        }
+        write_job(
+            tmp_path,
+            num,
+            [f"seed={num + 1}"],
+            {"train/loss": {10: 1.0}},
+            evaluations=rows,
+            code=A,
+            eval_codes=codes,
+        )
+    text = write_report(tmp_path)["markdown"].read_text()
+    lines = [line.rstrip() for line in text.splitlines() if "Evaluations: " in line]
+    assert lines == ([] if expected is None else [expected])

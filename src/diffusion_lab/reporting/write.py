@@ -63,7 +63,7 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
     ]
     if common:
         intro.append("Common overrides: " + " ".join(f"`{o}`" for o in common))
-    return intro + _code_versions(jobs)
+    return intro + _code_versions(jobs) + _evaluation_code_versions(jobs)
 
 
 def _code_versions(jobs: list[Job]) -> list[str]:
@@ -77,14 +77,41 @@ def _code_versions(jobs: list[Job]) -> list[str]:
         return []  # runs from before the digest was recorded
     if len(by_code) == 1:
         return [f"Code: every job ran one version (`{recorded[0][:12]}`)."]
+    warning = (
+        f"**Code: the jobs ran {len(by_code)} versions**, so a difference between them may come from the code"
+    )
+    return [f"{warning}: {_listed(by_code)}."]
+
+
+def _listed(by_code: dict[str | None, list[str]]) -> str:
+    """'`digest12` (labels); ...; none recorded (labels)', by digest, the unrecorded last."""
     parts = [
         f"`{code[:12]}` ({', '.join(labels)})" if code else f"none recorded ({', '.join(labels)})"
         for code, labels in sorted(by_code.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]
+    return "; ".join(parts)
+
+
+def _evaluation_code_versions(jobs: list[Job]) -> list[str]:
+    """Which code the jobs' evaluations ran (each ``evaluation.json``'s provenance ``code_sha256``): one line naming
+    it, or a warning saying which evaluations ran which, since rows scored by other code (a sampler changed
+    between two evaluations of one checkpoint) may then differ for that reason."""
+    by_code: dict[str | None, list[str]] = {}
+    for job in jobs:
+        for e in job.evaluations:
+            code = ((e["summary"] or {}).get("provenance") or {}).get("code_sha256")
+            by_code.setdefault(code, []).append(f"{job.label}: {e['name']}")
+    recorded = sorted(code for code in by_code if code is not None)
+    if not recorded:
+        return []  # evaluations from before the digest was recorded, or none
+    if len(by_code) == 1:
+        own = " (the jobs' own)" if {job.code for job in jobs} == set(recorded) else ""
+        return [f"Evaluations: every evaluation ran one version (`{recorded[0][:12]}`){own}."]
     warning = (
-        f"**Code: the jobs ran {len(by_code)} versions**, so a difference between them may come from the code"
+        f"**Evaluations: they ran {len(by_code)} versions**, so rows scored by different versions may differ "
+        "because of the code"
     )
-    return [f"{warning}: {'; '.join(parts)}."]
+    return [f"{warning}: {_listed(by_code)}."]
 
 
 def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None, baseline: Cell | None) -> list[Table]:
