@@ -63,8 +63,9 @@ def commit_files(commit: str, root: Path = ROOT, blobs: dict[str, bytes] | None 
     wanted = {}
     for line in listing.splitlines():
         meta, path = line.split("\t", 1)
-        if meta.split()[1] == "blob" and is_code(path):
-            wanted[path] = meta.split()[2]
+        _mode, kind, sha = meta.split()
+        if kind == "blob" and is_code(path):
+            wanted[path] = sha
     blobs.update(read_blobs([sha for sha in set(wanted.values()) if sha not in blobs], root))
     return {path: blobs[sha] for path, sha in wanted.items()}
 
@@ -106,7 +107,7 @@ def find_commits(prefix: str, root: Path = ROOT, limit: int = 500) -> list[tuple
 def digests(files: dict[str, bytes]) -> dict[str, str]:
     """The three digests of a tree's code files (``tree_files`` or ``commit_files``): all of them, the package's
     under the names its runs hash them by, and the benchmark and study scripts."""
-    package = {package_name(path): data for path, data in files.items() if package_name(path)}
+    package = {name: data for path, data in files.items() if (name := package_name(path))}
     scripts = {path: data for path, data in files.items() if path.startswith(("benchmarks/", "experiments/"))}
     return {
         "code_sha256": digest(files),

@@ -147,12 +147,13 @@ def _time(fn: Callable[[], None], warmup: int, iters: int, device: torch.device)
 
 
 def _prepare(net: nn.Module, variant: str, device: torch.device) -> nn.Module:
-    if "bound" in variant.split("+"):
+    parts = variant.split("+")
+    if "bound" in parts:
         net = strip_to_bound(net)
-    if "fn" in variant.split("+"):
+    if "fn" in parts:
         use_fused_norm(net)
     net = net.to(device)
-    if "cl" in variant.split("+"):
+    if "cl" in parts:
         net = net.to(memory_format=torch.channels_last)
     return net
 
