@@ -8,6 +8,8 @@ import math
 import os
 import platform
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,12 @@ def dry_run_lines(runner, capsys, tmp_path, *extra: str) -> dict[str, list[str]]
 
 
 def test_quality_runs_three_seeds_of_each_system(runner, capsys, tmp_path):
+    from run_suites import WARM_UP
+
     by_run = dry_run_lines(runner, capsys, tmp_path)
     assert by_run.pop("prepare") == [
-        f"{runner.sys.executable} -m diffusion_lab.features epochs=5 out={tmp_path / 'clf.pt'}"
+        f"{runner.sys.executable} -m diffusion_lab.features epochs=5 out={tmp_path / 'clf.pt'}",
+        shlex.join([runner.sys.executable, "-c", WARM_UP]),
     ]
     systems = ("ours", "diffusers", "lucidrains")
     assert sorted(by_run) == sorted(f"{s}_s{seed}" for s in systems for seed in (0, 1, 2))
@@ -135,12 +140,42 @@ def test_gpus_puts_each_wave_of_runs_on_distinct_devices(runner, capsys, tmp_pat
     argv = quality_dry_run(tmp_path, "--gpus", "3")
     assert runner.main(argv) == 0
     devices = {}
-    for line in capsys.readouterr().out.splitlines()[1:]:
+    for line in capsys.readouterr().out.splitlines():
         label, command = line.split(": ", 1)
+        if label == "prepare":
+            continue
         devices[label] = re.search(r"CUDA_VISIBLE_DEVICES=(\d+)", command).group(1)
         assert f"OMP_NUM_THREADS={max(1, os.cpu_count() // 3)} " in command
     for seed in (0, 1, 2):  # a wave is one seed of every system, at the same time on the same host
-        assert [devices[f"{s}_s{seed}"] for s in ("ours", "diffusers", "lucidrains")] == ["0", "1", "2"]
+        assert sorted(devices[f"{s}_s{seed}"] for s in ("ours", "diffusers", "lucidrains")) == ["0", "1", "2"]
+
+
+def test_each_system_runs_once_first_once_second_and_once_last_over_three_seeds(runner, capsys, tmp_path):
+    by_run = dry_run_lines(runner, capsys, tmp_path)
+    by_run.pop("prepare")
+    labels = list(by_run)  # in the order the runs run
+    positions = {s: [] for s in ("ours", "diffusers", "lucidrains")}
+    for seed in (0, 1, 2):
+        order = [label.rsplit("_s", 1)[0] for label in labels[3 * seed : 3 * seed + 3]]
+        assert all(label.endswith(f"_s{seed}") for label in labels[3 * seed : 3 * seed + 3])  # seed-major
+        for position, system in enumerate(order):
+            positions[system].append(position)
+    assert {system: sorted(p) for system, p in positions.items()} == {s: [0, 1, 2] for s in positions}
+    assert labels[:3] == ["ours_s0", "diffusers_s0", "lucidrains_s0"]  # seed 0 keeps the first record's order
+
+
+def test_the_warm_up_loads_torch_and_leaves_the_compile_caches_empty(runner, tmp_path):
+    (tmp_path / "clf.pt").write_bytes(b"")  # present: the warm-up is all there is to prepare
+    opts = runner.parse_args(["quality", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt")])
+    (command,) = runner.prepare_commands("quality", opts)
+    assert runner.prepare_commands("selftest", opts) == []
+    caches = {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TRITON_CACHE_DIR": str(tmp_path / "triton"),
+    }
+    done = subprocess.run(command, env={**os.environ, **caches}, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout) == (0, "warm-up done\n"), done.stderr
+    assert not any(Path(folder).exists() and any(Path(folder).iterdir()) for folder in caches.values())
 
 
 def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
@@ -281,7 +316,7 @@ def test_quality_suite_writes_the_summary_of_every_result(runner, monkeypatch, c
         return runs
 
     monkeypatch.setitem(runner.SUITES, "quality", fake_quality)
-    (tmp_path / "clf.pt").write_bytes(b"")  # present: nothing to prepare
+    (tmp_path / "clf.pt").write_bytes(b"")  # present: only the warm-up to prepare
     assert runner.main(["quality", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt")]) == 0
     assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: yes" in capsys.readouterr().out
     written = json.loads((tmp_path / "quality_summary.json").read_text())
