@@ -656,6 +656,15 @@ def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier,
     with open(tmp_path / "partial" / "evaluation.csv") as f:
         assert [r["steps"] for r in csv.DictReader(f)] == ["2"]
 
+    calls[:] = [1]  # the next call counts as the second: stopped before its first score
+    cfg = classifier_cfg(run_copy, classifier, tmp_path / "cache", "metrics=[fid]", "steps=[2,3,4]")
+    cfg.out_dir = str(tmp_path / "none")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg)
+    saved = json.loads((tmp_path / "none" / "evaluation.json").read_text())
+    assert (saved["summary"]["complete"], saved["summary"]["settings"], saved["rows"]) == (False, 3, [])
+    assert "**Partial**: 0 of 3 settings" in (tmp_path / "none" / "evaluation.md").read_text()
+
     monkeypatch.setattr(ev, "score_setting", real_score)
     cfg = classifier_cfg(run_copy, classifier, tmp_path / "cache", "metrics=[fid]", "steps=[2,3,4]")
     cfg.out_dir = str(tmp_path / "whole")

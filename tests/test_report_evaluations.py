@@ -314,6 +314,28 @@ def test_a_partial_evaluation_is_read_and_named_and_hidden_folders_are_not_jobs(
     assert not (tmp_path / "raw" / ".prewarm").exists()
 
 
+def test_an_evaluation_that_scored_nothing_is_named_and_leaves_the_shared_settings_alone(tmp_path):
+    sweep = tmp_path / "sweep"
+    ddim = [eval_row("ddim", 0.0, 10, [5.0]), eval_row("ddim", 0.0, 20, [4.0])]
+    first = write_job(sweep, 0, ["seed=1"], {"val/loss": {99: 1.0}}, evaluations={"ddim": ddim})
+    write_job(sweep, 1, ["seed=2"], {"val/loss": {99: 1.0}}, evaluations={"ddim": ddim})
+    # the first job also has a better DDPM row the second lacks: not its headline, as not every job has it
+    (first / "evaluation" / "ddpm").mkdir(parents=True)
+    ddpm = {"summary": {"complete": True}, "rows": [eval_row("ddpm", None, 1000, [3.0])]}
+    (first / "evaluation" / "ddpm" / "evaluation.json").write_text(json.dumps(ddpm))
+    stopped = write_job(sweep, 2, ["seed=3"], {"val/loss": {99: 1.0}})
+    (stopped / "evaluation" / "ddim").mkdir(parents=True)
+    started = {"summary": {"complete": False, "settings": 2}, "rows": []}
+    (stopped / "evaluation" / "ddim" / "evaluation.json").write_text(json.dumps(started))
+    found = {j.seed: j for j in find_jobs(sweep)}
+    assert found[3].notes == [
+        "evaluation `ddim` scored none of its 2 settings: it stopped before the first (interrupted or failed) "
+        "or is still running; nothing of it is in the tables"
+    ]
+    assert found[1].value("fd_classifier") == 4.0  # the shared DDIM rows, not its own DDPM row
+    assert found[3].value("fd_classifier") is None
+
+
 def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(tmp_path):
     """Two formulations, one model per seed each: the baseline cell sampled by DDIM and (worse) DDPM at 10 and
     20 evaluations, the other by Heun at 9 and 19 (2n - 1), Euler at 10 and DDPM at 20, with known true

@@ -435,8 +435,9 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[
             f"**{summary['bpd']:.4f} ± {summary['bpd_stderr']:.4f}**",
             "",
         ]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    if rows:
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -518,8 +519,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # Until the last setting is scored the table on disk says it is partial and how many settings it awaits.
     summary["settings"] = len(_as_list(cfg.steps)) * len(guidances) if extractor is not None else 1
     summary["complete"] = False
+    write_table([], summary, out_dir)  # an evaluation stopped before its first score is on record as started
     if "bpd" in metrics:
         summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
+        write_table([], summary, out_dir)  # the bound is kept if the sampling after it stops
     rows: list[dict[str, Any]] = []
     if extractor is not None:
         rows = sample_rows(

@@ -145,7 +145,8 @@ def setting_key(row: dict[str, Any]) -> tuple:
 
 def share_settings(jobs: list[Job]) -> None:
     """Give each job the evaluation settings that every job with evaluations has (``Job.best_eval_row``)."""
-    keys = [{setting_key(r) for e in job.evaluations for r in e["rows"]} for job in jobs if job.evaluations]
+    keys = [{setting_key(r) for e in job.evaluations for r in e["rows"]} for job in jobs]
+    keys = [k for k in keys if k]  # a job whose evaluations scored nothing yet does not narrow the others
     shared = frozenset(set.intersection(*keys)) if keys else frozenset()
     for job in jobs:
         job.shared_settings = shared
@@ -284,10 +285,19 @@ def _read_evaluations(job: Job) -> None:
         summary, rows = data.get("summary") or {}, data.get("rows") or []
         job.evaluations.append({"name": path.parent.name, "summary": summary, "rows": rows})
         if summary.get("complete") is False:
-            job.notes.append(
-                f"evaluation `{path.parent.name}` is partial: {len(rows)} of {summary.get('settings', '?')} "
-                "settings were scored before it stopped; its rows are in the tables, the rest are missing"
-            )
+            job.notes.append(_partial_note(path.parent.name, len(rows), summary.get("settings", "?")))
+
+
+def _partial_note(name: str, scored: int, settings: object) -> str:
+    if scored == 0:
+        return (
+            f"evaluation `{name}` scored none of its {settings} settings: it stopped before the first (interrupted "
+            "or failed) or is still running; nothing of it is in the tables"
+        )
+    return (
+        f"evaluation `{name}` is partial: {scored} of {settings} settings were scored before it stopped; its rows "
+        "are in the tables, the rest are missing"
+    )
 
 
 def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
