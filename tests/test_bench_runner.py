@@ -10,6 +10,8 @@ import platform
 import re
 import shlex
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -539,3 +541,32 @@ def test_a_manifest_digests_the_package_as_its_runs_do_and_the_scripts_apart(tmp
     changed = digests(tree_files(tmp_path))
     assert changed["package_sha256"] == expected["package_sha256"]
     assert changed["scripts_sha256"] != expected["scripts_sha256"]
+
+
+def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_output(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "kept.txt").write_text("a committed result the run continues\n")
+    env = {
+        **os.environ,
+        "SUITE": "selftest",
+        "BENCH_DIR": str(tmp_path / "bench"),
+        "OUT": str(tmp_path / "out"),
+    }
+    env.update(PY=sys.executable, CONTINUE=str(earlier), BENCH_ARGS="--limit 1")
+    call = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), "120"]
+    first = subprocess.run(call, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith("[bench] started selftest (pid ") and lines[0].endswith("): --limit 1")
+    assert "[bench] selftest finished (exit 0)" in lines
+    assert lines[-1] == f"[bench] packed {tmp_path / 'out' / 'selftest.tar.gz'}"
+    with tarfile.open(tmp_path / "out" / "selftest.tar.gz") as tar:
+        assert {"out/kept.txt", "out/selftest.jsonl", "out/manifest.json", "run.log"} <= set(tar.getnames())
+    # a second call watches the same (finished) run: no second run, the same rows packed again
+    second = subprocess.run(call, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "[bench] started" not in second.stdout
+    out = tmp_path / "bench" / "selftest" / "out"
+    assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 1
+    assert len((out / "selftest.jsonl").read_text().splitlines()) == 1
