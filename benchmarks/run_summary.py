@@ -1,11 +1,14 @@
 """The quality suite's summary: per system the mean ± 95% Student-t half-width over seeds of FD, KID, steps and
 train img/s; per peer whether ours has the lower mean FD with non-overlapping 95% intervals, and ours − peer FD
 paired by seed (a seed's runs share a host and a call, so the pairing also holds when seeds ran on different
-machines); and which code each run ran (its call's package digest): seeds run in several calls may have run
-several versions, which the comparison then also measures."""
+machines); which code each run ran (its call's package digest): seeds run in several calls may have run
+several versions, which the comparison then also measures; and whether each system ran one setting over its
+seeds (a digest of the settings its rows disclose), since a setting changed between seeds would be compared too."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 from diffusion_lab.reporting.stats import Interval, paired_difference, t_interval, verdict
@@ -55,6 +58,7 @@ def summary(records: list[dict]) -> dict:
         "ours_lower_fd_separated": verdicts,
         "ours_minus_peer_fd_paired": paired,
         "code": code_versions(records),
+        "settings": setting_versions(records),
     }
 
 
@@ -74,8 +78,35 @@ def code_line(versions: dict[str, list[str]]) -> str:
     if len(versions) == 1:
         (sha,) = versions
         return f"code: every run ran one version ({sha})"
-    listed = "; ".join(f"{sha}: {', '.join(labels)}" for sha, labels in versions.items())
-    return f"code: WARNING, the runs ran {len(versions)} versions ({listed})"
+    return f"code: WARNING, the runs ran {len(versions)} versions ({_listed(versions)})"
+
+
+def setting_versions(records: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """system -> digest of its rows' disclosed ``settings`` (first 12 hex digits of the sha256 of their sorted
+    JSON; "not recorded" where a row has none) -> the labels of its runs that ran them."""
+    versions: dict[str, dict[str, list[str]]] = {}
+    for r in records:
+        settings = r.get("settings")
+        key = "not recorded"
+        if settings is not None:
+            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        versions.setdefault(r["system"], {}).setdefault(key, []).append(r["label"])
+    return versions
+
+
+def settings_line(versions: dict[str, dict[str, list[str]]]) -> str:
+    mixed = {system: v for system, v in versions.items() if len(v) > 1}
+    if all(list(v) == ["not recorded"] for v in versions.values()):
+        return "settings: not recorded by any run"
+    if not mixed:
+        return "settings: every system ran one setting over its seeds"
+    listed = " / ".join(f"{system} ran {len(v)} ({_listed(v)})" for system, v in mixed.items())
+    return f"settings: WARNING, a system's seeds ran different settings: {listed}"
+
+
+def _listed(groups: dict[str, list[str]]) -> str:
+    """'key: label, label; key: label'."""
+    return "; ".join(f"{key}: {', '.join(labels)}" for key, labels in groups.items())
 
 
 def text(result: dict) -> str:
@@ -89,6 +120,8 @@ def text(result: dict) -> str:
         lines.append(f"ours - {peer} FD paired by seed: {fmt(diff)}: {diff['verdict']}")
     if "code" in result:
         lines.append(code_line(result["code"]))
+    if "settings" in result:
+        lines.append(settings_line(result["settings"]))
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -233,16 +234,43 @@ def test_the_summary_names_the_code_every_run_ran_and_warns_when_it_differs(runn
         "b" * 12: ["ours_s1"],
         "not recorded": ["diffusers_s1"],
     }
-    assert text(result).splitlines()[-1] == (
+    assert text(result).splitlines()[-2] == (
         f"code: WARNING, the runs ran 3 versions ({'a' * 12}: ours_s0, diffusers_s0; {'b' * 12}: ours_s1; "
         "not recorded: diffusers_s1)"
     )
     for row in rows:
         row["code"] = {"package_sha256": "a" * 64}
-    assert text(summary(rows)).splitlines()[-1] == f"code: every run ran one version ({'a' * 12})"
+    assert text(summary(rows)).splitlines()[-2] == f"code: every run ran one version ({'a' * 12})"
     for row in rows:
         del row["code"]
-    assert text(summary(rows)).splitlines()[-1] == "code: not recorded by any run's call"
+    assert text(summary(rows)).splitlines()[-2:] == [
+        "code: not recorded by any run's call",
+        "settings: not recorded by any run",
+    ]
+
+
+def test_the_summary_warns_when_a_systems_seeds_ran_different_settings(runner):
+    from run_summary import summary, text
+
+    rows = records("ours", [1.0, 2.0, 3.0]) + records("diffusers", [3.0, 4.0, 5.0])
+    for row in rows:
+        row["settings"] = {"batch": 128, "seconds": 240.0}
+    assert text(summary(rows)).splitlines()[-1] == "settings: every system ran one setting over its seeds"
+    rows[2]["settings"] = {"batch": 128, "seconds": 300.0}  # ours' last seed trained longer
+    del rows[5]["settings"]  # a row from before settings were written
+    result = summary(rows)
+    same, longer = (
+        hashlib.sha256(json.dumps({"batch": 128, "seconds": s}, sort_keys=True).encode()).hexdigest()[:12]
+        for s in (240.0, 300.0)
+    )
+    assert result["settings"] == {
+        "ours": {same: ["ours_s0", "ours_s1"], longer: ["ours_s2"]},
+        "diffusers": {same: ["diffusers_s0", "diffusers_s1"], "not recorded": ["diffusers_s2"]},
+    }
+    assert text(result).splitlines()[-1] == (
+        f"settings: WARNING, a system's seeds ran different settings: ours ran 2 ({same}: ours_s0, ours_s1; "
+        f"{longer}: ours_s2) / diffusers ran 2 ({same}: diffusers_s0, diffusers_s1; not recorded: diffusers_s2)"
+    )
 
 
 def test_summary_interval_and_verdict_match_a_hand_computation(runner):
