@@ -116,6 +116,20 @@ def guidance_scales(cfg: DictConfig, spec: dict) -> list[float]:
     return guidances
 
 
+def check_bits_per_dim(spec: dict[str, Any], parts, sample_metrics: list[str]) -> None:
+    """metrics=[bpd] needs a likelihood of pixels: refused for latent checkpoints and likelihood-free processes."""
+    if spec.get("latent"):
+        raise UserError(
+            "metrics=[bpd] is a likelihood of pixels, and this checkpoint models an autoencoder's latents; "
+            "drop bpd (fid, kid, pr, is score its decoded images)"
+        )
+    if not parts.diffusion.has_likelihood:
+        raise UserError(
+            f"metrics=[bpd] needs a likelihood, which process={parts.diffusion.name} has not; "
+            f"leave bpd out (metrics=[{','.join(sample_metrics or ['fid'])}])"
+        )
+
+
 # -------------------------------------------------------------------------------------------- output folder
 def evaluation_dir(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, bool]:
     """Where this evaluation writes, and whether the user named it: ``out_dir`` (refused when it holds files:
@@ -496,16 +510,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("sampling_variance") is not None:
         sampler = sampler_from_config(cfg.sampler, spec["sampler"], None, cfg.eta, parts.diffusion)
         parts = with_sampling_variance(parts, str(cfg.sampling_variance), sampler if sample_metrics else None)
-    if "bpd" in metrics and spec.get("latent"):
-        raise UserError(
-            "metrics=[bpd] is a likelihood of pixels, and this checkpoint models an autoencoder's latents; "
-            "drop bpd (fid, kid, pr, is score its decoded images)"
-        )
-    if "bpd" in metrics and not parts.diffusion.has_likelihood:
-        raise UserError(
-            f"metrics=[bpd] needs a likelihood, which process={parts.diffusion.name} has not; "
-            f"leave bpd out (metrics=[{','.join(sample_metrics or ['fid'])}])"
-        )
+    if "bpd" in metrics:
+        check_bits_per_dim(spec, parts, sample_metrics)
     datamodule = build_datamodule(spec, cfg.data_root)
     datamodule.setup("test")
     guidances = guidance_scales(cfg, spec)
