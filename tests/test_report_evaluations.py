@@ -310,7 +310,9 @@ def test_a_partial_evaluation_is_read_and_named_and_hidden_folders_are_not_jobs(
     ]
     assert [len(e["rows"]) for e in second.evaluations] == [2]
     report_main([str(sweep), "--keep-raw", str(tmp_path / "raw")])
-    assert "is partial: 2 of 5 settings" in (sweep / "report.md").read_text()
+    md = (sweep / "report.md").read_text()
+    assert "is partial: 2 of 5 settings" in md
+    assert f"Sweep: `{sweep}` — 2 job(s), 1 evaluation(s) stopped before their last setting (see Notes)" in md
     assert not (tmp_path / "raw" / ".prewarm").exists()
 
 

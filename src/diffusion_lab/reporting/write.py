@@ -44,10 +44,12 @@ def _sort(jobs: list[Job]) -> tuple[list[Job], str]:
 def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> list[str]:
     n_failed = sum(j.status not in ("COMPLETED", "unknown") for j in jobs)
     n_incomplete = sum(j.incomplete for j in jobs)
+    n_partial = sum(e["summary"].get("complete") is False for j in jobs for e in j.evaluations)
     counts = "".join(
         [
             f", {n_failed} not completed" if n_failed else "",
             f", {n_incomplete} incomplete" if n_incomplete else "",
+            f", {n_partial} evaluation(s) stopped before their last setting (see Notes)" if n_partial else "",
         ]
     )
     sorted_by = score(sort_key).header if sort_key != "val_loss" else "validation loss"
