@@ -119,6 +119,9 @@ def train_summary(stdout: str) -> dict:
         "kernels_s": r"startup cost\s*:.*compiling [\d.]+ s, \d+ graphs, of which ([\d.]+) s generating",
         "checkpoint_write_s": r"startup cost\s*:.*checkpoint writes ([\d.]+) s",
         "checkpoint_background_s": r"startup cost\s*:.*checkpoint writes [\d.]+ s, ([\d.]+) s more in the background",
+        "validations": r"validation\s*:\s*(\d+) runs?,",
+        "validation_s": r"validation\s*:\s*\d+ runs?, ([\d.]+) s",
+        "validation_first_s": r"validation\s*:.*\(the first ([\d.]+) s",
     }
     found = {key: re.search(pattern, stdout) for key, pattern in patterns.items()}
     return {key: float(m.group(1)) for key, m in found.items() if m}

@@ -420,6 +420,7 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
                 "kernels_s": round(compiling - 3.0, 1),
                 "checkpoint_write_s": 1.5,
                 "checkpoint_background_s": 2.5,
+                "validation_s": [6.04, 0.5, 0.3] if startup > 50 else [0.4],
             }
         )
         outs.append(capsys.readouterr().out)
@@ -430,6 +431,8 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     assert warm["graphs"] == 1 and warm["checkpoint_write_s"] == 1.5 and warm["steps"] == 2000
     assert warm["checkpoint_background_s"] == 2.5
     assert (cold["kernels_s"], warm["kernels_s"]) == (51.7, 1.1)
+    assert (cold["validations"], cold["validation_s"], cold["validation_first_s"]) == (3, 6.8, 6.0)
+    assert (warm["validations"], warm["validation_s"]) == (1, 0.4) and "validation_first_s" not in warm
     assert warm_metrics == {"startup_s": 19.3, "compile_s": 4.1, "first_step_s": 9.8}
 
 

@@ -49,13 +49,18 @@ def test_a_fit_with_validation_checkpoints_and_samples_compiles_the_network_once
 
 def test_the_summary_breaks_the_startup_cost_down(tmp_path, eager_backend, capsys):
     _fit(tmp_path, "callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=2")
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("startup cost"))
+    out = capsys.readouterr().out.splitlines()
+    line = next(x for x in out if x.startswith("startup cost"))
     # the first step, the compiler's seconds and graphs, and the three checkpoints' writes, each timed
     assert re.fullmatch(
         r"startup cost  : [\d.]+ s beyond steady-state steps \(first step [\d.]+ s; compiling [\d.]+ s, 1 graphs; "
         r"checkpoint writes [\d.]+ s, [\d.]+ s more in the background\)",
         line,
     ), line
+    line = next(x for x in out if x.startswith("validation"))  # the three validations, the sanity check not
+    assert re.fullmatch(
+        r"validation    : 3 runs, [\d.]+ s \(the first [\d.]+ s, the others [\d.]+ s on average\)", line
+    )
 
 
 def test_compiling_evaluation_too_adds_graphs_and_the_count_sees_them(tmp_path, eager_backend):

@@ -53,6 +53,21 @@ def test_startup_cost_is_the_time_beyond_steady_steps_with_validation_left_out(c
     assert cb.startup_seconds == pytest.approx((30.0 - 0.1) + (0.5 - 0.1) + 8.0)
     assert cb.first_step_seconds == pytest.approx(30.0)
     assert cb.images_per_second == pytest.approx(4 * 35 / (35 * 0.1 + 8.0))  # the windows' own average
+    assert cb.validation_seconds == [pytest.approx(100.0)]
+
+
+def test_each_validation_is_timed_apart_and_left_out_of_the_startup_cost(clock):
+    cb = Throughput(window=5, warmup_steps=2)
+    _fit(cb, clock, [0.1] * 40, validate_at={10: 6.0, 20: 0.5, 30: 0.3})
+    assert cb.validation_seconds == [pytest.approx(6.0), pytest.approx(0.5), pytest.approx(0.3)]
+    assert cb.startup_seconds == pytest.approx(0.0)
+
+
+def test_the_summary_line_sets_the_first_validation_apart():
+    from diffusion_lab.train import validation_line
+
+    assert validation_line([6.04, 0.5, 0.3]) == "3 runs, 6.8 s (the first 6.0 s, the others 0.4 s on average)"
+    assert validation_line([2.0]) == "1 run, 2.0 s"
 
 
 def test_a_fit_without_a_timed_window_reports_no_startup_cost(clock):

@@ -1,6 +1,7 @@
 """Training throughput (images/s over whole optimizer steps), measured without per-step host syncs, and the
 training time a fit spent beyond its steady-state steps (compilation, recompilation, CUDA-graph recording,
-autotuning, checkpoint writes): what a cold start costs.
+autotuning, checkpoint writes): what a cold start costs. Validation is left out of both and timed on its own,
+each run apart, so a first validation that costs more than the others (kernels built on first use) shows.
 
 The clock is read (after a device sync) only every ``window`` steps, so measuring does not slow the loop.
 Lightning's ``ThroughputMonitor`` synchronizes on every batch; on a fast GPU that alone costs several percent.
@@ -31,6 +32,7 @@ class Throughput(L.Callback):
         self._fit_start_step = 0
         self._pause_t0: float | None = None
         self._paused = 0.0
+        self.validation_seconds: list[float] = []  # each validation run of the fit, in order
         self.startup_seconds: float | None = None
         # From the start of training to the end of its first step.
         self.first_step_seconds: float | None = None
@@ -75,7 +77,8 @@ class Throughput(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._pause_t0 is not None:
             self._sync(pl_module)
-            self._paused += time.perf_counter() - self._pause_t0
+            self.validation_seconds.append(time.perf_counter() - self._pause_t0)
+            self._paused += self.validation_seconds[-1]
             self._pause_t0 = None
 
     def on_train_end(self, trainer, pl_module) -> None:
