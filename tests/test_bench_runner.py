@@ -420,7 +420,7 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
                 "kernels_s": round(compiling - 3.0, 1),
                 "checkpoint_write_s": 1.5,
                 "checkpoint_background_s": 2.5,
-                "validation_s": [6.04, 0.5, 0.3] if startup > 50 else [0.4],
+                "validation_runs_s": [6.04, 0.5, 0.3] if startup > 50 else [0.4],
             }
         )
         outs.append(capsys.readouterr().out)

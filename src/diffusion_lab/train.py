@@ -283,7 +283,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["startup_s"] = round(cb.startup_seconds, 1)
             result["first_step_s"] = round(cb.first_step_seconds, 1)
         if cb.validation_seconds:
-            result["validation_s"] = [round(v, 2) for v in cb.validation_seconds]
+            result["validation_runs_s"] = [round(v, 2) for v in cb.validation_seconds]
     result.update(compile_stats())
     result.update(checkpoint_seconds(trainer.strategy.checkpoint_io))
     result["wall_time_s"] = round(time.time() - started, 1)
@@ -450,8 +450,8 @@ def print_summary(result: dict[str, Any]) -> None:
         lines.append(
             f"startup cost  : {result['startup_s']} s beyond steady-state steps ({startup_parts(result)})"
         )
-    if result.get("validation_s"):
-        lines.append(f"validation    : {validation_line(result['validation_s'])}")
+    if result.get("validation_runs_s"):
+        lines.append(f"validation    : {validation_line(result['validation_runs_s'])}")
     if result.get("preempted"):
         p = result["preempted"]
         lines.append(f"stopped by    : {p['signal']} at step {p['step']} (checkpoint saved)")
