@@ -19,7 +19,7 @@ from ..score_names import features_kind
 from .scores import FRECHET, SCORES, score
 from .setting import Setting, num
 
-__all__ = ["Job", "find_jobs", "label_jobs", "num", "STATUS_FILE"]
+__all__ = ["Job", "find_jobs", "label_jobs", "num", "stopped_early", "STATUS_FILE"]
 
 STATUS_FILE = "sweep_status.json"
 SETTINGS_FILE = "report_settings.json"  # marks a kept copy of a sweep's raw files (reporting.raw)
@@ -284,8 +284,14 @@ def _read_evaluations(job: Job) -> None:
             continue
         summary, rows = data.get("summary") or {}, data.get("rows") or []
         job.evaluations.append({"name": path.parent.name, "summary": summary, "rows": rows})
-        if summary.get("complete") is False:
+        if stopped_early(job.evaluations[-1]):
             job.notes.append(_partial_note(path.parent.name, len(rows), summary.get("settings", "?")))
+
+
+def stopped_early(evaluation: dict[str, Any]) -> bool:
+    """Whether an evaluation (a ``Job.evaluations`` entry) stopped before its last setting: its table still says
+    ``"complete": false``."""
+    return evaluation["summary"].get("complete") is False
 
 
 def _partial_note(name: str, scored: int, settings: object) -> str:

@@ -15,7 +15,7 @@ from .evalcells import EvalGroup, group_evaluations, pair_with_baseline, pair_wi
 from .plots import PLOTS_DIR, make_plots
 from .raw import keep_raw, read_settings
 from .render import Figure, Report, render
-from .runs import Job, find_jobs, label_jobs
+from .runs import Job, find_jobs, label_jobs, stopped_early
 from .scores import FRECHET, score
 from .search import search_table
 from .tables import Table, baseline_table, eval_table, job_table, seed_table
@@ -44,7 +44,7 @@ def _sort(jobs: list[Job]) -> tuple[list[Job], str]:
 def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> list[str]:
     n_failed = sum(j.status not in ("COMPLETED", "unknown") for j in jobs)
     n_incomplete = sum(j.incomplete for j in jobs)
-    n_partial = sum(e["summary"].get("complete") is False for j in jobs for e in j.evaluations)
+    n_partial = sum(stopped_early(e) for j in jobs for e in j.evaluations)
     counts = "".join(
         [
             f", {n_failed} not completed" if n_failed else "",
