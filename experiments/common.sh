@@ -21,6 +21,10 @@
 #               scoring a trained study again in some settings, or training it again for a few; default: every one
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
+#   RESUME=1    continue a stopped study in its STUDY_OUT: each sweep continues (hydra.launcher.resume=true:
+#               completed jobs kept, the others resumed from their checkpoints), an evaluation already complete is
+#               not run again, and a partial one runs again whole, its partial table moved to
+#               <job>/evaluation/.stopped/ (kept, out of the report)
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / PREWARM / SWEEP / EVAL lines) and run nothing (the tests use it);
 #               a SWEEP line starts with @<its name>, an EVAL line restricted to one sweep with @<that name>
 set -euo pipefail
@@ -38,6 +42,9 @@ FID_N=${FID_N:-10000}
 SAMPLE_SETS=${SAMPLE_SETS:-1}
 SWEEPS=${SWEEPS:-}
 EVALS=${EVALS:-}
+RESUME=${RESUME:-0}
+CONTINUE=()  # continue a sweep in its folder (RESUME=1)
+[[ "$RESUME" != 1 ]] || CONTINUE=(hydra.launcher.resume=true)
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_EXTRA:-}"
 STATUS=0
@@ -118,12 +125,13 @@ train_sweep() {
   selected "$name" || return 0
   if [[ "$DRY_RUN" == 1 ]]; then
     prewarm "$name" "$@"
-    echo "SWEEP @$name $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")"
+    echo "SWEEP @$name $(printf '%q ' "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}" "${CONTINUE[@]}")"
     return 0
   fi
   mkdir -p "$STUDY_OUT"
   local cmd=("$PY" -m diffusion_lab.train -m hydra/launcher=gpu_pool "hydra.sweep.dir=$STUDY_OUT/$name"
-    "hydra.launcher.jobs_per_gpu=$JOBS_PER_GPU" "${DATA_TRAIN[@]}" "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}")
+    "hydra.launcher.jobs_per_gpu=$JOBS_PER_GPU" "${DATA_TRAIN[@]}" "$@" "seed=$SEEDS" "${TRAIN_EXTRA[@]}"
+    "${CONTINUE[@]}")
   if [[ "$SWEEPS_AT_ONCE" == 1 ]]; then
     { prewarm "$name" "$@"; "${cmd[@]}"; } &
     SWEEP_PIDS+=($!)
@@ -156,6 +164,7 @@ prewarm() {
     return 0
   fi
   mkdir -p "$STUDY_OUT/.prewarm"
+  rm -rf "${STUDY_OUT:?}/.prewarm/$name"  # an earlier prewarm's run (a study continued): it only filled the cache
   # Inductor keys a graph with CPU kernels by the thread count: the launcher's share of the cores (jobs at once:
   # the visible GPUs x JOBS_PER_GPU, or cpu_parallel = 2 without GPUs), so the prewarmed graph is the jobs' own.
   local threads=() gpus at_once=2
@@ -203,10 +212,25 @@ queue_eval() {
   local ckpt job root=$STUDY_OUT${under:+/$under}
   while IFS= read -r -d '' ckpt; do
     job=$(dirname "$(dirname "$ckpt")")
+    [[ "$RESUME" != 1 ]] || ! evaluated "$job/evaluation/$name" || continue
     # ckpt / out_dir quoted for Hydra: job folders are named by their overrides (they hold '=' and ',').
     TASKS+=("$(printf '%q ' "$PY" -m diffusion_lab.evaluate "ckpt='$ckpt'" "out_dir='$job/evaluation/$name'" \
       "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@" "${EVAL_EXTRA[@]}") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
   done < <(find "$root" \( -name '.*' ! -path "$root" \) -prune -o -path '*/checkpoints/last.ckpt' -print0 | sort -z)
+}
+
+# evaluated FOLDER: whether the evaluation in FOLDER is complete (RESUME=1 skips it). A partial or empty one is
+# moved to <job>/evaluation/.stopped/<name>-<time> (its rows kept, out of the report) so that it can run again.
+evaluated() {
+  local folder=$1
+  [[ -e "$folder" ]] || return 1
+  if "$PY" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["summary"].get("complete") else 1)' \
+    "$folder/evaluation.json" 2> /dev/null; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$folder")/.stopped"
+  mv "$folder" "$(dirname "$folder")/.stopped/$(basename "$folder")-$(date +%Y%m%d-%H%M%S)"
+  return 1
 }
 
 run_queue() {

@@ -5,9 +5,11 @@ the scripts' DRY_RUN=1 mode prints what they would run."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -426,3 +428,58 @@ def test_evals_naming_no_evaluation_of_the_study_stops_it_with_exit_2():
         "ddim_eta0.5 ddpm_large ddpm_1000 ddim_eta0_1000 ddim_eta0.5_1000 ddpm_large_1000 ddim_eta0_unclipped_1000 "
         "ddim_eta1_1000 ddim_eta1)"
     )
+
+
+def test_resume_continues_the_sweeps_and_runs_only_the_evaluations_not_complete(tmp_path):
+    """RESUME=1: sweeps continue in their folders; a complete evaluation is not run again; a partial one runs
+    again, its table moved under evaluation/.stopped/ (kept, out of the report); a missing one runs."""
+    out = tmp_path / "out"
+    jobs = {name: out / "sweep" / name for name in ("0_seed=1", "1_seed=2", "2_seed=3")}
+    for job in jobs.values():
+        (job / "checkpoints").mkdir(parents=True)
+        (job / "checkpoints" / "last.ckpt").touch()
+    for name, complete in (("0_seed=1", True), ("1_seed=2", False)):
+        (jobs[name] / "evaluation" / "e").mkdir(parents=True)
+        table = {"summary": {"complete": complete}, "rows": []}
+        (jobs[name] / "evaluation" / "e" / "evaluation.json").write_text(json.dumps(table))
+    env = {
+        **os.environ,
+        "STUDY_OUT": str(out),
+        "PY": sys.executable,
+        "DRY_RUN": "0",
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
+    script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; queue_eval e; printf '%s\\n' \"${{TASKS[@]}}\""
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={**env, "RESUME": "1"})
+    assert proc.returncode == 0, proc.stderr
+    tasks = proc.stdout.strip().splitlines()
+    assert [t.rsplit("/", 1)[0].rsplit("/", 1)[-1] for t in tasks] == ["1_seed=2", "2_seed=3"], tasks
+    assert (jobs["0_seed=1"] / "evaluation" / "e" / "evaluation.json").is_file()
+    assert not (jobs["1_seed=2"] / "evaluation" / "e").exists()
+    (stopped,) = (jobs["1_seed=2"] / "evaluation" / ".stopped").iterdir()
+    assert stopped.name.startswith("e-") and (stopped / "evaluation.json").is_file()
+    # Without RESUME every job's evaluation is queued (evaluate itself refuses a folder that holds files).
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert len(proc.stdout.strip().splitlines()) == 3
+
+    dry = {**env, "DRY_RUN": "1", "RESUME": "1"}
+    script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; train_sweep s x=1,2"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=dry)
+    sweep_line = next(line for line in proc.stdout.splitlines() if line.startswith("SWEEP"))
+    assert sweep_line.split()[-1] == "hydra.launcher.resume=true", proc.stdout
+
+
+def test_a_prewarm_run_left_by_an_earlier_study_run_is_replaced(tmp_path):
+    """The prewarm only fills the compile cache: an earlier one's folder (with its checkpoint, which a new run
+    there would be refused over) is removed before it runs again."""
+    out, bin_dir = tmp_path / "out", tmp_path / "bin"
+    (out / ".prewarm" / "p" / "checkpoints").mkdir(parents=True)
+    (out / ".prewarm" / "p" / "checkpoints" / "last.ckpt").touch()
+    bin_dir.mkdir()
+    (bin_dir / "py").write_text(f"#!/bin/sh\n[ -e '{out}/.prewarm/p' ] && echo kept || echo removed\n")
+    (bin_dir / "py").chmod(0o755)
+    env = {**os.environ, "STUDY_OUT": str(out), "PY": str(bin_dir / "py"), "DRY_RUN": "0"}
+    script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; prewarm p x=1"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / ".prewarm" / "p.log").read_text().strip() == "removed"

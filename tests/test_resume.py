@@ -175,3 +175,50 @@ def test_resume_accepts_the_runs_experiment_and_refuses_another(preempted_run):
         UserError, match=r"^experiment=fmnist: cannot change experiment \(the run in .* has 'fmnist_cpu'\)"
     ):
         train(compose_train([*base, "experiment=fmnist"], preempted_run.parent / "x"))
+
+
+def _guard_message(run: Path) -> str:
+    return (
+        f"the run directory {run} already holds a run (checkpoints/last.ckpt, step_0000004.ckpt); continue it "
+        f"with ckpt_path=last resume_dir={run}, or start the new run in another directory (hydra.run.dir)"
+    )
+
+
+def test_a_new_run_is_refused_in_a_folder_that_holds_one(tmp_path):
+    run = tmp_path / "run"
+    cfg = small_train_cfg(run, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=4")
+    train(cfg)
+    kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError) as err:
+        train(cfg)
+    assert str(err.value) == _guard_message(run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept
+    # Continuing it is what the message says to do, and works.
+    resumed = train(
+        compose_train(["ckpt_path=last", f"resume_dir={run}", "trainer.max_steps=6"], tmp_path / "x")
+    )
+    assert resumed["global_step"] == 6
+
+
+def test_the_command_line_refuses_it_before_hydra_rewrites_the_runs_record(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from sweeps import tiny_run
+
+    run = tmp_path / "run"
+    args = [
+        *tiny_run("trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=4"),
+        f"hydra.run.dir={run}",
+    ]
+    command = [sys.executable, "-m", "diffusion_lab.train", *args]
+    first = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = subprocess.run(
+        [*command, "seed=7"], env=cli_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.strip() == f"error: {_guard_message(run)}"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept  # .hydra/ and the log too

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from .errors import UserError, friendly_errors
+from .errors import USER_ERRORS, UserError, friendly_errors, root_cause
 
 __all__ = [
     "CONFIG_DIR",
@@ -129,6 +129,16 @@ def composition_error_message(
     return message + (f" (to add a new key: {append.group(1)})" if append else "")
 
 
+def launcher_error_message(err: Exception) -> str | None:
+    """One line for a multirun refused by its launcher before any job ran (a bad ``hydra.launcher`` setting,
+    a sweep folder that already holds the jobs), or None for any other error."""
+    cause = root_cause(err)
+    wrapped = type(err).__name__ == "InstantiationException" and isinstance(cause, USER_ERRORS)
+    if not (wrapped or isinstance(err, UserError)):
+        return None
+    return str(cause).strip().splitlines()[0]
+
+
 @contextlib.contextmanager
 def _one_line_composition_errors(
     config_name: str, unknown_key: Callable[[str], str | None] | None
@@ -150,6 +160,7 @@ def _one_line_composition_errors(
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 message = composition_error_message(err, config_name, unknown_key)
+                message = message or launcher_error_message(err)
                 if message is None:
                     raise
                 print(f"error: {message}", file=sys.stderr, flush=True)

@@ -12,13 +12,19 @@
   ``provenance.yaml``, which are never rewritten.
 * From the command line, ``resume_argv`` points Hydra at RUN (``hydra.run.dir``) with no ``.hydra`` output of its
   own, so a resume opens no new run directory: checkpoints, metrics.csv and the log stay in RUN.
+* A new run is never started in a folder that holds one (``check_new_run_dir``): it would overwrite that run's
+  checkpoints, delete its metrics.csv (Lightning's CSV logger does) and, from the command line, Hydra would
+  already have replaced its ``.hydra`` record, so ``ExistingRunCheck`` refuses it before Hydra writes anything.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -26,7 +32,15 @@ from .errors import UserError
 from .overrides import override_key
 from .provenance import run_provenance
 
-__all__ = ["RESUMABLE", "continue_run", "record_run", "resume_argv"]
+__all__ = [
+    "RESUMABLE",
+    "ExistingRunCheck",
+    "check_new_run_dir",
+    "checkpoints_in",
+    "continue_run",
+    "record_run",
+    "resume_argv",
+]
 
 # What a resume may change: a key itself or anything under it.
 RESUMABLE = (
@@ -182,4 +196,37 @@ def resume_argv(argv: list[str]) -> list[str]:
     ):
         return argv
     run_dir = [] if own_dir else [f"hydra.run.dir={resume_dir}"]
-    return [*argv, *run_dir, "hydra.output_subdir=null"]
+    no_record = [] if "hydra.output_subdir=null" in args else ["hydra.output_subdir=null"]
+    return [*argv, *run_dir, *no_record]
+
+
+def checkpoints_in(run: Path) -> list[str]:
+    """The names of the checkpoints a run left in ``run/checkpoints`` (where every run writes them), sorted; none
+    for a folder no run has trained in (or one that failed before its first step)."""
+    folder = Path(run) / "checkpoints"
+    return sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+
+
+def check_new_run_dir(run: Path, ckpt_path: object) -> None:
+    """Refuse to start a run in ``run`` when a run already trained there, unless it continues that run
+    (``ckpt_path=last``)."""
+    found = checkpoints_in(run)
+    if ckpt_path == "last" or not found:
+        return
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise UserError(
+        f"the run directory {run} already holds a run (checkpoints/{shown}); continue it with ckpt_path=last "
+        f"resume_dir={run}, or start the new run in another directory (hydra.run.dir)"
+    )
+
+
+class ExistingRunCheck(Callback):
+    """A Hydra callback of training (conf/hydra/default.yaml): ``check_new_run_dir`` before Hydra writes the
+    run's ``.hydra`` files, which would replace those of the run already in the folder. One line, exit 2."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            check_new_run_dir(Path(str(config.hydra.run.dir)), config.get("ckpt_path"))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None

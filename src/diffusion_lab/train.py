@@ -42,7 +42,7 @@ from .metrics_csv import CSVLogger
 from .module import CHECKPOINT_KEY
 from .nonfinite import NONFINITE_POLICIES
 from .overrides import override_key
-from .resume import continue_run, record_run, resume_argv
+from .resume import check_new_run_dir, continue_run, record_run, resume_argv
 
 __all__ = ["train", "main", "objective", "compose_config", "CONFIG_DIR"]
 
@@ -240,6 +240,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, resume_overrides = continue_run(cfg)
     check_config(cfg)
     output_dir = _output_dir(cfg)
+    check_new_run_dir(output_dir, cfg.get("ckpt_path"))
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
     check_output_dir(output_dir)
     record_run(cfg, output_dir, resume_overrides)

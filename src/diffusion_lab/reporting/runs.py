@@ -345,6 +345,13 @@ def _in_kept_copy(path: Path, root: Path) -> bool:
     )
 
 
+def _wall_time(rec: dict[str, Any]) -> float | None:
+    """A job's wall time: its duration, plus those of its earlier attempts (a sweep continued)."""
+    times = [num(a.get("duration_s")) for a in [*rec.get("attempts", []), rec]]
+    known = [t for t in times if t is not None]
+    return sum(known) if known else None
+
+
 def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     job = Job(dir=job_dir)
@@ -354,9 +361,15 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.code = _read_code(job_dir / ".hydra" / "provenance.yaml")
     job.status = str(rec.get("status", "unknown"))
     job.exit_code = rec.get("exit_code")
-    job.wall_time_s = num(rec.get("duration_s"))
+    job.wall_time_s = _wall_time(rec)
     job.log = rec.get("log")
     job.num = rec.get("num")
+    if rec.get("attempts"):
+        earlier = ", ".join(str(a.get("status")) for a in rec["attempts"])
+        job.notes.append(
+            f"ran in {len(rec['attempts']) + 1} attempts (its sweep was continued): {earlier}, then {job.status}; "
+            "its wall time is their sum"
+        )
     _read_metrics(job)
     _note_old_fid(job)
     _read_evaluations(job)

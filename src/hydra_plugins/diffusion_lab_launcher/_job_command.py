@@ -23,6 +23,7 @@ __all__ = [
     "job_config",
     "job_folder",
     "quote",
+    "resume_overrides",
     "safe_subdir",
     "short_name",
     "varying_keys",
@@ -103,6 +104,13 @@ def job_command(
         f"hydra.job.id={num}",
         f"++hydra.callbacks.gpu_pool_return._target_={callback}",
     ]
+
+
+def resume_overrides(overrides: Sequence[str]) -> list[str]:
+    """A job's overrides to continue it: its own, from its newest checkpoint, its first record kept (a job
+    restarted by SLURM, a job of a sweep continued with ``hydra.launcher.resume=true``)."""
+    kept = [o for o in overrides if override_key(o) not in ("ckpt_path", "hydra.output_subdir")]
+    return [*kept, "ckpt_path=last", "hydra.output_subdir=null"]
 
 
 def quote(value: str) -> str:

@@ -5,15 +5,15 @@
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
 
 from diffusion_lab.resolvers import SWEEP_DIR_ENV
-from hydra_plugins.diffusion_lab_launcher._job_results import ENV_RETURN, RETURN_FILE
+from hydra_plugins.diffusion_lab_launcher._job_results import COMMAND_PREFIX, ENV_RETURN, RETURN_FILE
 
 __all__ = ["Job", "job_env", "stop"]
 
@@ -33,6 +33,10 @@ class Job:
     started: Optional[float] = None
     ended: Optional[float] = None
     exit_code: Optional[int] = None
+    # Continuing a sweep (_sweep_resume): the earlier attempts of a job run again, or the whole earlier entry of
+    # a job carried over as completed (it does not run).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    carried: Optional[dict[str, Any]] = None
 
     def describe(self) -> str:
         return " ".join(filter_overrides(self.overrides))
@@ -41,8 +45,9 @@ class Job:
         """Run the job's command with ``env`` (this process's environment, adjusted), output to its log."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / RETURN_FILE).unlink(missing_ok=True)
-        self.log_file = open(self.log, "w")  # noqa: SIM115 (closed when the job ends)
-        self.log_file.write("$ " + " ".join(self.command) + "\n")
+        # Appended: a job run again (a sweep continued) keeps the log of its earlier attempts above this one.
+        self.log_file = open(self.log, "a")  # noqa: SIM115 (closed when the job ends)
+        self.log_file.write(COMMAND_PREFIX + " ".join(self.command) + "\n")
         self.log_file.flush()
         self.gpus, self.status, self.started = gpus, "RUNNING", time.time()
         self.proc = subprocess.Popen(

@@ -15,11 +15,13 @@ from omegaconf import DictConfig, open_dict, read_write
 if TYPE_CHECKING:
     from hydra_plugins.diffusion_lab_launcher._job_process import Job
 
-__all__ = ["ENV_RETURN", "RETURN_FILE", "JobFailed", "SaveReturnValue", "job_return"]
+__all__ = ["COMMAND_PREFIX", "ENV_RETURN", "RETURN_FILE", "JobFailed", "SaveReturnValue", "job_return"]
 
 RETURN_FILE = ".hydra/job_return.json"
 # Set for every job: where SaveReturnValue writes the return value.
 ENV_RETURN = "DIFFUSION_LAB_JOB_RETURN"
+# The line that starts each attempt in a job's log: its command (a job run again appends to its log).
+COMMAND_PREFIX = "$ "
 
 
 class JobFailed(RuntimeError):
@@ -73,9 +75,11 @@ def job_return(job: "Job", task_name: str) -> JobReturn:
 
 
 def _last_error_line(log: Path) -> str:
-    """The log's last ``error:`` line (diffusion_lab's one-line errors), else its last line."""
+    """The last attempt's last ``error:`` line (diffusion_lab's one-line errors), else its last line."""
     if not log.is_file():
         return ""
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(COMMAND_PREFIX)]
+    lines = lines[starts[-1] :] if starts else lines
     errors = [ln for ln in lines if ln.startswith("error:")]
     return (errors or lines or [""])[-1].strip()

@@ -11,6 +11,10 @@ until enough GPUs are free; on a machine without GPUs ``cpu_parallel`` jobs run 
 stop the others. Each job's stdout+stderr go to ``<job dir>/job.log``; its state, exit status, duration and
 GPUs to ``<sweep dir>/sweep_status.json`` (rewritten at every change, so it can be watched), and one line is
 printed when it ends. When all have ended, a failed job makes the multirun exit non-zero.
+
+The same command with ``hydra.sweep.dir=<the sweep> hydra.launcher.resume=true`` continues a sweep that was
+stopped (a lost machine, Ctrl-C, failed jobs): completed jobs are kept, interrupted ones continue from their
+checkpoints, the rest run (``_sweep_resume``). Without it, jobs whose folders already hold runs are refused.
 """
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules, where
@@ -19,7 +23,7 @@ printed when it ends. When all have ended, a failed job makes the multirun exit 
 # The parts, each in its own module (names with "_": Hydra's plugin scan skips them, so each loads once):
 #   _gpu_slots     which GPUs there are and which are free          _job_command   a job's command line and folder
 #   _job_process   a job as a subprocess (start, end, interrupt)     _job_results   what a job hands back
-#   _sweep_status  sweep_status.json
+#   _sweep_status  sweep_status.json                                  _sweep_resume  continuing a sweep
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +43,21 @@ from hydra_plugins.diffusion_lab_launcher._job_command import (
     job_command,
     job_config,
     job_folder,
+    resume_overrides,
     varying_keys,
 )
 from hydra_plugins.diffusion_lab_launcher._job_process import Job, job_env, stop
 from hydra_plugins.diffusion_lab_launcher._job_results import JobFailed, SaveReturnValue, job_return
-from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, write_status
+from hydra_plugins.diffusion_lab_launcher._sweep_resume import (
+    Earlier,
+    check_no_runs,
+    check_not_running,
+    continuation,
+    earlier_jobs,
+    has_run,
+    job_numbers,
+)
+from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_records, write_status
 
 __all__ = ["GPUPoolLauncher", "GPUPoolLauncherConf", "JobFailed", "SaveReturnValue"]
 
@@ -67,6 +81,8 @@ class GPUPoolLauncherConf:
     # Each job's stdout and stderr, in its own directory.
     log_name: str = "job.log"
     poll_seconds: float = 0.2
+    # Continue the sweep in hydra.sweep.dir: keep its completed jobs, resume the others from their checkpoints.
+    resume: bool = False
 
 
 ConfigStore.instance().store(
@@ -85,6 +101,7 @@ class GPUPoolLauncher(Launcher):
         devices_override: Optional[str] = "trainer.devices",
         log_name: str = "job.log",
         poll_seconds: float = 0.2,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         if gpus_per_job < 0:
@@ -104,6 +121,7 @@ class GPUPoolLauncher(Launcher):
         self.devices_override = devices_override
         self.log_name = log_name
         self.poll_seconds = float(poll_seconds)
+        self.resume = bool(resume)
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
@@ -160,33 +178,60 @@ class GPUPoolLauncher(Launcher):
         return job_overrides
 
     def _make_job(
-        self, num: int, overrides: Sequence[str], app: list[str], sweep_dir: Path, varying: set[str]
+        self,
+        num: int,
+        overrides: Sequence[str],
+        app: list[str],
+        sweep_dir: Path,
+        varying: set[str],
+        earlier: Optional[Earlier] = None,
     ) -> Job:
+        """Job ``num``; ``earlier``: what an earlier run of the sweep left of it (its folder, its state)."""
         assert self.config is not None
         assert self.hydra_context is not None
         sweep_config = job_config(self.hydra_context, self.config, num, overrides)
-        job_dir = (sweep_dir / job_folder(sweep_config, num, overrides, varying)).resolve()
+        job_dir = earlier.dir if earlier else sweep_dir / job_folder(sweep_config, num, overrides, varying)
+        job_dir = job_dir.resolve()
         with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
             sweep_config.hydra.runtime.output_dir = str(job_dir)
         hydra_overrides = forwarded(OmegaConf.to_container(self.config.hydra.overrides.hydra) or [])
-        command = job_command(app, self._with_devices(overrides), hydra_overrides, job_dir, num)
-        return Job(
+        run_overrides = self._with_devices(overrides)
+        if earlier and has_run(job_dir):
+            run_overrides = resume_overrides(run_overrides)
+        job = Job(
             num=num,
             overrides=list(overrides),
             dir=job_dir,
             config=sweep_config,
-            command=command,
+            command=job_command(app, run_overrides, hydra_overrides, job_dir, num),
             log=job_dir / self.log_name,
         )
+        if earlier and earlier.completed():
+            job.carried = {**earlier.record, "dir": str(job_dir), "log": str(job.log)}
+            job.status, job.exit_code = "COMPLETED", 0
+        elif earlier:
+            job.attempts = earlier.attempts()
+        return job
 
     def _make_jobs(self, job_overrides: Sequence[Sequence[str]], first: int, sweep_dir: Path) -> list[Job]:
         app = app_command(self.task_function)
         varying = varying_keys(job_overrides)
-        jobs = [self._make_job(first + i, o, app, sweep_dir, varying) for i, o in enumerate(job_overrides)]
+        earlier: list[Optional[Earlier]] = [None] * len(job_overrides)
+        recorded: list[int] = []
+        if self.resume:  # an earlier run's jobs keep their numbers and folders; new ones take unused numbers
+            earlier = earlier_jobs(sweep_dir, job_overrides)
+            check_not_running(earlier)
+            recorded = list(read_records(sweep_dir / STATUS_FILE))
+        nums = job_numbers(earlier, first, recorded)
+        jobs = [
+            self._make_job(n, o, app, sweep_dir, varying, e) for n, o, e in zip(nums, job_overrides, earlier)
+        ]
         if len({j.dir for j in jobs}) != len(jobs):
             raise ValueError(
                 f"gpu_pool: jobs would share a directory; check hydra.sweep.subdir ({jobs[0].dir})"
             )
+        if not self.resume:
+            check_no_runs(sweep_dir, [j.dir for j in jobs])
         return jobs
 
     # ------------------------------------------------------------------------------------------ running
@@ -221,7 +266,7 @@ class GPUPoolLauncher(Launcher):
 
     def _run(self, jobs: list[Job], sweep_dir: Path) -> None:
         """Run every job, at most ``_parallel`` at once, rewriting the status file at each change."""
-        queue, running = list(jobs), []
+        queue, running = [j for j in jobs if j.carried is None], []
         try:
             while queue or running:
                 started = self._start_ready(queue, running, sweep_dir)
@@ -244,6 +289,8 @@ class GPUPoolLauncher(Launcher):
             f"[gpu_pool] {len(jobs)} job(s), up to {self._parallel} at once on {where}; sweep: {sweep_dir}",
             flush=True,
         )
+        if self.resume:
+            print(f"[gpu_pool] continuing the sweep: {continuation(jobs)}", flush=True)
 
     @staticmethod
     def _summarize(jobs: list[Job], sweep_dir: Path) -> None:

@@ -40,8 +40,13 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globa
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from diffusion_lab.overrides import override_key
-from hydra_plugins.diffusion_lab_launcher._job_command import job_config, job_folder, quote, varying_keys
+from hydra_plugins.diffusion_lab_launcher._job_command import (
+    job_config,
+    job_folder,
+    quote,
+    resume_overrides,
+    varying_keys,
+)
 from hydra_plugins.diffusion_lab_launcher._sweep_status import write_records
 
 try:
@@ -52,12 +57,6 @@ except ImportError:  # the `slurm` extra is not installed
 __all__ = ["ResumableSlurmLauncher", "resume_overrides"]
 
 MISSING_EXTRA = "hydra/launcher=slurm needs hydra-submitit-launcher: pip install -e '.[slurm]'"
-
-
-def resume_overrides(overrides: Sequence[str]) -> list[str]:
-    """A restarted job's overrides: its own, continuing from its newest checkpoint, its first record kept."""
-    kept = [o for o in overrides if override_key(o) not in ("ckpt_path", "hydra.output_subdir")]
-    return [*kept, "ckpt_path=last", "hydra.output_subdir=null"]
 
 
 def _say(message: str) -> None:
