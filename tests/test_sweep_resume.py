@@ -53,6 +53,7 @@ def _set_status(sweep: Path, states: dict[int, str]) -> None:
     (sweep / STATUS_FILE).write_text(json.dumps(status, indent=2))
 
 
+@pytest.mark.slow  # three small sweeps: about a minute on 2 cores
 def test_a_stopped_sweep_continues_where_it_stopped(tmp_path):
     proc, sweep = run_sweep(tmp_path, *tiny_run(*SWEEP, "seed=1,2,3"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -63,16 +64,16 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path):
     _interrupt_after_step_4(jobs[1])
     _fail_before_any_checkpoint(jobs[2])
     _set_status(sweep, {1: "INTERRUPTED", 2: "FAILED"})
-    before = (sweep / STATUS_FILE).read_text()
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
 
     # The same command again, without resume: refused in one line, before anything is written.
     proc, _ = run_sweep(tmp_path, *tiny_run(*SWEEP, "seed=1,2,3"), timeout=300)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.strip() == (
-        f"error: hydra.sweep.dir={sweep} already holds 2 of this sweep's job(s) with checkpoints "
-        "(e.g. 0_seed=1); continue the sweep with hydra.launcher.resume=true, or give another hydra.sweep.dir"
+        f"error: hydra.sweep.dir={sweep} already holds a sweep (3 job(s) in sweep_status.json); continue it "
+        "with hydra.launcher.resume=true, or give another hydra.sweep.dir"
     )
-    assert (sweep / STATUS_FILE).read_text() == before
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
 
     # With resume, and one seed more.
     proc, _ = run_sweep(
@@ -85,6 +86,10 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path):
     status = {j["num"]: j for j in sweep_status(sweep)["jobs"]}
     assert sorted(status) == [0, 1, 2, 3] and all(j["status"] == "COMPLETED" for j in status.values())
     assert status[3]["overrides"][-1] == "seed=4" and Path(status[3]["dir"]).name == "3_seed=4"
+
+    # The first command's record kept beside the second's.
+    assert (sweep / "multirun.1.yaml").read_bytes() == before[sweep / "multirun.yaml"]
+    assert "seed=1,2,3,4" in (sweep / "multirun.yaml").read_text()
 
     # Kept as it was: not run again, not a file touched.
     assert (jobs[0] / "job.log").read_text() == kept_log
@@ -201,3 +206,42 @@ def test_a_continued_jobs_wall_time_is_the_sum_of_its_attempts():
     attempts = [{"status": "INTERRUPTED", "duration_s": 7.5}, {"status": "FAILED", "duration_s": None}]
     assert _wall_time({"duration_s": 2.0, "attempts": attempts}) == 9.5
     assert _wall_time({"duration_s": 2.0}) == 2.0 and _wall_time({}) is None
+
+
+def test_a_folder_holding_a_sweep_is_refused_before_anything_is_written(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.diffusion_lab_launcher._sweep_resume import SweepFolderCheck
+
+    sweep = _status_file(tmp_path, (0, ["seed=1"], "COMPLETED"), (1, ["seed=2"], "FAILED"))
+    (sweep / "multirun.yaml").write_text("first: command\n")
+    check = SweepFolderCheck()
+
+    def config(**launcher):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "launcher": launcher}})
+
+    for launcher, how in (
+        ({"resume": False}, "continue it with hydra.launcher.resume=true, or give"),
+        ({}, "give"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            check.on_multirun_start(config(**launcher))
+        assert stop.value.code == 2
+        assert capsys.readouterr().err == (
+            f"error: hydra.sweep.dir={sweep} already holds a sweep (2 job(s) in sweep_status.json); {how} another "
+            "hydra.sweep.dir\n"
+        )
+    assert (sweep / "multirun.yaml").read_text() == "first: command\n"
+    check.on_multirun_start(
+        config(resume=True)
+    )  # continued: the earlier command kept under the next free number
+    assert (sweep / "multirun.1.yaml").read_text() == "first: command\n" and not (
+        sweep / "multirun.yaml"
+    ).exists()
+    (sweep / "multirun.yaml").write_text("second: command\n")
+    check.on_multirun_start(config(resume=True))
+    assert (sweep / "multirun.2.yaml").read_text() == "second: command\n"
+    # A folder without a sweep's status (new, or an Optuna batch's first): nothing to check.
+    check.on_multirun_start(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "new")}, "launcher": {}}})
+    )

@@ -153,10 +153,12 @@ _created_run_dir: str | None = None
 
 
 def _holds_nothing_of_value(folder: Path) -> bool:
-    """Only Hydra's own files (.hydra/, the job log), loggers' hparams.yaml and empty folders."""
+    """Only Hydra's own files (.hydra/, the job log), loggers' hparams.yaml, the run lock and empty folders."""
+    from .run_lock import LOCK_FILE  # imported here: run_lock imports this module
+
     for path in folder.rglob("*"):
         rel = path.relative_to(folder)
-        if path.is_dir() or rel.parts[0] == ".hydra" or path.name == "hparams.yaml":
+        if path.is_dir() or rel.parts[0] == ".hydra" or path.name in ("hparams.yaml", LOCK_FILE):
             continue
         if len(rel.parts) == 1 and path.suffix == ".log":
             continue

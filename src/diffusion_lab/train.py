@@ -43,6 +43,7 @@ from .module import CHECKPOINT_KEY
 from .nonfinite import NONFINITE_POLICIES
 from .overrides import override_key
 from .resume import check_new_run_dir, continue_run, record_run, resume_argv
+from .run_lock import run_lock
 
 __all__ = ["train", "main", "objective", "compose_config", "CONFIG_DIR"]
 
@@ -243,7 +244,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_new_run_dir(output_dir, cfg.get("ckpt_path"))
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
     check_output_dir(output_dir)
-    record_run(cfg, output_dir, resume_overrides)
+    with run_lock(output_dir):  # one training at a time in a run folder
+        record_run(cfg, output_dir, resume_overrides)
+        return _fit(cfg, output_dir, ckpt_path, started)
+
+
+def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: float) -> dict[str, Any]:
+    """Fit the run in ``output_dir`` (from ``ckpt_path`` when it continues one), write its final samples and
+    summary; returns the paths and final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

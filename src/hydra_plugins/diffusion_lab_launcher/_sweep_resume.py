@@ -15,17 +15,21 @@ sweep can be continued to more steps). Then, for each job:
 
 A matched job keeps its number and folder; its record lists the earlier attempts (state, exit status, duration)
 under ``attempts``, and its log gets the new attempt appended. Records of jobs this command does not name stay
-in the file. Without ``resume``, a sweep whose jobs' folders already hold runs is refused before any job starts.
+in the file, and the earlier commands' ``multirun.yaml`` are kept as ``multirun.<n>.yaml`` (``SweepFolderCheck``).
+Without ``resume``, a folder that holds a sweep is refused before Hydra writes anything in it.
 """
 
 # No `from __future__ import annotations`: see _gpu_slots.py.
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence  # noqa: UP035 (as the rest of the plugin)
 
 from hydra.core.utils import filter_overrides
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from diffusion_lab.overrides import override_key
 from hydra_plugins.diffusion_lab_launcher._job_results import RETURN_FILE
@@ -33,6 +37,7 @@ from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read
 
 __all__ = [
     "Earlier",
+    "SweepFolderCheck",
     "check_no_runs",
     "check_not_running",
     "continuation",
@@ -173,3 +178,38 @@ def continuation(jobs: Sequence[Any]) -> str:
         f"{kept} completed earlier (kept), {resumed} resumed from their checkpoints, {again} started again, "
         f"{new} new"
     )
+
+
+class SweepFolderCheck(Callback):
+    """A Hydra callback of training (conf/hydra/default.yaml), before the sweeper writes into the sweep folder:
+    a folder that already holds a sweep (its status file lists jobs) is refused in one line, exit 2, unless the
+    launcher continues it (``hydra.launcher.resume=true``); then the earlier command's ``multirun.yaml``, which
+    the sweeper is about to replace, is kept as ``multirun.<n>.yaml``."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = read_status(sweep_dir / STATUS_FILE).get("jobs") or []
+        if not jobs:
+            return
+        resume = OmegaConf.select(config, "hydra.launcher.resume", default=None)
+        if not resume:
+            how = "continue it with hydra.launcher.resume=true, or give" if resume is False else "give"
+            print(
+                f"error: hydra.sweep.dir={sweep_dir} already holds a sweep ({len(jobs)} job(s) in {STATUS_FILE}); "
+                f"{how} another hydra.sweep.dir",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(2)
+        keep_command(sweep_dir)
+
+
+def keep_command(sweep_dir: Path) -> None:
+    """``multirun.yaml`` (the command that ran the sweep so far) moved to the first free ``multirun.<n>.yaml``."""
+    current = sweep_dir / "multirun.yaml"
+    if not current.is_file():
+        return
+    n = 1
+    while (sweep_dir / f"multirun.{n}.yaml").exists():
+        n += 1
+    current.rename(sweep_dir / f"multirun.{n}.yaml")

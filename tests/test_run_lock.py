@@ -1,0 +1,85 @@
+"""One training at a time in a run folder: a second one is refused in one line naming the first; the lock dies
+with its process (kill -9 included); DDP's other ranks and file systems without locks are let through."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import small_train_cfg
+from diffusion_lab import run_lock as run_lock_module
+from diffusion_lab.errors import UserError
+from diffusion_lab.run_lock import LOCK_FILE, run_lock
+from diffusion_lab.train import train
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from diffusion_lab.run_lock import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _refusal(run, pid: int) -> str:
+    return (
+        rf"the run directory {re.escape(str(run))} is in use by another training \(pid {pid} on "
+        rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\); wait for it to end or stop "
+        r"it, then start or resume the run"
+    )
+
+
+def test_a_second_training_in_a_run_folder_is_refused_until_the_first_process_is_gone(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = small_train_cfg(run, "trainer.max_steps=2")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env={**os.environ}
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError) as err:
+            train(cfg)
+        assert re.fullmatch(_refusal(run, holder.pid), str(err.value)), str(err.value)
+        assert not (run / "checkpoints").exists()  # nothing written by the refused one
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # Killed, it holds nothing: the kernel released the lock, the file it left does not block.
+    assert (run / LOCK_FILE).is_file()
+    assert train(cfg)["global_step"] == 2
+
+
+def test_the_same_process_cannot_take_a_held_lock_twice(tmp_path):
+    refused = pytest.raises(UserError, match=_refusal(tmp_path, os.getpid()))
+    with run_lock(tmp_path), refused, run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):  # released at the end of the block
+        pass
+
+
+def test_other_ranks_do_not_lock(tmp_path, monkeypatch):
+    with run_lock(tmp_path):
+        monkeypatch.setattr(run_lock_module.rank_zero_only, "rank", 1)
+        with run_lock(tmp_path):  # DDP's rank 1 trains in rank 0's folder
+            pass
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(run_lock_module.fcntl, "flock", no_locks)
+    with (
+        pytest.warns(UserWarning, match=r"cannot lock .*\.run\.lock \(No locks available\); this run is not"),
+        run_lock(tmp_path),
+    ):
+        pass
