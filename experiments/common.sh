@@ -23,8 +23,7 @@
 #               is the FD estimator's own noise, beside the seed-to-seed spread
 #   RESUME=1    continue a stopped study in its STUDY_OUT: each sweep continues (hydra.launcher.resume=true:
 #               completed jobs kept, the others resumed from their checkpoints), an evaluation already complete is
-#               not run again, and a partial one runs again whole, its partial table moved to
-#               <job>/evaluation/.stopped/ (kept, out of the report)
+#               not run again, and a stopped one continues (evaluate's resume=true: only the settings it lacks)
 #   DRY_RUN=1   print what would run (GRID / EXCLUDE / PREWARM / SWEEP / EVAL lines) and run nothing (the tests use it);
 #               a SWEEP line starts with @<its name>, an EVAL line restricted to one sweep with @<that name>
 set -euo pipefail
@@ -212,25 +211,33 @@ queue_eval() {
   local ckpt job root=$STUDY_OUT${under:+/$under}
   while IFS= read -r -d '' ckpt; do
     job=$(dirname "$(dirname "$ckpt")")
-    [[ "$RESUME" != 1 ]] || ! evaluated "$job/evaluation/$name" || continue
+    local again=()
+    if [[ "$RESUME" == 1 ]]; then
+      case $(evaluation_state "$job/evaluation/$name") in
+        complete) continue ;;
+        stopped) again=(resume=true) ;;
+      esac
+    fi
     # ckpt / out_dir quoted for Hydra: job folders are named by their overrides (they hold '=' and ',').
     TASKS+=("$(printf '%q ' "$PY" -m diffusion_lab.evaluate "ckpt='$ckpt'" "out_dir='$job/evaluation/$name'" \
-      "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@" "${EVAL_EXTRA[@]}") > $(printf '%q' "$job/evaluation_$name.log") 2>&1")
+      "features=$FEATURES" progress=false "${DATA_EVAL[@]}" "$@" "${EVAL_EXTRA[@]}" "${again[@]}") >> $(printf '%q' "$job/evaluation_$name.log") 2>&1")
   done < <(find "$root" \( -name '.*' ! -path "$root" \) -prune -o -path '*/checkpoints/last.ckpt' -print0 | sort -z)
 }
 
-# evaluated FOLDER: whether the evaluation in FOLDER is complete (RESUME=1 skips it). A partial or empty one is
-# moved to <job>/evaluation/.stopped/<name>-<time> (its rows kept, out of the report) so that it can run again.
-evaluated() {
+# evaluation_state FOLDER: "complete", "stopped" (its table is partial: evaluate continues it) or "none". A folder
+# without a table (stopped before evaluate wrote one) is moved to <job>/evaluation/.stopped/<name>-<time>.
+evaluation_state() {
   local folder=$1
-  [[ -e "$folder" ]] || return 1
-  if "$PY" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["summary"].get("complete") else 1)' \
-    "$folder/evaluation.json" 2> /dev/null; then
+  if [[ -f "$folder/evaluation.json" ]]; then
+    "$PY" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["summary"].get("complete") else 1)' \
+      "$folder/evaluation.json" && echo complete || echo stopped
     return 0
   fi
-  mkdir -p "$(dirname "$folder")/.stopped"
-  mv "$folder" "$(dirname "$folder")/.stopped/$(basename "$folder")-$(date +%Y%m%d-%H%M%S)"
-  return 1
+  if [[ -e "$folder" ]]; then
+    mkdir -p "$(dirname "$folder")/.stopped"
+    mv "$folder" "$(dirname "$folder")/.stopped/$(basename "$folder")-$(date +%Y%m%d-%H%M%S)"
+  fi
+  echo none
 }
 
 run_queue() {

@@ -670,3 +670,53 @@ def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier,
     cfg.out_dir = str(tmp_path / "whole")
     done = json.loads(Path(evaluate(cfg)["paths"]["json"]).read_text())
     assert done["summary"]["complete"] is True and [r["steps"] for r in done["rows"]] == [2, 3, 4]
+
+
+def test_a_stopped_evaluation_continues_to_the_rows_of_an_uninterrupted_one(
+    run_copy, classifier, tmp_path, monkeypatch
+):
+    import diffusion_lab.evaluate as ev
+
+    def cfg(out: str, *extra: str):
+        c = classifier_cfg(
+            run_copy, classifier, tmp_path / "cache", "metrics=[fid,bpd]", "steps=[2,3,4]", *extra
+        )
+        c.out_dir = str(tmp_path / out)
+        return c
+
+    whole = evaluate(cfg("whole", "bpd_n=4"))["rows"]
+    real_score, calls = ev.score_setting, []
+
+    def stop_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "score_setting", stop_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg("stopped", "bpd_n=4"))
+    first_row = json.loads((tmp_path / "stopped" / "evaluation.json").read_text())["rows"][0]
+
+    # Another measurement is refused, naming the option; the stopped table is left as it was.
+    with pytest.raises(UserError) as err:
+        evaluate(cfg("stopped", "bpd_n=4", "n=12", "resume=true"))
+    assert str(err.value) == (
+        f"resume=true: config.n is 12 here but {int(whole[0]['n'])} in the evaluation in {tmp_path / 'stopped'}; "
+        "a continued evaluation must measure the same thing: give those options, or score in a new out_dir"
+    )
+    calls.clear()
+    monkeypatch.setattr(ev, "score_setting", lambda *a, **k: calls.append(1) or real_score(*a, **k))
+    result = evaluate(cfg("stopped", "bpd_n=4", "resume=true"))
+    assert len(calls) == 2  # steps 3 and 4 only; bits/dim not computed again either
+    rows, summary = result["rows"], result["summary"]
+    assert summary["complete"] is True and len(summary["continued"]) == 1
+    assert rows[0] == {**first_row, "bpd": whole[0]["bpd"]}  # kept as it was
+    timing = ("seconds", "gen_img_per_s", "gen_img_per_s_steady")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == [
+        {k: v for k, v in r.items() if k not in timing} for r in whole
+    ]
+    with pytest.raises(UserError, match="is complete; there is nothing to continue"):
+        evaluate(cfg("stopped", "bpd_n=4", "resume=true"))
+    with pytest.raises(UserError, match="holds no evaluation.json to continue"):
+        evaluate(cfg("elsewhere", "resume=true"))

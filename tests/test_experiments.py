@@ -326,7 +326,8 @@ def test_evaluations_and_prewarm_get_the_launchers_share_of_the_cores(tmp_path):
             ["bash", "-c", script], capture_output=True, text=True, env={**env, **extra_env}, timeout=60
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        evals = sorted((job / "evaluation_e.log").read_text().strip() for job in jobs)
+        # each evaluation's log gets this run's lines appended (a study continued keeps the earlier ones)
+        evals = sorted((job / "evaluation_e.log").read_text().strip().splitlines()[-1] for job in jobs)
         return (out / ".prewarm" / "p.log").read_text().strip(), evals
 
     assert seen() == ("4 0,1", ["4 0", "4 0", "4 1", "4 1"])
@@ -431,10 +432,11 @@ def test_evals_naming_no_evaluation_of_the_study_stops_it_with_exit_2():
 
 
 def test_resume_continues_the_sweeps_and_runs_only_the_evaluations_not_complete(tmp_path):
-    """RESUME=1: sweeps continue in their folders; a complete evaluation is not run again; a partial one runs
-    again, its table moved under evaluation/.stopped/ (kept, out of the report); a missing one runs."""
+    """RESUME=1: sweeps continue in their folders; a complete evaluation is not run again; a stopped one continues
+    (evaluate's resume=true); one that left a folder without a table runs again, the folder moved under
+    evaluation/.stopped/ (kept, out of the report); a missing one runs."""
     out = tmp_path / "out"
-    jobs = {name: out / "sweep" / name for name in ("0_seed=1", "1_seed=2", "2_seed=3")}
+    jobs = {name: out / "sweep" / name for name in ("0_seed=1", "1_seed=2", "2_seed=3", "3_seed=4")}
     for job in jobs.values():
         (job / "checkpoints").mkdir(parents=True)
         (job / "checkpoints" / "last.ckpt").touch()
@@ -442,6 +444,8 @@ def test_resume_continues_the_sweeps_and_runs_only_the_evaluations_not_complete(
         (jobs[name] / "evaluation" / "e").mkdir(parents=True)
         table = {"summary": {"complete": complete}, "rows": []}
         (jobs[name] / "evaluation" / "e" / "evaluation.json").write_text(json.dumps(table))
+    (jobs["2_seed=3"] / "evaluation" / "e").mkdir(parents=True)
+    (jobs["2_seed=3"] / "evaluation" / "e" / "vlb_per_t.csv").write_text("t,vb\n")
     env = {
         **os.environ,
         "STUDY_OUT": str(out),
@@ -452,15 +456,18 @@ def test_resume_continues_the_sweeps_and_runs_only_the_evaluations_not_complete(
     script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; queue_eval e; printf '%s\\n' \"${{TASKS[@]}}\""
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={**env, "RESUME": "1"})
     assert proc.returncode == 0, proc.stderr
-    tasks = proc.stdout.strip().splitlines()
-    assert [t.rsplit("/", 1)[0].rsplit("/", 1)[-1] for t in tasks] == ["1_seed=2", "2_seed=3"], tasks
-    assert (jobs["0_seed=1"] / "evaluation" / "e" / "evaluation.json").is_file()
-    assert not (jobs["1_seed=2"] / "evaluation" / "e").exists()
-    (stopped,) = (jobs["1_seed=2"] / "evaluation" / ".stopped").iterdir()
-    assert stopped.name.startswith("e-") and (stopped / "evaluation.json").is_file()
+    tasks = {
+        t.split("/evaluation_e.log")[0].rsplit("/", 1)[-1]: shlex.split(t) for t in proc.stdout.splitlines()
+    }
+    assert sorted(tasks) == ["1_seed=2", "2_seed=3", "3_seed=4"], tasks
+    assert [name for name, args in tasks.items() if "resume=true" in args] == ["1_seed=2"]
+    assert (jobs["1_seed=2"] / "evaluation" / "e" / "evaluation.json").is_file()  # continued in place
+    (moved,) = (jobs["2_seed=3"] / "evaluation" / ".stopped").iterdir()
+    assert moved.name.startswith("e-") and (moved / "vlb_per_t.csv").is_file()
+    assert not (jobs["2_seed=3"] / "evaluation" / "e").exists()
     # Without RESUME every job's evaluation is queued (evaluate itself refuses a folder that holds files).
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
-    assert len(proc.stdout.strip().splitlines()) == 3
+    assert len(proc.stdout.strip().splitlines()) == 4
 
     dry = {**env, "DRY_RUN": "1", "RESUME": "1"}
     script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; train_sweep s x=1,2"

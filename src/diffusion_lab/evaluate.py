@@ -5,7 +5,8 @@
     python -m diffusion_lab.evaluate ckpt_path=PATH metrics=[fid] sample_sets=3     # FID's own spread over 3 sets
 
 Every evaluation writes into a folder of its own, never reused: ``out_dir`` when given (refused when it already
-holds files), else a new ``<run>/evaluation/<checkpoint>-<YYYYmmdd-HHMMSS>``. The folder holds
+holds files), else a new ``<run>/evaluation/<checkpoint>-<YYYYmmdd-HHMMSS>``; ``out_dir=<a stopped evaluation's
+folder> resume=true`` continues that one (``evaluate_resume``). The folder holds
 ``evaluation.{md,csv,json}`` (one row per sampler setting; the JSON's ``provenance`` records how it was measured:
 feature network, n real / n generated, sampler, guidance, seeds, checkpoint path / step / sha256, package
 versions), ``<fid or fd_classifier>_vs_steps.png``, and for bits/dim ``vlb_per_t.csv`` (the mean VLB term at
@@ -37,6 +38,7 @@ from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
+from .evaluate_resume import check_same_measurement, done_rows, partial_evaluation, setting_key
 from .io import atomic_path, file_sha256
 from .latent.decoder import sample_images, sampler_for
 from .metrics.evaluation import (
@@ -134,8 +136,14 @@ def check_bits_per_dim(spec: dict[str, Any], parts, sample_metrics: list[str]) -
 def evaluation_dir(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, bool]:
     """Where this evaluation writes, and whether the user named it: ``out_dir`` (refused when it holds files:
     an evaluation never overwrites another), else ``<run>/evaluation/<checkpoint>-<time>``."""
+    if cfg.get("resume") and not cfg.out_dir:
+        raise UserError(
+            "resume=true continues the evaluation in out_dir=; give the folder of the stopped evaluation"
+        )
     if cfg.out_dir:
         out = Path(cfg.out_dir)
+        if cfg.get("resume"):
+            return out, True
         if out.is_dir() and any(out.iterdir()):
             raise UserError(
                 f"out_dir={str(out)!r} already holds files and an evaluation never overwrites another; "
@@ -388,9 +396,22 @@ def score_setting(
 
 
 def sample_rows(
-    parts, net, spec, datamodule, extractor, settings, cfg, device, compiled, sample_metrics, guidances, save
+    parts,
+    net,
+    spec,
+    datamodule,
+    extractor,
+    settings,
+    cfg,
+    device,
+    compiled,
+    sample_metrics,
+    guidances,
+    save,
+    done,
 ) -> list[dict[str, Any]]:
-    """One row per (steps, guidance) pair; ``save(rows)`` after each, so a stopped run keeps what it scored."""
+    """One row per (steps, guidance) pair; ``save(rows)`` after each, so a stopped run keeps what it scored.
+    ``done``: rows a stopped evaluation scored (by ``setting_key``), kept instead of scored again."""
     real = real_features_for(datamodule, extractor, settings, device)
     metric = SampleQuality(
         extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
@@ -403,10 +424,12 @@ def sample_rows(
             sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta, parts.diffusion), parts.decoder
         )
         for w in guidances:
-            generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
-            row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
+            row = done.get(setting_key(repr(sampler), w))
+            if row is None:
+                generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
+                row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
+                print(json.dumps(row), flush=True)
             rows.append(row)
-            print(json.dumps(row), flush=True)
             save(rows)
     return rows
 
@@ -506,6 +529,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
+    earlier = partial_evaluation(target) if cfg.get("resume") else None
     parts, spec, ckpt, net, compiled = load_network(cfg, device)
     if cfg.get("sampling_variance") is not None:
         sampler = sampler_from_config(cfg.sampler, spec["sampler"], None, cfg.eta, parts.diffusion)
@@ -522,11 +546,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"ckpt": str(ckpt_path), "device": str(device), "out_dir": str(out_dir)}
     summary["provenance"] = provenance(cfg, ckpt_path, ckpt, extractor, metrics, device)
+    if earlier is not None:
+        continue_summary(summary, earlier, out_dir)
     # Until the last setting is scored the table on disk says it is partial and how many settings it awaits.
     summary["settings"] = len(_as_list(cfg.steps)) * len(guidances) if extractor is not None else 1
     summary["complete"] = False
     write_table([], summary, out_dir)  # an evaluation stopped before its first score is on record as started
-    if "bpd" in metrics:
+    if "bpd" in metrics and "bpd" not in summary:
         summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
         write_table([], summary, out_dir)  # the bound is kept if the sampling after it stops
     rows: list[dict[str, Any]] = []
@@ -543,7 +569,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             compiled,
             sample_metrics,
             guidances,
-            save=lambda done: write_table(done, summary, out_dir),
+            save=lambda scored: write_table(scored, summary, out_dir),
+            done=done_rows(earlier) if earlier is not None else {},
         )
         for row in rows:
             row.update({k: summary[k] for k in ("bpd",) if k in summary})
@@ -559,6 +586,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         paths["vlb_plot"] = str(out_dir / "vlb_per_t.png")
     print_done(summary, paths)
     return {"rows": rows, "summary": summary, "paths": paths}
+
+
+def continue_summary(summary: dict[str, Any], earlier: dict[str, Any], out_dir: Path) -> None:
+    """A continued evaluation's summary: the stopped one's provenance and bits/dim, after checking that this run
+    measures the same thing, and this run named under ``continued``."""
+    before = earlier["summary"]
+    now = summary["provenance"]
+    check_same_measurement(before["provenance"], now, out_dir)
+    summary.update({k: v for k, v in before.items() if k.startswith("bpd")})
+    summary["provenance"] = before["provenance"]
+    this_run = {k: now[k] for k in ("started", "code_sha256", "device")}
+    summary["continued"] = [*before.get("continued", []), this_run]
+    scored = len(earlier.get("rows", []))
+    print(f"continuing the evaluation in {out_dir}: {scored} setting(s) scored before, kept", flush=True)
 
 
 @command("evaluate", usage=__doc__, unknown_key=fixed_by_checkpoint)
