@@ -245,3 +245,17 @@ def test_a_folder_holding_a_sweep_is_refused_before_anything_is_written(tmp_path
     check.on_multirun_start(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "new")}, "launcher": {}}})
     )
+
+
+def test_a_job_that_completed_after_its_launcher_was_killed_is_kept_and_its_record_corrected(tmp_path):
+    sweep = _status_file(
+        tmp_path, (0, ["seed=1"], "RUNNING"), (1, ["seed=2"], "FAILED"), (2, ["seed=3"], "RUNNING")
+    )
+    for n in (0, 1):
+        (sweep / f"{n}_x" / ".hydra").mkdir(parents=True)
+        (sweep / f"{n}_x" / ".hydra" / "job_return.json").write_text("{}")
+    running_done, failed, running = earlier_jobs(sweep, [["seed=1"], ["seed=2"], ["seed=3"]])
+    assert running_done.completed() and not failed.completed() and not running.completed()
+    record = running_done.completed_record(sweep / "0_x", sweep / "0_x" / "job.log")
+    assert (record["status"], record["exit_code"]) == ("COMPLETED", 0)
+    assert record["note"] == "recorded RUNNING; its return value shows it completed"

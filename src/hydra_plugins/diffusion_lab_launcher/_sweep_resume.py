@@ -60,9 +60,25 @@ class Earlier:
         return int(self.record["num"])
 
     def completed(self) -> bool:
-        """Nothing left to do: completed with the same overrides, its return value on disk."""
-        done = self.record.get("status") == "COMPLETED" and (self.dir / RETURN_FILE).is_file()
-        return done and self.same_overrides
+        """Nothing left to do: its last attempt wrote its return value (only a job that completes does, and each
+        attempt first deletes it), with the same overrides. A job recorded as running whose launcher was killed
+        may have completed after it."""
+        return (
+            self.same_overrides
+            and self.record.get("status") != "FAILED"
+            and (self.dir / RETURN_FILE).is_file()
+        )
+
+    def completed_record(self, job_dir: Path, log: Path) -> dict[str, Any]:
+        """Its record, kept for a job carried over as completed (corrected where its launcher did not see it
+        end)."""
+        record = {**self.record, "dir": str(job_dir), "log": str(log)}
+        if record.get("status") != "COMPLETED":
+            was = record.get("status")
+            record.update(
+                status="COMPLETED", exit_code=0, note=f"recorded {was}; its return value shows it completed"
+            )
+        return record
 
     def attempts(self) -> list[dict[str, Any]]:
         """The earlier attempts, oldest first: those it lists, then its own last one."""

@@ -207,7 +207,7 @@ class GPUPoolLauncher(Launcher):
             log=job_dir / self.log_name,
         )
         if earlier and earlier.completed():
-            job.carried = {**earlier.record, "dir": str(job_dir), "log": str(job.log)}
+            job.carried = earlier.completed_record(job_dir, job.log)
             job.status, job.exit_code = "COMPLETED", 0
         elif earlier:
             job.attempts = earlier.attempts()
