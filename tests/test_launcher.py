@@ -132,6 +132,10 @@ def main(cfg):
     Path(HydraConfig.get().runtime.output_dir, "seen.json").write_text(json.dumps(seen))
     if cfg.x == cfg.fail_x:
         raise SystemExit(3)
+    if cfg.x == cfg.stop_x:  # as a training that a SIGTERM stopped after saving its checkpoint ends
+        import diffusion_lab.callbacks.preemption as preemption
+
+        preemption._stopped_by = "SIGTERM"
     return cfg.x * 10
 
 
@@ -145,6 +149,7 @@ defaults:
   - override hydra/launcher: gpu_pool
 x: 0
 fail_x: -1
+stop_x: -1
 sleep: 1.5
 trainer:
   devices: 1
@@ -285,3 +290,16 @@ def test_a_job_folder_can_be_passed_on_as_a_quoted_override():
     path = f"/runs/study/simple/{job_command.safe_subdir(dirname, '0')}/checkpoints/last.ckpt"
     (parsed,) = OverridesParser.create().parse_overrides([f"ckpt='{path}'"])
     assert parsed.value() == path
+
+
+def test_a_job_stopped_by_a_signal_is_recorded_interrupted_not_completed(tmp_path):
+    proc, sweep = run_fake_app(tmp_path, "x=1,2", "stop_x=2", "sleep=0")
+    assert proc.returncode != 0
+    assert "[gpu_pool] #1 INTERRUPTED (exit 0)" in proc.stdout, proc.stdout
+    jobs = sweep_status(sweep)["jobs"]
+    assert [(j["status"], j["exit_code"]) for j in jobs] == [("COMPLETED", 0), ("INTERRUPTED", 0)]
+    assert (
+        "job #1 was stopped before its end; continue the sweep with hydra.launcher.resume=true" in proc.stderr
+    )
+    returned = json.loads((Path(jobs[1]["dir"]) / ".hydra" / "job_return.json").read_text())
+    assert returned == {"return_value": 20, "stopped_by": "SIGTERM"}

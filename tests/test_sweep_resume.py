@@ -259,3 +259,12 @@ def test_a_job_that_completed_after_its_launcher_was_killed_is_kept_and_its_reco
     record = running_done.completed_record(sweep / "0_x", sweep / "0_x" / "job.log")
     assert (record["status"], record["exit_code"]) == ("COMPLETED", 0)
     assert record["note"] == "recorded RUNNING; its return value shows it completed"
+
+
+def test_a_job_stopped_by_a_signal_is_resumed_not_kept(tmp_path):
+    sweep = _status_file(tmp_path, (0, ["seed=1"], "INTERRUPTED"), (1, ["seed=2"], "RUNNING"))
+    for n in (0, 1):
+        (sweep / f"{n}_x" / ".hydra").mkdir(parents=True)
+        stopped = {"return_value": 1.0, "stopped_by": "SIGTERM"}
+        (sweep / f"{n}_x" / ".hydra" / "job_return.json").write_text(json.dumps(stopped))
+    assert not any(e.completed() for e in earlier_jobs(sweep, [["seed=1"], ["seed=2"]]))

@@ -13,7 +13,12 @@ from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
 
 from diffusion_lab.resolvers import SWEEP_DIR_ENV
-from hydra_plugins.diffusion_lab_launcher._job_results import COMMAND_PREFIX, ENV_RETURN, RETURN_FILE
+from hydra_plugins.diffusion_lab_launcher._job_results import (
+    COMMAND_PREFIX,
+    ENV_RETURN,
+    RETURN_FILE,
+    read_return,
+)
 
 __all__ = ["Job", "job_env", "stop"]
 
@@ -65,8 +70,12 @@ class Job:
         return code
 
     def finish(self, exit_code: int) -> None:
+        """Record its end: completed, failed, or interrupted (exit 0, but a signal stopped its training: it saved
+        a checkpoint to continue from)."""
         self.ended, self.exit_code = time.time(), exit_code
         self.status = "COMPLETED" if exit_code == 0 else "FAILED"
+        if exit_code == 0 and (read_return(self.dir) or {}).get("stopped_by"):
+            self.status = "INTERRUPTED"
         if self.log_file is not None:
             self.log_file.close()
         took = self.ended - (self.started or self.ended)

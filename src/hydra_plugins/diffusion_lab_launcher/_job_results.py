@@ -5,6 +5,7 @@ when it failed, a ``JobFailed`` naming its exit status, its last error line and 
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,15 @@ from omegaconf import DictConfig, open_dict, read_write
 if TYPE_CHECKING:
     from hydra_plugins.diffusion_lab_launcher._job_process import Job
 
-__all__ = ["COMMAND_PREFIX", "ENV_RETURN", "RETURN_FILE", "JobFailed", "SaveReturnValue", "job_return"]
+__all__ = [
+    "COMMAND_PREFIX",
+    "ENV_RETURN",
+    "RETURN_FILE",
+    "JobFailed",
+    "SaveReturnValue",
+    "job_return",
+    "read_return",
+]
 
 RETURN_FILE = ".hydra/job_return.json"
 # Set for every job: where SaveReturnValue writes the return value.
@@ -30,22 +39,38 @@ class JobFailed(RuntimeError):
 
 class SaveReturnValue(Callback):
     """Added to each job's Hydra callbacks: writes the task function's return value (e.g. the final val/loss)
-    where the launcher reads it, so sweepers that optimise a return value work with this launcher too."""
+    where the launcher reads it, so sweepers that optimise a return value work with this launcher too. A training
+    stopped by a signal (a preemption: it saved its checkpoint and exits 0) is marked ``stopped_by``, so that the
+    launcher records it as interrupted, not completed."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         path = os.environ.get(ENV_RETURN)
         if not path or job_return.status != JobStatus.COMPLETED or os.environ.get("LOCAL_RANK", "0") != "0":
             return
         value = job_return._return_value
+        stopped = stopped_by_signal()
         try:
-            text = json.dumps({"return_value": value})
+            text = json.dumps({"return_value": value, **({"stopped_by": stopped} if stopped else {})})
         except (TypeError, ValueError):
-            text = json.dumps({"return_value": repr(value)})
+            text = json.dumps({"return_value": repr(value), **({"stopped_by": stopped} if stopped else {})})
         # Imported here: diffusion_lab.io loads torch, which Hydra's plugin scan should not pay for.
         from diffusion_lab.io import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text(text)
+
+
+def stopped_by_signal() -> Any:
+    """The signal that stopped this process's training (diffusion_lab's Preemption callback), or None; None for
+    an application that does not train with diffusion_lab (its module was never loaded)."""
+    preemption = sys.modules.get("diffusion_lab.callbacks.preemption")
+    return preemption.stopped_by_signal() if preemption is not None else None
+
+
+def read_return(job_dir: Path) -> dict[str, Any] | None:
+    """What a job handed back (``return_value``, and ``stopped_by`` if a signal stopped it), or None."""
+    path = job_dir / RETURN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def job_return(job: "Job", task_name: str) -> JobReturn:
@@ -60,10 +85,14 @@ def job_return(job: "Job", task_name: str) -> JobReturn:
         working_dir=os.getcwd(),
         task_name=task_name,
     )
-    ret.status = JobStatus.COMPLETED if job.exit_code == 0 else JobStatus.FAILED
+    ret.status = JobStatus.COMPLETED if job.status == "COMPLETED" else JobStatus.FAILED
     if ret.status == JobStatus.COMPLETED:
-        result = job.dir / RETURN_FILE
-        ret.return_value = json.loads(result.read_text())["return_value"] if result.is_file() else None
+        ret.return_value = (read_return(job.dir) or {}).get("return_value")
+    elif job.exit_code == 0:  # stopped by a signal after saving its checkpoint
+        ret.return_value = JobFailed(
+            f"job #{job.num} was stopped before its end; continue the sweep with hydra.launcher.resume=true; "
+            f"log: {job.log}"
+        )
     else:
         tail = _last_error_line(job.log)
         ret.return_value = JobFailed(

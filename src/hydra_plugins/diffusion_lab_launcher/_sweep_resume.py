@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from diffusion_lab.overrides import override_key
-from hydra_plugins.diffusion_lab_launcher._job_results import RETURN_FILE
+from hydra_plugins.diffusion_lab_launcher._job_results import read_return
 from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_status
 
 __all__ = [
@@ -60,14 +60,12 @@ class Earlier:
         return int(self.record["num"])
 
     def completed(self) -> bool:
-        """Nothing left to do: its last attempt wrote its return value (only a job that completes does, and each
-        attempt first deletes it), with the same overrides. A job recorded as running whose launcher was killed
-        may have completed after it."""
-        return (
-            self.same_overrides
-            and self.record.get("status") != "FAILED"
-            and (self.dir / RETURN_FILE).is_file()
-        )
+        """Nothing left to do: its last attempt wrote its return value (only a job that ends does, and each
+        attempt first deletes it) and was not stopped by a signal, with the same overrides. A job recorded as
+        running whose launcher was killed may have completed after it."""
+        returned = read_return(self.dir)
+        done = returned is not None and not returned.get("stopped_by")
+        return done and self.same_overrides and self.record.get("status") != "FAILED"
 
     def completed_record(self, job_dir: Path, log: Path) -> dict[str, Any]:
         """Its record, kept for a job carried over as completed (corrected where its launcher did not see it
