@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from conftest import write_fake_idx_root
+from conftest import cli_env, write_fake_idx_root
 from diffusion_lab.train import CONFIG_DIR
 from hydra_plugins.diffusion_lab_launcher import _job_command as job_command
 from hydra_plugins.diffusion_lab_launcher import gpu_pool_launcher as gp
@@ -303,3 +306,50 @@ def test_a_job_stopped_by_a_signal_is_recorded_interrupted_not_completed(tmp_pat
     )
     returned = json.loads((Path(jobs[1]["dir"]) / ".hydra" / "job_return.json").read_text())
     assert returned == {"return_value": 20, "stopped_by": "SIGTERM"}
+
+
+@pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_stopped_sweep_stops_its_jobs_and_records_them(tmp_path, sig, code, name):
+    """SIGTERM (a scheduler, kill) or Ctrl-C to the sweep: its running jobs are stopped, not left orphaned, and
+    recorded INTERRUPTED, the queued ones QUEUED; the sweep exits 143 / 130 saying how to continue."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(FAKE_APP))
+    (tmp_path / "app.yaml").write_text(textwrap.dedent(FAKE_APP_CONFIG))
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "-m", "x=1,2,3", "sleep=60", "hydra.launcher.max_parallel=2",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={**cli_env(tmp_path), "PYTHONPATH": str(REPO_ROOT / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            running = [j for j in _status_or_empty(sweep) if j["status"] == "RUNNING"]
+            if len(running) == 2:
+                break
+            time.sleep(0.2)
+        assert len(running) == 2, "the two jobs did not start"
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code
+    jobs = _status_or_empty(sweep)
+    assert [j["status"] for j in jobs] == ["INTERRUPTED", "INTERRUPTED", "QUEUED"]
+    for job in jobs[:2]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(job["pid"], 0)  # stopped, not left running without its launcher
+    assert (
+        f"[gpu_pool] stopped by {name}: 2 running job(s) stopped (a training saves its checkpoint first), 1 not "
+        f"started; continue with the same command and hydra.launcher.resume=true; status: {sweep / 'sweep_status.json'}"
+    ) in out
+
+
+def _status_or_empty(sweep: Path) -> list[dict]:
+    try:
+        return sweep_status(sweep)["jobs"]
+    except (OSError, ValueError):
+        return []

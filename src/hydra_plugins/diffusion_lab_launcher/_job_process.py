@@ -2,12 +2,15 @@
 (or stopped on an interrupt) with its exit status; one line printed at its start and at its end."""
 
 # No `from __future__ import annotations`: see _gpu_slots.py (Job is a dataclass).
+import contextlib
 import os
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Iterator, Optional  # noqa: UP035 (as the rest of the plugin)
 
 from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
@@ -20,7 +23,7 @@ from hydra_plugins.diffusion_lab_launcher._job_results import (
     read_return,
 )
 
-__all__ = ["Job", "job_env", "stop"]
+__all__ = ["Job", "SweepStopped", "job_env", "sigterm_as", "stop", "stopped_summary"]
 
 
 @dataclass
@@ -118,3 +121,36 @@ def stop(running: list[Job]) -> None:
             job.proc.wait()
         job.finish(job.proc.returncode if job.proc.returncode is not None else -1)
         job.status = "INTERRUPTED"
+
+
+class SweepStopped(Exception):
+    """The sweep's own process received SIGTERM."""
+
+
+@contextlib.contextmanager
+def sigterm_as(exception: type) -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises ``exception`` instead of ending the process at
+    once, which would leave the jobs running without a launcher and the status file saying they run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise exception("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_summary(why: BaseException, jobs: list[Job], status_file: Path) -> str:
+    """What a stopped sweep left: the jobs it interrupted and those it never started."""
+    signal_name = "SIGTERM" if isinstance(why, SweepStopped) else "Ctrl-C"
+    interrupted = sum(j.status == "INTERRUPTED" for j in jobs)
+    queued = sum(j.status == "QUEUED" for j in jobs)
+    return (
+        f"stopped by {signal_name}: {interrupted} running job(s) stopped (a training saves its checkpoint first), "
+        f"{queued} not started; continue with the same command and hydra.launcher.resume=true; status: {status_file}"
+    )

@@ -46,7 +46,14 @@ from hydra_plugins.diffusion_lab_launcher._job_command import (
     resume_overrides,
     varying_keys,
 )
-from hydra_plugins.diffusion_lab_launcher._job_process import Job, job_env, stop
+from hydra_plugins.diffusion_lab_launcher._job_process import (
+    Job,
+    SweepStopped,
+    job_env,
+    sigterm_as,
+    stop,
+    stopped_summary,
+)
 from hydra_plugins.diffusion_lab_launcher._job_results import JobFailed, SaveReturnValue, job_return
 from hydra_plugins.diffusion_lab_launcher._sweep_resume import (
     Earlier,
@@ -265,19 +272,23 @@ class GPUPoolLauncher(Launcher):
         return bool(ended)
 
     def _run(self, jobs: list[Job], sweep_dir: Path) -> None:
-        """Run every job, at most ``_parallel`` at once, rewriting the status file at each change."""
+        """Run every job, at most ``_parallel`` at once, rewriting the status file at each change. Stopped
+        itself (Ctrl-C, or SIGTERM from a scheduler or ``kill``), it stops its running jobs first (each saves a
+        checkpoint and is recorded INTERRUPTED), so a continued sweep resumes them, and exits 130 / 143."""
         queue, running = [j for j in jobs if j.carried is None], []
-        try:
-            while queue or running:
-                started = self._start_ready(queue, running, sweep_dir)
-                if self._reap_ended(running) or started:
-                    self._write_status(sweep_dir, jobs)
-                else:
-                    time.sleep(self.poll_seconds)
-        finally:
-            if running:  # interrupted (Ctrl-C): stop what this launcher started
+        with sigterm_as(SweepStopped):
+            try:
+                while queue or running:
+                    started = self._start_ready(queue, running, sweep_dir)
+                    if self._reap_ended(running) or started:
+                        self._write_status(sweep_dir, jobs)
+                    else:
+                        time.sleep(self.poll_seconds)
+            except (KeyboardInterrupt, SweepStopped) as why:
                 stop(running)
                 self._write_status(sweep_dir, jobs)
+                print(f"[gpu_pool] {stopped_summary(why, jobs, sweep_dir / STATUS_FILE)}", flush=True)
+                raise SystemExit(143 if isinstance(why, SweepStopped) else 130) from None
 
     def _announce(self, jobs: list[Job], sweep_dir: Path) -> None:
         where = "CPU"
