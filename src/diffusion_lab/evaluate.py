@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -319,11 +319,22 @@ def _plot(
 
 
 # ------------------------------------------------------------------------------------------ sample metrics
+class Network(NamedTuple):
+    """What samples: the checkpoint's parts and spec, the network to sample with (compiled or not), its device."""
+
+    parts: Any
+    net: torch.nn.Module
+    spec: dict
+    device: torch.device
+    compiled: bool
+
+
 def make_generate(
-    parts, net, spec: dict, sampler: Sampler, w: float, device: torch.device, full_batch: int, compiled: bool
+    network: Network, sampler: Sampler, w: float, full_batch: int
 ) -> Callable[[int, torch.Generator], torch.Tensor]:
     """``generate(b, generator)``: b samples in [-1, 1] with ``sampler`` at guidance scale ``w`` (decoded to
     pixels for a latent model)."""
+    parts, net, spec, device, compiled = network
     shape = tuple(spec["data_shape"])
     num_classes = spec.get("num_classes")
 
@@ -396,22 +407,11 @@ def score_setting(
 
 
 def sample_rows(
-    parts,
-    net,
-    spec,
-    datamodule,
-    extractor,
-    settings,
-    cfg,
-    device,
-    compiled,
-    sample_metrics,
-    guidances,
-    save,
-    done,
+    network: Network, datamodule, extractor, settings, cfg, sample_metrics, guidances, save, done
 ) -> list[dict[str, Any]]:
     """One row per (steps, guidance) pair; ``save(rows)`` after each, so a stopped run keeps what it scored.
     ``done``: rows a stopped evaluation scored (by ``setting_key``), kept instead of scored again."""
+    parts, device = network.parts, network.device
     real = real_features_for(datamodule, extractor, settings, device)
     metric = SampleQuality(
         extractor, real, kid_subset_size=settings.kid_subset_size, pr_num_samples=int(cfg.n)
@@ -421,12 +421,13 @@ def sample_rows(
     rows = []
     for steps in _as_list(cfg.steps):
         sampler = sampler_for(
-            sampler_from_config(cfg.sampler, spec["sampler"], steps, cfg.eta, parts.diffusion), parts.decoder
+            sampler_from_config(cfg.sampler, network.spec["sampler"], steps, cfg.eta, parts.diffusion),
+            parts.decoder,
         )
         for w in guidances:
             row = done.get(setting_key(repr(sampler), w))
             if row is None:
-                generate = make_generate(parts, net, spec, sampler, w, device, full_batch, compiled)
+                generate = make_generate(network, sampler, w, full_batch)
                 row = score_setting(metric, generate, sampler, w, parts, cfg, device, sample_metrics, names)
                 print(json.dumps(row), flush=True)
             rows.append(row)
@@ -557,16 +558,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_table([], summary, out_dir)  # the bound is kept if the sampling after it stops
     rows: list[dict[str, Any]] = []
     if extractor is not None:
+        network = Network(parts, net, spec, device, compiled)
         rows = sample_rows(
-            parts,
-            net,
-            spec,
+            network,
             datamodule,
             extractor,
             settings,
             cfg,
-            device,
-            compiled,
             sample_metrics,
             guidances,
             save=lambda scored: write_table(scored, summary, out_dir),
