@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hydra_plugins.diffusion_lab_launcher._sweep_resume import earlier_jobs, job_numbers
-from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE
+from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_status
 from sweeps import run_report, run_sweep, sweep_status, tiny_run
 
 SWEEP = (
@@ -21,6 +21,11 @@ SWEEP = (
     "trainer.val_check_interval=4",
     "final_samples=0",
 )
+
+
+def _earlier(sweep: Path, job_overrides: list[list[str]]):
+    """``earlier_jobs`` on the status file in ``sweep``, as the launcher reads it."""
+    return earlier_jobs(read_status(sweep / STATUS_FILE), sweep, job_overrides)
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -146,17 +151,17 @@ def test_jobs_are_matched_by_their_overrides_and_longer_training_resumes_a_compl
         (sweep / f"{n}_x" / ".hydra").mkdir(parents=True)
         (sweep / f"{n}_x" / ".hydra" / "job_return.json").write_text("{}")
     # Same overrides in another order: the same job, completed.
-    same = earlier_jobs(sweep, [["trainer.max_steps=8", "seed=1"]])[0]
+    same = _earlier(sweep, [["trainer.max_steps=8", "seed=1"]])[0]
     assert same is not None and same.num == 0 and same.completed()
     # More steps (a resumable override): the same job and folder, but not done.
-    longer = earlier_jobs(sweep, [["seed=1", "trainer.max_steps=16"], ["seed=2", "trainer.max_steps=16"]])
+    longer = _earlier(sweep, [["seed=1", "trainer.max_steps=16"], ["seed=2", "trainer.max_steps=16"]])
     assert [e.num for e in longer] == [0, 1] and not any(e.completed() for e in longer)
     assert longer[0].dir == sweep / "0_x"
     # Another value of a key that is not resumable: another job, numbered past the recorded ones.
-    other = earlier_jobs(sweep, [["seed=1", "schedule=cosine", "trainer.max_steps=8"], ["seed=3"]])
+    other = _earlier(sweep, [["seed=1", "schedule=cosine", "trainer.max_steps=8"], ["seed=3"]])
     assert other == [None, None]
     # Without the resumable override (back to its default): still the same job.
-    assert earlier_jobs(sweep, [["seed=2"]])[0].num == 1
+    assert _earlier(sweep, [["seed=2"]])[0].num == 1
     assert job_numbers([None, longer[1], None], first=0, recorded=[0, 1]) == [2, 1, 3]
     assert job_numbers([None, None], first=5, recorded=[]) == [5, 6]
 
@@ -167,7 +172,7 @@ def test_a_moved_sweep_folder_continues_in_its_new_place(tmp_path):
     status["sweep_dir"] = "/elsewhere/sweep"
     status["jobs"][0]["dir"] = "/elsewhere/sweep/0_seed=1"
     (sweep / STATUS_FILE).write_text(json.dumps(status))
-    assert earlier_jobs(sweep, [["seed=1"]])[0].dir == sweep / "0_seed=1"
+    assert _earlier(sweep, [["seed=1"]])[0].dir == sweep / "0_seed=1"
 
 
 def test_a_job_whose_process_still_runs_is_not_started_twice(tmp_path):
@@ -184,20 +189,20 @@ def test_a_job_whose_process_still_runs_is_not_started_twice(tmp_path):
         status["jobs"][0].update(host=socket.gethostname(), pid=alive.pid)
         (sweep / STATUS_FILE).write_text(json.dumps(status))
         with pytest.raises(UserError) as err:
-            check_not_running(earlier_jobs(sweep, [["seed=1"]]))
+            check_not_running(_earlier(sweep, [["seed=1"]]))
         assert str(err.value) == (
             f"job #0 of this sweep still runs (pid {alive.pid}, 0_x); stop it or let it end before continuing "
             "the sweep"
         )
         status["jobs"][0]["host"] = "another-host"  # its machine is gone, or at least not this one
         (sweep / STATUS_FILE).write_text(json.dumps(status))
-        check_not_running(earlier_jobs(sweep, [["seed=1"]]))
+        check_not_running(_earlier(sweep, [["seed=1"]]))
     finally:
         alive.kill()
         alive.wait()
     status["jobs"][0]["host"] = socket.gethostname()  # this host, its process ended
     (sweep / STATUS_FILE).write_text(json.dumps(status))
-    check_not_running(earlier_jobs(sweep, [["seed=1"]]))
+    check_not_running(_earlier(sweep, [["seed=1"]]))
 
 
 def test_a_continued_jobs_wall_time_is_the_sum_of_its_attempts():
@@ -254,7 +259,7 @@ def test_a_job_that_completed_after_its_launcher_was_killed_is_kept_and_its_reco
     for n in (0, 1):
         (sweep / f"{n}_x" / ".hydra").mkdir(parents=True)
         (sweep / f"{n}_x" / ".hydra" / "job_return.json").write_text("{}")
-    running_done, failed, running = earlier_jobs(sweep, [["seed=1"], ["seed=2"], ["seed=3"]])
+    running_done, failed, running = _earlier(sweep, [["seed=1"], ["seed=2"], ["seed=3"]])
     assert running_done.completed() and not failed.completed() and not running.completed()
     record = running_done.completed_record(sweep / "0_x", sweep / "0_x" / "job.log")
     assert (record["status"], record["exit_code"]) == ("COMPLETED", 0)
@@ -267,4 +272,4 @@ def test_a_job_stopped_by_a_signal_is_resumed_not_kept(tmp_path):
         (sweep / f"{n}_x" / ".hydra").mkdir(parents=True)
         stopped = {"return_value": 1.0, "stopped_by": "SIGTERM"}
         (sweep / f"{n}_x" / ".hydra" / "job_return.json").write_text(json.dumps(stopped))
-    assert not any(e.completed() for e in earlier_jobs(sweep, [["seed=1"], ["seed=2"]]))
+    assert not any(e.completed() for e in _earlier(sweep, [["seed=1"], ["seed=2"]]))

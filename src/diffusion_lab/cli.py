@@ -19,14 +19,13 @@ import difflib
 import functools
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from .errors import USER_ERRORS, UserError, friendly_errors, root_cause
+from .errors import USER_ERRORS, UserError, friendly_errors, refuse, root_cause
 
 __all__ = [
     "CONFIG_DIR",
@@ -163,8 +162,7 @@ def _one_line_composition_errors(
                 message = message or launcher_error_message(err)
                 if message is None:
                     raise
-                print(f"error: {message}", file=sys.stderr, flush=True)
-                raise SystemExit(2) from None
+                refuse(message)
 
         return original(guarded)
 

@@ -16,7 +16,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hydra.experimental.callback import Callback
 
@@ -24,6 +24,7 @@ __all__ = [
     "UserError",
     "NonFiniteError",
     "friendly_errors",
+    "refuse",
     "root_cause",
     "check_types",
     "OutputDirCheck",
@@ -106,6 +107,12 @@ def _in_multirun() -> bool:
         return False
 
 
+def refuse(message: str) -> NoReturn:
+    """Stop on bad input: ``error: <message>`` on stderr, exit status 2 (every entry point and Hydra callback)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
 def friendly_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -117,17 +124,15 @@ def friendly_errors(fn: F) -> F:
                 raise
             missing = _missing_value_message(cause)
             if missing:
-                print(f"error: {missing}", file=sys.stderr, flush=True)
                 discard_rejected_run()
-                raise SystemExit(2) from None
+                refuse(missing)
             if not isinstance(cause, USER_ERRORS) and type(err).__name__ != "InstantiationException":
                 raise
             message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             if isinstance(cause, KeyError):
                 message = f"missing key {message}"
-            print(f"error: {message}", file=sys.stderr, flush=True)
             discard_rejected_run()
-            raise SystemExit(2) from None
+            refuse(message)
 
     return wrapper  # type: ignore[return-value]
 
@@ -186,13 +191,10 @@ class OutputDirCheck(Callback):
     def _check(folder: Any, what: str) -> None:
         reason = unwritable_reason(str(folder))
         if reason is not None:
-            print(
-                f"error: cannot create the {what} directory {folder} ({reason}); "
-                f"set paths.root_dir=<a writable folder> or hydra.{what}.dir",
-                file=sys.stderr,
-                flush=True,
+            refuse(
+                f"cannot create the {what} directory {folder} ({reason}); "
+                f"set paths.root_dir=<a writable folder> or hydra.{what}.dir"
             )
-            raise SystemExit(2)
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         global _created_run_dir

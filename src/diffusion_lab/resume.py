@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import UserError
+from .errors import UserError, refuse
 from .overrides import override_key
 from .provenance import run_provenance
 
@@ -228,5 +227,4 @@ class ExistingRunCheck(Callback):
         try:
             check_new_run_dir(Path(str(config.hydra.run.dir)), config.get("ckpt_path"))
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            refuse(str(err))

@@ -46,9 +46,8 @@ def run_lock(folder: Path) -> Iterator[None]:
             os.write(fd, holder.encode())
         yield
     finally:
-        os.close(
-            fd
-        )  # closing the file releases the lock; the file stays (removing it would race a new locker)
+        # Closing the file releases the lock; the file stays (removing it would race a new locker).
+        os.close(fd)
 
 
 def _lock(fd: int, path: Path) -> bool:

@@ -49,10 +49,11 @@ class SaveReturnValue(Callback):
             return
         value = job_return._return_value
         stopped = stopped_by_signal()
+        marks = {"stopped_by": stopped} if stopped else {}
         try:
-            text = json.dumps({"return_value": value, **({"stopped_by": stopped} if stopped else {})})
+            text = json.dumps({"return_value": value, **marks})
         except (TypeError, ValueError):
-            text = json.dumps({"return_value": repr(value), **({"stopped_by": stopped} if stopped else {})})
+            text = json.dumps({"return_value": repr(value), **marks})
         # Imported here: diffusion_lab.io loads torch, which Hydra's plugin scan should not pay for.
         from diffusion_lab.io import atomic_path
 

@@ -22,7 +22,6 @@ Without ``resume``, a folder that holds a sweep is refused before Hydra writes a
 # No `from __future__ import annotations`: see _gpu_slots.py.
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence  # noqa: UP035 (as the rest of the plugin)
@@ -31,6 +30,7 @@ from hydra.core.utils import filter_overrides
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from diffusion_lab.errors import UserError, refuse
 from diffusion_lab.overrides import override_key
 from hydra_plugins.diffusion_lab_launcher._job_results import read_return
 from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_status
@@ -97,10 +97,11 @@ def _identity(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(o for o in filter_overrides(overrides) if not _resumable(o)))
 
 
-def earlier_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]]) -> list[Optional[Earlier]]:
-    """For each job of the command, what the sweep folder's status file records of it (None for a job new to
-    the sweep, and for every job of a folder without one)."""
-    status = read_status(sweep_dir / STATUS_FILE)
+def earlier_jobs(
+    status: dict[str, Any], sweep_dir: Path, job_overrides: Sequence[Sequence[str]]
+) -> list[Optional[Earlier]]:
+    """For each job of the command, what the ``status`` file of the sweep in ``sweep_dir`` records of it (None
+    for a job new to the sweep, and for every job when there is none)."""
     by_identity = {_identity(r.get("overrides", [])): r for r in status.get("jobs", [])}
     found: list[Optional[Earlier]] = []
     for overrides in job_overrides:
@@ -145,8 +146,6 @@ def has_run(job_dir: Path) -> bool:
 def check_not_running(earlier: Sequence[Optional[Earlier]]) -> None:
     """Refuse to continue a sweep while a job recorded as running still runs on this host (its launcher was
     killed, its process was not): two processes would then train in one folder."""
-    from diffusion_lab.errors import UserError
-
     for e in earlier:
         if e is None or e.record.get("status") != "RUNNING" or e.record.get("host") != socket.gethostname():
             continue
@@ -171,8 +170,6 @@ def _alive(pid: object) -> bool:
 
 def check_no_runs(sweep_dir: Path, job_dirs: Sequence[Path]) -> None:
     """Refuse a sweep (without resume) whose jobs would start in folders that already hold runs."""
-    from diffusion_lab.errors import UserError
-
     taken = [d for d in job_dirs if has_run(d)]
     if taken:
         raise UserError(
@@ -208,13 +205,10 @@ class SweepFolderCheck(Callback):
         resume = OmegaConf.select(config, "hydra.launcher.resume", default=None)
         if not resume:
             how = "continue it with hydra.launcher.resume=true, or give" if resume is False else "give"
-            print(
-                f"error: hydra.sweep.dir={sweep_dir} already holds a sweep ({len(jobs)} job(s) in {STATUS_FILE}); "
-                f"{how} another hydra.sweep.dir",
-                file=sys.stderr,
-                flush=True,
+            refuse(
+                f"hydra.sweep.dir={sweep_dir} already holds a sweep ({len(jobs)} job(s) in {STATUS_FILE}); "
+                f"{how} another hydra.sweep.dir"
             )
-            raise SystemExit(2)
         keep_command(sweep_dir)
 
 

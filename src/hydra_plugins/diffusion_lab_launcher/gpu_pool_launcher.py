@@ -64,7 +64,7 @@ from hydra_plugins.diffusion_lab_launcher._sweep_resume import (
     has_run,
     job_numbers,
 )
-from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_records, write_status
+from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_status, write_status
 
 __all__ = ["GPUPoolLauncher", "GPUPoolLauncherConf", "JobFailed", "SaveReturnValue"]
 
@@ -226,9 +226,10 @@ class GPUPoolLauncher(Launcher):
         earlier: list[Optional[Earlier]] = [None] * len(job_overrides)
         recorded: list[int] = []
         if self.resume:  # an earlier run's jobs keep their numbers and folders; new ones take unused numbers
-            earlier = earlier_jobs(sweep_dir, job_overrides)
+            status = read_status(sweep_dir / STATUS_FILE)
+            earlier = earlier_jobs(status, sweep_dir, job_overrides)
             check_not_running(earlier)
-            recorded = list(read_records(sweep_dir / STATUS_FILE))
+            recorded = [int(r["num"]) for r in status.get("jobs", [])]
         nums = job_numbers(earlier, first, recorded)
         jobs = [
             self._make_job(n, o, app, sweep_dir, varying, e) for n, o, e in zip(nums, job_overrides, earlier)
