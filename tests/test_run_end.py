@@ -1,5 +1,6 @@
 """However a fit ends (max_steps, max_time, a preemption signal, Ctrl-C, an error in a callback), last.ckpt holds
-its final step: the step the summary reports and the final samples come from."""
+its final step: the step the summary reports and the final samples come from; and the run's own record
+(run_status.json) says how it ended."""
 
 from __future__ import annotations
 
@@ -15,11 +16,21 @@ from lightning.pytorch.trainer.states import RunningStage
 from conftest import small_train_cfg
 from diffusion_lab import train as train_module
 from diffusion_lab.checkpointing import verify_checkpoint
+from diffusion_lab.run_status import read_run_status
 from diffusion_lab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STOP = 5  # the step each run ends at; step checkpoints every 3 steps, so last.ckpt of step 3 is the stale one
+RESUME = "ckpt_path=last resume_dir="
+# How each ending is recorded: (status, the record's other fields that say why).
+RECORDED = {
+    "max_steps": ("COMPLETED", {"global_step": STOP}),
+    "max_time": ("INCOMPLETE", {"global_step": STOP, "reason": f"stopped at step {STOP} of trainer.max_steps=1000"}),
+    "sigusr1": ("INTERRUPTED", {"global_step": STOP, "stopped_by": "SIGUSR1"}),
+    "keyboard_interrupt": ("INTERRUPTED", {"stopped_by": "Ctrl-C"}),
+    "exception": ("FAILED", {"error": "RuntimeError: a callback failed"}),
+}
 
 
 class EndAt(L.Callback):
@@ -91,3 +102,10 @@ def test_last_ckpt_holds_the_final_step(how, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "samples" / "final.png").is_file()
         module_state = built["module"].state_dict()
         assert [k for k in ema if not torch.equal(ema[k], module_state[k])] == []
+    record = read_run_status(tmp_path)
+    status, fields = RECORDED[how]
+    assert record["status"] == status and record["pid"] == os.getpid() and record["max_steps"] == (
+        STOP if how == "max_steps" else 1000
+    )
+    assert {k: record.get(k) for k in fields} == fields
+    assert (RESUME + str(tmp_path) in record.get("resume", "")) == (status == "INTERRUPTED")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from conftest import small_train_cfg
 from diffusion_lab import run_lock as run_lock_module
@@ -68,7 +69,7 @@ def test_the_same_process_cannot_take_a_held_lock_twice(tmp_path):
 
 def test_other_ranks_do_not_lock(tmp_path, monkeypatch):
     with run_lock(tmp_path):
-        monkeypatch.setattr(run_lock_module.rank_zero_only, "rank", 1)
+        monkeypatch.setattr(rank_zero_only, "rank", 1)
         with run_lock(tmp_path):  # DDP's rank 1 trains in rank 0's folder
             pass
 

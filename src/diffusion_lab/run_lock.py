@@ -20,18 +20,20 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
 from .errors import UserError
 
-__all__ = ["LOCK_FILE", "run_lock"]
+__all__ = ["LOCK_FILE", "LOCKS_TABLE", "lock_holder", "process_alive", "run_lock"]
 
 LOCK_FILE = ".run.lock"
+LOCKS_TABLE = Path("/proc/locks")  # Linux's table of the locks held on this machine
 
 
 @contextlib.contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s run lock while the block runs; if another process holds it, one ``UserError`` naming it."""
+    # Imported here: the launcher plugin and the status command read locks without loading Lightning.
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     if rank_zero_only.rank != 0:
         yield
         return
@@ -66,4 +68,39 @@ def _lock(fd: int, path: Path) -> bool:
             stacklevel=3,
         )
         return False
+    return True
+
+
+def lock_holder(folder: Path, table: Path = LOCKS_TABLE) -> int | None | str:
+    """The process id holding ``folder``'s run lock on this machine, None when nobody holds it, or "unknown"
+    where the kernel's lock table cannot be read (not Linux). Read from the table, not by trying the lock: a
+    probe that took the lock for an instant could refuse a training starting in that instant."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # never locked: no training has run in it since run folders were locked
+    try:
+        lines = table.read_text().splitlines()
+    except OSError:
+        return "unknown"
+    # "1: FLOCK  ADVISORY  WRITE 12345 fe:00:2146306 0 EOF": pid, then device (hex major:minor) and inode.
+    wanted = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "FLOCK" in fields and "->" not in fields and wanted in fields:
+            return int(fields[fields.index(wanted) - 1])
+    return None
+
+
+def process_alive(pid: object) -> bool:
+    """Whether a process of this id lives on this machine (another user's included)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
     return True

@@ -44,6 +44,7 @@ from .nonfinite import NONFINITE_POLICIES
 from .overrides import override_key
 from .resume import check_new_run_dir, continue_run, record_run, resume_argv
 from .run_lock import run_lock
+from .run_status import recorded_run
 
 __all__ = ["train", "main", "objective", "compose_config", "CONFIG_DIR"]
 
@@ -246,7 +247,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_output_dir(output_dir)
     with run_lock(output_dir):  # one training at a time in a run folder
         record_run(cfg, output_dir, resume_overrides)
-        return _fit(cfg, output_dir, ckpt_path, started)
+        max_steps = cfg.trainer.get("max_steps") if not cfg.trainer.get("fast_dev_run") else None
+        with recorded_run(output_dir, max_steps, resume_command(output_dir)) as outcome:
+            outcome.result = _fit(cfg, output_dir, ckpt_path, started)
+        return outcome.result
 
 
 def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: float) -> dict[str, Any]:

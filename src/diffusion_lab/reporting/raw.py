@@ -25,6 +25,7 @@ RAW_PATTERNS = (
     "evaluation/*/evaluation.json",
     "evaluation/*/evaluation.csv",
     "samples/final.png",
+    "run_status.json",
 )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..overrides import override_key, split_override
+from ..run_status import read_run_status
 from ..score_names import features_kind
 from .scores import FRECHET, SCORES, score
 from .setting import Setting, num
@@ -48,6 +49,8 @@ class Job:
     label: str = ""
     # the evaluation settings every evaluated job of the sweep has (setting_key); set by find_jobs
     shared_settings: frozenset = frozenset()
+    record: dict[str, Any] = field(default_factory=dict)  # its launcher's record (sweep_status.json), if any
+    run_status: dict[str, Any] = field(default_factory=dict)  # its own record (run_status.json), if any
 
     # ---- what the job is
     @property
@@ -174,7 +177,8 @@ def _read_overrides(path: Path) -> list[str]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """The seed and the trainer's step limits of the job's composed config (unresolvable ones left out)."""
+    """The seed, the trainer's step limits and the batch size of the job's composed config (unresolvable ones
+    left out)."""
     from omegaconf import OmegaConf
 
     if not path.is_file():
@@ -187,6 +191,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         "seed": "seed",
         "max_steps": "trainer.max_steps",
         "log_every_n_steps": "trainer.log_every_n_steps",
+        "batch_size": "data.batch_size",
     }
     found: dict[str, Any] = {}
     features = _select(cfg, "callbacks.sample_quality.features")
@@ -314,7 +319,9 @@ def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
             status = json.loads(status_file.read_text())
         except (OSError, ValueError):
             continue
+        sweep = {k: v for k, v in status.items() if k != "jobs"}  # the launcher's settings
         for rec in status.get("jobs", []):
+            rec = {**rec, "sweep": sweep}
             recorded = Path(rec.get("dir", ""))
             # The same place below this file first: a moved or copied sweep must not read the original.
             try:
@@ -359,9 +366,11 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.overrides = job.overrides or [str(o) for o in rec.get("overrides", [])]
     job.config = _read_config(job_dir / ".hydra" / "config.yaml")
     job.code = _read_code(job_dir / ".hydra" / "provenance.yaml")
-    job.status = str(rec.get("status", "unknown"))
+    job.record, job.run_status = rec, read_run_status(job_dir)
+    # A run started on its own has no launcher's record: its own says how it ended.
+    job.status = str(rec.get("status", job.run_status.get("status", "unknown")))
     job.exit_code = rec.get("exit_code")
-    job.wall_time_s = _wall_time(rec)
+    job.wall_time_s = _wall_time(rec or job.run_status)
     job.log = rec.get("log")
     job.num = rec.get("num")
     if rec.get("attempts"):

@@ -20,7 +20,6 @@ Without ``resume``, a folder that holds a sweep is refused before Hydra writes a
 """
 
 # No `from __future__ import annotations`: see _gpu_slots.py.
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from omegaconf import OmegaConf
 
 from diffusion_lab.errors import UserError, refuse
 from diffusion_lab.overrides import override_key
+from diffusion_lab.run_lock import process_alive
 from hydra_plugins.diffusion_lab_launcher._job_results import read_return
 from hydra_plugins.diffusion_lab_launcher._sweep_status import STATUS_FILE, read_status
 
@@ -149,23 +149,11 @@ def check_not_running(earlier: Sequence[Optional[Earlier]]) -> None:
     for e in earlier:
         if e is None or e.record.get("status") != "RUNNING" or e.record.get("host") != socket.gethostname():
             continue
-        if _alive(e.record.get("pid")):
+        if process_alive(e.record.get("pid")):
             raise UserError(
                 f"job #{e.num} of this sweep still runs (pid {e.record['pid']}, {e.dir.name}); stop it or let it "
                 "end before continuing the sweep"
             )
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def check_no_runs(sweep_dir: Path, job_dirs: Sequence[Path]) -> None:

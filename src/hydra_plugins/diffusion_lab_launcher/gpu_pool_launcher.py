@@ -24,6 +24,8 @@ checkpoints, the rest run (``_sweep_resume``). Without it, jobs whose folders al
 #   _gpu_slots     which GPUs there are and which are free          _job_command   a job's command line and folder
 #   _job_process   a job as a subprocess (start, end, interrupt)     _job_results   what a job hands back
 #   _sweep_status  sweep_status.json                                  _sweep_resume  continuing a sweep
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +252,9 @@ class GPUPoolLauncher(Launcher):
             "jobs_per_gpu": self.jobs_per_gpu,
             "max_parallel": self._parallel,
             "gpus": list(self._slots.pool),
+            # Whose queue this is: `diffusion_lab.status` tells queued jobs whose launcher is gone (never started).
+            "launcher_pid": os.getpid(),
+            "launcher_host": socket.gethostname(),
         }
         write_status(sweep_dir, settings, jobs)
 

@@ -1,0 +1,156 @@
+"""What a job is doing now: its recorded state checked against its process, its progress and its last output.
+
+A record can be stale: a training killed outright (kill -9, the out-of-memory killer) or a launcher killed with
+its jobs leaves ``RUNNING`` in ``run_status.json`` / ``sweep_status.json`` for ever. The run lock tells: a
+training holds ``<run>/.run.lock`` for its life and the kernel drops it with the process, so a job recorded as
+running whose lock is free (and whose process is gone) is LOST, not running. This works for jobs on this machine;
+one recorded on another host is shown as recorded, marked unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..run_lock import lock_holder, process_alive
+from ..run_status import FINAL_STATES
+from .runs import Job
+
+__all__ = ["JobState", "job_state", "ACTIVE"]
+
+ACTIVE = ("RUNNING", "STARTING", "QUEUED")  # states of a job not yet ended
+_STEP_CHECKPOINT = re.compile(r"step_(\d+)\.ckpt$")
+_ERROR_LINE = re.compile(r"^(error: |\w+(Error|Exception|Interrupt)\b)")
+
+
+@dataclass
+class JobState:
+    state: str  # RUNNING, STARTING, QUEUED, COMPLETED, INCOMPLETE, INTERRUPTED, FAILED, LOST or unknown
+    step: int | None = None  # steps trained (the newest of the record, the metrics and the step checkpoints)
+    max_steps: int | None = None
+    eta_s: float | None = None  # for a running job: its remaining steps at its last logged speed
+    idle_s: float | None = None  # seconds since the job last wrote its log, metrics or a checkpoint
+    checked: bool = True  # False: recorded as running on another host, not checked from here
+    note: str = ""  # why it failed (its error line), or what a lost job left
+
+
+def job_state(job: Job, host: str | None = None, now: float | None = None) -> JobState:
+    """``job``'s state now (``host``: this machine's name; ``now``: the time)."""
+    host = host or socket.gethostname()
+    now = time.time() if now is None else now
+    state = JobState(state="unknown", max_steps=_positive(job.config.get("max_steps")))
+    state.step = _steps_done(job)
+    state.idle_s = _idle(job, now)
+    state.state, state.checked = _state(job, host)
+    if state.state == "RUNNING":
+        state.eta_s = _eta(job, state)
+    elif state.state == "FAILED":
+        state.note = job.run_status.get("error") or _error_line(job) or ""
+    elif state.state == "LOST":
+        state.note = _lost_note(job)
+    return state
+
+
+def _state(job: Job, host: str) -> tuple[str, bool]:
+    """(state, checked): the records' word, verified against the run lock and the process where they can be."""
+    run, rec = job.run_status, job.record
+    holder = lock_holder(job.dir)
+    if isinstance(holder, int):
+        return "RUNNING", True
+    if rec.get("status") == "FAILED":  # the job's process failed, whatever its training recorded before
+        return "FAILED", True
+    if run.get("status") in FINAL_STATES:
+        return run["status"], True
+    if run.get("status") == "RUNNING":  # began training, and never recorded its end
+        return _recorded_running(run, host, "RUNNING")
+    if rec.get("status") == "RUNNING":  # its launcher started it; its training has not begun (or never will)
+        return _recorded_running(rec, host, "STARTING")
+    if rec.get("status") == "QUEUED":  # waits for its launcher, if that still runs
+        launcher = rec.get("sweep", {})
+        return _recorded_running(
+            {"pid": launcher.get("launcher_pid"), "host": launcher.get("launcher_host")}, host, "QUEUED"
+        )
+    return str(rec.get("status") or "unknown"), True
+
+
+def _lost_note(job: Job) -> str:
+    if job.record.get("status") == "QUEUED" and not job.run_status:
+        return "recorded as queued, but its sweep's launcher is gone: it never started"
+    ckpt = _checkpoint_step(job)
+    return "recorded as running, but its process is gone (killed, out of memory, or its machine lost); " + (
+        f"its newest checkpoint is at step {ckpt}" if ckpt is not None else "it left no checkpoint"
+    )
+
+
+def _recorded_running(record: dict[str, Any], host: str, alive: str) -> tuple[str, bool]:
+    """A record saying running (or queued) while the run lock is free or unreadable: ``alive`` while its process
+    (or launcher) lives -- a training still starting, one on a file system without locks -- else LOST; unchecked
+    on another host. A record that names no process (older files) is taken at its word."""
+    if record.get("pid") is None:
+        return alive, True
+    if record.get("host") not in (None, host):
+        return alive, False
+    return (alive if process_alive(record.get("pid")) else "LOST"), True
+
+
+def _positive(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _checkpoint_step(job: Job) -> int | None:
+    steps = [
+        int(m.group(1))
+        for p in job.dir.glob("checkpoints/step_*.ckpt")
+        if (m := _STEP_CHECKPOINT.search(p.name))
+    ]
+    return max(steps) if steps else None
+
+
+def _steps_done(job: Job) -> int | None:
+    """Steps trained: a finished run's own count, else the most the metrics (logged 0-based) and checkpoints show."""
+    if isinstance(job.run_status.get("global_step"), int):
+        return job.run_status["global_step"]
+    seen = [
+        s
+        for s in (None if job.last_step is None else job.last_step + 1, _checkpoint_step(job))
+        if s is not None
+    ]
+    return max(seen) if seen else None
+
+
+def _eta(job: Job, state: JobState) -> float | None:
+    img_per_s, batch = job.last.get("perf/train_img_per_s"), job.config.get("batch_size")
+    if not (
+        img_per_s and isinstance(batch, int) and batch > 0 and state.max_steps and state.step is not None
+    ):
+        return None
+    return max(0, state.max_steps - state.step) / (img_per_s / batch)
+
+
+def _outputs(job: Job) -> list[Path]:
+    log = [Path(job.log)] if job.log else [job.dir / "job.log"]
+    return [*log, *job.dir.glob("csv/**/metrics.csv"), *job.dir.glob("checkpoints/*.ckpt")]
+
+
+def _idle(job: Job, now: float) -> float | None:
+    times = []
+    for path in _outputs(job):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(0.0, now - max(times)) if times else None
+
+
+def _error_line(job: Job) -> str | None:
+    """The last error line of the job's log (an ``error:`` line or a traceback's last), if it has one."""
+    path = Path(job.log) if job.log else job.dir / "job.log"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.strip() for line in reversed(lines) if _ERROR_LINE.match(line.strip())), None)
