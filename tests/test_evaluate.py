@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -651,6 +652,7 @@ def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier,
         evaluate(cfg)
     saved = json.loads((tmp_path / "partial" / "evaluation.json").read_text())
     assert saved["summary"]["complete"] is False and saved["summary"]["settings"] == 3
+    assert saved["summary"]["process"]["pid"] == os.getpid()  # who was scoring it (status: running or stopped)
     assert [r["steps"] for r in saved["rows"]] == [2]
     assert "**Partial**: 1 of 3 settings" in (tmp_path / "partial" / "evaluation.md").read_text()
     with open(tmp_path / "partial" / "evaluation.csv") as f:
@@ -670,6 +672,7 @@ def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier,
     cfg.out_dir = str(tmp_path / "whole")
     done = json.loads(Path(evaluate(cfg)["paths"]["json"]).read_text())
     assert done["summary"]["complete"] is True and [r["steps"] for r in done["rows"]] == [2, 3, 4]
+    assert "process" not in done["summary"]
 
 
 def test_a_stopped_evaluation_continues_to_the_rows_of_an_uninterrupted_one(

@@ -168,9 +168,14 @@ def test_the_command_lists_states_and_says_how_to_continue(tmp_path, capsys):
         {"num": 1, "status": "RUNNING", "dir": str(cut), "overrides": ["seed=2"]},
     ]
     (sweep / "sweep_status.json").write_text(json.dumps({"sweep_dir": str(sweep), "jobs": records}))
-    for name, complete in (("ddim_50", True), ("ddpm_1000", False)):  # the second stopped halfway
+    scorers = {"ddim_50": None, "ddpm_1000": dead_pid(), "ddim_10": os.getpid()}  # done, stopped, running
+    for name, pid in scorers.items():
         (done / "evaluation" / name).mkdir(parents=True)
-        table = {"summary": {"complete": complete, "settings": 2}, "rows": [{"fd_classifier": 1.0}]}
+        process = {"process": {"pid": pid, "host": os.uname().nodename}} if pid else {}
+        table = {
+            "summary": {"complete": pid is None, "settings": 2, **process},
+            "rows": [{"fd_classifier": 1.0}],
+        }
         (done / "evaluation" / name / "evaluation.json").write_text(json.dumps(table))
     (sweep / "multirun.yaml").write_text(
         "hydra:\n  job:\n    name: train\n  overrides:\n    task:\n    - seed=1,2\n    - model.channel_mult=[1,2]\n"
@@ -189,7 +194,7 @@ def test_the_command_lists_states_and_says_how_to_continue(tmp_path, capsys):
     assert out.splitlines()[1].startswith("LOST ") and "400/1000" in out.splitlines()[1]  # unfinished first
     assert out.splitlines()[0].split() == ["state", "steps", "ETA", "last", "output", "evaluations", "job"]
     (completed,) = [line for line in out.splitlines() if line.startswith("COMPLETED")]
-    assert "1000/1000" in completed and "  1 done, 1 partial  " in completed
+    assert "1000/1000" in completed and "  1 done, 1 running, 1 stopped  " in completed
     assert f"runs     : 3 under {tmp_path}: 1 lost, 1 interrupted, 1 completed" in out
     assert "continue : python -m diffusion_lab.train seed=3 ckpt_path=last resume_dir=LONE" in out
     assert (

@@ -158,12 +158,18 @@ _created_run_dir: str | None = None
 
 
 def _holds_nothing_of_value(folder: Path) -> bool:
-    """Only Hydra's own files (.hydra/, the job log), loggers' hparams.yaml, the run lock and empty folders."""
+    """Only Hydra's own files (.hydra/, the job log), loggers' hparams.yaml, the run lock, the run's record of
+    its refusal (run_status.json) and empty folders."""
     from .run_lock import LOCK_FILE  # imported here: run_lock imports this module
+    from .run_status import RUN_STATUS_FILE
 
     for path in folder.rglob("*"):
         rel = path.relative_to(folder)
-        if path.is_dir() or rel.parts[0] == ".hydra" or path.name in ("hparams.yaml", LOCK_FILE):
+        if (
+            path.is_dir()
+            or rel.parts[0] == ".hydra"
+            or path.name in ("hparams.yaml", LOCK_FILE, RUN_STATUS_FILE)
+        ):
             continue
         if len(rel.parts) == 1 and path.suffix == ".log":
             continue

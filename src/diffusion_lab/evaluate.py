@@ -22,6 +22,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -552,6 +554,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # Until the last setting is scored the table on disk says it is partial and how many settings it awaits.
     summary["settings"] = len(_as_list(cfg.steps)) * len(guidances) if extractor is not None else 1
     summary["complete"] = False
+    # Who is scoring it, until it is complete: `status` tells a partial table still being scored from a stopped one.
+    summary["process"] = {"pid": os.getpid(), "host": socket.gethostname()}
     write_table([], summary, out_dir)  # an evaluation stopped before its first score is on record as started
     if "bpd" in metrics and "bpd" not in summary:
         summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
@@ -575,6 +579,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         rows.append({k: summary[k] for k in ("bpd", "bpd_stderr", "bpd_n", "bpd_clip_denoised")})
     summary["complete"] = True
+    del summary["process"]
     paths = write_table(rows, summary, out_dir)
     plot = write_steps_plot(rows, extractor.kind, guidances, out_dir) if extractor is not None else None
     if plot is not None:

@@ -10,7 +10,8 @@ checked against its process: a run recorded as running whose run lock is free an
 killed outright (kill -9, out of memory, a lost machine) and is shown LOST, never as running. Steps come from the
 run's metrics and checkpoints, the ETA from its last logged speed, "last output" from the newest of its log,
 metrics and checkpoints (a run that wrote nothing for long may hang). Failed runs show their error line, and
-where jobs were evaluated a column counts their evaluations, done and partial (stopped or still running). The
+where jobs were evaluated a column counts their evaluations: done, running (a partial table whose process
+lives) and stopped (partial, to continue with evaluate's ``resume=true``). The
 summary ends with the commands that continue what stopped: a sweep with ``hydra.launcher.resume=true``, a run on
 its own with ``ckpt_path=last resume_dir=RUN``.
 """
@@ -27,8 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import friendly_errors, refuse
-from .reporting.job_state import ACTIVE, JobState, job_state
-from .reporting.runs import STATUS_FILE, Job, find_jobs, stopped_early
+from .reporting.job_state import ACTIVE, JobState, evaluation_state, job_state
+from .reporting.runs import STATUS_FILE, Job, find_jobs
 
 __all__ = ["main", "run", "statuses"]
 
@@ -81,13 +82,10 @@ def _steps(s: JobState) -> str:
 
 
 def _evaluations(job: Job) -> str:
-    """'2 done, 1 partial': the job's evaluations, those stopped (or still running) before their last setting
-    apart."""
-    partial = sum(stopped_early(e) for e in job.evaluations)
-    done = len(job.evaluations) - partial
-    return ", ".join(
-        p for p in (f"{done} done" if done else "", f"{partial} partial" if partial else "") if p
-    )
+    """'2 done, 1 running, 1 stopped': the job's evaluations; a partial one is running while the process
+    scoring it lives (on this machine), else stopped (continue it with evaluate's resume=true)."""
+    counts = Counter(evaluation_state(e) for e in job.evaluations)
+    return ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "stopped") if counts[k])
 
 
 def _row(job: Job, s: JobState, with_evaluations: bool) -> list[str]:

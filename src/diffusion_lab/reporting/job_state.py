@@ -18,9 +18,9 @@ from typing import Any
 
 from ..run_lock import lock_holder, process_alive
 from ..run_status import FINAL_STATES
-from .runs import Job
+from .runs import Job, stopped_early
 
-__all__ = ["JobState", "job_state", "ACTIVE"]
+__all__ = ["JobState", "job_state", "evaluation_state", "ACTIVE"]
 
 ACTIVE = ("RUNNING", "STARTING", "QUEUED")  # states of a job not yet ended
 _STEP_CHECKPOINT = re.compile(r"step_(\d+)\.ckpt$")
@@ -53,6 +53,16 @@ def job_state(job: Job, host: str | None = None, now: float | None = None) -> Jo
     elif state.state == "LOST":
         state.note = _lost_note(job)
     return state
+
+
+def evaluation_state(evaluation: dict[str, Any], host: str | None = None) -> str:
+    """ "done", "running" (its table is partial and the process scoring it lives) or "stopped" (partial, its
+    process gone; or on another host, unchecked) for one of ``Job.evaluations``."""
+    if not stopped_early(evaluation):
+        return "done"
+    process = evaluation["summary"].get("process") or {}
+    here = process.get("host") == (host or socket.gethostname())
+    return "running" if here and process_alive(process.get("pid")) else "stopped"
 
 
 def _state(job: Job, host: str) -> tuple[str, bool]:
