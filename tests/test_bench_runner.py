@@ -200,7 +200,7 @@ def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys,
     assert runner.main(argv) == 2
     assert capsys.readouterr().err == (
         "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
-        "net_cudnn_heuristics, net_fused_norm, blocks\n"
+        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks\n"
     )
 
 
@@ -369,7 +369,9 @@ def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
 def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(runner, tmp_path):
     opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
-    assert list(runs) == ["net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "blocks"]
+    assert list(runs) == [
+        "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks"
+    ]  # fmt: skip
     for label, run in runs.items():
         cold, warm = run.commands
         cache = run.env["TORCHINDUCTOR_CACHE_DIR"]
@@ -395,8 +397,14 @@ def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(ru
         "net_foreground_writes": ["checkpoint_writes=foreground"],
         "net_cudnn_heuristics": ["checkpoint_writes=background"],
         "net_fused_norm": ["checkpoint_writes=background"],
+        "fused_true": ["checkpoint_writes=background"],
+        "fused_auto": ["checkpoint_writes=background"],
         "blocks": ["checkpoint_writes=background"],
     }
+    # the op everywhere against auto (the op in the compiled step only): they differ in that alone
+    true, auto = runs["fused_true"].commands[0], runs["fused_auto"].commands[0]
+    differ = [(a, b) for a, b in zip(true, auto, strict=True) if a.replace("fused_true", "fused_auto") != b]
+    assert differ == [("model.fused_norm=true", "model.fused_norm=auto")]  # besides their folders
     net, foreground = runs["net"].commands[0], runs["net_foreground_writes"].commands[0]
     assert [o for o in net if o not in foreground and "/net/" not in o] == ["checkpoint_writes=background"]
     # and net / net_cudnn_heuristics in cuDNN's autotuning alone, pinned in both (trainer=gpu now leaves it off)

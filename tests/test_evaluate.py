@@ -652,7 +652,9 @@ def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier,
         evaluate(cfg)
     saved = json.loads((tmp_path / "partial" / "evaluation.json").read_text())
     assert saved["summary"]["complete"] is False and saved["summary"]["settings"] == 3
-    assert saved["summary"]["process"]["pid"] == os.getpid()  # who was scoring it (status: running or stopped)
+    assert (
+        saved["summary"]["process"]["pid"] == os.getpid()
+    )  # who was scoring it (status: running or stopped)
     assert [r["steps"] for r in saved["rows"]] == [2]
     assert "**Partial**: 1 of 3 settings" in (tmp_path / "partial" / "evaluation.md").read_text()
     with open(tmp_path / "partial" / "evaluation.csv") as f:

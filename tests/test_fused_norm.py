@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import types
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from diffusion_lab.errors import UserError
 from diffusion_lab.nets import UNet, fused_norm_kernels, fused_norm_ops
-from diffusion_lab.nets.fused_norm import GroupNormSiLU
+from diffusion_lab.nets.fused_norm import GroupNormSiLU, auto_takes_triton
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -135,6 +136,24 @@ def test_the_pytorch_path_is_the_unfused_math_exactly():
         norm.load_state_dict(gn.state_dict())
         assert torch.equal(norm(x, scale, shift), F.silu(gn(x) * (1 + scale) + shift))
         assert torch.equal(norm(x), F.silu(gn(x)))
+
+
+CUDA_TENSOR = types.SimpleNamespace(is_cuda=True)  # stands for a CUDA tensor: auto reads only its device
+
+
+def test_auto_takes_the_kernels_in_training_steps_and_compiled_graphs_not_in_eager_inference():
+    """fused_norm=auto: the kernels where a training step or a compiled graph runs (built once, with the graph);
+    PyTorch's for eager inference (validation, sample grids, final samples), where Triton would build kernels
+    for every new batch size; never for a CPU tensor."""
+    assert auto_takes_triton(CUDA_TENSOR)
+    assert not auto_takes_triton(torch.zeros(1))
+    with torch.no_grad():
+        assert not auto_takes_triton(CUDA_TENSOR)
+        torch._dynamo.reset()
+        traced = torch.compile(
+            lambda v: v + 1 if auto_takes_triton(CUDA_TENSOR) else v, fullgraph=True, backend="eager"
+        )
+        assert traced(torch.zeros(1)).item() == 1
 
 
 def test_state_dict_is_a_group_norms():

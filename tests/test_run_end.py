@@ -26,7 +26,10 @@ RESUME = "ckpt_path=last resume_dir="
 # How each ending is recorded: (status, the record's other fields that say why).
 RECORDED = {
     "max_steps": ("COMPLETED", {"global_step": STOP}),
-    "max_time": ("INCOMPLETE", {"global_step": STOP, "reason": f"stopped at step {STOP} of trainer.max_steps=1000"}),
+    "max_time": (
+        "INCOMPLETE",
+        {"global_step": STOP, "reason": f"stopped at step {STOP} of trainer.max_steps=1000"},
+    ),
     "sigusr1": ("INTERRUPTED", {"global_step": STOP, "stopped_by": "SIGUSR1"}),
     "keyboard_interrupt": ("INTERRUPTED", {"stopped_by": "Ctrl-C"}),
     "exception": ("FAILED", {"error": "RuntimeError: a callback failed"}),
@@ -104,8 +107,10 @@ def test_last_ckpt_holds_the_final_step(how, tmp_path, monkeypatch, capsys):
         assert [k for k in ema if not torch.equal(ema[k], module_state[k])] == []
     record = read_run_status(tmp_path)
     status, fields = RECORDED[how]
-    assert record["status"] == status and record["pid"] == os.getpid() and record["max_steps"] == (
-        STOP if how == "max_steps" else 1000
+    assert (
+        record["status"] == status
+        and record["pid"] == os.getpid()
+        and record["max_steps"] == (STOP if how == "max_steps" else 1000)
     )
     assert {k: record.get(k) for k in fields} == fields
     assert (RESUME + str(tmp_path) in record.get("resume", "")) == (status == "INTERRUPTED")

@@ -44,7 +44,7 @@ ORDER = (
     "COMPLETED",
     "unknown",
 )
-TO_CONTINUE = ("LOST", "FAILED", "INTERRUPTED", "QUEUED")
+TO_CONTINUE = ("LOST", "FAILED", "INTERRUPTED")  # stopped before their end, to continue (resume)
 BAR = 10  # characters of a running job's progress bar
 
 
@@ -147,9 +147,8 @@ def continue_commands(rows: list[tuple[Job, JobState]]) -> list[str]:
             )
             commands.append(resume)
     for sweep, states in sorted(sweeps.items()):
-        if any(s.state in TO_CONTINUE for s in states) and not any(
-            s.state in ("RUNNING", "STARTING") for s in states
-        ):
+        # Not while its launcher or a job of it still runs: a continuation would be refused, or run twice.
+        if any(s.state in TO_CONTINUE for s in states) and not any(s.state in ACTIVE for s in states):
             commands.append(_sweep_command(sweep))
     return commands
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -41,6 +42,22 @@ def check_fused_norm(value: object) -> str:
     if value not in FUSED_NORM_CHOICES:
         raise UserError(f"model.fused_norm={value} is not one of {', '.join(FUSED_NORM_CHOICES)}")
     return value
+
+
+def auto_takes_triton(x: Tensor) -> bool:
+    """``fused_norm=auto``'s choice for x: the Triton path for a CUDA tensor (where triton imports) inside a
+    compiled graph or a training step (gradients on), PyTorch's own kernels for eager inference -- validation,
+    sample grids and final samples during a compiled training run eagerly (``compile_policy.eval_stance``).
+
+    Why not the kernels there too: in eager mode Triton builds a kernel the first time it meets each launch
+    specialisation (layer shape and the launch configuration the batch size picks: a dozen per batch size for
+    the Fashion-MNIST UNet), each taking part of a second on a cold cache, for work of a few batches; the
+    first validation of a cold run took 15 s with the kernels against 4 s without (BENCHMARKS.md, 2026-12-03).
+    In a compiled graph inductor builds them once, with the graph, and caches them with it.
+    """
+    if not x.is_cuda or _triton_modules() is None:
+        return False
+    return torch.compiler.is_compiling() or torch.is_grad_enabled()
 
 
 def triton_runs_on(x: Tensor) -> bool:
@@ -76,8 +93,8 @@ def _per_channel(v: Tensor | None) -> Tensor | None:
 class GroupNormSiLU(nn.GroupNorm):
     """``forward(x, scale=None, shift=None) = silu(group_norm(x) * (1 + scale) + shift)``.
 
-    ``fused``: ``auto`` takes the Triton path for CUDA tensors when triton imports, ``true`` always (an error
-    where it cannot run), ``false`` never.
+    ``fused``: ``auto`` takes the Triton path for CUDA tensors when triton imports, in training steps and
+    compiled graphs (``auto_takes_triton``), ``true`` always (an error where it cannot run), ``false`` never.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-6, fused: object = "auto"):
@@ -96,9 +113,7 @@ class GroupNormSiLU(nn.GroupNorm):
         return group_norm_silu_reference(x, self.num_groups, self.weight, self.bias, self.eps, scale, shift)
 
     def _use_triton(self, x: Tensor) -> bool:
-        if self.fused == "false":
-            return False
-        if self.fused == "auto" and not (x.is_cuda and _triton_modules() is not None):
+        if self.fused == "false" or (self.fused == "auto" and not auto_takes_triton(x)):
             return False
         if not triton_runs_on(x):
             why = "triton does not import" if _triton_modules() is None else f"got a {x.device.type} tensor"

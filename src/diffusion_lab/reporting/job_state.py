@@ -56,8 +56,8 @@ def job_state(job: Job, host: str | None = None, now: float | None = None) -> Jo
 
 
 def evaluation_state(evaluation: dict[str, Any], host: str | None = None) -> str:
-    """ "done", "running" (its table is partial and the process scoring it lives) or "stopped" (partial, its
-    process gone; or on another host, unchecked) for one of ``Job.evaluations``."""
+    """The state of one of ``Job.evaluations``: done, running (its table is partial and the process scoring
+    it lives) or stopped (partial, its process gone; or on another host, unchecked)."""
     if not stopped_early(evaluation):
         return "done"
     process = evaluation["summary"].get("process") or {}

@@ -1,0 +1,88 @@
+"""How many kernels eager inference makes Triton build for the fused GroupNorm+SiLU op, by batch size (no GPU).
+
+In eager mode Triton compiles the op's forward kernel on first use for each specialisation: the launch
+configuration's compile-time constants (``fused_norm_ops.launch_config``: channels per group, groups per program,
+block sizes, warps, which depend on the batch size), whether AdaGN's scale and shift are there, and which integer
+arguments are divisible by 16. This runs the network's forward on the CPU with the PyTorch path and records, at
+each norm layer, the key Triton would compile under, so it counts the kernels a cold cache would build.
+
+    python benchmarks/fused_norm_specialisations.py [--batches 16,64,128,256]   # unet_small's shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from diffusion_lab.nets import UNet  # noqa: E402
+from diffusion_lab.nets.fused_norm import GroupNormSiLU  # noqa: E402
+from diffusion_lab.nets.fused_norm_ops import launch_config  # noqa: E402
+
+# conf/model/unet_small.yaml (the Fashion-MNIST UNet of experiment=fmnist_fast)
+UNET_SMALL = dict(
+    in_channels=1, base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7,),
+    image_size=28, dropout=0.0, num_heads=4, use_scale_shift_norm=True, groups=32,
+)  # fmt: skip
+
+
+def _key(norm: GroupNormSiLU, x: torch.Tensor, scale, shift) -> tuple:
+    batch, channels = x.shape[:2]
+    hw = x[0, 0].numel()
+    gpp, block_c, block_hw, warps = launch_config(batch, channels, hw, norm.num_groups)
+    divisible = tuple(v % 16 == 0 for v in (channels, hw, channels * hw))
+    return (
+        channels // norm.num_groups,
+        gpp,
+        block_c,
+        block_hw,
+        warps,
+        scale is not None,
+        shift is not None,
+        divisible,
+    )
+
+
+def specialisations(batches: list[int]) -> dict[int, set]:
+    """The keys met at each batch size in one eager forward of unet_small."""
+    net = UNet(**UNET_SMALL, fused_norm="false").eval()
+    seen: dict[int, set] = {}
+    current = {"batch": 0}
+
+    def record(module, args, kwargs):
+        scale = kwargs.get("scale", args[1] if len(args) > 1 else None)
+        shift = kwargs.get("shift", args[2] if len(args) > 2 else None)
+        seen.setdefault(current["batch"], set()).add(_key(module, args[0], scale, shift))
+
+    for module in net.modules():
+        if isinstance(module, GroupNormSiLU):
+            module.register_forward_pre_hook(record, with_kwargs=True)
+    for batch in batches:
+        current["batch"] = batch
+        with torch.no_grad():
+            net(torch.randn(batch, 1, 28, 28), torch.randint(0, 1000, (batch,)))
+    return seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batches", default="16,64,128,256", help="comma-separated batch sizes")
+    batches = [int(b) for b in parser.parse_args().batches.split(",")]
+    seen = specialisations(batches)
+    per_batch = {str(b): len(seen[b]) for b in batches}
+    print(
+        json.dumps(
+            {"network": "unet_small", "per_batch": per_batch, "all_batches": len(set().union(*seen.values()))}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
