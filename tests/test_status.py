@@ -140,6 +140,18 @@ def test_a_launcher_that_records_a_failure_outranks_the_runs_record(tmp_path):
     assert state_of(sweep).state == "FAILED"  # e.g. its process failed after the fit, writing its samples
 
 
+def test_the_report_takes_a_runs_own_end_over_a_launchers_stale_record(tmp_path):
+    """A launcher killed while its job trained left the job RUNNING in sweep_status.json; the job went on and
+    recorded its end: the report (find_jobs) and status both say COMPLETED, and a lone run's own record counts."""
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep / "0_seed=1", run={"status": "COMPLETED", "global_step": 1000})
+    record = {"num": 0, "status": "RUNNING", "pid": dead_pid(), "dir": str(job), "overrides": ["seed=1"]}
+    (sweep / "sweep_status.json").write_text(json.dumps({"sweep_dir": str(sweep), "jobs": [record]}))
+    assert find_jobs(sweep)[0].status == "COMPLETED" and state_of(sweep).state == "COMPLETED"
+    lone = make_job(tmp_path / "lone", run={"status": "INCOMPLETE", "global_step": 600})
+    assert find_jobs(lone)[0].status == "INCOMPLETE" and state_of(lone).step == 600
+
+
 # ------------------------------------------------------------------------------------------------ records
 def test_a_resume_keeps_the_earlier_attempts_and_names_a_killed_one_lost(tmp_path):
     (tmp_path / "run_status.json").write_text(json.dumps(running(dead_pid())))

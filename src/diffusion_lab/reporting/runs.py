@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..overrides import override_key, split_override
-from ..run_status import read_run_status
+from ..run_status import FINAL_STATES, read_run_status
 from ..score_names import features_kind
 from .scores import FRECHET, SCORES, score
 from .setting import Setting, num
@@ -359,6 +359,14 @@ def _wall_time(rec: dict[str, Any]) -> float | None:
     return sum(known) if known else None
 
 
+def _status(rec: dict[str, Any], run: dict[str, Any]) -> str:
+    """How the job ended: its launcher's word where that is final; else the run's own (a run started on its own
+    has no launcher's record; a launcher killed while its jobs ran left them RUNNING or QUEUED in it)."""
+    if rec.get("status") in ("COMPLETED", "FAILED", "INTERRUPTED") or run.get("status") not in FINAL_STATES:
+        return str(rec.get("status") or run.get("status") or "unknown")
+    return str(run["status"])
+
+
 def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     job = Job(dir=job_dir)
@@ -367,8 +375,7 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.config = _read_config(job_dir / ".hydra" / "config.yaml")
     job.code = _read_code(job_dir / ".hydra" / "provenance.yaml")
     job.record, job.run_status = rec, read_run_status(job_dir)
-    # A run started on its own has no launcher's record: its own says how it ended.
-    job.status = str(rec.get("status", job.run_status.get("status", "unknown")))
+    job.status = _status(rec, job.run_status)
     job.exit_code = rec.get("exit_code")
     job.wall_time_s = _wall_time(rec or job.run_status)
     job.log = rec.get("log")
