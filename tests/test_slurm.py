@@ -284,6 +284,42 @@ def test_failed_jobs_are_reported_and_the_others_complete(slurm_cluster, sweep_r
     }
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_status_shows_where_slurm_has_each_submitted_job(slurm_cluster, sweep_runner, tmp_path):
+    """Four jobs on the one-node cluster (one CPU each): while the first two hold at step 3, the sweep's status
+    file lists all four as SUBMITTED with their SLURM ids, and `status` shows two running (with their steps)
+    and two queued, as SLURM has them; cancelled, none is shown active any more."""
+    from diffusion_lab import status as status_cli
+
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
+    jobs = cpus + 2  # two more than the node runs at once
+    proc, sweep = sweep_runner(PAUSE, "+callbacks.pause.at_step=3", f"seed={','.join(map(str, range(jobs)))}")
+    deadline = time.time() + 240
+    while len(list(sweep.glob("*/paused"))) < cpus and time.time() < deadline:
+        time.sleep(0.2)
+    records = json.loads((sweep / "sweep_status.json").read_text())["jobs"]
+    assert [r["status"] for r in records] == ["SUBMITTED"] * jobs and all(r["slurm_job_id"] for r in records)
+    rows = status_cli.statuses(sweep)
+    assert sorted(s.state for _, s in rows) == ["QUEUED"] * 2 + ["RUNNING"] * cpus and all(
+        s.checked for _, s in rows
+    )
+    # the steps its metrics file holds so far (the logger writes it out every few steps): at most the 3 held at
+    assert all(0 < s.step <= 3 for _, s in rows if s.state == "RUNNING")
+    arrays = sorted({r["slurm_job_id"].split("_")[0] for r in records})
+    subprocess.run(["scancel", *arrays], check=True, timeout=60)
+    code, out, err = finish(proc, tmp_path)
+    assert code != 0
+    # The sweep stops at the first job that left no result (a pending one, cancelled): the jobs that had ended
+    # are recorded as they ended, any other stays SUBMITTED, and status, asking SLURM, shows none still active.
+    final = json.loads((sweep / "sweep_status.json").read_text())["jobs"]
+    assert [r["slurm_job_id"] for r in final] == [r["slurm_job_id"] for r in records]
+    assert {r["status"] for r in final} <= {"FAILED", "SUBMITTED"} and any(
+        r.get("error") == "ended without a result (SLURM: CANCELLED)" for r in final
+    )
+    assert {s.state for _, s in status_cli.statuses(sweep)} <= {"FAILED", "INTERRUPTED", "LOST"}
+
+
 # ------------------------------------------------------------------------------------------- the parts
 def test_a_restarted_job_resumes_with_its_own_overrides():
     given = ["schedule=cosine", "ckpt_path=/x/init.ckpt", "hydra.sweep.subdir='0_schedule=cosine'"]

@@ -18,6 +18,7 @@ import pytest
 from conftest import cli_env
 from diffusion_lab import status as status_cli
 from diffusion_lab.reporting import find_jobs
+from diffusion_lab.reporting import slurm as slurm_module
 from diffusion_lab.reporting.job_state import job_state
 from diffusion_lab.run_lock import LOCK_FILE, lock_holder, run_lock
 from diffusion_lab.run_status import read_run_status, recorded_run
@@ -150,6 +151,56 @@ def test_the_report_takes_a_runs_own_end_over_a_launchers_stale_record(tmp_path)
     assert find_jobs(sweep)[0].status == "COMPLETED" and state_of(sweep).state == "COMPLETED"
     lone = make_job(tmp_path / "lone", run={"status": "INCOMPLETE", "global_step": 600})
     assert find_jobs(lone)[0].status == "INCOMPLETE" and state_of(lone).step == 600
+
+
+def test_a_slurm_sweeps_jobs_are_where_slurm_says(tmp_path, monkeypatch):
+    """Jobs a SLURM sweep submitted (SUBMITTED, with their SLURM ids): pending is QUEUED, running RUNNING, ended
+    as the run recorded its end or FAILED where SLURM ended it first (its state named), LOST where SLURM no
+    longer lists it; unchecked where SLURM does not answer. squeue is asked once for all, sacct for the ids
+    squeue no longer lists."""
+    answers = {"squeue": "7_0|PENDING\n7_1|RUNNING\n7_2|TIMEOUT\n", "sacct": "7_3|CANCELLED by 0\n"}
+    asked = []
+
+    def fake_run(command, **kwargs):
+        asked.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=answers[command[0]], stderr="")
+
+    monkeypatch.setattr(slurm_module.subprocess, "run", fake_run)
+    sweep = tmp_path / "sweep"
+    runs = {3: {"status": "INTERRUPTED", "resume": "..."}}  # 7_3 was cancelled after it recorded its stop
+    records = []
+    for task in range(5):  # 7_4: SLURM knows nothing of it
+        job = make_job(sweep / f"{task}_seed={task}", overrides=(f"seed={task}",), run=runs.get(task))
+        records.append(
+            {
+                "num": task,
+                "status": "SUBMITTED",
+                "slurm_job_id": f"7_{task}",
+                "dir": str(job),
+                "overrides": [f"seed={task}"],
+            }
+        )
+    (sweep / "sweep_status.json").write_text(
+        json.dumps({"sweep_dir": str(sweep), "launcher": "slurm", "jobs": records})
+    )
+    rows = status_cli.statuses(sweep)
+    assert [(s.state, s.checked) for _, s in rows] == [
+        ("QUEUED", True), ("RUNNING", True), ("FAILED", True), ("INTERRUPTED", True), ("LOST", True)
+    ]  # fmt: skip
+    assert rows[2][1].note == "SLURM ended it: TIMEOUT"
+    assert rows[4][1].note.startswith("SLURM no longer lists it, and it recorded no end")
+    assert [c[0] for c in asked] == ["squeue", "sacct"] and "7_0,7_1,7_2,7_3,7_4" in asked[0]
+    assert asked[1][asked[1].index("-j") + 1] == "7_3,7_4"
+    # SLURM requeues its jobs itself; its launcher has no continuation to suggest
+    assert status_cli.continue_commands(rows) == []
+
+    def no_slurm_here(command, **kwargs):
+        raise FileNotFoundError(command[0])
+
+    monkeypatch.setattr(slurm_module.subprocess, "run", no_slurm_here)
+    rows = status_cli.statuses(sweep)
+    unchecked = ("QUEUED", False)
+    assert [(s.state, s.checked) for _, s in rows] == [unchecked] * 3 + [("INTERRUPTED", True), unchecked]
 
 
 # ------------------------------------------------------------------------------------------------ records

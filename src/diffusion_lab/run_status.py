@@ -57,9 +57,8 @@ def recorded_run(run_dir: Path, max_steps: int | None, resume: str) -> Iterator[
     """Record the run as RUNNING, then as whatever ended the block: the result set on the yielded ``Outcome``
     (COMPLETED, INCOMPLETE or INTERRUPTED by a signal), an error (FAILED) or Ctrl-C (INTERRUPTED). ``resume`` is
     the command that continues the run."""
-    from lightning.pytorch.utilities.rank_zero import (
-        rank_zero_only,
-    )  # here: the report reads records without it
+    # Imported here: the report and the status command read records without loading Lightning.
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:
         yield Outcome()

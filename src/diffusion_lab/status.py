@@ -30,6 +30,7 @@ from pathlib import Path
 from .errors import friendly_errors, refuse
 from .reporting.job_state import ACTIVE, JobState, evaluation_state, job_state
 from .reporting.runs import STATUS_FILE, Job, find_jobs
+from .reporting.slurm import slurm_states
 
 __all__ = ["main", "run", "statuses"]
 
@@ -58,7 +59,9 @@ def statuses(root: str | Path) -> list[tuple[Job, JobState]]:
             else job.dir
         )
         job.label = str(root) if str(rel) == "." else str(rel)
-    return [(job, job_state(job)) for job in jobs]
+    submitted = [str(j.record["slurm_job_id"]) for j in jobs if j.record.get("status") == "SUBMITTED"]
+    slurm = slurm_states(submitted)  # one query for the whole folder
+    return [(job, job_state(job, slurm=slurm)) for job in jobs]
 
 
 def _duration(seconds: float | None) -> str:
@@ -115,6 +118,13 @@ def _sweep_dir(job: Job) -> Path | None:
     return next((d for d in job.dir.parents if (d / STATUS_FILE).is_file()), None)
 
 
+def _launcher(sweep: Path) -> str | None:
+    try:
+        return json.loads((sweep / STATUS_FILE).read_text()).get("launcher")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _sweep_command(sweep: Path) -> str:
     """The command that continues the sweep in ``sweep``: its own overrides from its multirun.yaml."""
     from omegaconf import OmegaConf
@@ -147,6 +157,8 @@ def continue_commands(rows: list[tuple[Job, JobState]]) -> list[str]:
             )
             commands.append(resume)
     for sweep, states in sorted(sweeps.items()):
+        if _launcher(sweep) == "slurm":  # no continuation: SLURM requeues and resumes its jobs itself
+            continue
         # Not while its launcher or a job of it still runs: a continuation would be refused, or run twice.
         if any(s.state in TO_CONTINUE for s in states) and not any(s.state in ACTIVE for s in states):
             commands.append(_sweep_command(sweep))

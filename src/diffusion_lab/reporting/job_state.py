@@ -4,7 +4,8 @@ A record can be stale: a training killed outright (kill -9, the out-of-memory ki
 its jobs leaves ``RUNNING`` in ``run_status.json`` / ``sweep_status.json`` for ever. The run lock tells: a
 training holds ``<run>/.run.lock`` for its life and the kernel drops it with the process, so a job recorded as
 running whose lock is free (and whose process is gone) is LOST, not running. This works for jobs on this machine;
-one recorded on another host is shown as recorded, marked unchecked.
+one recorded on another host is shown as recorded, marked unchecked. The jobs of a SLURM sweep are where SLURM
+says they are (``slurm.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from ..run_lock import lock_holder, process_alive
 from ..run_status import FINAL_STATES
 from .runs import Job, stopped_early
+from .slurm import NOT_LISTED, QUEUED_STATES, RUNNING_STATES
 
 __all__ = ["JobState", "job_state", "evaluation_state", "ACTIVE"]
 
@@ -34,22 +36,27 @@ class JobState:
     max_steps: int | None = None
     eta_s: float | None = None  # for a running job: its remaining steps at its last logged speed
     idle_s: float | None = None  # seconds since the job last wrote its log, metrics or a checkpoint
-    checked: bool = True  # False: recorded as running on another host, not checked from here
+    checked: bool = True  # False: recorded on another host (or in SLURM, which did not answer), not checked
     note: str = ""  # why it failed (its error line), or what a lost job left
 
 
-def job_state(job: Job, host: str | None = None, now: float | None = None) -> JobState:
-    """``job``'s state now (``host``: this machine's name; ``now``: the time)."""
+def job_state(
+    job: Job, host: str | None = None, now: float | None = None, slurm: dict[str, str] | None = None
+) -> JobState:
+    """``job``'s state now (``host``: this machine's name; ``now``: the time; ``slurm``: SLURM's states by job
+    id, ``slurm.slurm_states``, for the jobs of a SLURM sweep)."""
     host = host or socket.gethostname()
     now = time.time() if now is None else now
     state = JobState(state="unknown", max_steps=_positive(job.config.get("max_steps")))
     state.step = _steps_done(job)
     state.idle_s = _idle(job, now)
-    state.state, state.checked = _state(job, host)
+    scheduler = (slurm or {}).get(str(job.record.get("slurm_job_id")))
+    state.state, state.checked = _state(job, host, scheduler)
     if state.state == "RUNNING":
         state.eta_s = _eta(job, state)
     elif state.state == "FAILED":
-        state.note = job.run_status.get("error") or _error_line(job) or ""
+        said = f"SLURM ended it: {scheduler}" if scheduler else ""
+        state.note = job.run_status.get("error") or _error_line(job) or said
     elif state.state == "LOST":
         state.note = _lost_note(job)
     return state
@@ -65,12 +72,15 @@ def evaluation_state(evaluation: dict[str, Any], host: str | None = None) -> str
     return "running" if here and process_alive(process.get("pid")) else "stopped"
 
 
-def _state(job: Job, host: str) -> tuple[str, bool]:
-    """(state, checked): the records' word, verified against the run lock and the process where they can be."""
+def _state(job: Job, host: str, scheduler: str | None) -> tuple[str, bool]:
+    """(state, checked): the records' word, verified against the run lock and the process where they can be,
+    or against SLURM (``scheduler``: its state of the job) for a job a SLURM sweep submitted."""
     run, rec = job.run_status, job.record
     holder = lock_holder(job.dir)
     if isinstance(holder, int):
         return "RUNNING", True
+    if rec.get("status") == "SUBMITTED":  # in SLURM's hands: its state is SLURM's to tell
+        return _slurm_state(run, scheduler)
     if rec.get("status") == "FAILED":  # the job's process failed, whatever its training recorded before
         return "FAILED", True
     if run.get("status") in FINAL_STATES:
@@ -87,9 +97,27 @@ def _state(job: Job, host: str) -> tuple[str, bool]:
     return str(rec.get("status") or "unknown"), True
 
 
+def _slurm_state(run: dict[str, Any], scheduler: str | None) -> tuple[str, bool]:
+    """A submitted job's state from SLURM's: queued, running, or ended -- then as its run recorded the end, or
+    FAILED where SLURM ended it before the run could (a time limit, out of memory, cancelled), LOST where SLURM
+    no longer lists it. Unchecked where SLURM did not answer (not on the cluster's machines): the run's own
+    record, else queued."""
+    if scheduler in QUEUED_STATES:
+        return "QUEUED", True
+    if scheduler in RUNNING_STATES:
+        return "RUNNING", True
+    if run.get("status") in FINAL_STATES:
+        return run["status"], True
+    if scheduler is None:
+        return ("RUNNING" if run.get("status") == "RUNNING" else "QUEUED"), False
+    return ("LOST" if scheduler == NOT_LISTED else "FAILED"), True
+
+
 def _lost_note(job: Job) -> str:
     if job.record.get("status") == "QUEUED" and not job.run_status:
         return "recorded as queued, but its sweep's launcher is gone: it never started"
+    if job.record.get("status") == "SUBMITTED":
+        return "SLURM no longer lists it, and it recorded no end (cancelled before it started, or killed)"
     ckpt = _checkpoint_step(job)
     return "recorded as running, but its process is gone (killed, out of memory, or its machine lost); " + (
         f"its newest checkpoint is at step {ckpt}" if ckpt is not None else "it left no checkpoint"

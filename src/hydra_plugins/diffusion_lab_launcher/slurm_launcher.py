@@ -23,17 +23,19 @@ What this adds to submitit's launcher, inside each job:
     naming the command that resumes it.
 
 And in the sweep's own process: job folders named as gpu_pool names them (``job_folder``: by the overrides
-that vary, where the full list is too long for a folder name), ``<sweep dir>/sweep_status.json`` with each job's
-end, and — where SLURM keeps no accounting (``sacct`` fails) — job states read from ``squeue``
+that vary, where the full list is too long for a folder name), ``<sweep dir>/sweep_status.json`` with each job
+``SUBMITTED`` and its SLURM id as soon as SLURM has it (``diffusion_lab.status`` asks SLURM about it) and its end
+when it ends, and — where SLURM keeps no accounting (``sacct`` fails) — job states read from ``squeue``
 (``_slurm_queue``), so a job that dies without a result is reported instead of waited for.
 
 A job that raises (bad input, an error in training) is a failed job of the sweep; the others go on, and the
 sweep fails at the end naming it, as with every Hydra launcher.
 """
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Sequence  # noqa: UP035 (as the rest of the plugin)
+from typing import Any, Callable, Iterator, Sequence  # noqa: UP035 (as the rest of the plugin)
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
@@ -70,6 +72,26 @@ def _failed(ret: JobReturn, message: str) -> JobReturn:
     return ret
 
 
+@contextlib.contextmanager
+def _on_submission(callback: Callable[[Sequence[Any]], None]) -> Iterator[None]:
+    """While open, ``callback(jobs)`` runs as soon as submitit has submitted a sweep's jobs (its launcher then
+    waits for their results, so this is the one moment their SLURM ids are known before the sweep ends)."""
+    import submitit
+
+    submit = submitit.AutoExecutor.map_array
+
+    def map_array(executor: Any, fn: Callable, *iterables: Any) -> list:
+        jobs = submit(executor, fn, *iterables)
+        callback(jobs)
+        return jobs
+
+    submitit.AutoExecutor.map_array = map_array
+    try:
+        yield
+    finally:
+        submitit.AutoExecutor.map_array = submit
+
+
 if SubmititSlurmLauncher is None:
 
     class ResumableSlurmLauncher(Launcher):
@@ -90,10 +112,56 @@ else:
 
             folders = self._folders(job_overrides, initial_job_idx)
             named = [[*o, f"hydra.sweep.subdir={quote(f)}"] for o, f in zip(job_overrides, folders)]
-            with queue_watcher_without_accounting():
-                results = super().launch(named, initial_job_idx)
-            self._write_status(results, folders, initial_job_idx)
+            self._submitted: dict[int, dict[str, Any]] = {}  # each job's record when SLURM took it
+            submitted: list[Any] = []
+
+            def on_submission(jobs: Sequence[Any]) -> None:
+                submitted.extend(jobs)
+                self._write_submitted(jobs, job_overrides, folders, initial_job_idx)
+
+            with queue_watcher_without_accounting(), _on_submission(on_submission):
+                try:
+                    results = super().launch(named, initial_job_idx)
+                except Exception:
+                    # A job that ended without a result (cancelled, killed, out of memory) stops submitit's wait
+                    # for all: record those that have ended, and leave the others SUBMITTED for SLURM to tell.
+                    self._write_ended(submitted, folders, initial_job_idx)
+                    raise
+            self._write_status(list(enumerate(results, start=initial_job_idx)), folders, initial_job_idx)
             return results
+
+        def _write_ended(self, jobs: Sequence[Any], folders: list[str], first: int) -> None:
+            """The records of the submitted jobs that have ended: as their result says, or FAILED with why
+            there is none."""
+            ended = []
+            for num, job in enumerate(jobs, start=first):
+                if not job.done(force_check=True):
+                    continue
+                try:
+                    ended.append((num, job.result()))
+                except Exception:  # no result (submitit's error says so at length)
+                    ended.append((num, f"ended without a result (SLURM: {job.state})"))
+            self._write_status(ended, folders, first)
+
+        def _write_submitted(
+            self, jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], folders: list[str], first: int
+        ) -> None:
+            """Each job's record as soon as SLURM has it: ``SUBMITTED`` with its SLURM id, so that
+            ``python -m diffusion_lab.status`` asks SLURM where it is while the sweep waits."""
+            assert self.config is not None
+            sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+            records = []
+            for num, (job, overrides, folder) in enumerate(zip(jobs, job_overrides, folders), start=first):
+                self._submitted[num] = {
+                    "num": num,
+                    "overrides": filter_overrides(list(overrides)),
+                    "status": "SUBMITTED",
+                    "slurm_job_id": str(job.job_id),
+                    "dir": str(sweep_dir / folder),
+                    "log": str(job.paths.stderr),
+                }
+                records.append(self._submitted[num])
+            write_records(sweep_dir, {"launcher": "slurm"}, records)
 
         def _folders(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[str]:
             """Each job's folder (``hydra.sweep.subdir``), named as gpu_pool names it: by the overrides that
@@ -107,21 +175,34 @@ else:
                 for num, overrides in enumerate(job_overrides, start=first)
             ]
 
-        def _write_status(self, results: Sequence[JobReturn], folders: list[str], first: int) -> None:
-            """``<sweep dir>/sweep_status.json`` as gpu_pool writes it (the report reads each job's status)."""
+        def _write_status(self, ended: Sequence[tuple[int, Any]], folders: list[str], first: int) -> None:
+            """``<sweep dir>/sweep_status.json`` as gpu_pool writes it (the report reads each job's status), for
+            ``ended``: (job number, its JobReturn, or why it has none)."""
             assert self.config is not None
             sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
             records = []
-            for num, (ret, folder) in enumerate(zip(results, folders), start=first):
-                completed = ret.status == JobStatus.COMPLETED
+            for num, outcome in ended:
+                if isinstance(outcome, str):  # it ended without a result
+                    records.append(
+                        {**self._submitted[num], "status": "FAILED", "exit_code": None, "error": outcome}
+                    )
+                    continue
+                completed = outcome.status == JobStatus.COMPLETED
+                folder = sweep_dir / folders[num - first]
+                task = OmegaConf.select(outcome.cfg, "task_name")
                 records.append(
                     {
                         "num": num,
-                        "overrides": filter_overrides(ret.overrides or []),
+                        "overrides": filter_overrides(outcome.overrides or []),
                         "status": "COMPLETED" if completed else "FAILED",
                         "exit_code": 0 if completed else 1,
-                        "dir": str(sweep_dir / folder),
-                        "log": str(sweep_dir / folder / f"{OmegaConf.select(ret.cfg, 'task_name')}.log"),
+                        "dir": str(folder),
+                        "log": str(folder / f"{task}.log"),
+                        **(
+                            {"slurm_job_id": self._submitted[num]["slurm_job_id"]}
+                            if num in self._submitted
+                            else {}
+                        ),
                     }
                 )
             write_records(sweep_dir, {"launcher": "slurm"}, records)
