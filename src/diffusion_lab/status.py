@@ -7,7 +7,8 @@
 
 Each run's state comes from its own record (``run_status.json``) and its launcher's (``sweep_status.json``),
 checked against its process: a run recorded as running whose run lock is free and whose process is gone was
-killed outright (kill -9, out of memory, a lost machine) and is shown LOST, never as running. Steps come from the
+killed outright (kill -9, out of memory, a lost machine) and is shown LOST, never as running; the jobs of a SLURM
+sweep are where SLURM says they are (one ``squeue``, then ``sacct``, for all of them). Steps come from the
 run's metrics and checkpoints, the ETA from its last logged speed, "last output" from the newest of its log,
 metrics and checkpoints (a run that wrote nothing for long may hang). Failed runs show their error line, and
 where jobs were evaluated a column counts their evaluations: done, running (a partial table whose process
@@ -208,9 +209,8 @@ def main(argv: list[str] | None = None) -> list[tuple[Job, JobState]]:
         help="show it again every SECONDS until no run is active",
     )
     parser.add_argument("--json", action="store_true", help="print the states as JSON, one object per run")
-    parser.error = lambda message: refuse(
-        f"{message} (python -m diffusion_lab.status --help)"
-    )  # one line, exit 2
+    # argparse's own errors as every command's: one line, exit 2
+    parser.error = lambda message: refuse(f"{message} (python -m diffusion_lab.status --help)")
     args = parser.parse_args(argv)
     if args.watch is not None and args.watch <= 0:
         refuse(f"--watch {args.watch:g}: give the seconds between two looks, a number above 0")
