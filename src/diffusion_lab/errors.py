@@ -25,6 +25,8 @@ __all__ = [
     "NonFiniteError",
     "friendly_errors",
     "refuse",
+    "last_error_line",
+    "LOG_COMMAND_PREFIX",
     "root_cause",
     "check_types",
     "OutputDirCheck",
@@ -105,6 +107,22 @@ def _in_multirun() -> bool:
         return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     except Exception:
         return False
+
+
+# The line that starts each attempt in a sweep job's log: its command (a job run again appends to its log).
+LOG_COMMAND_PREFIX = "$ "
+
+
+def last_error_line(log: Path) -> str:
+    """The last attempt's last ``error:`` line (diffusion_lab's one-line errors) in a job's log, else its last
+    line; "" when there is no log. The launcher names it for a failed job, ``status`` shows it."""
+    if not log.is_file():
+        return ""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(LOG_COMMAND_PREFIX)]
+    lines = lines[starts[-1] :] if starts else lines
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or [""])[-1].strip()
 
 
 def refuse(message: str) -> NoReturn:

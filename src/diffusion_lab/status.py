@@ -119,13 +119,6 @@ def _sweep_dir(job: Job) -> Path | None:
     return next((d for d in job.dir.parents if (d / STATUS_FILE).is_file()), None)
 
 
-def _launcher(sweep: Path) -> str | None:
-    try:
-        return json.loads((sweep / STATUS_FILE).read_text()).get("launcher")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _sweep_command(sweep: Path) -> str:
     """The command that continues the sweep in ``sweep``: its own overrides from its multirun.yaml."""
     from omegaconf import OmegaConf
@@ -150,7 +143,9 @@ def continue_commands(rows: list[tuple[Job, JobState]]) -> list[str]:
     for job, s in rows:
         sweep = _sweep_dir(job)
         if sweep is not None:
-            sweeps.setdefault(sweep, []).append(s)
+            # A SLURM sweep has no continuation: SLURM requeues and resumes its jobs itself.
+            if job.record["sweep"].get("launcher") != "slurm":
+                sweeps.setdefault(sweep, []).append(s)
         elif s.state in TO_CONTINUE:
             resume = (
                 job.run_status.get("resume")
@@ -158,8 +153,6 @@ def continue_commands(rows: list[tuple[Job, JobState]]) -> list[str]:
             )
             commands.append(resume)
     for sweep, states in sorted(sweeps.items()):
-        if _launcher(sweep) == "slurm":  # no continuation: SLURM requeues and resumes its jobs itself
-            continue
         # Not while its launcher or a job of it still runs: a continuation would be refused, or run twice.
         if any(s.state in TO_CONTINUE for s in states) and not any(s.state in ACTIVE for s in states):
             commands.append(_sweep_command(sweep))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import last_error_line
 from ..run_lock import lock_holder, process_alive
 from ..run_status import FINAL_STATES
 from .runs import Job, stopped_early
@@ -26,7 +27,6 @@ __all__ = ["JobState", "job_state", "evaluation_state", "ACTIVE"]
 
 ACTIVE = ("RUNNING", "STARTING", "QUEUED")  # states of a job not yet ended
 _STEP_CHECKPOINT = re.compile(r"step_(\d+)\.ckpt$")
-_ERROR_LINE = re.compile(r"^(error: |\w+(Error|Exception|Interrupt)\b)")
 
 
 @dataclass
@@ -56,7 +56,7 @@ def job_state(
         state.eta_s = _eta(job, state)
     elif state.state == "FAILED":
         said = f"SLURM ended it: {scheduler}" if scheduler else ""
-        state.note = job.run_status.get("error") or _error_line(job) or said
+        state.note = job.run_status.get("error") or last_error_line(_log(job)) or said
     elif state.state == "LOST":
         state.note = _lost_note(job)
     return state
@@ -169,9 +169,13 @@ def _eta(job: Job, state: JobState) -> float | None:
     return max(0, state.max_steps - state.step) / (img_per_s / batch)
 
 
+def _log(job: Job) -> Path:
+    """The job's log: where its launcher wrote it, else ``job.log`` in its folder."""
+    return Path(job.log) if job.log else job.dir / "job.log"
+
+
 def _outputs(job: Job) -> list[Path]:
-    log = [Path(job.log)] if job.log else [job.dir / "job.log"]
-    return [*log, *job.dir.glob("csv/**/metrics.csv"), *job.dir.glob("checkpoints/*.ckpt")]
+    return [_log(job), *job.dir.glob("csv/**/metrics.csv"), *job.dir.glob("checkpoints/*.ckpt")]
 
 
 def _idle(job: Job, now: float) -> float | None:
@@ -182,13 +186,3 @@ def _idle(job: Job, now: float) -> float | None:
         except OSError:
             continue
     return max(0.0, now - max(times)) if times else None
-
-
-def _error_line(job: Job) -> str | None:
-    """The last error line of the job's log (an ``error:`` line or a traceback's last), if it has one."""
-    path = Path(job.log) if job.log else job.dir / "job.log"
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    return next((line.strip() for line in reversed(lines) if _ERROR_LINE.match(line.strip())), None)

@@ -13,6 +13,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from diffusion_lab.errors import LOG_COMMAND_PREFIX, last_error_line
+
 if TYPE_CHECKING:
     from hydra_plugins.diffusion_lab_launcher._job_process import Job
 
@@ -29,8 +31,7 @@ __all__ = [
 RETURN_FILE = ".hydra/job_return.json"
 # Set for every job: where SaveReturnValue writes the return value.
 ENV_RETURN = "DIFFUSION_LAB_JOB_RETURN"
-# The line that starts each attempt in a job's log: its command (a job run again appends to its log).
-COMMAND_PREFIX = "$ "
+COMMAND_PREFIX = LOG_COMMAND_PREFIX  # the line that starts each attempt in a job's log: its command
 
 
 class JobFailed(RuntimeError):
@@ -95,21 +96,10 @@ def job_return(job: "Job", task_name: str) -> JobReturn:
             f"log: {job.log}"
         )
     else:
-        tail = _last_error_line(job.log)
+        tail = last_error_line(job.log)
         ret.return_value = JobFailed(
             f"job #{job.num} exited with status {job.exit_code}"
             + (f": {tail}" if tail else "")
             + f"; log: {job.log}"
         )
     return ret
-
-
-def _last_error_line(log: Path) -> str:
-    """The last attempt's last ``error:`` line (diffusion_lab's one-line errors), else its last line."""
-    if not log.is_file():
-        return ""
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    starts = [i for i, ln in enumerate(lines) if ln.startswith(COMMAND_PREFIX)]
-    lines = lines[starts[-1] :] if starts else lines
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    return (errors or lines or [""])[-1].strip()
