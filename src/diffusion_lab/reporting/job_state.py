@@ -81,10 +81,8 @@ def _state(job: Job, host: str, scheduler: str | None) -> tuple[str, bool]:
         return "RUNNING", True
     if rec.get("status") == "SUBMITTED":  # in SLURM's hands: its state is SLURM's to tell
         return _slurm_state(run, scheduler)
-    if rec.get("status") == "FAILED":  # the job's process failed, whatever its training recorded before
-        return "FAILED", True
-    if run.get("status") in FINAL_STATES:
-        return run["status"], True
+    if job.status in FINAL_STATES:  # as the report has it: the launcher's FAILED, else the run's own end
+        return job.status, True
     if run.get("status") == "RUNNING":  # began training, and never recorded its end
         return _recorded_running(run, host, "RUNNING")
     if rec.get("status") == "RUNNING":  # its launcher started it; its training has not begun (or never will)

@@ -360,11 +360,13 @@ def _wall_time(rec: dict[str, Any]) -> float | None:
 
 
 def _status(rec: dict[str, Any], run: dict[str, Any]) -> str:
-    """How the job ended: its launcher's word where that is final; else the run's own (a run started on its own
-    has no launcher's record; a launcher killed while its jobs ran left them RUNNING or QUEUED in it)."""
-    if rec.get("status") in ("COMPLETED", "FAILED", "INTERRUPTED") or run.get("status") not in FINAL_STATES:
-        return str(rec.get("status") or run.get("status") or "unknown")
-    return str(run["status"])
+    """How the job ended: FAILED where its launcher saw its process fail (whatever its training recorded
+    before); else the run's own recorded end, the more precise (the launcher's COMPLETED only says exit 0: the
+    run says COMPLETED or INCOMPLETE; a run started on its own has no launcher's record; a launcher killed while
+    its jobs ran left them RUNNING or QUEUED in it); else the launcher's word."""
+    if rec.get("status") != "FAILED" and run.get("status") in FINAL_STATES:
+        return str(run["status"])
+    return str(rec.get("status") or run.get("status") or "unknown")
 
 
 def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
