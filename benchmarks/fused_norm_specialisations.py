@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -24,11 +25,15 @@ from diffusion_lab.nets import UNet  # noqa: E402
 from diffusion_lab.nets.fused_norm import GroupNormSiLU  # noqa: E402
 from diffusion_lab.nets.fused_norm_ops import launch_config  # noqa: E402
 
-# conf/model/unet_small.yaml (the Fashion-MNIST UNet of experiment=fmnist_fast)
-UNET_SMALL = dict(
-    in_channels=1, base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7,),
-    image_size=28, dropout=0.0, num_heads=4, use_scale_shift_norm=True, groups=32,
-)  # fmt: skip
+UNET_SMALL = (
+    Path(__file__).resolve().parents[1] / "conf" / "model" / "unet_small.yaml"
+)  # fmnist_fast's network
+
+
+def unet_small() -> UNet:
+    """The Fashion-MNIST UNet as its config declares it, on the PyTorch path (whose shapes the op would get)."""
+    spec = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(UNET_SMALL)).items() if k != "_target_"}
+    return UNet(in_channels=1, image_size=28, **{**spec, "fused_norm": "false"}).eval()
 
 
 def _key(norm: GroupNormSiLU, x: torch.Tensor, scale, shift) -> tuple:
@@ -50,7 +55,7 @@ def _key(norm: GroupNormSiLU, x: torch.Tensor, scale, shift) -> tuple:
 
 def specialisations(batches: list[int]) -> dict[int, set]:
     """The keys met at each batch size in one eager forward of unet_small."""
-    net = UNet(**UNET_SMALL, fused_norm="false").eval()
+    net = unet_small()
     seen: dict[int, set] = {}
     current = {"batch": 0}
 
