@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import os
 import types
+import warnings
 
 import pytest
 import torch
@@ -177,6 +178,19 @@ def test_the_fused_op_compiles_without_a_graph_break(interpreted):
     torch.testing.assert_close(y, y_ref, **TOL)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, **TOL)
+
+
+def test_tracing_the_op_warns_of_no_cache_that_dynamo_ignores(interpreted):
+    """The norm finds its Triton modules through a global that Dynamo reads as a constant: no warning that a
+    cached function is traced through (which a functools.cache lookup gave at every compiled run's start)."""
+    fused = GroupNormSiLU(4, 8, fused="true")
+    x = torch.randn(2, 8, 5, 5)
+    torch._dynamo.reset()
+    torch._dynamo.utils.warn_once_cache.clear()  # Dynamo warns once per message and process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(fused, fullgraph=True, backend="eager")(x)
+    assert [str(w.message) for w in caught if "cache" in str(w.message)] == []
 
 
 TINY_UNET = dict(

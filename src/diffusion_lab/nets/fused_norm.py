@@ -11,20 +11,29 @@ the plain GroupNorm it replaces, and checkpoints load either way.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_lab.errors import UserError
 
+_UNRESOLVED = object()
+_modules = _UNRESOLVED
 
-@functools.cache
+
 def _triton_modules():
     """(fused_norm_kernels, fused_norm_ops), or None where triton does not import (the PyTorch path only).
     Imported on first use: registering the op imports torch._inductor (about a second on the CPU), which a
-    network that never takes the Triton path has no use for."""
+    network that never takes the Triton path has no use for. Kept in a module global rather than behind
+    ``functools.cache``: Dynamo does not honour that cache (it warns and traces the import again at every norm
+    of a compiled network), while it reads a global as a constant."""
+    global _modules
+    if _modules is _UNRESOLVED:
+        _modules = _import_triton_modules()
+    return _modules
+
+
+def _import_triton_modules():
     try:
         from diffusion_lab.nets import fused_norm_kernels, fused_norm_ops
     except ImportError:
@@ -52,7 +61,8 @@ def auto_takes_triton(x: Tensor) -> bool:
     Why not the kernels there too: in eager mode Triton builds a kernel the first time it meets each launch
     specialisation (layer shape and the launch configuration the batch size picks: a dozen per batch size for
     the Fashion-MNIST UNet), each taking part of a second on a cold cache, for work of a few batches; the
-    first validation of a cold run took 15 s with the kernels against 4 s without (BENCHMARKS.md, 2026-12-03).
+    first validation of a cold run took 18.1 s with the kernels against 2.7 s with ``auto`` (15.3 s with the
+    kernels from a warm cache; BENCHMARKS.md, 2026-12-05).
     In a compiled graph inductor builds them once, with the graph, and caches them with it.
     """
     if not x.is_cuda or _triton_modules() is None:
