@@ -15,9 +15,9 @@ from typing import IO, Any, Iterator, Optional  # noqa: UP035 (as the rest of th
 from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
 
+from diffusion_lab.errors import LOG_COMMAND_PREFIX
 from diffusion_lab.resolvers import SWEEP_DIR_ENV
 from hydra_plugins.diffusion_lab_launcher._job_results import (
-    COMMAND_PREFIX,
     ENV_RETURN,
     RETURN_FILE,
     read_return,
@@ -55,7 +55,7 @@ class Job:
         (self.dir / RETURN_FILE).unlink(missing_ok=True)
         # Appended: a job run again (a sweep continued) keeps the log of its earlier attempts above this one.
         self.log_file = open(self.log, "a")  # noqa: SIM115 (closed when the job ends)
-        self.log_file.write(COMMAND_PREFIX + " ".join(self.command) + "\n")
+        self.log_file.write(LOG_COMMAND_PREFIX + " ".join(self.command) + "\n")
         self.log_file.flush()
         self.gpus, self.status, self.started = gpus, "RUNNING", time.time()
         self.proc = subprocess.Popen(

@@ -13,13 +13,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from diffusion_lab.errors import LOG_COMMAND_PREFIX, last_error_line
+from diffusion_lab.errors import last_error_line
 
 if TYPE_CHECKING:
     from hydra_plugins.diffusion_lab_launcher._job_process import Job
 
 __all__ = [
-    "COMMAND_PREFIX",
     "ENV_RETURN",
     "RETURN_FILE",
     "JobFailed",
@@ -31,7 +30,6 @@ __all__ = [
 RETURN_FILE = ".hydra/job_return.json"
 # Set for every job: where SaveReturnValue writes the return value.
 ENV_RETURN = "DIFFUSION_LAB_JOB_RETURN"
-COMMAND_PREFIX = LOG_COMMAND_PREFIX  # the line that starts each attempt in a job's log: its command
 
 
 class JobFailed(RuntimeError):
