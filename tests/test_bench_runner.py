@@ -426,6 +426,9 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
             {
                 **result,
                 "kernels_s": round(compiling - 3.0, 1),
+                **({"passes_s": 9.1} if startup > 50 else {}),  # inductor ran cold only
+                "autograd_s": 8.0 if startup > 50 else 1.0,
+                "trace_s": 2.4 if startup > 50 else 2.1,
                 "checkpoint_write_s": 1.5,
                 "checkpoint_background_s": 2.5,
                 "validation_runs_s": [6.04, 0.5, 0.3] if startup > 50 else [0.4],
@@ -439,6 +442,8 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     assert warm["graphs"] == 1 and warm["checkpoint_write_s"] == 1.5 and warm["steps"] == 2000
     assert warm["checkpoint_background_s"] == 2.5
     assert (cold["kernels_s"], warm["kernels_s"]) == (51.7, 1.1)
+    assert (cold["passes_s"], cold["autograd_s"], cold["trace_s"]) == (9.1, 8.0, 2.4)
+    assert (warm["autograd_s"], warm["trace_s"]) == (1.0, 2.1) and "passes_s" not in warm
     assert (cold["validations"], cold["validation_s"], cold["validation_first_s"]) == (3, 6.8, 6.0)
     assert (warm["validations"], warm["validation_s"]) == (1, 0.4) and "validation_first_s" not in warm
     assert warm_metrics == {"startup_s": 19.3, "compile_s": 4.1, "first_step_s": 9.8}

@@ -141,11 +141,14 @@ def check_scope(net: torch.nn.Module, scope: str) -> None:
 
 
 def compile_stats() -> dict[str, float]:
-    """Seconds this process spent in torch.compile (Dynamo tracing plus the backend: AOTAutograd, inductor, its
-    cache lookups) and the graphs it compiled; empty when nothing was compiled. With inductor, ``kernels_s`` is
-    the part of it spent generating the kernels' code and building them (Triton / C++ compiles, awaited): what a
-    warm compile cache skips, leaving tracing, graph passes and cache loads. Read from Dynamo's own timers, which
-    torch keeps for its ``TORCH_LOGS``/``print_time_report`` diagnostics (private, hence the guard)."""
+    """Seconds this process spent in torch.compile and the graphs it compiled; empty when nothing was compiled.
+
+    ``compile_s`` is the whole (Dynamo's own total), in parts that add up to it: ``trace_s`` Dynamo tracing the
+    Python code (and building guards), ``autograd_s`` AOTAutograd (the joint forward/backward trace, its
+    partition, or loading its cache), and with inductor ``passes_s`` inductor's graph passes, lowering and
+    scheduling, ``kernels_s`` generating the kernels' code and building them (Triton / C++ compiles, awaited):
+    what a warm compile cache skips. Read from Dynamo's own timers, which torch keeps for its
+    ``TORCH_LOGS``/``print_time_report`` diagnostics (private, hence the guard)."""
     try:
         from torch._dynamo.utils import calculate_time_spent, counters
     except ImportError:
@@ -155,6 +158,20 @@ def compile_stats() -> dict[str, float]:
         return {}
     spent = calculate_time_spent()
     stats = {"compile_s": round(spent.get("total_wall_time", 0.0), 1), "graphs": graphs}
-    if counters["inductor"]:  # inductor ran; a cache hit skips its code_gen timer (0 s)
-        stats["kernels_s"] = round(spent.get("code_gen", 0.0), 1)
+    stats.update(compile_phases(spent, inductor_ran=bool(counters["inductor"])))
     return stats
+
+
+def compile_phases(spent: dict[str, float], inductor_ran: bool) -> dict[str, float]:
+    """Dynamo's nested timers (``calculate_time_spent``) as parts that add up to its total: a frame's compile
+    holds the backend's (AOTAutograd, which holds inductor's forward compile), the lazily compiled backward holds
+    inductor's backward compile, and inductor's compile holds its code generation."""
+    frame, backend = spent.get("entire_frame_compile", 0.0), spent.get("backend_compile", 0.0)
+    inductor, code_gen = spent.get("inductor_compile", 0.0), spent.get("code_gen", 0.0)
+    phases = {
+        "trace_s": frame - backend,
+        "autograd_s": backend + spent.get("entire_backward_compile", 0.0) - inductor,
+    }
+    if inductor_ran:  # a cache hit skips inductor's timers (0 s)
+        phases.update(passes_s=inductor - code_gen, kernels_s=code_gen)
+    return {key: round(max(0.0, seconds), 1) for key, seconds in phases.items()}
