@@ -19,6 +19,8 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             cache folders (cold), the second the same command again (warm). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
+phases      benchmarks/compile_phases.py: the compile of fmnist_fast's training step alone, cold and warm, in
+            its parts (tracing, AOTAutograd, inductor's passes, kernels), and two variants that might shorten it.
 selftest    one Python command printing a JSON line: the runner's own path, without a GPU.
 """
 
@@ -275,6 +277,10 @@ def precompile(opts: argparse.Namespace) -> list[Run]:
     return [script_run(opts, "precompile_probe", [])]
 
 
+def phases(opts: argparse.Namespace) -> list[Run]:
+    return [script_run(opts, "compile_phases", [])]
+
+
 def selftest(opts: argparse.Namespace) -> list[Run]:
     code = "import json, os; print(json.dumps({'value': 1, 'cache': os.environ['TORCHINDUCTOR_CACHE_DIR']}))"
     env, fresh = cold_caches(Path(opts.work) / "selftest" / "cache")
@@ -288,6 +294,7 @@ SUITES = {
     "fused_norm": fused_norm,
     "startup": startup,
     "precompile": precompile,
+    "phases": phases,
     "selftest": selftest,
 }
 

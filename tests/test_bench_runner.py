@@ -209,7 +209,7 @@ def test_unknown_suite_is_one_line_listing_the_suites(runner, capsys):
     err = capsys.readouterr().err
     assert (
         err
-        == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, startup, precompile, selftest\n"
+        == "run.py: unknown suite 'nope'; choose one of quality, fused_norm, startup, precompile, phases, selftest\n"
     )
 
 
@@ -461,6 +461,18 @@ def test_precompile_probe_reports_a_failed_case_by_its_error_line():
     row = probe.run_case("bad", "no_such_network", False, "cpu")
     assert row["ok"] is False and row["error"] == "KeyError: 'no_such_network'"
     assert [name for name, _, _ in probe.CASES] == ["cold", "warm", "save", "precompiled", "other"]
+
+
+def test_phases_suite_runs_its_probe_in_empty_caches_and_a_failed_case_is_its_error_line(runner, tmp_path):
+    (run,) = runner.SUITES["phases"](runner.parse_args(["phases", "--out", str(tmp_path)]))
+    assert run.commands[0][1].endswith("benchmarks/compile_phases.py") and run.parse == "json_lines"
+    assert run.env["TORCHINDUCTOR_CACHE_DIR"] in {str(d) for d in run.fresh_dirs}
+    row = load_script("compile_phases").run_case("bad", "cold", "cpu", 2)
+    assert row["ok"] is False
+    assert (
+        row["error"]
+        == "ValueError: unknown variant 'bad'; choose from ['net', 'no_pattern_matcher', 'nested_regions']"
+    )
 
 
 @pytest.mark.parametrize(

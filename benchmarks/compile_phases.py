@@ -1,0 +1,136 @@
+"""Where the compile time of experiment=fmnist_fast's training step goes, cold and warm, and what shortens it.
+
+Each case runs in a fresh Python process (a start is a new process) and compiles the network of
+``experiment=fmnist_fast`` (``conf/model/unet_small.yaml`` for 28x28x1, dropout 0) as training compiles it
+(``compile_network``, the whole network, ``compile=reduce-overhead``), then times one forward + loss + backward
+(bf16 autocast on CUDA, as ``trainer=gpu``). Dynamo's timers split the compile into the parts the training
+summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inductor's passes, kernels.
+
+    net                      cold (empty cache folders), then warm (the same folders again)
+    no_pattern_matcher       cold, inductor's pattern-matcher passes off (part of its graph passes)
+    nested_regions           cold, each ResBlock a nested compile region (hierarchical compilation: a block
+                             signature traced once, stamped out for every block with the same shapes)
+
+Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
+the compile parts, graphs, the largest difference of the output and of the gradients from the eager network's
+(weights nudged off their initialisation, whose zero output layer would hide any), or the error that stopped it.
+
+Usage, from the repository root: ``python benchmarks/compile_phases.py [--device auto|cpu|cuda] [--batch N]``
+(through ``python benchmarks/run.py phases``, which gives it empty cache folders and records a manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("net", "no_pattern_matcher", "nested_regions")
+CASES = [("net", "cold"), ("net", "warm"), ("no_pattern_matcher", "cold"), ("nested_regions", "cold")]
+
+
+def network(torch):
+    """experiment=fmnist_fast's network, its weights nudged off their initialisation."""
+    import yaml
+
+    from diffusion_lab.nets import UNet
+
+    kwargs = yaml.safe_load((ROOT / "conf" / "model" / "unet_small.yaml").read_text())
+    kwargs.pop("_target_")
+    torch.manual_seed(0)
+    net = UNet(**{**kwargs, "in_channels": 1, "image_size": 28, "dropout": 0.0})
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return net
+
+
+def training_step(torch, net, x, t):
+    """Forward, L_simple against a fixed target, backward; the output and the gradients."""
+    net.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=x.is_cuda):
+        out = net(x, t)
+    (out.float() - x).square().mean().backward()
+    return out.detach().float(), [p.grad.detach().float().clone() for p in net.parameters()]
+
+
+def case(variant: str, device: str, batch: int) -> dict:
+    """One case, in this process: the eager step, then the compiled one."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+    from torch._inductor import config as inductor_config
+
+    from diffusion_lab.compile_policy import compile_network, compile_options, compile_stats
+    from diffusion_lab.nets import unet
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+    if variant == "no_pattern_matcher":
+        inductor_config.pattern_matcher = False
+    if variant == "nested_regions":  # a UNet's blocks have more signatures than the default 8 entries
+        unet.ResBlock.forward = torch.compiler.nested_compile_region(
+            unet.ResBlock.forward, max_reuse_entries=64
+        )
+    net = network(torch).to(dev)
+    x, t = torch.randn(batch, 1, 28, 28, device=dev), torch.randint(0, 1000, (batch,), device=dev)
+    eager_out, eager_grads = training_step(torch, net, x, t)
+    compile_network(net, compile_options("reduce-overhead"))
+    start = time.perf_counter()
+    out, grads = training_step(torch, net, x, t)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    first_step = time.perf_counter() - start
+    return {
+        "first_step_s": round(first_step, 2),
+        **compile_stats(),
+        "max_abs_diff_out": float((out - eager_out).abs().max()),
+        "max_abs_diff_grad": max(float((g - e).abs().max()) for g, e in zip(grads, eager_grads)),
+        "device": str(dev),
+        "batch": batch,
+        "torch": torch.__version__,
+    }
+
+
+def run_case(variant: str, start: str, device: str, batch: int) -> dict:
+    """The case in a child process with the variant's own cache folders; its JSON result or its error line."""
+    base = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/compile_phases")) / variant
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
+        "TRITON_CACHE_DIR": str(base / "triton"),
+    }
+    code = f"import json, compile_phases as p; print(json.dumps(p.case({variant!r}, {device!r}, {batch})))"
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True, text=True
+    )
+    row = {"variant": variant, "start": start, "process_s": round(time.perf_counter() - began, 1)}
+    if proc.returncode == 0:
+        return {**row, "ok": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    errors = [line for line in proc.stderr.strip().splitlines() if line and not line.startswith(" ")]
+    return {**row, "ok": False, "error": errors[-1][:400] if errors else f"exit {proc.returncode}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=128, help="fmnist_fast's batch; smaller on a CPU")
+    p.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    opts = p.parse_args(argv)
+    chosen = set(opts.only.split(",")) - {""}
+    for variant, start in CASES:
+        if not chosen or variant in chosen:
+            print(json.dumps(run_case(variant, start, opts.device, opts.batch)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
