@@ -84,4 +84,4 @@ def test_the_compile_phases_add_up_to_dynamos_total():
     assert sum(cold.values()) == pytest.approx(COLD["total_wall_time"], abs=0.2)
     warm = compile_phases(WARM, inductor_ran=True)  # cache hits: inductor's timers never started
     assert warm == {"trace_s": 1.0, "autograd_s": 1.1, "passes_s": 0.0, "kernels_s": 0.0}
-    assert "kernels_s" not in compile_phases(WARM, inductor_ran=False)  # another backend: no inductor parts
+    assert compile_phases(WARM, inductor_ran=False) == {}  # another backend: no AOTAutograd or inductor parts

@@ -165,13 +165,16 @@ def compile_stats() -> dict[str, float]:
 def compile_phases(spent: dict[str, float], inductor_ran: bool) -> dict[str, float]:
     """Dynamo's nested timers (``calculate_time_spent``) as parts that add up to its total: a frame's compile
     holds the backend's (AOTAutograd, which holds inductor's forward compile), the lazily compiled backward holds
-    inductor's backward compile, and inductor's compile holds its code generation."""
+    inductor's backward compile, and inductor's compile holds its code generation. Empty for another backend
+    (no AOTAutograd or inductor to split off); a cache hit skips inductor's timers (0 s)."""
+    if not inductor_ran:
+        return {}
     frame, backend = spent.get("entire_frame_compile", 0.0), spent.get("backend_compile", 0.0)
     inductor, code_gen = spent.get("inductor_compile", 0.0), spent.get("code_gen", 0.0)
     phases = {
         "trace_s": frame - backend,
         "autograd_s": backend + spent.get("entire_backward_compile", 0.0) - inductor,
+        "passes_s": inductor - code_gen,
+        "kernels_s": code_gen,
     }
-    if inductor_ran:  # a cache hit skips inductor's timers (0 s)
-        phases.update(passes_s=inductor - code_gen, kernels_s=code_gen)
     return {key: round(max(0.0, seconds), 1) for key, seconds in phases.items()}
