@@ -48,6 +48,62 @@ CASES = [
     ),
     pytest.param("train", ["ckpt_path={ckpt}"], "holds another network (UNet", marks=slow),
     ("train", ["paths.root_dir={a_file}/sub"], "cannot create the run directory"),
+    # train: values of the right type out of range, refused before any work
+    pytest.param(
+        "train",
+        ["trainer.val_check_interval=0"],
+        "trainer.val_check_interval=0 is out of range; it must be > 0 (steps, or a fraction of an epoch), or null",
+        marks=slow,
+    ),
+    pytest.param(
+        "train", ["optimizer.lr=0"], "optimizer.lr=0 is out of range; it must be a number > 0", marks=slow
+    ),
+    pytest.param(
+        "train",
+        ["trainer.gradient_clip_val=-1"],
+        "trainer.gradient_clip_val=-1 is out of range; it must be >= 0 (0 or null: no clipping)",
+        marks=slow,
+    ),
+    pytest.param(
+        "train", ["seed=-1"], "seed=-1 is out of range; it must be an integer in [0, 2**32)", marks=slow
+    ),
+    # train: settings a part refuses only once the Trainer runs, or takes without a word
+    pytest.param(
+        "train",
+        ["data=toy2d", "model=mlp", "optimizer.betas=[2,0.9]"],
+        "optimizer=adamw refuses its settings (Invalid beta parameter at index 0: 2)",
+        marks=slow,
+    ),
+    pytest.param(
+        "train",
+        ["data=toy2d", "model=mlp", "lr_scheduler.warmup_steps=-1"],
+        "lr_scheduler.warmup_steps=-1 is invalid: it must be an integer >= 0",
+        marks=slow,
+    ),
+    pytest.param(
+        "train",
+        ["data=digits", "callbacks.sample_grid.n=0"],
+        "callbacks.sample_grid.n=0 is invalid: it must be an integer >= 1",
+        marks=slow,
+    ),
+    pytest.param(
+        "train",
+        ["data=toy2d", "model=mlp", "conditional=true"],
+        "conditional=true needs labelled data, but data.name=swiss_roll has no classes",
+        marks=slow,
+    ),
+    pytest.param(
+        "train",
+        ["data=toy2d", "model=mlp", "p_uncond=0.1"],
+        "p_uncond=0.1 drops labels for classifier-free guidance, but conditional=false",
+        marks=slow,
+    ),
+    pytest.param(
+        "train",
+        ["data=toy2d"],
+        "model=UNet does not take points (data.name=swiss_roll gives shape [2])",
+        marks=slow,
+    ),
     # sample
     ("sample", ["ckpt={truncated}"], "truncated or not a checkpoint"),
     pytest.param("sample", [], "ckpt_path= is required (alias ckpt=)", marks=slow),
@@ -58,11 +114,32 @@ CASES = [
         marks=slow,
     ),
     pytest.param("sample", ["ckpt={ckpt}", "n=abc"], "n='abc' must be an integer", marks=slow),
+    pytest.param(
+        "sample",
+        ["ckpt={ckpt}", "batch_size=0"],
+        "batch_size=0 is invalid: it must be an integer >= 1",
+        marks=slow,
+    ),
+    pytest.param(
+        "sample",
+        ["ckpt={ckpt}", "device=bogus"],
+        "device='bogus' is not a device; use device=auto, cpu",
+        marks=slow,
+    ),
+    pytest.param(
+        "sample", ["ckpt={ckpt}", "out_dir={a_file}/sub"], "cannot write the samples to out_dir=", marks=slow
+    ),
     # evaluate
     pytest.param("evaluate", ["ckpt={not_ours}"], "was not written by diffusion_lab", marks=slow),
     pytest.param("evaluate", ["ckpt={ckpt}", "metrics=[fidd]"], "metrics=['fidd'] unknown", marks=slow),
     # report
     ("report", ["{empty}"], "holds no jobs"),
+    pytest.param(
+        "report",
+        [],
+        "the following arguments are required: sweep (python -m diffusion_lab.report --help)",
+        marks=slow,
+    ),
     # features
     pytest.param("features", ["epochs=abc"], "epochs='abc' must be an integer", marks=slow),
     pytest.param("features", ["data=toy2d"], "has no labelled images", marks=slow),

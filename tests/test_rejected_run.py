@@ -49,6 +49,15 @@ def test_composition_errors_are_one_line(config_name, override, expected):
     assert message is not None and expected in message and "\n" not in message
 
 
+def test_a_key_an_option_drops_is_not_taken_for_a_misspelling():
+    """``process=edm`` drops the schedule group: its keys are no misspelling of themselves."""
+    err = composition_error("train", "process=edm", "schedule.num_timesteps=50")
+    assert composition_error_message(err, "train") == (
+        "schedule.num_timesteps is not a key of the train config with the options chosen (only of its defaults): "
+        "an option chosen drops or replaces schedule; drop the schedule.num_timesteps= override"
+    )
+
+
 def test_other_errors_are_not_taken_for_composition_errors():
     assert composition_error_message(ValueError("x"), "train") is None
 

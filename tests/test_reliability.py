@@ -424,6 +424,27 @@ def test_sigusr1_saves_stops_and_restores_the_handler(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
+def test_a_signal_in_the_step_of_a_step_checkpoint_keeps_that_checkpoint(tmp_path, monkeypatch):
+    """A preemption notice during the step at which a step checkpoint falls due: the run keeps that
+    ``step_*.ckpt`` beside last.ckpt (the step checkpoints are a run's record of its training, kept for later
+    evaluation), and both hold the step."""
+    real_instantiate = train_module.instantiate
+
+    def with_sender(config, *args, **kwargs):
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [*kwargs["callbacks"], SendSignal(signal.SIGUSR1, at_step=N - 1)]
+        return real_instantiate(config, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "instantiate", with_sender)
+    cfg = small_train_cfg(tmp_path, "trainer.max_steps=1000", f"callbacks.checkpoint.every_n_train_steps={N}")
+    result = train(cfg)
+    assert result["preempted"]["step"] == N
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt", f"step_{N:07d}.ckpt"]
+    for path in folder.glob("*.ckpt"):
+        assert verify_checkpoint(path) is None and load(path)["global_step"] == N
+
+
 def test_sigterm_subprocess_exits_0_and_resumes(tmp_path):
     """A real training process gets SIGTERM after a few steps: exit 0, last.ckpt, the resume command, and a
     resume from it continues at its step."""
@@ -689,6 +710,13 @@ def test_checkpoint_writes_option_is_checked():
         UserError, match=r"checkpoint_writes='async' is invalid; choose one of \['background', 'foreground'\]"
     ):
         train_module.check_config(small_train_cfg("/unused", "checkpoint_writes=async"))
+
+
+def test_compile_scope_is_checked_when_nothing_compiles():
+    with pytest.raises(
+        UserError, match=r"compile_scope='block' is invalid; choose one of \['net', 'blocks'\]"
+    ):
+        train_module.check_config(small_train_cfg("/unused", "compile=false", "compile_scope=block"))
 
 
 # ------------------------------------------------------------------------------- output dir, value types

@@ -100,6 +100,16 @@ def test_resume_without_overrides_uses_the_runs_config(preempted_run):
     assert len(np.load(result["samples_npz"])["images"]) == 3
 
 
+def test_a_callback_removed_at_a_resume_is_left_out_of_it(preempted_run):
+    overrides = ["ckpt_path=last", f"resume_dir={preempted_run}", "~callbacks.sample_grid"]
+    cfg = compose_train(overrides, preempted_run.parent / "x")
+    result = train(cfg)
+    assert result["global_step"] == 5
+    resumed = OmegaConf.load(preempted_run / ".hydra" / "resume_1" / "config.yaml")
+    assert "sample_grid" not in resumed.callbacks and "ema" in resumed.callbacks
+    assert "sample_grid" in OmegaConf.load(preempted_run / ".hydra" / "config.yaml").callbacks  # the run's own
+
+
 def test_resume_refuses_an_override_of_the_model_or_process(preempted_run):
     overrides = ["ckpt_path=last", f"resume_dir={preempted_run}", "schedule=cosine"]
     with pytest.raises(UserError) as err:

@@ -4,6 +4,7 @@ its final step: the step the summary reports and the final samples come from; an
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 
@@ -114,3 +115,67 @@ def test_last_ckpt_holds_the_final_step(how, tmp_path, monkeypatch, capsys):
     )
     assert {k: record.get(k) for k in fields} == fields
     assert (RESUME + str(tmp_path) in record.get("resume", "")) == (status == "INTERRUPTED")
+
+
+def test_a_signal_during_the_final_samples_stops_the_run_as_interrupted(tmp_path, monkeypatch, capsys):
+    """SIGUSR1 (a scheduler's notice) while the final samples are drawn, after the fit put the default handlers
+    back: the samples stop at once, the run is recorded as stopped by the signal with its resume command (not
+    left RUNNING by a killed process), and the resume writes the samples."""
+    write_final_samples = train_module.write_final_samples
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return write_final_samples(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "write_final_samples", signalled)
+    # the process's own handler (a test must not die by the default action): kept in place without the fix
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        result = train(small_train_cfg(tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert result["preempted"]["signal"] == "SIGUSR1" and result["preempted"]["step"] == 2
+    assert not (tmp_path / "samples" / "final.png").exists()
+    assert "stopped by    : SIGUSR1 at step 2" in capsys.readouterr().out
+    record = read_run_status(tmp_path)
+    assert record["status"] == "INTERRUPTED" and record["stopped_by"] == "SIGUSR1"
+    assert record["global_step"] == 2 and RESUME + str(tmp_path) in record["resume"]
+    assert verify_checkpoint(last) is None
+
+    monkeypatch.setattr(train_module, "write_final_samples", write_final_samples)
+    resumed = train(small_train_cfg(tmp_path / "x", "ckpt_path=last", f"resume_dir={tmp_path}"))
+    assert resumed["global_step"] == 2 and (tmp_path / "samples" / "final.png").is_file()
+    assert read_run_status(tmp_path)["status"] == "COMPLETED"
+
+
+class InterruptBefore(L.Callback):
+    """Ctrl-C as the batch after step ``STOP`` starts (in its hooks, after the loop counted step ``STOP``)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == STOP:
+            raise KeyboardInterrupt
+
+
+def test_a_run_resumed_after_ctrl_c_logs_each_step_once(tmp_path, monkeypatch):
+    """The checkpoint FinalCheckpoint writes on Ctrl-C holds step ``STOP``; its resume logs the next steps at
+    ``STOP``, ``STOP + 1``: metrics.csv has every step once, none skipped and none past ``trainer.max_steps``."""
+    instantiate = train_module.instantiate
+
+    def with_interrupt(config, *args, **kwargs):
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [*kwargs["callbacks"], InterruptBefore()]
+        return instantiate(config, *args, **kwargs)
+
+    common = ["trainer.log_every_n_steps=1", "trainer.val_check_interval=100", "final_samples=0"]
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "instantiate", with_interrupt)
+        with pytest.raises(SystemExit):
+            train(small_train_cfg(tmp_path, *common, "trainer.max_steps=1000"))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == STOP
+    resume = ["ckpt_path=last", f"resume_dir={tmp_path}", f"trainer.max_steps={STOP + 2}"]
+    result = train(small_train_cfg(tmp_path / "x", *common, *resume))
+    assert result["global_step"] == STOP + 2
+    with open(result["metrics_csv"]) as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == list(range(STOP + 2))

@@ -84,3 +84,34 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
         run_lock(tmp_path),
     ):
         pass
+
+
+def test_the_command_line_refuses_a_training_in_use_before_hydra_rewrites_its_record(tmp_path):
+    """A second training started into the folder of one still training (before its first checkpoint, so the
+    folder holds no run yet) is refused before Hydra writes its own ``.hydra`` record over the first one's,
+    which a resume of the first run would then read."""
+    from conftest import cli_env
+    from sweeps import tiny_run
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 3\n")  # the training in progress's record
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env={**os.environ}
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        second = subprocess.run(
+            [sys.executable, "-m", "diffusion_lab.train", *tiny_run("seed=7"), f"hydra.run.dir={run}"],
+            env=cli_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert second.returncode == 2 and second.stdout == ""
+    assert re.fullmatch("error: " + _refusal(run, holder.pid), second.stderr.strip()), second.stderr[-3000:]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept

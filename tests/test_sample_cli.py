@@ -21,7 +21,7 @@ from diffusion_lab.diffusion import (
 )
 from diffusion_lab.errors import UserError
 from diffusion_lab.io import save_samples_npz, to_uint8
-from diffusion_lab.sample import sample
+from diffusion_lab.sample import class_labels, sample
 from diffusion_lab.samplers import DDIMSampler
 from diffusion_lab.train import train
 
@@ -236,3 +236,12 @@ def test_save_grid_keeps_the_pixels_and_writes_one_channel_images_as_greyscale(t
     # Image 3 (second row, second column) sits after two paddings and one image on each axis.
     np.testing.assert_array_equal(pixels[2 + 5 + 2 : 2 + 5 + 2 + 5, 2 + 6 + 2 : 2 + 6 + 2 + 6], quantised[3])
     assert (pixels[:2] == 255).all() and (pixels[:, :2] == 255).all()
+
+
+@pytest.mark.parametrize("classes", ["abc", 5, [1.5]])
+def test_classes_must_be_a_list_of_class_indices(classes):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"classes": classes, "guidance": 0.0})
+    with pytest.raises(UserError, match=r"must be a list of class indices \(e.g. classes=\[0,3\]\) or null"):
+        class_labels(cfg, 10, 4)

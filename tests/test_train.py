@@ -478,3 +478,13 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
     logger_steps = {3, 7}  # (global_step + 1) % 4 == 0: the logger reads what it writes
     assert {step for step, _ in CountHostReads.reads} <= logger_steps, sorted(set(CountHostReads.reads))
     assert {step for step, _ in CountHostReads.reads} == logger_steps  # the counting itself works
+
+
+def test_gradient_clip_val_0_clips_nothing():
+    """0 means no clipping, as in Lightning's own clipping (clipping to norm 0 would zero every gradient)."""
+    from diffusion_lab.net_training import NetTraining
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    param.grad = torch.tensor([1.0, -2.0, 3.0])
+    NetTraining().configure_gradient_clipping(torch.optim.SGD([param], lr=0.1), gradient_clip_val=0)
+    assert torch.equal(param.grad, torch.tensor([1.0, -2.0, 3.0]))

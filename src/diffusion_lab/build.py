@@ -26,7 +26,7 @@ from torch import nn
 from .checkpointing import CheckpointError, check_digest, load_checkpoint_file, sidecar_path
 from .diffusion import LOSSES, TIMESTEP_SAMPLERS, WEIGHTINGS, Diffusion, Loss, TimestepSampler
 from .diffusion.losses import check_compatible
-from .errors import UserError
+from .errors import UserError, root_cause
 from .io import file_sha256
 from .latent.decoder import LatentDecoder, warn_unclipped_eps
 from .samplers import SAMPLERS, Sampler
@@ -100,7 +100,7 @@ def build_parts(spec: dict) -> Parts:
         net_kwargs = {"in_dim": channels, "out_dim": out_channels}
     if spec.get("num_classes"):
         net_kwargs["num_classes"] = spec["num_classes"]
-    net = instantiate(spec["model"], **net_kwargs)
+    net = _build_net(spec, net_kwargs)
     timesteps_cls = get_class(spec["timesteps"]["_target_"])
     # A discrete sampler draws from the process's T timesteps; a continuous one (EDM's σ, a flow's t) has no grid.
     grid = "num_timesteps" in inspect.signature(timesteps_cls).parameters
@@ -113,6 +113,23 @@ def build_parts(spec: dict) -> Parts:
     if decoder is not None:  # a latent model, built to train or loaded to sample: both warn alike
         warn_unclipped_eps(diffusion)
     return Parts(diffusion, net, loss, timesteps, sampler, decoder)
+
+
+def _build_net(spec: dict, net_kwargs: dict[str, Any]) -> nn.Module:
+    """The network for the data's shape; a network made for the other kind of data (a UNet on 2-D points, the
+    MLP on images) refuses its shape arguments, which becomes one line naming the model and the data."""
+    try:
+        return instantiate(spec["model"], **net_kwargs)
+    except Exception as err:
+        cause = root_cause(err)
+        if not (isinstance(cause, TypeError) and any(f"'{k}'" in str(cause) for k in net_kwargs)):
+            raise
+    model = str(spec["model"]["_target_"]).rsplit(".", 1)[-1]
+    kind = "images" if len(spec["data_shape"]) == 3 else "points"
+    raise UserError(
+        f"model={model} does not take {kind} (data.name={(spec.get('data') or {}).get('name')} gives shape "
+        f"{list(spec['data_shape'])}); choose model=mlp for points, a unet_* or dit_* model for images"
+    ) from None
 
 
 def _option_name(node: dict) -> str:
@@ -189,20 +206,22 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
 
     if task_name(cfg) == "autoencoder":
         return build_autoencoder_module(cfg, data_shape)
+    check_conditioning(cfg, num_classes)
     spec = make_spec(cfg, data_shape, num_classes)
     if latent is not None:
         spec["latent"] = latent.latent_spec()
         if "clip_denoised" in spec["sampler"]:  # stored as it runs: x̂_0 is never clipped on latents
             spec["sampler"]["clip_denoised"] = False
     parts = build_parts(spec)
+    optimizer, lr_scheduler = _optimization(cfg)
     return DiffusionModule(
         net=parts.net,
         diffusion=parts.diffusion,
         loss=parts.loss,
         timesteps=parts.timesteps,
         sampler=parts.sampler,
-        optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=_lr_scheduler(cfg),
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
         data_shape=tuple(data_shape),
         num_classes=num_classes,
         p_uncond=float(cfg.get("p_uncond", 0.0)),
@@ -214,6 +233,39 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         nonfinite=cfg.get("nonfinite", "skip"),
         decoder=latent.decoder() if latent is not None else None,
     )
+
+
+def check_conditioning(cfg: DictConfig, num_classes: int | None) -> None:
+    """``conditional`` and ``p_uncond`` against the data: a conditional model needs labels, and label dropout
+    needs a conditional model (either alone would train an unconditional model without a word)."""
+    p_uncond = float(cfg.get("p_uncond", 0.0))
+    if cfg.get("conditional") and not num_classes:
+        raise UserError(
+            f"conditional=true needs labelled data, but data.name={cfg.data.get('name')} has no classes; use "
+            "labelled data (e.g. data.name=two_moons for points, data=fashion_mnist for images) or conditional=false"
+        )
+    if p_uncond and not cfg.get("conditional"):
+        raise UserError(
+            f"p_uncond={p_uncond} drops labels for classifier-free guidance, but conditional=false: add "
+            "conditional=true, or set p_uncond=0"
+        )
+
+
+def _optimization(cfg: DictConfig) -> tuple[Any, Any]:
+    """The optimizer and learning-rate schedule factories, tried once on a probe parameter: a setting either
+    refuses (``optimizer.betas=[2,0.9]``, ``lr_scheduler.warmup_steps=-1``) fails at start-up in one line, not
+    when the Trainer has started."""
+    optimizer, lr_scheduler = instantiate(cfg.optimizer), _lr_scheduler(cfg)
+    try:
+        probe = optimizer(params=[nn.Parameter(torch.zeros(1))])
+    except ValueError as err:
+        name = str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1].lower()
+        raise UserError(
+            f"optimizer={name} refuses its settings ({err}); fix that optimizer.* value"
+        ) from None
+    if lr_scheduler is not None:
+        lr_scheduler(optimizer=probe)
+    return optimizer, lr_scheduler
 
 
 def _lr_scheduler(cfg: DictConfig):
@@ -346,11 +398,12 @@ def build_autoencoder_module(cfg: DictConfig, data_shape: tuple[int, ...]):
         net.latent_shape(tuple(data_shape))
     except ValueError as err:
         raise UserError(f"task.net: {err}") from None
+    optimizer, lr_scheduler = _optimization(cfg)
     return AutoencoderModule(
         net=net,
         loss=instantiate(spec["loss"]),
-        optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=_lr_scheduler(cfg),
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
         data_shape=tuple(data_shape),
         spec=spec,
         nonfinite=cfg.get("nonfinite", "skip"),

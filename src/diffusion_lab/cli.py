@@ -119,9 +119,20 @@ def composition_error_message(
         return text.strip().splitlines()[0] + cause
     key = unknown.group(1)
     hint = unknown_key(key) if unknown_key is not None else None
-    if hint:
-        return hint
-    close = difflib.get_close_matches(key, _config_keys(config_name), n=1, cutoff=0.6)
+    return hint or _unknown_key_message(key, text, config_name)
+
+
+def _unknown_key_message(key: str, text: str, config_name: str) -> str:
+    """A key the composed config lacks: a misspelling (the nearest key), or a key of the defaults that an option
+    chosen drops or replaces (``process=edm schedule.num_timesteps=50``, ``model=mlp model.base_channels=8``)."""
+    keys = _config_keys(config_name)
+    if key in keys:
+        group = key.split(".")[0]
+        return (
+            f"{key} is not a key of the {config_name} config with the options chosen (only of its defaults): "
+            f"an option chosen drops or replaces {group}; drop the {key}= override"
+        )
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     append = re.search(r"use (\+\S+)", text)
     message = f"{key} is not a key of the {config_name} config"
     message += f"; did you mean {close[0]}?" if close else ""

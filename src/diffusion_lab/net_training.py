@@ -76,7 +76,7 @@ class NetTraining(L.LightningModule):
     ) -> None:
         """Clip directly unless a float16 GradScaler is in play. Lightning's mixed-precision plugin refuses to
         clip for fused optimizers (they unscale internally) even under bf16, where nothing is scaled."""
-        if gradient_clip_val is None:
+        if not gradient_clip_val:  # None or 0: no clipping, as Lightning's own clipping reads it
             return
         if str(self.trainer.precision) in ("16-mixed", "16"):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)

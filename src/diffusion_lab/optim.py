@@ -19,6 +19,8 @@ def warmup_schedule(
     min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """lr factor: step/warmup during warm-up; then 1 (``constant``) or a half cosine to ``min_lr_ratio``."""
+    if warmup_steps < 0:
+        raise ValueError(f"lr_scheduler.warmup_steps={warmup_steps!r} is invalid: it must be an integer >= 0")
     if decay not in ("constant", "cosine"):
         raise ValueError(f"lr_scheduler.decay={decay!r} is unknown; choose 'constant' or 'cosine'")
     if decay == "cosine" and (total_steps is None or total_steps <= warmup_steps):

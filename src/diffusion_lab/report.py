@@ -44,7 +44,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import friendly_errors
+from .errors import friendly_errors, refuse
 from .reporting import Job, find_jobs, write_report
 
 __all__ = ["Job", "find_jobs", "write_report", "main", "run"]
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         metavar="DEST",
         help="copy the sweep's raw text files to DEST and report from that copy",
     )
+    # argparse's own errors as every command's: one line, exit 2
+    parser.error = lambda message: refuse(f"{message} (python -m diffusion_lab.report --help)")
     args = parser.parse_args(argv)
     paths = write_report(args.sweep, args.out, args.title, args.baseline, args.keep_raw, args.eval_baseline)
     print("== diffusion_lab.report done ==")

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .errors import UserError, refuse
 from .overrides import override_key
 from .provenance import run_provenance
+from .run_lock import check_not_in_use
 
 __all__ = [
     "RESUMABLE",
@@ -148,11 +149,22 @@ def continue_run(cfg: DictConfig) -> tuple[DictConfig, list[str] | None]:
     with open_dict(resumed):
         for override in overrides:
             key = override_key(override)
-            if _resumable(key) and not override.startswith("~"):
+            if _resumable(key) and override.startswith("~"):
+                _remove(resumed, key)
+            elif _resumable(key):
                 OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
         resumed.ckpt_path, resumed.resume_dir = "last", str(run)
         resumed.paths.output_dir = str(run)
     return resumed, overrides
+
+
+def _remove(cfg: DictConfig, key: str) -> None:
+    """Delete the dotted ``key`` from ``cfg`` where it is (a ``~key`` override: a callback or logger left out of
+    the resumed part of a run)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if isinstance(parent, DictConfig) and leaf in parent:
+        del parent[leaf]
 
 
 def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | None) -> None:
@@ -221,10 +233,14 @@ def check_new_run_dir(run: Path, ckpt_path: object) -> None:
 
 class ExistingRunCheck(Callback):
     """A Hydra callback of training (conf/hydra/default.yaml): ``check_new_run_dir`` before Hydra writes the
-    run's ``.hydra`` files, which would replace those of the run already in the folder. One line, exit 2."""
+    run's ``.hydra`` files, which would replace those of the run already in the folder, and the run lock: a
+    training still in the folder (before its first checkpoint too) would otherwise be refused only after its
+    record had been replaced by the refused run's config. One line, exit 2."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        run = Path(str(config.hydra.run.dir))
         try:
-            check_new_run_dir(Path(str(config.hydra.run.dir)), config.get("ckpt_path"))
+            check_not_in_use(run)
+            check_new_run_dir(run, config.get("ckpt_path"))
         except UserError as err:
             refuse(str(err))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["LOCK_FILE", "LOCKS_TABLE", "lock_holder", "process_alive", "run_lock"]
+__all__ = ["LOCK_FILE", "LOCKS_TABLE", "check_not_in_use", "lock_holder", "process_alive", "run_lock"]
 
 LOCK_FILE = ".run.lock"
 LOCKS_TABLE = Path("/proc/locks")  # Linux's table of the locks held on this machine
@@ -57,11 +57,7 @@ def _lock(fd: int, path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = path.read_text(errors="replace").strip() or "holder unknown"
-        raise UserError(
-            f"the run directory {path.parent} is in use by another training ({holder}); wait for it to end or "
-            "stop it, then start or resume the run"
-        ) from None
+        raise _in_use(path) from None
     except OSError as err:
         warnings.warn(
             f"cannot lock {path} ({err.strerror}); this run is not protected from a second training in its folder",
@@ -69,6 +65,26 @@ def _lock(fd: int, path: Path) -> bool:
         )
         return False
     return True
+
+
+def _in_use(path: Path) -> UserError:
+    """The refusal of a training whose run folder's lock (``path``) another process holds, naming that one."""
+    holder = path.read_text(errors="replace").strip() or "holder unknown"
+    return UserError(
+        f"the run directory {path.parent} is in use by another training ({holder}); wait for it to end or "
+        "stop it, then start or resume the run"
+    )
+
+
+def check_not_in_use(folder: Path) -> None:
+    """Refuse (``run_lock``'s ``UserError``) a training in ``folder`` while another one holds its lock, without
+    taking the lock: for a check that runs before the lock can be taken (Hydra's ``on_run_start``, before
+    Hydra rewrites the folder's ``.hydra`` record, which the training in it resumes from). The other ranks of a
+    DDP run, started by rank 0 with its command line, pass: rank 0 holds the lock for them."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0 and isinstance(lock_holder(folder), int):
+        raise _in_use(Path(folder) / LOCK_FILE)
 
 
 def lock_holder(folder: Path, table: Path = LOCKS_TABLE) -> int | None | str:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .build import check_applies, load_checkpoint
 from .cli import checkpoint_argument, command
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types
+from .errors import UserError, check_types, unwritable_reason
 from .io import save_grid, save_samples_npz
 from .latent.decoder import sample_images, sampler_for
 from .overrides import override_key
@@ -46,7 +46,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name!r} but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device; use device=auto, cpu, cuda or cuda:N") from None
 
 
 def choose_sampler(stored: dict, name: str | None, steps: Any = None, eta: float | None = None) -> Sampler:
@@ -111,13 +114,18 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         parts = with_sampling_variance(parts, str(cfg.sampling_variance), chosen)
     sampler = sampler_for(chosen, parts.decoder)
     n = int(cfg.n)
-    if n < 1:
-        raise UserError(f"n={n} is invalid: the number of samples must be >= 1")
+    for key, value in (("n", n), ("batch_size", int(cfg.batch_size))):
+        if value < 1:
+            raise UserError(f"{key}={value} is invalid: it must be an integer >= 1")
     labels, per_row = class_labels(cfg, spec.get("num_classes"), n)
-    images = draw(cfg, parts, spec, sampler, labels, device)
-
     ckpt_path = Path(cfg.ckpt_path).resolve()
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "samples"
+    if (reason := unwritable_reason(out_dir)) is not None:  # before sampling, not after
+        raise UserError(
+            f"cannot write the samples to out_dir={str(out_dir)!r} ({reason}); pick another out_dir="
+        )
+    images = draw(cfg, parts, spec, sampler, labels, device)
+
     variance = f"_{cfg.sampling_variance}" if cfg.get("sampling_variance") is not None else ""
     name = cfg.name or f"{ckpt_path.stem}_{sampler.name}{sampler.steps or ''}{variance}_n{n}"
     result = {"samples_npz": str(save_samples_npz(images, out_dir / f"{name}.npz", labels)), "n": n}
@@ -147,7 +155,10 @@ def class_labels(cfg: DictConfig, num_classes: int | None, n: int) -> tuple[torc
                 "classes= / guidance= need a class-conditional checkpoint (trained with conditional=true)"
             )
         return None, None
-    classes = list(cfg.classes) if cfg.classes is not None else list(range(num_classes))
+    given = cfg.classes
+    if given is not None and not (isinstance(given, ListConfig) and all(type(c) is int for c in given)):
+        raise UserError(f"classes={given!r} must be a list of class indices (e.g. classes=[0,3]) or null")
+    classes = list(given) if given is not None else list(range(num_classes))
     bad = [c for c in classes if not 0 <= int(c) < num_classes]
     if bad:
         raise UserError(f"classes={bad} out of range: this model has classes 0..{num_classes - 1}")

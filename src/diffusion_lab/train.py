@@ -11,10 +11,11 @@ At the end it prints where the run directory, the checkpoint, the sample grid an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
+from .callbacks.preemption import StoppedBySignal
 from .checkpointing import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
@@ -35,7 +37,7 @@ from .checkpointing import (
     verify_checkpoint,
 )
 from .cli import CONFIG_DIR, command, experiment_summaries
-from .compile_policy import compile_stats, use_compile_cache
+from .compile_policy import COMPILE_SCOPES, compile_stats, use_compile_cache
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
@@ -182,6 +184,28 @@ TYPED_KEYS: dict[str, tuple] = {
     "autoencoder": (str, None),
 }
 
+# Values of the right type but out of range, which no part checks itself: (key, test, what is allowed); null is
+# not tested. Unchecked, they fail late inside Lightning (val_check_interval=0 after the first step) or train
+# nonsense silently (lr=0 never moves; a negative gradient_clip_val flips the gradients).
+VALUE_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("trainer.max_steps", lambda v: v >= 1 or v == -1, "an integer >= 1, or -1 (no limit)"),
+    ("trainer.val_check_interval", lambda v: v > 0, "> 0 (steps, or a fraction of an epoch), or null"),
+    ("trainer.gradient_clip_val", lambda v: v >= 0, ">= 0 (0 or null: no clipping)"),
+    ("optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("p_uncond", lambda v: 0 <= v < 1, "in [0, 1) (the share of labels dropped for guidance)"),
+    ("final_samples", lambda v: v >= 0, "an integer >= 0 (0: none)"),
+)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """One line naming the key, its value and what is allowed, for the first value of ``VALUE_RANGES`` out of
+    range (after ``check_types``, so each value is a number)."""
+    for key, ok, allowed in VALUE_RANGES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            raise UserError(f"{key}={value!r} is out of range; it must be {allowed}")
+
 
 # The value of ``autoencoder`` in an experiment that only makes sense in a latent space (fmnist_latent).
 AUTOENCODER_REQUIRED = "required"
@@ -193,6 +217,7 @@ CHECKPOINT_WRITES = ("background", "foreground")
 def check_config(cfg: DictConfig) -> None:
     """Start-up checks of values that no part checks itself: one line naming the key, before any work."""
     check_types(cfg, TYPED_KEYS)
+    check_ranges(cfg)
     if cfg.get("autoencoder") == AUTOENCODER_REQUIRED:
         raise UserError(
             "autoencoder= is required by this experiment: pass autoencoder=<run directory of "
@@ -201,6 +226,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, allowed, default in (
         ("nonfinite", NONFINITE_POLICIES, "skip"),
         ("checkpoint_writes", CHECKPOINT_WRITES, "background"),
+        ("compile_scope", COMPILE_SCOPES, "net"),  # checked when compiling too; here also when compile=false
     ):
         value = cfg.get(key, default)
         if value not in allowed:
@@ -282,10 +308,7 @@ def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: floa
     result = fit_result(trainer, module, callbacks, output_dir, started)
     images = len(datamodule.data_shape) == 3
     if "preempted" not in result and trainer.is_global_zero and cfg.get("final_samples", 0) and images:
-        if hasattr(module, "generate"):
-            result.update(write_final_samples(module, trainer, cfg, num_classes, output_dir))
-        else:  # an autoencoder: what it makes of held-out images
-            result.update(write_reconstructions(module, datamodule, int(cfg.final_samples), output_dir))
+        result.update(write_final_outputs(module, datamodule, trainer, cfg, (num_classes, callbacks), result))
     for lg in loggers:
         if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
             result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
@@ -368,6 +391,39 @@ def fit_result(
         }
         result["checkpoint"] = preempted.checkpoint_path
     return result
+
+
+def write_final_outputs(
+    module,
+    datamodule,
+    trainer: L.Trainer,
+    cfg: DictConfig,
+    run: tuple[int | None, list],
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """The final samples (an autoencoder: its reconstructions), or, when a preemption signal stops them, the
+    ``preempted`` record of ``fit_result``: the fit's last.ckpt holds every step, so the run is stopped, not lost,
+    and its resume writes them. ``run``: the number of classes of a conditional model (else None) and the fit's
+    callbacks."""
+    (num_classes, callbacks), output_dir = run, Path(result["output_dir"])
+    preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
+    try:
+        with preemption.after_fit() if preemption is not None else contextlib.nullcontext():
+            if not hasattr(module, "generate"):  # an autoencoder: what it makes of held-out images
+                return write_reconstructions(module, datamodule, int(cfg.final_samples), output_dir)
+            return write_final_samples(module, trainer, cfg, num_classes, output_dir)
+    except StoppedBySignal as stop:
+        print(
+            f"\n{stop.signal_name} received: final samples not written; stopping.",
+            file=sys.stderr,
+            flush=True,
+        )
+        preempted = {
+            "signal": stop.signal_name,
+            "step": result["global_step"],
+            "checkpoint": result.get("checkpoint"),
+        }
+        return {"preempted": {**preempted, "resume": resume_command(output_dir)}}
 
 
 def write_final_samples(

@@ -39,8 +39,9 @@ def save_last_checkpoint(trainer: L.Trainer, path: Path) -> None:
     Before saving, as ModelCheckpoint does, its ``last_model_path`` names the file (its state is part of the
     file). After saving, it is told that ``path`` is this step's last checkpoint; otherwise, if it has not saved
     yet in this fit, its ``on_train_end`` writes last.ckpt again, after the EMA weights were copied into the
-    module. ``_last_checkpoint_saved`` and ``_last_global_step_saved`` are ModelCheckpoint's own bookkeeping
-    (Lightning 2.6)."""
+    module. It is not told that it saved at this step (``_last_global_step_saved``): it would then skip its own
+    step checkpoint when one falls due at this step (a preemption notice in that step), and the run would keep
+    no ``step_*.ckpt`` of it. ``_last_checkpoint_saved`` is ModelCheckpoint's own bookkeeping (Lightning 2.6)."""
     owners = last_checkpoint_owners(trainer, path)
     for cb in owners:
         cb.last_model_path = str(path)
@@ -48,8 +49,6 @@ def save_last_checkpoint(trainer: L.Trainer, path: Path) -> None:
     for cb in owners:
         if hasattr(cb, "_last_checkpoint_saved"):
             cb._last_checkpoint_saved = str(path)
-        if hasattr(cb, "_last_global_step_saved"):
-            cb._last_global_step_saved = trainer.global_step
 
 
 class FinalCheckpoint(L.Callback):
@@ -74,32 +73,33 @@ class FinalCheckpoint(L.Callback):
                 steps.add(getattr(cb, "stopped_at_step", None))
         return trainer.global_step in steps
 
-    def _save(self, trainer: L.Trainer, at_train_end: bool = False) -> Path | None:
+    def _save(self, trainer: L.Trainer) -> Path | None:
         if trainer.fast_dev_run or self._saved_this_step(
             trainer
         ):  # fast_dev_run: no checkpoints, as Lightning
             return None
         path = self.path(trainer)
-        self._at_train_end = at_train_end
-        self._trainer_batches_that_stepped = trainer.fit_loop.epoch_loop._batches_that_stepped
+        self._saving_step = trainer.global_step
         try:
             save_last_checkpoint(trainer, path)
         finally:
-            self._at_train_end = False
+            self._saving_step = None
         self.saved_step = trainer.global_step
         return path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer, at_train_end=True)
+        self._save(trainer)
 
-    # The logged step of a fit resumed from a checkpoint written at the end of fit. Lightning (2.6) restarts as
-    # if every checkpoint were written within a batch's hooks, before its loop counted the batch in
+    # The logged step of a fit resumed from a checkpoint this callback wrote (at the end of fit, or on an
+    # exception such as Ctrl-C, which may come in the next batch's hooks). Lightning (2.6) restarts as if every
+    # checkpoint were written within a batch's end hooks, before its loop counted the batch in
     # ``_batches_that_stepped`` (the step metrics are logged at), and adds one on restart in some cases (a fit
-    # that ended with its epoch) but not others; the count is kept here and set back before the first batch.
+    # that ended with its epoch, an exception in the next batch) but not others. The first batch after the
+    # checkpoint's step logs at that step (metrics.csv continues from it): it is kept here and set back before
+    # the first batch. (One optimizer step per counted batch: the global step is that count.)
     def state_dict(self) -> dict:
-        if getattr(self, "_at_train_end", False):
-            return {"batches_that_stepped": self._trainer_batches_that_stepped}
-        return {}
+        step = getattr(self, "_saving_step", None)
+        return {"batches_that_stepped": step} if step is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restore_batches_that_stepped = state_dict.get("batches_that_stepped")

@@ -4,7 +4,9 @@ On the signal the handler only sets a flag. At the next training-batch end (afte
 step) the callback writes ``<run dir>/checkpoints/last.ckpt`` (atomically, through the Trainer's checkpoint
 plugin: ``final_checkpoint.save_last_checkpoint``), sets ``trainer.should_stop`` and records why; ``train.py``
 then skips the final samples and prints how to resume (``ckpt_path=last resume_dir=<run dir>``). A second
-signal changes nothing; SIGKILL cannot be caught (the periodic step checkpoints cover it).
+signal changes nothing; SIGKILL cannot be caught (the periodic step checkpoints cover it). A signal that comes
+after the fit, while ``train.py`` writes the final samples (``Preemption.after_fit``), stops them at once: last.ckpt
+holds every step, the run is recorded as stopped by the signal, and its resume writes the samples.
 
 Interplay with Lightning (2.6):
 
@@ -28,6 +30,7 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from .final_checkpoint import save_last_checkpoint
 
-__all__ = ["Preemption", "stopped_by_signal"]
+__all__ = ["Preemption", "StoppedBySignal", "stopped_by_signal"]
 
 # The signal that stopped the latest fit of this process, None when it ran to its end. A launcher that runs the
 # task in its own process reads it after the task returns, to tell a finished job from one that was asked to
@@ -47,6 +50,14 @@ _stopped_by: str | None = None
 def stopped_by_signal() -> str | None:
     """The name of the signal that stopped this process's latest fit (``"SIGTERM"``), or None."""
     return _stopped_by
+
+
+class StoppedBySignal(Exception):
+    """A preemption signal that came after the fit (``Preemption.after_fit``); ``signal_name`` names it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"{signal_name} received after the fit")
+        self.signal_name = signal_name
 
 
 class Preemption(L.Callback):
@@ -125,6 +136,31 @@ class Preemption(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+
+    @contextlib.contextmanager
+    def after_fit(self) -> Iterator[None]:
+        """While the block runs (the final samples, after Lightning has put back the default handlers), a
+        preemption signal raises ``StoppedBySignal`` at once: its default action would kill the process with
+        its run recorded as still running and no resume command, in the grace time a scheduler gives."""
+        global _stopped_by
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, frame) -> None:
+            raise StoppedBySignal(signal.Signals(signum).name)
+
+        previous: dict[int, Any] = {}
+        try:
+            for signum in self._signals_to_handle():
+                previous[signum] = signal.signal(signum, stop)
+            yield
+        except StoppedBySignal as err:
+            _stopped_by = err.signal_name  # a launcher requeues the job, as for a stop within the fit
+            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     # ------------------------------------------------------------------ stopping
     def _should_stop(self, trainer: L.Trainer) -> bool:

@@ -17,6 +17,11 @@ class SampleGrid(L.Callback):
     the averaged weights in. The same initial noise every time, so grids are comparable across steps."""
 
     def __init__(self, n: int = 64, dirname: str = "samples", seed: int = 0, batch_size: int = 256):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(
+                f"callbacks.sample_grid.n={n!r} is invalid: it must be an integer >= 1 (callbacks.sample_grid=null: "
+                "no grid)"
+            )
         self.n = n
         self.dirname = dirname
         self.seed = seed
