@@ -712,6 +712,38 @@ def test_checkpoint_writes_option_is_checked():
         train_module.check_config(small_train_cfg("/unused", "checkpoint_writes=async"))
 
 
+OUT_OF_RANGE = [
+    ("trainer.max_steps=0", "an integer >= 1, or -1 (no limit)"),
+    ("trainer.max_epochs=0", "an integer >= 1, -1 or null (no limit)"),
+    ("trainer.log_every_n_steps=0", "an integer >= 1"),
+    ("callbacks.ema.update_every_n_steps=0", "an integer >= 1 (1: every step)"),
+    ("optimizer.lr=-0.001", "a number > 0"),
+    ("p_uncond=1.0", "in [0, 1) (the share of labels dropped for guidance)"),
+    ("final_samples=-1", "an integer >= 0 (0: none)"),
+]
+
+
+@pytest.mark.parametrize("override,allowed", OUT_OF_RANGE)
+def test_a_value_out_of_range_is_one_line_naming_what_is_allowed(override, allowed):
+    key, value = override.split("=")
+    with pytest.raises(UserError) as err:
+        train_module.check_config(small_train_cfg("/unused", override))
+    assert (
+        str(err.value)
+        == f"{key}={float(value) if '.' in value else int(value)!r} is out of range; it must be {allowed}"
+    )
+
+
+def test_the_limits_of_each_range_are_accepted():
+    edges = ["trainer.max_steps=-1", "trainer.max_epochs=-1", "trainer.max_epochs=null", "p_uncond=0.0"]
+    train_module.check_config(small_train_cfg("/unused", *edges, "final_samples=0", "seed=0"))
+
+
+def test_a_sampler_switch_that_is_not_a_boolean_is_refused():
+    with pytest.raises(UserError, match=r"^sampler.clip_denoised='abc' must be true or false"):
+        train_module.check_config(small_train_cfg("/unused", "sampler.clip_denoised=abc"))
+
+
 def test_compile_scope_is_checked_when_nothing_compiles():
     with pytest.raises(
         UserError, match=r"compile_scope='block' is invalid; choose one of \['net', 'blocks'\]"

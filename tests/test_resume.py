@@ -107,7 +107,9 @@ def test_a_callback_removed_at_a_resume_is_left_out_of_it(preempted_run):
     assert result["global_step"] == 5
     resumed = OmegaConf.load(preempted_run / ".hydra" / "resume_1" / "config.yaml")
     assert "sample_grid" not in resumed.callbacks and "ema" in resumed.callbacks
-    assert "sample_grid" in OmegaConf.load(preempted_run / ".hydra" / "config.yaml").callbacks  # the run's own
+    assert (
+        "sample_grid" in OmegaConf.load(preempted_run / ".hydra" / "config.yaml").callbacks
+    )  # the run's own
 
 
 def test_resume_refuses_an_override_of_the_model_or_process(preempted_run):

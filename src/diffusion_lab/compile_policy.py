@@ -103,6 +103,8 @@ def compile_network(net: torch.nn.Module, options: dict[str, Any], scope: str = 
     (``scope="net"``, one graph) or each of its repeated blocks (``"blocks"``, regional compilation: Dynamo
     compiles a block class's forward once per distinct input shape and reuses it for every instance, so a deep
     network compiles in a fraction of the time, at the price of the fusions across block boundaries).
+    torch's hierarchical compilation (``torch.compiler.nested_compile_region`` on a block, one graph still) is
+    not offered: on the UNet it fails inside inductor (torch 2.14; BENCHMARKS.md, "Cold and warm starts").
     """
     check_scope(net, scope)
     if scope == "net":

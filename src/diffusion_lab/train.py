@@ -176,6 +176,8 @@ TYPED_KEYS: dict[str, tuple] = {
     "data.limit_train": (int, None),
     "data.val_size": (int,),
     "callbacks.ema.decay": (float,),
+    "callbacks.ema.update_every_n_steps": (int,),
+    "sampler.clip_denoised": (bool,),
     "callbacks.checkpoint.every_n_train_steps": (int, None),
     "final_samples": (int,),
     "p_uncond": (float,),
@@ -190,6 +192,9 @@ TYPED_KEYS: dict[str, tuple] = {
 VALUE_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("trainer.max_steps", lambda v: v >= 1 or v == -1, "an integer >= 1, or -1 (no limit)"),
+    ("trainer.max_epochs", lambda v: v >= 1 or v == -1, "an integer >= 1, -1 or null (no limit)"),
+    ("trainer.log_every_n_steps", lambda v: v >= 1, "an integer >= 1"),
+    ("callbacks.ema.update_every_n_steps", lambda v: v >= 1, "an integer >= 1 (1: every step)"),
     ("trainer.val_check_interval", lambda v: v > 0, "> 0 (steps, or a fraction of an epoch), or null"),
     ("trainer.gradient_clip_val", lambda v: v >= 0, ">= 0 (0 or null: no clipping)"),
     ("optimizer.lr", lambda v: v > 0, "a number > 0"),
