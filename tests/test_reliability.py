@@ -250,6 +250,27 @@ def test_step_checkpoint_newer_than_last_is_taken(trained_run, tmp_path, capsys)
     assert "newer than last.ckpt" in capsys.readouterr().err
 
 
+def test_a_step_checkpoint_further_than_last_is_taken_and_said_so(trained_run, tmp_path, capsys):
+    # A kill between ModelCheckpoint's step file and its last.ckpt: last.ckpt still holds the step before.
+    run = copy_run(trained_run, tmp_path / "run")
+    ckpts = run / "checkpoints"
+    for src, dst in (("step_0000002.ckpt", "last.ckpt"), ("step_0000002.ckpt.sha256", "last.ckpt.sha256")):
+        shutil.copy(ckpts / src, ckpts / dst)  # copy: last.ckpt is now the newest file, but of step 2
+    assert resolve_ckpt_path(resume_cfg(tmp_path, run), tmp_path / "new") == str(ckpts / "step_0000004.ckpt")
+    assert "(it holds step 4, last.ckpt step 2)" in capsys.readouterr().err
+
+
+def test_a_run_copied_without_its_file_times_resumes_from_its_furthest_step(trained_run, tmp_path, capsys):
+    # `cp -r` (no -p) or a sync gives the files the times of the copy, in copy order: step 2 may look newest.
+    run = copy_run(trained_run, tmp_path / "run")
+    for i, name in enumerate(["step_0000004.ckpt", "last.ckpt", "step_0000002.ckpt"]):
+        os.utime(run / "checkpoints" / name, (time.time() + i, time.time() + i))
+    assert resolve_ckpt_path(resume_cfg(tmp_path, run), tmp_path / "new") == str(
+        run / "checkpoints" / "last.ckpt"
+    )
+    assert capsys.readouterr().err == ""
+
+
 def test_whole_last_ckpt_is_used_silently(trained_run, tmp_path, capsys):
     run = copy_run(trained_run, tmp_path / "run")
     assert resolve_ckpt_path(resume_cfg(tmp_path, run), tmp_path / "new") == str(

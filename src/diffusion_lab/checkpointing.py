@@ -22,6 +22,7 @@ A file naming any other global — which unpickling would import and call — is
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "BackgroundCheckpointIO",
     "atomic_torch_save",
     "sidecar_path",
+    "trained_step",
     "file_sha256",
     "check_digest",
     "verify_checkpoint",
@@ -324,18 +326,30 @@ def verify_checkpoint(path: str | Path) -> str | None:
 
 
 def _candidates(folder: Path) -> list[Path]:
-    """``last*.ckpt`` and ``step_*.ckpt`` of ``folder``, newest first (``last`` first on a tie)."""
+    """``last*.ckpt`` and ``step_*.ckpt`` of ``folder``, the furthest trained first, then the newest (``last``
+    first on a tie). The step comes first: a run folder copied without its files' times (``cp -r``, a sync)
+    has them in copy order, which would make an early step checkpoint look newer than last.ckpt."""
     files = [p for p in folder.glob("*.ckpt") if p.name.startswith(("last", "step")) and p.is_file()]
 
     def key(p: Path) -> tuple:
-        return (p.stat().st_mtime_ns, p.name.startswith("last"))
+        return (trained_step(p), p.stat().st_mtime_ns, p.name.startswith("last"))
 
     return sorted(files, key=key, reverse=True)
 
 
+def trained_step(path: Path) -> float:
+    """The global step a checkpoint was written at, read without loading its tensors (mmap); infinite for a
+    file that cannot be read, so that it is tried first and reported as skipped, with why."""
+    try:
+        ckpt = load_checkpoint_file(path.resolve(), mmap=True)
+        return float(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else math.inf
+    except Exception:
+        return math.inf
+
+
 def newest_good_checkpoint(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest whole checkpoint of ``folder`` (by modification time, among ``last*.ckpt`` and
-    ``step_*.ckpt``) and the newer ones that were skipped, with why."""
+    """The furthest trained whole checkpoint of ``folder`` (the newest of equals, among ``last*.ckpt`` and
+    ``step_*.ckpt``) and the ones before it in that order that were skipped, with why."""
     skipped: list[tuple[Path, str]] = []
     for path in _candidates(Path(folder)):
         problem = verify_checkpoint(path)

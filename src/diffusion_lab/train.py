@@ -34,6 +34,7 @@ from .checkpointing import (
     BackgroundCheckpointIO,
     load_checkpoint_file,
     newest_good_checkpoint,
+    trained_step,
     verify_checkpoint,
 )
 from .cli import CONFIG_DIR, command, experiment_summaries
@@ -75,8 +76,8 @@ def compose_config(
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     """``ckpt_path``: null (fresh run), ``last`` (the newest whole checkpoint of the run being resumed), or a path.
 
-    ``last`` takes the newest of ``checkpoints/last*.ckpt`` and ``checkpoints/step_*.ckpt`` (by modification
-    time) that passes ``verify_checkpoint``: if ``last.ckpt`` was cut short (a full disk, a file copied while
+    ``last`` takes the furthest trained of ``checkpoints/last*.ckpt`` and ``checkpoints/step_*.ckpt`` (the
+    newest of equals) that passes ``verify_checkpoint``: if ``last.ckpt`` was cut short (a full disk, a file copied while
     written) or a kill fell between a step checkpoint and last.ckpt, it says so in one line and uses the newest
     good one. An explicit path that is not a whole checkpoint is an error.
     """
@@ -107,7 +108,7 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
             elif not last.exists():
                 why = "last.ckpt is missing"
             else:
-                why = f"it is newer than {last.name}"
+                why = further_or_newer(chosen, last)
             if rank_zero_only.rank == 0:
                 print(f"ckpt_path=last: resuming from {chosen} ({why})", file=sys.stderr, flush=True)
         return str(chosen)
@@ -117,6 +118,15 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     if problem is not None:
         raise CheckpointError(f"ckpt_path={ckpt!r} cannot be resumed from: {problem}")
     return str(ckpt)
+
+
+def further_or_newer(chosen: Path, last: Path) -> str:
+    """Why ``chosen``, a step checkpoint, was taken over a whole ``last``: it holds a later step (a kill between
+    the two writes), or the same one written later."""
+    step, last_step = trained_step(chosen), trained_step(last)
+    if step > last_step:
+        return f"it holds step {int(step)}, {last.name} step {int(last_step)}"
+    return f"it is newer than {last.name}"
 
 
 def check_resume_compatible(module: L.LightningModule, ckpt_path: str) -> int:
