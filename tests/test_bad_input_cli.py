@@ -21,6 +21,14 @@ from diffusion_lab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 slow = pytest.mark.slow
+
+
+def slow_case(command: str, args: list[str], text: str):
+    """A case whose command takes long to start (a subprocess that imports the package, reads data, loads a
+    checkpoint): run with the slow tests."""
+    return pytest.param(command, args, text, marks=slow)
+
+
 RELIABILITY = Path(__file__).resolve().parents[1] / "RELIABILITY.md"
 
 # (entry point, arguments ({...} filled from the `files` fixture), text of the error line)
@@ -32,122 +40,91 @@ CASES = [
         ["schedule=cosin"],
         "schedule=cosin is not an option of schedule; choose one of: cosine, linear, quadratic, sigmoid",
     ),
-    pytest.param("train", ["trainer.max_stepz=5"], "did you mean trainer.max_steps?", marks=slow),
-    pytest.param(
-        "train", ["trainer.max_steps=[1,"], "cannot parse the override 'trainer.max_steps=[1,'", marks=slow
-    ),
-    pytest.param("train", ["loss=vlb", "weighting=snr"], "loss=vlb is the true bound", marks=slow),
-    pytest.param("train", ["data=mnist", "data.root={missing}"], "MNIST train files not found", marks=slow),
-    pytest.param("train", ["data=image_folder", "data.root={empty}"], "holds no images", marks=slow),
-    pytest.param(
+    slow_case("train", ["trainer.max_stepz=5"], "did you mean trainer.max_steps?"),
+    slow_case("train", ["trainer.max_steps=[1,"], "cannot parse the override 'trainer.max_steps=[1,'"),
+    slow_case("train", ["loss=vlb", "weighting=snr"], "loss=vlb is the true bound"),
+    slow_case("train", ["data=mnist", "data.root={missing}"], "MNIST train files not found"),
+    slow_case("train", ["data=image_folder", "data.root={empty}"], "holds no images"),
+    slow_case(
         "train",
         ["data=image_folder", "data.root={corrupt_images}", "data.image_size=16", "data.batch_size=2"]
         + ["data.val_size=1", "data.num_workers=0", "trainer.max_steps=1"],
         "cannot read image file",
-        marks=slow,
     ),
-    pytest.param("train", ["ckpt_path={ckpt}"], "holds another network (UNet", marks=slow),
+    slow_case("train", ["ckpt_path={ckpt}"], "holds another network (UNet"),
     ("train", ["paths.root_dir={a_file}/sub"], "cannot create the run directory"),
     # train: values of the right type out of range, refused before any work
-    pytest.param(
+    slow_case(
         "train",
         ["trainer.val_check_interval=0"],
         "trainer.val_check_interval=0 is out of range; it must be > 0 (steps, or a fraction of an epoch), or null",
-        marks=slow,
     ),
-    pytest.param(
-        "train", ["optimizer.lr=0"], "optimizer.lr=0 is out of range; it must be a number > 0", marks=slow
-    ),
-    pytest.param(
+    slow_case("train", ["optimizer.lr=0"], "optimizer.lr=0 is out of range; it must be a number > 0"),
+    slow_case(
         "train",
         ["trainer.gradient_clip_val=-1"],
         "trainer.gradient_clip_val=-1 is out of range; it must be >= 0 (0 or null: no clipping)",
-        marks=slow,
     ),
-    pytest.param(
-        "train", ["seed=-1"], "seed=-1 is out of range; it must be an integer in [0, 2**32)", marks=slow
-    ),
+    slow_case("train", ["seed=-1"], "seed=-1 is out of range; it must be an integer in [0, 2**32)"),
     # train: settings a part refuses only once the Trainer runs, or takes without a word
-    pytest.param(
+    slow_case(
         "train",
         ["data=toy2d", "model=mlp", "optimizer.betas=[2,0.9]"],
         "optimizer=adamw refuses its settings (Invalid beta parameter at index 0: 2)",
-        marks=slow,
     ),
-    pytest.param(
+    slow_case(
         "train",
         ["data=toy2d", "model=mlp", "lr_scheduler.warmup_steps=-1"],
         "lr_scheduler.warmup_steps=-1 is invalid: it must be an integer >= 0",
-        marks=slow,
     ),
-    pytest.param(
+    slow_case(
         "train",
         ["data=digits", "callbacks.sample_grid.n=0"],
         "callbacks.sample_grid.n=0 is invalid: it must be an integer >= 1",
-        marks=slow,
     ),
-    pytest.param(
+    slow_case(
         "train",
         ["data=toy2d", "model=mlp", "conditional=true"],
         "conditional=true needs labelled data, but data.name=swiss_roll has no classes",
-        marks=slow,
     ),
-    pytest.param(
+    slow_case(
         "train",
         ["data=toy2d", "model=mlp", "p_uncond=0.1"],
         "p_uncond=0.1 drops labels for classifier-free guidance, but conditional=false",
-        marks=slow,
     ),
-    pytest.param(
-        "train",
-        ["data=toy2d"],
-        "model=UNet does not take points (data.name=swiss_roll gives shape [2])",
-        marks=slow,
+    slow_case(
+        "train", ["data=toy2d"], "model=UNet does not take points (data.name=swiss_roll gives shape [2])"
     ),
     # sample
     ("sample", ["ckpt={truncated}"], "truncated or not a checkpoint"),
-    pytest.param("sample", [], "ckpt_path= is required (alias ckpt=)", marks=slow),
-    pytest.param(
+    slow_case("sample", [], "ckpt_path= is required (alias ckpt=)"),
+    slow_case(
         "sample",
         ["ckpt={ckpt}", "schedule=cosine"],
         "error: schedule is fixed by the checkpoint and cannot be overridden when sampling",
-        marks=slow,
     ),
-    pytest.param("sample", ["ckpt={ckpt}", "n=abc"], "n='abc' must be an integer", marks=slow),
-    pytest.param(
-        "sample",
-        ["ckpt={ckpt}", "batch_size=0"],
-        "batch_size=0 is invalid: it must be an integer >= 1",
-        marks=slow,
+    slow_case("sample", ["ckpt={ckpt}", "n=abc"], "n='abc' must be an integer"),
+    slow_case(
+        "sample", ["ckpt={ckpt}", "batch_size=0"], "batch_size=0 is invalid: it must be an integer >= 1"
     ),
-    pytest.param(
-        "sample",
-        ["ckpt={ckpt}", "device=bogus"],
-        "device='bogus' is not a device; use device=auto, cpu",
-        marks=slow,
+    slow_case(
+        "sample", ["ckpt={ckpt}", "device=bogus"], "device='bogus' is not a device; use device=auto, cpu"
     ),
-    pytest.param(
-        "sample", ["ckpt={ckpt}", "out_dir={a_file}/sub"], "cannot write the samples to out_dir=", marks=slow
-    ),
+    slow_case("sample", ["ckpt={ckpt}", "out_dir={a_file}/sub"], "cannot write the samples to out_dir="),
     # evaluate
-    pytest.param("evaluate", ["ckpt={not_ours}"], "was not written by diffusion_lab", marks=slow),
-    pytest.param("evaluate", ["ckpt={ckpt}", "metrics=[fidd]"], "metrics=['fidd'] unknown", marks=slow),
+    slow_case("evaluate", ["ckpt={not_ours}"], "was not written by diffusion_lab"),
+    slow_case("evaluate", ["ckpt={ckpt}", "metrics=[fidd]"], "metrics=['fidd'] unknown"),
     # report
     ("report", ["{empty}"], "holds no jobs"),
-    pytest.param(
-        "report",
-        [],
-        "the following arguments are required: sweep (python -m diffusion_lab.report --help)",
-        marks=slow,
+    slow_case(
+        "report", [], "the following arguments are required: sweep (python -m diffusion_lab.report --help)"
     ),
     # features
-    pytest.param("features", ["epochs=abc"], "epochs='abc' must be an integer", marks=slow),
-    pytest.param("features", ["data=toy2d"], "has no labelled images", marks=slow),
+    slow_case("features", ["epochs=abc"], "epochs='abc' must be an integer"),
+    slow_case("features", ["data=toy2d"], "has no labelled images"),
     # visualize
-    pytest.param(
-        "visualize", ["figure=vlb", "ckpt={truncated}"], "truncated or not a checkpoint", marks=slow
-    ),
-    pytest.param("visualize", ["figure=nope"], "figure='nope' is unknown", marks=slow),
+    slow_case("visualize", ["figure=vlb", "ckpt={truncated}"], "truncated or not a checkpoint"),
+    slow_case("visualize", ["figure=nope"], "figure='nope' is unknown"),
 ]
 
 
