@@ -542,6 +542,12 @@ def test_unknown_metric_is_one_line(tmp_path):
         (["metrics=[]"], "metrics= is empty"),
         (["metrics=[fid]", "n=1"], "n=1 is invalid"),
         (["metrics=[bpd]", "bpd_n=0"], "bpd_n=0 is invalid"),
+        (
+            ["metrics=[fid]", "real_split=tran"],
+            r"real_split='tran' is not a split; choose one of \['train', ",
+        ),
+        (["metrics=[fid]", "steps=[50,0]"], "steps=0 is invalid: each entry must be an integer >= 1"),
+        (["metrics=[fid]", "steps=[fast]"], "steps='fast' is invalid"),
     ],
 )
 def test_bad_settings_fail_before_loading(tmp_path, overrides, match):

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import load_checkpoint
 from .cli import checkpoint_argument, command
 from .compile_policy import compile_mode, compile_options, use_compile_cache
+from .data.datasets import SPLITS
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError
@@ -97,7 +98,21 @@ def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
     for key in ("bpd_n", "bpd_batch_size"):
         if "bpd" in metrics and int(cfg[key]) < 1:
             raise UserError(f"{key}={cfg[key]} is invalid: it must be >= 1")
+    if sample_metrics:
+        check_sampling_settings(cfg)
     return metrics, sample_metrics
+
+
+def check_sampling_settings(cfg: DictConfig) -> None:
+    """``real_split`` and ``steps`` before the feature network or a checkpoint is loaded (a missing weights
+    file would otherwise be reported first, and a bad value only after it was fixed)."""
+    if str(cfg.real_split) not in SPLITS:
+        raise UserError(f"real_split={cfg.real_split!r} is not a split; choose one of {list(SPLITS)}")
+    for steps in _as_list(cfg.steps):
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise UserError(
+                f"steps={steps!r} is invalid: each entry must be an integer >= 1, or null (the trained sampler's)"
+            )
 
 
 def quality_settings(cfg: DictConfig) -> QualitySettings:
