@@ -833,3 +833,26 @@ def test_nonfinite_skip_on_device_with_a_fused_optimizer(tmp_path, monkeypatch):
     for state in ckpt["optimizer_states"][0]["state"].values():
         assert all(torch.isfinite(v).all() for v in state.values())
         assert float(state["step"]) == 5  # the skipped step did not count
+
+
+def test_a_kill_while_the_metrics_file_is_rewritten_leaves_it_whole(tmp_path, monkeypatch):
+    """A new metric adds a column, and the CSV writer rewrites the whole file: interrupted, it keeps the old."""
+    import csv
+
+    from diffusion_lab.metrics_csv import _ContinuedWriter
+
+    writer = _ContinuedWriter(str(tmp_path), None)
+    for step in (0, 1):
+        writer.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        writer.save()
+    before = (tmp_path / "metrics.csv").read_text()
+
+    def killed(self, rows):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    writer.log_metrics({"val/loss": 0.5}, step=2)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save()
+    assert (tmp_path / "metrics.csv").read_text() == before and before.count("\n") == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary file left behind
