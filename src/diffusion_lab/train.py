@@ -323,7 +323,8 @@ def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: floa
     result = fit_result(trainer, module, callbacks, output_dir, started)
     images = len(datamodule.data_shape) == 3
     if "preempted" not in result and trainer.is_global_zero and cfg.get("final_samples", 0) and images:
-        result.update(write_final_outputs(module, datamodule, trainer, cfg, (num_classes, callbacks), result))
+        preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
+        result.update(write_final_outputs(module, datamodule, trainer, cfg, num_classes, preemption, result))
     for lg in loggers:
         if hasattr(lg, "log_dir") and lg.log_dir and Path(lg.log_dir, "metrics.csv").exists():
             result["metrics_csv"] = str(Path(lg.log_dir, "metrics.csv"))
@@ -398,14 +399,21 @@ def fit_result(
         (c for c in callbacks if isinstance(c, Preemption) and c.stopped_at_step is not None), None
     )
     if preempted is not None:
-        result["preempted"] = {
-            "signal": preempted.signal_name,
-            "step": preempted.stopped_at_step,
-            "checkpoint": preempted.checkpoint_path,
-            "resume": resume_command(output_dir),
-        }
+        result["preempted"] = preempted_record(
+            preempted.signal_name, preempted.stopped_at_step, preempted.checkpoint_path, output_dir
+        )
         result["checkpoint"] = preempted.checkpoint_path
     return result
+
+
+def preempted_record(signal_name: str, step: int, checkpoint: str | None, output_dir: Path) -> dict[str, Any]:
+    """A result's ``preempted`` entry: the signal that stopped the run, its step, its checkpoint, how to resume."""
+    return {
+        "signal": signal_name,
+        "step": step,
+        "checkpoint": checkpoint,
+        "resume": resume_command(output_dir),
+    }
 
 
 def write_final_outputs(
@@ -413,15 +421,14 @@ def write_final_outputs(
     datamodule,
     trainer: L.Trainer,
     cfg: DictConfig,
-    run: tuple[int | None, list],
+    num_classes: int | None,
+    preemption: Preemption | None,
     result: dict[str, Any],
 ) -> dict[str, Any]:
     """The final samples (an autoencoder: its reconstructions), or, when a preemption signal stops them, the
     ``preempted`` record of ``fit_result``: the fit's last.ckpt holds every step, so the run is stopped, not lost,
-    and its resume writes them. ``run``: the number of classes of a conditional model (else None) and the fit's
-    callbacks."""
-    (num_classes, callbacks), output_dir = run, Path(result["output_dir"])
-    preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
+    and its resume writes them."""
+    output_dir = Path(result["output_dir"])
     try:
         with preemption.after_fit() if preemption is not None else contextlib.nullcontext():
             if not hasattr(module, "generate"):  # an autoencoder: what it makes of held-out images
@@ -433,12 +440,8 @@ def write_final_outputs(
             file=sys.stderr,
             flush=True,
         )
-        preempted = {
-            "signal": stop.signal_name,
-            "step": result["global_step"],
-            "checkpoint": result.get("checkpoint"),
-        }
-        return {"preempted": {**preempted, "resume": resume_command(output_dir)}}
+        step, checkpoint = result["global_step"], result.get("checkpoint")
+        return {"preempted": preempted_record(stop.signal_name, step, checkpoint, output_dir)}
 
 
 def write_final_samples(
