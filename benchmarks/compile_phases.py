@@ -36,14 +36,10 @@ CASES = [("net", "cold"), ("net", "warm"), ("no_pattern_matcher", "cold"), ("nes
 
 def network(torch):
     """experiment=fmnist_fast's network, its weights nudged off their initialisation."""
-    import yaml
+    from unet_small import unet_small
 
-    from diffusion_lab.nets import UNet
-
-    kwargs = yaml.safe_load((ROOT / "conf" / "model" / "unet_small.yaml").read_text())
-    kwargs.pop("_target_")
     torch.manual_seed(0)
-    net = UNet(**{**kwargs, "in_channels": 1, "image_size": 28, "dropout": 0.0})
+    net = unet_small(dropout=0.0)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.02 * torch.randn_like(p))

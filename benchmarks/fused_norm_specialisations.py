@@ -17,23 +17,19 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from unet_small import unet_small  # noqa: E402
 
 from diffusion_lab.nets import UNet  # noqa: E402
 from diffusion_lab.nets.fused_norm import GroupNormSiLU  # noqa: E402
 from diffusion_lab.nets.fused_norm_ops import launch_config  # noqa: E402
 
-UNET_SMALL = (
-    Path(__file__).resolve().parents[1] / "conf" / "model" / "unet_small.yaml"
-)  # fmnist_fast's network
 
-
-def unet_small() -> UNet:
+def unet_small_eager() -> UNet:
     """The Fashion-MNIST UNet as its config declares it, on the PyTorch path (whose shapes the op would get)."""
-    spec = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(UNET_SMALL)).items() if k != "_target_"}
-    return UNet(in_channels=1, image_size=28, **{**spec, "fused_norm": "false"}).eval()
+    return unet_small(fused_norm="false").eval()
 
 
 def _key(norm: GroupNormSiLU, x: torch.Tensor, scale, shift) -> tuple:
@@ -55,7 +51,7 @@ def _key(norm: GroupNormSiLU, x: torch.Tensor, scale, shift) -> tuple:
 
 def specialisations(batches: list[int]) -> dict[int, set]:
     """The keys met at each batch size in one eager forward of unet_small."""
-    net = unet_small()
+    net = unet_small_eager()
     seen: dict[int, set] = {}
     current = {"batch": 0}
 

@@ -66,12 +66,11 @@ from diffusion_lab.diffusion import Diffusion, LinearSchedule, q_sample
 from diffusion_lab.io import save_grid, save_samples_npz
 from diffusion_lab.metrics import SampleQuality
 from diffusion_lab.metrics.evaluation import QualitySettings, build_extractor, real_features_for
-from diffusion_lab.nets import UNet, count_parameters
+from diffusion_lab.nets import count_parameters
 from diffusion_lab.optim import warmup_schedule
 from diffusion_lab.samplers import DDIMSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-UNET_SMALL = ROOT / "conf" / "model" / "unet_small.yaml"
 PEERS = ("diffusers", "lucidrains", "ours-net")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 SHAPE = (1, 28, 28)  # Fashion-MNIST, C x H x W
@@ -120,17 +119,14 @@ def build_peer(peer: str, dropout: float = 0.0) -> tuple[nn.Module, Forward, str
 
         return net, forward, "denoising_diffusion_pytorch.Unet(dim=64, dim_mults=(1, 2, 2)), unpadded 28x28"
     if peer == "ours-net":
-        from omegaconf import OmegaConf
+        from unet_small import CONFIG, unet_small
 
-        cfg = OmegaConf.to_container(OmegaConf.load(UNET_SMALL), resolve=True)
-        cfg.pop("_target_", None)
-        cfg["dropout"] = dropout
-        net = UNet(**cfg, in_channels=channels, out_channels=channels, image_size=size)
+        net = unet_small(dropout=dropout, in_channels=channels, out_channels=channels, image_size=size)
 
         def forward(m: nn.Module, x: Tensor, t: Tensor) -> Tensor:
             return m(x, t)
 
-        return net, forward, f"diffusion_lab.nets.UNet({UNET_SMALL.relative_to(ROOT)}, image_size={size})"
+        return net, forward, f"diffusion_lab.nets.UNet({CONFIG.relative_to(ROOT)}, image_size={size})"
     raise ValueError(f"--peer={peer!r}: choose one of {', '.join(PEERS)}")
 
 
