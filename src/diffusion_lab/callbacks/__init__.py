@@ -8,6 +8,7 @@ from .preemption import Preemption
 from .progress import LossProgressBar
 from .sample_grid import SampleGrid
 from .sample_quality import SampleQualityCallback
+from .step_checkpoint import StepCheckpoint
 from .throughput import Throughput
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "Preemption",
     "SampleGrid",
     "SampleQualityCallback",
+    "StepCheckpoint",
     "Throughput",
 ]
