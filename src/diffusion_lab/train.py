@@ -189,6 +189,7 @@ TYPED_KEYS: dict[str, tuple] = {
     "callbacks.ema.update_every_n_steps": (int,),
     "sampler.clip_denoised": (bool,),
     "callbacks.checkpoint.every_n_train_steps": (int, None),
+    "callbacks.preemption.interrupt": (bool,),
     "final_samples": (int,),
     "p_uncond": (float,),
     "progress_refresh_rate": (int,),
@@ -608,6 +609,8 @@ def main(cfg: DictConfig) -> float | None:
             import wandb
 
             wandb.finish()
+    if result.get("preempted", {}).get("signal") == "SIGINT":
+        raise SystemExit(1)  # Ctrl-C: saved and recorded as interrupted, and a sweep stops, as at any Ctrl-C
     return objective(cfg, result["metrics"])
 
 

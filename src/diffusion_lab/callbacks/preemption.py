@@ -1,10 +1,15 @@
-"""Stop cleanly on SIGTERM / SIGUSR1 (a scheduler's preemption notice): checkpoint, stop, exit 0.
+"""Stop cleanly on SIGTERM / SIGUSR1 (a scheduler's preemption notice): checkpoint, stop, exit 0. Ctrl-C
+(SIGINT) during the fit stops the same way, then exits 1 as an interrupted command does.
 
 On the signal the handler only sets a flag. At the next training-batch end (after the EMA has averaged that
 step) the callback writes ``<run dir>/checkpoints/last.ckpt`` (atomically, through the Trainer's checkpoint
 plugin: ``final_checkpoint.save_last_checkpoint``), sets ``trainer.should_stop`` and records why; ``train.py``
 then skips the final samples and prints how to resume (``ckpt_path=last resume_dir=<run dir>``). A second
-signal changes nothing; SIGKILL cannot be caught (the periodic step checkpoints cover it). A signal that comes
+signal changes nothing, except a second Ctrl-C, which stops at once as Ctrl-C does without this callback (Lightning
+saves last.ckpt of the current step through ``FinalCheckpoint``, with the RNG and the loader as they are then, so
+that resume is not exact). Why Ctrl-C waits for the step's end: pressed mid-step, the step's noise and timesteps
+are drawn and the next batch is fetched, so a checkpoint then would resume with other random draws and one batch
+skipped; at the batch end the state is that of a step checkpoint. SIGKILL cannot be caught (the periodic step checkpoints cover it). A signal that comes
 after the fit, while ``train.py`` writes the final samples (``Preemption.after_fit``), stops them at once: last.ckpt
 holds every step, the run is recorded as stopped by the signal, and its resume writes the samples.
 
@@ -64,6 +69,7 @@ class Preemption(L.Callback):
     def __init__(
         self,
         signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
+        interrupt: bool = True,
         dirname: str = "checkpoints",
         filename: str = "last.ckpt",
         sync_every_n_steps: int = 10,
@@ -74,6 +80,7 @@ class Preemption(L.Callback):
             raise ValueError(
                 f"callbacks.preemption.signals: unknown signal(s) {unknown}; e.g. [SIGTERM, SIGUSR1]"
             )
+        self.interrupt = bool(interrupt)  # Ctrl-C finishes the step and saves, as the signals above do
         self.dirname = dirname
         self.filename = filename
         self.sync_every_n_steps = max(1, int(sync_every_n_steps))
@@ -90,17 +97,37 @@ class Preemption(L.Callback):
 
     def _handler(self, signum: int, frame) -> None:
         first = self.received is None
-        self.received = signum
+        if signum == signal.SIGINT:
+            self._on_interrupt(first)
+        if first:
+            self.received = signum
         trainer = self._trainer
-        if first and trainer is not None:
+        # SIGINT is not passed on: a terminal sends it to every process of the job already.
+        if first and trainer is not None and signum != signal.SIGINT:
             launcher = getattr(trainer.strategy, "launcher", None)
             kill = getattr(launcher, "kill", None)
             if callable(kill):  # DDP started the other ranks as child processes: pass the notice on
                 with contextlib.suppress(Exception):
                     kill(signum)
 
+    @staticmethod
+    def _on_interrupt(first: bool) -> None:
+        """Ctrl-C: the first asks for a stop at the step's end (after a stop was asked already, it stops at once);
+        the next one raises KeyboardInterrupt at once, as Python's own handler does."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not first:
+            raise KeyboardInterrupt
+        print(
+            "\nCtrl-C: finishing this step, saving a checkpoint and stopping (Ctrl-C again stops at once,"
+            " without an exact resume)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def _signals_to_handle(self) -> list[int]:
         nums = [int(getattr(signal, name)) for name in self.signal_names]
+        if self.interrupt and signal.SIGINT not in nums:
+            nums.append(int(signal.SIGINT))
         if SLURMEnvironment.detect():  # Lightning's auto-requeue owns SIGUSR1 (see the module doc)
             nums = [n for n in nums if n != signal.SIGUSR1]
         return nums

@@ -1,0 +1,119 @@
+"""Ctrl-C during training: the first finishes the step, saves last.ckpt and stops (a resume continues exactly);
+a second stops at once; the command exits 1 with the run recorded as interrupted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, cli_env, dedupe_overrides, small_train_cfg
+from diffusion_lab import train as train_module
+from diffusion_lab.train import train
+
+STOP = 5  # Ctrl-C as the batch after this step starts: mid-epoch (4 batches per epoch)
+EXACT = ["trainer.deterministic=true", "seed=7", "trainer.log_every_n_steps=1", "final_samples=0"]
+
+
+class CtrlC(L.Callback):
+    """Sends SIGINT ``times`` times as the batch after step ``STOP`` starts (the next batch is fetched then)."""
+
+    def __init__(self, times: int):
+        self.times = times
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == STOP:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def with_ctrl_c(monkeypatch, times: int) -> None:
+    real = train_module.instantiate
+
+    def instantiate(config, *args, **kwargs):
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [*kwargs["callbacks"], CtrlC(times)]
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "instantiate", instantiate)
+
+
+def losses(metrics_csv) -> dict[int, str]:
+    with open(metrics_csv) as f:
+        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def test_ctrl_c_finishes_the_step_and_the_resume_is_exact(tmp_path, monkeypatch, capsys):
+    before = signal.getsignal(signal.SIGINT)
+    straight = train(small_train_cfg(tmp_path / "straight", *EXACT, "trainer.max_steps=10"))
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        with_ctrl_c(m, times=1)
+        stopped = train(small_train_cfg(run, *EXACT, "trainer.max_steps=1000"))
+    assert stopped["preempted"]["signal"] == "SIGINT" and stopped["preempted"]["step"] == STOP + 1
+    assert "Ctrl-C: finishing this step, saving a checkpoint and stopping" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) == before
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STOP + 1
+    resumed = train(
+        small_train_cfg(run, *EXACT, "ckpt_path=last", f"resume_dir={run}", "trainer.max_steps=10")
+    )
+    assert losses(resumed["metrics_csv"]) == losses(straight["metrics_csv"])  # every step, the same losses
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    with_ctrl_c(monkeypatch, times=2)
+    with pytest.raises(SystemExit):  # Lightning's answer to KeyboardInterrupt
+        train(small_train_cfg(tmp_path, *EXACT, "trainer.max_steps=1000"))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STOP  # saved where it stopped (FinalCheckpoint), the next step not trained
+
+
+def test_ctrl_c_ends_the_command_with_exit_1_and_an_interrupted_record(tmp_path):
+    run = tmp_path / "run"
+    overrides = dedupe_overrides(
+        [
+            *CPU_ONLY,
+            *SMALL_RUN,
+            *TINY_MODEL["UNet"],
+            "trainer.max_steps=100000",
+            "callbacks.checkpoint.every_n_train_steps=4",
+            "final_samples=0",
+            f"hydra.run.dir={run}",
+        ]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffusion_lab.train", *overrides],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (run / "checkpoints" / "step_0000004.ckpt").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    record = json.loads((run / "run_status.json").read_text())
+    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "global_step"
+    ]
+    assert record["status"] == "INTERRUPTED" and record["global_step"] == step >= 4
+    assert f"stopped by    : SIGINT at step {step}" in out
+    assert f"ckpt_path=last resume_dir={run}" in out
