@@ -72,7 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=None, help="run at most this many of the pending runs")
     p.add_argument(
-        "--only", default=None, help="comma-separated run labels: the suite's runs of these labels alone"
+        "--only", default=None, help="comma-separated run labels: the suite's runs of these labels alone, in this order"
     )
     p.add_argument("--seconds", type=float, default=240.0, help="quality: training wall budget per run")
     p.add_argument("--seeds", default="0,1,2", help="quality: comma-separated seeds")
@@ -195,6 +195,8 @@ def execute(run: Run, logs: Path) -> tuple[list[dict], list[str]]:
 def pending(opts: argparse.Namespace, done: set[str]) -> list[Run]:
     """The suite's runs not yet in ``done``, with ``--gpus`` > 1 each on the GPU of its slot in its wave."""
     runs = [r for r in SUITES[opts.suite](opts) if r.label not in done and selected(opts, r.label)]
+    if opts.only:  # in the order named, so that a pair can run in either order
+        runs.sort(key=lambda r: opts.only.index(r.label))
     if opts.gpus > 1:
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // opts.gpus))
         for i, run in enumerate(runs):  # each run its GPU and its share of the host's cores

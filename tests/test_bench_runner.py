@@ -188,11 +188,12 @@ def test_limit_runs_only_the_first_pending_runs(runner, capsys, tmp_path):
     assert list(dict.fromkeys(labels)) == ["prepare", "ours_s0", "diffusers_s0"]
 
 
-def test_only_runs_the_named_settings_in_the_suite_order(runner, capsys, tmp_path):
-    argv = ["startup", "--dry-run", "--out", str(tmp_path), "--only", "net_cudnn_heuristics,net"]
+@pytest.mark.parametrize("only", [["net_cudnn_heuristics", "net"], ["net", "net_cudnn_heuristics"]])
+def test_only_runs_the_named_settings_in_the_order_named(runner, capsys, tmp_path, only):
+    argv = ["startup", "--dry-run", "--out", str(tmp_path), "--only", ",".join(only)]
     assert runner.main(argv) == 0
     labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
-    assert labels == ["net", "net", "net_cudnn_heuristics", "net_cudnn_heuristics"]  # cold, warm each
+    assert labels == [only[0], only[0], only[1], only[1]]  # cold, warm each
 
 
 def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys, tmp_path):
