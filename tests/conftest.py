@@ -6,6 +6,9 @@ import gzip
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -202,6 +205,30 @@ def cli_env(root: Path) -> dict[str, str]:
     )
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+def signal_training(root: Path, overrides: list[str], ready: Path, signum: int) -> tuple[int, str, str]:
+    """``python -m diffusion_lab.train *overrides`` in a child process (``cli_env(root)``), sent ``signum`` as
+    soon as ``ready`` exists (a step checkpoint: it trained that far); its exit status, stdout and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffusion_lab.train", *overrides],
+        cwd=root,
+        env=cli_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not ready.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
 
 
 # A tiny autoencoder (task=autoencoder) on the offline digits, f = 2 (16x16 -> 8x8x2): a few CPU seconds. It is

@@ -7,15 +7,12 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import lightning as L
 import pytest
 import torch
 
-from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, cli_env, dedupe_overrides, small_train_cfg
+from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, dedupe_overrides, signal_training, small_train_cfg
 from diffusion_lab import train as train_module
 from diffusion_lab.train import train
 
@@ -90,25 +87,10 @@ def test_ctrl_c_ends_the_command_with_exit_1_and_an_interrupted_record(tmp_path)
             f"hydra.run.dir={run}",
         ]
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "diffusion_lab.train", *overrides],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, out, err = signal_training(
+        tmp_path, overrides, run / "checkpoints" / "step_0000004.ckpt", signal.SIGINT
     )
-    try:
-        deadline = time.time() + 240
-        while not (run / "checkpoints" / "step_0000004.ckpt").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err[-3000:]
+    assert code == 1, err[-3000:]
     assert "Traceback" not in err
     record = json.loads((run / "run_status.json").read_text())
     step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[

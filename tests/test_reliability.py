@@ -31,6 +31,7 @@ from conftest import (
     cli_env,
     dedupe_overrides,
     documented_count,
+    signal_training,
     small_train_cfg,
 )
 from diffusion_lab import train as train_module
@@ -476,25 +477,10 @@ def test_sigterm_subprocess_exits_0_and_resumes(tmp_path):
         "final_samples=0",
         f"hydra.run.dir={run}",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "diffusion_lab.train", *overrides],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, out, err = signal_training(
+        tmp_path, overrides, run / "checkpoints" / f"step_{N:07d}.ckpt", signal.SIGTERM
     )
-    try:
-        deadline = time.time() + 240
-        while not (run / "checkpoints" / f"step_{N:07d}.ckpt").exists():  # trained N steps
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    assert code == 0, err
     assert "Traceback" not in err
     last = run / "checkpoints" / "last.ckpt"
     assert verify_checkpoint(last) is None

@@ -123,14 +123,8 @@ def test_a_kill_during_the_validation_of_a_checkpoint_step_is_validated_again(tm
     run = tmp_path / "killed"
     script = tmp_path / "killer.py"
     script.write_text(textwrap.dedent(KILLER.format(tests=str(TESTS), step=2 * N)))
-    env = cli_env(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(run), *settings],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    killer = [sys.executable, str(script), str(run), *settings]
+    proc = subprocess.run(killer, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr[-3000:]
     checkpoints = run / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step_*.ckpt")) == [f"step_{N:07d}.ckpt"]
