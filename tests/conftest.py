@@ -207,6 +207,10 @@ def cli_env(root: Path) -> dict[str, str]:
     return env
 
 
+# The settings under which a resumed run equals an uninterrupted one bit for bit (with a checkpoint to resume).
+EXACT_RESUME = ["trainer.deterministic=true", "seed=7", "trainer.log_every_n_steps=1", "final_samples=0"]
+
+
 def signal_training(root: Path, overrides: list[str], ready: Path, signum: int) -> tuple[int, str, str]:
     """``python -m diffusion_lab.train *overrides`` in a child process (``cli_env(root)``), sent ``signum`` as
     soon as ``ready`` exists (a step checkpoint: it trained that far); its exit status, stdout and stderr."""

@@ -12,12 +12,19 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import CPU_ONLY, SMALL_RUN, TINY_MODEL, dedupe_overrides, signal_training, small_train_cfg
+from conftest import (
+    CPU_ONLY,
+    EXACT_RESUME,
+    SMALL_RUN,
+    TINY_MODEL,
+    dedupe_overrides,
+    signal_training,
+    small_train_cfg,
+)
 from diffusion_lab import train as train_module
 from diffusion_lab.train import train
 
 STOP = 5  # Ctrl-C as the batch after this step starts: mid-epoch (4 batches per epoch)
-EXACT = ["trainer.deterministic=true", "seed=7", "trainer.log_every_n_steps=1", "final_samples=0"]
 
 
 class CtrlC(L.Callback):
@@ -50,18 +57,18 @@ def losses(metrics_csv) -> dict[int, str]:
 
 def test_ctrl_c_finishes_the_step_and_the_resume_is_exact(tmp_path, monkeypatch, capsys):
     before = signal.getsignal(signal.SIGINT)
-    straight = train(small_train_cfg(tmp_path / "straight", *EXACT, "trainer.max_steps=10"))
+    straight = train(small_train_cfg(tmp_path / "straight", *EXACT_RESUME, "trainer.max_steps=10"))
     run = tmp_path / "run"
     with monkeypatch.context() as m:
         with_ctrl_c(m, times=1)
-        stopped = train(small_train_cfg(run, *EXACT, "trainer.max_steps=1000"))
+        stopped = train(small_train_cfg(run, *EXACT_RESUME, "trainer.max_steps=1000"))
     assert stopped["preempted"]["signal"] == "SIGINT" and stopped["preempted"]["step"] == STOP + 1
     assert "Ctrl-C: finishing this step, saving a checkpoint and stopping" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) == before
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == STOP + 1
     resumed = train(
-        small_train_cfg(run, *EXACT, "ckpt_path=last", f"resume_dir={run}", "trainer.max_steps=10")
+        small_train_cfg(run, *EXACT_RESUME, "ckpt_path=last", f"resume_dir={run}", "trainer.max_steps=10")
     )
     assert losses(resumed["metrics_csv"]) == losses(straight["metrics_csv"])  # every step, the same losses
 
@@ -69,7 +76,7 @@ def test_ctrl_c_finishes_the_step_and_the_resume_is_exact(tmp_path, monkeypatch,
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     with_ctrl_c(monkeypatch, times=2)
     with pytest.raises(SystemExit):  # Lightning's answer to KeyboardInterrupt
-        train(small_train_cfg(tmp_path, *EXACT, "trainer.max_steps=1000"))
+        train(small_train_cfg(tmp_path, *EXACT_RESUME, "trainer.max_steps=1000"))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == STOP  # saved where it stopped (FinalCheckpoint), the next step not trained
 

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from conftest import (
     CPU_ONLY,
+    EXACT_RESUME,
     SMALL_RUN,
     TINY_MODEL,
     cli_env,
@@ -517,12 +518,9 @@ def kill_run_overrides(run: Path, max_steps: int) -> list[str]:
     # The exact-resume settings of test_train.py: deterministic, fixed seed, a checkpoint (and a validation)
     # at every epoch end.
     return cli_overrides(
-        "trainer.deterministic=true",
-        "seed=7",
+        *EXACT_RESUME,
         f"trainer.val_check_interval={N}",
         f"callbacks.checkpoint.every_n_train_steps={N}",
-        "trainer.log_every_n_steps=1",
-        "final_samples=0",
         f"trainer.max_steps={max_steps}",
         f"hydra.run.dir={run}",
     )

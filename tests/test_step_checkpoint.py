@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import cli_env, small_train_cfg
+from conftest import EXACT_RESUME, cli_env, small_train_cfg
 from diffusion_lab import train as train_module
 from diffusion_lab.callbacks.step_checkpoint import validation_follows
 from diffusion_lab.train import train
@@ -112,12 +112,9 @@ def test_a_kill_during_the_validation_of_a_checkpoint_step_is_validated_again(tm
     not written yet, the resume starts from step N and validates step 2N again; the finished run has each
     validation row once, with the numbers of an uninterrupted run."""
     settings = [
-        "trainer.deterministic=true",
-        "seed=7",
+        *EXACT_RESUME,
         f"trainer.val_check_interval={N}",
         f"callbacks.checkpoint.every_n_train_steps={N}",
-        "trainer.log_every_n_steps=1",
-        "final_samples=0",
         f"trainer.max_steps={3 * N}",
     ]
     run = tmp_path / "killed"
