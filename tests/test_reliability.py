@@ -468,6 +468,38 @@ def test_a_signal_in_the_step_of_a_step_checkpoint_keeps_that_checkpoint(tmp_pat
         assert verify_checkpoint(path) is None and load(path)["global_step"] == N
 
 
+class CountValidations(L.Callback):
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize("stop_step", [6, 8], ids=["off_the_schedule", "on_the_schedule"])
+def test_a_signal_stop_validates_only_on_the_schedule(tmp_path, monkeypatch, stop_step):
+    """Validation every 4 steps; a preemption stop at step 6 runs none (Lightning would validate any early stop,
+    spending the grace time), one at step 8 runs the validation due there."""
+    real_instantiate = train_module.instantiate
+    seen = CountValidations()
+
+    def with_sender(config, *args, **kwargs):
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [
+                *kwargs["callbacks"],
+                SendSignal(signal.SIGUSR1, at_step=stop_step - 1),
+                seen,
+            ]
+        return real_instantiate(config, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "instantiate", with_sender)
+    validation = ["trainer.val_check_interval=4", "trainer.check_val_every_n_epoch=null"]
+    result = train(small_train_cfg(tmp_path, "trainer.max_steps=1000", *validation))
+    assert result["preempted"]["step"] == stop_step
+    assert seen.steps == list(range(4, stop_step + 1, 4))
+
+
 def test_sigterm_subprocess_exits_0_and_resumes(tmp_path):
     """A real training process gets SIGTERM after a few steps: exit 0, last.ckpt, the resume command, and a
     resume from it continues at its step."""

@@ -43,6 +43,7 @@ import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from .final_checkpoint import save_last_checkpoint
+from .step_checkpoint import validation_follows
 
 __all__ = ["Preemption", "StoppedBySignal", "stopped_by_signal"]
 
@@ -204,7 +205,13 @@ class Preemption(L.Callback):
             return
         path = Path(trainer.default_root_dir) / self.dirname / self.filename
         save_last_checkpoint(trainer, path)
+        # Asked before should_stop is set, which makes a validation due at any step.
+        skip_validation = not validation_follows(trainer)
         trainer.should_stop = True
+        if skip_validation and trainer._val_check_time_interval is None:
+            # Lightning validates a fit stopped early at any step; here that would spend the grace time on a
+            # validation off the schedule (minutes with an in-training FID). One on the schedule still runs.
+            trainer.fit_loop.epoch_loop._skip_next_val = True
         self.stopped_at_step = trainer.global_step
         self.checkpoint_path = str(path)
         if self.received is None:  # another rank got the signal

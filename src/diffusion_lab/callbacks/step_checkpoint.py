@@ -25,6 +25,8 @@ def validation_follows(trainer: L.Trainer) -> bool:
     if not trainer.enable_validation or trainer._val_check_time_interval is not None:
         return False
     fit_loop = trainer.fit_loop
+    if fit_loop.epoch_loop._skip_next_val:  # set by the loop on a restart, or by Preemption
+        return False
     return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
 
 
