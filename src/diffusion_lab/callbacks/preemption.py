@@ -10,9 +10,9 @@ signal changes nothing, except a second Ctrl-C, which stops at once as Ctrl-C do
 are then, so that resume is not exact). Why Ctrl-C waits for the step's end: pressed mid-step, the step's noise
 and timesteps are drawn and the next batch is fetched, so a checkpoint then would resume with other random draws
 and one batch skipped; at the batch end the state is that of a step checkpoint. SIGKILL cannot be caught (the
-periodic step checkpoints cover it). A signal that comes
-after the fit, while ``train.py`` writes the final samples (``Preemption.after_fit``), stops them at once: last.ckpt
-holds every step, the run is recorded as stopped by the signal, and its resume writes the samples.
+periodic step checkpoints cover it). A signal that comes after the fit, while ``train.py`` writes the final
+samples (``Preemption.after_fit``), stops them at once: last.ckpt holds every step, the run is recorded as
+stopped by the signal, and its resume writes the samples.
 
 Interplay with Lightning (2.6):
 
@@ -207,9 +207,9 @@ class Preemption(L.Callback):
         path = Path(trainer.default_root_dir) / self.dirname / self.filename
         save_last_checkpoint(trainer, path)
         # Asked before should_stop is set, which makes a validation due at any step.
-        skip_validation = not validation_follows(trainer)
+        skip_validation = validation_follows(trainer) is False
         trainer.should_stop = True
-        if skip_validation and trainer._val_check_time_interval is None:
+        if skip_validation:
             # Lightning validates a fit stopped early at any step; here that would spend the grace time on a
             # validation off the schedule (minutes with an in-training FID). One on the schedule still runs.
             trainer.fit_loop.epoch_loop._skip_next_val = True

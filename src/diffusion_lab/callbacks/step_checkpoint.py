@@ -20,9 +20,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 __all__ = ["StepCheckpoint", "validation_follows"]
 
 
-def validation_follows(trainer: L.Trainer) -> bool:
-    """Whether the fit loop validates right after the training batch now ending (asked in its end hooks)."""
-    if not trainer.enable_validation or trainer._val_check_time_interval is not None:
+def validation_follows(trainer: L.Trainer) -> bool | None:
+    """Whether the fit loop validates right after the training batch now ending (asked in its end hooks); None
+    where that cannot be foretold (a wall-time validation interval)."""
+    if trainer._val_check_time_interval is not None:
+        return None
+    if not trainer.enable_validation:
         return False
     fit_loop = trainer.fit_loop
     if fit_loop.epoch_loop._skip_next_val:  # set by the loop on a restart, or by Preemption
