@@ -17,6 +17,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from diffusion_lab import train as train_module
 from diffusion_lab.overrides import override_key
 from diffusion_lab.train import CONFIG_DIR, compose_config
 
@@ -205,6 +206,19 @@ def cli_env(root: Path) -> dict[str, str]:
     )
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+def add_trainer_callbacks(monkeypatch, *callbacks) -> None:
+    """``train()``'s Trainer gets ``callbacks`` after its own (it is built by ``instantiate`` from the config
+    holding ``max_steps``; every other object ``train()`` instantiates is left alone)."""
+    real = train_module.instantiate
+
+    def instantiate(config, *args, **kwargs):
+        if "callbacks" in kwargs and "max_steps" in config:
+            kwargs["callbacks"] = [*kwargs["callbacks"], *callbacks]
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "instantiate", instantiate)
 
 
 # The settings under which a resumed run equals an uninterrupted one bit for bit (with a checkpoint to resume).

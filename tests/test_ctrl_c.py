@@ -17,11 +17,11 @@ from conftest import (
     EXACT_RESUME,
     SMALL_RUN,
     TINY_MODEL,
+    add_trainer_callbacks,
     dedupe_overrides,
     signal_training,
     small_train_cfg,
 )
-from diffusion_lab import train as train_module
 from diffusion_lab.train import train
 
 STOP = 5  # Ctrl-C as the batch after this step starts: mid-epoch (4 batches per epoch)
@@ -39,17 +39,6 @@ class CtrlC(L.Callback):
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-def with_ctrl_c(monkeypatch, times: int) -> None:
-    real = train_module.instantiate
-
-    def instantiate(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], CtrlC(times)]
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "instantiate", instantiate)
-
-
 def losses(metrics_csv) -> dict[int, str]:
     with open(metrics_csv) as f:
         return {int(r["step"]): r["train/loss"] for r in csv.DictReader(f) if r.get("train/loss")}
@@ -60,7 +49,7 @@ def test_ctrl_c_finishes_the_step_and_the_resume_is_exact(tmp_path, monkeypatch,
     straight = train(small_train_cfg(tmp_path / "straight", *EXACT_RESUME, "trainer.max_steps=10"))
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        with_ctrl_c(m, times=1)
+        add_trainer_callbacks(m, CtrlC(times=1))
         stopped = train(small_train_cfg(run, *EXACT_RESUME, "trainer.max_steps=1000"))
     assert stopped["preempted"]["signal"] == "SIGINT" and stopped["preempted"]["step"] == STOP + 1
     assert "Ctrl-C: finishing this step, saving a checkpoint and stopping" in capsys.readouterr().err
@@ -74,7 +63,7 @@ def test_ctrl_c_finishes_the_step_and_the_resume_is_exact(tmp_path, monkeypatch,
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
-    with_ctrl_c(monkeypatch, times=2)
+    add_trainer_callbacks(monkeypatch, CtrlC(times=2))
     with pytest.raises(SystemExit):  # Lightning's answer to KeyboardInterrupt
         train(small_train_cfg(tmp_path, *EXACT_RESUME, "trainer.max_steps=1000"))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -29,6 +29,7 @@ from conftest import (
     EXACT_RESUME,
     SMALL_RUN,
     TINY_MODEL,
+    add_trainer_callbacks,
     cli_env,
     dedupe_overrides,
     documented_count,
@@ -428,14 +429,7 @@ class SendSignal(L.Callback):
 
 def test_sigusr1_saves_stops_and_restores_the_handler(tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGUSR1)
-    real_instantiate = train_module.instantiate
-
-    def with_sender(config, *args, **kwargs):  # add the signal sender to the Trainer's callbacks
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], SendSignal(signal.SIGUSR1, at_step=5)]
-        return real_instantiate(config, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "instantiate", with_sender)
+    add_trainer_callbacks(monkeypatch, SendSignal(signal.SIGUSR1, at_step=5))
     result = train(small_train_cfg(tmp_path, "trainer.max_steps=1000"))
     assert result["preempted"]["signal"] == "SIGUSR1" and result["preempted"]["step"] == 6
     assert result["global_step"] == 6 and "samples_grid" not in result  # no final sampling when preempted
@@ -451,14 +445,7 @@ def test_a_signal_in_the_step_of_a_step_checkpoint_keeps_that_checkpoint(tmp_pat
     """A preemption notice during the step at which a step checkpoint falls due: the run keeps that
     ``step_*.ckpt`` beside last.ckpt (the step checkpoints are a run's record of its training, kept for later
     evaluation), and both hold the step."""
-    real_instantiate = train_module.instantiate
-
-    def with_sender(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], SendSignal(signal.SIGUSR1, at_step=N - 1)]
-        return real_instantiate(config, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "instantiate", with_sender)
+    add_trainer_callbacks(monkeypatch, SendSignal(signal.SIGUSR1, at_step=N - 1))
     cfg = small_train_cfg(tmp_path, "trainer.max_steps=1000", f"callbacks.checkpoint.every_n_train_steps={N}")
     result = train(cfg)
     assert result["preempted"]["step"] == N
@@ -481,19 +468,8 @@ class CountValidations(L.Callback):
 def test_a_signal_stop_validates_only_on_the_schedule(tmp_path, monkeypatch, stop_step):
     """Validation every 4 steps; a preemption stop at step 6 runs none (Lightning would validate any early stop,
     spending the grace time), one at step 8 runs the validation due there."""
-    real_instantiate = train_module.instantiate
     seen = CountValidations()
-
-    def with_sender(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [
-                *kwargs["callbacks"],
-                SendSignal(signal.SIGUSR1, at_step=stop_step - 1),
-                seen,
-            ]
-        return real_instantiate(config, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "instantiate", with_sender)
+    add_trainer_callbacks(monkeypatch, SendSignal(signal.SIGUSR1, at_step=stop_step - 1), seen)
     validation = ["trainer.val_check_interval=4", "trainer.check_val_every_n_epoch=null"]
     result = train(small_train_cfg(tmp_path, "trainer.max_steps=1000", *validation))
     assert result["preempted"]["step"] == stop_step
@@ -681,14 +657,7 @@ def inject(monkeypatch, at_step: int, what: str) -> dict:
                 k: v.detach().clone() for k, v in pl_module.net.state_dict().items()
             }
 
-    real_instantiate = train_module.instantiate
-
-    def with_recorder(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], Record()]
-        return real_instantiate(config, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "instantiate", with_recorder)
+    add_trainer_callbacks(monkeypatch, Record())
     return built
 
 

@@ -14,8 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_train, small_train_cfg
-from diffusion_lab import train as train_module
+from conftest import add_trainer_callbacks, compose_train, small_train_cfg
 from diffusion_lab.errors import UserError
 from diffusion_lab.provenance import code_sha256
 from diffusion_lab.resume import RESUMABLE, resume_argv
@@ -75,16 +74,9 @@ class Preempt(L.Callback):
 @pytest.fixture
 def preempted_run(tmp_path, monkeypatch) -> Path:
     """A run of max_steps 5 (its other settings not the defaults) preempted at step 2."""
-    instantiate = train_module.instantiate
-
-    def with_preempt(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], Preempt()]
-        return instantiate(config, *args, **kwargs)
-
     run = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(train_module, "instantiate", with_preempt)
+        add_trainer_callbacks(m, Preempt())
         result = train(small_train_cfg(run, *COMMON, "trainer.max_steps=5", "final_samples=3"))
     assert result["preempted"]["step"] == 2
     return run

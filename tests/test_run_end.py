@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import RunningStage
 
-from conftest import small_train_cfg
+from conftest import add_trainer_callbacks, small_train_cfg
 from diffusion_lab import train as train_module
 from diffusion_lab.checkpointing import verify_checkpoint
 from diffusion_lab.run_status import read_run_status
@@ -63,19 +63,14 @@ class EndAt(L.Callback):
 @pytest.mark.parametrize("how", ["max_steps", "max_time", "sigusr1", "keyboard_interrupt", "exception"])
 def test_last_ckpt_holds_the_final_step(how, tmp_path, monkeypatch, capsys):
     built = {}
-    build_module, instantiate = train_module.build_module, train_module.instantiate
+    build_module = train_module.build_module
 
     def capture(*args, **kwargs):
         built["module"] = build_module(*args, **kwargs)
         return built["module"]
 
-    def with_end(config, *args, **kwargs):  # the Trainer gets the callback that ends the fit
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], EndAt(how)]
-        return instantiate(config, *args, **kwargs)
-
     monkeypatch.setattr(train_module, "build_module", capture)
-    monkeypatch.setattr(train_module, "instantiate", with_end)
+    add_trainer_callbacks(monkeypatch, EndAt(how))  # the Trainer gets the callback that ends the fit
     cfg = small_train_cfg(
         tmp_path,
         f"trainer.max_steps={STOP if how == 'max_steps' else 1000}",
@@ -160,16 +155,9 @@ class InterruptBefore(L.Callback):
 def test_a_run_resumed_after_ctrl_c_logs_each_step_once(tmp_path, monkeypatch):
     """The checkpoint FinalCheckpoint writes on Ctrl-C holds step ``STOP``; its resume logs the next steps at
     ``STOP``, ``STOP + 1``: metrics.csv has every step once, none skipped and none past ``trainer.max_steps``."""
-    instantiate = train_module.instantiate
-
-    def with_interrupt(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], InterruptBefore()]
-        return instantiate(config, *args, **kwargs)
-
     common = ["trainer.log_every_n_steps=1", "trainer.val_check_interval=100", "final_samples=0"]
     with monkeypatch.context() as m:
-        m.setattr(train_module, "instantiate", with_interrupt)
+        add_trainer_callbacks(m, InterruptBefore())
         with pytest.raises(SystemExit):
             train(small_train_cfg(tmp_path, *common, "trainer.max_steps=1000"))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == STOP

@@ -13,8 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import EXACT_RESUME, cli_env, small_train_cfg
-from diffusion_lab import train as train_module
+from conftest import EXACT_RESUME, add_trainer_callbacks, cli_env, small_train_cfg
 from diffusion_lab.callbacks.step_checkpoint import validation_follows
 from diffusion_lab.train import train
 
@@ -38,17 +37,6 @@ class Watch(L.Callback):
             self.validated.append(trainer.global_step)
 
 
-def with_callback(monkeypatch, callback: L.Callback) -> None:
-    real = train_module.instantiate
-
-    def instantiate(config, *args, **kwargs):
-        if "callbacks" in kwargs and "max_steps" in config:
-            kwargs["callbacks"] = [*kwargs["callbacks"], callback]
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "instantiate", instantiate)
-
-
 @pytest.mark.parametrize(
     "validation",
     [
@@ -63,7 +51,7 @@ def with_callback(monkeypatch, callback: L.Callback) -> None:
 )
 def test_the_foretold_validations_are_the_ones_that_run(tmp_path, monkeypatch, validation):
     watch = Watch()
-    with_callback(monkeypatch, watch)
+    add_trainer_callbacks(monkeypatch, watch)
     train(
         small_train_cfg(
             tmp_path, "trainer.max_steps=13", "callbacks.checkpoint.every_n_train_steps=2", *validation
@@ -83,22 +71,17 @@ KILLER = """
 import os, sys
 sys.path.insert(0, {tests!r})
 import lightning as L
-from conftest import small_train_cfg
-from diffusion_lab import train as train_module
+import pytest
+from conftest import add_trainer_callbacks, small_train_cfg
+from diffusion_lab.train import train
 
 class KillInValidation(L.Callback):
     def on_validation_batch_start(self, trainer, *args):
         if trainer.global_step == {step}:
             os._exit(9)  # as a kill -9: nothing of Python's or Lightning's runs after it
 
-real = train_module.instantiate
-def instantiate(config, *args, **kwargs):
-    if "callbacks" in kwargs and "max_steps" in config:
-        kwargs["callbacks"] = [*kwargs["callbacks"], KillInValidation()]
-    return real(config, *args, **kwargs)
-
-train_module.instantiate = instantiate
-train_module.train(small_train_cfg(sys.argv[1], *sys.argv[2:]))
+add_trainer_callbacks(pytest.MonkeyPatch(), KillInValidation())
+train(small_train_cfg(sys.argv[1], *sys.argv[2:]))
 """
 
 
