@@ -36,6 +36,7 @@ from conftest import (
     signal_training,
     small_train_cfg,
 )
+from diffusion_lab import checkpointing
 from diffusion_lab import train as train_module
 from diffusion_lab.build import CheckpointError, build_module, load_checkpoint
 from diffusion_lab.callbacks import EMA
@@ -261,6 +262,30 @@ def test_a_step_checkpoint_further_than_last_is_taken_and_said_so(trained_run, t
         shutil.copy(ckpts / src, ckpts / dst)  # copy: last.ckpt is now the newest file, but of step 2
     assert resolve_ckpt_path(resume_cfg(tmp_path, run), tmp_path / "new") == str(ckpts / "step_0000004.ckpt")
     assert "(it holds step 4, last.ckpt step 2)" in capsys.readouterr().err
+
+
+def test_a_resume_reads_each_checkpoints_step_once_and_a_rewritten_file_again(
+    trained_run, tmp_path, monkeypatch
+):
+    run = copy_run(trained_run, tmp_path / "run")
+    ckpts = run / "checkpoints"
+    shutil.copy(
+        ckpts / "step_0000002.ckpt", ckpts / "last.ckpt"
+    )  # last.ckpt of step 2: the steps are compared
+    shutil.copy(ckpts / "step_0000002.ckpt.sha256", ckpts / "last.ckpt.sha256")
+    reads: list[str] = []
+    load = checkpointing.load_checkpoint_file
+    monkeypatch.setattr(
+        checkpointing,
+        "load_checkpoint_file",
+        lambda path, *a, **k: reads.append(Path(path).name) or load(path, *a, **k),
+    )
+    assert resolve_ckpt_path(resume_cfg(tmp_path, run), tmp_path / "new") == str(ckpts / "step_0000004.ckpt")
+    assert sorted(reads) == ["last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
+    # A file replaced by another (an atomic write: a new inode) is read again, not answered from memory.
+    shutil.copy(ckpts / "step_0000004.ckpt", tmp_path / "next.ckpt")
+    os.replace(tmp_path / "next.ckpt", ckpts / "last.ckpt")
+    assert checkpointing.trained_step(ckpts / "last.ckpt") == 4 and reads[-1] == "last.ckpt"
 
 
 def test_a_run_copied_without_its_file_times_resumes_from_its_furthest_step(trained_run, tmp_path, capsys):

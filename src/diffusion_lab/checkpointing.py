@@ -21,6 +21,7 @@ A file naming any other global — which unpickling would import and call — is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -339,9 +340,20 @@ def _candidates(folder: Path) -> list[Path]:
 
 def trained_step(path: Path) -> float:
     """The global step a checkpoint was written at, read without loading its tensors (mmap); infinite for a
-    file that cannot be read, so that it is tried first and reported as skipped, with why."""
+    file that cannot be read, so that it is tried first and reported as skipped, with why. A resume asks for
+    the same files' steps more than once, so each is read once per version of the file (inode, size, time)."""
     try:
-        ckpt = load_checkpoint_file(path.resolve(), mmap=True)
+        real = path.resolve()
+        stat = real.stat()
+    except OSError:
+        return math.inf
+    return _step_of(str(real), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_of(path: str, inode: int, size: int, mtime_ns: int) -> float:
+    try:
+        ckpt = load_checkpoint_file(path, mmap=True)
         return float(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else math.inf
     except Exception:
         return math.inf
