@@ -12,7 +12,8 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
                              signature traced once, stamped out for every block with the same shapes)
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
-the compile parts, graphs, the largest difference of the output and of the gradients from the eager network's
+the compile parts, graphs, how the graphs met AOTAutograd's and inductor's caches (counts, and the caches' own
+words on each miss or bypass), the largest difference of the output and of the gradients from the eager network's
 (weights nudged off their initialisation, whose zero output layer would hide any), or the error that stopped it.
 
 Usage, from the repository root: ``python benchmarks/compile_phases.py [--device auto|cpu|cuda] [--batch N]``
@@ -22,7 +23,9 @@ Usage, from the repository root: ``python benchmarks/compile_phases.py [--device
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -55,6 +58,46 @@ def training_step(torch, net, x, t):
     return out.detach().float(), [p.grad.detach().float().clone() for p in net.parameters()]
 
 
+def nested_region(torch, fn):
+    """``fn`` as a nested compile region; a UNet's blocks have more signatures than the default 8 entries, so
+    the entries are raised where the installed torch has that option (2.14 does, 2.11 does not)."""
+    region = torch.compiler.nested_compile_region
+    if "max_reuse_entries" in inspect.signature(region).parameters:
+        return region(fn, max_reuse_entries=64)
+    return region(fn)
+
+
+class CacheNotes(logging.Handler):
+    """While entered, the compile caches' own words on each graph that did not hit (a miss with its key, a
+    bypass with its reason, an entry that could not be saved or loaded): why a warm start compiled again."""
+
+    LOGGERS = ("torch._functorch._aot_autograd.autograd_cache", "torch._inductor.codecache")
+    KEEP = ("miss", "bypass", "unable")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._levels: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(word in message.lower() for word in self.KEEP) and len(self.lines) < 8:
+            self.lines.append(message[:300])
+
+    def __enter__(self) -> CacheNotes:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._levels.append(logger.level)
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, level in zip(self.LOGGERS, self._levels):
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(level)
+
+
 def case(variant: str, device: str, batch: int) -> dict:
     """One case, in this process: the eager step, then the compiled one."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -71,22 +114,23 @@ def case(variant: str, device: str, batch: int) -> dict:
     )
     if variant == "no_pattern_matcher":
         inductor_config.pattern_matcher = False
-    if variant == "nested_regions":  # a UNet's blocks have more signatures than the default 8 entries
-        unet.ResBlock.forward = torch.compiler.nested_compile_region(
-            unet.ResBlock.forward, max_reuse_entries=64
-        )
+    if variant == "nested_regions":
+        unet.ResBlock.forward = nested_region(torch, unet.ResBlock.forward)
     net = network(torch).to(dev)
     x, t = torch.randn(batch, 1, 28, 28, device=dev), torch.randint(0, 1000, (batch,), device=dev)
     eager_out, eager_grads = training_step(torch, net, x, t)
     compile_network(net, compile_options("reduce-overhead"))
+    notes = CacheNotes()
     start = time.perf_counter()
-    out, grads = training_step(torch, net, x, t)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    with notes:
+        out, grads = training_step(torch, net, x, t)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     first_step = time.perf_counter() - start
     return {
         "first_step_s": round(first_step, 2),
         **compile_stats(),
+        "cache_notes": notes.lines,
         "max_abs_diff_out": float((out - eager_out).abs().max()),
         "max_abs_diff_grad": max(float((g - e).abs().max()) for g, e in zip(grads, eager_grads)),
         "device": str(dev),

@@ -72,7 +72,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=None, help="run at most this many of the pending runs")
     p.add_argument(
-        "--only", default=None, help="comma-separated run labels: the suite's runs of these labels alone, in this order"
+        "--only",
+        default=None,
+        help="comma-separated run labels: the suite's runs of these labels alone, in this order",
     )
     p.add_argument("--seconds", type=float, default=240.0, help="quality: training wall budget per run")
     p.add_argument("--seeds", default="0,1,2", help="quality: comma-separated seeds")
@@ -120,6 +122,12 @@ def train_summary(stdout: str) -> dict:
         "passes_s": r"startup cost\s*:.*compiling [^;]*?([\d.]+) s in inductor's passes",
         "autograd_s": r"startup cost\s*:.*compiling [^;]*?([\d.]+) s in AOTAutograd",
         "trace_s": r"startup cost\s*:.*compiling [^;]*?([\d.]+) s tracing",
+        "aot_cache_hit": r"compile cache\s*:\s*AOTAutograd (\d+) hit",
+        "aot_cache_miss": r"compile cache\s*:\s*AOTAutograd \d+ hit, (\d+) missed",
+        "aot_cache_bypass": r"compile cache\s*:\s*AOTAutograd \d+ hit, \d+ missed, (\d+) bypassed",
+        "fx_cache_hit": r"compile cache\s*:.*inductor graphs (\d+) hit",
+        "fx_cache_miss": r"compile cache\s*:.*inductor graphs \d+ hit, (\d+) missed",
+        "fx_cache_bypass": r"compile cache\s*:.*inductor graphs \d+ hit, \d+ missed, (\d+) bypassed",
         "checkpoint_write_s": r"startup cost\s*:.*checkpoint writes ([\d.]+) s",
         "checkpoint_background_s": r"startup cost\s*:.*checkpoint writes [\d.]+ s, ([\d.]+) s more in the background",
         "validations": r"validation\s*:\s*(\d+) runs?,",

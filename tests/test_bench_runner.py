@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from diffusion_lab.compile_policy import CACHE_COUNTERS
 from scripts import load_script
 
 T_975_2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (statistical tables)
@@ -416,6 +417,9 @@ def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(ru
     ]
 
 
+CACHE_KEYS = [key for key, _, _ in CACHE_COUNTERS]
+
+
 def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     from diffusion_lab.train import print_summary
 
@@ -433,6 +437,7 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
                 "checkpoint_write_s": 1.5,
                 "checkpoint_background_s": 2.5,
                 "validation_runs_s": [6.04, 0.5, 0.3] if startup > 50 else [0.4],
+                **dict(zip(CACHE_KEYS, (0, 1, 0, 0, 2, 0) if startup > 50 else (3, 4, 5, 6, 7, 8))),
             }
         )
         outs.append(capsys.readouterr().out)
@@ -448,6 +453,8 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     assert (cold["validations"], cold["validation_s"], cold["validation_first_s"]) == (3, 6.8, 6.0)
     assert (warm["validations"], warm["validation_s"]) == (1, 0.4) and "validation_first_s" not in warm
     assert warm_metrics == {"startup_s": 19.3, "compile_s": 4.1, "first_step_s": 9.8}
+    assert [cold[k] for k in CACHE_KEYS] == [0, 1, 0, 0, 2, 0]
+    assert [warm[k] for k in CACHE_KEYS] == [3, 4, 5, 6, 7, 8]
 
 
 def test_precompile_suite_runs_the_probe_in_empty_caches(runner, tmp_path):
@@ -627,3 +634,45 @@ def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_out
     out = tmp_path / "bench" / "selftest" / "out"
     assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 1
     assert len((out / "selftest.jsonl").read_text().splitlines()) == 1
+
+
+def test_nested_regions_get_more_entries_only_where_torch_has_the_option():
+    phases = load_script("compile_phases")
+    calls = []
+
+    class Compiler:  # torch 2.11's signature, then 2.14's
+        @staticmethod
+        def nested_compile_region(fn):
+            calls.append({})
+            return fn
+
+    fake = type("torch", (), {"compiler": Compiler})
+    assert phases.nested_region(fake, len) is len
+
+    def with_entries(fn, max_reuse_entries=8):
+        calls.append({"max_reuse_entries": max_reuse_entries})
+        return fn
+
+    Compiler.nested_compile_region = staticmethod(with_entries)
+    phases.nested_region(fake, len)
+    assert calls == [{}, {"max_reuse_entries": 64}]
+
+
+def test_the_compile_phases_probe_records_why_a_graph_missed_the_cache(tmp_path, monkeypatch):
+    """A cold compile in an empty cache: the caches' own miss lines are kept (the loggers' names are the
+    installed torch's), their levels restored after."""
+    import logging
+
+    import torch
+
+    phases = load_script("compile_phases")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    layer = torch.nn.Linear(3, 2)
+    before = [logging.getLogger(name).level for name in phases.CacheNotes.LOGGERS]
+    with phases.CacheNotes() as notes:
+        torch.compile(layer)(torch.randn(4, 3)).sum().backward()
+    assert any(line.startswith("AOTAutograd cache miss for key ") for line in notes.lines), notes.lines
+    assert not any("hit" in line for line in notes.lines)
+    assert [logging.getLogger(name).level for name in phases.CacheNotes.LOGGERS] == before
+    torch._dynamo.reset()

@@ -9,7 +9,7 @@ import torch
 from torch._dynamo.utils import counters, cumulative_time_spent_ns
 
 from conftest import small_train_cfg
-from diffusion_lab.compile_policy import compile_phases, use_compile_cache
+from diffusion_lab.compile_policy import CACHE_COUNTERS, cache_outcomes, compile_phases, use_compile_cache
 from diffusion_lab.train import train
 
 
@@ -21,10 +21,14 @@ def _fit(folder, cache) -> dict:
     result = train(cfg)
     phases = ("trace_s", "autograd_s", "passes_s", "kernels_s")
     assert sum(result.get(k, 0.0) for k in phases) == pytest.approx(result["compile_s"], abs=0.25)
+    # The run's own record of the two caches is Dynamo's count.
+    assert result["aot_cache_hit"] == counters["aot_autograd"]["autograd_cache_hit"]
+    assert result["fx_cache_miss"] == counters["inductor"]["fxgraph_cache_miss"]
     return {
         **counters["inductor"],
         **counters["aot_autograd"],
         **{k: result[k] for k in phases if k in result},
+        **{k: result[k] for k, _, _ in CACHE_COUNTERS},
     }
 
 
@@ -41,6 +45,7 @@ def test_a_second_run_reads_every_graph_from_the_configured_cache(tmp_path, monk
         "fxgraph_cache_miss"
     )
     assert warm.get("autograd_cache_hit", 0) >= 1
+    assert (cold["aot_cache_hit"], warm["aot_cache_miss"], warm["aot_cache_bypass"]) == (0, 0, 0)
     # The summary's kernel time is what the cache saved: code generated and built cold, loaded warm.
     assert cold["kernels_s"] > 1.0 and warm["kernels_s"] < cold["kernels_s"] / 4
     # Cold, AOTAutograd traces the joint graph and inductor lowers it; warm, both load what the cache kept.
@@ -85,3 +90,33 @@ def test_the_compile_phases_add_up_to_dynamos_total():
     warm = compile_phases(WARM, inductor_ran=True)  # cache hits: inductor's timers never started
     assert warm == {"trace_s": 1.0, "autograd_s": 1.1, "passes_s": 0.0, "kernels_s": 0.0}
     assert compile_phases(WARM, inductor_ran=False) == {}  # another backend: no AOTAutograd or inductor parts
+
+
+def test_the_cache_outcomes_are_dynamos_counts_and_absent_without_inductor():
+    from collections import Counter, defaultdict
+
+    counted: defaultdict[str, Counter] = defaultdict(Counter)
+    counted["aot_autograd"].update(autograd_cache_hit=1, autograd_cache_bypass=2)
+    counted["inductor"].update(fxgraph_cache_miss=3, fxgraph_cache_hit=4)
+    assert cache_outcomes(counted) == {
+        "aot_cache_hit": 1,
+        "aot_cache_miss": 0,
+        "aot_cache_bypass": 2,
+        "fx_cache_hit": 4,
+        "fx_cache_miss": 3,
+        "fx_cache_bypass": 0,
+    }
+    counted.pop("inductor")  # another backend (aot_eager, cudagraphs): no inductor caches to speak of
+    assert cache_outcomes(counted) == {}
+
+
+def test_the_summary_says_how_the_caches_were_met(capsys):
+    from diffusion_lab.train import print_summary
+
+    outcomes = dict(zip([k for k, _, _ in CACHE_COUNTERS], (1, 0, 2, 4, 3, 0)))
+    print_summary({"output_dir": "x", "global_step": 2, "metrics": {}, "wall_time_s": 1.0, **outcomes})
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("compile cache"))
+    assert (
+        line
+        == "compile cache : AOTAutograd 1 hit, 0 missed, 2 bypassed; inductor graphs 4 hit, 3 missed, 0 bypassed"
+    )

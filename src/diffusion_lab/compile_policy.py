@@ -161,7 +161,29 @@ def compile_stats() -> dict[str, float]:
     spent = calculate_time_spent()
     stats = {"compile_s": round(spent.get("total_wall_time", 0.0), 1), "graphs": graphs}
     stats.update(compile_phases(spent, inductor_ran=bool(counters["inductor"])))
+    stats.update(cache_outcomes(counters))
     return stats
+
+
+# (key in the result, Dynamo's counter group, its counter): how each compiled graph met the two on-disk caches.
+CACHE_COUNTERS = (
+    ("aot_cache_hit", "aot_autograd", "autograd_cache_hit"),
+    ("aot_cache_miss", "aot_autograd", "autograd_cache_miss"),
+    ("aot_cache_bypass", "aot_autograd", "autograd_cache_bypass"),
+    ("fx_cache_hit", "inductor", "fxgraph_cache_hit"),
+    ("fx_cache_miss", "inductor", "fxgraph_cache_miss"),
+    ("fx_cache_bypass", "inductor", "fxgraph_cache_bypass"),
+)
+
+
+def cache_outcomes(counters: Any) -> dict[str, int]:
+    """How the graphs met AOTAutograd's cache (the joint forward/backward graph; a hit skips its trace and
+    inductor) and inductor's FX-graph cache (one entry per forward or backward graph), from Dynamo's counters:
+    a warm run whose AOTAutograd graphs missed or bypassed repeats most of a cold compile outside the kernels.
+    Empty where inductor did not run."""
+    if not counters["inductor"]:
+        return {}
+    return {key: int(counters[group][name]) for key, group, name in CACHE_COUNTERS}
 
 
 def compile_phases(spent: dict[str, float], inductor_ran: bool) -> dict[str, float]:
