@@ -288,3 +288,40 @@ def test_fused_norm_without_cuda_graphs_is_warned_about(fused, mode, cuda, warne
         "without CUDA graphs (1.77x the step on the Ho et al. network); use compile=reduce-overhead or "
         "model.fused_norm=false"
     )
+
+
+# A child process: the fused op's block compiled by inductor (the kernels under Triton's interpreter), one
+# training step; prints how its graphs met the two on-disk caches.
+CACHE_PROBE = """
+import json, torch
+from torch._dynamo.utils import counters
+from diffusion_lab.compile_policy import cache_outcomes
+from diffusion_lab.nets.fused_norm import GroupNormSiLU
+torch.manual_seed(0)
+block = GroupNormSiLU(4, 16, fused="true")
+x = torch.randn(2, 16, 8, 8, requires_grad=True)
+block(x).sum().backward()  # an eager call first, as the compile-phases probe makes
+torch.compile(block, fullgraph=True)(x).sum().backward()
+print(json.dumps(cache_outcomes(counters)))
+"""
+
+
+@pytest.mark.slow
+def test_the_fused_ops_compiled_graph_is_read_back_from_the_cache_by_a_new_process(tmp_path):
+    """The op's triton_op graph is one AOTAutograd can cache: a second process with the same cache folder loads
+    it (a key that changed between processes, or a bypass, would make every warm start trace it again)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", CACHE_PROBE], env=env, capture_output=True, text=True, check=True
+        )
+        for _ in range(2)
+    ]
+    cold, warm = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
+    assert (cold["aot_cache_miss"], cold["fx_cache_miss"], cold["aot_cache_hit"]) == (1, 2, 0)
+    assert (warm["aot_cache_hit"], warm["aot_cache_miss"], warm["aot_cache_bypass"]) == (1, 0, 0)
+    assert (warm["fx_cache_hit"], warm["fx_cache_miss"]) == (2, 0)
