@@ -25,7 +25,7 @@ trap 'pack; exit 1' TERM INT
 while pgrep -f experiments/all.sh > /dev/null && ((SECONDS + 35 < end)); do
   sleep 30 & wait $!  # a TERM interrupts the wait at once: the trap packs
   echo "== $(date +%T) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
-  for f in $S/*/*/*/csv/metrics.csv; do [ -f "$f" ] && echo "$f: step $(tail -1 "$f" | cut -d, -f1-3)"; done 2>/dev/null | tail -12
+  for f in $S/*/*/*/csv/metrics.csv; do [ -f "$f" ] && echo "$(basename "$(dirname "$(dirname "$f")")"): $(awk -F, -f benchmarks/last_step.awk "$f")"; done 2>/dev/null | tail -12
   ls $S/*/*/*/evaluation 2>/dev/null | tail -4
 done
 pack

@@ -676,3 +676,17 @@ def test_the_compile_phases_probe_records_why_a_graph_missed_the_cache(tmp_path,
     assert not any("hit" in line for line in notes.lines)
     assert [logging.getLogger(name).level for name in phases.CacheNotes.LOGGERS] == before
     torch._dynamo.reset()
+
+
+def test_the_study_watch_reads_a_jobs_step_from_the_column_named_step(tmp_path):
+    """Lightning's CSV puts columns in the order first logged (here epoch and lr before step) and leaves a
+    row's other metrics blank: the watch prints the largest step, not the last row's first fields."""
+    root = Path(__file__).resolve().parents[1]
+    csv = tmp_path / "metrics.csv"
+    csv.write_text(
+        "epoch,lr-AdamW,step,train/loss\n,5e-05,49,\n0,,49,15.3\n4,,1949,0.9\n,0.0002,1999,\n4,,,\n"
+    )
+    awk = ["awk", "-F,", "-f", str(root / "benchmarks" / "last_step.awk")]
+    assert subprocess.run([*awk, str(csv)], capture_output=True, text=True).stdout == "step 1999\n"
+    csv.write_text("epoch,step\n")
+    assert subprocess.run([*awk, str(csv)], capture_output=True, text=True).stdout == "no step yet\n"
