@@ -129,8 +129,10 @@ class Job:
             return self.wall_time_s
         if key == "val_bpd":  # validation's one-timestep estimate (older metrics files: val/bpd_estimate)
             return self.last.get("val/bpd_one_t_mc", self.last.get("val/bpd_estimate"))
-        logged = {"val_loss": "val/loss", "img_per_s": "perf/train_img_per_s"}
-        return self.last.get(logged[key])
+        if key == "img_per_s":  # the median window: the last is often alone on a GPU its sweep shared
+            rates = sorted(v for _, v in self.series.get("perf/train_img_per_s", []))
+            return (rates[(len(rates) - 1) // 2] + rates[len(rates) // 2]) / 2 if rates else None
+        return self.last.get({"val_loss": "val/loss"}[key])
 
     def score_at(self, frechet: str) -> str:
         """Where the Fréchet distance ``frechet`` shown for the job comes from."""

@@ -46,7 +46,7 @@ COLUMNS: list[tuple[str, str, str | None, str]] = [
     ("bpd", "bits/dim", "min", "{:.4g}"),
     ("val_bpd", "val bits/dim (one-t MC est.)", "min", "{:.4g}"),
     ("val_loss", "val loss", "min", "{:.4g}"),
-    ("img_per_s", "train img/s", "max", "{:.0f}"),
+    ("img_per_s", "train img/s (median)", "max", "{:.0f}"),
     ("steps", "last logged step", None, "{:.0f}"),
     ("wall_time", "wall time (s)", None, "{:.0f}"),
 ]
