@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,8 @@ class Job:
         if key == "val_bpd":  # validation's one-timestep estimate (older metrics files: val/bpd_estimate)
             return self.last.get("val/bpd_one_t_mc", self.last.get("val/bpd_estimate"))
         if key == "img_per_s":  # the median window: the last is often alone on a GPU its sweep shared
-            rates = sorted(v for _, v in self.series.get("perf/train_img_per_s", []))
-            return (rates[(len(rates) - 1) // 2] + rates[len(rates) // 2]) / 2 if rates else None
+            rates = [v for _, v in self.series.get("perf/train_img_per_s", [])]
+            return statistics.median(rates) if rates else None
         return self.last.get({"val_loss": "val/loss"}[key])
 
     def score_at(self, frechet: str) -> str:
