@@ -269,9 +269,8 @@ def test_a_resume_reads_each_checkpoints_step_once_and_a_rewritten_file_again(
 ):
     run = copy_run(trained_run, tmp_path / "run")
     ckpts = run / "checkpoints"
-    shutil.copy(
-        ckpts / "step_0000002.ckpt", ckpts / "last.ckpt"
-    )  # last.ckpt of step 2: the steps are compared
+    # last.ckpt of step 2, so that the chosen step checkpoint's step and last.ckpt's are both read and compared
+    shutil.copy(ckpts / "step_0000002.ckpt", ckpts / "last.ckpt")
     shutil.copy(ckpts / "step_0000002.ckpt.sha256", ckpts / "last.ckpt.sha256")
     reads: list[str] = []
     load = checkpointing.load_checkpoint_file
