@@ -121,6 +121,13 @@ def test_report_table_plots_and_html(sweep, tmp_path):
     assert "bits/dim" in header and "wall time" in header and "val loss" in header
     assert rows[0][3] == "**21 ★**" and "ddim η=0, 50 steps" in rows[0][4]
     assert "Common overrides: `trainer.max_steps=4` `trainer.val_check_interval=2`" in md
+    # the resolved classes, a preset's choices included; the schedule is the one group the jobs differ in
+    assert (
+        "Components (the jobs' resolved configs; an evaluation may set its own sampler): process `Diffusion`, "
+        "prediction `EpsPrediction`, variance "
+        "`FixedSmallVariance`, loss `SimpleLoss`, weighting `UniformWeighting`, timesteps `UniformTimestepSampler`, "
+        "sampler `DDIMSampler`, model `UNet`; varying between jobs: schedule." in md
+    )
     assert "## Evaluations" in md and "## Failed jobs" in md
 
     expected = {

@@ -338,6 +338,23 @@ def test_an_evaluation_that_scored_nothing_is_named_and_leaves_the_shared_settin
     assert found[3].value("fd_classifier") is None
 
 
+def test_an_evaluation_stopped_after_its_bits_per_dim_says_that_the_bound_is_in_the_tables(tmp_path):
+    """evaluate writes bits/dim before sampling: a run stopped while sampling keeps a finished bound, which the
+    tables show, so the note must not say that nothing of it is there."""
+    sweep = tmp_path / "sweep"
+    stopped = write_job(sweep, 0, ["seed=1"], {"val/loss": {99: 1.0}})
+    (stopped / "evaluation" / "final").mkdir(parents=True)
+    bound_only = {"summary": {"complete": False, "settings": 1, "bpd": 3.25, "bpd_n": 200}, "rows": []}
+    (stopped / "evaluation" / "final" / "evaluation.json").write_text(json.dumps(bound_only))
+    (job,) = find_jobs(sweep)
+    assert job.notes == [
+        "evaluation `final` scored none of its 1 sample settings: it stopped before the first (interrupted or "
+        "failed) or is still running; only its bits/dim (the full bound on 200 images, computed before "
+        "sampling) is in the tables"
+    ]
+    assert job.value("bpd") == 3.25 and job.value("fd_classifier") is None
+
+
 def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(tmp_path):
     """Two formulations, one model per seed each: the baseline cell sampled by DDIM and (worse) DDPM at 10 and
     20 evaluations, the other by Heun at 9 and 19 (2n - 1), Euler at 10 and DDPM at 20, with known true

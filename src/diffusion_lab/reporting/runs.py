@@ -180,8 +180,8 @@ def _read_overrides(path: Path) -> list[str]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """The seed, the trainer's step limits and the batch size of the job's composed config (unresolvable ones
-    left out)."""
+    """The seed, the trainer's step limits, the batch size and the component classes of the job's composed config
+    (unresolvable ones left out)."""
     from omegaconf import OmegaConf
 
     if not path.is_file():
@@ -203,6 +203,32 @@ def _read_config(path: Path) -> dict[str, Any]:
     for name, key in wanted.items():
         if isinstance(value := _select(cfg, key), int):
             found[name] = value
+    found["components"] = _components(cfg)
+    return found
+
+
+# The config groups that define the diffusion model and its sampling, named in a report by their resolved class:
+# a group an experiment preset sets (experiment=fmnist's cosine schedule) shows in no override.
+COMPONENT_GROUPS = (
+    "process",
+    "schedule",
+    "prediction",
+    "variance",
+    "loss",
+    "weighting",
+    "timesteps",
+    "sampler",
+    "model",
+)
+
+
+def _components(cfg) -> dict[str, str]:
+    """Each component group's class in the job's composed config (the last part of its ``_target_``)."""
+    found = {}
+    for group in COMPONENT_GROUPS:
+        target = _select(cfg, f"{group}._target_")
+        if isinstance(target, str):
+            found[group] = target.rsplit(".", 1)[-1]
     return found
 
 
@@ -293,7 +319,7 @@ def _read_evaluations(job: Job) -> None:
         summary, rows = data.get("summary") or {}, data.get("rows") or []
         job.evaluations.append({"name": path.parent.name, "summary": summary, "rows": rows})
         if stopped_early(job.evaluations[-1]):
-            job.notes.append(_partial_note(path.parent.name, len(rows), summary.get("settings", "?")))
+            job.notes.append(_partial_note(path.parent.name, len(rows), summary))
 
 
 def stopped_early(evaluation: dict[str, Any]) -> bool:
@@ -302,7 +328,16 @@ def stopped_early(evaluation: dict[str, Any]) -> bool:
     return evaluation["summary"].get("complete") is False
 
 
-def _partial_note(name: str, scored: int, settings: object) -> str:
+def _partial_note(name: str, scored: int, summary: dict[str, Any]) -> str:
+    settings = summary.get("settings", "?")
+    # evaluate computes bits/dim before it draws any samples: a stopped evaluation can hold a finished bound
+    bpd = summary.get("bpd") is not None
+    if scored == 0 and bpd:
+        return (
+            f"evaluation `{name}` scored none of its {settings} sample settings: it stopped before the first "
+            f"(interrupted or failed) or is still running; only its bits/dim (the full bound on "
+            f"{summary.get('bpd_n', '?')} images, computed before sampling) is in the tables"
+        )
     if scored == 0:
         return (
             f"evaluation `{name}` scored none of its {settings} settings: it stopped before the first (interrupted "
@@ -310,7 +345,7 @@ def _partial_note(name: str, scored: int, settings: object) -> str:
         )
     return (
         f"evaluation `{name}` is partial: {scored} of {settings} settings were scored before it stopped; its rows "
-        "are in the tables, the rest are missing"
+        f"are in the tables, the rest are missing{' (its bits/dim is complete)' if bpd else ''}"
     )
 
 

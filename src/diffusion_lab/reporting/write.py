@@ -15,7 +15,7 @@ from .evalcells import EvalGroup, group_evaluations, pair_with_baseline, pair_wi
 from .plots import PLOTS_DIR, make_plots
 from .raw import keep_raw, read_settings
 from .render import Figure, Report, render
-from .runs import Job, find_jobs, label_jobs, stopped_early
+from .runs import COMPONENT_GROUPS, Job, find_jobs, label_jobs, stopped_early
 from .scores import FRECHET, score
 from .search import search_table
 from .tables import Table, baseline_table, eval_table, job_table, seed_table
@@ -65,7 +65,25 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
     ]
     if common:
         intro.append("Common overrides: " + " ".join(f"`{o}`" for o in common))
-    return intro + _code_versions(jobs) + _evaluation_code_versions(jobs)
+    return intro + _components(jobs) + _code_versions(jobs) + _evaluation_code_versions(jobs)
+
+
+def _components(jobs: list[Job]) -> list[str]:
+    """The component classes every job's resolved config shares (a preset's choices, which no override shows),
+    then the groups whose class differs between jobs."""
+    seen: dict[str, set[str]] = {}
+    for job in jobs:
+        for group, cls in job.config.get("components", {}).items():
+            seen.setdefault(group, set()).add(cls)
+    if not seen:
+        return []  # no resolved configs kept
+    seen = {group: seen[group] for group in COMPONENT_GROUPS if group in seen}
+    shared = [f"{group} `{next(iter(c))}`" for group, c in seen.items() if len(c) == 1]
+    varying = [group for group, c in seen.items() if len(c) > 1]
+    line = "Components (the jobs' resolved configs; an evaluation may set its own sampler): " + (
+        ", ".join(shared) or "none shared by every job"
+    )
+    return [line + (f"; varying between jobs: {', '.join(varying)}." if varying else ".")]
 
 
 def _code_versions(jobs: list[Job]) -> list[str]:
