@@ -5,6 +5,8 @@
 # Expected finding: Min-SNR-5 converges fastest (lower FID at the early evaluations than uniform); P2, which
 # down-weights the easy high-SNR steps, ends at an equal or better FID than uniform; uniform is slowest.
 #
+# Every cell trains on experiment=fmnist's cosine schedule, predicting eps.
+#
 # Budget: 3 weightings x SEEDS (default 3) jobs of 30k steps (STEPS), FD on 2000 samples every 2000 steps, then a
 # final FD/KID on FID_N (10k) samples and bits/dim.
 #   bash experiments/weightings.sh           # DATA_ROOT=... NUM_GPUS=... STUDY_OUT=... (see common.sh)
