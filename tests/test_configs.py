@@ -145,16 +145,8 @@ def the_part(parts, group: str):
     "group,option",
     [
         (g, o)
-        for g in (
-            "process",
-            "schedule",
-            "prediction",
-            "variance",
-            "loss",
-            "weighting",
-            "timesteps",
-            "sampler",
-        )
+        for g in SPEC_KEYS
+        if g != "model"  # the networks: test_every_model_instantiates_and_forwards
         for o in group_options(g)
         if not cold_only(g, o)  # test_every_cold_part_builds
     ],

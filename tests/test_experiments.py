@@ -216,7 +216,9 @@ def test_ddpm_table2_trains_the_papers_predictions_unless_told_others():
 def test_ddpm_table2_trains_on_the_papers_linear_schedule_unless_told_another():
     # experiment=fmnist's cosine schedule would otherwise decide it, as no override names the schedule
     assert [as_dict(s)["schedule"] for s in dry_run("ddpm_table2")["SWEEP"]] == ["linear"] * 2
-    assert [as_dict(s)["schedule"] for s in dry_run("ddpm_table2", SCHEDULE="cosine")["SWEEP"]] == ["cosine"] * 2
+    assert [as_dict(s)["schedule"] for s in dry_run("ddpm_table2", SCHEDULE="cosine")["SWEEP"]] == [
+        "cosine"
+    ] * 2
 
 
 def test_formulations_compare_at_equal_network_evaluations():

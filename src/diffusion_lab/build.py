@@ -30,6 +30,7 @@ from .errors import UserError, root_cause
 from .io import file_sha256
 from .latent.decoder import LatentDecoder, warn_unclipped_eps
 from .samplers import SAMPLERS, Sampler
+from .spec_keys import SPEC_KEYS
 
 __all__ = [
     "Parts",
@@ -46,17 +47,6 @@ __all__ = [
     "CheckpointError",
 ]
 
-SPEC_KEYS = (
-    "process",
-    "schedule",
-    "prediction",
-    "variance",
-    "loss",
-    "weighting",
-    "timesteps",
-    "sampler",
-    "model",
-)
 # Groups only some processes bring (process=cold's degradation), stored in the spec when the config has them.
 OPTIONAL_SPEC_KEYS = ("degradation",)
 

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..overrides import override_key, split_override
 from ..run_status import FINAL_STATES, read_run_status
 from ..score_names import features_kind
+from ..spec_keys import SPEC_KEYS
 from .scores import FRECHET, SCORES, score
 from .setting import Setting, num
 
@@ -207,25 +208,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     return found
 
 
-# The config groups that define the diffusion model and its sampling, named in a report by their resolved class:
-# a group an experiment preset sets (experiment=fmnist's cosine schedule) shows in no override.
-COMPONENT_GROUPS = (
-    "process",
-    "schedule",
-    "prediction",
-    "variance",
-    "loss",
-    "weighting",
-    "timesteps",
-    "sampler",
-    "model",
-)
-
-
 def _components(cfg) -> dict[str, str]:
-    """Each component group's class in the job's composed config (the last part of its ``_target_``)."""
+    """Each spec group's class in the job's composed config (the last part of its ``_target_``): a group an
+    experiment preset sets (experiment=fmnist's cosine schedule) shows in no override."""
     found = {}
-    for group in COMPONENT_GROUPS:
+    for group in SPEC_KEYS:
         target = _select(cfg, f"{group}._target_")
         if isinstance(target, str):
             found[group] = target.rsplit(".", 1)[-1]

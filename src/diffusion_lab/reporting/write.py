@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..io import atomic_path
+from ..spec_keys import SPEC_KEYS
 from .cells import Cell, find_baseline, group_cells
 from .curves import curve_tables
 from .eval_tables import eval_baseline_table, eval_cell_baseline_table, eval_seed_table
@@ -15,7 +16,7 @@ from .evalcells import EvalGroup, group_evaluations, pair_with_baseline, pair_wi
 from .plots import PLOTS_DIR, make_plots
 from .raw import keep_raw, read_settings
 from .render import Figure, Report, render
-from .runs import COMPONENT_GROUPS, Job, find_jobs, label_jobs, stopped_early
+from .runs import Job, find_jobs, label_jobs, stopped_early
 from .scores import FRECHET, score
 from .search import search_table
 from .tables import Table, baseline_table, eval_table, job_table, seed_table
@@ -77,7 +78,7 @@ def _components(jobs: list[Job]) -> list[str]:
             seen.setdefault(group, set()).add(cls)
     if not seen:
         return []  # no resolved configs kept
-    seen = {group: seen[group] for group in COMPONENT_GROUPS if group in seen}
+    seen = {group: seen[group] for group in SPEC_KEYS if group in seen}
     shared = [f"{group} `{next(iter(c))}`" for group, c in seen.items() if len(c) == 1]
     varying = [group for group, c in seen.items() if len(c) > 1]
     line = "Components (the jobs' resolved configs; an evaluation may set its own sampler): " + (
