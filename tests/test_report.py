@@ -269,3 +269,24 @@ def test_a_jobs_training_speed_is_its_median_logged_rate_not_its_last():
     job.series["perf/train_img_per_s"].append((199, 1640.0))  # an even count: the two middle windows' mean
     assert job.value("img_per_s") == 1637.0
     assert Job(dir=Path("k")).value("img_per_s") is None
+
+
+def test_a_component_some_jobs_lack_is_listed_as_varying_not_shared(tmp_path):
+    """A flow job has no noise schedule: the DDPM jobs' cosine schedule is not every job's."""
+    from synthetic_sweep import write_job
+
+    sweep = tmp_path / "sweep"
+    targets = {
+        "ddpm": {"process": "Diffusion", "schedule": "CosineSchedule", "model": "UNet"},
+        "flow": {"process": "FlowProcess", "model": "UNet"},
+    }
+    for num, (name, groups) in enumerate(targets.items()):
+        job = write_job(sweep, num, [f"process={name}"], {"val/loss": {9: 1.0}})
+        config = {group: {"_target_": f"diffusion_lab.x.{cls}"} for group, cls in groups.items()}
+        OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
+    write_report(sweep, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "Components (the jobs' resolved configs; an evaluation may set its own sampler): model `UNet`; varying "
+        "between jobs: process, schedule." in md
+    )

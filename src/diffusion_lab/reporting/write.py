@@ -72,13 +72,11 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
 def _components(jobs: list[Job]) -> list[str]:
     """The component classes every job's resolved config shares (a preset's choices, which no override shows),
     then the groups whose class differs between jobs."""
-    seen: dict[str, set[str]] = {}
-    for job in jobs:
-        for group, cls in job.config.get("components", {}).items():
-            seen.setdefault(group, set()).add(cls)
-    if not seen:
-        return []  # no resolved configs kept
-    seen = {group: seen[group] for group in SPEC_KEYS if group in seen}
+    found = [c for job in jobs if (c := job.config.get("components"))]  # jobs whose resolved config is kept
+    if not found:
+        return []
+    # a group some jobs lack (a flow process has no noise schedule) counts as varying, its absence a value
+    seen = {group: {c.get(group) for c in found} for group in SPEC_KEYS if any(group in c for c in found)}
     shared = [f"{group} `{next(iter(c))}`" for group, c in seen.items() if len(c) == 1]
     varying = [group for group, c in seen.items() if len(c) > 1]
     line = "Components (the jobs' resolved configs; an evaluation may set its own sampler): " + (
