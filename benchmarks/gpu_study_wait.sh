@@ -26,6 +26,7 @@ while pgrep -f experiments/all.sh > /dev/null && ((SECONDS + 35 < end)); do
   sleep 30 & wait $!  # a TERM interrupts the wait at once: the trap packs
   echo "== $(date +%T) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
   for f in $S/*/*/*/csv/metrics.csv; do [ -f "$f" ] && echo "$(basename "$(dirname "$(dirname "$f")")"): $(awk -F, -f benchmarks/last_step.awk "$f")"; done 2>/dev/null | tail -12
-  ls $S/*/*/*/evaluation 2>/dev/null | tail -4
+  # each running evaluation's last line: "generating <sampler> <steps>: done/n samples, s" (evaluate progress=false)
+  for f in $S/*/*/*/evaluation_*.log; do [ -s "$f" ] && echo "$(basename "$(dirname "$f")"): $(tail -n 1 "$f")"; done 2>/dev/null | tail -12
 done
 pack

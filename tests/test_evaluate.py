@@ -467,6 +467,20 @@ def score_variants(
     }
 
 
+def test_without_a_bar_each_batch_prints_how_far_the_sampling_got(
+    trained_checkpoint, classifier, tmp_path, capsys
+):
+    """progress=false (a study's log): one line per batch, so a stopped run's log says how far it got."""
+    common = [f"features={classifier}", f"cache_dir={tmp_path / 'cache'}", "metrics=[fid]", "n_real=8"]
+    evaluate(eval_cfg(trained_checkpoint, tmp_path / "eval", *common, "steps=[2]", "n=5", "batch_size=2"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("generating")]
+    assert [re.sub(r", \d+ s$", "", line) for line in lines] == [
+        f"generating ddim 2: {done}/5 samples" for done in (2, 4, 5)
+    ]
+    evaluate(eval_cfg(trained_checkpoint, tmp_path / "bar", *common, "steps=[2]", "n=5", "progress=true"))
+    assert "generating ddim 2:" not in capsys.readouterr().out  # the bar instead
+
+
 def test_sampling_variance_rows_are_their_own_setting(trained_checkpoint, classifier, tmp_path):
     variants = {
         "plain": [],

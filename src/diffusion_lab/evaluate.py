@@ -393,14 +393,34 @@ def combine_sets(sets: list[dict[str, float]], metrics: list[str], names: dict[s
     return out
 
 
+def _progress_line(setting: str) -> Callable[[int, int, float], None]:
+    def line(done: int, total: int, seconds: float) -> None:
+        print(f"generating {setting}: {done}/{total} samples, {seconds:.0f} s", flush=True)
+
+    return line
+
+
 def score_setting(
     metric: SampleQuality, generate, sampler: Sampler, w: float, parts, cfg, device, sample_metrics, names
 ) -> dict[str, Any]:
     """One table row: ``sample_sets`` sets of ``n`` samples (seeds seed, seed + 1, ...) scored and combined."""
     started = time.time()
     seeds = [int(cfg.seed) + k for k in range(int(cfg.sample_sets))]
+    # progress=false (a study's logs): a plain line per batch instead of a bar, so a log shows how far it got
+    lines = (
+        None if cfg.progress else _progress_line(f"{sampler.name} {sampler.num_evaluations(parts.diffusion)}")
+    )
     sets = [
-        score_generator(metric, generate, int(cfg.n), int(cfg.batch_size), device, seed, bool(cfg.progress))
+        score_generator(
+            metric,
+            generate,
+            int(cfg.n),
+            int(cfg.batch_size),
+            device,
+            seed,
+            bool(cfg.progress),
+            on_batch=lines,
+        )
         for seed in seeds
     ]
     return {

@@ -154,22 +154,28 @@ def score_generator(
     progress: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    on_batch: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, float]:
     """Generate this rank's batches of the ``n`` samples with ``generate(b, generator)`` (images in [-1, 1]),
     feed them to ``metric`` and compute (which all-gathers across ranks under DDP). Each global batch has its
     own generator, seeded from ``(seed, batch index)``, so the samples -- and the scores -- do not depend on
-    ``world_size`` (see :func:`rank_batches`). Adds this rank's generation time and rate."""
+    ``world_size`` (see :func:`rank_batches`). Adds this rank's generation time and rate. ``on_batch(done,
+    total, seconds)`` follows every batch (a log's progress where no bar is drawn)."""
     metric.reset()
     batches = rank_batches(n, batch_size, rank, world_size)
     n_local = sum(b for _, b in batches)
     started = time.time()
     after_first = None  # (time, images) once the first batch (compilation, autotuning, warm-up) is done
+    done = 0  # images generated so far (a disabled bar counts nothing)
     with tqdm(total=n_local, desc="generating", disable=not progress, leave=False) as bar:
         for i, (index, b) in enumerate(batches):
             gen = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
             images = generate(b, gen)
             metric.update(images.to(device))
             bar.update(b)
+            done += b
+            if on_batch is not None:
+                on_batch(done, n_local, time.time() - started)
             if i == 0 and len(batches) > 1:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
