@@ -353,6 +353,14 @@ def test_an_evaluation_stopped_after_its_bits_per_dim_says_that_the_bound_is_in_
         "sampling) is in the tables"
     ]
     assert job.value("bpd") == 3.25 and job.value("fd_classifier") is None
+    # one of two settings scored: the note says the bound is complete too
+    one_row = {**bound_only, "summary": {**bound_only["summary"], "settings": 2}, "rows": [{"steps": 10}]}
+    (stopped / "evaluation" / "final" / "evaluation.json").write_text(json.dumps(one_row))
+    (job,) = find_jobs(sweep)
+    assert job.notes == [
+        "evaluation `final` is partial: 1 of 2 settings were scored before it stopped; its rows are in the "
+        "tables, the rest are missing (its bits/dim is complete)"
+    ]
 
 
 def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(tmp_path):

@@ -406,10 +406,9 @@ def score_setting(
     """One table row: ``sample_sets`` sets of ``n`` samples (seeds seed, seed + 1, ...) scored and combined."""
     started = time.time()
     seeds = [int(cfg.seed) + k for k in range(int(cfg.sample_sets))]
+    steps = sampler.num_evaluations(parts.diffusion)
     # progress=false (a study's logs): a plain line per batch instead of a bar, so a log shows how far it got
-    lines = (
-        None if cfg.progress else _progress_line(f"{sampler.name} {sampler.num_evaluations(parts.diffusion)}")
-    )
+    lines = None if cfg.progress else _progress_line(f"{sampler.name} {steps}")
     sets = [
         score_generator(
             metric,
@@ -426,7 +425,7 @@ def score_setting(
     return {
         "sampler": sampler.name,
         "sampler_settings": repr(sampler),
-        "steps": sampler.num_evaluations(parts.diffusion),
+        "steps": steps,
         "eta": getattr(sampler, "eta", None),
         **({"variance": str(cfg.sampling_variance)} if cfg.get("sampling_variance") else {}),
         **({"clip": False} if getattr(sampler, "clip_denoised", True) is False else {}),
