@@ -319,16 +319,13 @@ def _partial_note(name: str, scored: int, summary: dict[str, Any]) -> str:
     settings = summary.get("settings", "?")
     # evaluate computes bits/dim before it draws any samples: a stopped evaluation can hold a finished bound
     bpd = summary.get("bpd") is not None
-    if scored == 0 and bpd:
-        return (
-            f"evaluation `{name}` scored none of its {settings} sample settings: it stopped before the first "
-            f"(interrupted or failed) or is still running; only its bits/dim (the full bound on "
-            f"{summary.get('bpd_n', '?')} images, computed before sampling) is in the tables"
-        )
     if scored == 0:
+        kept = "nothing of it is"
+        if bpd:
+            kept = f"only its bits/dim (the full bound on {summary.get('bpd_n', '?')} images, computed before sampling) is"
         return (
-            f"evaluation `{name}` scored none of its {settings} settings: it stopped before the first (interrupted "
-            "or failed) or is still running; nothing of it is in the tables"
+            f"evaluation `{name}` scored none of its {settings} {'sample ' if bpd else ''}settings: it stopped before "
+            f"the first (interrupted or failed) or is still running; {kept} in the tables"
         )
     return (
         f"evaluation `{name}` is partial: {scored} of {settings} settings were scored before it stopped; its rows "
