@@ -21,5 +21,8 @@ WAIT="while [[ -n '${AFTER:-}' && ! -e '${AFTER:-}' ]]; do sleep 5; pgrep -f 'ex
 PY=python3 SHARE_GPUS=1 STUDIES_OUT=/tmp/dl/studies DATA_ROOT=.data/fashion-mnist FEATURES=/tmp/dl/fmnist_clf.pt \
   JOBS_PER_GPU=${JOBS_PER_GPU:-6} setsid nohup bash -c "$WAIT; echo \"[start] \$(date -u +%T)\"; exec bash experiments/\"all.sh\"" \
   > "$LOG" 2>&1 < /dev/null &
+# The watch (gpu_study_wait.sh) follows this pid, which becomes experiments/all.sh's: a pattern match on command
+# lines would also match any device command that merely names the script, and wait out its whole limit.
+echo $! > /tmp/dl/all${TAG:+_$TAG}.pid
 sleep 5
 cat /tmp/dl/versions.txt; tail -3 /tmp/dl/features.log; cat "$LOG"

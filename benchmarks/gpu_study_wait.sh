@@ -6,10 +6,16 @@
 # device call's own time limit never loses what was measured: give it $1 + 60 s or more.
 set -u
 source benchmarks/gpu_env.sh
-S=/tmp/dl/studies; end=$((SECONDS + ${1:-540}))
+DL=$DIFFUSION_LAB_ROOT; S=$DL/studies; end=$((SECONDS + ${1:-540})); poll=${POLL:-30}
+# Running while any set that gpu_study_start.sh started (its pid in all*.pid) is alive.
+running() {
+  local f
+  for f in "$DL"/all*.pid; do [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2> /dev/null && return 0; done
+  return 1
+}
 pack() {
   trap - TERM INT
-  cp /tmp/dl/versions.txt /tmp/dl/features.log /tmp/dl/all*.log $OUT/ 2>/dev/null
+  cp "$DL"/versions.txt "$DL"/features.log "$DL"/all*.log $OUT/ 2>/dev/null
   cd $S 2>/dev/null || exit 0
   for st in */; do
     st=${st%/}
@@ -22,8 +28,8 @@ pack() {
   ls -la $OUT
 }
 trap 'pack; exit 1' TERM INT
-while pgrep -f experiments/all.sh > /dev/null && ((SECONDS + 35 < end)); do
-  sleep 30 & wait $!  # a TERM interrupts the wait at once: the trap packs
+while running && ((SECONDS + poll + 5 < end)); do
+  sleep "$poll" & wait $!  # a TERM interrupts the wait at once: the trap packs
   echo "== $(date +%T) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
   for f in $S/*/*/*/csv/metrics.csv; do [ -f "$f" ] && echo "$(basename "$(dirname "$(dirname "$f")")"): $(awk -F, -f benchmarks/last_step.awk "$f")"; done 2>/dev/null | tail -12
   # each running evaluation's last line: "generating <sampler> <steps>: done/n samples, s" (evaluate progress=false)

@@ -13,6 +13,8 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -634,6 +636,46 @@ def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_out
     out = tmp_path / "bench" / "selftest" / "out"
     assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 1
     assert len((out / "selftest.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the_script(tmp_path):
+    """The watch ends when the started set's process does, though another command line names
+    experiments/all.sh (a device command that merely mentions it kept the old pattern match waiting its whole
+    limit), and packs the studies' text files."""
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("gpu_study_wait.sh", "gpu_env.sh", "last_step.awk"):
+        (repo / "benchmarks" / name).write_bytes((root / "benchmarks" / name).read_bytes())
+    dl = tmp_path / "dl"
+    job = dl / "studies" / "demo" / "sweep" / "0_seed=1"
+    (job / "csv").mkdir(parents=True)
+    (job / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,49,0.5\n0,99,0.4\n")
+    study = subprocess.Popen(["sleep", "3"])
+    # reaped as soon as it ends, as init reaps the detached set on the device (a zombie still answers kill -0)
+    threading.Thread(target=study.wait, daemon=True).start()
+    decoy = subprocess.Popen(["bash", "-c", "sleep 120; true  # experiments/all.sh"])  # compound: bash stays
+    (dl / "all.pid").write_text(f"{study.pid}\n")
+    env = {**os.environ, "DIFFUSION_LAB_ROOT": str(dl), "OUT": str(tmp_path / "out"), "POLL": "1"}
+    (tmp_path / "out").mkdir()
+    try:
+        started = time.monotonic()
+        watch = subprocess.run(
+            ["bash", "benchmarks/gpu_study_wait.sh", "100"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        decoy.kill()
+    assert watch.returncode == 0, watch.stderr
+    assert elapsed < 30, f"the watch ran {elapsed:.0f} s for a study that ended after 3 s"
+    assert "0_seed=1: step 99" in watch.stdout
+    with tarfile.open(tmp_path / "out" / "demo.tar.gz") as tar:
+        assert tar.getnames() == ["demo/sweep/0_seed=1/csv/metrics.csv"]
 
 
 def test_nested_regions_get_more_entries_only_where_torch_has_the_option():
