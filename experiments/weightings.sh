@@ -22,5 +22,6 @@ train_sweep weighting "${BUDGET[@]}" weighting=uniform,min_snr,p2 callbacks=with
 
 queue_eval final 'metrics=[fid,kid,bpd]' n=$FID_N bpd_n=${BPD_N:-500}
 run_queue
-report "Loss weightings at Fashion-MNIST scale: FD over training"
+# Every pair of the three: each weighting against uniform, and Min-SNR against P2.
+report "Loss weightings at Fashion-MNIST scale: FD over training" --baseline weighting=uniform --baseline weighting=p2
 exit $STATUS

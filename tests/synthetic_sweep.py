@@ -100,14 +100,15 @@ def seeded_sweep(
     seeds: list[int],
     noise: float,
     rng,
-    cells: tuple[str, str] = ("schedule=linear", "schedule=cosine"),
+    cells: tuple[str, ...] = ("schedule=linear", "schedule=cosine"),
 ) -> Path:
-    """The two ``cells`` x seeds: each seed shifts both cells alike (sd 1), each job adds its own noise (sd
-    ``noise``); the second cell's val loss is ``effect`` higher and its FID ``effect`` lower."""
+    """The ``cells`` x seeds: each seed shifts every cell alike (sd 1), each job adds its own noise (sd
+    ``noise``); cell i's val loss is i * ``effect`` higher than the first's and its FID i * ``effect`` lower."""
     jobs = []
     for seed in seeds:
         shared = rng.normal(0.0, 1.0)
-        for cell, shift in zip(cells, (0.0, effect)):
+        for i, cell in enumerate(cells):
+            shift = i * effect
             loss = 5.0 + shared + shift + rng.normal(0.0, noise)
             fid = 20.0 + shared - shift + rng.normal(0.0, noise)
             curve = {s: loss + (100 - s) / 100 for s in (9, 49, 99)}

@@ -57,6 +57,47 @@ def test_a_true_difference_is_separated_in_the_right_direction(tmp_path):
     assert "seeds_val_loss.png" in md and "not comparable" not in diff
 
 
+def _difference(md: str, baseline: str, cell: str, column: str) -> tuple[float, float, str]:
+    """(mean, half-width, verdict) of ``cell`` − ``baseline`` in that baseline's difference table."""
+    diff = _section(md, f"Difference from {baseline}")
+    text = dict(zip(_row(diff, "cell"), _row(diff, cell)))[column]
+    numbers, verdict_text = text.split(" (")
+    mean, half = (float(x) for x in numbers.split(" ± "))
+    return mean, half, verdict_text.rstrip(")").split(", ")[1]
+
+
+def test_every_baseline_named_gets_its_own_differences(tmp_path):
+    # Three learning rates whose val losses climb by 1.0 per cell: against the middle one, the first is 1.0
+    # better and the last 1.0 worse; against the first, the last is 2.0 worse.
+    lrs = ("optimizer.lr=0.0004", "optimizer.lr=0.0002", "optimizer.lr=0.0001")
+    sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3, 4], 0.1, np.random.default_rng(3), lrs)
+    report_main([str(sweep), "--baseline", lrs[0], "--baseline", lrs[1]])
+    md = (sweep / "report.md").read_text()
+    for baseline, cell, true, word in (
+        (lrs[0], lrs[1], 1.0, "worse"),
+        (lrs[0], lrs[2], 2.0, "worse"),
+        (lrs[1], lrs[0], -1.0, "better"),
+        (lrs[1], lrs[2], 1.0, "worse"),
+    ):
+        mean, half, found = _difference(md, baseline, cell, "val loss")
+        assert mean - half <= true <= mean + half and half < 0.5 and found == word, (baseline, cell)
+    assert f"| {lrs[0]} |" not in _section(md, f"Difference from {lrs[0]}")  # no row for the baseline itself
+    assert md.count("## Difference from ") == 2
+
+
+def test_two_baselines_that_pick_one_cell_are_one_error_line(tmp_path, capsys):
+    sweep = seeded_sweep(tmp_path / "sweep", 0.0, [1, 2], 0.1, np.random.default_rng(0))
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(sweep), "--baseline", "schedule=linear", "--baseline", "schedule=linear"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --baseline 'schedule=linear' and --baseline 'schedule=linear' pick the same cell "
+        "(schedule=linear); name each baseline cell once"
+    ]
+    assert not (sweep / "report.md").exists()
+
+
 @pytest.mark.parametrize(
     "cells",
     [

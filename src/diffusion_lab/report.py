@@ -3,6 +3,7 @@
     python -m diffusion_lab.report outputs/<task_name>/multirun/<time>        # -> <that folder>/report.{md,html}
     python -m diffusion_lab.report outputs/studies/ddpm_table2 --out reports/ddpm_table2
     python -m diffusion_lab.report DIR --baseline schedule=linear           # differences from that cell
+    python -m diffusion_lab.report DIR --baseline weighting=uniform --baseline weighting=p2   # from each
     python -m diffusion_lab.report DIR --eval-baseline sampler=ddpm         # samplers vs DDPM at equal steps
     python -m diffusion_lab.report DIR --keep-raw results/study/raw --out results/study   # committable
 
@@ -22,6 +23,7 @@ self-contained ``report.html`` (plots and sample grids embedded), both from the 
   mean ± the 95% Student-t interval over its seeds, and with ``--baseline OVERRIDES`` each cell's difference
   from the baseline cell, paired by seed, marked better / worse only where its interval excludes 0 (the
   validation loss only between cells whose loss is the same quantity: not across processes, schedules, ...);
+  ``--baseline`` repeated gives each named cell its own difference tables (three cells: every pair);
 - with one model per seed evaluated in several settings (sampler, eta, steps, guidance): "Evaluations over
   seeds", each (cell, setting) as mean ± the t-interval over seeds, beside a Fréchet distance scored on several
   sample sets its own spread (the pooled within-checkpoint std) and the seed-to-seed std; with
@@ -64,9 +66,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--title", default=None, help="the report's title")
     parser.add_argument(
         "--baseline",
+        action="append",
         default=None,
         metavar="OVERRIDES",
-        help="the cell others are compared with, by its overrides (e.g. 'schedule=linear')",
+        help="the cell others are compared with, by its overrides (e.g. 'schedule=linear'); repeat it to "
+        "compare with several cells, each in its own tables",
     )
     parser.add_argument(
         "--eval-baseline",

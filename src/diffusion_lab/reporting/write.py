@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import atomic_path
 from ..spec_keys import SPEC_KEYS
 from .cells import Cell, find_baseline, group_cells
@@ -133,23 +134,44 @@ def _evaluation_code_versions(jobs: list[Job]) -> list[str]:
     return [f"{warning}: {_listed(by_code)}."]
 
 
-def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None, baseline: Cell | None) -> list[Table]:
+def _eval_tables(groups: list[EvalGroup], eval_baseline: str | None, bases: list[Cell]) -> list[Table]:
     tables = []
     if any(len(g.rows) > 1 for g in groups) or eval_baseline:
         tables.append(eval_seed_table(groups))
     if eval_baseline:
         tables.append(eval_baseline_table(pair_with_baseline(groups, eval_baseline), eval_baseline))
-    across = pair_with_baseline_cell(groups, baseline) if baseline is not None else []
-    if across:
-        tables.append(eval_cell_baseline_table(across, baseline.label))
+    for base in bases:
+        across = pair_with_baseline_cell(groups, base)
+        if across:
+            tables.append(eval_cell_baseline_table(across, base.label))
     return tables
+
+
+def _as_list(baseline: str | list[str] | None) -> list[str]:
+    """``--baseline`` given once (a string, as a kept raw folder records it), several times, or not at all."""
+    if not baseline:
+        return []
+    return [baseline] if isinstance(baseline, str) else list(baseline)
+
+
+def _find_baselines(cells: list[Cell], specs: list[str]) -> list[Cell]:
+    """The cell each spec picks; two specs that pick one cell would print its tables twice: refused."""
+    found = [find_baseline(cells, spec) for spec in specs]
+    for i, cell in enumerate(found):
+        if cell in found[:i]:
+            first = specs[found.index(cell)]
+            raise UserError(
+                f"--baseline {first!r} and --baseline {specs[i]!r} pick the same cell ({cell.label}); "
+                "name each baseline cell once"
+            )
+    return found
 
 
 def _tables(
     jobs: list[Job],
     cells: list[Cell],
     curve_cells: list[Cell],
-    baseline: str | None,
+    baselines: list[str],
     groups: list[EvalGroup],
     eval_baseline: str | None,
 ) -> list[Table]:
@@ -158,13 +180,13 @@ def _tables(
     tables = [job_table(ranked)] if ranked else []
     if incomplete:
         tables.append(job_table(incomplete, INCOMPLETE, ranked=False))
-    if any(len(c.jobs) > 1 for c in cells) or baseline:
+    if any(len(c.jobs) > 1 for c in cells) or baselines:
         tables.append(seed_table(cells))
-    base = find_baseline(cells, baseline) if baseline else None
-    if base is not None:
+    bases = _find_baselines(cells, baselines)
+    for spec, base in zip(baselines, bases):
         tables.append(baseline_table(cells, base))
-        tables += curve_tables(curve_cells, find_baseline(curve_cells, baseline))
-    tables += _eval_tables(groups, eval_baseline, base)
+        tables += curve_tables(curve_cells, find_baseline(curve_cells, spec))
+    tables += _eval_tables(groups, eval_baseline, bases)
     evaluations = eval_table(jobs)
     if evaluations.rows:
         tables.append(evaluations)
@@ -180,18 +202,19 @@ def write_report(
     root: str | Path,
     out_dir: str | Path | None = None,
     title: str | None = None,
-    baseline: str | None = None,
+    baseline: str | list[str] | None = None,
     raw_dest: str | Path | None = None,
     eval_baseline: str | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the figures for the sweep under ``root`` into ``out_dir``
     (default ``root``); with ``raw_dest``, first keep the sweep's raw files there and report from that copy.
-    ``baseline`` names the cell others are compared with, ``eval_baseline`` the evaluation setting others are
-    compared with within each cell. Returns the paths written."""
+    ``baseline`` names the cell others are compared with (a list: each in turn), ``eval_baseline`` the
+    evaluation setting others are compared with within each cell. Returns the paths written."""
     root = Path(root)
     settings = read_settings(root)
     title = title or settings.get("title") or f"Sweep report: {root.resolve().name}"
-    baseline = baseline or settings.get("baseline")
+    baselines = _as_list(baseline) or _as_list(settings.get("baseline"))
+    baseline = baselines[0] if len(baselines) == 1 else baselines or None  # as kept: one is a string
     eval_baseline = eval_baseline or settings.get("eval_baseline")
     sweep = settings.get("sweep") or str(root.resolve())
     out = Path(out_dir) if out_dir else root
@@ -207,7 +230,7 @@ def write_report(
     curve_cells = group_cells(jobs, with_incomplete=True)  # curves compare at equal steps, whatever the end
     groups, group_notes = group_evaluations(cells)
     tables = _tables(
-        jobs, cells, curve_cells, baseline, groups, eval_baseline
+        jobs, cells, curve_cells, baselines, groups, eval_baseline
     )  # a bad baseline fails before any write
     search = search_table(root)
     if search is not None:
