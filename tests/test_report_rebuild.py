@@ -6,12 +6,13 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffusion_lab.report import main as report_main
 from diffusion_lab.reporting.raw import SETTINGS_FILE
 from diffusion_lab.reporting.runs import find_jobs
-from synthetic_sweep import example_study, write_job
+from synthetic_sweep import example_study, seeded_sweep, write_job
 
 REPO = Path(__file__).resolve().parents[1]
 # Every committed study folder with raw data, and the small synthetic one the tests ship.
@@ -77,6 +78,17 @@ def test_keep_raw_copies_the_small_files_and_reports_from_them(tmp_path):
     shutil.rmtree(sweep)
     report_main([str(tmp_path / "moved" / "raw"), "--out", str(tmp_path / "moved")])
     assert (tmp_path / "moved" / "report.md").read_text() == md
+
+
+def test_a_bad_baseline_is_refused_before_any_raw_file_is_kept(tmp_path, capsys):
+    sweep = seeded_sweep(tmp_path / "sweep", 0.5, [1, 2], 0.1, np.random.default_rng(0))
+    raw = tmp_path / "raw"
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(sweep), "--keep-raw", str(raw), "--baseline", "schedule=quadratic"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --baseline 'schedule=quadratic' matches no cell")
+    assert not raw.exists() and not (sweep / "report.md").exists()
 
 
 def test_keep_raw_into_the_sweep_folder_itself_is_refused(tmp_path, capsys):

@@ -198,6 +198,23 @@ def _samples(jobs: list[Job], out: Path) -> list[Figure]:
     return [Figure(j.label, p, os.path.relpath(p, out)) for j, p in found if p.is_file()]
 
 
+def _analyse(root: Path, baselines: list[str], eval_baseline: str | None) -> tuple:
+    """Read the jobs under ``root`` and build every table; a bad baseline fails here, before any write.
+    Returns (jobs, their common overrides, the sort key, the curve cells, evaluation groups, their notes,
+    tables)."""
+    jobs = find_jobs(root)
+    common = label_jobs(jobs, root)
+    jobs, sort_key = _sort(jobs)
+    cells = group_cells(jobs)
+    curve_cells = group_cells(jobs, with_incomplete=True)  # curves compare at equal steps, whatever the end
+    groups, group_notes = group_evaluations(cells)
+    tables = _tables(jobs, cells, curve_cells, baselines, groups, eval_baseline)
+    search = search_table(root)
+    if search is not None:
+        tables.insert(0, search)
+    return jobs, common, sort_key, curve_cells, groups, group_notes, tables
+
+
 def write_report(
     root: str | Path,
     out_dir: str | Path | None = None,
@@ -219,22 +236,15 @@ def write_report(
     sweep = settings.get("sweep") or str(root.resolve())
     out = Path(out_dir) if out_dir else root
     if raw_dest is not None:
-        find_jobs(root)  # a one-line error for a folder without jobs, before anything is copied
+        # A folder without jobs or a bad baseline is a one-line error before anything is copied: a kept raw
+        # folder records its baselines, and one it could not be reported with would fail every rebuild.
+        _analyse(root, baselines, eval_baseline)
         kept = {"title": title, "baseline": baseline, "eval_baseline": eval_baseline, "sweep": sweep}
         keep_raw(root, Path(raw_dest), kept)
         root = Path(raw_dest)
-    jobs = find_jobs(root)
-    common = label_jobs(jobs, root)
-    jobs, sort_key = _sort(jobs)
-    cells = group_cells(jobs)
-    curve_cells = group_cells(jobs, with_incomplete=True)  # curves compare at equal steps, whatever the end
-    groups, group_notes = group_evaluations(cells)
-    tables = _tables(
-        jobs, cells, curve_cells, baselines, groups, eval_baseline
-    )  # a bad baseline fails before any write
-    search = search_table(root)
-    if search is not None:
-        tables.insert(0, search)
+    jobs, common, sort_key, curve_cells, groups, group_notes, tables = _analyse(
+        root, baselines, eval_baseline
+    )
     out.mkdir(parents=True, exist_ok=True)
     plots = make_plots([j for j in jobs if not j.incomplete], curve_cells, groups, out / PLOTS_DIR)
     report = Report(
