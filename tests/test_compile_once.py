@@ -68,6 +68,47 @@ def test_compiling_evaluation_too_adds_graphs_and_the_count_sees_them(tmp_path, 
     assert _fit(tmp_path, "compile_eval=true") > 1
 
 
+def test_the_summary_names_the_guard_behind_each_recompilation(tmp_path, eager_backend, capsys):
+    cfg = small_train_cfg(tmp_path / "run", "compile=true", "compile_eval=true", "trainer.max_steps=4")
+    cfg.trainer.val_check_interval = 2
+    result = train(cfg)
+    # validation runs without gradients, and samples other batch sizes: Dynamo's own words for each failed
+    # guard, each once
+    reasons = result["recompiles"]
+    assert result["graphs"] > 1 and len(set(reasons)) == len(reasons)
+    assert any(r.endswith("GLOBAL_STATE changed: grad_mode") for r in reasons), reasons
+    assert any("size()[0]" in r for r in reasons), reasons
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("recompiled"))
+    assert line == "recompiled    : " + "; ".join(result["recompiles"])
+
+
+def test_a_fit_that_compiles_once_reports_no_recompilation_or_graph_break(tmp_path, eager_backend, capsys):
+    cfg = small_train_cfg(tmp_path / "run", "compile=true", "trainer.max_steps=4")
+    result = train(cfg)
+    assert result["graphs"] == 1 and "recompiles" not in result and "graph_breaks" not in result
+    out = capsys.readouterr().out
+    assert "recompiled" not in out and "graph breaks" not in out
+
+
+def test_a_graph_break_is_named_by_its_reason():
+    from diffusion_lab.compile_policy import compile_stats
+
+    def step(x):
+        y = x * 2
+        torch._dynamo.graph_break()
+        return y + 1
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        torch.compile(step, backend="eager")(torch.ones(3))
+        stats = compile_stats()
+    finally:
+        torch._dynamo.reset()
+    assert stats["graphs"] == 2 and "recompiles" not in stats
+    assert len(stats["graph_breaks"]) == 1 and "graph_break" in stats["graph_breaks"][0], stats
+
+
 def test_regional_compilation_compiles_a_repeated_block_once_for_all_its_instances(tmp_path, eager_backend):
     # Every DiT block sees the same shapes: one graph serves all of them (the whole network would be one graph
     # too, but one spanning every block, so its compile time grows with the depth).

@@ -142,7 +142,7 @@ def check_scope(net: torch.nn.Module, scope: str) -> None:
         )
 
 
-def compile_stats() -> dict[str, float]:
+def compile_stats() -> dict[str, Any]:
     """Seconds this process spent in torch.compile and the graphs it compiled; empty when nothing was compiled.
 
     ``compile_s`` is the whole (Dynamo's own total), in parts that add up to it: ``trace_s`` Dynamo tracing the
@@ -162,7 +162,33 @@ def compile_stats() -> dict[str, float]:
     stats = {"compile_s": round(spent.get("total_wall_time", 0.0), 1), "graphs": graphs}
     stats.update(compile_phases(spent, inductor_ran=bool(counters["inductor"])))
     stats.update(cache_outcomes(counters))
+    stats.update(extra_graph_reasons(counters))
     return stats
+
+
+def extra_graph_reasons(counters: Any) -> dict[str, list[str]]:
+    """Why the process compiled more than one graph, in Dynamo's own words: for each recompilation the guard
+    that failed (``recompiles``: '0/1: tensor 'x' size mismatch at index 0. expected 128, actual 64'), and why
+    each graph was split (``graph_breaks``). A second graph costs a second compile, and one with the same
+    inputs as the first (a guard on something the graph does not compute with) is pure overhead. From Dynamo's
+    records of guard failures, which ``torch._dynamo.reset`` clears with its counters; empty when none."""
+    try:
+        from torch._dynamo.utils import guard_failures
+    except ImportError:  # a torch without the record: the counts alone
+        guard_failures = {}
+    # A recompilation records a failure for every cache entry it checked: each reason once, in order.
+    failed = dict.fromkeys(_first_line(r) for reasons in guard_failures.values() for r in reasons)
+    found = {
+        "recompiles": list(failed),
+        "graph_breaks": sorted({_first_line(str(r)) for r in counters["graph_break"]}),
+    }
+    return {key: reasons for key, reasons in found.items() if reasons}
+
+
+def _first_line(reason: str, limit: int = 240) -> str:
+    """A reason's first line (a guard failure may append the user's stack), at most ``limit`` characters."""
+    line = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 # (key in the result, Dynamo's counter group, its counter): how each compiled graph met the two on-disk caches.

@@ -540,6 +540,9 @@ def print_summary(result: dict[str, Any]) -> None:
         )
     if "aot_cache_hit" in result:
         lines.append(f"compile cache : {cache_line(result)}")
+    for key, label in (("recompiles", "recompiled"), ("graph_breaks", "graph breaks")):
+        if result.get(key):
+            lines.append(f"{label:<14}: {'; '.join(result[key])}")
     if result.get("validation_runs_s"):
         lines.append(f"validation    : {validation_line(result['validation_runs_s'])}")
     if result.get("preempted"):
