@@ -17,6 +17,7 @@ from torch import nn
 
 from diffusion_lab.errors import UserError
 from diffusion_lab.nets import UNet, fused_norm_kernels, fused_norm_ops
+from diffusion_lab.nets import fused_norm as fused_norm_module
 from diffusion_lab.nets.fused_norm import GroupNormSiLU, auto_takes_triton
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -191,6 +192,48 @@ def test_tracing_the_op_warns_of_no_cache_that_dynamo_ignores(interpreted):
         warnings.simplefilter("always")
         torch.compile(fused, fullgraph=True, backend="eager")(x)
     assert [str(w.message) for w in caught if "cache" in str(w.message)] == []
+
+
+def _calls_compiled_three_times(norm: GroupNormSiLU) -> dict:
+    from diffusion_lab.compile_policy import compile_stats
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # the graph count is the process's: this compile's alone
+    compiled = torch.compile(norm, backend="eager")
+    for _ in range(3):
+        compiled(torch.randn(2, 8, 3, 3))
+    stats = compile_stats()
+    torch._dynamo.reset()
+    return stats
+
+
+def test_a_norm_that_takes_the_kernels_is_compiled_once_however_many_calls(interpreted, monkeypatch):
+    """The Triton modules are resolved when the norm is built to take them (fused=true; auto on moving to
+    CUDA), so the first trace reads the module global resolved and the guard on it holds at every later call."""
+    monkeypatch.setattr(fused_norm_module, "_modules", fused_norm_module._UNRESOLVED)
+    norm = GroupNormSiLU(4, 8, fused="true")
+    assert fused_norm_module._modules is not fused_norm_module._UNRESOLVED
+    stats = _calls_compiled_three_times(norm)
+    assert stats["graphs"] == 1 and "recompiles" not in stats, stats
+    # Resolved inside the first trace instead: a guard on the unresolved global fails at the second call.
+    monkeypatch.setattr(fused_norm_module, "_modules", fused_norm_module._UNRESOLVED)
+    stats = _calls_compiled_three_times(norm)
+    assert stats["graphs"] == 2, stats
+    assert "_modules" in stats["recompiles"][0] and "_triton_modules" in stats["recompiles"][0], stats
+
+
+def test_auto_leaves_the_kernels_unimported_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(fused_norm_module, "_modules", fused_norm_module._UNRESOLVED)
+    norm = GroupNormSiLU(4, 8).to(torch.float64)  # built and moved (_apply) on the CPU: PyTorch's path only
+    norm(torch.randn(2, 8, 3, 3, dtype=torch.float64))
+    assert fused_norm_module._modules is fused_norm_module._UNRESOLVED
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_resolves_the_kernels_when_moved_onto_cuda(monkeypatch):
+    monkeypatch.setattr(fused_norm_module, "_modules", fused_norm_module._UNRESOLVED)
+    GroupNormSiLU(4, 8).cuda()
+    assert fused_norm_module._modules is not fused_norm_module._UNRESOLVED
 
 
 TINY_UNET = dict(

@@ -26,7 +26,8 @@ def _triton_modules():
     Imported on first use: registering the op imports torch._inductor (about a second on the CPU), which a
     network that never takes the Triton path has no use for. Kept in a module global rather than behind
     ``functools.cache``: Dynamo does not honour that cache (it warns and traces the import again at every norm
-    of a compiled network), while it reads a global as a constant."""
+    of a compiled network), while it reads a global as a constant, guarded at the value it read: so the norm
+    resolves it before any compiled forward (GroupNormSiLU's __init__ and _apply)."""
     global _modules
     if _modules is _UNRESOLVED:
         _modules = _import_triton_modules()
@@ -110,6 +111,18 @@ class GroupNormSiLU(nn.GroupNorm):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-6, fused: object = "auto"):
         super().__init__(num_groups, num_channels, eps=eps)
         self.fused = check_fused_norm(fused)
+        if self.fused == "true":
+            _triton_modules()  # asked for: resolved now, never inside a compiled forward's first trace (_apply)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Moving the norm onto a CUDA device also resolves the Triton modules ``auto`` takes there, before any
+        compiled forward. Resolved inside Dynamo's first trace instead, the module global is guarded at its
+        unresolved value, so the next call fails that guard and compiles the same graph again (a study job on
+        an H100 compiled two graphs of one cache key; ``recompiled`` in the training summary names the guard)."""
+        module = super()._apply(fn, *args, **kwargs)
+        if self.fused != "false" and self.weight.is_cuda:
+            _triton_modules()
+        return module
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fused={self.fused}"
