@@ -277,17 +277,26 @@ def test_unet_gives_the_same_output_and_gradients_with_fused_norm_on_and_off(
         torch.testing.assert_close(grads_on[name], grads_off[name], **TOL, msg=name)
 
 
-def test_the_unet_with_fused_norm_compiles_as_one_graph(interpreted):
-    """torch.compile(fullgraph=True) of the whole UNet on the Triton path: no graph break at any norm, and the
-    compiled network computes what the eager PyTorch-path network does."""
+def test_the_unet_with_fused_norm_compiles_as_one_graph(interpreted, monkeypatch):
+    """torch.compile(fullgraph=True) of the whole UNet on the Triton path: no graph break at any norm, the
+    compiled network computes what the eager PyTorch-path network does, and a second call (a second training
+    step) reuses the graph: nothing the first trace resolved is guarded at an earlier value."""
+    from diffusion_lab.compile_policy import compile_stats
+
+    monkeypatch.setattr(fused_norm_module, "_modules", fused_norm_module._UNRESOLVED)  # as in a new process
     torch.manual_seed(0)
     nets = {f: UNet(**TINY_UNET, use_scale_shift_norm=True, fused_norm=f) for f in ("false", "true")}
     nudge_weights(nets["false"])
     nets["true"].load_state_dict(nets["false"].state_dict())
     x, t, y = torch.randn(2, 2, 8, 8), torch.tensor([3, 700]), torch.tensor([0, 2])
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = torch.compile(nets["true"], fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, t, y), nets["false"](x, t, y), **TOL)
+    compiled(x, t, y)
+    stats = compile_stats()
+    torch._dynamo.reset()
+    assert stats["graphs"] == 1 and "recompiles" not in stats, stats
 
 
 def test_fused_norm_true_on_a_cpu_tensor_is_one_error_line():
