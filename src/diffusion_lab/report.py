@@ -3,7 +3,7 @@
     python -m diffusion_lab.report outputs/<task_name>/multirun/<time>        # -> <that folder>/report.{md,html}
     python -m diffusion_lab.report outputs/studies/ddpm_table2 --out reports/ddpm_table2
     python -m diffusion_lab.report DIR --baseline schedule=linear           # differences from that cell
-    python -m diffusion_lab.report DIR --baseline weighting=uniform --baseline weighting=p2   # from each
+    python -m diffusion_lab.report DIR --baseline loss=simple --baseline loss=hybrid         # from each
     python -m diffusion_lab.report DIR --eval-baseline sampler=ddpm         # samplers vs DDPM at equal steps
     python -m diffusion_lab.report DIR --keep-raw results/study/raw --out results/study   # committable
 
