@@ -229,6 +229,7 @@ def test_auto_leaves_the_kernels_unimported_on_the_cpu(monkeypatch):
     assert fused_norm_module._modules is fused_norm_module._UNRESOLVED
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_auto_resolves_the_kernels_when_moved_onto_cuda(monkeypatch):
     monkeypatch.setattr(fused_norm_module, "_modules", fused_norm_module._UNRESOLVED)
