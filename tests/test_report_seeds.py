@@ -201,3 +201,20 @@ def test_a_faster_convergence_is_separated_step_by_step_including_jobs_stopped_e
     assert _row(section, "20")[1].startswith("+0.1667 ± ")
     assert _row(section, "20")[1].endswith("(n=3, not separated)")
     assert "| 30 |" not in section  # step 30 was not reached by every job
+
+
+def test_two_sweeps_of_other_seeds_below_one_folder_pool_into_one_cell(tmp_path):
+    # More seeds run later as a second sweep (its jobs numbered from 0 again): a report on the folder above both
+    # counts every seed once in its cell and pairs each with the baseline's job of the same seed. No job noise:
+    # each seed shifts both cells alike (sd 1), so only right pairs give exactly the cells' difference, -1.
+    rng = np.random.default_rng(5)
+    seeded_sweep(tmp_path / "study" / "first", 1.0, [1, 2, 3], 0.0, rng)
+    seeded_sweep(tmp_path / "study" / "more_seeds", 1.0, [4, 5, 6], 0.0, rng)
+    report_main([str(tmp_path / "study"), "--baseline", "schedule=linear"])
+    md = (tmp_path / "study" / "report.md").read_text()
+    seeds = _section(md, "Over seeds")
+    for cell in ("schedule=linear", "schedule=cosine"):
+        assert dict(zip(_row(seeds, "cell"), _row(seeds, cell)))["n"] == "6", cell
+    mean, half, found = _difference(md, "schedule=linear", "schedule=cosine", "FID (Inception)")
+    assert mean == pytest.approx(-1.0, abs=1e-3) and half < 1e-3 and found == "better"
+    assert "(n=6, better)" in _section(md, "Difference from schedule=linear")
