@@ -101,9 +101,11 @@ def seeded_sweep(
     noise: float,
     rng,
     cells: tuple[str, ...] = ("schedule=linear", "schedule=cosine"),
+    code: str | None = None,
 ) -> Path:
     """The ``cells`` x seeds: each seed shifts every cell alike (sd 1), each job adds its own noise (sd
-    ``noise``); cell i's val loss is i * ``effect`` higher than the first's and its FID i * ``effect`` lower."""
+    ``noise``); cell i's val loss is i * ``effect`` higher than the first's and its FID i * ``effect`` lower.
+    ``code``: the code digest every job records."""
     jobs = []
     for seed in seeds:
         shared = rng.normal(0.0, 1.0)
@@ -113,7 +115,7 @@ def seeded_sweep(
             fid = 20.0 + shared - shift + rng.normal(0.0, noise)
             curve = {s: loss + (100 - s) / 100 for s in (9, 49, 99)}
             overrides = [f"seed={seed}", cell]
-            jobs.append(write_job(root, len(jobs), overrides, {"val/loss": curve}, fid=fid))
+            jobs.append(write_job(root, len(jobs), overrides, {"val/loss": curve}, fid=fid, code=code))
     write_status(root, jobs)
     return root
 

@@ -207,14 +207,33 @@ def test_two_sweeps_of_other_seeds_below_one_folder_pool_into_one_cell(tmp_path)
     # More seeds run later as a second sweep (its jobs numbered from 0 again): a report on the folder above both
     # counts every seed once in its cell and pairs each with the baseline's job of the same seed. No job noise:
     # each seed shifts both cells alike (sd 1), so only right pairs give exactly the cells' difference, -1.
+    # The later sweep ran newer code: the report says that each pair still compares jobs of one version.
     rng = np.random.default_rng(5)
-    seeded_sweep(tmp_path / "study" / "first", 1.0, [1, 2, 3], 0.0, rng)
-    seeded_sweep(tmp_path / "study" / "more_seeds", 1.0, [4, 5, 6], 0.0, rng)
+    seeded_sweep(tmp_path / "study" / "first", 1.0, [1, 2, 3], 0.0, rng, code="a" * 64)
+    seeded_sweep(tmp_path / "study" / "more_seeds", 1.0, [4, 5, 6], 0.0, rng, code="b" * 64)
     report_main([str(tmp_path / "study"), "--baseline", "schedule=linear"])
     md = (tmp_path / "study" / "report.md").read_text()
+    assert "**Code: the jobs ran 2 versions**" in md
+    assert (
+        "Each seed's jobs ran one version, so every difference paired by seed compares jobs of one version."
+        in md
+    )
     seeds = _section(md, "Over seeds")
     for cell in ("schedule=linear", "schedule=cosine"):
         assert dict(zip(_row(seeds, "cell"), _row(seeds, cell)))["n"] == "6", cell
     mean, half, found = _difference(md, "schedule=linear", "schedule=cosine", "FID (Inception)")
     assert mean == pytest.approx(-1.0, abs=1e-3) and half < 1e-3 and found == "better"
     assert "(n=6, better)" in _section(md, "Difference from schedule=linear")
+
+
+def test_a_seed_whose_cells_ran_other_code_is_named(tmp_path):
+    sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3], 0.1, np.random.default_rng(0), code="a" * 64)
+    rerun = next(sweep.glob("*_seed=2,schedule=cosine"))  # one cell of seed 2 re-run with other code
+    (rerun / ".hydra" / "provenance.yaml").write_text(f"code_sha256: {'c' * 64}\n")
+    report_main([str(sweep), "--baseline", "schedule=linear"])
+    md = (sweep / "report.md").read_text()
+    assert (
+        "The jobs of seed(s) 2 ran more than one version: their paired differences may come from the code."
+        in md
+    )
+    assert "Each seed's jobs ran one version" not in md

@@ -100,7 +100,23 @@ def _code_versions(jobs: list[Job]) -> list[str]:
     warning = (
         f"**Code: the jobs ran {len(by_code)} versions**, so a difference between them may come from the code"
     )
-    return [f"{warning}: {_listed(by_code)}."]
+    return [f"{warning}: {_listed(by_code)}.{_versions_within_seeds(jobs)}"]
+
+
+def _versions_within_seeds(jobs: list[Job]) -> str:
+    """Whether the differences paired by seed compare jobs of one version (sweeps of other seeds, run later with
+    newer code, pooled below one folder): a sentence to follow the versions warning, or '' without a seed axis."""
+    by_seed: dict[int, set[str | None]] = {}
+    for job in jobs:
+        if job.seed is not None:
+            by_seed.setdefault(job.seed, set()).add(job.code)
+    if len(by_seed) < 2:
+        return ""
+    mixed = sorted(seed for seed, codes in by_seed.items() if len(codes) > 1)
+    if not mixed:
+        return " Each seed's jobs ran one version, so every difference paired by seed compares jobs of one version."
+    seeds = ", ".join(str(seed) for seed in mixed)
+    return f" The jobs of seed(s) {seeds} ran more than one version: their paired differences may come from the code."
 
 
 def _listed(by_code: dict[str | None, list[str]]) -> str:
