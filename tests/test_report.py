@@ -176,6 +176,25 @@ def test_no_sweep_is_one_error_line(tmp_path, capsys, kind):
     assert ".hydra/overrides.yaml" in err[0]
 
 
+@pytest.mark.parametrize("keep_raw", [False, True])
+def test_a_report_folder_that_cannot_be_made_is_one_error_line_before_any_copy(tmp_path, capsys, keep_raw):
+    from synthetic_sweep import write_job
+
+    write_job(tmp_path / "sweep", 0, ["schedule=linear"], {"train/loss": {10: 1.0}})
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "report"
+    raw = tmp_path / "raw"
+    with pytest.raises(SystemExit) as exit_info:
+        report_main(
+            [str(tmp_path / "sweep"), "--out", str(out), *(["--keep-raw", str(raw)] if keep_raw else [])]
+        )
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {out}: cannot create the report folder there (Not a directory); name a folder you can write"
+    ]
+    assert not raw.exists()
+
+
 def test_a_lone_job_is_labelled_by_its_sweep_folder_and_number(tmp_path):
     from diffusion_lab.report import Job
     from diffusion_lab.reporting.runs import label_jobs as _label_jobs

@@ -231,6 +231,17 @@ def _analyse(root: Path, baselines: list[str], eval_baseline: str | None) -> tup
     return jobs, common, sort_key, curve_cells, groups, group_notes, tables
 
 
+def _make_report_folder(out: Path) -> None:
+    """Create the report's folder, or refuse in one line naming it (a path below a file, a read-only place)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(
+            f"--out {out}: cannot create the report folder there ({reason}); name a folder you can write"
+        ) from None
+
+
 def write_report(
     root: str | Path,
     out_dir: str | Path | None = None,
@@ -255,13 +266,14 @@ def write_report(
         # A folder without jobs or a bad baseline is a one-line error before anything is copied: a kept raw
         # folder records its baselines, and one it could not be reported with would fail every rebuild.
         _analyse(root, baselines, eval_baseline)
+        _make_report_folder(out)  # nor is a report folder that cannot be made
         kept = {"title": title, "baseline": baseline, "eval_baseline": eval_baseline, "sweep": sweep}
         keep_raw(root, Path(raw_dest), kept)
         root = Path(raw_dest)
     jobs, common, sort_key, curve_cells, groups, group_notes, tables = _analyse(
         root, baselines, eval_baseline
     )
-    out.mkdir(parents=True, exist_ok=True)
+    _make_report_folder(out)
     plots = make_plots([j for j in jobs if not j.incomplete], curve_cells, groups, out / PLOTS_DIR)
     report = Report(
         title=title,
