@@ -114,6 +114,11 @@ CASES = [
     # evaluate
     slow_case("evaluate", ["ckpt={not_ours}"], "was not written by diffusion_lab"),
     slow_case("evaluate", ["ckpt={ckpt}", "metrics=[fidd]"], "metrics=['fidd'] unknown"),
+    slow_case(
+        "evaluate",
+        ["ckpt={ckpt}", "out_dir={a_file}/sub"],
+        "out_dir='{a_file}/sub' cannot be written: {a_file} is a file, not a folder",
+    ),
     # report
     ("report", ["{empty}"], "holds no jobs"),
     slow_case(
@@ -122,6 +127,14 @@ CASES = [
     # features
     slow_case("features", ["epochs=abc"], "epochs='abc' must be an integer"),
     slow_case("features", ["data=toy2d"], "has no labelled images"),
+    slow_case(
+        "features",
+        ["data=digits", "out={a_file}/clf.pt"],
+        "out='{a_file}/clf.pt' cannot be written: {a_file} is a file, not a folder",
+    ),
+    slow_case(
+        "features", ["data=digits", "out={empty}"], "out='{empty}' is a folder; name the classifier file"
+    ),
     # visualize
     slow_case("visualize", ["figure=vlb", "ckpt={truncated}"], "truncated or not a checkpoint"),
     slow_case("visualize", ["figure=nope"], "figure='nope' is unknown"),
@@ -168,7 +181,7 @@ def test_bad_input_is_one_line(entry, args, expected, files, tmp_path):
     proc = run_cli(entry, [a.format(**files) for a in args], tmp_path)
     output = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(output) == 1 and output[0].startswith("error:"), proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert expected in output[0]
+    assert expected.format(**files) in output[0]
     assert proc.returncode == 2
     assert not list(tmp_path.glob("outputs/*/runs/*"))  # a rejected run leaves no run folder
 

@@ -40,7 +40,7 @@ from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .data.datasets import SPLITS
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError
+from .errors import UserError, unwritable_reason
 from .evaluate_resume import check_same_measurement, done_rows, partial_evaluation, setting_key
 from .io import atomic_path, file_sha256
 from .latent.decoder import sample_images, sampler_for
@@ -166,9 +166,14 @@ def evaluation_dir(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, bool]:
                 f"out_dir={str(out)!r} already holds files and an evaluation never overwrites another; "
                 "give a new folder, or leave out_dir unset for a fresh <run>/evaluation/<checkpoint>-<time>"
             )
+        if (reason := unwritable_reason(out)) is not None:
+            raise UserError(f"out_dir={str(out)!r} cannot be written: {reason}")
         return out, True
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return ckpt_path.parent.parent / "evaluation" / f"{ckpt_path.stem}-{stamp}", False
+    out = ckpt_path.parent.parent / "evaluation" / f"{ckpt_path.stem}-{stamp}"
+    if (reason := unwritable_reason(out.parent)) is not None:
+        raise UserError(f"the checkpoint's run folder cannot take an evaluation ({reason}); pass out_dir=")
+    return out, False
 
 
 def claim_dir(out: Path, named: bool) -> Path:

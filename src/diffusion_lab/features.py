@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .cli import command
-from .errors import UserError, check_types
+from .errors import UserError, check_types, unwritable_reason
 from .metrics.classifier import save_classifier, train_classifier
 from .sample import resolve_device
 
@@ -34,6 +34,7 @@ def train_features(cfg: DictConfig) -> dict:
         raise UserError(
             f"data={datamodule.name} has no labelled images; the feature network needs class labels"
         )
+    out = _output_path(cfg, datamodule.name)  # refused before the training, not after it
     datamodule.setup("fit")
     train_ds, test_ds = datamodule.dataset("train"), datamodule.dataset("test")
     x_train, y_train = _all(train_ds)
@@ -54,11 +55,6 @@ def train_features(cfg: DictConfig) -> dict:
         verbose=True,
         progress=None,  # a bar on a terminal
     )
-    out = (
-        Path(cfg.out)
-        if cfg.out
-        else Path(cfg.paths.cache_dir) / "features" / f"{datamodule.name}_classifier.pt"
-    )
     meta = {"dataset": datamodule.name, "test_accuracy": acc, "data_shape": list(datamodule.data_shape)}
     save_classifier(model, out, meta)
     print(
@@ -68,6 +64,18 @@ def train_features(cfg: DictConfig) -> dict:
         flush=True,
     )
     return {"path": str(out), "test_accuracy": acc}
+
+
+def _output_path(cfg: DictConfig, dataset: str) -> Path:
+    """The classifier file to write (``out``, else the cache's), or a one-line refusal if it cannot be written."""
+    out = Path(cfg.out) if cfg.out else Path(cfg.paths.cache_dir) / "features" / f"{dataset}_classifier.pt"
+    if out.is_dir():
+        raise UserError(
+            f"out={str(out)!r} is a folder; name the classifier file to write (e.g. {out}/clf.pt)"
+        )
+    if (reason := unwritable_reason(out.parent)) is not None:
+        raise UserError(f"out={str(out)!r} cannot be written: {reason}")
+    return out
 
 
 def _all(dataset) -> tuple[torch.Tensor, torch.Tensor]:
