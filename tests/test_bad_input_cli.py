@@ -138,6 +138,11 @@ CASES = [
     # visualize
     slow_case("visualize", ["figure=vlb", "ckpt={truncated}"], "truncated or not a checkpoint"),
     slow_case("visualize", ["figure=nope"], "figure='nope' is unknown"),
+    slow_case(
+        "visualize",
+        ["figure=schedules", "out_dir={a_file}/sub"],
+        "out_dir='{a_file}/sub' cannot be written: {a_file} is a file, not a folder",
+    ),
 ]
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from .cli import checkpoint_argument, command
 from .diffusion import SCHEDULES, NoiseSchedule, build_schedule, calc_bpd_loop, q_sample
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types
+from .errors import UserError, check_types, unwritable_reason
 from .io import atomic_path
 
 __all__ = [
@@ -478,6 +478,8 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
         out_dir = Path(cfg.ckpt_path).resolve().parent.parent / "figures"
     else:
         out_dir = Path("figures")
+    if (reason := unwritable_reason(out_dir)) is not None:
+        raise UserError(f"out_dir={str(out_dir)!r} cannot be written: {reason}")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = FIGURES[figure](cfg, out_dir / str(cfg.name or figure))
     result = {k: str(v) for k, v in paths.items()}
