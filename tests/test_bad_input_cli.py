@@ -53,6 +53,11 @@ CASES = [
     ),
     slow_case("train", ["ckpt_path={ckpt}"], "holds another network (UNet"),
     ("train", ["paths.root_dir={a_file}/sub"], "cannot create the run directory"),
+    slow_case(
+        "train",
+        ["compile=true", "compile_cache={a_file}/cc"],
+        "compile_cache='{a_file}/cc' cannot be written: {a_file} is a file, not a folder",
+    ),
     # train: values of the right type out of range, refused before any work
     slow_case(
         "train",
