@@ -764,9 +764,21 @@ def test_a_value_out_of_range_is_one_line_naming_what_is_allowed(override, allow
     )
 
 
+@pytest.mark.parametrize("value", ["abc", "4:00:00", "60", "{minutes:1}"])
+def test_a_max_time_that_is_not_a_duration_is_one_line(value):
+    # Lightning's own refusal names no option, and the mapping form fails inside it with "Missing key".
+    with pytest.raises(UserError) as err:
+        train_module.check_config(small_train_cfg("/unused", f"trainer.max_time={value}"))
+    assert str(err.value).startswith("trainer.max_time=") and str(err.value).endswith(
+        "is out of range; it must be a duration DD:HH:MM:SS (e.g. 00:04:00:00: four hours), or null"
+    )
+
+
 def test_the_limits_of_each_range_are_accepted():
     edges = ["trainer.max_steps=-1", "trainer.max_epochs=-1", "trainer.max_epochs=null", "p_uncond=0.0"]
     train_module.check_config(small_train_cfg("/unused", *edges, "final_samples=0", "seed=0"))
+    train_module.check_config(small_train_cfg("/unused", "trainer.max_time=00:00:00:05"))
+    train_module.check_config(small_train_cfg("/unused", "trainer.max_time=null"))
 
 
 def test_a_sampler_switch_that_is_not_a_boolean_is_refused():

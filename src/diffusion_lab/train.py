@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -197,6 +198,13 @@ TYPED_KEYS: dict[str, tuple] = {
     "autoencoder": (str, None),
 }
 
+
+def _is_duration(value: Any) -> bool:
+    """``trainer.max_time`` as Lightning reads it from a config: "DD:HH:MM:SS" (its mapping form arrives as a
+    DictConfig, which Lightning's Timer does not take)."""
+    return isinstance(value, str) and re.fullmatch(r"\d+:\d+:\d+:\d+", value) is not None
+
+
 # Values of the right type but out of range, which no part checks itself: (key, test, what is allowed); null is
 # not tested. Unchecked, they fail late inside Lightning (val_check_interval=0 after the first step) or train
 # nonsense silently (lr=0 never moves; a negative gradient_clip_val flips the gradients).
@@ -211,6 +219,7 @@ VALUE_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optimizer.lr", lambda v: v > 0, "a number > 0"),
     ("p_uncond", lambda v: 0 <= v < 1, "in [0, 1) (the share of labels dropped for guidance)"),
     ("final_samples", lambda v: v >= 0, "an integer >= 0 (0: none)"),
+    ("trainer.max_time", _is_duration, "a duration DD:HH:MM:SS (e.g. 00:04:00:00: four hours), or null"),
 )
 
 
