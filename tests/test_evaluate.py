@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import cli_env, compose_train, small_train_cfg
 from diffusion_lab.build import load_checkpoint, make_spec
 from diffusion_lab.data import DiffusionDataModule
 from diffusion_lab.errors import UserError
-from diffusion_lab.evaluate import build_datamodule, evaluate
+from diffusion_lab.evaluate import build_datamodule, check_settings, evaluate
 from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
 from diffusion_lab.module import CHECKPOINT_KEY, DiffusionModule
 from diffusion_lab.train import train
@@ -745,3 +746,23 @@ def test_a_stopped_evaluation_continues_to_the_rows_of_an_uninterrupted_one(
         evaluate(cfg("stopped", "bpd_n=4", "resume=true"))
     with pytest.raises(UserError, match="holds no evaluation.json to continue"):
         evaluate(cfg("elsewhere", "resume=true"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eta=[2]", "eta=[2] must be a number or null (e.g. eta=0.001)"),
+        ("eta=-1", "eta=-1 is invalid: η must be >= 0 (0 deterministic, 1 DDPM-like)"),
+        ("guidance=[0,abc]", "guidance='abc' is invalid: each entry must be a number (0: no guidance)"),
+        ("seed=-1", "seed=-1 is out of range; it must be an integer in [0, 2**32)"),
+        ("n=abc", "n='abc' must be an integer (e.g. n=3)"),
+    ],
+)
+def test_a_bad_option_value_is_refused_before_any_work(override, message):
+    # Before these checks eta=[2] and guidance=[abc] failed inside a sampler with a traceback, and seed=-1 only
+    # after the checkpoint and the feature network were loaded, naming no option.
+    conf = TESTS_DIR.parent / "conf" / "evaluate.yaml"
+    cfg = OmegaConf.merge(OmegaConf.load(conf), OmegaConf.from_dotlist([override]))
+    with pytest.raises(UserError) as err:
+        check_settings(cfg)
+    assert str(err.value) == message

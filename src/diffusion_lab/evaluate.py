@@ -40,7 +40,7 @@ from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .data.datasets import SPLITS
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, unwritable_reason
+from .errors import UserError, check_types, unwritable_reason
 from .evaluate_resume import check_same_measurement, done_rows, partial_evaluation, setting_key
 from .io import atomic_path, file_sha256
 from .latent.decoder import sample_images, sampler_for
@@ -92,6 +92,7 @@ def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
     if not metrics:
         raise UserError(f"metrics= is empty; choose some of {list(KNOWN_METRICS)}")
     sample_metrics = [m for m in metrics if m != "bpd"]
+    check_option_types(cfg)
     for key, least in (("n", 2), ("n_real", 2), ("batch_size", 1), ("sample_sets", 1)):
         if sample_metrics and int(cfg[key]) < least:
             raise UserError(f"{key}={cfg[key]} is invalid: it must be >= {least}")
@@ -101,6 +102,20 @@ def check_settings(cfg: DictConfig) -> tuple[list[str], list[str]]:
     if sample_metrics:
         check_sampling_settings(cfg)
     return metrics, sample_metrics
+
+
+def check_option_types(cfg: DictConfig) -> None:
+    """Each value of the right type (``eta=[2]``, ``guidance=[abc]`` otherwise fail inside a sampler with a
+    traceback), and the seed a valid generator seed."""
+    counts = ("n", "n_real", "batch_size", "sample_sets", "bpd_n", "bpd_batch_size")
+    check_types(cfg, {"seed": (int,), "eta": (float, None), **{key: (int,) for key in counts}})
+    for g in _as_list(cfg.guidance):
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float)):
+            raise UserError(f"guidance={g!r} is invalid: each entry must be a number (0: no guidance)")
+    if cfg.eta is not None and cfg.eta < 0:
+        raise UserError(f"eta={cfg.eta} is invalid: η must be >= 0 (0 deterministic, 1 DDPM-like)")
+    if not 0 <= int(cfg.seed) < 2**32:
+        raise UserError(f"seed={cfg.seed} is out of range; it must be an integer in [0, 2**32)")
 
 
 def check_sampling_settings(cfg: DictConfig) -> None:
