@@ -216,6 +216,9 @@ def test_vlb(tmp_path, checkpoint):
         (["figure=vlb", "ckpt=/no/such.ckpt"], "does not exist"),
         (["figure=forward", "t=[1000]"], r"t=\[1000\] out of range"),
         (["figure=forward", "n=0"], "n=0 is invalid"),
+        (["figure=forward", "t=[1,abc]"], r"t='abc' is invalid: each timestep must be an integer \(0..T-1\)"),
+        (["figure=forward", "show=0"], "show=0 is invalid: the number of columns shown must be >= 1"),
+        (["figure=forward", "batch_size=0"], "batch_size=0 is invalid: it must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, overrides, match):

@@ -470,8 +470,16 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
     check_types(
         cfg, {"n": (int,), "seed": (int,), "show": (int,), "batch_size": (int,), "guidance": (float,)}
     )
-    if int(cfg.n) < 1:
-        raise UserError(f"n={cfg.n} is invalid: the number of images must be >= 1")
+    for key, what in (
+        ("n", "the number of images"),
+        ("show", "the number of columns shown"),
+        ("batch_size", ""),
+    ):
+        if int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]} is invalid: {what or 'it'} must be >= 1")
+    for t in cfg.t if OmegaConf.is_list(cfg.t) else [cfg.t]:
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int)):
+            raise UserError(f"t={t!r} is invalid: each timestep must be an integer (0..T-1), or t=null")
     if cfg.out_dir:
         out_dir = Path(cfg.out_dir)
     elif cfg.ckpt_path:
