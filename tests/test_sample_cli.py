@@ -164,6 +164,7 @@ def assert_kept(files: dict[Path, str]) -> None:
         (["+schedule=linear"], "schedule is fixed by the checkpoint"),
         (["+model=unet_small"], "model is fixed by the checkpoint"),
         (["sampler=ddpm", "eta=0.5"], "eta=0.5 applies to sampler=ddim only"),
+        (["sampler=ddim", "eta=-1"], r"eta=-1 is invalid: η must be >= 0 \(0 deterministic, 1 DDPM-like\)"),
         (["n=0"], "n=0 is invalid"),
         (["sampler=ddim", "sampling_variance=fixed_large"], "is read by ancestral sampling alone"),
         (["sampler=ddpm", "sampling_variance=large"], "sampling_variance=large is unknown"),

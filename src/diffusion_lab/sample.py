@@ -106,6 +106,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         cfg,
         {"n": (int,), "batch_size": (int,), "seed": (int,), "guidance": (float,), "eta": (float, None)},
     )
+    if cfg.eta is not None and cfg.eta < 0:
+        raise UserError(f"eta={cfg.eta} is invalid: η must be >= 0 (0 deterministic, 1 DDPM-like)")
     started = time.time()
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")
