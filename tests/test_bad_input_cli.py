@@ -79,6 +79,16 @@ CASES = [
     ),
     slow_case(
         "train",
+        ["data=toy2d", "model=mlp", "optimizer.betas=[0.9]"],
+        "optimizer=adamw refuses its settings (list index out of range); fix that optimizer.* value",
+    ),
+    slow_case(
+        "train",
+        ["data=digits", "model.channel_mult=[1,abc]"],
+        "model=UNet refuses its settings (invalid literal for int() with base 10: 'abc'); fix that model.* value",
+    ),
+    slow_case(
+        "train",
         ["data=toy2d", "model=mlp", "lr_scheduler.warmup_steps=-1"],
         "lr_scheduler.warmup_steps=-1 is invalid: it must be an integer >= 0",
     ),

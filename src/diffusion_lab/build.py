@@ -108,13 +108,19 @@ def build_parts(spec: dict) -> Parts:
 def _build_net(spec: dict, net_kwargs: dict[str, Any]) -> nn.Module:
     """The network for the data's shape; a network made for the other kind of data (a UNet on 2-D points, the
     MLP on images) refuses its shape arguments, which becomes one line naming the model and the data."""
+    model = str(spec["model"]["_target_"]).rsplit(".", 1)[-1]
     try:
         return instantiate(spec["model"], **net_kwargs)
     except Exception as err:
         cause = root_cause(err)
+        if isinstance(cause, ValueError | IndexError) and not isinstance(cause, UserError):
+            # e.g. model.channel_mult=[1,abc], model.dropout=1.5: the network's own words, naming no option
+            reason = str(cause).splitlines()[0]
+            raise UserError(
+                f"model={model} refuses its settings ({reason}); fix that model.* value"
+            ) from None
         if not (isinstance(cause, TypeError) and any(f"'{k}'" in str(cause) for k in net_kwargs)):
             raise
-    model = str(spec["model"]["_target_"]).rsplit(".", 1)[-1]
     kind = "images" if len(spec["data_shape"]) == 3 else "points"
     raise UserError(
         f"model={model} does not take {kind} (data.name={(spec.get('data') or {}).get('name')} gives shape "
@@ -248,10 +254,11 @@ def _optimization(cfg: DictConfig) -> tuple[Any, Any]:
     optimizer, lr_scheduler = instantiate(cfg.optimizer), _lr_scheduler(cfg)
     try:
         probe = optimizer(params=[nn.Parameter(torch.zeros(1))])
-    except ValueError as err:
+    except (ValueError, IndexError) as err:  # optimizer.betas=[2,0.9] / optimizer.betas=[0.9]
         name = str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1].lower()
+        reason = str(err).splitlines()[0]  # omegaconf's errors add lines naming the node
         raise UserError(
-            f"optimizer={name} refuses its settings ({err}); fix that optimizer.* value"
+            f"optimizer={name} refuses its settings ({reason}); fix that optimizer.* value"
         ) from None
     if lr_scheduler is not None:
         lr_scheduler(optimizer=probe)
