@@ -228,6 +228,22 @@ def test_jobs_per_gpu_needs_one_gpu_per_job():
 
 
 @pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (dict(gpus_per_job=-1), "hydra.launcher.gpus_per_job=-1 must be >= 0"),
+        (dict(max_parallel=0), "hydra.launcher.max_parallel=0 must be >= 1 (or null)"),
+        (dict(cpu_parallel=0), "hydra.launcher.cpu_parallel=0 must be >= 1 (jobs at once without GPUs)"),
+        (dict(poll_seconds=0), "hydra.launcher.poll_seconds=0 must be > 0"),
+    ],
+)
+def test_a_launcher_setting_out_of_range_is_refused_in_one_line(setting, message):
+    # cpu_parallel=0 was taken as 1 without a word; poll_seconds=-1 failed in time.sleep once jobs ran.
+    with pytest.raises(ValueError) as err:
+        gp.GPUPoolLauncher(**setting)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
     "launcher,gpus,threads",
     [
         (dict(jobs_per_gpu=3), ("0",), "2"),  # 2 GPUs x 3 jobs at once on 12 cores

@@ -115,6 +115,12 @@ class GPUPoolLauncher(Launcher):
         super().__init__()
         if gpus_per_job < 0:
             raise ValueError(f"hydra.launcher.gpus_per_job={gpus_per_job} must be >= 0")
+        if cpu_parallel < 1:
+            raise ValueError(
+                f"hydra.launcher.cpu_parallel={cpu_parallel} must be >= 1 (jobs at once without GPUs)"
+            )
+        if poll_seconds <= 0:
+            raise ValueError(f"hydra.launcher.poll_seconds={poll_seconds} must be > 0")
         if max_parallel is not None and max_parallel < 1:
             raise ValueError(f"hydra.launcher.max_parallel={max_parallel} must be >= 1 (or null)")
         if jobs_per_gpu < 1 or (jobs_per_gpu > 1 and gpus_per_job != 1):
@@ -126,7 +132,7 @@ class GPUPoolLauncher(Launcher):
         self.jobs_per_gpu = int(jobs_per_gpu)
         self.max_parallel = max_parallel
         self.gpus = None if gpus is None else [int(g) for g in gpus]
-        self.cpu_parallel = max(1, int(cpu_parallel))
+        self.cpu_parallel = int(cpu_parallel)
         self.devices_override = devices_override
         self.log_name = log_name
         self.poll_seconds = float(poll_seconds)
