@@ -55,6 +55,11 @@ CASES = [
     ("train", ["paths.root_dir={a_file}/sub"], "cannot create the run directory"),
     slow_case(
         "train",
+        ["-m", "hparams_search=fmnist_optuna", "hydra.sweeper.n_trials=0"],
+        "hydra.sweeper.n_trials=0 is invalid: it must be an integer >= 1",
+    ),
+    slow_case(
+        "train",
         ["compile=true", "compile_cache={a_file}/cc"],
         "compile_cache='{a_file}/cc' cannot be written: {a_file} is a file, not a folder",
     ),

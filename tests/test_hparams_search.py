@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import write_fake_idx_root
 from diffusion_lab.errors import UserError
+from diffusion_lab.sweeper_check import SweeperSettingsCheck
 from diffusion_lab.train import objective
 from sweeps import job_dirs, run_report, run_sweep, tiny_run
 
@@ -76,3 +77,26 @@ def test_optuna_search_through_gpu_pool_reports_the_best_trial(tmp_path):
     section = text.split("## Hyperparameter search: best trial", 1)[1].split("\n## ", 1)[0]
     assert f"| best value | **{value:.6g} ★** |" in section
     assert f"| optimizer.lr | {cfg.optimizer.lr:.6g} |" in section
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "refused"),
+    [
+        ({"n_trials": 0, "n_jobs": 2}, "hydra.sweeper.n_trials=0 is invalid: it must be an integer >= 1"),
+        ({"n_trials": 20, "n_jobs": 0}, "hydra.sweeper.n_jobs=0 is invalid: it must be an integer >= 1"),
+        ({"n_trials": 20, "n_jobs": 2}, None),
+        (
+            {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None},
+            None,
+        ),
+    ],
+)
+def test_an_optuna_sweep_that_would_run_no_trial_is_refused_before_it_starts(sweeper, refused, capsys):
+    config = OmegaConf.create({"hydra": {"sweeper": sweeper}})
+    if refused is None:
+        SweeperSettingsCheck().on_multirun_start(config)
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        SweeperSettingsCheck().on_multirun_start(config)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {refused}"]
