@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError, unwritable_reason
+from .errors import UserError, require_writable
 
 __all__ = [
     "COMPILE_SCOPES",
@@ -94,11 +94,9 @@ def use_compile_cache(folder: str | None) -> None:
     if current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
         return
     path = Path(folder).expanduser().resolve()
-    if (reason := unwritable_reason(path)) is not None:
-        raise UserError(
-            f"compile_cache={folder!r} cannot be written: {reason}; name a folder you can write, or null for "
-            "torch's default"
-        )
+    require_writable(
+        "compile_cache", folder, path, "; name a folder you can write, or null for torch's default"
+    )
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it at each cache access
 

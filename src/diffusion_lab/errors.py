@@ -31,6 +31,7 @@ __all__ = [
     "check_types",
     "OutputDirCheck",
     "unwritable_reason",
+    "require_writable",
     "discard_rejected_run",
 ]
 
@@ -169,6 +170,13 @@ def unwritable_reason(folder: str | os.PathLike) -> str | None:
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable"
     return None
+
+
+def require_writable(option: str, value: str, folder: str | os.PathLike, hint: str = "") -> None:
+    """Refuse in one line, ``<option>=<value> cannot be written: <why><hint>``, when ``folder`` (the folder the
+    option's path needs) cannot be created or written: before the command's work, not after it."""
+    if (reason := unwritable_reason(folder)) is not None:
+        raise UserError(f"{option}={value!r} cannot be written: {reason}{hint}")
 
 
 # The run folder Hydra is about to create for this run (None if it existed before): only that one may be removed.

@@ -40,7 +40,7 @@ from .compile_policy import compile_mode, compile_options, use_compile_cache
 from .data.datasets import SPLITS
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types, unwritable_reason
+from .errors import UserError, check_types, require_writable, unwritable_reason
 from .evaluate_resume import check_same_measurement, done_rows, partial_evaluation, setting_key
 from .io import atomic_path, file_sha256
 from .latent.decoder import sample_images, sampler_for
@@ -55,7 +55,7 @@ from .metrics.evaluation import (
 from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
 from .provenance import code_sha256
-from .sample import fixed_by_checkpoint, resolve_device, sampler_from_config
+from .sample import check_eta, fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
 from .sampling_variance import with_sampling_variance
 from .versions import package_versions
@@ -112,8 +112,7 @@ def check_option_types(cfg: DictConfig) -> None:
     for g in _as_list(cfg.guidance):
         if g is not None and (isinstance(g, bool) or not isinstance(g, int | float)):
             raise UserError(f"guidance={g!r} is invalid: each entry must be a number (0: no guidance)")
-    if cfg.eta is not None and cfg.eta < 0:
-        raise UserError(f"eta={cfg.eta} is invalid: η must be >= 0 (0 deterministic, 1 DDPM-like)")
+    check_eta(cfg.eta)
     if not 0 <= int(cfg.seed) < 2**32:
         raise UserError(f"seed={cfg.seed} is out of range; it must be an integer in [0, 2**32)")
 
@@ -181,8 +180,7 @@ def evaluation_dir(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, bool]:
                 f"out_dir={str(out)!r} already holds files and an evaluation never overwrites another; "
                 "give a new folder, or leave out_dir unset for a fresh <run>/evaluation/<checkpoint>-<time>"
             )
-        if (reason := unwritable_reason(out)) is not None:
-            raise UserError(f"out_dir={str(out)!r} cannot be written: {reason}")
+        require_writable("out_dir", str(out), out)
         return out, True
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ckpt_path.parent.parent / "evaluation" / f"{ckpt_path.stem}-{stamp}"

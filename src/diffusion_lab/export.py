@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from .build import load_checkpoint
 from .cli import checkpoint_argument, command
-from .errors import UserError, check_types, unwritable_reason
+from .errors import UserError, check_types, require_writable
 
 __all__ = ["export", "check_format", "main"]
 
@@ -36,9 +36,7 @@ def output_folder(out: str, overwrite: bool) -> Path:
         raise UserError(f"out={out!r} is a file; pass a folder to write the pipeline into")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UserError(f"out={out!r} exists and is not empty; pass overwrite=true or another folder")
-    reason = unwritable_reason(path)
-    if reason is not None:
-        raise UserError(f"out={out!r} cannot be written: {reason}")
+    require_writable("out", out, path)
     return path
 
 

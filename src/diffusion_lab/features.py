@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .cli import command
-from .errors import UserError, check_types, unwritable_reason
+from .errors import UserError, check_types, require_writable
 from .metrics.classifier import save_classifier, train_classifier
 from .sample import resolve_device
 
@@ -73,8 +73,7 @@ def _output_path(cfg: DictConfig, dataset: str) -> Path:
         raise UserError(
             f"out={str(out)!r} is a folder; name the classifier file to write (e.g. {out}/clf.pt)"
         )
-    if (reason := unwritable_reason(out.parent)) is not None:
-        raise UserError(f"out={str(out)!r} cannot be written: {reason}")
+    require_writable("out", str(out), out.parent)
     return out
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from .checkpointing import atomic_torch_save
 from .cli import command
-from .errors import UserError, check_types, unwritable_reason
+from .errors import UserError, check_types, require_writable
 from .export import check_format
 from .module import CHECKPOINT_KEY
 
@@ -36,9 +36,7 @@ def check_arguments(cfg: DictConfig) -> tuple[Path, Path]:
         raise UserError(f"src={cfg.src!r} is not a folder; pass a diffusers pipeline folder")
     if out.exists() and not cfg.overwrite:
         raise UserError(f"out={cfg.out!r} exists; pass overwrite=true or another path")
-    reason = unwritable_reason(out.parent)
-    if reason is not None:
-        raise UserError(f"out={cfg.out!r} cannot be written: {reason}")
+    require_writable("out", cfg.out, out.parent)
     return src, out
 
 

@@ -26,7 +26,7 @@ from .overrides import override_key
 from .samplers import SAMPLERS, Sampler
 from .sampling_variance import with_sampling_variance
 
-__all__ = ["sample", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
+__all__ = ["sample", "check_eta", "choose_sampler", "sampler_from_config", "resolve_device", "main"]
 
 DIFFUSION_KEYS = (
     "process",
@@ -97,6 +97,12 @@ def fixed_by_checkpoint(key: str) -> str | None:
     return f"{top} is fixed by the checkpoint and cannot be overridden when sampling; drop '{top}='"
 
 
+def check_eta(eta: float | None) -> None:
+    """``eta`` (sample's and evaluate's, DDIM's η) refused below 0 under its own name, before any work."""
+    if eta is not None and eta < 0:
+        raise UserError(f"eta={eta} is invalid: η must be >= 0 (0 deterministic, 1 DDPM-like)")
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     """Draw ``n`` samples from the checkpoint's EMA network; writes a .npz (and a PNG grid for images)."""
     for key in DIFFUSION_KEYS:
@@ -106,8 +112,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         cfg,
         {"n": (int,), "batch_size": (int,), "seed": (int,), "guidance": (float,), "eta": (float, None)},
     )
-    if cfg.eta is not None and cfg.eta < 0:
-        raise UserError(f"eta={cfg.eta} is invalid: η must be >= 0 (0 deterministic, 1 DDPM-like)")
+    check_eta(cfg.eta)
     started = time.time()
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")

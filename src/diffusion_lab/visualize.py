@@ -33,7 +33,7 @@ from torch import Tensor
 from .cli import checkpoint_argument, command
 from .diffusion import SCHEDULES, NoiseSchedule, build_schedule, calc_bpd_loop, q_sample
 from .diffusion.guidance import ClassifierFreeGuidance
-from .errors import UserError, check_types, unwritable_reason
+from .errors import UserError, check_types, require_writable
 from .io import atomic_path
 
 __all__ = [
@@ -473,10 +473,10 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
     for key, what in (
         ("n", "the number of images"),
         ("show", "the number of columns shown"),
-        ("batch_size", ""),
+        ("batch_size", "it"),
     ):
         if int(cfg[key]) < 1:
-            raise UserError(f"{key}={cfg[key]} is invalid: {what or 'it'} must be >= 1")
+            raise UserError(f"{key}={cfg[key]} is invalid: {what} must be >= 1")
     for t in cfg.t if OmegaConf.is_list(cfg.t) else [cfg.t]:
         if t is not None and (isinstance(t, bool) or not isinstance(t, int)):
             raise UserError(f"t={t!r} is invalid: each timestep must be an integer (0..T-1), or t=null")
@@ -486,8 +486,7 @@ def visualize(cfg: DictConfig) -> dict[str, str]:
         out_dir = Path(cfg.ckpt_path).resolve().parent.parent / "figures"
     else:
         out_dir = Path("figures")
-    if (reason := unwritable_reason(out_dir)) is not None:
-        raise UserError(f"out_dir={str(out_dir)!r} cannot be written: {reason}")
+    require_writable("out_dir", str(out_dir), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = FIGURES[figure](cfg, out_dir / str(cfg.name or figure))
     result = {k: str(v) for k, v in paths.items()}
