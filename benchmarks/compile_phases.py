@@ -10,6 +10,13 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
     no_pattern_matcher       cold, inductor's pattern-matcher passes off (part of its graph passes)
     nested_regions           cold, each ResBlock a nested compile region (hierarchical compilation: a block
                              signature traced once, stamped out for every block with the same shapes)
+    pool_ready               warm, twice, on a copy of ``net``'s caches as its cold case left them, the step run
+                             only once inductor's compile workers are ready; ``net`` warm runs twice too, on the
+                             caches themselves. On an H100 (2026-12-06) consecutive warm starts compiled 8.5, 6.3,
+                             then 2.7 s, the first two building 13 and 11 of the fused norm op's Triton kernels
+                             anew. Supposed cause: a kernel compiled in the parent (workers not yet ready) and
+                             one compiled by a worker get different Triton cache keys, and which path a kernel
+                             takes depends on how soon the workers are up; this pair tests it.
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
 the compile parts, graphs, how the graphs met AOTAutograd's and inductor's caches (counts, and the caches' own
@@ -27,14 +34,25 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("net", "no_pattern_matcher", "nested_regions")
-CASES = [("net", "cold"), ("net", "warm"), ("no_pattern_matcher", "cold"), ("nested_regions", "cold")]
+VARIANTS = ("net", "no_pattern_matcher", "nested_regions", "pool_ready")
+CASES = [
+    ("net", "cold"),
+    ("net", "warm"),
+    ("pool_ready", "warm"),
+    ("net", "warm"),
+    ("pool_ready", "warm"),
+    ("no_pattern_matcher", "cold"),
+    ("nested_regions", "cold"),
+]
+# A variant that starts warm from a copy of another's caches, taken right after that one's cold case.
+WARM_FROM = {"pool_ready": "net"}
 
 
 def network(torch):
@@ -98,6 +116,31 @@ class CacheNotes(logging.Handler):
             logging.getLogger(name).setLevel(level)
 
 
+def wait_for_compile_workers(timeout: float = 120.0) -> float | None:
+    """Start inductor's compile workers and wait until they take work: the seconds waited, or None where this
+    torch compiles without them (one compile thread, or no such pool). Private API, hence the guards."""
+    try:
+        from torch._inductor.async_compile import AsyncCompile, get_compile_threads
+    except ImportError:
+        return None
+    if get_compile_threads() <= 1:
+        return None
+    start = time.perf_counter()
+    AsyncCompile.warm_pool()
+    while not AsyncCompile.use_process_pool():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"inductor's compile workers not ready after {timeout:.0f} s")
+        time.sleep(0.02)
+    return round(time.perf_counter() - start, 2)
+
+
+def triton_kernels(folder: Path) -> set[str]:
+    """The kernels in a Triton cache folder, one ``<hash>/<kernel>`` per compiled kernel."""
+    return {
+        f"{p.parent.name}/{p.name[len('__grp__') : -len('.json')]}" for p in folder.glob("*/__grp__*.json")
+    }
+
+
 def case(variant: str, device: str, batch: int) -> dict:
     """One case, in this process: the eager step, then the compiled one."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -120,6 +163,7 @@ def case(variant: str, device: str, batch: int) -> dict:
     x, t = torch.randn(batch, 1, 28, 28, device=dev), torch.randint(0, 1000, (batch,), device=dev)
     eager_out, eager_grads = training_step(torch, net, x, t)
     compile_network(net, compile_options("reduce-overhead"))
+    pool_wait = wait_for_compile_workers() if variant == "pool_ready" else None
     notes = CacheNotes()
     start = time.perf_counter()
     with notes:
@@ -131,6 +175,7 @@ def case(variant: str, device: str, batch: int) -> dict:
         "first_step_s": round(first_step, 2),
         **compile_stats(),
         "cache_notes": notes.lines,
+        "pool_wait_s": pool_wait,
         "max_abs_diff_out": float((out - eager_out).abs().max()),
         "max_abs_diff_grad": max(float((g - e).abs().max()) for g, e in zip(grads, eager_grads)),
         "device": str(dev),
@@ -139,20 +184,30 @@ def case(variant: str, device: str, batch: int) -> dict:
     }
 
 
+def cache_folders(variant: str) -> Path:
+    """The variant's own inductor and Triton cache folders, below one base."""
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/compile_phases")) / variant
+
+
 def run_case(variant: str, start: str, device: str, batch: int) -> dict:
-    """The case in a child process with the variant's own cache folders; its JSON result or its error line."""
-    base = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/compile_phases")) / variant
+    """The case in a child process with the variant's own cache folders; its JSON result or its error line,
+    with the Triton kernels the case built (kernels it found in the cache are not listed)."""
+    base = cache_folders(variant)
     env = {
         **os.environ,
         "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
         "TRITON_CACHE_DIR": str(base / "triton"),
     }
+    before = triton_kernels(base / "triton")
     code = f"import json, compile_phases as p; print(json.dumps(p.case({variant!r}, {device!r}, {batch})))"
     began = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True, text=True
     )
+    built = sorted(triton_kernels(base / "triton") - before)
     row = {"variant": variant, "start": start, "process_s": round(time.perf_counter() - began, 1)}
+    row["triton_built"] = len(built)
+    row["triton_built_names"] = sorted({name.split("/", 1)[1] for name in built})
     if proc.returncode == 0:
         return {**row, "ok": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
     errors = [line for line in proc.stderr.strip().splitlines() if line and not line.startswith(" ")]
@@ -166,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
     opts = p.parse_args(argv)
     chosen = set(opts.only.split(",")) - {""}
+    chosen |= {WARM_FROM[v] for v in chosen if v in WARM_FROM}  # a copy needs its source's cold case
     for variant, start in CASES:
         if not chosen or variant in chosen:
             print(json.dumps(run_case(variant, start, opts.device, opts.batch)), flush=True)
+        if start == "cold":
+            for copy, source in WARM_FROM.items():
+                if source == variant and (not chosen or copy in chosen):
+                    shutil.rmtree(cache_folders(copy), ignore_errors=True)
+                    shutil.copytree(cache_folders(variant), cache_folders(copy))
     return 0
 
 

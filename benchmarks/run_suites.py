@@ -20,7 +20,9 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
 phases      benchmarks/compile_phases.py: the compile of fmnist_fast's training step alone, cold and warm, in
-            its parts (tracing, AOTAutograd, inductor's passes, kernels), and two variants that might shorten it.
+            its parts (tracing, AOTAutograd, inductor's passes, kernels), and two variants that might shorten it;
+            warm_pool (`--only warm_pool`): consecutive warm starts of that step, as they come and with inductor's
+            compile workers ready before the step, each listing the Triton kernels it had to build.
 selftest    one Python command printing a JSON line: the runner's own path, without a GPU.
 """
 
@@ -278,7 +280,9 @@ def precompile(opts: argparse.Namespace) -> list[Run]:
 
 
 def phases(opts: argparse.Namespace) -> list[Run]:
-    return [script_run(opts, "compile_phases", [])]
+    variants = ["--only", "net,no_pattern_matcher,nested_regions"]
+    warm_pool = script_run(opts, "compile_phases", ["--only", "pool_ready"], label="warm_pool")
+    return [script_run(opts, "compile_phases", variants), warm_pool]
 
 
 def selftest(opts: argparse.Namespace) -> list[Run]:

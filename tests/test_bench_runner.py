@@ -474,15 +474,67 @@ def test_precompile_probe_reports_a_failed_case_by_its_error_line():
 
 
 def test_phases_suite_runs_its_probe_in_empty_caches_and_a_failed_case_is_its_error_line(runner, tmp_path):
-    (run,) = runner.SUITES["phases"](runner.parse_args(["phases", "--out", str(tmp_path)]))
+    run, warm_pool = runner.SUITES["phases"](runner.parse_args(["phases", "--out", str(tmp_path)]))
     assert run.commands[0][1].endswith("benchmarks/compile_phases.py") and run.parse == "json_lines"
-    assert run.env["TORCHINDUCTOR_CACHE_DIR"] in {str(d) for d in run.fresh_dirs}
+    assert run.commands[0][2:] == ["--only", "net,no_pattern_matcher,nested_regions"]
+    assert (warm_pool.label, warm_pool.commands[0][2:]) == ("warm_pool", ["--only", "pool_ready"])
+    for each in (run, warm_pool):  # each in empty caches of its own
+        assert each.env["TORCHINDUCTOR_CACHE_DIR"] in {str(d) for d in each.fresh_dirs}
+    assert run.env["TORCHINDUCTOR_CACHE_DIR"] != warm_pool.env["TORCHINDUCTOR_CACHE_DIR"]
     row = load_script("compile_phases").run_case("bad", "cold", "cpu", 2)
     assert row["ok"] is False
     assert (
         row["error"]
-        == "ValueError: unknown variant 'bad'; choose from ['net', 'no_pattern_matcher', 'nested_regions']"
+        == "ValueError: unknown variant 'bad'; choose from ['net', 'no_pattern_matcher', 'nested_regions', 'pool_ready']"
     )
+
+
+def test_the_pool_ready_variant_starts_from_nets_caches_as_its_cold_case_left_them(
+    tmp_path, monkeypatch, capsys
+):
+    """``--only pool_ready`` also runs ``net`` (its source); the copy is taken after net's cold case, so net's
+    warm cases (which build kernels of their own) do not warm it; each case lists the kernels it built."""
+    phases = load_script("compile_phases")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_case(variant, start, device, batch):
+        folder = phases.cache_folders(variant) / "triton" / f"H{len(calls)}"
+        folder.mkdir(parents=True)
+        (folder / f"__grp__{variant}_{start}_kernel.json").write_text("{}")
+        calls.append(
+            (variant, start, sorted(phases.triton_kernels(phases.cache_folders(variant) / "triton")))
+        )
+        return {"variant": variant, "start": start}
+
+    monkeypatch.setattr(phases, "run_case", fake_case)
+    assert phases.main(["--only", "pool_ready", "--device", "cpu"]) == 0
+    assert [(v, s) for v, s, _ in calls] == [
+        ("net", "cold"),
+        ("net", "warm"),
+        ("pool_ready", "warm"),
+        ("net", "warm"),
+        ("pool_ready", "warm"),
+    ]
+    # pool_ready's first warm case saw net's cold kernel (copied) and its own, not net's warm one.
+    assert calls[2][2] == ["H0/net_cold_kernel", "H2/pool_ready_warm_kernel"]
+    assert len(capsys.readouterr().out.splitlines()) == 5
+
+
+def test_the_compile_workers_are_waited_for_only_where_inductor_uses_them():
+    """Waiting returns the seconds waited with the pool then taking work, or None where inductor compiles in
+    the process (one compile thread)."""
+    from torch._inductor.async_compile import AsyncCompile, get_compile_threads, shutdown_compile_workers
+
+    phases = load_script("compile_phases")
+    try:
+        waited = phases.wait_for_compile_workers(timeout=120)
+        if get_compile_threads() <= 1:
+            assert waited is None
+        else:
+            assert waited is not None and waited >= 0 and AsyncCompile.use_process_pool()
+    finally:
+        shutdown_compile_workers()
 
 
 @pytest.mark.parametrize(
