@@ -16,7 +16,8 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
                              then 2.7 s, the first two building 13 and 11 of the fused norm op's Triton kernels
                              anew. Supposed cause: a kernel compiled in the parent (workers not yet ready) and
                              one compiled by a worker get different Triton cache keys, and which path a kernel
-                             takes depends on how soon the workers are up; this pair tests it.
+                             takes depends on how soon the workers are up; this pair tests it, and each
+                             kernel a case builds is set against the nearest cached one of its name.
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
 the compile parts, graphs, how the graphs met AOTAutograd's and inductor's caches (counts, and the caches' own
@@ -141,6 +142,46 @@ def triton_kernels(folder: Path) -> set[str]:
     }
 
 
+def _artefacts(folder: Path, kernel: str) -> dict:
+    """A cached kernel's metadata (Triton's ``<name>.json``) and, where written, its ``.source`` text."""
+    where, name = kernel.split("/", 1)
+    meta = folder / where / f"{name}.json"
+    found = json.loads(meta.read_text()) if meta.is_file() else {}
+    source = folder / where / f"{name}.source"
+    if source.is_file():
+        found["(source)"] = source.read_text()
+    return found
+
+
+def closest_difference(folder: Path, built: list[str], before: set[str], limit: int = 3) -> list[dict]:
+    """For each of the first ``limit`` kernels a case built, what sets it apart from the cached kernel of the
+    same name that differs from it in the fewest entries: why the cache did not answer for it. Values cut to
+    200 characters; the source as the first line that differs."""
+    out = []
+    for kernel in built[:limit]:
+        mine = _artefacts(folder, kernel)
+        name = kernel.split("/", 1)[1]
+        diffs = []
+        for other in sorted(k for k in before if k.split("/", 1)[1] == name):
+            theirs = _artefacts(folder, other)
+            keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            diffs.append((len(keys), other, keys, theirs))
+        if not diffs:
+            out.append({"kernel": kernel, "cached_of_that_name": 0})
+            continue
+        _, other, keys, theirs = min(diffs, key=lambda d: d[0])
+        shown = {}
+        for key in keys:
+            a, b = mine.get(key), theirs.get(key)
+            if key == "(source)" and isinstance(a, str) and isinstance(b, str):
+                a, b = next(
+                    ((x, y) for x, y in zip(a.splitlines(), b.splitlines()) if x != y), ("(length)", "")
+                )
+            shown[key] = [str(a)[:200], str(b)[:200]]
+        out.append({"kernel": kernel, "closest": other, "cached_of_that_name": len(diffs), "differs": shown})
+    return out
+
+
 def case(variant: str, device: str, batch: int) -> dict:
     """One case, in this process: the eager step, then the compiled one."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -208,6 +249,8 @@ def run_case(variant: str, start: str, device: str, batch: int) -> dict:
     row = {"variant": variant, "start": start, "process_s": round(time.perf_counter() - began, 1)}
     row["triton_built"] = len(built)
     row["triton_built_names"] = sorted({name.split("/", 1)[1] for name in built})
+    if built and before:
+        row["triton_built_vs_cached"] = closest_difference(base / "triton", built, before)
     if proc.returncode == 0:
         return {**row, "ok": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
     errors = [line for line in proc.stderr.strip().splitlines() if line and not line.startswith(" ")]

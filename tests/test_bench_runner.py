@@ -521,6 +521,38 @@ def test_the_pool_ready_variant_starts_from_nets_caches_as_its_cold_case_left_th
     assert len(capsys.readouterr().out.splitlines()) == 5
 
 
+def test_a_rebuilt_kernel_is_set_against_the_closest_cached_kernel_of_its_name(tmp_path):
+    """What sets a kernel a warm case built apart from the cached ones of its name: the nearest one's differing
+    metadata entries, and the first differing line of the source."""
+    import json
+
+    phases = load_script("compile_phases")
+
+    def kernel(where, name, meta, source):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / f"__grp__{name}.json").write_text("{}")
+        (tmp_path / where / f"{name}.json").write_text(json.dumps(meta))
+        (tmp_path / where / f"{name}.source").write_text(source)
+
+    base = {"num_warps": 4, "hash": "x", "debug": False}
+    kernel("A", "k", {**base, "num_warps": 8, "hash": "a"}, "def k():\n  pass\n")
+    kernel("B", "k", {**base, "hash": "b"}, "def k():\n  pass\n")
+    kernel("C", "other", base, "")
+    kernel("N", "k", {**base, "hash": "n"}, "def k():\n  return\n")
+    before = {"A/k", "B/k", "C/other"}
+    assert phases.triton_kernels(tmp_path) == before | {"N/k"}
+    (found,) = phases.closest_difference(tmp_path, ["N/k"], before)
+    assert found == {
+        "kernel": "N/k",
+        "closest": "B/k",
+        "cached_of_that_name": 2,
+        "differs": {"(source)": ["  return", "  pass"], "hash": ["n", "b"]},
+    }
+    assert phases.closest_difference(tmp_path, ["C/other"], {"A/k"}) == [
+        {"kernel": "C/other", "cached_of_that_name": 0}
+    ]
+
+
 def test_the_compile_workers_are_waited_for_only_where_inductor_uses_them():
     """Waiting returns the seconds waited with the pool then taking work, or None where inductor compiles in
     the process (one compile thread)."""
