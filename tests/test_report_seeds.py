@@ -226,6 +226,59 @@ def test_two_sweeps_of_other_seeds_below_one_folder_pool_into_one_cell(tmp_path)
     assert "(n=6, better)" in _section(md, "Difference from schedule=linear")
 
 
+def test_two_sweeps_named_together_are_gathered_and_reported_as_one(tmp_path):
+    # The same pooling without copying the sweeps below one folder first: their raw files are gathered below
+    # --keep-raw, one folder each, the report goes beside it, and that folder alone rebuilds the report.
+    rng = np.random.default_rng(5)
+    first = seeded_sweep(tmp_path / "first", 1.0, [1, 2, 3], 0.0, rng)
+    more = seeded_sweep(tmp_path / "more_seeds", 1.0, [4, 5, 6], 0.0, rng)
+    (first / "0_seed=1,schedule=linear" / "checkpoints").mkdir()
+    (first / "0_seed=1,schedule=linear" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    raw = tmp_path / "study" / "raw"
+    report_main([str(first), str(more), "--keep-raw", str(raw), "--baseline", "schedule=linear"])
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert md.startswith("# Sweep report: first, more_seeds\n")
+    assert f"Sweep: `{first.resolve()}, {more.resolve()}` — 12 job(s)" in md
+    assert sorted(p.name for p in raw.iterdir()) == ["first", "more_seeds", "report_settings.json"]
+    assert not list(raw.rglob("*.ckpt"))
+    seeds = _section(md, "Over seeds")
+    for cell in ("schedule=linear", "schedule=cosine"):
+        assert dict(zip(_row(seeds, "cell"), _row(seeds, cell)))["n"] == "6", cell
+    mean, half, found = _difference(md, "schedule=linear", "schedule=cosine", "FID (Inception)")
+    assert mean == pytest.approx(-1.0, abs=1e-3) and half < 1e-3 and found == "better"
+    report_main([str(raw), "--out", str(tmp_path / "rebuilt")])  # title and baseline from the kept settings
+    assert (tmp_path / "rebuilt" / "report.md").read_text() == md
+
+
+def test_several_sweeps_without_a_place_to_gather_them_or_one_without_jobs_are_refused(tmp_path, capsys):
+    first = seeded_sweep(tmp_path / "first", 1.0, [1, 2], 0.0, np.random.default_rng(0))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    raw = tmp_path / "raw"
+    for argv, expected in (
+        (
+            [str(first), str(first)],
+            "error: 2 sweeps given: several sweeps are reported together from one copy of their raw files; "
+            "add --keep-raw DEST (the report goes beside DEST unless --out says where)",
+        ),
+        (
+            [str(first), str(empty), "--keep-raw", str(raw)],
+            f"error: {empty} holds no jobs; pass ",
+        ),
+        (
+            [str(tmp_path), str(first), "--keep-raw", str(raw)],
+            f"error: {tmp_path.resolve()} and {first.resolve()}: a sweep named twice, or one inside another, "
+            "would count its jobs twice; name each sweep once",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            report_main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(expected), err
+    assert not raw.exists()  # nothing copied before the refusal
+
+
 def test_a_seed_whose_cells_ran_other_code_is_named(tmp_path):
     sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3], 0.1, np.random.default_rng(0), code="a" * 64)
     rerun = next(sweep.glob("*_seed=2,schedule=cosine"))  # one cell of seed 2 re-run with other code

@@ -38,7 +38,10 @@ domain classifier's (``features=PATH``), each in its own column, never merged.
 
 ``--keep-raw DEST`` copies the small files the report reads (configs, overrides, metrics, evaluations,
 status, final sample grids; no checkpoints) to DEST with the report's settings and reports from that copy,
-so ``python -m diffusion_lab.report DEST --out ...`` rebuilds the same report later.
+so ``python -m diffusion_lab.report DEST --out ...`` rebuilds the same report later. Several sweeps (seeds
+4-6 run after seeds 1-3, say) are reported as one by naming them all: ``python -m diffusion_lab.report A B
+--keep-raw results/study/raw`` gathers each one's raw files below DEST (``raw/A``, ``raw/B``) and writes the
+report beside DEST; every seed then counts once in its cell, paired by seed across the sweeps.
 """
 
 from __future__ import annotations
@@ -60,7 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "sweep", help="the multirun folder (outputs/<task>/multirun/<time>) or a folder of them"
+        "sweep",
+        nargs="+",
+        help="the multirun folder (outputs/<task>/multirun/<time>) or a folder of them; several, with "
+        "--keep-raw, are gathered there and reported as one",
     )
     parser.add_argument("--out", default=None, help="where to write the report (default: the sweep folder)")
     parser.add_argument("--title", default=None, help="the report's title")
@@ -88,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     # argparse's own errors as every command's: one line, exit 2
     parser.error = lambda message: refuse(f"{message} (python -m diffusion_lab.report --help)")
     args = parser.parse_args(argv)
-    paths = write_report(args.sweep, args.out, args.title, args.baseline, args.keep_raw, args.eval_baseline)
+    sweeps = args.sweep[0] if len(args.sweep) == 1 else args.sweep
+    paths = write_report(sweeps, args.out, args.title, args.baseline, args.keep_raw, args.eval_baseline)
     print("== diffusion_lab.report done ==")
     print(f"report   : {paths['html']}")
     print(f"markdown : {paths['markdown']}")

@@ -13,7 +13,7 @@ from ..errors import UserError
 from .runs import SETTINGS_FILE, STATUS_FILE, in_hidden_folder
 from .search import SEARCH_FILE
 
-__all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "read_settings"]
+__all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "gather_raw", "write_settings", "read_settings"]
 
 # Below a job folder (or the sweep folder, for the status file): what the report reads.
 RAW_PATTERNS = (
@@ -37,19 +37,36 @@ def _job_dirs(root: Path) -> list[Path]:
 def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
     """Copy the raw files under ``root`` into ``dest`` (same layout) and write the report's ``settings``
     (title, baseline, eval_baseline, the sweep's path) beside them; returns the files written."""
+    return [*copy_raw(root, dest), write_settings(dest, settings)]
+
+
+def gather_raw(roots: list[Path], dest: Path) -> list[Path]:
+    """Copy the raw files of several sweeps into ``dest/<each sweep folder's name>`` (numbered ``1_name``, ...
+    where two names are alike), so that one report reads them all; the settings are written after, once the
+    gathered jobs have been reported. Returns the files written."""
+    names = [root.resolve().name for root in roots]
+    if len(set(names)) < len(names):
+        names = [f"{i}_{name}" for i, name in enumerate(names, 1)]
+    return [p for root, name in zip(roots, names) for p in copy_raw(root, dest / name, dest)]
+
+
+def copy_raw(root: Path, dest: Path, report_root: Path | None = None) -> list[Path]:
+    """Copy the raw files under ``root`` into ``dest`` (same layout); returns the files written. ``root`` may
+    be neither ``report_root`` (default ``dest``, the folder the report will read) nor above it."""
     root, dest = root.resolve(), dest.resolve()
-    if dest == root or root.is_relative_to(dest):
+    report_root = (report_root or dest).resolve()
+    if report_root == root or root.is_relative_to(report_root):
         raise UserError(
-            f"--keep-raw {dest}: pass a folder other than the sweep folder {root} and not above it"
+            f"--keep-raw {report_root}: pass a folder other than the sweep folder {root} and not above it"
         )
     sources = [
         p
         for name in (STATUS_FILE, SEARCH_FILE)
         for p in root.rglob(name)
-        if not p.is_relative_to(dest) and not in_hidden_folder(p, root)
+        if not p.is_relative_to(report_root) and not in_hidden_folder(p, root)
     ]
     for job_dir in _job_dirs(root):
-        if not job_dir.is_relative_to(dest):
+        if not job_dir.is_relative_to(report_root):  # a gathered copy below the sweep is not more jobs
             sources += [p for pattern in RAW_PATTERNS for p in sorted(job_dir.glob(pattern)) if p.is_file()]
     written = []
     for src in sorted(set(sources)):
@@ -57,9 +74,14 @@ def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         written.append(target)
+    return written
+
+
+def write_settings(dest: Path, settings: dict[str, Any]) -> Path:
+    """The report's settings beside its kept raw files, so a rebuild uses the same title and baselines."""
     settings_file = dest / SETTINGS_FILE
     settings_file.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
-    return [*written, settings_file]
+    return settings_file
 
 
 def read_settings(root: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from .curves import curve_tables
 from .eval_tables import eval_baseline_table, eval_cell_baseline_table, eval_seed_table
 from .evalcells import EvalGroup, group_evaluations, pair_with_baseline, pair_with_baseline_cell
 from .plots import PLOTS_DIR, make_plots
-from .raw import keep_raw, read_settings
+from .raw import gather_raw, keep_raw, read_settings, write_settings
 from .render import Figure, Report, render
 from .runs import Job, find_jobs, label_jobs, stopped_early
 from .scores import FRECHET, score
@@ -242,8 +242,52 @@ def _make_report_folder(out: Path) -> None:
         ) from None
 
 
+def _write_gathered(
+    roots: list[Path],
+    out_dir: str | Path | None,
+    title: str | None,
+    baseline: str | list[str] | None,
+    raw_dest: str | Path | None,
+    eval_baseline: str | None,
+) -> dict[str, Path]:
+    """Several sweeps (more seeds run later, say) reported as one: their raw files gathered below
+    ``raw_dest``, one folder per sweep, and the report made from there (default ``out_dir``: its parent), so
+    it rebuilds from that folder alone. Each sweep must hold jobs and a baseline must name a cell before the
+    settings are written."""
+    if raw_dest is None:
+        raise UserError(
+            f"{len(roots)} sweeps given: several sweeps are reported together from one copy of their raw "
+            "files; add --keep-raw DEST (the report goes beside DEST unless --out says where)"
+        )
+    resolved = [root.resolve() for root in roots]
+    for i, a in enumerate(resolved):
+        for b in resolved[i + 1 :]:
+            if a.is_relative_to(b) or b.is_relative_to(a):
+                raise UserError(
+                    f"{a} and {b}: a sweep named twice, or one inside another, would count its jobs twice; "
+                    "name each sweep once"
+                )
+    for root in roots:
+        find_jobs(root)  # a folder without jobs: one line naming it, before anything is copied
+    dest = Path(raw_dest)
+    out = Path(out_dir) if out_dir else dest.parent
+    _make_report_folder(out)
+    gather_raw(roots, dest)
+    baselines = _as_list(baseline)
+    _analyse(dest, baselines, eval_baseline)
+    names = ", ".join(root.resolve().name for root in roots)
+    kept = {
+        "title": title or f"Sweep report: {names}",
+        "baseline": baselines[0] if len(baselines) == 1 else baselines or None,
+        "eval_baseline": eval_baseline,
+        "sweep": ", ".join(str(root.resolve()) for root in roots),
+    }
+    write_settings(dest, kept)
+    return write_report(dest, out)
+
+
 def write_report(
-    root: str | Path,
+    root: str | Path | list[str | Path],
     out_dir: str | Path | None = None,
     title: str | None = None,
     baseline: str | list[str] | None = None,
@@ -252,9 +296,13 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the figures for the sweep under ``root`` into ``out_dir``
     (default ``root``); with ``raw_dest``, first keep the sweep's raw files there and report from that copy.
+    ``root`` may list several sweeps: they are gathered below ``raw_dest`` and reported as one.
     ``baseline`` names the cell others are compared with (a list: each in turn), ``eval_baseline`` the
     evaluation setting others are compared with within each cell. Returns the paths written."""
-    root = Path(root)
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    if len(roots) > 1:
+        return _write_gathered(roots, out_dir, title, baseline, raw_dest, eval_baseline)
+    root = roots[0]
     settings = read_settings(root)
     title = title or settings.get("title") or f"Sweep report: {root.resolve().name}"
     baselines = _as_list(baseline) or _as_list(settings.get("baseline"))
