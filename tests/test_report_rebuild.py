@@ -99,3 +99,23 @@ def test_keep_raw_into_the_sweep_folder_itself_is_refused(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--keep-raw" in err[0]
+
+
+def test_an_older_kept_copy_below_the_sweep_is_not_kept_again(tmp_path):
+    """A study folder that holds its own kept raw copy (a report made before, more seeds to come): keeping or
+    gathering the folder copies each job once, not the jobs of the old copy as more."""
+    sweep = example_study(tmp_path / "study" / "sweep")
+    report_main([str(sweep.parent), "--keep-raw", str(tmp_path / "study" / "raw")])
+    jobs = len(find_jobs(sweep.parent))
+    report_main([str(sweep.parent), "--keep-raw", str(tmp_path / "kept" / "raw")])
+    assert not (tmp_path / "kept" / "raw" / "raw").exists()
+    assert len(find_jobs(tmp_path / "kept" / "raw")) == jobs
+    other = example_study(tmp_path / "other")
+    report_main([str(sweep.parent), str(other), "--keep-raw", str(tmp_path / "gathered" / "raw")])
+    assert sorted(p.name for p in (tmp_path / "gathered" / "raw").iterdir()) == [
+        "other",
+        "report_settings.json",
+        "study",
+    ]
+    assert not (tmp_path / "gathered" / "raw" / "study" / "raw").exists()
+    assert len(find_jobs(tmp_path / "gathered" / "raw")) == 2 * jobs

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .runs import SETTINGS_FILE, STATUS_FILE, in_hidden_folder
+from .runs import SETTINGS_FILE, STATUS_FILE, outside_the_sweep
 from .search import SEARCH_FILE
 
 __all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "gather_raw", "write_settings", "read_settings"]
@@ -31,7 +31,7 @@ RAW_PATTERNS = (
 
 def _job_dirs(root: Path) -> list[Path]:
     dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
-    return sorted(d for d in dirs if not in_hidden_folder(d, root))
+    return sorted(d for d in dirs if not outside_the_sweep(d, root))
 
 
 def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
@@ -63,7 +63,7 @@ def copy_raw(root: Path, dest: Path, report_root: Path | None = None) -> list[Pa
         p
         for name in (STATUS_FILE, SEARCH_FILE)
         for p in root.rglob(name)
-        if not p.is_relative_to(report_root) and not in_hidden_folder(p, root)
+        if not p.is_relative_to(report_root) and not outside_the_sweep(p, root)
     ]
     for job_dir in _job_dirs(root):
         if not job_dir.is_relative_to(report_root):  # a gathered copy below the sweep is not more jobs

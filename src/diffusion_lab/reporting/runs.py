@@ -22,7 +22,7 @@ from ..spec_keys import SPEC_KEYS
 from .scores import FRECHET, SCORES, score
 from .setting import Setting, num
 
-__all__ = ["Job", "find_jobs", "label_jobs", "num", "stopped_early", "STATUS_FILE"]
+__all__ = ["Job", "find_jobs", "label_jobs", "num", "outside_the_sweep", "stopped_early", "STATUS_FILE"]
 
 STATUS_FILE = "sweep_status.json"
 SETTINGS_FILE = "report_settings.json"  # marks a kept copy of a sweep's raw files (reporting.raw)
@@ -336,7 +336,7 @@ def _partial_note(name: str, scored: int, summary: dict[str, Any]) -> str:
 def _status_records(root: Path) -> dict[Path, dict[str, Any]]:
     """Job records of every sweep_status.json under ``root`` (the gpu_pool launcher's), by job folder."""
     records: dict[Path, dict[str, Any]] = {}
-    for status_file in sorted(p for p in root.rglob(STATUS_FILE) if not _outside_the_sweep(p, root)):
+    for status_file in sorted(p for p in root.rglob(STATUS_FILE) if not outside_the_sweep(p, root)):
         try:
             status = json.loads(status_file.read_text())
         except (OSError, ValueError):
@@ -361,7 +361,7 @@ def in_hidden_folder(path: Path, root: Path) -> bool:
     return any(part.startswith(".") and part != ".hydra" for part in rel.parts)
 
 
-def _outside_the_sweep(path: Path, root: Path) -> bool:
+def outside_the_sweep(path: Path, root: Path) -> bool:
     """Whether ``path`` is below ``root`` but not part of its sweep: in a kept raw copy or a hidden folder."""
     return _in_kept_copy(path, root) or in_hidden_folder(path, root)
 
@@ -423,7 +423,7 @@ def find_jobs(root: str | Path) -> list[Job]:
         raise UserError(f"{root} does not exist or is not a folder; pass {WHAT_IT_NEEDS}")
     records = _status_records(root)
     found = (p.parent.parent.resolve() for p in root.rglob(".hydra/overrides.yaml"))
-    dirs = {d for d in found if not _outside_the_sweep(d, root)} | set(records)
+    dirs = {d for d in found if not outside_the_sweep(d, root)} | set(records)
     jobs = [_read_job(job_dir, records.get(job_dir, {})) for job_dir in sorted(dirs)]
     if not jobs:
         raise UserError(f"{root} holds no jobs; pass {WHAT_IT_NEEDS}")
