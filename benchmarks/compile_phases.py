@@ -142,21 +142,39 @@ def triton_kernels(folder: Path) -> set[str]:
     }
 
 
+TEXTS = {
+    "(source)": ".source",
+    "(ttir)": ".ttir",
+}  # text artefacts compared, by the name they are shown under
+
+
 def _artefacts(folder: Path, kernel: str) -> dict:
-    """A cached kernel's metadata (Triton's ``<name>.json``) and, where written, its ``.source`` text."""
+    """A cached kernel's metadata (Triton's ``<name>.json``) and, where written, its source and TTIR texts (the
+    TTIR's signature carries the arguments' specialisation, which the metadata leaves out)."""
     where, name = kernel.split("/", 1)
     meta = folder / where / f"{name}.json"
     found = json.loads(meta.read_text()) if meta.is_file() else {}
-    source = folder / where / f"{name}.source"
-    if source.is_file():
-        found["(source)"] = source.read_text()
+    for key, suffix in TEXTS.items():
+        text = folder / where / f"{name}{suffix}"
+        if text.is_file():
+            found[key] = text.read_text()
     return found
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _where_texts_differ(a: str, b: str, width: int = 100) -> list[str]:
+    """The two texts around their first difference, ``width`` characters either side."""
+    i = _common_prefix(a, b)
+    return [a[max(0, i - width) : i + width], b[max(0, i - width) : i + width]]
 
 
 def closest_difference(folder: Path, built: list[str], before: set[str], limit: int = 3) -> list[dict]:
     """For each of the first ``limit`` kernels a case built, what sets it apart from the cached kernel of the
-    same name that differs from it in the fewest entries: why the cache did not answer for it. Values cut to
-    200 characters; the source as the first line that differs."""
+    same name nearest to it (fewest differing entries, then the longest common TTIR): why the cache did not
+    answer for it. Values cut to 200 characters; texts shown around their first difference."""
     out = []
     for kernel in built[:limit]:
         mine = _artefacts(folder, kernel)
@@ -165,7 +183,8 @@ def closest_difference(folder: Path, built: list[str], before: set[str], limit: 
         for other in sorted(k for k in before if k.split("/", 1)[1] == name):
             theirs = _artefacts(folder, other)
             keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            diffs.append((len(keys), other, keys, theirs))
+            common = _common_prefix(mine.get("(ttir)", ""), theirs.get("(ttir)", ""))
+            diffs.append(((len(keys), -common), other, keys, theirs))
         if not diffs:
             out.append({"kernel": kernel, "cached_of_that_name": 0})
             continue
@@ -173,11 +192,10 @@ def closest_difference(folder: Path, built: list[str], before: set[str], limit: 
         shown = {}
         for key in keys:
             a, b = mine.get(key), theirs.get(key)
-            if key == "(source)" and isinstance(a, str) and isinstance(b, str):
-                a, b = next(
-                    ((x, y) for x, y in zip(a.splitlines(), b.splitlines()) if x != y), ("(length)", "")
-                )
-            shown[key] = [str(a)[:200], str(b)[:200]]
+            if key in TEXTS and isinstance(a, str) and isinstance(b, str):
+                shown[key] = _where_texts_differ(a, b)
+            else:
+                shown[key] = [str(a)[:200], str(b)[:200]]
         out.append({"kernel": kernel, "closest": other, "cached_of_that_name": len(diffs), "differs": shown})
     return out
 

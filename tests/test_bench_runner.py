@@ -523,31 +523,35 @@ def test_the_pool_ready_variant_starts_from_nets_caches_as_its_cold_case_left_th
 
 def test_a_rebuilt_kernel_is_set_against_the_closest_cached_kernel_of_its_name(tmp_path):
     """What sets a kernel a warm case built apart from the cached ones of its name: the nearest one's differing
-    metadata entries, and the first differing line of the source."""
+    metadata entries, and its texts around their first difference (the TTIR signature: the specialisation)."""
     import json
 
     phases = load_script("compile_phases")
 
-    def kernel(where, name, meta, source):
+    def kernel(where, name, meta, ttir):
         (tmp_path / where).mkdir()
         (tmp_path / where / f"__grp__{name}.json").write_text("{}")
         (tmp_path / where / f"{name}.json").write_text(json.dumps(meta))
-        (tmp_path / where / f"{name}.source").write_text(source)
+        (tmp_path / where / f"{name}.ttir").write_text(ttir)
 
-    base = {"num_warps": 4, "hash": "x", "debug": False}
-    kernel("A", "k", {**base, "num_warps": 8, "hash": "a"}, "def k():\n  pass\n")
-    kernel("B", "k", {**base, "hash": "b"}, "def k():\n  pass\n")
-    kernel("C", "other", base, "")
-    kernel("N", "k", {**base, "hash": "n"}, "def k():\n  return\n")
+    base = {"num_warps": 4, "debug": False}
+    sig = "tt.func @k(%x: !tt.ptr<f32> {tt.divisibility = 16 : i32}, %n: i32"
+    kernel("A", "k", {**base, "hash": "a"}, sig + " {tt.divisibility = 16 : i32}) {\n  body a\n")
+    kernel("B", "k", {**base, "hash": "b"}, sig + ") {\n  body b\n")
+    kernel("C", "other", {**base, "hash": "c"}, "")
+    kernel("N", "k", {**base, "hash": "n"}, sig + ") {\n  body b, rebuilt\n")
     before = {"A/k", "B/k", "C/other"}
     assert phases.triton_kernels(tmp_path) == before | {"N/k"}
     (found,) = phases.closest_difference(tmp_path, ["N/k"], before)
-    assert found == {
-        "kernel": "N/k",
-        "closest": "B/k",
-        "cached_of_that_name": 2,
-        "differs": {"(source)": ["  return", "  pass"], "hash": ["n", "b"]},
-    }
+    # A and B both differ in hash and TTIR; B shares the longer TTIR prefix (the same specialisation).
+    assert found["closest"] == "B/k" and found["cached_of_that_name"] == 2
+    assert found["differs"]["hash"] == ["n", "b"]
+    mine, theirs = found["differs"]["(ttir)"]
+    assert (
+        mine.endswith("body b, rebuilt\n") and theirs.endswith("body b\n") and mine.startswith("tt.func @k")
+    )
+    wide = phases._where_texts_differ("x" * 300 + "A", "x" * 300 + "B", width=10)
+    assert wide == ["x" * 10 + "A", "x" * 10 + "B"]
     assert phases.closest_difference(tmp_path, ["C/other"], {"A/k"}) == [
         {"kernel": "C/other", "cached_of_that_name": 0}
     ]
