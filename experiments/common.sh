@@ -21,6 +21,9 @@
 #               scoring a trained study again in some settings, or training it again for a few; default: every one
 #   SAMPLE_SETS independent sample sets per evaluated setting (default 1; evaluate's sample_sets): their spread
 #               is the FD estimator's own noise, beside the seed-to-seed spread
+#   POOL_WITH   an earlier run of the study with other seeds (its kept raw/ folder, or its study folder): a
+#               second report gathers both in $STUDY_OUT/pooled (raw/ beside it), each seed counted once and
+#               paired within its own run; the study's own report is written as always
 #   RESUME=1    continue a stopped study in its STUDY_OUT: each sweep continues (hydra.launcher.resume=true:
 #               completed jobs kept, the others resumed from their checkpoints), an evaluation already complete is
 #               not run again, and a stopped one continues (evaluate's resume=true: only the settings it lacks)
@@ -267,5 +270,9 @@ report() {
   local title=$1
   shift
   "$PY" -m diffusion_lab.report "$STUDY_OUT" --title "$title" --keep-raw "$STUDY_OUT/raw" "$@" || STATUS=1
+  if [[ -n "${POOL_WITH:-}" ]]; then
+    "$PY" -m diffusion_lab.report "$POOL_WITH" "$STUDY_OUT" --title "$title, pooled with an earlier run" \
+      --keep-raw "$STUDY_OUT/pooled/raw" --out "$STUDY_OUT/pooled" "$@" || STATUS=1
+  fi
   echo "study folder: $STUDY_OUT"
 }

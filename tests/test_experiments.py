@@ -342,6 +342,44 @@ def test_evaluations_and_prewarm_get_the_launchers_share_of_the_cores(tmp_path):
     assert seen(OMP_NUM_THREADS="3") == ("3 0,1", ["3 0", "3 0", "3 1", "3 1"])
 
 
+def test_pool_with_adds_a_report_that_gathers_the_earlier_run_and_this_one(tmp_path):
+    """POOL_WITH: after the study's own report, a second one over the earlier run and this study, gathered
+    below $STUDY_OUT/pooled, with the same report arguments (the baselines)."""
+    out, earlier = tmp_path / "out dir", tmp_path / "earlier" / "raw"
+    argv = tmp_path / "argv"  # stands in for Python: prints its arguments as one JSON list
+    argv.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n"
+    )
+    argv.chmod(0o755)
+    env = {**os.environ, "STUDY_OUT": str(out), "PY": str(argv), "DRY_RUN": "0"}
+    script = f"STUDY=t; source {EXPERIMENTS / 'common.sh'}; report 'My study' --baseline loss=simple"
+
+    def commands(**extra_env: str) -> list[list[str]]:
+        proc = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, env={**env, **extra_env}, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+
+    own = ["-m", "diffusion_lab.report", str(out), "--title", "My study", "--keep-raw", str(out / "raw")]
+    assert commands() == [[*own, "--baseline", "loss=simple"]]
+    assert commands(POOL_WITH=str(earlier)) == [
+        [*own, "--baseline", "loss=simple"],
+        [
+            *["-m", "diffusion_lab.report", str(earlier), str(out)],
+            *["--title", "My study, pooled with an earlier run"],
+            *[
+                "--keep-raw",
+                str(out / "pooled" / "raw"),
+                "--out",
+                str(out / "pooled"),
+                "--baseline",
+                "loss=simple",
+            ],
+        ],
+    ]
+
+
 def test_queue_eval_leaves_out_the_prewarm_runs_checkpoints(tmp_path):
     """A sweep's prewarm (two steps, only there to fill the compile cache) leaves a checkpoint under
     $STUDY_OUT/.prewarm: evaluating it would spend GPU time on a model no report reads."""

@@ -119,3 +119,10 @@ def test_an_older_kept_copy_below_the_sweep_is_not_kept_again(tmp_path):
     ]
     assert not (tmp_path / "gathered" / "raw" / "study" / "raw").exists()
     assert len(find_jobs(tmp_path / "gathered" / "raw")) == 2 * jobs
+    # A kept raw folder is gathered under its study's name, not as another "raw".
+    report_main([str(tmp_path / "kept" / "raw"), str(other), "--keep-raw", str(tmp_path / "again" / "raw")])
+    assert sorted(p.name for p in (tmp_path / "again" / "raw").iterdir()) == [
+        "kept",
+        "other",
+        "report_settings.json",
+    ]

@@ -41,13 +41,18 @@ def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
 
 
 def gather_raw(roots: list[Path], dest: Path) -> list[Path]:
-    """Copy the raw files of several sweeps into ``dest/<each sweep folder's name>`` (numbered ``1_name``, ...
-    where two names are alike), so that one report reads them all; the settings are written after, once the
-    gathered jobs have been reported. Returns the files written."""
-    names = [root.resolve().name for root in roots]
+    """Copy the raw files of several sweeps into ``dest/<each sweep folder's name>`` (a kept raw folder by its
+    study folder's name; numbered ``1_name``, ... where two names are alike), so that one report reads them
+    all; the settings are written after, once the gathered jobs have been reported. Returns the files written."""
+    names = [_name(root.resolve()) for root in roots]
     if len(set(names)) < len(names):
         names = [f"{i}_{name}" for i, name in enumerate(names, 1)]
     return [p for root, name in zip(roots, names) for p in copy_raw(root, dest / name, dest)]
+
+
+def _name(root: Path) -> str:
+    """A sweep's folder name, or for a kept raw copy (``<study>/raw``) its study's."""
+    return root.parent.name if (root / SETTINGS_FILE).is_file() and root.parent.name else root.name
 
 
 def copy_raw(root: Path, dest: Path, report_root: Path | None = None) -> list[Path]:
