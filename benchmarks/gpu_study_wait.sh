@@ -20,8 +20,9 @@ pack() {
   for st in */; do
     st=${st%/}
     # $st/raw is the study's own kept copy of these files (marked by its report_settings.json, which is not
-    # packed): left out, or a report rebuilt from the pack would count every job twice.
-    find "$st" -path "$st/raw" -prune -o \( -name 'sweep_status.json' -o -name 'evaluation*.json' -o -name 'evaluation*.csv' -o -name '*.yaml' \
+    # packed), $st/pooled one gathered with an earlier run's (POOL_WITH): left out, or a report rebuilt from the
+    # pack would count jobs twice (rebuild the pooled one from the pack and the earlier raw/ instead).
+    find "$st" \( -path "$st/raw" -o -path "$st/pooled" \) -prune -o \( -name 'sweep_status.json' -o -name 'evaluation*.json' -o -name 'evaluation*.csv' -o -name '*.yaml' \
       -o -name 'metrics.csv' -o -name 'hparams.yaml' -o -name final.png -o -name '*.log' \) -size -4M -print \
       | tar czf "$OUT/$st.tar.gz" -T - 2>/dev/null
   done
