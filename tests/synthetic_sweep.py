@@ -22,11 +22,13 @@ def write_job(
     evaluations: dict[str, list[dict]] | None = None,
     code: str | None = None,
     eval_codes: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> Path:
     """One job folder: ``curves`` {metric: {step: value}} go to csv/metrics.csv (one row per step and
     metric, as Lightning's CSV logger writes them), ``fid`` to evaluation/last/evaluation.json, and each of
     ``evaluations`` {name: rows} to evaluation/<name>/evaluation.json, ``code`` (a code digest) to
-    .hydra/provenance.yaml, ``eval_codes`` {name: digest} to those evaluations' provenance."""
+    .hydra/provenance.yaml (``device``, the GPU model, beside it), ``eval_codes`` {name: digest} to those
+    evaluations' provenance."""
     job = root / f"{num}_{','.join(overrides)}"
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
@@ -36,8 +38,9 @@ def write_job(
         if key == "seed":
             config["seed"] = int(value)
     OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
-    if code is not None:  # the run's provenance, as train writes it (the digest alone matters here)
-        OmegaConf.save(OmegaConf.create({"code_sha256": code}), job / ".hydra" / "provenance.yaml")
+    provenance = {k: v for k, v in (("code_sha256", code), ("device", device)) if v is not None}
+    if provenance:  # the run's provenance, as train writes it (the digest and device alone matter here)
+        OmegaConf.save(OmegaConf.create(provenance), job / ".hydra" / "provenance.yaml")
     (job / "csv").mkdir()
     keys = sorted(curves)
     with open(job / "csv" / "metrics.csv", "w", newline="") as f:
@@ -102,10 +105,11 @@ def seeded_sweep(
     rng,
     cells: tuple[str, ...] = ("schedule=linear", "schedule=cosine"),
     code: str | None = None,
+    device: str | None = None,
 ) -> Path:
     """The ``cells`` x seeds: each seed shifts every cell alike (sd 1), each job adds its own noise (sd
     ``noise``); cell i's val loss is i * ``effect`` higher than the first's and its FID i * ``effect`` lower.
-    ``code``: the code digest every job records."""
+    ``code`` / ``device``: the code digest / GPU model every job records."""
     jobs = []
     for seed in seeds:
         shared = rng.normal(0.0, 1.0)
@@ -115,7 +119,9 @@ def seeded_sweep(
             fid = 20.0 + shared - shift + rng.normal(0.0, noise)
             curve = {s: loss + (100 - s) / 100 for s in (9, 49, 99)}
             overrides = [f"seed={seed}", cell]
-            jobs.append(write_job(root, len(jobs), overrides, {"val/loss": curve}, fid=fid, code=code))
+            jobs.append(
+                write_job(root, len(jobs), overrides, {"val/loss": curve}, fid=fid, code=code, device=device)
+            )
     write_status(root, jobs)
     return root
 

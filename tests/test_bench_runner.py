@@ -739,7 +739,10 @@ def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the
     job = dl / "studies" / "demo" / "sweep" / "0_seed=1"
     (job / "csv").mkdir(parents=True)
     (job / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,49,0.5\n0,99,0.4\n")
-    for copy in ("raw/sweep/0_seed=1", "pooled/raw/demo/sweep/0_seed=1"):  # kept and gathered copies: not packed
+    for copy in (
+        "raw/sweep/0_seed=1",
+        "pooled/raw/demo/sweep/0_seed=1",
+    ):  # kept and gathered copies: not packed
         (dl / "studies" / "demo" / copy / "csv").mkdir(parents=True)
         (dl / "studies" / "demo" / copy / "csv" / "metrics.csv").write_text("epoch,step\n0,99\n")
     study = subprocess.Popen(["sleep", "3"])

@@ -6,7 +6,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from diffusion_lab.provenance import SUFFIXES, code_sha256, digest, package_files, run_provenance
+from diffusion_lab.provenance import (
+    SUFFIXES,
+    code_sha256,
+    digest,
+    package_files,
+    run_provenance,
+    visible_gpu_name,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,4 +52,22 @@ def test_a_runs_provenance_names_the_code_and_versions():
 
     record = run_provenance()
     assert record["code_sha256"] == code_sha256()
+    if torch.cuda.is_available():
+        assert record["device"] not in ("", "cpu")
+    else:
+        assert record["device"] == "cpu"
+    assert (
+        not torch.cuda.is_initialized()
+    )  # read without starting CUDA (a forked DDP worker could not, after)
     assert record["versions"]["torch"] == torch.__version__ and record["versions"]["diffusion_lab"]
+
+
+def test_the_device_is_the_first_gpu_cuda_visible_devices_shows():
+    listed = "0, NVIDIA H100 80GB HBM3\n1, NVIDIA H200\n2, NVIDIA A100-SXM4-80GB\n"
+    assert visible_gpu_name(listed, None) == "NVIDIA H100 80GB HBM3"
+    assert visible_gpu_name(listed, "") == "NVIDIA H100 80GB HBM3"
+    assert (
+        visible_gpu_name(listed, "2,1") == "NVIDIA A100-SXM4-80GB"
+    )  # a launcher's job sees its own GPU first
+    assert visible_gpu_name(listed, "GPU-8a1c…") == "NVIDIA H100 80GB HBM3"  # by UUID: the first listed
+    assert visible_gpu_name("", "0") is None  # nvidia-smi gave nothing: the caller says so

@@ -279,6 +279,44 @@ def test_several_sweeps_without_a_place_to_gather_them_or_one_without_jobs_are_r
     assert not raw.exists()  # nothing copied before the refusal
 
 
+def test_the_report_names_the_devices_and_whether_each_seed_ran_on_one(tmp_path):
+    # Seeds 4-6 run later on another GPU and pooled: the report says which jobs ran where, and that each seed's
+    # pair still ran on one kind; one seed's cells split across machines is named. Runs that recorded no device
+    # (older ones) add no line.
+    rng = np.random.default_rng(3)
+    seeded_sweep(tmp_path / "study" / "first", 1.0, [1, 2, 3], 0.0, rng, device="NVIDIA H200")
+    later = seeded_sweep(
+        tmp_path / "study" / "later", 1.0, [4, 5, 6], 0.0, rng, device="NVIDIA H100 80GB HBM3"
+    )
+    report_main([str(tmp_path / "study"), "--baseline", "schedule=linear"])
+    md = (tmp_path / "study" / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("**Devices"))
+    assert line.startswith(
+        "**Devices: the jobs ran on 2 kinds**, so a difference between them may come from the machine (speeds "
+        "above all): `NVIDIA H100 80GB HBM3` ("
+    )
+    h100, h200 = line.split("; `NVIDIA H200` (")
+    assert [f"seed={s}" in h100 for s in range(1, 7)] == [False] * 3 + [True] * 3
+    assert [f"seed={s}" in h200 for s in range(1, 7)] == [True] * 3 + [False] * 3
+    assert line.endswith(
+        "Each seed's jobs ran on one kind, so every difference paired by seed compares jobs of one kind.  "
+    )
+    moved = next(later.glob("*_seed=5,schedule=cosine"))
+    (moved / ".hydra" / "provenance.yaml").write_text("device: NVIDIA H200\n")
+    report_main([str(tmp_path / "study"), "--baseline", "schedule=linear"])
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert (
+        "The jobs of seed(s) 5 ran on more than one kind: their paired differences may come from the machine."
+        in md
+    )
+    one = seeded_sweep(tmp_path / "one", 1.0, [1, 2], 0.0, rng, device="cpu")
+    report_main([str(one)])
+    assert "Device: every job ran on one kind (`cpu`)." in (one / "report.md").read_text()
+    old = seeded_sweep(tmp_path / "old", 1.0, [1, 2], 0.0, rng)
+    report_main([str(old)])
+    assert "Device" not in (old / "report.md").read_text()
+
+
 def test_a_seed_whose_cells_ran_other_code_is_named(tmp_path):
     sweep = seeded_sweep(tmp_path / "sweep", 1.0, [1, 2, 3], 0.1, np.random.default_rng(0), code="a" * 64)
     rerun = next(sweep.glob("*_seed=2,schedule=cosine"))  # one cell of seed 2 re-run with other code

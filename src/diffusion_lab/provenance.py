@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import os
 import platform
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["code_sha256", "digest", "package_files", "package_name", "run_provenance"]
+__all__ = ["code_sha256", "device_name", "digest", "package_files", "package_name", "run_provenance"]
 
 PACKAGE = Path(__file__).resolve().parent
 SUFFIXES = (".py", ".yaml", ".j2")  # the code, the configs, the report templates
@@ -68,13 +70,41 @@ def code_sha256() -> str:
     return digest(package_files())
 
 
+def device_name() -> str:
+    """The GPU model this process runs on ('cpu' where torch sees no CUDA device), from nvidia-smi rather than
+    torch.cuda, which would initialise CUDA here before a forked DDP worker could (it then cannot use CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        listed = ""
+    return visible_gpu_name(listed, os.environ.get("CUDA_VISIBLE_DEVICES")) or "cuda (model not read)"
+
+
+def visible_gpu_name(listed: str, visible: str | None) -> str | None:
+    """From nvidia-smi's 'index, name' lines, the name of the first GPU CUDA_VISIBLE_DEVICES shows (by index;
+    the first listed where it is unset or names GPUs by UUID)."""
+    names = dict(line.split(", ", 1) for line in listed.strip().splitlines() if ", " in line)
+    first = (visible or "").split(",")[0].strip()
+    return names.get(first) or next(iter(names.values()), None)
+
+
 def run_provenance() -> dict:
-    """The code digest, package versions, host and UTC start time of this process, as plain data."""
+    """The code digest, package versions, device, host and UTC start time of this process, as plain data."""
     from .versions import package_versions
 
     return {
         "code_sha256": code_sha256(),
         "versions": {k: None if v is None else str(v) for k, v in package_versions(VERSIONED).items()},
+        "device": device_name(),
         "host": platform.node(),
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

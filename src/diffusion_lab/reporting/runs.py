@@ -44,6 +44,7 @@ class Job:
     num: int | None = None
     config: dict[str, Any] = field(default_factory=dict)  # seed and trainer limits from .hydra/config.yaml
     code: str | None = None  # the code digest of .hydra/provenance.yaml (None: made before runs recorded it)
+    device: str | None = None  # the GPU model (or 'cpu') of .hydra/provenance.yaml (None: not recorded)
     last: dict[str, float] = field(default_factory=dict)  # last logged value of each metric
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value) of each metric
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"name", "summary", "rows"}
@@ -219,14 +220,15 @@ def _components(cfg) -> dict[str, str]:
     return found
 
 
-def _read_code(path: Path) -> str | None:
+def _read_provenance(path: Path, key: str) -> str | None:
+    """One entry of a run's provenance (``code_sha256``, ``device``); None where absent or unreadable."""
     from omegaconf import OmegaConf
 
     try:
-        digest = OmegaConf.load(path).get("code_sha256") if path.is_file() else None
+        value = OmegaConf.load(path).get(key) if path.is_file() else None
     except Exception:
         return None
-    return str(digest) if digest else None
+    return str(value) if value else None
 
 
 def _select(cfg, key: str) -> Any:
@@ -397,7 +399,8 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.overrides = _read_overrides(overrides_file) if overrides_file.is_file() else []
     job.overrides = job.overrides or [str(o) for o in rec.get("overrides", [])]
     job.config = _read_config(job_dir / ".hydra" / "config.yaml")
-    job.code = _read_code(job_dir / ".hydra" / "provenance.yaml")
+    job.code = _read_provenance(job_dir / ".hydra" / "provenance.yaml", "code_sha256")
+    job.device = _read_provenance(job_dir / ".hydra" / "provenance.yaml", "device")
     job.record, job.run_status = rec, read_run_status(job_dir)
     job.status = _status(rec, job.run_status)
     job.exit_code = rec.get("exit_code")

@@ -67,7 +67,7 @@ def _intro(sweep: str, jobs: list[Job], sort_key: str, common: list[str]) -> lis
     ]
     if common:
         intro.append("Common overrides: " + " ".join(f"`{o}`" for o in common))
-    return intro + _components(jobs) + _code_versions(jobs) + _evaluation_code_versions(jobs)
+    return intro + _components(jobs) + _code_versions(jobs) + _devices(jobs) + _evaluation_code_versions(jobs)
 
 
 def _components(jobs: list[Job]) -> list[str]:
@@ -119,10 +119,43 @@ def _versions_within_seeds(jobs: list[Job]) -> str:
     return f" The jobs of seed(s) {seeds} ran more than one version: their paired differences may come from the code."
 
 
-def _listed(by_code: dict[str | None, list[str]]) -> str:
-    """'`digest12` (labels); ...; none recorded (labels)', by digest, the unrecorded last."""
+def _devices(jobs: list[Job]) -> list[str]:
+    """Which GPU model (or the CPU) the jobs trained on, from their provenance: one line naming it, or, when they
+    differ (sweeps of more seeds run on another machine and pooled), a warning saying which jobs ran where and
+    whether each seed's jobs ran on one, so that every difference paired by seed compares jobs of one kind."""
+    by_device: dict[str | None, list[str]] = {}
+    for job in jobs:
+        by_device.setdefault(job.device, []).append(job.label)
+    recorded = sorted(d for d in by_device if d is not None)
+    if not recorded:
+        return []  # runs from before the device was recorded
+    if len(by_device) == 1:
+        return [f"Device: every job ran on one kind (`{recorded[0]}`)."]
+    by_seed: dict[int, set[str | None]] = {}
+    for job in jobs:
+        if job.seed is not None:
+            by_seed.setdefault(job.seed, set()).add(job.device)
+    mixed = sorted(seed for seed, devices in by_seed.items() if len(devices) > 1)
+    within = ""
+    if len(by_seed) >= 2:
+        within = (
+            f" The jobs of seed(s) {', '.join(map(str, mixed))} ran on more than one kind: their paired "
+            "differences may come from the machine."
+            if mixed
+            else " Each seed's jobs ran on one kind, so every difference paired by seed compares jobs of one kind."
+        )
+    warning = (
+        f"**Devices: the jobs ran on {len(by_device)} kinds**, so a difference between them may come from the "
+        "machine (speeds above all)"
+    )
+    return [f"{warning}: {_listed(by_device, cut=None)}.{within}"]
+
+
+def _listed(by_code: dict[str | None, list[str]], cut: int | None = 12) -> str:
+    """'`digest12` (labels); ...; none recorded (labels)', by value (cut to ``cut`` characters), the unrecorded
+    last."""
     parts = [
-        f"`{code[:12]}` ({', '.join(labels)})" if code else f"none recorded ({', '.join(labels)})"
+        f"`{code[:cut]}` ({', '.join(labels)})" if code else f"none recorded ({', '.join(labels)})"
         for code, labels in sorted(by_code.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]
     return "; ".join(parts)
