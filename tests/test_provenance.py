@@ -52,13 +52,12 @@ def test_a_runs_provenance_names_the_code_and_versions():
 
     record = run_provenance()
     assert record["code_sha256"] == code_sha256()
+    # read without starting CUDA (a forked DDP worker could not use it after)
+    assert not torch.cuda.is_initialized()
     if torch.cuda.is_available():
         assert record["device"] not in ("", "cpu")
     else:
         assert record["device"] == "cpu"
-    assert (
-        not torch.cuda.is_initialized()
-    )  # read without starting CUDA (a forked DDP worker could not, after)
     assert record["versions"]["torch"] == torch.__version__ and record["versions"]["diffusion_lab"]
 
 
@@ -71,3 +70,38 @@ def test_the_device_is_the_first_gpu_cuda_visible_devices_shows():
     )  # a launcher's job sees its own GPU first
     assert visible_gpu_name(listed, "GPU-8a1c…") == "NVIDIA H100 80GB HBM3"  # by UUID: the first listed
     assert visible_gpu_name("", "0") is None  # nvidia-smi gave nothing: the caller says so
+
+
+def test_the_device_is_nvidia_smis_name_unless_the_gpus_are_hidden(monkeypatch):
+    """nvidia-smi stands in for a GPU host here: its first visible GPU's name, 'cpu' where CUDA_VISIBLE_DEVICES
+    hides them all, where nvidia-smi is missing, or for a torch built without CUDA."""
+    import types
+
+    import torch
+
+    from diffusion_lab import provenance
+
+    calls = []
+
+    def smi(argv, **kwargs):
+        calls.append(argv[0])
+        return types.SimpleNamespace(stdout="0, NVIDIA H100 80GB HBM3\n1, NVIDIA H200\n")
+
+    monkeypatch.setattr(provenance.subprocess, "run", smi)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert provenance.device_name() == "NVIDIA H200" and calls == ["nvidia-smi"]
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert provenance.device_name() == "cpu"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert provenance.device_name() == "NVIDIA H100 80GB HBM3"
+
+    def missing(argv, **kwargs):
+        raise FileNotFoundError(argv[0])
+
+    monkeypatch.setattr(provenance.subprocess, "run", missing)
+    assert provenance.device_name() == "cpu"
+    monkeypatch.setattr(provenance.subprocess, "run", smi)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)
+    assert provenance.device_name() == "cpu"

@@ -71,11 +71,12 @@ def code_sha256() -> str:
 
 
 def device_name() -> str:
-    """The GPU model this process runs on ('cpu' where torch sees no CUDA device), from nvidia-smi rather than
-    torch.cuda, which would initialise CUDA here before a forked DDP worker could (it then cannot use CUDA)."""
+    """The GPU model this process runs on, or 'cpu': read from nvidia-smi without touching torch.cuda, which
+    would start CUDA here (even ``is_available`` may), and a forked DDP worker could then not use it."""
     import torch
 
-    if not torch.cuda.is_available():
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not torch.backends.cuda.is_built() or (visible is not None and visible.strip() in ("", "-1")):
         return "cpu"
     try:
         listed = subprocess.run(
@@ -84,9 +85,9 @@ def device_name() -> str:
             text=True,
             timeout=20,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # no driver: no GPU to run on
         listed = ""
-    return visible_gpu_name(listed, os.environ.get("CUDA_VISIBLE_DEVICES")) or "cuda (model not read)"
+    return visible_gpu_name(listed, visible) or "cpu"
 
 
 def visible_gpu_name(listed: str, visible: str | None) -> str | None:
