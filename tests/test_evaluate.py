@@ -355,6 +355,7 @@ def test_json_records_provenance(run_copy, classifier, tmp_path):
     assert prov["seeds"] == [5] and prov["sample_sets"] == 1 and prov["guidance"] == [0.0]
     assert prov["bpd"] == {"n": 2, "split": "test", "clip_denoised": True, "seed": 5}
     assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["torch-fidelity"]
+    assert prov["device"] == "cpu" and prov["device_model"] == "cpu"  # the model of the GPU where one ran
     assert prov["config"]["ckpt"] == str(run_copy)
     (row,) = saved["rows"]
     assert row["sampler"] == "ddim" and row["sampler_settings"].startswith("DDIMSampler(")

@@ -54,7 +54,7 @@ from .metrics.evaluation import (
 )
 from .metrics.feature_nets import FeatureExtractor
 from .metrics.quality import SampleQuality
-from .provenance import code_sha256
+from .provenance import code_sha256, device_name
 from .sample import check_eta, fixed_by_checkpoint, resolve_device, sampler_from_config
 from .samplers import Sampler
 from .sampling_variance import with_sampling_variance
@@ -251,6 +251,7 @@ def provenance(
         },
         "metrics": metrics,
         "device": str(device),
+        "device_model": device_name() if device.type == "cuda" else "cpu",  # the GPU the timings are of
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(VERSIONED),
         "code_sha256": code_sha256(),
