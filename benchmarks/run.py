@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout, installed or not
 
 from run_manifest import manifest  # noqa: E402
-from run_suites import ROOT, SUITES, Run, command_line, prepare_commands  # noqa: E402
+from run_suites import ROOT, STARTS, SUITES, Run, command_line, prepare_commands  # noqa: E402
 from run_summary import summary, text  # noqa: E402
 
 BATCH = 128  # the quality suite's batch, for ours' img/s over the budget
@@ -142,8 +142,8 @@ def results(run: Run, stdouts: list[str], budget: float) -> list[tuple[dict, dic
     """(the script's result, the compared metrics) for each result the run printed."""
     if run.parse == "json_lines":
         return [(row, {}) for out in stdouts for row in json_lines(out)]
-    if run.parse == "startup":  # a cold training, then the same again warm
-        rows = [{"start": start, **train_summary(out)} for start, out in zip(("cold", "warm"), stdouts)]
+    if run.parse == "startup":  # a cold training, then the same again warm (twice)
+        rows = [{"start": start, **train_summary(out)} for start, out in zip(STARTS, stdouts)]
         return [(r, {k: r[k] for k in ("startup_s", "compile_s", "first_step_s") if k in r}) for r in rows]
     if run.parse == "peer":
         rows = json_lines(stdouts[-1])

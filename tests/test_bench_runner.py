@@ -196,7 +196,7 @@ def test_only_runs_the_named_settings_in_the_order_named(runner, capsys, tmp_pat
     argv = ["startup", "--dry-run", "--out", str(tmp_path), "--only", ",".join(only)]
     assert runner.main(argv) == 0
     labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
-    assert labels == [only[0], only[0], only[1], only[1]]  # cold, warm each
+    assert labels == [only[0]] * 3 + [only[1]] * 3  # cold, warm, warm again each
 
 
 def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys, tmp_path):
@@ -370,21 +370,22 @@ def test_limit_zero_only_prepares(runner, monkeypatch, tmp_path):
     assert invocation["prepare"][0]["returncode"] == 0 and invocation["runs"] == []
 
 
-def test_startup_trains_each_setting_cold_then_warm_on_one_cache_emptied_once(runner, tmp_path):
+def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_once(runner, tmp_path):
     opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
     assert list(runs) == [
         "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks"
     ]  # fmt: skip
     for label, run in runs.items():
-        cold, warm = run.commands
+        cold, warm, again = run.commands
         cache = run.env["TORCHINDUCTOR_CACHE_DIR"]
         assert run.fresh_dirs == [
             Path(cache),
             Path(run.env["TRITON_CACHE_DIR"]),
         ]  # emptied before the cold one
-        assert cold[:-1] == warm[:-1]  # the same training again, only its output folder differs
+        assert cold[:-1] == warm[:-1] == again[:-1]  # the same training again, only its output folder differs
         assert cold[-1].endswith(f"{label}/cold") and warm[-1].endswith(f"{label}/warm")
+        assert again[-1].endswith(f"{label}/warm_again")
         assert f"compile_cache={cache}" in cold and "data.root=/d" in cold
     assert "model.fused_norm=true" in runs["net_fused_norm"].commands[0]
     assert "compile_scope=blocks" in runs["blocks"].commands[0]
@@ -426,7 +427,7 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
     from diffusion_lab.train import print_summary
 
     outs = []
-    for startup, first, compiling in ((84.4, 61.2, 54.7), (19.3, 9.8, 4.1)):
+    for startup, first, compiling in ((84.4, 61.2, 54.7), (19.3, 9.8, 4.1), (9.0, 4.2, 2.7)):
         result = {"output_dir": "x", "global_step": 2000, "metrics": {}, "train_img_per_s": 7726.0}
         result.update(startup_s=startup, first_step_s=first, compile_s=compiling, graphs=1, wall_time_s=99.0)
         print_summary(
@@ -444,8 +445,10 @@ def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
         )
         outs.append(capsys.readouterr().out)
     (run,) = [r for r in runner.SUITES["startup"](runner.parse_args(["startup"])) if r.label == "net"]
-    (cold, cold_metrics), (warm, warm_metrics) = runner.results(run, outs, 240.0)
-    assert cold["start"] == "cold" and warm["start"] == "warm"
+    assert [c[-1].rsplit("/", 1)[1] for c in run.commands] == ["cold", "warm", "warm_again"]  # hydra.run.dir
+    (cold, cold_metrics), (warm, warm_metrics), (again, again_metrics) = runner.results(run, outs, 240.0)
+    assert cold["start"] == "cold" and warm["start"] == "warm" and again["start"] == "warm_again"
+    assert again_metrics == {"startup_s": 9.0, "compile_s": 2.7, "first_step_s": 4.2}
     assert cold_metrics == {"startup_s": 84.4, "compile_s": 54.7, "first_step_s": 61.2}
     assert warm["graphs"] == 1 and warm["checkpoint_write_s"] == 1.5 and warm["steps"] == 2000
     assert warm["checkpoint_background_s"] == 2.5
