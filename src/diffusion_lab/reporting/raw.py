@@ -13,7 +13,15 @@ from ..errors import UserError
 from .runs import SETTINGS_FILE, STATUS_FILE, outside_the_sweep
 from .search import SEARCH_FILE
 
-__all__ = ["SETTINGS_FILE", "RAW_PATTERNS", "keep_raw", "gather_raw", "write_settings", "read_settings"]
+__all__ = [
+    "SETTINGS_FILE",
+    "RAW_PATTERNS",
+    "keep_raw",
+    "gather_raw",
+    "gathered_names",
+    "write_settings",
+    "read_settings",
+]
 
 # Below a job folder (or the sweep folder, for the status file): what the report reads.
 RAW_PATTERNS = (
@@ -44,10 +52,16 @@ def gather_raw(roots: list[Path], dest: Path) -> list[Path]:
     """Copy the raw files of several sweeps into ``dest/<each sweep folder's name>`` (a kept raw folder by its
     study folder's name; numbered ``1_name``, ... where two names are alike), so that one report reads them
     all; the settings are written after, once the gathered jobs have been reported. Returns the files written."""
+    return [p for root, name in zip(roots, gathered_names(roots)) for p in copy_raw(root, dest / name, dest)]
+
+
+def gathered_names(roots: list[Path]) -> list[str]:
+    """Each sweep's folder below a gathered copy: its folder's name (a kept raw copy's: its study's), all
+    numbered ``1_name``, ``2_name``, ... where two are alike."""
     names = [_name(root.resolve()) for root in roots]
     if len(set(names)) < len(names):
         names = [f"{i}_{name}" for i, name in enumerate(names, 1)]
-    return [p for root, name in zip(roots, names) for p in copy_raw(root, dest / name, dest)]
+    return names
 
 
 def _name(root: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -15,7 +16,7 @@ from .curves import curve_tables
 from .eval_tables import eval_baseline_table, eval_cell_baseline_table, eval_seed_table
 from .evalcells import EvalGroup, group_evaluations, pair_with_baseline, pair_with_baseline_cell
 from .plots import PLOTS_DIR, make_plots
-from .raw import gather_raw, keep_raw, read_settings, write_settings
+from .raw import gather_raw, gathered_names, keep_raw, read_settings, write_settings
 from .render import Figure, Report, render
 from .runs import Job, find_jobs, label_jobs, stopped_early
 from .scores import FRECHET, score
@@ -106,17 +107,25 @@ def _code_versions(jobs: list[Job]) -> list[str]:
 def _versions_within_seeds(jobs: list[Job]) -> str:
     """Whether the differences paired by seed compare jobs of one version (sweeps of other seeds, run later with
     newer code, pooled below one folder): a sentence to follow the versions warning, or '' without a seed axis."""
-    by_seed: dict[int, set[str | None]] = {}
-    for job in jobs:
-        if job.seed is not None:
-            by_seed.setdefault(job.seed, set()).add(job.code)
-    if len(by_seed) < 2:
+    mixed = _seeds_that_differ(jobs, lambda job: job.code)
+    if mixed is None:
         return ""
-    mixed = sorted(seed for seed, codes in by_seed.items() if len(codes) > 1)
     if not mixed:
         return " Each seed's jobs ran one version, so every difference paired by seed compares jobs of one version."
     seeds = ", ".join(str(seed) for seed in mixed)
     return f" The jobs of seed(s) {seeds} ran more than one version: their paired differences may come from the code."
+
+
+def _seeds_that_differ(jobs: list[Job], value: Callable[[Job], str | None]) -> list[int] | None:
+    """The seeds whose jobs differ in ``value`` (code version, device); None without a seed axis (under two
+    seeds)."""
+    by_seed: dict[int, set[str | None]] = {}
+    for job in jobs:
+        if job.seed is not None:
+            by_seed.setdefault(job.seed, set()).add(value(job))
+    if len(by_seed) < 2:
+        return None
+    return sorted(seed for seed, values in by_seed.items() if len(values) > 1)
 
 
 def _devices(jobs: list[Job]) -> list[str]:
@@ -131,13 +140,9 @@ def _devices(jobs: list[Job]) -> list[str]:
         return []  # runs from before the device was recorded
     if len(by_device) == 1:
         return [f"Device: every job ran on one kind (`{recorded[0]}`)."]
-    by_seed: dict[int, set[str | None]] = {}
-    for job in jobs:
-        if job.seed is not None:
-            by_seed.setdefault(job.seed, set()).add(job.device)
-    mixed = sorted(seed for seed, devices in by_seed.items() if len(devices) > 1)
+    mixed = _seeds_that_differ(jobs, lambda job: job.device)
     within = ""
-    if len(by_seed) >= 2:
+    if mixed is not None:
         within = (
             f" The jobs of seed(s) {', '.join(map(str, mixed))} ran on more than one kind: their paired "
             "differences may come from the machine."
@@ -308,7 +313,7 @@ def _write_gathered(
     gather_raw(roots, dest)
     baselines = _as_list(baseline)
     _analyse(dest, baselines, eval_baseline)
-    names = ", ".join(root.resolve().name for root in roots)
+    names = ", ".join(gathered_names(roots))
     kept = {
         "title": title or f"Sweep report: {names}",
         "baseline": baselines[0] if len(baselines) == 1 else baselines or None,
