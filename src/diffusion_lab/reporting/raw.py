@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .runs import SETTINGS_FILE, STATUS_FILE, outside_the_sweep
+from .runs import SETTINGS_FILE, STATUS_FILE, job_folders, outside_the_sweep
 from .search import SEARCH_FILE
 
 __all__ = [
@@ -35,11 +35,6 @@ RAW_PATTERNS = (
     "samples/final.png",
     "run_status.json",
 )
-
-
-def _job_dirs(root: Path) -> list[Path]:
-    dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
-    return sorted(d for d in dirs if not outside_the_sweep(d, root))
 
 
 def keep_raw(root: Path, dest: Path, settings: dict[str, Any]) -> list[Path]:
@@ -84,7 +79,7 @@ def copy_raw(root: Path, dest: Path, report_root: Path | None = None) -> list[Pa
         for p in root.rglob(name)
         if not p.is_relative_to(report_root) and not outside_the_sweep(p, root)
     ]
-    for job_dir in _job_dirs(root):
+    for job_dir in sorted(job_folders(root)):
         if not job_dir.is_relative_to(report_root):  # a gathered copy below the sweep is not more jobs
             sources += [p for pattern in RAW_PATTERNS for p in sorted(job_dir.glob(pattern)) if p.is_file()]
     written = []

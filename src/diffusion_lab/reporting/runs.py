@@ -22,7 +22,16 @@ from ..spec_keys import SPEC_KEYS
 from .scores import FRECHET, SCORES, score
 from .setting import Setting, num
 
-__all__ = ["Job", "find_jobs", "label_jobs", "num", "outside_the_sweep", "stopped_early", "STATUS_FILE"]
+__all__ = [
+    "Job",
+    "find_jobs",
+    "job_folders",
+    "label_jobs",
+    "num",
+    "outside_the_sweep",
+    "stopped_early",
+    "STATUS_FILE",
+]
 
 STATUS_FILE = "sweep_status.json"
 SETTINGS_FILE = "report_settings.json"  # marks a kept copy of a sweep's raw files (reporting.raw)
@@ -220,15 +229,16 @@ def _components(cfg) -> dict[str, str]:
     return found
 
 
-def _read_provenance(path: Path, key: str) -> str | None:
-    """One entry of a run's provenance (``code_sha256``, ``device``); None where absent or unreadable."""
+def _read_provenance(path: Path, keys: tuple[str, ...]) -> dict[str, str | None]:
+    """Entries of a run's provenance (``code_sha256``, ``device``), each None where absent; all None where the
+    file is missing or unreadable."""
     from omegaconf import OmegaConf
 
     try:
-        value = OmegaConf.load(path).get(key) if path.is_file() else None
+        record = OmegaConf.load(path) if path.is_file() else {}
     except Exception:
-        return None
-    return str(value) if value else None
+        record = {}
+    return {key: str(value) if (value := record.get(key)) else None for key in keys}
 
 
 def _select(cfg, key: str) -> Any:
@@ -399,8 +409,8 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     job.overrides = _read_overrides(overrides_file) if overrides_file.is_file() else []
     job.overrides = job.overrides or [str(o) for o in rec.get("overrides", [])]
     job.config = _read_config(job_dir / ".hydra" / "config.yaml")
-    job.code = _read_provenance(job_dir / ".hydra" / "provenance.yaml", "code_sha256")
-    job.device = _read_provenance(job_dir / ".hydra" / "provenance.yaml", "device")
+    provenance = _read_provenance(job_dir / ".hydra" / "provenance.yaml", ("code_sha256", "device"))
+    job.code, job.device = provenance["code_sha256"], provenance["device"]
     job.record, job.run_status = rec, read_run_status(job_dir)
     job.status = _status(rec, job.run_status)
     job.exit_code = rec.get("exit_code")
@@ -419,14 +429,20 @@ def _read_job(job_dir: Path, rec: dict[str, Any]) -> Job:
     return job
 
 
+def job_folders(root: Path) -> set[Path]:
+    """The job folders below ``root`` (each with ``.hydra/overrides.yaml``), resolved, leaving out those of a
+    kept raw copy or a hidden folder below it."""
+    found = (p.parent.parent.resolve() for p in root.rglob(".hydra/overrides.yaml"))
+    return {d for d in found if not outside_the_sweep(d, root)}
+
+
 def find_jobs(root: str | Path) -> list[Job]:
     """Every job under ``root``: folders with .hydra/overrides.yaml, and jobs a sweep_status.json lists."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} does not exist or is not a folder; pass {WHAT_IT_NEEDS}")
     records = _status_records(root)
-    found = (p.parent.parent.resolve() for p in root.rglob(".hydra/overrides.yaml"))
-    dirs = {d for d in found if not outside_the_sweep(d, root)} | set(records)
+    dirs = job_folders(root) | set(records)
     jobs = [_read_job(job_dir, records.get(job_dir, {})) for job_dir in sorted(dirs)]
     if not jobs:
         raise UserError(f"{root} holds no jobs; pass {WHAT_IT_NEEDS}")
