@@ -277,6 +277,14 @@ def test_several_sweeps_without_a_place_to_gather_them_or_one_without_jobs_are_r
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(expected), err
     assert not raw.exists()  # nothing copied before the refusal
+    # A baseline that names no cell is found once the jobs are gathered: refused, no settings left to rebuild with.
+    more = seeded_sweep(tmp_path / "more", 1.0, [3, 4], 0.0, np.random.default_rng(1))
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(first), str(more), "--keep-raw", str(raw), "--baseline", "schedule=nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "schedule=nope" in err[0], err
+    assert not (raw / "report_settings.json").exists() and not (tmp_path / "report.md").exists()
 
 
 def test_the_report_names_the_devices_and_whether_each_seed_ran_on_one(tmp_path):

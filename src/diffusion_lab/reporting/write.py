@@ -290,8 +290,8 @@ def _write_gathered(
 ) -> dict[str, Path]:
     """Several sweeps (more seeds run later, say) reported as one: their raw files gathered below
     ``raw_dest``, one folder per sweep, and the report made from there (default ``out_dir``: its parent), so
-    it rebuilds from that folder alone. Each sweep must hold jobs and a baseline must name a cell before the
-    settings are written."""
+    it rebuilds from that folder alone. Each sweep must hold jobs before anything is copied; settings whose
+    baseline names no cell are not left behind."""
     if raw_dest is None:
         raise UserError(
             f"{len(roots)} sweeps given: several sweeps are reported together from one copy of their raw "
@@ -312,7 +312,6 @@ def _write_gathered(
     _make_report_folder(out)
     gather_raw(roots, dest)
     baselines = _as_list(baseline)
-    _analyse(dest, baselines, eval_baseline)
     names = ", ".join(gathered_names(roots))
     kept = {
         "title": title or f"Sweep report: {names}",
@@ -320,8 +319,12 @@ def _write_gathered(
         "eval_baseline": eval_baseline,
         "sweep": ", ".join(str(root.resolve()) for root in roots),
     }
-    write_settings(dest, kept)
-    return write_report(dest, out)
+    settings = write_settings(dest, kept)
+    try:
+        return write_report(dest, out)  # the tables built once, from the gathered copy and these settings
+    except UserError:
+        settings.unlink()  # a baseline that names no cell: kept, it would fail every rebuild
+        raise
 
 
 def write_report(
