@@ -142,10 +142,8 @@ def triton_kernels(folder: Path) -> set[str]:
     }
 
 
-TEXTS = {
-    "(source)": ".source",
-    "(ttir)": ".ttir",
-}  # text artefacts compared, by the name they are shown under
+# The text artefacts compared, by the name they are shown under.
+TEXTS = {"(source)": ".source", "(ttir)": ".ttir"}
 
 
 def _artefacts(folder: Path, kernel: str) -> dict:

@@ -105,6 +105,13 @@ def build_parts(spec: dict) -> Parts:
     return Parts(diffusion, net, loss, timesteps, sampler, decoder)
 
 
+def _refuses_settings(group: str, name: str, err: BaseException) -> UserError:
+    """``<group>=<name> refuses its settings (<why>); fix that <group>.* value``: the part's own words, first
+    line only (omegaconf's errors add lines naming the node)."""
+    reason = str(err).splitlines()[0]
+    return UserError(f"{group}={name} refuses its settings ({reason}); fix that {group}.* value")
+
+
 def _build_net(spec: dict, net_kwargs: dict[str, Any]) -> nn.Module:
     """The network for the data's shape; a network made for the other kind of data (a UNet on 2-D points, the
     MLP on images) refuses its shape arguments, which becomes one line naming the model and the data."""
@@ -115,10 +122,7 @@ def _build_net(spec: dict, net_kwargs: dict[str, Any]) -> nn.Module:
         cause = root_cause(err)
         if isinstance(cause, ValueError | IndexError) and not isinstance(cause, UserError):
             # e.g. model.channel_mult=[1,abc], model.dropout=1.5: the network's own words, naming no option
-            reason = str(cause).splitlines()[0]
-            raise UserError(
-                f"model={model} refuses its settings ({reason}); fix that model.* value"
-            ) from None
+            raise _refuses_settings("model", model, cause) from None
         if not (isinstance(cause, TypeError) and any(f"'{k}'" in str(cause) for k in net_kwargs)):
             raise
     kind = "images" if len(spec["data_shape"]) == 3 else "points"
@@ -256,10 +260,7 @@ def _optimization(cfg: DictConfig) -> tuple[Any, Any]:
         probe = optimizer(params=[nn.Parameter(torch.zeros(1))])
     except (ValueError, IndexError) as err:  # optimizer.betas=[2,0.9] / optimizer.betas=[0.9]
         name = str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1].lower()
-        reason = str(err).splitlines()[0]  # omegaconf's errors add lines naming the node
-        raise UserError(
-            f"optimizer={name} refuses its settings ({reason}); fix that optimizer.* value"
-        ) from None
+        raise _refuses_settings("optimizer", name, err) from None
     if lr_scheduler is not None:
         lr_scheduler(optimizer=probe)
     return optimizer, lr_scheduler
