@@ -15,12 +15,10 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             the same with checkpoints written in the foreground, with cuDNN's heuristics (the default), with the
             fused GroupNorm+SiLU op (model.fused_norm=true), with the blocks compiled regionally
             (compile_scope=blocks), and the op everywhere (fused_true) against auto's op in the compiled step only
-            (fused_auto), and fused_auto with inductor's compile workers ready before the first compiled step
-            (fused_auto_workers_ready; the others pin torch's own timing), one run each of three trainings in a
-            row: the first in empty inductor / Triton cache folders (cold), then the same command again, twice
-            (warm, warm_again). 2,000 steps, a validation, EMA swap, checkpoint and sample grid every 500, so a
-            recompilation after the first step shows; each training's own summary gives the startup cost
-            (training time beyond its steady-state steps) and its parts.
+            (fused_auto), one run each of three trainings in a row: the first in empty inductor / Triton
+            cache folders (cold), then the same command again, twice (warm, warm_again). 2,000 steps, a validation, EMA swap,
+            checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
+            own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
 phases      benchmarks/compile_phases.py: the compile of fmnist_fast's training step alone, cold and warm, in
             its parts (tracing, AOTAutograd, inductor's passes, kernels), and two variants that might shorten it;
             warm_pool (`--only warm_pool`): consecutive warm starts of that step, as they come and with inductor's
@@ -234,14 +232,11 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
 # on CUDA; trainer=gpu now takes cuDNN's heuristics): "net" against "net_foreground_writes" is the effect of
 # writing checkpoints in the background, against "net_cudnn_heuristics" cuDNN's autotuning of every convolution in
 # the first step (trainer.benchmark), against "net_fused_norm" the op's, against "blocks" the compile scope's.
-def _pinned(
-    fused_norm: str, writes: str, cudnn_autotune: str = "true", wait_workers: str = "false"
-) -> list[str]:
+def _pinned(fused_norm: str, writes: str, cudnn_autotune: str = "true") -> list[str]:
     return [
         f"model.fused_norm={fused_norm}",
         f"checkpoint_writes={writes}",
         f"trainer.benchmark={cudnn_autotune}",
-        f"compile_wait_workers={wait_workers}",
     ]
 
 
@@ -254,9 +249,6 @@ STARTUP_SETTINGS = {
     # kernels), both with cuDNN's heuristics: the first validation's cost of Triton building kernels on first use.
     "fused_true": ("net", _pinned("true", "background", cudnn_autotune="false")),
     "fused_auto": ("net", _pinned("auto", "background", cudnn_autotune="false")),
-    # fused_auto with inductor's compile workers started at setup and ready before the first compiled step (the
-    # default since 2026-12-06; every label above keeps torch's own timing, as in the records before it).
-    "fused_auto_workers_ready": ("net", _pinned("auto", "background", "false", wait_workers="true")),
     "blocks": ("blocks", _pinned("false", "background")),
 }
 

@@ -175,9 +175,8 @@ def test_the_warm_up_loads_torch_and_leaves_the_compile_caches_empty(runner, tmp
     opts = runner.parse_args(["quality", "--out", str(tmp_path), "--features", str(tmp_path / "clf.pt")])
     (command,) = runner.prepare_commands("quality", opts)
     assert runner.prepare_commands("selftest", opts) == []
-    assert runner.prepare_commands("startup", opts) == [
-        command
-    ]  # its cold starts are measured on a warmed machine
+    # the startup suite's cold starts are measured on a warmed machine too
+    assert runner.prepare_commands("startup", opts) == [command]
     caches = {
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
         "TRITON_CACHE_DIR": str(tmp_path / "triton"),
@@ -199,7 +198,7 @@ def test_only_runs_the_named_settings_in_the_order_named(runner, capsys, tmp_pat
     argv = ["startup", "--dry-run", "--out", str(tmp_path), "--only", ",".join(only)]
     assert runner.main(argv) == 0
     labels = [line.split(": ", 1)[0] for line in capsys.readouterr().out.splitlines()]
-    assert labels == [only[0]] * 3 + [only[1]] * 3  # cold, warm, warm again each
+    assert labels == ["prepare"] + [only[0]] * 3 + [only[1]] * 3  # the warm-up; cold, warm, warm again each
 
 
 def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys, tmp_path):
@@ -207,7 +206,7 @@ def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys,
     assert runner.main(argv) == 2
     assert capsys.readouterr().err == (
         "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
-        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, fused_auto_workers_ready, blocks\n"
+        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks\n"
     )
 
 
@@ -377,7 +376,7 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
     assert list(runs) == [
-        "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "fused_auto_workers_ready", "blocks"
+        "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks"
     ]  # fmt: skip
     for label, run in runs.items():
         cold, warm, again = run.commands
@@ -407,21 +406,12 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
         "net_fused_norm": ["checkpoint_writes=background"],
         "fused_true": ["checkpoint_writes=background"],
         "fused_auto": ["checkpoint_writes=background"],
-        "fused_auto_workers_ready": ["checkpoint_writes=background"],
         "blocks": ["checkpoint_writes=background"],
     }
     # the op everywhere against auto (the op in the compiled step only): they differ in that alone
     true, auto = runs["fused_true"].commands[0], runs["fused_auto"].commands[0]
     differ = [(a, b) for a, b in zip(true, auto, strict=True) if a.replace("fused_true", "fused_auto") != b]
     assert differ == [("model.fused_norm=true", "model.fused_norm=auto")]  # besides their folders
-    # auto with the compile workers ready first against auto as torch times them: that alone differs
-    ready = runs["fused_auto_workers_ready"].commands[0]
-    differ = [
-        (a, b)
-        for a, b in zip(auto, ready, strict=True)
-        if a.replace("fused_auto", "fused_auto_workers_ready") != b
-    ]
-    assert differ == [("compile_wait_workers=false", "compile_wait_workers=true")]
     net, foreground = runs["net"].commands[0], runs["net_foreground_writes"].commands[0]
     assert [o for o in net if o not in foreground and "/net/" not in o] == ["checkpoint_writes=background"]
     # and net / net_cudnn_heuristics in cuDNN's autotuning alone, pinned in both (trainer=gpu now leaves it off)

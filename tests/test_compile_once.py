@@ -124,35 +124,3 @@ def test_regional_compilation_of_a_network_without_repeated_blocks_is_one_error_
         "compile_scope=blocks needs a network that lists its repeated_blocks; MLPDenoiser does not: "
         "use compile_scope=net"
     )
-
-
-def test_a_cuda_fit_waits_for_the_compile_workers_inside_its_startup_cost(
-    tmp_path, eager_backend, monkeypatch, capsys
-):
-    """On CUDA the workers start at setup and the first compiled step waits for them; the wait is training time
-    the summary shows (the Throughput callback's clock has started), so a slow pool cannot hide. The CPU fit is
-    made to take the CUDA path, and the wait is a 0.4-s stand-in."""
-    import time
-
-    import diffusion_lab.module as module_file
-
-    calls = []
-    monkeypatch.setattr(module_file, "waits_for_workers", lambda setting, device: setting)
-    monkeypatch.setattr(module_file, "start_compile_workers", lambda: calls.append("start"))
-
-    def wait():
-        calls.append("wait")
-        time.sleep(0.4)
-        return 0.4
-
-    monkeypatch.setattr(module_file, "wait_compile_workers", wait)
-    timing = ("callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=2")
-    result = train(small_train_cfg(tmp_path / "run", "compile=true", "trainer.max_steps=8", *timing))
-    assert calls == ["start", "wait"] and result["workers_wait_s"] == 0.4
-    assert result["first_step_s"] >= 0.4 and result["startup_s"] >= 0.4
-    assert "waiting 0.4 s for the compile workers" in capsys.readouterr().out
-    calls.clear()
-    result = train(
-        small_train_cfg(tmp_path / "off", "compile=true", "trainer.max_steps=6", "compile_wait_workers=false")
-    )
-    assert calls == [] and "workers_wait_s" not in result

@@ -229,7 +229,6 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int 
         compile=cfg.get("compile", False),
         compile_eval=bool(cfg.get("compile_eval", False)),
         compile_scope=str(cfg.get("compile_scope", "net")),
-        compile_wait_workers=bool(cfg.get("compile_wait_workers", True)),
         channels_last=bool(cfg.get("channels_last", False)),
         nonfinite=cfg.get("nonfinite", "skip"),
         decoder=latent.decoder() if latent is not None else None,

@@ -16,10 +16,7 @@ __all__ = [
     "compile_network",
     "compile_stats",
     "eval_stance",
-    "start_compile_workers",
     "use_compile_cache",
-    "wait_compile_workers",
-    "waits_for_workers",
 ]
 
 COMPILE_SCOPES = ("net", "blocks")
@@ -119,52 +116,6 @@ def compile_network(net: torch.nn.Module, options: dict[str, Any], scope: str = 
     for module in net.modules():
         if isinstance(module, net.repeated_blocks):
             module.compile(options=options)
-
-
-def start_compile_workers() -> None:
-    """Start inductor's compile worker processes now, so they come up while the run sets up (data, Trainer,
-    sanity check); torch starts them only when the first compilation begins (``wait_compile_workers`` says why
-    that matters). Nothing where this torch has no worker pool or its environment turns it off."""
-    try:
-        from torch._inductor.async_compile import maybe_warm_pool
-    except ImportError:
-        return
-    maybe_warm_pool()
-
-
-def waits_for_workers(setting: bool, device_type: str) -> bool:
-    """Whether a compiled fit starts inductor's compile workers at setup and waits for them before its first
-    step (``compile_wait_workers``): on CUDA only, where the workers build Triton kernels (``wait_compile_workers``
-    says why it matters); a CPU compile builds C++ and its cache has no such split."""
-    return bool(setting) and device_type == "cuda"
-
-
-def wait_compile_workers(timeout: float = 60.0) -> float | None:
-    """Block until inductor's compile workers take work (starting them if need be): the seconds waited, or None
-    where this torch compiles without them (one compile thread, or no pool).
-
-    Run before the first compiled step on CUDA. Inductor builds a Triton kernel in this process until its
-    workers are up and in a worker afterwards, and Triton keys the two builds of one kernel differently. So a
-    warm start whose step compiled before the workers were ready missed the kernels the cold run's workers had
-    cached and built them again: on an H100 (torch 2.11, 2026-12-06) the fused norm op's kernels, 15 then 9 of
-    them in two warm starts in a row (compile 10.1 and 6.6 s), against none and 3.1 / 2.6 s with the workers
-    ready first (BENCHMARKS.md, "Cold and warm starts"). Private API, hence the guards; a pool that is not ready
-    after ``timeout`` seconds is not waited for longer (the step then compiles as torch would have)."""
-    import time
-
-    try:
-        from torch._inductor.async_compile import AsyncCompile, get_compile_threads
-    except ImportError:
-        return None
-    if get_compile_threads() <= 1:
-        return None
-    start = time.perf_counter()
-    start_compile_workers()
-    while not AsyncCompile.use_process_pool():
-        if getattr(AsyncCompile, "_ready_future", True) is None or time.perf_counter() - start > timeout:
-            return None  # no pool in use (turned off), or one that did not come up in time
-        time.sleep(0.02)
-    return round(time.perf_counter() - start, 2)
 
 
 def fused_norm_warning(net: torch.nn.Module, mode: str, cuda: bool) -> str | None:

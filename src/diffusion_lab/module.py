@@ -24,9 +24,6 @@ from .compile_policy import (
     compile_options,
     eval_stance,
     fused_norm_warning,
-    start_compile_workers,
-    wait_compile_workers,
-    waits_for_workers,
 )
 from .diffusion import Diffusion, Loss, TimestepSampler, vb_terms_bpd
 from .diffusion.guidance import drop_labels
@@ -61,7 +58,6 @@ class DiffusionModule(NetTraining):
         compile: bool | str = False,
         compile_eval: bool = False,
         compile_scope: str = "net",
-        compile_wait_workers: bool = True,
         channels_last: bool = False,
         sample_bf16: bool = True,
         val_seed: int = 1234,
@@ -96,11 +92,6 @@ class DiffusionModule(NetTraining):
         # whole network or its repeated blocks (compile_policy.compile_network).
         self.compile_eval = compile_eval
         self.compile_scope = compile_scope
-        # On CUDA: inductor's compile workers started at setup and ready before the first compiled step
-        # (compile_policy.wait_compile_workers); the seconds waited for them, None where nothing waited.
-        self.compile_wait_workers = compile_wait_workers
-        self.compile_workers_wait_s: float | None = None
-        self._wait_for_workers = False
         if self.compile_mode:  # a wrong mode or scope fails here, not at the first training step
             compile_options(self.compile_mode)
             check_scope(net, compile_scope)
@@ -118,22 +109,14 @@ class DiffusionModule(NetTraining):
     def setup(self, stage: str) -> None:
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):
-            device = self._trainer.strategy.root_device.type if self._trainer is not None else "cpu"
-            if warning := fused_norm_warning(self.net, self.compile_mode, device == "cuda"):
+            cuda = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
+            if warning := fused_norm_warning(self.net, self.compile_mode, cuda):
                 rank_zero_warn(warning)
             # In place: parameter names (and so checkpoints) stay unchanged.
             compile_network(
                 self.net, compile_options(self.compile_mode, self.channels_last), self.compile_scope
             )
             self._compiled = True
-            self._wait_for_workers = waits_for_workers(self.compile_wait_workers, device)
-            if self._wait_for_workers:
-                start_compile_workers()
-
-    def on_train_start(self) -> None:
-        # After the callbacks' hooks, so the wait falls inside the Throughput callback's startup cost.
-        if self._wait_for_workers:
-            self.compile_workers_wait_s = wait_compile_workers()
 
     # ------------------------------------------------------------------ training
     def _split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:

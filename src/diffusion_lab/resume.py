@@ -61,7 +61,6 @@ RESUMABLE = (
     "callbacks",
     "progress_refresh_rate",
     "compile",
-    "compile_wait_workers",
     "data.num_workers",
     "data.root",
     "paths",

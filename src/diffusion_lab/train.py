@@ -196,7 +196,6 @@ TYPED_KEYS: dict[str, tuple] = {
     "progress_refresh_rate": (int,),
     "nonfinite": (str,),
     "autoencoder": (str, None),
-    "compile_wait_workers": (bool,),
 }
 
 
@@ -348,8 +347,6 @@ def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: floa
         if cb.validation_seconds:
             result["validation_runs_s"] = [round(v, 2) for v in cb.validation_seconds]
     result.update(compile_stats())
-    if module.compile_workers_wait_s is not None:
-        result["workers_wait_s"] = module.compile_workers_wait_s
     result.update(checkpoint_seconds(trainer.strategy.checkpoint_io))
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
@@ -569,8 +566,6 @@ def startup_parts(result: dict[str, Any]) -> str:
     """Where a startup cost may come from, each timed on its own (they overlap: the first step includes the
     compilation)."""
     parts = [f"first step {result['first_step_s']} s"]
-    if "workers_wait_s" in result:
-        parts.append(f"waiting {result['workers_wait_s']} s for the compile workers")
     if "graphs" in result:
         parts.append(f"compiling {result['compile_s']} s, {result['graphs']} graphs{compile_parts(result)}")
     if "checkpoint_write_s" in result:
