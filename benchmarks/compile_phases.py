@@ -14,10 +14,11 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
                              only once inductor's compile workers are ready; ``net`` warm runs twice too, on the
                              caches themselves. On an H100 (2026-12-06) consecutive warm starts compiled 8.5, 6.3,
                              then 2.7 s, the first two building 13 and 11 of the fused norm op's Triton kernels
-                             anew. Supposed cause: a kernel compiled in the parent (workers not yet ready) and
-                             one compiled by a worker get different Triton cache keys, and which path a kernel
-                             takes depends on how soon the workers are up; this pair tests it, and each
-                             kernel a case builds is set against the nearest cached one of its name.
+                             anew. This pair showed why (2026-12-06): with the workers ready no kernel was built
+                             again, as they came 15 then 9, each differing from its cached namesake in the cache
+                             key alone. A kernel built in the parent (workers not yet up) and one built by a
+                             worker are keyed differently; each kernel a case builds is set against the nearest
+                             cached one of its name.
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
 the compile parts, graphs, how the graphs met AOTAutograd's and inductor's caches (counts, and the caches' own
