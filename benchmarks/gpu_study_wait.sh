@@ -36,4 +36,11 @@ while running && ((SECONDS + poll + 5 < end)); do
   # each running evaluation's last line: "generating <sampler> <steps>: done/n samples, s" (evaluate progress=false)
   for f in $S/*/*/*/evaluation_*.log; do [ -s "$f" ] && echo "$(basename "$(dirname "$f")"): $(tail -n 1 "$f")"; done 2>/dev/null | tail -12
 done
+# Said last, where a caller looks: a study still running lives on this machine only (checkpoints, unfinished
+# evaluations), so a watch that ends first must be followed at once by another, before the machine is given back.
+if running; then
+  echo "[wait] STILL RUNNING at $(date +%T): call this again at once; a machine given back takes the studies' checkpoints and unfinished evaluations with it"
+else
+  echo "[wait] the studies have ended"
+fi
 pack

@@ -772,9 +772,45 @@ def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the
         decoy.kill()
     assert watch.returncode == 0, watch.stderr
     assert elapsed < 30, f"the watch ran {elapsed:.0f} s for a study that ended after 3 s"
-    assert "0_seed=1: step 99" in watch.stdout
+    assert "0_seed=1: step 99" in watch.stdout and "[wait] the studies have ended" in watch.stdout
     with tarfile.open(tmp_path / "out" / "demo.tar.gz") as tar:
         assert tar.getnames() == ["demo/sweep/0_seed=1/csv/metrics.csv"]
+
+
+def test_a_watch_that_ends_before_the_studies_says_to_call_again(tmp_path):
+    """A study still running when the watch's limit comes lives on that machine only: the watch's closing line
+    says to call again at once, and what was measured so far is packed."""
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("gpu_study_wait.sh", "gpu_env.sh", "last_step.awk"):
+        (repo / "benchmarks" / name).write_bytes((root / "benchmarks" / name).read_bytes())
+    dl = tmp_path / "dl"
+    (dl / "studies" / "demo" / "sweep" / "0_seed=1" / "csv").mkdir(parents=True)
+    (dl / "studies" / "demo" / "sweep" / "0_seed=1" / "csv" / "metrics.csv").write_text("epoch,step\n0,49\n")
+    study = subprocess.Popen(["sleep", "60"])
+    (dl / "all.pid").write_text(f"{study.pid}\n")
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "DIFFUSION_LAB_ROOT": str(dl), "OUT": str(tmp_path / "out"), "POLL": "1"}
+    try:
+        watch = subprocess.run(
+            ["bash", "benchmarks/gpu_study_wait.sh", "8"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        study.kill()
+    assert watch.returncode == 0, watch.stderr
+    last = [line for line in watch.stdout.splitlines() if line.startswith("[wait]")]
+    assert (
+        len(last) == 1
+        and last[0].startswith("[wait] STILL RUNNING at ")
+        and "call this again at once" in last[0]
+    )
+    assert (tmp_path / "out" / "demo.tar.gz").is_file()
 
 
 def test_nested_regions_get_more_entries_only_where_torch_has_the_option():
