@@ -19,6 +19,10 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
                              key alone. A kernel built in the parent (workers not yet up) and one built by a
                              worker are keyed differently; each kernel a case builds is set against the nearest
                              cached one of its name.
+    ptxas_env                cold, then warm twice, on its own caches, with TRITON_PTXAS_PATH pointed at the ptxas
+                             torch ships before anything compiles, as inductor's workers do before each build
+                             (torch 2.14's parent does too): if the two builds differ only in which ptxas Triton
+                             hashes into the key, no warm case here builds a kernel again, without waiting.
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
 the compile parts, graphs, how the graphs met AOTAutograd's and inductor's caches (counts, and the caches' own
@@ -43,13 +47,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("net", "no_pattern_matcher", "nested_regions", "pool_ready")
+VARIANTS = ("net", "no_pattern_matcher", "nested_regions", "pool_ready", "ptxas_env")
 CASES = [
     ("net", "cold"),
     ("net", "warm"),
     ("pool_ready", "warm"),
     ("net", "warm"),
     ("pool_ready", "warm"),
+    ("ptxas_env", "cold"),
+    ("ptxas_env", "warm"),
+    ("ptxas_env", "warm"),
     ("no_pattern_matcher", "cold"),
     ("nested_regions", "cold"),
 ]
@@ -136,6 +143,18 @@ def wait_for_compile_workers(timeout: float = 120.0) -> float | None:
     return round(time.perf_counter() - start, 2)
 
 
+def use_torch_ptxas() -> str | None:
+    """Point Triton at the ptxas torch ships (``TRITON_PTXAS_PATH``), as inductor's compile workers do before each
+    build: the path, or None where this torch has neither that ptxas nor the function. Private API, hence the
+    guard."""
+    try:
+        from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
+    except ImportError:
+        return None
+    _set_triton_ptxas_path()
+    return os.environ.get("TRITON_PTXAS_PATH")
+
+
 def triton_kernels(folder: Path) -> set[str]:
     """The kernels in a Triton cache folder, one ``<hash>/<kernel>`` per compiled kernel."""
     return {
@@ -217,6 +236,8 @@ def case(variant: str, device: str, batch: int) -> dict:
         inductor_config.pattern_matcher = False
     if variant == "nested_regions":
         unet.ResBlock.forward = nested_region(torch, unet.ResBlock.forward)
+    if variant == "ptxas_env":
+        use_torch_ptxas()
     net = network(torch).to(dev)
     x, t = torch.randn(batch, 1, 28, 28, device=dev), torch.randint(0, 1000, (batch,), device=dev)
     eager_out, eager_grads = training_step(torch, net, x, t)
@@ -234,6 +255,7 @@ def case(variant: str, device: str, batch: int) -> dict:
         **compile_stats(),
         "cache_notes": notes.lines,
         "pool_wait_s": pool_wait,
+        "ptxas_env_after": os.environ.get("TRITON_PTXAS_PATH"),  # set by the case, or by inductor's own path
         "max_abs_diff_out": float((out - eager_out).abs().max()),
         "max_abs_diff_grad": max(float((g - e).abs().max()) for g, e in zip(grads, eager_grads)),
         "device": str(dev),

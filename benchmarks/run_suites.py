@@ -21,8 +21,9 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
 phases      benchmarks/compile_phases.py: the compile of fmnist_fast's training step alone, cold and warm, in
             its parts (tracing, AOTAutograd, inductor's passes, kernels), and two variants that might shorten it;
-            warm_pool (`--only warm_pool`): consecutive warm starts of that step, as they come and with inductor's
-            compile workers ready before the step, each listing the Triton kernels it had to build.
+            warm_pool (`--only warm_pool`): consecutive warm starts of that step, as they come, with inductor's
+            compile workers ready before the step, and with Triton pointed at torch's ptxas from the start
+            (its own cold case first), each listing the Triton kernels it had to build.
 selftest    one Python command printing a JSON line: the runner's own path, without a GPU.
 """
 
@@ -288,7 +289,7 @@ def precompile(opts: argparse.Namespace) -> list[Run]:
 
 def phases(opts: argparse.Namespace) -> list[Run]:
     variants = ["--only", "net,no_pattern_matcher,nested_regions"]
-    warm_pool = script_run(opts, "compile_phases", ["--only", "pool_ready"], label="warm_pool")
+    warm_pool = script_run(opts, "compile_phases", ["--only", "pool_ready,ptxas_env"], label="warm_pool")
     return [script_run(opts, "compile_phases", variants), warm_pool]
 
 

@@ -482,15 +482,15 @@ def test_phases_suite_runs_its_probe_in_empty_caches_and_a_failed_case_is_its_er
     run, warm_pool = runner.SUITES["phases"](runner.parse_args(["phases", "--out", str(tmp_path)]))
     assert run.commands[0][1].endswith("benchmarks/compile_phases.py") and run.parse == "json_lines"
     assert run.commands[0][2:] == ["--only", "net,no_pattern_matcher,nested_regions"]
-    assert (warm_pool.label, warm_pool.commands[0][2:]) == ("warm_pool", ["--only", "pool_ready"])
+    assert (warm_pool.label, warm_pool.commands[0][2:]) == ("warm_pool", ["--only", "pool_ready,ptxas_env"])
     for each in (run, warm_pool):  # each in empty caches of its own
         assert each.env["TORCHINDUCTOR_CACHE_DIR"] in {str(d) for d in each.fresh_dirs}
     assert run.env["TORCHINDUCTOR_CACHE_DIR"] != warm_pool.env["TORCHINDUCTOR_CACHE_DIR"]
     row = load_script("compile_phases").run_case("bad", "cold", "cpu", 2)
     assert row["ok"] is False
     assert (
-        row["error"]
-        == "ValueError: unknown variant 'bad'; choose from ['net', 'no_pattern_matcher', 'nested_regions', 'pool_ready']"
+        row["error"] == "ValueError: unknown variant 'bad'; choose from "
+        "['net', 'no_pattern_matcher', 'nested_regions', 'pool_ready', 'ptxas_env']"
     )
 
 
@@ -524,6 +524,31 @@ def test_the_pool_ready_variant_starts_from_nets_caches_as_its_cold_case_left_th
     # pool_ready's first warm case saw net's cold kernel (copied) and its own, not net's warm one.
     assert calls[2][2] == ["H0/net_cold_kernel", "H2/pool_ready_warm_kernel"]
     assert len(capsys.readouterr().out.splitlines()) == 5
+    # ptxas_env has a cold case of its own and warms on its own caches alone
+    calls.clear()
+    assert phases.main(["--only", "ptxas_env", "--device", "cpu"]) == 0
+    assert [(v, s) for v, s, _ in calls] == [
+        ("ptxas_env", "cold"),
+        ("ptxas_env", "warm"),
+        ("ptxas_env", "warm"),
+    ]
+    assert calls[1][2] == ["H0/ptxas_env_cold_kernel", "H1/ptxas_env_warm_kernel"]
+
+
+def test_the_ptxas_variant_points_triton_at_the_ptxas_torch_ships(monkeypatch):
+    """What inductor's workers do before each build, done once in the process; None where torch lacks it."""
+    import sys
+    import types
+
+    phases = load_script("compile_phases")
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    tasks = types.ModuleType("torch._inductor.runtime.compile_tasks")
+    tasks._set_triton_ptxas_path = lambda: os.environ.setdefault("TRITON_PTXAS_PATH", "/torch/bin/ptxas")
+    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.compile_tasks", tasks)
+    assert phases.use_torch_ptxas() == "/torch/bin/ptxas" == os.environ["TRITON_PTXAS_PATH"]
+    monkeypatch.delenv("TRITON_PTXAS_PATH")
+    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.compile_tasks", types.ModuleType("old_torch"))
+    assert phases.use_torch_ptxas() is None and "TRITON_PTXAS_PATH" not in os.environ
 
 
 def test_a_rebuilt_kernel_is_set_against_the_closest_cached_kernel_of_its_name(tmp_path):
