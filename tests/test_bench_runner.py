@@ -756,10 +756,10 @@ def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_out
     assert len((out / "selftest.jsonl").read_text().splitlines()) == 1
 
 
-def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the_script(tmp_path):
-    """The watch ends when the started set's process does, though another command line names
-    experiments/all.sh (a device command that merely mentions it kept the old pattern match waiting its whole
-    limit), and packs the studies' text files."""
+def _study_watch(tmp_path: Path, metrics: str):
+    """A copy of the watch script's files and one study job with ``metrics`` as its metrics.csv: the watch's
+    folder (DIFFUSION_LAB_ROOT) and a function running the watch for ``limit`` seconds there (an empty $OUT,
+    1-s polls)."""
     root = Path(__file__).resolve().parents[1]
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
@@ -768,7 +768,22 @@ def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the
     dl = tmp_path / "dl"
     job = dl / "studies" / "demo" / "sweep" / "0_seed=1"
     (job / "csv").mkdir(parents=True)
-    (job / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,49,0.5\n0,99,0.4\n")
+    (job / "csv" / "metrics.csv").write_text(metrics)
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "DIFFUSION_LAB_ROOT": str(dl), "OUT": str(tmp_path / "out"), "POLL": "1"}
+
+    def watch(limit: int) -> subprocess.CompletedProcess:
+        command = ["bash", "benchmarks/gpu_study_wait.sh", str(limit)]
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+
+    return dl, watch
+
+
+def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the_script(tmp_path):
+    """The watch ends when the started set's process does, though another command line names
+    experiments/all.sh (a device command that merely mentions it kept the old pattern match waiting its whole
+    limit), and packs the studies' text files."""
+    dl, run_watch = _study_watch(tmp_path, "epoch,step,train/loss\n0,49,0.5\n0,99,0.4\n")
     for copy in (
         "raw/sweep/0_seed=1",
         "pooled/raw/demo/sweep/0_seed=1",
@@ -780,18 +795,9 @@ def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the
     threading.Thread(target=study.wait, daemon=True).start()
     decoy = subprocess.Popen(["bash", "-c", "sleep 120; true  # experiments/all.sh"])  # compound: bash stays
     (dl / "all.pid").write_text(f"{study.pid}\n")
-    env = {**os.environ, "DIFFUSION_LAB_ROOT": str(dl), "OUT": str(tmp_path / "out"), "POLL": "1"}
-    (tmp_path / "out").mkdir()
     try:
         started = time.monotonic()
-        watch = subprocess.run(
-            ["bash", "benchmarks/gpu_study_wait.sh", "100"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        watch = run_watch(100)
         elapsed = time.monotonic() - started
     finally:
         decoy.kill()
@@ -805,27 +811,11 @@ def test_the_study_watch_follows_the_started_pid_not_command_lines_that_name_the
 def test_a_watch_that_ends_before_the_studies_says_to_call_again(tmp_path):
     """A study still running when the watch's limit comes lives on that machine only: the watch's closing line
     says to call again at once, and what was measured so far is packed."""
-    root = Path(__file__).resolve().parents[1]
-    repo = tmp_path / "repo"
-    (repo / "benchmarks").mkdir(parents=True)
-    for name in ("gpu_study_wait.sh", "gpu_env.sh", "last_step.awk"):
-        (repo / "benchmarks" / name).write_bytes((root / "benchmarks" / name).read_bytes())
-    dl = tmp_path / "dl"
-    (dl / "studies" / "demo" / "sweep" / "0_seed=1" / "csv").mkdir(parents=True)
-    (dl / "studies" / "demo" / "sweep" / "0_seed=1" / "csv" / "metrics.csv").write_text("epoch,step\n0,49\n")
+    dl, run_watch = _study_watch(tmp_path, "epoch,step\n0,49\n")
     study = subprocess.Popen(["sleep", "60"])
     (dl / "all.pid").write_text(f"{study.pid}\n")
-    (tmp_path / "out").mkdir()
-    env = {**os.environ, "DIFFUSION_LAB_ROOT": str(dl), "OUT": str(tmp_path / "out"), "POLL": "1"}
     try:
-        watch = subprocess.run(
-            ["bash", "benchmarks/gpu_study_wait.sh", "8"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        watch = run_watch(8)
     finally:
         study.kill()
     assert watch.returncode == 0, watch.stderr
