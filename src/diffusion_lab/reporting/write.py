@@ -90,30 +90,61 @@ def _components(jobs: list[Job]) -> list[str]:
 def _code_versions(jobs: list[Job]) -> list[str]:
     """Which code the jobs ran (their runs' ``code_sha256``): one line naming it, or, when they differ, a
     warning that says which jobs ran which, since a difference between them may then come from the code."""
-    by_code: dict[str | None, list[str]] = {}
-    for job in jobs:
-        by_code.setdefault(job.code, []).append(job.label)
-    recorded = [code for code in by_code if code is not None]
-    if not recorded:
-        return []  # runs from before the digest was recorded
-    if len(by_code) == 1:
-        return [f"Code: every job ran one version (`{recorded[0][:12]}`)."]
-    warning = (
-        f"**Code: the jobs ran {len(by_code)} versions**, so a difference between them may come from the code"
+    return _provenance_line(
+        jobs,
+        lambda job: job.code,
+        12,
+        one="Code: every job ran one version (`{}`).",
+        several="**Code: the jobs ran {} versions**, so a difference between them may come from the code",
+        seeds_one=" Each seed's jobs ran one version, so every difference paired by seed compares jobs of one version.",
+        seeds_mixed=" The jobs of seed(s) {} ran more than one version: their paired differences may come from the code.",
     )
-    return [f"{warning}: {_listed(by_code)}.{_versions_within_seeds(jobs)}"]
 
 
-def _versions_within_seeds(jobs: list[Job]) -> str:
-    """Whether the differences paired by seed compare jobs of one version (sweeps of other seeds, run later with
-    newer code, pooled below one folder): a sentence to follow the versions warning, or '' without a seed axis."""
-    mixed = _seeds_that_differ(jobs, lambda job: job.code)
-    if mixed is None:
-        return ""
-    if not mixed:
-        return " Each seed's jobs ran one version, so every difference paired by seed compares jobs of one version."
-    seeds = ", ".join(str(seed) for seed in mixed)
-    return f" The jobs of seed(s) {seeds} ran more than one version: their paired differences may come from the code."
+def _devices(jobs: list[Job]) -> list[str]:
+    """Which GPU model (or the CPU) the jobs trained on, from their provenance: one line naming it, or, when they
+    differ (sweeps of more seeds run on another machine and pooled), a warning saying which jobs ran where and
+    whether each seed's jobs ran on one, so that every difference paired by seed compares jobs of one kind."""
+    return _provenance_line(
+        jobs,
+        lambda job: job.device,
+        None,
+        one="Device: every job ran on one kind (`{}`).",
+        several="**Devices: the jobs ran on {} kinds**, so a difference between them may come from the machine "
+        "(speeds above all)",
+        seeds_one=" Each seed's jobs ran on one kind, so every difference paired by seed compares jobs of one kind.",
+        seeds_mixed=" The jobs of seed(s) {} ran on more than one kind: their paired differences may come from the "
+        "machine.",
+    )
+
+
+def _provenance_line(
+    jobs: list[Job],
+    value: Callable[[Job], str | None],
+    cut: int | None,
+    *,
+    one: str,
+    several: str,
+    seeds_one: str,
+    seeds_mixed: str,
+) -> list[str]:
+    """One line on a value each job's provenance records (code digest, device), shown cut to ``cut``
+    characters: ``one`` with the value where every job has the same; else ``several`` (with the count), which
+    jobs had which, and, with a seed axis (pooled sweeps of other seeds, say), whether each seed's jobs agree
+    (``seeds_one``) or which seeds' do not (``seeds_mixed``, with them). Nothing where none recorded it."""
+    by_value: dict[str | None, list[str]] = {}
+    for job in jobs:
+        by_value.setdefault(value(job), []).append(job.label)
+    recorded = sorted(v for v in by_value if v is not None)
+    if not recorded:
+        return []  # runs from before the value was recorded
+    if len(by_value) == 1:
+        return [one.format(recorded[0][:cut])]
+    mixed = _seeds_that_differ(jobs, value)
+    within = ""
+    if mixed is not None:
+        within = seeds_mixed.format(", ".join(map(str, mixed))) if mixed else seeds_one
+    return [f"{several.format(len(by_value))}: {_listed(by_value, cut)}.{within}"]
 
 
 def _seeds_that_differ(jobs: list[Job], value: Callable[[Job], str | None]) -> list[int] | None:
@@ -126,34 +157,6 @@ def _seeds_that_differ(jobs: list[Job], value: Callable[[Job], str | None]) -> l
     if len(by_seed) < 2:
         return None
     return sorted(seed for seed, values in by_seed.items() if len(values) > 1)
-
-
-def _devices(jobs: list[Job]) -> list[str]:
-    """Which GPU model (or the CPU) the jobs trained on, from their provenance: one line naming it, or, when they
-    differ (sweeps of more seeds run on another machine and pooled), a warning saying which jobs ran where and
-    whether each seed's jobs ran on one, so that every difference paired by seed compares jobs of one kind."""
-    by_device: dict[str | None, list[str]] = {}
-    for job in jobs:
-        by_device.setdefault(job.device, []).append(job.label)
-    recorded = sorted(d for d in by_device if d is not None)
-    if not recorded:
-        return []  # runs from before the device was recorded
-    if len(by_device) == 1:
-        return [f"Device: every job ran on one kind (`{recorded[0]}`)."]
-    mixed = _seeds_that_differ(jobs, lambda job: job.device)
-    within = ""
-    if mixed is not None:
-        within = (
-            f" The jobs of seed(s) {', '.join(map(str, mixed))} ran on more than one kind: their paired "
-            "differences may come from the machine."
-            if mixed
-            else " Each seed's jobs ran on one kind, so every difference paired by seed compares jobs of one kind."
-        )
-    warning = (
-        f"**Devices: the jobs ran on {len(by_device)} kinds**, so a difference between them may come from the "
-        "machine (speeds above all)"
-    )
-    return [f"{warning}: {_listed(by_device, cut=None)}.{within}"]
 
 
 def _listed(by_code: dict[str | None, list[str]], cut: int | None = 12) -> str:
