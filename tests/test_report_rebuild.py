@@ -126,3 +126,13 @@ def test_an_older_kept_copy_below_the_sweep_is_not_kept_again(tmp_path):
         "other",
         "report_settings.json",
     ]
+    # A kept copy under another name than "raw" is gathered under that name, not its parent folder's.
+    shutil.copytree(tmp_path / "kept" / "raw", tmp_path / "kept" / "seeds_1-3")
+    report_main(
+        [str(tmp_path / "kept" / "seeds_1-3"), str(other), "--keep-raw", str(tmp_path / "named" / "raw")]
+    )
+    assert sorted(p.name for p in (tmp_path / "named" / "raw").iterdir()) == [
+        "other",
+        "report_settings.json",
+        "seeds_1-3",
+    ]

@@ -60,8 +60,10 @@ def gathered_names(roots: list[Path]) -> list[str]:
 
 
 def _name(root: Path) -> str:
-    """A sweep's folder name, or for a kept raw copy (``<study>/raw``) its study's."""
-    return root.parent.name if (root / SETTINGS_FILE).is_file() and root.parent.name else root.name
+    """A sweep's folder name, or for a kept raw copy named ``raw`` (``<study>/raw``) its study's: a kept copy
+    under any other name (``--keep-raw seeds_1-3``) already says what it holds."""
+    kept_as_raw = root.name == "raw" and (root / SETTINGS_FILE).is_file() and root.parent.name
+    return root.parent.name if kept_as_raw else root.name
 
 
 def copy_raw(root: Path, dest: Path, report_root: Path | None = None) -> list[Path]:
