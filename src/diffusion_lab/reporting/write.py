@@ -159,12 +159,12 @@ def _seeds_that_differ(jobs: list[Job], value: Callable[[Job], str | None]) -> l
     return sorted(seed for seed, values in by_seed.items() if len(values) > 1)
 
 
-def _listed(by_code: dict[str | None, list[str]], cut: int | None = 12) -> str:
-    """'`digest12` (labels); ...; none recorded (labels)', by value (cut to ``cut`` characters), the unrecorded
-    last."""
+def _listed(by_value: dict[str | None, list[str]], cut: int | None = 12) -> str:
+    """'`value` (labels); ...; none recorded (labels)' for a recorded value (a code digest, a device) and the
+    labels that recorded it, by value (cut to ``cut`` characters), the unrecorded last."""
     parts = [
-        f"`{code[:cut]}` ({', '.join(labels)})" if code else f"none recorded ({', '.join(labels)})"
-        for code, labels in sorted(by_code.items(), key=lambda item: (item[0] is None, item[0] or ""))
+        f"`{value[:cut]}` ({', '.join(labels)})" if value else f"none recorded ({', '.join(labels)})"
+        for value, labels in sorted(by_value.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]
     return "; ".join(parts)
 
