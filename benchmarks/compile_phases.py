@@ -21,8 +21,11 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
                              cached one of its name.
     ptxas_env                cold, then warm twice, on its own caches, with TRITON_PTXAS_PATH pointed at the ptxas
                              torch ships before anything compiles, as inductor's workers do before each build
-                             (torch 2.14's parent does too): if the two builds differ only in which ptxas Triton
-                             hashes into the key, no warm case here builds a kernel again, without waiting.
+                             (torch 2.14's parent does too). On an H100 (2026-12-06) neither warm case built a
+                             kernel again (compile 2.8 s twice) while ``net``'s built 14 and 10 (8.5, 6.3 s): the
+                             two builds differed in which ptxas Triton hashed into the key, and training and
+                             evaluation now do this (``compile_policy.use_torch_ptxas``); the other variants keep
+                             the path they had before, so the pair stays comparable.
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
 the compile parts, graphs, how the graphs met AOTAutograd's and inductor's caches (counts, and the caches' own
@@ -143,18 +146,6 @@ def wait_for_compile_workers(timeout: float = 120.0) -> float | None:
     return round(time.perf_counter() - start, 2)
 
 
-def use_torch_ptxas() -> str | None:
-    """Point Triton at the ptxas torch ships (``TRITON_PTXAS_PATH``), as inductor's compile workers do before each
-    build: the path, or None where this torch has neither that ptxas nor the function. Private API, hence the
-    guard."""
-    try:
-        from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
-    except ImportError:
-        return None
-    _set_triton_ptxas_path()
-    return os.environ.get("TRITON_PTXAS_PATH")
-
-
 def triton_kernels(folder: Path) -> set[str]:
     """The kernels in a Triton cache folder, one ``<hash>/<kernel>`` per compiled kernel."""
     return {
@@ -224,7 +215,7 @@ def case(variant: str, device: str, batch: int) -> dict:
     import torch
     from torch._inductor import config as inductor_config
 
-    from diffusion_lab.compile_policy import compile_network, compile_options, compile_stats
+    from diffusion_lab.compile_policy import compile_network, compile_options, compile_stats, use_torch_ptxas
     from diffusion_lab.nets import unet
 
     if variant not in VARIANTS:

@@ -535,22 +535,6 @@ def test_the_pool_ready_variant_starts_from_nets_caches_as_its_cold_case_left_th
     assert calls[1][2] == ["H0/ptxas_env_cold_kernel", "H1/ptxas_env_warm_kernel"]
 
 
-def test_the_ptxas_variant_points_triton_at_the_ptxas_torch_ships(monkeypatch):
-    """What inductor's workers do before each build, done once in the process; None where torch lacks it."""
-    import sys
-    import types
-
-    phases = load_script("compile_phases")
-    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
-    tasks = types.ModuleType("torch._inductor.runtime.compile_tasks")
-    tasks._set_triton_ptxas_path = lambda: os.environ.setdefault("TRITON_PTXAS_PATH", "/torch/bin/ptxas")
-    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.compile_tasks", tasks)
-    assert phases.use_torch_ptxas() == "/torch/bin/ptxas" == os.environ["TRITON_PTXAS_PATH"]
-    monkeypatch.delenv("TRITON_PTXAS_PATH")
-    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.compile_tasks", types.ModuleType("old_torch"))
-    assert phases.use_torch_ptxas() is None and "TRITON_PTXAS_PATH" not in os.environ
-
-
 def test_a_rebuilt_kernel_is_set_against_the_closest_cached_kernel_of_its_name(tmp_path):
     """What sets a kernel a warm case built apart from the cached ones of its name: the nearest one's differing
     metadata entries, and its texts around their first difference (the TTIR signature: the specialisation)."""

@@ -120,3 +120,46 @@ def test_the_summary_says_how_the_caches_were_met(capsys):
         line
         == "compile cache : AOTAutograd 1 hit, 0 missed, 2 bypassed; inductor graphs 4 hit, 3 missed, 0 bypassed"
     )
+
+
+def test_torchs_ptxas_is_named_for_triton_and_a_users_own_wins(monkeypatch):
+    """What inductor's workers do before each build, done once in the process; None where torch lacks it."""
+    import sys
+    import types
+
+    from diffusion_lab.compile_policy import use_torch_ptxas
+
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    tasks = types.ModuleType("torch._inductor.runtime.compile_tasks")
+    tasks._set_triton_ptxas_path = lambda: os.environ.setdefault("TRITON_PTXAS_PATH", "/torch/bin/ptxas")
+    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.compile_tasks", tasks)
+    assert use_torch_ptxas() == "/torch/bin/ptxas" == os.environ["TRITON_PTXAS_PATH"]
+    monkeypatch.setenv("TRITON_PTXAS_PATH", "/mine/ptxas")
+    assert use_torch_ptxas() == "/mine/ptxas"
+    monkeypatch.delenv("TRITON_PTXAS_PATH")
+    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.compile_tasks", types.ModuleType("old_torch"))
+    assert use_torch_ptxas() is None and "TRITON_PTXAS_PATH" not in os.environ
+
+
+class _PtxasNamed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_compiled_training_names_torchs_ptxas_before_it_compiles(tmp_path, monkeypatch, compiled):
+    """Named before the network compiles (the first build would otherwise key its kernels by Triton's own ptxas),
+    and only where the run compiles."""
+    import diffusion_lab.train as train_module
+
+    def named():
+        raise _PtxasNamed
+
+    monkeypatch.setattr(train_module, "use_torch_ptxas", named)
+    cfg = small_train_cfg(tmp_path, f"compile={str(compiled).lower()}", "trainer.max_steps=1")
+    if compiled:
+        with pytest.raises(_PtxasNamed):
+            train(cfg)
+        assert not list(tmp_path.rglob("*.ckpt"))  # stopped before the first step
+    else:
+        train(cfg)
+        assert list(tmp_path.rglob("*.ckpt"))

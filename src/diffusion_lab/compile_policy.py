@@ -17,6 +17,7 @@ __all__ = [
     "compile_stats",
     "eval_stance",
     "use_compile_cache",
+    "use_torch_ptxas",
 ]
 
 COMPILE_SCOPES = ("net", "blocks")
@@ -99,6 +100,26 @@ def use_compile_cache(folder: str | None) -> None:
     )
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it at each cache access
+
+
+def use_torch_ptxas() -> str | None:
+    """Point Triton at the ptxas torch ships (``TRITON_PTXAS_PATH``) before anything compiles, as inductor's
+    compile workers do before each build: the path, or None where this torch ships no ptxas (a CPU build) or
+    lacks the function (private API, hence the guard); a user's own TRITON_PTXAS_PATH wins.
+
+    Triton's cache key names the ptxas that builds a kernel, so without this a kernel built in the training
+    process (Triton's own ptxas) and the same kernel built by a worker (torch's) are two cache entries, and a warm
+    start builds again whichever of the two its timing asks for: on one H100 (torch 2.11) two warm starts rebuilt
+    14 and 10 of the fused norm op's kernels (compile 8.5 / 6.3 s), and none with this (2.8 s each; BENCHMARKS.md,
+    "Cold and warm starts")."""
+    try:
+        from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
+    except ImportError:
+        return None
+    import os
+
+    _set_triton_ptxas_path()
+    return os.environ.get("TRITON_PTXAS_PATH")
 
 
 def compile_network(net: torch.nn.Module, options: dict[str, Any], scope: str = "net") -> None:

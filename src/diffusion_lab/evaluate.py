@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
 from .cli import checkpoint_argument, command
-from .compile_policy import compile_mode, compile_options, use_compile_cache
+from .compile_policy import compile_mode, compile_options, use_compile_cache, use_torch_ptxas
 from .data.datasets import SPLITS
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
@@ -228,6 +228,7 @@ def load_network(cfg: DictConfig, device: torch.device):
         net = net.to(memory_format=torch.channels_last)
     if compiled:
         use_compile_cache(cfg.get("compile_cache"))
+        use_torch_ptxas()
         net = torch.compile(net, options=options)
     return parts, spec, ckpt, net, compiled
 

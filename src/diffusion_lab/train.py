@@ -39,7 +39,7 @@ from .checkpointing import (
     verify_checkpoint,
 )
 from .cli import CONFIG_DIR, command, experiment_summaries
-from .compile_policy import COMPILE_SCOPES, compile_stats, use_compile_cache
+from .compile_policy import COMPILE_SCOPES, compile_stats, use_compile_cache, use_torch_ptxas
 from .errors import UserError, check_types
 from .io import save_grid, save_samples_npz
 from .metrics_csv import CSVLogger
@@ -319,6 +319,7 @@ def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: floa
     module = build_module(cfg, datamodule.data_shape, num_classes, latent=latent)
     if getattr(module, "compile_mode", None):
         use_compile_cache(cfg.get("compile_cache"))
+        use_torch_ptxas()
     if hasattr(module, "diffusion"):
         if latent is not None and module.diffusion.name != "ddpm":
             raise UserError(
