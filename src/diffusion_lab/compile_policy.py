@@ -107,11 +107,11 @@ def use_torch_ptxas() -> str | None:
     compile workers do before each build: the path, or None where this torch ships no ptxas (a CPU build) or
     lacks the function (private API, hence the guard); a user's own TRITON_PTXAS_PATH wins.
 
-    Triton's cache key names the ptxas that builds a kernel, so without this a kernel built in the training
-    process (Triton's own ptxas) and the same kernel built by a worker (torch's) are two cache entries, and a warm
-    start builds again whichever of the two its timing asks for: on one H100 (torch 2.11) two warm starts rebuilt
-    14 and 10 of the fused norm op's kernels (compile 8.5 / 6.3 s), and none with this (2.8 s each; BENCHMARKS.md,
-    "Cold and warm starts")."""
+    Triton's cache key covers the ptxas a build uses, and the process sets the variable only once it first builds
+    in-process, so without this one kernel can be cached under two keys (built before and after the variable is
+    set, or by a worker), and a warm start builds again whichever its timing asks for: on one H100 (torch 2.11)
+    two warm starts of the training step rebuilt 14 and 10 of the fused norm op's kernels (compile 8.5 / 6.3 s),
+    and none with this set first (2.8 s each; BENCHMARKS.md, "Cold and warm starts")."""
     try:
         from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
     except ImportError:
