@@ -627,12 +627,17 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
 
     common = [f"features={classifier}", f"cache_dir={tmp_path / 'c'}", "metrics=[fid]", "n=8", "n_real=16"]
     common += ["batch_size=4", "steps=[2]"]
+    ptxas_named: list[
+        int
+    ] = []  # Triton pointed at torch's ptxas: once per compiled evaluation, never uncompiled
+    monkeypatch.setattr(ev, "use_torch_ptxas", lambda: ptxas_named.append(len(modes)))
+    modes: list = []
     plain = evaluate(eval_cfg(trained_checkpoint, tmp_path / "a", *common))["rows"][0]
     nhwc = evaluate(eval_cfg(trained_checkpoint, tmp_path / "b", *common, "channels_last=true"))["rows"][0]
     assert nhwc["fd_classifier"] == pytest.approx(plain["fd_classifier"], rel=1e-3, abs=1e-3)
     assert plain["gen_img_per_s_steady"] > 0 and math.isfinite(plain["gen_img_per_s_steady"])
+    assert ptxas_named == []
 
-    modes: list = []
     batches: list[int] = []
 
     def fake_compile(net, options=None):
@@ -646,6 +651,7 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
     evaluate(eval_cfg(trained_checkpoint, tmp_path / "cl", *common, "compile=true", "channels_last=true"))
     # the mode's inductor options; with channels_last, inductor's layout optimization forced on
     assert modes == [{}, {"triton.cudagraphs": True}, {"force_layout_optimization": True}]
+    assert ptxas_named == [0, 1, 2]  # each time before the network was handed to torch.compile
     with pytest.raises(
         UserError, match=r"compile=fastest is not a torch.compile mode; choose from .*max-autotune"
     ):
