@@ -22,9 +22,9 @@ summary prints (``compile_policy.compile_stats``): tracing, AOTAutograd, inducto
     ptxas_env                cold, then warm twice, on its own caches, with TRITON_PTXAS_PATH pointed at the ptxas
                              torch ships before anything compiles, as inductor's workers do before each build
                              (torch 2.14's parent does too). On an H100 (2026-12-06) neither warm case built a
-                             kernel again (compile 2.8 s twice) while ``net``'s built 14 and 10 (8.5, 6.3 s): the
-                             two builds differed in which ptxas Triton hashed into the key, and training and
-                             evaluation now do this (``compile_policy.use_torch_ptxas``); the other variants keep
+                             kernel again (compile 2.8 s twice) while ``net``'s built 14 and 10 (8.5, 6.3 s), each
+                             differing from its cached namesake in the key alone; training and evaluation now
+                             do this (``compile_policy.use_torch_ptxas``); the other variants keep
                              the path they had before, so the pair stays comparable.
 
 Every variant's own cache folders (a variant must not warm another's). One JSON line per case: first step,
