@@ -627,11 +627,11 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
 
     common = [f"features={classifier}", f"cache_dir={tmp_path / 'c'}", "metrics=[fid]", "n=8", "n_real=16"]
     common += ["batch_size=4", "steps=[2]"]
-    ptxas_named: list[
-        int
-    ] = []  # Triton pointed at torch's ptxas: once per compiled evaluation, never uncompiled
-    monkeypatch.setattr(ev, "use_torch_ptxas", lambda: ptxas_named.append(len(modes)))
     modes: list = []
+    # Triton pointed at torch's ptxas: once per compiled evaluation (numbered by the compiles before it), never
+    # for an uncompiled one.
+    ptxas_named: list[int] = []
+    monkeypatch.setattr(ev, "use_torch_ptxas", lambda: ptxas_named.append(len(modes)))
     plain = evaluate(eval_cfg(trained_checkpoint, tmp_path / "a", *common))["rows"][0]
     nhwc = evaluate(eval_cfg(trained_checkpoint, tmp_path / "b", *common, "channels_last=true"))["rows"][0]
     assert nhwc["fd_classifier"] == pytest.approx(plain["fd_classifier"], rel=1e-3, abs=1e-3)
