@@ -15,7 +15,8 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             the same with checkpoints written in the foreground, with cuDNN's heuristics (the default), with the
             fused GroupNorm+SiLU op (model.fused_norm=true), with the blocks compiled regionally
             (compile_scope=blocks), and the op everywhere (fused_true) against auto's op in the compiled step only
-            (fused_auto), one run each of three trainings in a row: the first in empty inductor / Triton
+            (fused_auto), and fused_auto with Triton left on its own ptxas at start (fused_auto_own_ptxas,
+            through benchmarks/train_own_ptxas.py), one run each of three trainings in a row: the first in empty inductor / Triton
             cache folders (cold), then the same command again, twice (warm, warm_again). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
@@ -252,6 +253,9 @@ STARTUP_SETTINGS = {
     "fused_auto": ("net", _pinned("auto", "background", cudnn_autotune="false")),
     "blocks": ("blocks", _pinned("false", "background")),
 }
+# Settings trained through benchmarks/train_own_ptxas.py (Triton on its own ptxas until inductor first builds
+# in-process, as before compile_policy.use_torch_ptxas), each otherwise the setting it names.
+OWN_PTXAS = {"fused_auto_own_ptxas": "fused_auto"}
 
 
 # A startup run's trainings in a row on one cache folder: the second warm start is there because on an H100
@@ -262,11 +266,16 @@ STARTS = ("cold", "warm", "warm_again")
 
 def startup_run(opts: argparse.Namespace, name: str) -> Run:
     """Trainings of experiment=fmnist_fast in a row (``STARTS``) on one cache folder, emptied before the first."""
-    scope, extra = STARTUP_SETTINGS[name]
+    scope, extra = STARTUP_SETTINGS[OWN_PTXAS.get(name, name)]
     env, fresh = cold_caches(Path(opts.work) / name / "cache")
     data = [f"data.root={opts.data_root}"] if opts.data_root else []
+    entry = (
+        [str(ROOT / "benchmarks" / "train_own_ptxas.py")]
+        if name in OWN_PTXAS
+        else ["-m", "diffusion_lab.train"]
+    )
     common = [
-        *(sys.executable, "-m", "diffusion_lab.train", "experiment=fmnist_fast", "trainer.max_time=null"),
+        *(sys.executable, *entry, "experiment=fmnist_fast", "trainer.max_time=null"),
         *(
             "trainer.max_steps=2000",
             "trainer.val_check_interval=500",
@@ -276,11 +285,12 @@ def startup_run(opts: argparse.Namespace, name: str) -> Run:
     ]
     commands = [[*common, f"hydra.run.dir={Path(opts.work) / name / start}"] for start in STARTS]
     settings = {"compile_scope": scope, "overrides": extra, "steps": 2000, "validate_every": 500}
+    settings["ptxas_at_start"] = "triton's own" if name in OWN_PTXAS else "torch's"
     return Run(name, None, settings, commands, "startup", env, fresh, 600.0)
 
 
 def startup(opts: argparse.Namespace) -> list[Run]:
-    return [startup_run(opts, name) for name in STARTUP_SETTINGS]
+    return [startup_run(opts, name) for name in (*STARTUP_SETTINGS, *OWN_PTXAS)]
 
 
 def precompile(opts: argparse.Namespace) -> list[Run]:

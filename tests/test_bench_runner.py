@@ -206,7 +206,7 @@ def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys,
     assert runner.main(argv) == 2
     assert capsys.readouterr().err == (
         "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
-        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks\n"
+        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks, fused_auto_own_ptxas\n"
     )
 
 
@@ -376,7 +376,8 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     opts = runner.parse_args(["startup", "--out", str(tmp_path), "--data-root", "/d"])
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
     assert list(runs) == [
-        "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks"
+        "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks",
+        "fused_auto_own_ptxas",
     ]  # fmt: skip
     for label, run in runs.items():
         cold, warm, again = run.commands
@@ -407,7 +408,16 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
         "fused_true": ["checkpoint_writes=background"],
         "fused_auto": ["checkpoint_writes=background"],
         "blocks": ["checkpoint_writes=background"],
+        "fused_auto_own_ptxas": ["checkpoint_writes=background"],
     }
+    # fused_auto against its own-ptxas baseline: the same training through the script that leaves ptxas alone
+    auto, own = runs["fused_auto"], runs["fused_auto_own_ptxas"]
+    assert auto.commands[0][1:3] == ["-m", "diffusion_lab.train"]
+    assert own.commands[0][1].endswith("/benchmarks/train_own_ptxas.py")
+    assert [
+        a.replace("/fused_auto/", "/fused_auto_own_ptxas/") for a in auto.commands[0][3:]
+    ] == own.commands[0][2:]
+    assert (auto.settings["ptxas_at_start"], own.settings["ptxas_at_start"]) == ("torch's", "triton's own")
     # the op everywhere against auto (the op in the compiled step only): they differ in that alone
     true, auto = runs["fused_true"].commands[0], runs["fused_auto"].commands[0]
     differ = [(a, b) for a, b in zip(true, auto, strict=True) if a.replace("fused_true", "fused_auto") != b]
@@ -866,3 +876,19 @@ def test_the_study_watch_reads_a_jobs_step_from_the_column_named_step(tmp_path):
     assert subprocess.run([*awk, str(csv)], capture_output=True, text=True).stdout == "step 1999\n"
     csv.write_text("epoch,step\n")
     assert subprocess.run([*awk, str(csv)], capture_output=True, text=True).stdout == "no step yet\n"
+
+
+def test_the_own_ptxas_baseline_trains_with_the_ptxas_call_a_no_op():
+    """benchmarks/train_own_ptxas.py: the training it imports holds the no-op, not compile_policy's function."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_own_ptxas.py"
+    probe = "import diffusion_lab.train as t; print(t.use_torch_ptxas.__name__, t.use_torch_ptxas())"
+    code = f"import runpy; runpy.run_path({str(script)!r})['leave_ptxas_alone'](); {probe}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "<lambda> None\n"
+    plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert plain.startswith("use_torch_ptxas ")  # the function itself where the script is not used
+    cfg = subprocess.run(
+        [sys.executable, str(script), "experiment=fmnist_fast", "--cfg", "job"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "task_name: fmnist_fast" in cfg
