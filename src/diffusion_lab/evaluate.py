@@ -607,10 +607,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         continue_summary(summary, earlier, out_dir)
     # Until the last setting is scored the table on disk says it is partial and how many settings it awaits.
     summary["settings"] = len(_as_list(cfg.steps)) * len(guidances) if extractor is not None else 1
-    summary["complete"] = False
-    # Who is scoring it, until it is complete: `status` tells a partial table still being scored from a stopped one.
-    summary["process"] = {"pid": os.getpid(), "host": socket.gethostname()}
-    write_table([], summary, out_dir)  # an evaluation stopped before its first score is on record as started
+    start_record(summary, out_dir)
     if "bpd" in metrics and "bpd" not in summary:
         summary.update(bits_per_dim(parts, datamodule, cfg, device, out_dir))
         write_table([], summary, out_dir)  # the bound is kept if the sampling after it stops
@@ -632,17 +629,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             row.update({k: summary[k] for k in ("bpd",) if k in summary})
     else:
         rows.append({k: summary[k] for k in ("bpd", "bpd_stderr", "bpd_n", "bpd_clip_denoised")})
+    paths = finish_record(
+        rows, summary, extractor.kind if extractor is not None else None, guidances, out_dir
+    )
+    print_done(summary, paths)
+    return {"rows": rows, "summary": summary, "paths": paths}
+
+
+def start_record(summary: dict[str, Any], out_dir: Path) -> None:
+    """Write the table as started and partial, so that an evaluation stopped before its first score is on record."""
+    summary["complete"] = False
+    # Who is scoring it, until it is complete: `status` tells a partial table still being scored from a stopped one.
+    summary["process"] = {"pid": os.getpid(), "host": socket.gethostname()}
+    write_table([], summary, out_dir)
+
+
+def finish_record(
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    kind: str | None,
+    guidances: list[float],
+    out_dir: Path,
+) -> dict[str, str]:
+    """Write the complete table and the steps plot (``kind``: the features the samples were scored on, None
+    where none were); the paths of everything written."""
     summary["complete"] = True
     del summary["process"]
     paths = write_table(rows, summary, out_dir)
-    plot = write_steps_plot(rows, extractor.kind, guidances, out_dir) if extractor is not None else None
+    plot = write_steps_plot(rows, kind, guidances, out_dir) if kind is not None else None
     if plot is not None:
         paths["plot"] = str(plot)
     if "bpd" in summary:
         paths["vlb_csv"] = str(out_dir / "vlb_per_t.csv")
         paths["vlb_plot"] = str(out_dir / "vlb_per_t.png")
-    print_done(summary, paths)
-    return {"rows": rows, "summary": summary, "paths": paths}
+    return paths
 
 
 def continue_summary(summary: dict[str, Any], earlier: dict[str, Any], out_dir: Path) -> None:
