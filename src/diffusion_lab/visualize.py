@@ -377,6 +377,34 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
     """The per-timestep terms L_{t-1} of the variational bound (bits/dim, ``calc_bpd_loop``) over the first ``n``
     images of ``split``; ``clip_denoised`` as evaluate's ``bpd_clip_denoised`` (the same images, seed and setting
     give the same total as ``evaluate``'s bits/dim)."""
+    vb, mse, x0_mse, total, prior = _vlb_terms(cfg)
+    T = vb.shape[1]
+    t = np.arange(1, T + 1)  # the paper's t: term L_{t-1} at index t - 1
+    fig = _plot_vlb(t, vb, mse, x0_mse, float(total.mean()), float(prior.mean()))
+    fig.suptitle(f"{Path(cfg.ckpt_path).name}: n={vb.shape[0]} {cfg.split} images", fontsize=9)
+    fig.tight_layout()
+    rows = [
+        [int(t[i]), float(vb[:, i].mean()), float(mse[:, i].mean()), float(x0_mse[:, i].mean())]
+        for i in range(T)
+    ]
+    data = _save_csv(out.with_suffix(".csv"), ["t", "vb_bits_per_dim", "eps_mse", "x0_mse"], rows)
+    summary = {
+        "total_bpd": float(total.mean()),
+        "total_bpd_stderr": float(total.std() / math.sqrt(len(total))) if len(total) > 1 else float("nan"),
+        "prior_bpd": float(prior.mean()),
+        "n": int(vb.shape[0]),
+        "split": str(cfg.split),
+        "seed": int(cfg.seed),
+        "clip_denoised": bool(cfg.clip_denoised),
+    }
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return {"png": _save_fig(fig, out.with_suffix(".png")), "data": data, "summary": out.with_suffix(".json")}
+
+
+def _vlb_terms(cfg: DictConfig) -> tuple[torch.Tensor, ...]:
+    """Per-image terms of the bound over ``cfg``'s images: (vb (N, T), ε MSE (N, T), x_0 MSE (N, T), total (N,),
+    prior (N,)), in float64 on the CPU."""
     from .build import load_checkpoint
     from .evaluate import build_datamodule
     from .sample import resolve_device
@@ -401,21 +429,22 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
         )
         for chunk in images.split(int(cfg.batch_size))
     ]
-    vb, mse, x0_mse, total, prior = (
+    return tuple(
         torch.cat([r[key].cpu().double() for r in results])
         for key in ("vb", "mse", "x0_mse", "total_bpd", "prior_bpd")
     )
-    T = vb.shape[1]
-    t = np.arange(1, T + 1)  # the paper's t: term L_{t-1} at index t - 1
+
+
+def _plot_vlb(
+    t: np.ndarray, vb: torch.Tensor, mse: torch.Tensor, x0_mse: torch.Tensor, total: float, prior: float
+):
+    """The mean terms per timestep (log scale) beside the two prediction errors; ``total`` and ``prior`` in
+    bits/dim."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(t, vb.mean(0).numpy(), label="L_{t-1}")
-    axes[0].axhline(
-        float(prior.mean()), color="gray", ls="--", label=f"prior L_T = {float(prior.mean()):.3g}"
-    )
-    axes[0].set(
-        xlabel="timestep t", ylabel="bits/dim", title=f"VLB terms (total {float(total.mean()):.3f} bpd)"
-    )
+    axes[0].axhline(prior, color="gray", ls="--", label=f"prior L_T = {prior:.3g}")
+    axes[0].set(xlabel="timestep t", ylabel="bits/dim", title=f"VLB terms (total {total:.3f} bpd)")
     axes[0].set_yscale("log")
     axes[1].plot(t, mse.mean(0).numpy(), label="ε MSE")
     axes[1].plot(t, x0_mse.mean(0).numpy(), label="x_0 MSE")
@@ -423,25 +452,7 @@ def figure_vlb(cfg: DictConfig, out: Path) -> dict[str, Path]:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{Path(cfg.ckpt_path).name}: n={vb.shape[0]} {cfg.split} images", fontsize=9)
-    fig.tight_layout()
-    rows = [
-        [int(t[i]), float(vb[:, i].mean()), float(mse[:, i].mean()), float(x0_mse[:, i].mean())]
-        for i in range(T)
-    ]
-    data = _save_csv(out.with_suffix(".csv"), ["t", "vb_bits_per_dim", "eps_mse", "x0_mse"], rows)
-    summary = {
-        "total_bpd": float(total.mean()),
-        "total_bpd_stderr": float(total.std() / math.sqrt(len(total))) if len(total) > 1 else float("nan"),
-        "prior_bpd": float(prior.mean()),
-        "n": int(vb.shape[0]),
-        "split": str(cfg.split),
-        "seed": int(cfg.seed),
-        "clip_denoised": bool(cfg.clip_denoised),
-    }
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    return {"png": _save_fig(fig, out.with_suffix(".png")), "data": data, "summary": out.with_suffix(".json")}
+    return fig
 
 
 FIGURES: dict[str, Callable[[DictConfig, Path], dict[str, Path]]] = {
