@@ -220,76 +220,84 @@ class UNet(nn.Module):
         super().__init__()
         self.config = cfg = UNetConfig(**kwargs)
         ch = cfg.base_channels
-        emb_dim = 4 * ch  # 512 for Ho et al.'s CIFAR-10 network
-
-        def heads(channels: int) -> int:
-            return channels // cfg.num_head_channels if cfg.num_head_channels != -1 else cfg.num_heads
-
-        def res(c_in: int, c_out: int, **kw) -> ResBlock:
-            return ResBlock(
-                c_in,
-                c_out,
-                emb_dim,
-                cfg.dropout,
-                cfg.groups,
-                cfg.use_scale_shift_norm,
-                norm_eps=cfg.norm_eps,
-                fused_norm=cfg.fused_norm,
-                **kw,
-            )
-
-        def attn(channels: int) -> AttentionBlock:
-            return AttentionBlock(channels, heads(channels), cfg.groups, cfg.norm_eps)
-
+        self.emb_dim = emb_dim = 4 * ch  # 512 for Ho et al.'s CIFAR-10 network
         # timestep: sinusoidal(ch) -> Linear -> SiLU -> Linear, to emb_dim
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # classes: one extra row, index num_classes, is the null label used for classifier-free guidance
         self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
-
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        # Built in this order (down, mid, up, out): each layer draws its initial weights from the seed in turn.
+        self.down, skip_channels, c, size = self._down_path()
+        self.mid = nn.ModuleList([self._res(c, c), self._attn(c), self._res(c, c)])
+        self.up, c = self._up_path(skip_channels, c, size)
+        self.norm_out = GroupNormSiLU(cfg.groups, c, cfg.norm_eps, cfg.fused_norm)
+        self.conv_out = zero_module(nn.Conv2d(c, cfg.out_channels, 3, padding=1))
+        self._init_weights()
 
-        # Down path: a flat list of blocks, each a ModuleList [ResBlock(, Attn)] or [Downsample] (or
-        # [ResBlock(down=True)]); every block's output is one skip activation for the up path.
+    def _res(self, c_in: int, c_out: int, **kw) -> ResBlock:
+        cfg = self.config
+        return ResBlock(
+            c_in,
+            c_out,
+            self.emb_dim,
+            cfg.dropout,
+            cfg.groups,
+            cfg.use_scale_shift_norm,
+            norm_eps=cfg.norm_eps,
+            fused_norm=cfg.fused_norm,
+            **kw,
+        )
+
+    def _attn(self, channels: int) -> AttentionBlock:
+        cfg = self.config
+        heads = channels // cfg.num_head_channels if cfg.num_head_channels != -1 else cfg.num_heads
+        return AttentionBlock(channels, heads, cfg.groups, cfg.norm_eps)
+
+    def _down_path(self) -> tuple[nn.ModuleList, list[int], int, int]:
+        """A flat list of blocks, each a ModuleList [ResBlock(, Attn)] or [Downsample] (or [ResBlock(down=True)]);
+        every block's output is one skip activation for the up path. Also: the skips' channels (conv_in's
+        first), and the channels and feature-map size at the bottom."""
+        cfg = self.config
+        ch = cfg.base_channels
         skip_channels = [ch]  # conv_in output
-        self.down = nn.ModuleList()
+        down = nn.ModuleList()
         c, size = ch, cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
             c_out = ch * mult
             for _ in range(cfg.num_res_blocks):
-                block = nn.ModuleList([res(c, c_out)])
+                block = nn.ModuleList([self._res(c, c_out)])
                 c = c_out
                 if size in cfg.attention_resolutions:
-                    block.append(attn(c))
-                self.down.append(block)
+                    block.append(self._attn(c))
+                down.append(block)
                 skip_channels.append(c)
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(
-                    nn.ModuleList([res(c, c, down=True) if cfg.resblock_updown else Downsample(c)])
+                down.append(
+                    nn.ModuleList([self._res(c, c, down=True) if cfg.resblock_updown else Downsample(c)])
                 )
                 skip_channels.append(c)
                 size //= 2
+        return down, skip_channels, c, size
 
-        self.mid = nn.ModuleList([res(c, c), attn(c), res(c, c)])
-
-        # Up path: num_res_blocks + 1 blocks per level, each first concatenating one skip; the last block of
-        # each level but the top one ends with the upsampler.
-        self.up = nn.ModuleList()
+    def _up_path(self, skip_channels: list[int], c: int, size: int) -> tuple[nn.ModuleList, int]:
+        """num_res_blocks + 1 blocks per level, each first concatenating one skip (taken from the end of
+        ``skip_channels``, all of them used); the last block of each level but the top one ends with the
+        upsampler. Also: the channels at the top."""
+        cfg = self.config
+        up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            c_out = ch * mult
+            c_out = cfg.base_channels * mult
             for i in range(cfg.num_res_blocks + 1):
-                block = nn.ModuleList([res(c + skip_channels.pop(), c_out)])
+                block = nn.ModuleList([self._res(c + skip_channels.pop(), c_out)])
                 c = c_out
                 if size in cfg.attention_resolutions:
-                    block.append(attn(c))
+                    block.append(self._attn(c))
                 if level != 0 and i == cfg.num_res_blocks:
-                    block.append(res(c, c, up=True) if cfg.resblock_updown else Upsample(c))
+                    block.append(self._res(c, c, up=True) if cfg.resblock_updown else Upsample(c))
                     size *= 2
-                self.up.append(block)
+                up.append(block)
         assert not skip_channels
-
-        self.norm_out = GroupNormSiLU(cfg.groups, c, cfg.norm_eps, cfg.fused_norm)
-        self.conv_out = zero_module(nn.Conv2d(c, cfg.out_channels, 3, padding=1))
-        self._init_weights()
+        return up, c
 
     def _init_weights(self) -> None:
         # Ho et al. initialise every conv/dense with variance_scaling(1, fan_avg, uniform) == Xavier uniform
