@@ -142,9 +142,10 @@ def scancel(job_id: str, *options: str) -> None:
     subprocess.run(["timeout", "3", "scancel", *options, job_id], capture_output=True)
 
 
-def preempt_when_paused(sweep: Path, how: dict[str, object], timeout: float = 240) -> dict[str, str]:
+def preempt_when_paused(sweep: Path, how: dict[str, object], timeout: float = 400) -> dict[str, str]:
     """Call ``how[name](job id)`` for each job ``<num>_<name>`` once it holds at its pause; returns the SLURM
-    job ids by name."""
+    job ids by name. The wait ends at the last pause; its limit, the sweep's own (``finish``), only bounds a
+    job that never gets there (on a loaded 2-core machine one job had not reached its pause after 240 s)."""
     done: dict[str, str] = {}
     deadline = time.time() + timeout
     while len(done) < len(how) and time.time() < deadline:
