@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -86,7 +87,6 @@ def use_compile_cache(folder: str | None) -> None:
     """
     if not folder:
         return
-    import os
     from pathlib import Path
 
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -116,8 +116,6 @@ def use_torch_ptxas() -> str | None:
         from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
     except ImportError:
         return None
-    import os
-
     _set_triton_ptxas_path()
     return os.environ.get("TRITON_PTXAS_PATH")
 
