@@ -61,6 +61,7 @@ def test_long_job_names_are_shortened_to_the_varying_overrides():
     )
 
 
+@pytest.mark.slow  # three training processes: ~35 s on 2 cores
 def test_cpu_sweep_runs_in_parallel_and_records_the_failed_job(tmp_path):
     proc, sweep = run_sweep(
         tmp_path,
@@ -173,6 +174,7 @@ def seen_by_jobs(status: dict) -> list[dict]:
     return [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in status["jobs"]]
 
 
+@pytest.mark.slow  # five job processes each: ~20 s on 2 cores
 @pytest.mark.parametrize(
     "launcher,expect_parallel,gpus_per_job,pool",
     [
@@ -205,6 +207,7 @@ def test_jobs_get_their_own_gpus_and_queue_for_them(tmp_path, launcher, expect_p
     assert json.loads(returns[0].read_text()) == {"return_value": 10} and not returns[3].exists()
 
 
+@pytest.mark.slow  # six job processes: ~25 s on 2 cores
 def test_jobs_share_gpus_with_jobs_per_gpu(tmp_path):
     """jobs_per_gpu=2 on GPUs 1 and 3: four jobs at once, two per GPU, spread (never three on one GPU)."""
     proc, sweep = run_fake_app(
@@ -268,6 +271,7 @@ def test_gpu_jobs_get_a_share_of_the_cores_unless_omp_num_threads_is_set(
     assert job_env(job, tmp_path, pool._cuda_devices(gpus), pool._parallel)["OMP_NUM_THREADS"] == "5"
 
 
+@pytest.mark.slow  # two jobs of two DDP processes: ~40 s on 2 cores
 def test_ddp_inside_a_sweep_job(tmp_path):
     """Lightning DDP relaunches the job's own command line (a plain single run under hydra.run.dir): two jobs
     side by side, each of 2 processes (CPU, gloo), each in its own directory."""
@@ -311,6 +315,7 @@ def test_a_job_folder_can_be_passed_on_as_a_quoted_override():
     assert parsed.value() == path
 
 
+@pytest.mark.slow  # two job processes: ~18 s on 2 cores
 def test_a_job_stopped_by_a_signal_is_recorded_interrupted_not_completed(tmp_path):
     proc, sweep = run_fake_app(tmp_path, "x=1,2", "stop_x=2", "sleep=0")
     assert proc.returncode != 0

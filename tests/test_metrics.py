@@ -359,6 +359,7 @@ def _ddp_worker(rank: int, world: int, port: int, real_f: Tensor, fake_f: Tensor
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes: ~12 s on 2 cores
 def test_sample_quality_ddp_gloo_every_rank_gets_global_result():
     g = torch.Generator().manual_seed(0)
     real_f, fake_f = torch.randn(100, 6, generator=g), torch.randn(80, 6, generator=g) + 0.3

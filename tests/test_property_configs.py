@@ -62,6 +62,7 @@ def report(tmp_path_factory):
         assert len(TRIED) == documented_count(r"hypothesis, (\d+) distinct combinations"), record
 
 
+@pytest.mark.slow  # 60 trainings: 1-1.5 min on 2 cores
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,

@@ -204,6 +204,7 @@ def test_a_new_run_is_refused_in_a_folder_that_holds_one(tmp_path):
     assert resumed["global_step"] == 6
 
 
+@pytest.mark.slow  # two training processes: ~20 s on 2 cores
 def test_the_command_line_refuses_it_before_hydra_rewrites_the_runs_record(tmp_path):
     import subprocess
     import sys

@@ -127,6 +127,7 @@ def _gloo_worker(rank: int, world: int, port: int, clf: str, cache: str, q) -> N
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes: ~14 s on 2 cores
 def test_scores_on_two_processes_equal_one_process(tmp_path):
     clf = save_tiny_classifier(tmp_path / "clf8.pt", 8)
     with socket.socket() as s:
@@ -266,6 +267,7 @@ def test_training_logs_fd_and_keeps_the_best_fd_checkpoint(classifier28, tmp_pat
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
 
 
+@pytest.mark.slow  # a two-process training: ~15 s on 2 cores
 def test_ddp_sim_training_logs_the_one_process_fid(classifier28, tmp_path):
     """Two CPU processes (ddp_spawn) share the samples; the FID they log is the one a single process computes
     from the same (EMA) weights, those of the best-FID checkpoint."""
