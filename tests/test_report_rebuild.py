@@ -15,10 +15,12 @@ from diffusion_lab.reporting.runs import find_jobs
 from synthetic_sweep import example_study, seeded_sweep, write_job
 
 REPO = Path(__file__).resolve().parents[1]
-# Every committed study folder with raw data, and the small synthetic one the tests ship.
-STUDIES = sorted(p.parent for p in (REPO / "experiments" / "results").glob("*/*/raw")) + [
-    REPO / "tests" / "data" / "report_study"
-]
+# Every committed study folder with raw data (2-12 s each, about 100 s in all on 2 cores: marked slow, so CI
+# rebuilds them all), and the small synthetic one the tests ship, which make test rebuilds.
+STUDIES = [
+    pytest.param(p.parent, marks=pytest.mark.slow)
+    for p in sorted((REPO / "experiments" / "results").glob("*/*/raw"))
+] + [REPO / "tests" / "data" / "report_study"]
 
 
 def _figures(folder: Path) -> list[str]:
