@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from diffusion_lab import train as train_module
+from diffusion_lab import training as train_module
 from diffusion_lab.overrides import override_key
 from diffusion_lab.train import CONFIG_DIR, compose_config
 

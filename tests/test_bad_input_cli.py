@@ -40,8 +40,8 @@ CASES = [
         ["schedule=cosin"],
         "schedule=cosin is not an option of schedule; choose one of: cosine, linear, quadratic, sigmoid",
     ),
-    slow_case("train", ["trainer.max_stepz=5"], "did you mean trainer.max_steps?"),
-    slow_case("train", ["trainer.max_steps=[1,"], "cannot parse the override 'trainer.max_steps=[1,'"),
+    ("train", ["trainer.max_stepz=5"], "did you mean trainer.max_steps?"),
+    ("train", ["trainer.max_steps=[1,"], "cannot parse the override 'trainer.max_steps=[1,'"),
     slow_case("train", ["loss=vlb", "weighting=snr"], "loss=vlb is the true bound"),
     slow_case("train", ["data=mnist", "data.root={missing}"], "MNIST train files not found"),
     slow_case("train", ["data=image_folder", "data.root={empty}"], "holds no images"),
@@ -218,6 +218,29 @@ def test_full_trace_with_hydra_full_error(tmp_path):
     assert (
         "Traceback" in proc.stderr and "UserError: trainer.max_steps='abc' must be an integer" in proc.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["schedule=cosin"], ["trainer.max_stepz=5"], ["-m", "schedule=linear,cosin"]],
+    ids=["option", "key", "sweep"],
+)
+def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(args, tmp_path):
+    """What Hydra refuses while composing (a group's option, a key, a sweep's values) is refused before the run's
+    imports (Lightning, torch: most of a start-up's seconds), so a typo costs about a second."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('diffusion_lab.train', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, sorted(m for m in ('lightning', 'torch') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.stdout.splitlines()[-1] == "exit 2 []", proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_case_count():

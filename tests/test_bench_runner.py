@@ -320,7 +320,7 @@ def test_one_seed_gives_no_verdict(runner):
 
 
 def test_ours_result_is_read_from_the_train_summary_and_the_evaluation_row(runner, capsys, tmp_path):
-    from diffusion_lab.train import print_summary
+    from diffusion_lab.training import print_summary
 
     print_summary(
         {
@@ -436,7 +436,7 @@ CACHE_KEYS = [key for key, _, _ in CACHE_COUNTERS]
 
 
 def test_startup_rows_are_read_from_the_train_summary(runner, capsys, tmp_path):
-    from diffusion_lab.train import print_summary
+    from diffusion_lab.training import print_summary
 
     outs = []
     for startup, first, compiling in ((84.4, 61.2, 54.7), (19.3, 9.8, 4.1), (9.0, 4.2, 2.7)):
@@ -881,13 +881,13 @@ def test_the_study_watch_reads_a_jobs_step_from_the_column_named_step(tmp_path):
 def test_the_own_ptxas_baseline_trains_with_the_ptxas_call_a_no_op():
     """benchmarks/train_own_ptxas.py: the training it imports holds the no-op, not compile_policy's function."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_own_ptxas.py"
-    probe = "import diffusion_lab.train as t; print(t.use_torch_ptxas.__name__, t.use_torch_ptxas())"
+    probe = "import diffusion_lab.training as t; print(t.use_torch_ptxas.__name__, t.use_torch_ptxas())"
     code = f"import runpy; runpy.run_path({str(script)!r})['leave_ptxas_alone'](); {probe}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "<lambda> None\n"
-    from diffusion_lab import compile_policy, train  # the function itself where the script is not used
+    from diffusion_lab import compile_policy, training  # the function itself where the script is not used
 
-    assert train.use_torch_ptxas is compile_policy.use_torch_ptxas
+    assert training.use_torch_ptxas is compile_policy.use_torch_ptxas
     assert compile_policy.use_torch_ptxas.__name__ == "use_torch_ptxas"
     cfg = subprocess.run(
         [sys.executable, str(script), "experiment=fmnist_fast", "--cfg", "job"],

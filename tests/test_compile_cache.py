@@ -111,7 +111,7 @@ def test_the_cache_outcomes_are_dynamos_counts_and_absent_without_inductor():
 
 
 def test_the_summary_says_how_the_caches_were_met(capsys):
-    from diffusion_lab.train import print_summary
+    from diffusion_lab.training import print_summary
 
     outcomes = dict(zip([k for k, _, _ in CACHE_COUNTERS], (1, 0, 2, 4, 3, 0)))
     print_summary({"output_dir": "x", "global_step": 2, "metrics": {}, "wall_time_s": 1.0, **outcomes})
@@ -149,7 +149,7 @@ class _PtxasNamed(Exception):
 def test_a_compiled_training_names_torchs_ptxas_before_it_compiles(tmp_path, monkeypatch, compiled):
     """Named before the network compiles (the first build would otherwise key its kernels by Triton's own ptxas),
     and only where the run compiles."""
-    import diffusion_lab.train as train_module
+    import diffusion_lab.training as train_module
 
     def named():
         raise _PtxasNamed

@@ -37,7 +37,7 @@ from conftest import (
     small_train_cfg,
 )
 from diffusion_lab import checkpointing
-from diffusion_lab import train as train_module
+from diffusion_lab import training as train_module
 from diffusion_lab.build import CheckpointError, build_module, load_checkpoint
 from diffusion_lab.callbacks import EMA
 from diffusion_lab.checkpointing import (
@@ -51,7 +51,8 @@ from diffusion_lab.checkpointing import (
 )
 from diffusion_lab.errors import NonFiniteError, UserError
 from diffusion_lab.module import CHECKPOINT_KEY
-from diffusion_lab.train import check_output_dir, resolve_ckpt_path, train, trainer_plugins
+from diffusion_lab.train import train
+from diffusion_lab.training import check_output_dir, resolve_ckpt_path, trainer_plugins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.trainer.states import RunningStage
 
 from conftest import add_trainer_callbacks, small_train_cfg
-from diffusion_lab import train as train_module
+from diffusion_lab import training as train_module
 from diffusion_lab.checkpointing import verify_checkpoint
 from diffusion_lab.run_status import read_run_status
 from diffusion_lab.train import train

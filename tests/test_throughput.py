@@ -64,7 +64,7 @@ def test_each_validation_is_timed_apart_and_left_out_of_the_startup_cost(clock):
 
 
 def test_the_summary_line_sets_the_first_validation_apart():
-    from diffusion_lab.train import validation_line
+    from diffusion_lab.training import validation_line
 
     assert validation_line([6.04, 0.5, 0.3]) == "3 runs, 6.8 s (the first 6.0 s, the others 0.4 s on average)"
     assert validation_line([2.0]) == "1 run, 2.0 s"

@@ -20,13 +20,13 @@ from conftest import (
     group_options,
     small_train_cfg,
 )
-from diffusion_lab import train as train_module
+from diffusion_lab import training as train_module
 from diffusion_lab.build import build_parts, load_checkpoint
 from diffusion_lab.callbacks import EMA
 from diffusion_lab.data.datasets import TOY_KINDS
 from diffusion_lab.errors import UserError
 from diffusion_lab.module import CHECKPOINT_KEY
-from diffusion_lab.train import train
+from diffusion_lab.train import CONFIG_DIR, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,7 +93,7 @@ def test_default_config_uses_the_gpu_where_there_is_one_and_make_train_the_cpu_e
     CPU-sized experiment explicitly, with any ARGS after it."""
     default = compose_train()
     assert default.trainer.accelerator == "auto" and default.trainer.max_time is None
-    repo = Path(train_module.CONFIG_DIR).parent
+    repo = Path(CONFIG_DIR).parent
     # Run inside `make test` too: the outer make's flags (-w: "Entering directory" lines) must not leak in.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(

@@ -7,7 +7,7 @@ checkpoint, so sampling and evaluation rebuild exactly what was trained, with no
 The rule (docs/ARCHITECTURE.md): every part is built from its config group's ``_target_``; the diffusion parts
 and the network go through ``make_spec`` / ``build_parts`` here, so that their resolved configs travel in each
 checkpoint as plain data, while Lightning-side objects (data, callbacks, loggers, trainer, optimizer partials)
-are instantiated by ``train.py``. The name registries (``build_schedule("cosine")``, ``SAMPLERS``, ...) are the
+are instantiated by ``training.py``. The name registries (``build_schedule("cosine")``, ``SAMPLERS``, ...) are the
 library's shorthand for code and tests and for a command's ``sampler=NAME``; they are not used here.
 """
 

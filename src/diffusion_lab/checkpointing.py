@@ -1,6 +1,6 @@
 """Checkpoints that survive a kill at any instant, and a check that a checkpoint is whole before resuming.
 
-``AtomicCheckpointIO`` replaces Lightning's ``TorchCheckpointIO`` (train.py passes it to the Trainer). Lightning
+``AtomicCheckpointIO`` replaces Lightning's ``TorchCheckpointIO`` (training.py passes it to the Trainer). Lightning
 writes through an fsspec transaction whose temporary file lies in the system temp folder, so on another file
 system the final "move" is a copy: a kill during it leaves a truncated checkpoint under the final name, and
 nothing is fsynced. Here each checkpoint is streamed to a temporary file *in the same folder*, hashed as it is

@@ -24,7 +24,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UserError, refuse
@@ -171,6 +170,9 @@ def record_run(cfg: DictConfig, output_dir: Path, resume_overrides: list[str] | 
     """A fresh run's config in ``output_dir/.hydra/config.yaml`` (Hydra has written it for a command-line run; a
     run started from Python gets the same record) and its provenance beside it, never rewritten; a resume's
     overrides, config and provenance in ``.hydra/resume_<n>/``."""
+    # Imported here: the command line loads this module before Lightning (see ``diffusion_lab.train``).
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     if rank_zero_only.rank != 0:
         return
     stored = output_dir / STORED

@@ -3,14 +3,14 @@
 
 On the signal the handler only sets a flag. At the next training-batch end (after the EMA has averaged that
 step) the callback writes ``<run dir>/checkpoints/last.ckpt`` (atomically, through the Trainer's checkpoint
-plugin: ``final_checkpoint.save_last_checkpoint``), sets ``trainer.should_stop`` and records why; ``train.py``
+plugin: ``final_checkpoint.save_last_checkpoint``), sets ``trainer.should_stop`` and records why; ``training.py``
 then skips the final samples and prints how to resume (``ckpt_path=last resume_dir=<run dir>``). A second
 signal changes nothing, except a second Ctrl-C, which stops at once as Ctrl-C does without this callback
 (Lightning saves last.ckpt of the current step through ``FinalCheckpoint``, with the RNG and the loader as they
 are then, so that resume is not exact). Why Ctrl-C waits for the step's end: pressed mid-step, the step's noise
 and timesteps are drawn and the next batch is fetched, so a checkpoint then would resume with other random draws
 and one batch skipped; at the batch end the state is that of a step checkpoint. SIGKILL cannot be caught (the
-periodic step checkpoints cover it). A signal that comes after the fit, while ``train.py`` writes the final
+periodic step checkpoints cover it). A signal that comes after the fit, while ``training.py`` writes the final
 samples (``Preemption.after_fit``), stops them at once: last.ckpt holds every step, the run is recorded as
 stopped by the signal, and its resume writes the samples.
 
