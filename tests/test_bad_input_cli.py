@@ -221,18 +221,25 @@ def test_full_trace_with_hydra_full_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["schedule=cosin"], ["trainer.max_stepz=5"], ["-m", "schedule=linear,cosin"]],
-    ids=["option", "key", "sweep"],
+    "entry,args",
+    [
+        ("train", ["schedule=cosin"]),
+        ("train", ["trainer.max_stepz=5"]),
+        ("train", ["-m", "schedule=linear,cosin"]),
+        ("export", ["format=onnx"]),
+        ("import_model", ["src=no_such_folder", "out=x.ckpt"]),
+    ],
+    ids=["train-option", "train-key", "train-sweep", "export-format", "import_model-src"],
 )
-def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(args, tmp_path):
-    """What Hydra refuses while composing (a group's option, a key, a sweep's values) is refused before the run's
-    imports (Lightning, torch: most of a start-up's seconds), so a typo costs about a second."""
+def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(entry, args, tmp_path):
+    """What Hydra refuses while composing (a group's option, a key, a sweep's values) and a command's own argument
+    checks are refused before the heavy imports (Lightning, torch: most of a start-up's seconds), so a typo costs
+    about a second."""
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['train', *{args!r}]\n"
+        f"sys.argv = [{entry!r}, *{args!r}]\n"
         "try:\n"
-        "    runpy.run_module('diffusion_lab.train', run_name='__main__', alter_sys=True)\n"
+        f"    runpy.run_module('diffusion_lab.{entry}', run_name='__main__', alter_sys=True)\n"
         "except SystemExit as stop:\n"
         "    print('exit', stop.code, sorted(m for m in ('lightning', 'torch') if m in sys.modules))\n"
     )

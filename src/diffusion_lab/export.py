@@ -15,7 +15,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .build import load_checkpoint
 from .cli import checkpoint_argument, command
 from .errors import UserError, check_types, require_writable
 
@@ -48,6 +47,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise UserError("out= is required: the folder to write the diffusers pipeline into")
     ckpt = checkpoint_argument(cfg, required=True)
     out = output_folder(str(cfg.out), bool(cfg.overwrite))
+    # The command's imports stop at the arguments' checks: torch and the parts load once they pass, so a wrong
+    # argument is refused in about a second.
+    from .build import load_checkpoint
+
     parts, spec, _ = load_checkpoint(ckpt, map_location="cpu")
     if parts.diffusion.name != "ddpm":
         raise UserError(

@@ -16,11 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .checkpointing import atomic_torch_save
 from .cli import command
 from .errors import UserError, check_types, require_writable
 from .export import check_format
-from .module import CHECKPOINT_KEY
 
 __all__ = ["import_model", "main"]
 
@@ -43,7 +41,10 @@ def check_arguments(cfg: DictConfig) -> tuple[Path, Path]:
 def import_model(cfg: DictConfig) -> dict[str, Any]:
     """Write the pipeline folder ``cfg.src`` as the checkpoint ``cfg.out``; returns what was written."""
     src, out = check_arguments(cfg)
+    # Loaded once the arguments pass (as in export), so a wrong argument is refused in about a second.
+    from .checkpointing import atomic_torch_save
     from .interop.diffusers_folder import checkpoint_from_folder
+    from .module import CHECKPOINT_KEY
 
     ckpt, difference = checkpoint_from_folder(src)
     atomic_torch_save(ckpt, out)
