@@ -188,6 +188,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# Set in the test process by the compile policy (compile_cache=, Triton's ptxas) when a test trains or evaluates
+# with compile on: left behind, they would reach every later test's subprocesses (cli_env copies os.environ),
+# where a user's own TORCHINDUCTOR_CACHE_DIR is honoured.
+COMPILE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_PTXAS_PATH")
+
+
+@pytest.fixture(autouse=True)
+def restore_compile_env():
+    before = {key: os.environ.get(key) for key in COMPILE_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def wandb_offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -15,8 +15,8 @@ import torch
 import diffusion_lab
 from conftest import CPU_ONLY, SMALL_RUN, compose_train, dedupe_overrides
 from diffusion_lab.build import load_checkpoint
-from diffusion_lab.sample import choose_sampler
 from diffusion_lab.samplers import SAMPLERS
+from diffusion_lab.sampling import choose_sampler
 from diffusion_lab.train import train
 
 # A user's own package: each part subclasses the documented base class.

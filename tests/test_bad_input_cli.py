@@ -226,10 +226,26 @@ def test_full_trace_with_hydra_full_error(tmp_path):
         ("train", ["schedule=cosin"]),
         ("train", ["trainer.max_stepz=5"]),
         ("train", ["-m", "schedule=linear,cosin"]),
+        ("sample", ["schedule=cosine", "ckpt=x.ckpt"]),
+        ("sample", ["ckpt=x.ckpt", "n=0"]),
+        ("evaluate", ["ckpt=x.ckpt", "metrics=[fid,bogus]"]),
+        ("evaluate", ["ckpt=x.ckpt", "sampler=ddmi"]),
+        ("features", ["epochz=3"]),
         ("export", ["format=onnx"]),
         ("import_model", ["src=no_such_folder", "out=x.ckpt"]),
     ],
-    ids=["train-option", "train-key", "train-sweep", "export-format", "import_model-src"],
+    ids=[
+        "train-option",
+        "train-key",
+        "train-sweep",
+        "sample-fixed-part",
+        "sample-count",
+        "evaluate-metric",
+        "evaluate-sampler",
+        "features-key",
+        "export-format",
+        "import_model-src",
+    ],
 )
 def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(entry, args, tmp_path):
     """What Hydra refuses while composing (a group's option, a key, a sweep's values) and a command's own argument

@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters, cumulative_time_spent_ns
 
 from conftest import small_train_cfg
 from diffusion_lab.compile_policy import CACHE_COUNTERS, cache_outcomes, compile_phases, use_compile_cache
+from diffusion_lab.errors import UserError
 from diffusion_lab.train import train
 
 
@@ -57,6 +58,16 @@ def test_a_cache_folder_the_user_set_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     use_compile_cache(str(tmp_path / "configured"))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    assert not (tmp_path / "configured").exists()  # not created: it is not used
+
+
+def test_an_unwritable_cache_folder_is_refused_even_where_the_users_folder_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(
+        UserError, match=r"^compile_cache='.*a_file/cc' cannot be written: .*a_file is a file"
+    ):
+        use_compile_cache(str(tmp_path / "a_file" / "cc"))
 
 
 def test_torchs_own_default_is_replaced_by_the_configured_folder(tmp_path, monkeypatch):

@@ -26,7 +26,8 @@ from conftest import cli_env, compose_train, small_train_cfg
 from diffusion_lab.build import load_checkpoint, make_spec
 from diffusion_lab.data import DiffusionDataModule
 from diffusion_lab.errors import UserError
-from diffusion_lab.evaluate import build_datamodule, check_settings, evaluate
+from diffusion_lab.evaluate import check_settings, evaluate
+from diffusion_lab.evaluation import build_datamodule
 from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
 from diffusion_lab.module import CHECKPOINT_KEY, DiffusionModule
 from diffusion_lab.train import train
@@ -600,7 +601,7 @@ def test_missing_classifier_names_the_option(gaussian_checkpoint, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_generation_runs_under_bf16_autocast_on_cuda(trained_checkpoint, classifier, tmp_path, monkeypatch):
-    import diffusion_lab.evaluate as ev
+    import diffusion_lab.evaluation as ev
 
     seen: list[bool] = []
     load = ev.load_checkpoint
@@ -623,7 +624,7 @@ def test_generation_runs_under_bf16_autocast_on_cuda(trained_checkpoint, classif
 def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_path, monkeypatch):
     """channels_last=true gives the same scores (same samples up to float rounding); compile=<mode> hands the
     network to torch.compile with that mode; the steady rate (without the first batch) is reported."""
-    import diffusion_lab.evaluate as ev
+    import diffusion_lab.evaluation as ev
 
     common = [f"features={classifier}", f"cache_dir={tmp_path / 'c'}", "metrics=[fid]", "n=8", "n_real=16"]
     common += ["batch_size=4", "steps=[2]"]
@@ -663,7 +664,7 @@ def test_channels_last_and_compile_options(trained_checkpoint, classifier, tmp_p
 
 
 def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier, tmp_path, monkeypatch):
-    import diffusion_lab.evaluate as ev
+    import diffusion_lab.evaluation as ev
 
     real_score, calls = ev.score_setting, []
 
@@ -708,7 +709,7 @@ def test_a_stopped_evaluation_keeps_the_settings_it_scored(run_copy, classifier,
 def test_a_stopped_evaluation_continues_to_the_rows_of_an_uninterrupted_one(
     run_copy, classifier, tmp_path, monkeypatch
 ):
-    import diffusion_lab.evaluate as ev
+    import diffusion_lab.evaluation as ev
 
     def cfg(out: str, *extra: str):
         c = classifier_cfg(

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_train
 from diffusion_lab.build import build_parts, check_applies, make_spec
-from diffusion_lab.sample import choose_sampler
+from diffusion_lab.sampling import choose_sampler
 from diffusion_lab.train import CONFIG_DIR
 
 REPO_ROOT = Path(CONFIG_DIR).parent

@@ -314,7 +314,7 @@ def test_registry_configs_and_choose_sampler():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from diffusion_lab.sample import choose_sampler
+    from diffusion_lab.sampling import choose_sampler
     from diffusion_lab.train import CONFIG_DIR
 
     assert {

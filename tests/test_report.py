@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import cli_env, small_train_cfg, write_fake_idx_root
-from diffusion_lab.evaluate import write_table
+from diffusion_lab.evaluation_record import write_table
 from diffusion_lab.metrics.classifier import SmallClassifier, save_classifier
 from diffusion_lab.report import main as report_main
 from diffusion_lab.report import write_report

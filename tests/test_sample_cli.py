@@ -21,8 +21,9 @@ from diffusion_lab.diffusion import (
 )
 from diffusion_lab.errors import UserError
 from diffusion_lab.io import save_samples_npz, to_uint8
-from diffusion_lab.sample import class_labels, sample
+from diffusion_lab.sample import sample
 from diffusion_lab.samplers import DDIMSampler
+from diffusion_lab.sampling import class_labels
 from diffusion_lab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

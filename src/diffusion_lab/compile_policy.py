@@ -83,7 +83,8 @@ def use_compile_cache(folder: str | None) -> None:
     Dynamo's guard code), and on torch 2.11 with CUDA a warm start with it took 9.7 s against 3.4 s without
     (BENCHMARKS.md, "Cold and warm starts"). A folder set by the
     user's own TORCHINDUCTOR_CACHE_DIR wins; torch writes its default into that variable on first use, so a
-    value equal to the default is not the user's.
+    value equal to the default is not the user's. A folder that cannot be written is refused either way: the
+    option is wrong whichever folder is used this time.
     """
     if not folder:
         return
@@ -91,13 +92,13 @@ def use_compile_cache(folder: str | None) -> None:
 
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
-        return
     path = Path(folder).expanduser().resolve()
     require_writable(
         "compile_cache", folder, path, "; name a folder you can write, or null for torch's default"
     )
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it at each cache access
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .cli import command
 from .errors import UserError, check_types, require_writable
-from .metrics.classifier import save_classifier, train_classifier
-from .sample import resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["train_features", "main"]
 
@@ -25,6 +25,12 @@ def train_features(cfg: DictConfig) -> dict:
     check_types(
         cfg, {"epochs": (int,), "batch_size": (int,), "lr": (float,), "width": (int,), "seed": (int,)}
     )
+    # torch, the data and the classifier load once the options have passed: a mistyped one is refused at once.
+    from hydra.utils import instantiate
+
+    from .metrics.classifier import save_classifier, train_classifier
+    from .sampling import resolve_device
+
     started = time.time()
     device = resolve_device(str(cfg.device))
     data_cfg = dict(cfg.data)
@@ -78,6 +84,8 @@ def _output_path(cfg: DictConfig, dataset: str) -> Path:
 
 
 def _all(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=4096, shuffle=False)
     xs, ys = zip(*[(x, y) for x, y in loader])
     return torch.cat(xs), torch.cat(ys)

@@ -318,7 +318,7 @@ def figure_spectrum(cfg: DictConfig, out: Path) -> dict[str, Path]:
 def figure_trajectory(cfg: DictConfig, out: Path) -> dict[str, Path]:
     """x_t and the network's x̂_0 at chosen steps of one sampling run (the sampler's ``return_trajectory``)."""
     from .build import load_checkpoint
-    from .sample import resolve_device, sampler_from_config
+    from .sampling import resolve_device, sampler_from_config
 
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt_path)
@@ -406,8 +406,8 @@ def _vlb_terms(cfg: DictConfig) -> tuple[torch.Tensor, ...]:
     """Per-image terms of the bound over ``cfg``'s images: (vb (N, T), ε MSE (N, T), x_0 MSE (N, T), total (N,),
     prior (N,)), in float64 on the CPU."""
     from .build import load_checkpoint
-    from .evaluate import build_datamodule
-    from .sample import resolve_device
+    from .evaluation import build_datamodule
+    from .sampling import resolve_device
 
     device = resolve_device(str(cfg.device))
     parts, spec, _ = load_checkpoint(cfg.ckpt_path)

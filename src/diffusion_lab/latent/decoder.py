@@ -1,7 +1,7 @@
 """From what a sampler returns to images: the one place every command turns samples into images.
 
 ``sample_images`` is called by ``DiffusionModule.generate`` (training previews, sample-quality metrics, final
-samples), ``sample.draw`` and ``evaluate.make_generate``. For a pixel-space model it runs the sampler and
+samples), ``sampling.draw`` and ``evaluation.make_generate``. For a pixel-space model it runs the sampler and
 clamps to [-1, 1]. For a latent model (Rombach et al. 2022) it also decodes: the sampler walks the latent space,
 never clipping x̂_0 to [-1, 1] (that is a prior on pixels; latents scaled to unit variance routinely leave that
 range, so ``clip_denoised`` is off there whatever the sampler's config says), and the frozen decoder maps the
