@@ -27,7 +27,7 @@ from .cli import command
 from .errors import UserError, check_types
 from .sample import check_eta, fixed_by_checkpoint
 
-__all__ = ["evaluate", "check_settings", "main", "KNOWN_METRICS"]
+__all__ = ["evaluate", "check_settings", "as_list", "main", "KNOWN_METRICS"]
 
 KNOWN_METRICS = ("fid", "kid", "pr", "is", "bpd")
 
