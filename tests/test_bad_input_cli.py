@@ -233,6 +233,8 @@ def test_full_trace_with_hydra_full_error(tmp_path):
         ("features", ["epochz=3"]),
         ("export", ["format=onnx"]),
         ("import_model", ["src=no_such_folder", "out=x.ckpt"]),
+        ("report", ["no_such_sweep"]),
+        ("status", ["no_such_sweep"]),
     ],
     ids=[
         "train-option",
@@ -245,6 +247,8 @@ def test_full_trace_with_hydra_full_error(tmp_path):
         "features-key",
         "export-format",
         "import_model-src",
+        "report-folder",
+        "status-folder",
     ],
 )
 def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(entry, args, tmp_path):

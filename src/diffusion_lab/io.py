@@ -13,11 +13,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch and numpy load in the functions that use them: the atomic writes serve light commands too (``status``
+# records through run_status), which would otherwise pay torch's import of about two seconds.
 
 __all__ = [
     "atomic_path",
@@ -72,6 +74,8 @@ def cached(
     """What ``torch.save`` left at ``path`` when it loads and ``problem(obj)`` finds nothing wrong, else
     ``compute()`` saved there atomically, with ``key`` and ``describe(obj)`` as readable JSON beside it. A file
     that is unreadable or wrong is warned about (``what`` names the cache) and computed again."""
+    import torch
+
     if path.is_file():
         try:
             found = torch.load(path, map_location="cpu", weights_only=True)
@@ -102,6 +106,8 @@ def file_sha256(path: str | Path) -> str:
 
 def to_uint8(images: Tensor) -> Tensor:
     """[-1, 1] floats -> uint8 [0, 255], the quantisation the data had."""
+    import torch
+
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -122,6 +128,8 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path
 def save_samples_npz(images: Tensor, path: str | Path, labels: Tensor | None = None) -> Path:
     """Save samples in an .npz as uint8 NHWC 0..255 (the layout FID tools expect), under two names each:
     ``images`` / ``labels``, and ``arr_0`` / ``arr_1``, the names the ADM (guided-diffusion) evaluator reads."""
+    import numpy as np
+
     pixels = to_uint8(images).permute(0, 2, 3, 1).numpy() if images.ndim == 4 else images.numpy()
     arrays = {"images": pixels, "arr_0": pixels}
     if labels is not None:

@@ -12,8 +12,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from scipy import stats
-
 __all__ = ["CONFIDENCE", "Interval", "t_interval", "paired_difference", "verdict"]
 
 CONFIDENCE = 0.95
@@ -47,6 +45,8 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Inter
     if n < 2:
         return Interval(mean, math.nan, n)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    from scipy import stats  # here: SciPy's import (about a second) is paid by what computes an interval
+
     return Interval(mean, float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n), n)
 
 
