@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ from diffusion_lab.diffusion import (
     q_sample,
 )
 from diffusion_lab.errors import friendly_errors
-from diffusion_lab.visualize import FIGURES, radial_power_spectrum, visualize
+from diffusion_lab.figures import FIGURES, radial_power_spectrum
+from diffusion_lab.visualize import FIGURE_NAMES, FIGURE_SUMMARIES, visualize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -250,6 +252,23 @@ def test_cli(tmp_path):
     assert f"data    : {tmp_path / 'figs' / 'schedules.csv'}" in ok.stdout
     check_png(tmp_path / "figs" / "schedules.png")
     assert sorted(FIGURES) == ["forward", "schedules", "spectrum", "trajectory", "vlb"]
+
+
+def test_help_lists_every_figure_the_command_accepts(tmp_path):
+    """The command line names the figures without importing them (a wrong name is refused before torch loads):
+    the names must be the figures', and --help gives each one's summary."""
+    assert tuple(FIGURES) == FIGURE_NAMES
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusion_lab.visualize", "--help"],
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name, what in FIGURE_SUMMARIES.items():
+        assert re.search(rf"^  {name} +{re.escape(what)}$", proc.stdout, re.MULTILINE), (name, proc.stdout)
 
 
 @needs_fmnist
