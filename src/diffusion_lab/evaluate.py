@@ -23,7 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import command
+from .cli import checkpoint_argument, command
+from .data.splits import SPLITS
 from .errors import UserError, check_types
 from .sample import check_eta, fixed_by_checkpoint
 
@@ -33,6 +34,7 @@ KNOWN_METRICS = ("fid", "kid", "pr", "is", "bpd")
 
 
 def as_list(value: Any) -> list:
+    """An option that takes one value or a list of them (``steps``, ``guidance``), as a list; null is [None]."""
     if value is None:
         return [None]
     return list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
@@ -76,8 +78,6 @@ def check_option_types(cfg: DictConfig) -> None:
 def check_sampling_settings(cfg: DictConfig) -> None:
     """``real_split`` and ``steps`` before the feature network or a checkpoint is loaded (a missing weights
     file would otherwise be reported first, and a bad value only after it was fixed)."""
-    from .data.datasets import SPLITS  # the data package loads torch and Lightning: only when this check runs
-
     if str(cfg.real_split) not in SPLITS:
         raise UserError(f"real_split={cfg.real_split!r} is not a split; choose one of {list(SPLITS)}")
     for steps in as_list(cfg.steps):
@@ -92,6 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     "paths"}``. The options are checked first; the run (:func:`diffusion_lab.evaluation.evaluate`: torch, the
     networks, the feature network) loads after, so a mistyped option is refused in about a second."""
     metrics, sample_metrics = check_settings(cfg)
+    checkpoint_argument(cfg, required=True)  # stored as cfg.ckpt_path
     from .evaluation import evaluate as score
 
     return score(cfg, metrics, sample_metrics)

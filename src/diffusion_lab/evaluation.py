@@ -20,7 +20,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .build import load_checkpoint
-from .cli import checkpoint_argument
 from .compile_policy import compile_mode, compile_options, use_compile_cache, use_torch_ptxas
 from .diffusion import calc_bpd_loop
 from .diffusion.guidance import ClassifierFreeGuidance
@@ -382,7 +381,7 @@ def evaluate(cfg: DictConfig, metrics: list[str], sample_metrics: list[str]) -> 
     """Score ``cfg.ckpt_path`` for ``metrics`` (``sample_metrics``: those computed on samples), the options
     already checked by :func:`diffusion_lab.evaluate.check_settings`; returns ``{"rows", "summary", "paths"}``."""
     device = resolve_device(str(cfg.device))
-    ckpt_path = Path(checkpoint_argument(cfg, required=True)).resolve()
+    ckpt_path = Path(cfg.ckpt_path).resolve()
     target, named = evaluation_dir(cfg, ckpt_path)
     earlier = partial_evaluation(target) if cfg.get("resume") else None
     parts, spec, ckpt, net, compiled = load_network(cfg, device)

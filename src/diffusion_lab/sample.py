@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .cli import command
+from .cli import checkpoint_argument, command
 from .errors import UserError, check_types
 from .overrides import override_key
 
@@ -60,6 +60,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     for key in ("n", "batch_size"):
         if int(cfg[key]) < 1:
             raise UserError(f"{key}={cfg[key]} is invalid: it must be an integer >= 1")
+    checkpoint_argument(cfg, required=True)  # stored as cfg.ckpt_path
     from .sampling import sample as draw_samples
 
     return draw_samples(cfg)

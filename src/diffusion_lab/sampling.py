@@ -13,7 +13,6 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .build import check_applies, load_checkpoint
-from .cli import checkpoint_argument
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, unwritable_reason
 from .io import save_grid, save_samples_npz
@@ -77,7 +76,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     :func:`diffusion_lab.sample.sample`); writes a .npz (and a PNG grid for images)."""
     started = time.time()
     device = resolve_device(str(cfg.device))
-    parts, spec, _ = load_checkpoint(checkpoint_argument(cfg, required=True), map_location="cpu")
+    parts, spec, _ = load_checkpoint(cfg.ckpt_path, map_location="cpu")
     chosen = sampler_from_config(cfg.sampler, spec["sampler"], cfg.steps, cfg.eta, parts.diffusion)
     if cfg.get("sampling_variance") is not None:
         parts = with_sampling_variance(parts, str(cfg.sampling_variance), chosen)

@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .splits import SPLITS
+
 # Where Debian's `dataset-fashion-mnist` package puts the files; module-level so tests can redirect it.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # torchvision downloads land here when data.root is not set.
 DEFAULT_DOWNLOAD_ROOT = Path(".data")
 
-SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TOY_KINDS = ("swiss_roll", "two_moons", "gaussian_mixture")
 # Share of a dataset without an official test set that goes to the test split.
