@@ -59,6 +59,7 @@ def summary(records: list[dict]) -> dict:
         "ours_minus_peer_fd_paired": paired,
         "code": code_versions(records),
         "settings": setting_versions(records),
+        "settings_differ": setting_differences(records),
     }
 
 
@@ -94,14 +95,41 @@ def setting_versions(records: list[dict]) -> dict[str, dict[str, list[str]]]:
     return versions
 
 
-def settings_line(versions: dict[str, dict[str, list[str]]]) -> str:
+def setting_differences(records: list[dict]) -> dict[str, list[str]]:
+    """system -> the names of the disclosed settings whose values differ between its rows that recorded
+    settings (only systems with such a difference), so a warning says what changed, not only that it did."""
+    values: dict[str, dict[str, set[str]]] = {}
+    for r in records:
+        for key, value in (r.get("settings") or {}).items():
+            seen = values.setdefault(r["system"], {}).setdefault(key, set())
+            seen.add(json.dumps(value, sort_keys=True))
+    rows = {system: [r for r in records if r["system"] == system and r.get("settings")] for system in values}
+    differ = {
+        system: sorted(
+            k for k, v in keys.items() if len(v) > 1 or any(k not in r["settings"] for r in rows[system])
+        )
+        for system, keys in values.items()
+    }
+    return {system: keys for system, keys in differ.items() if keys}
+
+
+def settings_line(
+    versions: dict[str, dict[str, list[str]]], differ: dict[str, list[str]] | None = None
+) -> str:
     mixed = {system: v for system, v in versions.items() if len(v) > 1}
     if all(list(v) == ["not recorded"] for v in versions.values()):
         return "settings: not recorded by any run"
     if not mixed:
         return "settings: every system ran one setting over its seeds"
-    listed = " / ".join(f"{system} ran {len(v)} ({_listed(v)})" for system, v in mixed.items())
+    listed = " / ".join(
+        f"{system} ran {len(v)}{_in_keys((differ or {}).get(system))} ({_listed(v)})"
+        for system, v in mixed.items()
+    )
     return f"settings: WARNING, a system's seeds ran different settings: {listed}"
+
+
+def _in_keys(keys: list[str] | None) -> str:
+    return f" differing in {', '.join(keys)}" if keys else ""
 
 
 def _listed(groups: dict[str, list[str]]) -> str:
@@ -121,7 +149,7 @@ def text(result: dict) -> str:
     if "code" in result:
         lines.append(code_line(result["code"]))
     if "settings" in result:
-        lines.append(settings_line(result["settings"]))
+        lines.append(settings_line(result["settings"], result.get("settings_differ")))
     return "\n".join(lines)
 
 

@@ -273,10 +273,14 @@ def test_the_summary_warns_when_a_systems_seeds_ran_different_settings(runner):
         "ours": {same: ["ours_s0", "ours_s1"], longer: ["ours_s2"]},
         "diffusers": {same: ["diffusers_s0", "diffusers_s1"], "not recorded": ["diffusers_s2"]},
     }
+    assert result["settings_differ"] == {"ours": ["seconds"]}  # a row without settings names no key
     assert text(result).splitlines()[-1] == (
-        f"settings: WARNING, a system's seeds ran different settings: ours ran 2 ({same}: ours_s0, ours_s1; "
-        f"{longer}: ours_s2) / diffusers ran 2 ({same}: diffusers_s0, diffusers_s1; not recorded: diffusers_s2)"
+        f"settings: WARNING, a system's seeds ran different settings: ours ran 2 differing in seconds ({same}: "
+        f"ours_s0, ours_s1; {longer}: ours_s2) / diffusers ran 2 ({same}: diffusers_s0, diffusers_s1; "
+        "not recorded: diffusers_s2)"
     )
+    rows[0]["settings"]["note"] = "reworded"  # a key only one seed disclosed differs too
+    assert summary(rows)["settings_differ"] == {"ours": ["note", "seconds"]}
 
 
 def test_summary_interval_and_verdict_match_a_hand_computation(runner):
