@@ -29,7 +29,9 @@ The fair quality comparison on a GPU machine (8 GPUs), from the repository root,
     python3 benchmarks/run.py quality $Q --gpus 3              # seed 2, then the summary of all nine
 Every wave holds whole seeds (each seed's three systems at once), so the systems share the host alike.
 ``--features PATH`` reuses a classifier from ``python -m diffusion_lab.features``. ``--dry-run`` prints the
-command lines and runs nothing.
+command lines and runs nothing. ``--ours-overrides "KEY=VALUE ..."`` starts another series of the quality suite
+(say, ours without its in-budget validation: ``trainer.limit_val_batches=0``): ours' training command ends with
+them, its rows disclose them, and an ``--out`` holding ours' rows of another series is refused.
 """
 
 from __future__ import annotations
@@ -82,7 +84,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--data-root", default=None, help="quality: Fashion-MNIST folder (default: the data config's)"
     )
+    p.add_argument(
+        "--ours-overrides",
+        default="",
+        help="quality: Hydra overrides added last to ours' training command, e.g. 'trainer.limit_val_batches=0'"
+        " (a new series: its rows disclose them, and an --out of another series is refused)",
+    )
     opts = p.parse_args(argv)
+    try:
+        opts.ours_overrides = shlex.split(opts.ours_overrides)
+    except ValueError as e:
+        p.error(f"--ours-overrides={opts.ours_overrides!r}: {e}; quote it as one shell word")
     try:
         opts.seeds = [int(s) for s in opts.seeds.split(",")]
     except ValueError:
@@ -225,6 +237,44 @@ def unknown_labels(opts: argparse.Namespace) -> str | None:
     return f"run.py: --only {','.join(unknown)}: no such run in suite {opts.suite}; its runs: {', '.join(labels)}"
 
 
+# Set by the runner for each run: an override of these would break the series' seeds, budget or cold caches.
+RUNNER_KEYS = ("seed", "trainer.max_time", "compile_cache", "data.root", "hydra.run.dir")
+
+
+def bad_overrides(opts: argparse.Namespace) -> str | None:
+    """The one-line error for ``--ours-overrides`` outside the quality suite, one not KEY=VALUE, or one of a key
+    the runner sets; or None."""
+    if opts.ours_overrides and opts.suite != "quality":
+        return f"run.py: --ours-overrides applies to the quality suite, not {opts.suite}"
+    for item in opts.ours_overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item:
+            return f"run.py: --ours-overrides: {item!r} is not KEY=VALUE (a Hydra override of ours' training)"
+        if key in RUNNER_KEYS:
+            return f"run.py: --ours-overrides: {key} is set by the runner for each run; keys it sets: {', '.join(RUNNER_KEYS)}"
+    return None
+
+
+def other_series(opts: argparse.Namespace) -> str | None:
+    """The one-line error where ``<out>/quality.jsonl`` holds rows of ours run with other ``--ours-overrides``
+    (a series compares one setting of ours over its seeds), or None."""
+    if opts.suite != "quality":
+        return None
+    jsonl = Path(opts.out) / "quality.jsonl"
+    ran = {
+        tuple((r.get("settings") or {}).get("ours_overrides", []))
+        for r in read_jsonl(jsonl)
+        if r["system"] == "ours"
+    }
+    if not ran or ran == {tuple(opts.ours_overrides)}:
+        return None
+    listed = " / ".join(shlex.join(o) or "none" for o in sorted(ran))
+    return (
+        f"run.py: --ours-overrides {shlex.join(opts.ours_overrides) or 'none'}: {jsonl} holds ours run with "
+        f"{listed}; a series keeps one setting: give a new --out"
+    )
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -305,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.suite not in SUITES:
         print(f"run.py: unknown suite {opts.suite!r}; choose one of {', '.join(SUITES)}", file=sys.stderr)
         return 2
-    if error := unknown_labels(opts):
+    if error := unknown_labels(opts) or bad_overrides(opts) or other_series(opts):
         print(error, file=sys.stderr)
         return 2
     return dry_run(opts) if opts.dry_run else run_suite(opts)

@@ -144,6 +144,7 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
         f"trainer.max_time={max_time(opts.seconds)}",
         f"compile_cache={env['TORCHINDUCTOR_CACHE_DIR']}",
         *data,
+        *opts.ours_overrides,
         f"hydra.run.dir={run_dir / 'train'}",
     ]
     evaluate = [
@@ -167,6 +168,8 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
         f"out_dir={run_dir / 'eval'}",
     ]
     settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES["ours"]}
+    if opts.ours_overrides:  # only then: the rows of the series without them keep their settings' digest
+        settings["ours_overrides"] = list(opts.ours_overrides)
     timeout = opts.seconds + 600  # compilation, final samples, sampling and scoring
     return Run("ours", seed, settings, [train, evaluate], "ours", env, fresh, timeout)
 

@@ -78,6 +78,65 @@ def test_every_system_trains_with_cuda_graphs_no_dropout_and_the_same_budget(run
             assert f" {setting} " in training, (label, setting)
 
 
+def test_ours_overrides_come_last_in_ours_training_and_are_disclosed(runner, capsys, tmp_path):
+    extra = ("--ours-overrides", "trainer.limit_val_batches=0 model.fused_norm=auto")
+    by_run = dry_run_lines(runner, capsys, tmp_path, *extra)
+    for seed in (0, 1, 2):
+        train, evaluate = by_run[f"ours_s{seed}"]
+        words = shlex.split(train)
+        assert words[-3:-1] == [
+            "trainer.limit_val_batches=0",
+            "model.fused_norm=auto",
+        ]  # after the pinned ones
+        assert words[-1].startswith("hydra.run.dir=") and "limit_val_batches" not in evaluate
+        assert "limit_val_batches" not in by_run[f"diffusers_s{seed}"][0]
+    runs = runner.SUITES["quality"](runner.parse_args([*quality_dry_run(tmp_path, *extra)]))
+    ours = {r.settings.get("ours_overrides") is not None for r in runs if r.system == "ours"}
+    assert ours == {True} and all("ours_overrides" not in r.settings for r in runs if r.system != "ours")
+    plain = runner.SUITES["quality"](runner.parse_args(quality_dry_run(tmp_path)))
+    assert all("ours_overrides" not in r.settings for r in plain)  # the running series keeps its digest
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ("--ours-overrides", "seed=7"),
+            "run.py: --ours-overrides: seed is set by the runner for each run; keys it sets: seed, "
+            "trainer.max_time, compile_cache, data.root, hydra.run.dir",
+        ),
+        (
+            ("--ours-overrides", "trainer.limit_val_batches"),
+            "run.py: --ours-overrides: 'trainer.limit_val_batches' is not KEY=VALUE (a Hydra override of ours' "
+            "training)",
+        ),
+    ],
+)
+def test_a_bad_ours_override_is_refused_in_one_line(runner, capsys, tmp_path, extra, message):
+    assert runner.main(quality_dry_run(tmp_path, *extra)) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_ours_overrides_belong_to_the_quality_suite(runner, capsys, tmp_path):
+    assert runner.main(["selftest", "--dry-run", "--out", str(tmp_path), "--ours-overrides", "a=1"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "run.py: --ours-overrides applies to the quality suite, not selftest"
+    )
+
+
+def test_a_folder_of_another_series_is_refused(runner, capsys, tmp_path):
+    row = {"label": "ours_s0", "system": "ours", "seed": 0, "settings": {"batch": 128}, "result": {}}
+    (tmp_path / "quality.jsonl").write_text(json.dumps(row) + "\n")
+    assert runner.main(quality_dry_run(tmp_path)) == 0  # the same series (no overrides) continues
+    capsys.readouterr()
+    assert runner.main(quality_dry_run(tmp_path, "--ours-overrides", "trainer.limit_val_batches=0")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "run.py: --ours-overrides trainer.limit_val_batches=0: "
+        f"{tmp_path / 'quality.jsonl'} holds ours run with none; a series keeps one setting: give a new --out"
+    )
+
+
 def test_every_run_starts_from_its_own_empty_compile_caches(runner, capsys, tmp_path):
     by_run = dry_run_lines(runner, capsys, tmp_path, "--work", str(tmp_path / "scratch"))
     by_run.pop("prepare")
