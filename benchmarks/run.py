@@ -29,9 +29,9 @@ The fair quality comparison on a GPU machine (8 GPUs), from the repository root,
     python3 benchmarks/run.py quality $Q --gpus 3              # seed 2, then the summary of all nine
 Every wave holds whole seeds (each seed's three systems at once), so the systems share the host alike.
 ``--features PATH`` reuses a classifier from ``python -m diffusion_lab.features``. ``--dry-run`` prints the
-command lines and runs nothing. ``--ours-overrides "KEY=VALUE ..."`` starts another series of the quality suite
-(say, ours without its in-budget validation: ``trainer.limit_val_batches=0``): ours' training command ends with
-them, its rows disclose them, and an ``--out`` holding ours' rows of another series is refused.
+command lines and runs nothing. ``--ours-override KEY=VALUE`` (repeatable) starts another series of the quality
+suite (say, ours without its in-budget validation: ``trainer.limit_val_batches=0``): ours' training command ends
+with them, its rows disclose them, and an ``--out`` holding ours' rows of another series is refused.
 """
 
 from __future__ import annotations
@@ -85,16 +85,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--data-root", default=None, help="quality: Fashion-MNIST folder (default: the data config's)"
     )
     p.add_argument(
-        "--ours-overrides",
-        default="",
-        help="quality: Hydra overrides added last to ours' training command, e.g. 'trainer.limit_val_batches=0'"
-        " (a new series: its rows disclose them, and an --out of another series is refused)",
+        "--ours-override",
+        dest="ours_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="quality, repeatable: a Hydra override added last to ours' training command, e.g."
+        " trainer.limit_val_batches=0 (a new series: its rows disclose them, and an --out of another series is"
+        " refused)",
     )
     opts = p.parse_args(argv)
-    try:
-        opts.ours_overrides = shlex.split(opts.ours_overrides)
-    except ValueError as e:
-        p.error(f"--ours-overrides={opts.ours_overrides!r}: {e}; quote it as one shell word")
     try:
         opts.seeds = [int(s) for s in opts.seeds.split(",")]
     except ValueError:
@@ -242,21 +242,21 @@ RUNNER_KEYS = ("seed", "trainer.max_time", "compile_cache", "data.root", "hydra.
 
 
 def bad_overrides(opts: argparse.Namespace) -> str | None:
-    """The one-line error for ``--ours-overrides`` outside the quality suite, one not KEY=VALUE, or one of a key
+    """The one-line error for ``--ours-override`` outside the quality suite, one not KEY=VALUE, or one of a key
     the runner sets; or None."""
     if opts.ours_overrides and opts.suite != "quality":
-        return f"run.py: --ours-overrides applies to the quality suite, not {opts.suite}"
+        return f"run.py: --ours-override applies to the quality suite, not {opts.suite}"
     for item in opts.ours_overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if "=" not in item:
-            return f"run.py: --ours-overrides: {item!r} is not KEY=VALUE (a Hydra override of ours' training)"
+            return f"run.py: --ours-override {item!r} is not KEY=VALUE (a Hydra override of ours' training)"
         if key in RUNNER_KEYS:
-            return f"run.py: --ours-overrides: {key} is set by the runner for each run; keys it sets: {', '.join(RUNNER_KEYS)}"
+            return f"run.py: --ours-override {key}: it is set by the runner for each run; keys it sets: {', '.join(RUNNER_KEYS)}"
     return None
 
 
 def other_series(opts: argparse.Namespace) -> str | None:
-    """The one-line error where ``<out>/quality.jsonl`` holds rows of ours run with other ``--ours-overrides``
+    """The one-line error where ``<out>/quality.jsonl`` holds rows of ours run with other ``--ours-override``
     (a series compares one setting of ours over its seeds), or None."""
     if opts.suite != "quality":
         return None
@@ -270,7 +270,7 @@ def other_series(opts: argparse.Namespace) -> str | None:
         return None
     listed = " / ".join(shlex.join(o) or "none" for o in sorted(ran))
     return (
-        f"run.py: --ours-overrides {shlex.join(opts.ours_overrides) or 'none'}: {jsonl} holds ours run with "
+        f"run.py: --ours-override {shlex.join(opts.ours_overrides) or 'none'}: {jsonl} holds ours run with "
         f"{listed}; a series keeps one setting: give a new --out"
     )
 

@@ -79,7 +79,7 @@ def test_every_system_trains_with_cuda_graphs_no_dropout_and_the_same_budget(run
 
 
 def test_ours_overrides_come_last_in_ours_training_and_are_disclosed(runner, capsys, tmp_path):
-    extra = ("--ours-overrides", "trainer.limit_val_batches=0 model.fused_norm=auto")
+    extra = ("--ours-override", "trainer.limit_val_batches=0", "--ours-override", "model.fused_norm=auto")
     by_run = dry_run_lines(runner, capsys, tmp_path, *extra)
     for seed in (0, 1, 2):
         train, evaluate = by_run[f"ours_s{seed}"]
@@ -101,13 +101,13 @@ def test_ours_overrides_come_last_in_ours_training_and_are_disclosed(runner, cap
     ("extra", "message"),
     [
         (
-            ("--ours-overrides", "seed=7"),
-            "run.py: --ours-overrides: seed is set by the runner for each run; keys it sets: seed, "
+            ("--ours-override", "seed=7"),
+            "run.py: --ours-override seed: it is set by the runner for each run; keys it sets: seed, "
             "trainer.max_time, compile_cache, data.root, hydra.run.dir",
         ),
         (
-            ("--ours-overrides", "trainer.limit_val_batches"),
-            "run.py: --ours-overrides: 'trainer.limit_val_batches' is not KEY=VALUE (a Hydra override of ours' "
+            ("--ours-override", "trainer.limit_val_batches"),
+            "run.py: --ours-override 'trainer.limit_val_batches' is not KEY=VALUE (a Hydra override of ours' "
             "training)",
         ),
     ],
@@ -118,10 +118,10 @@ def test_a_bad_ours_override_is_refused_in_one_line(runner, capsys, tmp_path, ex
 
 
 def test_ours_overrides_belong_to_the_quality_suite(runner, capsys, tmp_path):
-    assert runner.main(["selftest", "--dry-run", "--out", str(tmp_path), "--ours-overrides", "a=1"]) == 2
+    assert runner.main(["selftest", "--dry-run", "--out", str(tmp_path), "--ours-override", "a=1"]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == "run.py: --ours-overrides applies to the quality suite, not selftest"
+        == "run.py: --ours-override applies to the quality suite, not selftest"
     )
 
 
@@ -130,9 +130,9 @@ def test_a_folder_of_another_series_is_refused(runner, capsys, tmp_path):
     (tmp_path / "quality.jsonl").write_text(json.dumps(row) + "\n")
     assert runner.main(quality_dry_run(tmp_path)) == 0  # the same series (no overrides) continues
     capsys.readouterr()
-    assert runner.main(quality_dry_run(tmp_path, "--ours-overrides", "trainer.limit_val_batches=0")) == 2
+    assert runner.main(quality_dry_run(tmp_path, "--ours-override", "trainer.limit_val_batches=0")) == 2
     assert capsys.readouterr().err.strip() == (
-        "run.py: --ours-overrides trainer.limit_val_batches=0: "
+        "run.py: --ours-override trainer.limit_val_batches=0: "
         f"{tmp_path / 'quality.jsonl'} holds ours run with none; a series keeps one setting: give a new --out"
     )
 
