@@ -247,9 +247,9 @@ def bad_overrides(opts: argparse.Namespace) -> str | None:
     if opts.ours_overrides and opts.suite != "quality":
         return f"run.py: --ours-override applies to the quality suite, not {opts.suite}"
     for item in opts.ours_overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
         if "=" not in item:
             return f"run.py: --ours-override {item!r} is not KEY=VALUE (a Hydra override of ours' training)"
+        key = item.split("=", 1)[0].lstrip("+~")  # +key=, ++key= and ~key= name the same key
         if key in RUNNER_KEYS:
             return f"run.py: --ours-override {key}: it is set by the runner for each run; keys it sets: {', '.join(RUNNER_KEYS)}"
     return None

@@ -106,6 +106,11 @@ def test_ours_overrides_come_last_in_ours_training_and_are_disclosed(runner, cap
             "trainer.max_time, compile_cache, data.root, hydra.run.dir",
         ),
         (
+            ("--ours-override", "++trainer.max_time=00:00:10:00"),  # the budget is --seconds, for all
+            "run.py: --ours-override trainer.max_time: it is set by the runner for each run; keys it sets: seed, "
+            "trainer.max_time, compile_cache, data.root, hydra.run.dir",
+        ),
+        (
             ("--ours-override", "trainer.limit_val_batches"),
             "run.py: --ours-override 'trainer.limit_val_batches' is not KEY=VALUE (a Hydra override of ours' "
             "training)",

@@ -98,9 +98,8 @@ def test_study_sweeps_compose_build_and_cover_the_grid(study):
     jobs = [job for sweep in lines["SWEEP"] for job in expand(sweep)]
     built = set()
     for job in jobs:
-        if (
-            but_the_seed(job) in built
-        ):  # another seed of a built cell: it composes, and builds as that one did
+        # Another seed of a built cell composes, and builds as that one did.
+        if but_the_seed(job) in built:
             assert compose_train(job, output_dir="/nonexistent").data.name == "fashion_mnist"
             continue
         cfg, parts = build(job)  # raises if the framework would refuse the job at start-up
