@@ -98,19 +98,21 @@ def setting_versions(records: list[dict]) -> dict[str, dict[str, list[str]]]:
 def setting_differences(records: list[dict]) -> dict[str, list[str]]:
     """system -> the names of the disclosed settings whose values differ between its rows that recorded
     settings (only systems with such a difference), so a warning says what changed, not only that it did."""
-    values: dict[str, dict[str, set[str]]] = {}
+    disclosed: dict[str, list[dict]] = {}
     for r in records:
-        for key, value in (r.get("settings") or {}).items():
-            seen = values.setdefault(r["system"], {}).setdefault(key, set())
-            seen.add(json.dumps(value, sort_keys=True))
-    rows = {system: [r for r in records if r["system"] == system and r.get("settings")] for system in values}
-    differ = {
-        system: sorted(
-            k for k, v in keys.items() if len(v) > 1 or any(k not in r["settings"] for r in rows[system])
-        )
-        for system, keys in values.items()
-    }
-    return {system: keys for system, keys in differ.items() if keys}
+        if r.get("settings"):
+            disclosed.setdefault(r["system"], []).append(r["settings"])
+    differ = {}
+    for system, rows in disclosed.items():
+        # a key a row lacks reads as None, which no disclosed value's JSON equals: missing counts as different
+        keys = sorted(k for k in set().union(*rows) if len({_json(row, k) for row in rows}) > 1)
+        if keys:
+            differ[system] = keys
+    return differ
+
+
+def _json(settings: dict, key: str) -> str | None:
+    return json.dumps(settings[key], sort_keys=True) if key in settings else None
 
 
 def settings_line(
