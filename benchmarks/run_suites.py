@@ -66,6 +66,9 @@ SIDE_NOTES = {
     "lucidrains": "plain PyTorch loop: denoising_diffusion_pytorch.Unet(dim=64, dim_mults=(1, 2, 2)); budget: "
     "wall time of the training loop from the first step (compilation included)",
 }
+# Ours' note as a series with --ours-override ran it: the note above describes the pinned command, which these
+# overrides, last in it, supersede where they name the same setting.
+OVERRIDDEN = "; then, last in its command and superseding the above where they name the same setting: {}"
 
 
 @dataclass
@@ -170,6 +173,7 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
     settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES["ours"]}
     if opts.ours_overrides:  # only then: the rows of the series without them keep their settings' digest
         settings["ours_overrides"] = list(opts.ours_overrides)
+        settings["side"] += OVERRIDDEN.format(" ".join(opts.ours_overrides))
     timeout = opts.seconds + 600  # compilation, final samples, sampling and scoring
     return Run("ours", seed, settings, [train, evaluate], "ours", env, fresh, timeout)
 

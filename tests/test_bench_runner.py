@@ -91,10 +91,18 @@ def test_ours_overrides_come_last_in_ours_training_and_are_disclosed(runner, cap
         assert words[-1].startswith("hydra.run.dir=") and "limit_val_batches" not in evaluate
         assert "limit_val_batches" not in by_run[f"diffusers_s{seed}"][0]
     runs = runner.SUITES["quality"](runner.parse_args([*quality_dry_run(tmp_path, *extra)]))
-    ours = {r.settings.get("ours_overrides") is not None for r in runs if r.system == "ours"}
-    assert ours == {True} and all("ours_overrides" not in r.settings for r in runs if r.system != "ours")
+    ours = [r.settings for r in runs if r.system == "ours"]
+    assert {tuple(s["ours_overrides"]) for s in ours} == {(extra[1], extra[3])}
+    assert all("ours_overrides" not in r.settings for r in runs if r.system != "ours")
+    # the side note, which describes the pinned command, says what supersedes it
+    assert {s["side"].rsplit(": ", 1)[-1] for s in ours} == {f"{extra[1]} {extra[3]}"}
+    from run_suites import SIDE_NOTES
+
     plain = runner.SUITES["quality"](runner.parse_args(quality_dry_run(tmp_path)))
-    assert all("ours_overrides" not in r.settings for r in plain)  # the running series keeps its digest
+    # the running series keeps its digest
+    assert all(
+        "ours_overrides" not in r.settings and r.settings["side"] == SIDE_NOTES[r.system] for r in plain
+    )
 
 
 @pytest.mark.parametrize(
