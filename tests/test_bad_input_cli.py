@@ -274,6 +274,43 @@ def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(entr
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (
+            ["loss=hybrid", "variance=fixed_small"],
+            "loss=hybrid needs a learned variance but variance=fixed_small",
+        ),
+        (["loss=simple", "variance=learned_range"], "loss=simple gives the variance no gradient"),
+        (["process=edm", "sampler=ddim"], "sampler=ddim applies to process=ddpm, not process=edm"),
+        (["process=edm", "schedule=cosine"], "process=edm takes no schedule but schedule=cosine is set"),
+        (
+            ["sampler.steps=5000"],
+            "sampler.steps=5000 is invalid: the step count must be between 1 and T=1000",
+        ),
+    ],
+    ids=["hybrid-fixed", "simple-learned", "sampler-process", "schedule-edm", "sampler-steps"],
+)
+def test_parts_that_cannot_train_together_are_refused_before_lightning_loads(args, expected, tmp_path):
+    """A combination Hydra composes but the parts refuse (a loss and a variance, a sampler and a process) is
+    checked with torch and the parts alone, before Lightning loads and the data is read: one line, exit 2, no run
+    folder."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('diffusion_lab.train', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, sorted(m for m in ('lightning', 'torch') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.stdout.splitlines()[-1] == "exit 2 ['torch']", proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: {expected}") and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("outputs/*/runs/*"))
+
+
 def test_case_count():
     """RELIABILITY.md quotes the number of bad inputs tried: it must be this table's."""
     entries = {c.values[0] if hasattr(c, "values") else c[0] for c in CASES}

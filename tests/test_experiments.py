@@ -20,7 +20,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import compose_train
-from diffusion_lab.build import build_parts, check_applies, make_spec
+from diffusion_lab.build import build_parts, make_spec
+from diffusion_lab.process_parts import check_applies
 from diffusion_lab.sampling import choose_sampler
 from diffusion_lab.train import CONFIG_DIR
 

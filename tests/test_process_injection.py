@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_lab.build import build_process
 from diffusion_lab.diffusion import (
     ColdDiffusion,
     CosineSchedule,
@@ -15,6 +14,7 @@ from diffusion_lab.diffusion import (
     GaussianNoise,
     VPrediction,
 )
+from diffusion_lab.process_parts import build_process
 
 SPEC = {
     "schedule": {"_target_": "diffusion_lab.diffusion.CosineSchedule", "num_timesteps": 50},

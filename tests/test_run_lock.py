@@ -74,6 +74,32 @@ def test_other_ranks_do_not_lock(tmp_path, monkeypatch):
             pass
 
 
+RANK_PROBE = """
+import sys
+from diffusion_lab.run_lock import process_rank
+before = process_rank()
+loaded = "lightning" in sys.modules
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+print(before, loaded, rank_zero_only.rank, process_rank())
+"""
+
+
+@pytest.mark.parametrize(
+    "env,rank",
+    [({}, 0), ({"SLURM_PROCID": "2"}, 2), ({"RANK": "3", "LOCAL_RANK": "1", "SLURM_PROCID": "2"}, 3)],
+    ids=["none", "slurm", "rank-first"],
+)
+def test_the_rank_read_before_lightning_loads_is_lightnings_own(env, rank):
+    """Hydra's run-start check reads this process's rank without loading Lightning (seconds of every refused
+    command); Lightning, loaded afterwards in the same process, gives the same rank."""
+    names = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    base = {k: v for k, v in os.environ.items() if k not in names}
+    proc = subprocess.run(
+        [sys.executable, "-c", RANK_PROBE], env={**base, **env}, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.split() == [str(rank), "False", str(rank), str(rank)]
+
+
 def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))

@@ -24,13 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checkpointing import CheckpointError, check_digest, load_checkpoint_file, sidecar_path
-from .diffusion import LOSSES, TIMESTEP_SAMPLERS, WEIGHTINGS, Diffusion, Loss, TimestepSampler
-from .diffusion.losses import check_compatible
+from .diffusion import Diffusion, Loss, TimestepSampler
 from .errors import UserError, root_cause
 from .io import file_sha256
 from .latent.decoder import LatentDecoder, warn_unclipped_eps
-from .samplers import SAMPLERS, Sampler
-from .spec_keys import SPEC_KEYS
+from .process_parts import fitting_parts
+from .samplers import Sampler
+from .spec_keys import OPTIONAL_SPEC_KEYS, SPEC_KEYS, task_name
 
 __all__ = [
     "Parts",
@@ -43,12 +43,8 @@ __all__ = [
     "read_checkpoint",
     "TrainedAutoencoder",
     "load_autoencoder",
-    "check_applies",
     "CheckpointError",
 ]
-
-# Groups only some processes bring (process=cold's degradation), stored in the spec when the config has them.
-OPTIONAL_SPEC_KEYS = ("degradation",)
 
 
 @dataclass
@@ -76,11 +72,7 @@ def make_spec(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | N
 
 def build_parts(spec: dict) -> Parts:
     """Build every diffusion part and the network from a spec (a config or a checkpoint's stored spec)."""
-    diffusion = build_process(spec)
-    for group in ("loss", "weighting", "timesteps", "sampler"):
-        check_applies(get_class(spec[group]["_target_"]), group, diffusion)
-    loss = instantiate(spec["loss"], weighting=instantiate(spec["weighting"]))
-    check_compatible(loss, diffusion)
+    diffusion, loss, sampler = fitting_parts(spec)
     channels = spec["data_shape"][0]
     out_channels = channels * diffusion.out_channel_factor
     net_kwargs: dict[str, Any] = {"in_channels": channels, "out_channels": out_channels}
@@ -95,10 +87,6 @@ def build_parts(spec: dict) -> Parts:
     # A discrete sampler draws from the process's T timesteps; a continuous one (EDM's σ, a flow's t) has no grid.
     grid = "num_timesteps" in inspect.signature(timesteps_cls).parameters
     timesteps = instantiate(spec["timesteps"], **({"num_timesteps": diffusion.num_timesteps} if grid else {}))
-    sampler = instantiate(spec["sampler"])
-    sampler.num_evaluations(
-        diffusion
-    )  # its steps must fit this process: a bad value fails now, not at a preview
     decoder = build_latent_decoder(spec["latent"]) if spec.get("latent") else None
     if decoder is not None:  # a latent model, built to train or loaded to sample: both warn alike
         warn_unclipped_eps(diffusion)
@@ -130,73 +118,6 @@ def _build_net(spec: dict, net_kwargs: dict[str, Any]) -> nn.Module:
         f"model={model} does not take {kind} (data.name={(spec.get('data') or {}).get('name')} gives shape "
         f"{list(spec['data_shape'])}); choose model=mlp for points, a unet_* or dit_* model for images"
     ) from None
-
-
-def _option_name(node: dict) -> str:
-    cls = get_class(node["_target_"])
-    return getattr(cls, "name", cls.__name__)
-
-
-# The registries that say which options of a group exist, to name those that fit a process.
-_REGISTRIES = {"loss": LOSSES, "weighting": WEIGHTINGS, "timesteps": TIMESTEP_SAMPLERS, "sampler": SAMPLERS}
-
-
-def check_applies(part: type, group: str, process: Any) -> None:
-    """Refuse a part made for another process (``sampler=ddim`` with ``process=edm``) in one line naming both and
-    the options that fit. A part (class attribute ``processes``, None: any) or a process (``name``) that does
-    not say is not checked."""
-    allowed = getattr(part, "processes", None)
-    name = getattr(process, "name", None)
-    if allowed is None or name is None or name in allowed:
-        return
-    fitting = [
-        option
-        for option, cls in _REGISTRIES.get(group, {}).items()
-        if getattr(cls, "processes", None) is None or name in cls.processes
-    ]
-    choose = f"; choose {group}={'|'.join(fitting)}" if fitting else ""
-    raise ValueError(
-        f"{group}={getattr(part, 'name', part.__name__)} applies to process={'|'.join(allowed)}, not "
-        f"process={name}{choose}"
-    )
-
-
-# Groups a process (or a part given to it) may take as constructor arguments: declared once in the config, built
-# here, injected.
-PROCESS_INPUTS = ("schedule", "prediction", "variance", "degradation")
-
-
-def build_process(spec: dict):
-    """The process (``process`` group; the Gaussian DDPM process by default, also for a checkpoint written
-    before the group existed), given the built schedule, prediction, variance or degradation it asks for by name
-    (and a part it takes the same way: cold diffusion's gaussian_noise degradation gets the schedule). A group set
-    that nothing takes is refused (EDM and flow take none of them: their configs drop them), unless the process
-    leaves it to its parts (``inputs_for_parts``: cold's schedule, unused by the degradations other than noise)."""
-    node = spec.get("process") or {"_target_": "diffusion_lab.diffusion.Diffusion"}
-    taken: set[str] = set()
-    process = _build_with_inputs(node, spec, taken)
-    given = [k for k in PROCESS_INPUTS if "_target_" in (spec.get(k) or {}) and k not in node]
-    unused = [k for k in given if k not in taken and k not in getattr(process, "inputs_for_parts", ())]
-    if unused:
-        k, name = unused[0], getattr(process, "name", node["_target_"])
-        raise ValueError(
-            f"process={name} takes no {k} but {k}={_option_name(spec[k])} is set; drop it (~{k} where an "
-            "experiment sets it) or use process=ddpm"
-        )
-    return process
-
-
-def _build_with_inputs(node: dict, spec: dict, taken: set[str]):
-    """``node`` built with the parts of ``spec`` its constructor names (PROCESS_INPUTS) and ``node`` does not
-    set, each built the same way (cold diffusion's gaussian_noise degradation takes the schedule); the groups
-    taken are added to ``taken``."""
-    factory = instantiate(node, _partial_=True)
-    accepted = inspect.signature(factory).parameters
-    # A node without a _target_ is settings an experiment left for an option not chosen (as for lr_scheduler).
-    given = [k for k in PROCESS_INPUTS if "_target_" in (spec.get(k) or {}) and k not in node]
-    inputs = {k: _build_with_inputs(spec[k], spec, taken) for k in given if k in accepted}
-    taken.update(inputs)
-    return factory(**inputs)
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int | None, latent=None):
@@ -339,14 +260,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 # ------------------------------------------------------------------------------ latent diffusion (Rombach 2022)
-def task_name(cfg_or_spec) -> str:
-    """``diffusion`` or ``autoencoder``: what a config trains (``task.name``) or a checkpoint's spec holds."""
-    task = cfg_or_spec.get("task")
-    if isinstance(task, str):
-        return task
-    return str((task or {}).get("name", "diffusion"))
-
-
 def build_datamodule(cfg: DictConfig):
     """The run's data: ``cfg.data`` as configured, or, with ``autoencoder=PATH``, seen through that
     autoencoder's encoder (latents cached under ``paths.cache_dir``/latents)."""

@@ -146,7 +146,8 @@ def _images(cfg: DictConfig, n: int) -> Tensor:
 
 def _process(cfg: DictConfig):
     """The checkpoint's process, else the one the ``process`` group names (with its schedule / degradation)."""
-    from .build import build_process, load_checkpoint
+    from .build import load_checkpoint
+    from .process_parts import build_process
 
     if cfg.ckpt_path:
         return load_checkpoint(cfg.ckpt_path)[0].diffusion

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["LOCK_FILE", "LOCKS_TABLE", "check_not_in_use", "lock_holder", "process_alive", "run_lock"]
+__all__ = [
+    "LOCK_FILE",
+    "LOCKS_TABLE",
+    "check_not_in_use",
+    "lock_holder",
+    "process_alive",
+    "process_rank",
+    "run_lock",
+]
 
 LOCK_FILE = ".run.lock"
 LOCKS_TABLE = Path("/proc/locks")  # Linux's table of the locks held on this machine
@@ -81,10 +89,25 @@ def check_not_in_use(folder: Path) -> None:
     taking the lock: for a check that runs before the lock can be taken (Hydra's ``on_run_start``, before
     Hydra rewrites the folder's ``.hydra`` record, which the training in it resumes from). The other ranks of a
     DDP run, started by rank 0 with its command line, pass: rank 0 holds the lock for them."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank == 0 and isinstance(lock_holder(folder), int):
+    if process_rank() == 0 and isinstance(lock_holder(folder), int):
         raise _in_use(Path(folder) / LOCK_FILE)
+
+
+# The variables Lightning reads this process's rank from when it loads (lightning.fabric.utilities.rank_zero).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def process_rank() -> int:
+    """This process's rank: Lightning's ``rank_zero_only.rank`` once Lightning has set it (a strategy may change
+    it), else the value Lightning would give it on loading, from the same variables. Read here rather than by
+    loading Lightning, which costs about 5 s of every command that Hydra's run-start checks refuse."""
+    from lightning_utilities.core.rank_zero import rank_zero_only  # Lightning's own, without Lightning
+
+    rank = getattr(rank_zero_only, "rank", None)
+    if rank is not None:
+        return int(rank)
+    found = [os.environ[key] for key in RANK_VARIABLES if os.environ.get(key) is not None]
+    return int(found[0]) if found else 0
 
 
 def lock_holder(folder: Path, table: Path = LOCKS_TABLE) -> int | None | str:

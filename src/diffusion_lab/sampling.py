@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .build import check_applies, load_checkpoint
+from .build import load_checkpoint
 from .diffusion.guidance import ClassifierFreeGuidance
 from .errors import UserError, unwritable_reason
 from .io import save_grid, save_samples_npz
 from .latent.decoder import sample_images, sampler_for
+from .process_parts import check_applies
 from .samplers import SAMPLERS, Sampler
 from .sampling_variance import with_sampling_variance
 

@@ -52,7 +52,11 @@ def compose_config(
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, write final samples; returns the paths and final metrics
     (:func:`diffusion_lab.training.train`). Its imports (Lightning, torch, the networks: several seconds) load on
-    the first call, after Hydra has composed the command line, so a mistyped option fails in about a second."""
+    the first call, after Hydra has composed the command line, so a mistyped option fails in about a second, and
+    parts that cannot train together (torch and the parts alone) in a few."""
+    from .process_parts import check_training_parts
+
+    check_training_parts(cfg)
     from .training import train as run_training
 
     return run_training(cfg)
