@@ -305,6 +305,22 @@ def score(args: argparse.Namespace, datamodule, samples: Tensor, device) -> dict
     return metric.compute()
 
 
+def step_flops(net: nn.Module, forward: Forward, batch: int) -> dict[str, float]:
+    """GFLOPs of one training step (forward and backward of the ε loss) and of one forward at ``batch``, counted
+    by torch.utils.flop_counter (matrix products and convolutions; norms and activations count nothing) on the
+    CPU: what separates two networks' step rates where both run as fast per FLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, *SHAPE)
+    t = torch.randint(0, NUM_TIMESTEPS, (batch,))
+    with FlopCounterMode(display=False) as step:
+        F.mse_loss(forward(net, x, t).float(), torch.randn_like(x)).backward()
+    with FlopCounterMode(display=False) as ahead, torch.no_grad():
+        forward(net, x, t)
+    net.zero_grad(set_to_none=True)
+    return {"train_step_gflop": step.get_total_flops() / 1e9, "forward_gflop": ahead.get_total_flops() / 1e9}
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -341,6 +357,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="both compile modes 'default' (an alias)")
     p.add_argument("--dropout", type=float, default=0.0, help="the peer network's dropout probability")
     p.add_argument("--seed", type=int, default=0, help="initial weights, data order, timesteps and noise")
+    p.add_argument(
+        "--count",
+        action="store_true",
+        help="only count: the network's parameters and the FLOPs of one training step (forward + backward) "
+        "and of one forward at --batch, on the CPU; one JSON line, no data, no training",
+    )
     args = p.parse_args(argv)
     if args.compile:
         args.compile_mode = args.sample_compile_mode = "default"
@@ -372,6 +394,15 @@ def main(argv: list[str] | None = None) -> dict:
     net, forward, desc = build_peer(args.peer, args.dropout)
     params = count_parameters(net)
     log(f"{args.peer}: {desc}: {params:,} parameters")
+    if args.count:
+        counted = {
+            "peer": args.peer,
+            "params": params,
+            "batch": args.batch,
+            **step_flops(net, forward, args.batch),
+        }
+        print(json.dumps(counted), flush=True)
+        return counted
     net = net.to(device)
     ema = copy.deepcopy(net).requires_grad_(False).eval()
 

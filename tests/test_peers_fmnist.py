@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -144,3 +145,18 @@ def test_the_peers_take_cudnns_algorithm_choice_from_the_experiment_they_are_com
     trainer preset, which experiment=fmnist_fast uses unchanged."""
     ours = compose_train(["experiment=fmnist_fast"], output_dir="/nonexistent").trainer.benchmark
     assert peers.cudnn_autotune() is ours
+
+
+def test_count_gives_parameters_and_step_flops_linear_in_the_batch(peers, capsys):
+    """``--count``: one JSON line of the network's parameters and GFLOPs, no data read. A training step's FLOPs
+    grow with the batch exactly (every counted product is per sample), and the backward costs about two
+    forwards (the input's and the weights' gradients; the first layer needs no input gradient)."""
+    from unet_small import unet_small
+
+    counts = [peers.main(["--peer", "ours-net", "--count", "--batch", str(b)]) for b in (2, 4)]
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == counts
+    assert counts[0]["params"] == sum(p.numel() for p in unet_small(dropout=0.0).parameters())
+    assert counts[1]["train_step_gflop"] == pytest.approx(2 * counts[0]["train_step_gflop"], rel=1e-12)
+    step, forward = counts[0]["train_step_gflop"], counts[0]["forward_gflop"]
+    assert 2.9 * forward < step <= 3 * forward
