@@ -26,6 +26,7 @@ def check_training_parts(cfg: DictConfig) -> None:
     which runs the config its run stored, checked when it started, nor for an autoencoder, which has no process."""
     if cfg.get("ckpt_path") == "last" or task_name(cfg) == "autoencoder":
         return
+    # The network is built with the data's shape, after the data is read: its settings are checked then.
     keys = [key for key in (*SPEC_KEYS, *OPTIONAL_SPEC_KEYS) if key != "model" and key in cfg]
     fitting_parts({key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys})
 
@@ -40,9 +41,7 @@ def fitting_parts(spec: dict) -> tuple[Any, Loss, Sampler]:
     loss = instantiate(spec["loss"], weighting=instantiate(spec["weighting"]))
     check_compatible(loss, diffusion)
     sampler = instantiate(spec["sampler"])
-    sampler.num_evaluations(
-        diffusion
-    )  # its steps must fit this process: a bad value fails now, not at a preview
+    sampler.num_evaluations(diffusion)  # its steps must fit this process: fails now, not at a preview
     return diffusion, loss, sampler
 
 
