@@ -226,6 +226,9 @@ def test_full_trace_with_hydra_full_error(tmp_path):
         ("train", ["schedule=cosin"]),
         ("train", ["trainer.max_stepz=5"]),
         ("train", ["-m", "schedule=linear,cosin"]),
+        ("train", ["optimizer.lr=-1"]),
+        ("train", ["trainer.max_steps=abc"]),
+        ("train", ["experiment=fmnist_latent"]),
         ("sample", ["schedule=cosine", "ckpt=x.ckpt"]),
         ("sample", ["ckpt=x.ckpt", "n=0"]),
         ("evaluate", ["ckpt=x.ckpt", "metrics=[fid,bogus]"]),
@@ -242,6 +245,9 @@ def test_full_trace_with_hydra_full_error(tmp_path):
         "train-option",
         "train-key",
         "train-sweep",
+        "train-range",
+        "train-type",
+        "train-required",
         "sample-fixed-part",
         "sample-count",
         "evaluate-metric",
@@ -256,9 +262,9 @@ def test_full_trace_with_hydra_full_error(tmp_path):
     ],
 )
 def test_a_mistyped_command_line_is_refused_before_lightning_and_torch_load(entry, args, tmp_path):
-    """What Hydra refuses while composing (a group's option, a key, a sweep's values) and a command's own argument
-    checks are refused before the heavy imports (Lightning, torch: most of a start-up's seconds), so a typo costs
-    about a second."""
+    """What Hydra refuses while composing (a group's option, a key, a sweep's values), a command's own argument
+    checks and a training value's type or range are refused before the heavy imports (Lightning, torch: most of a
+    start-up's seconds), so a typo costs about a second."""
     code = (
         "import runpy, sys\n"
         f"sys.argv = [{entry!r}, *{args!r}]\n"

@@ -22,9 +22,9 @@ __all__ = ["PROCESS_INPUTS", "build_process", "check_applies", "check_training_p
 def check_training_parts(cfg: DictConfig) -> None:
     """A training command's process and parts, built from its config and checked as ``build_parts`` will check
     them, before Lightning loads and the data is read: ``loss=hybrid variance=fixed_small`` is refused in the
-    time torch takes to import rather than after Lightning's start-up. Not for a resume (``ckpt_path=last``),
-    which runs the config its run stored, checked when it started, nor for an autoencoder, which has no process."""
-    if cfg.get("ckpt_path") == "last" or task_name(cfg) == "autoencoder":
+    time torch takes to import rather than after Lightning's start-up. Not for an autoencoder, which has no
+    process."""
+    if task_name(cfg) == "autoencoder":
         return
     # The network is built with the data's shape, after the data is read: its settings are checked then.
     keys = [key for key in (*SPEC_KEYS, *OPTIONAL_SPEC_KEYS) if key != "model" and key in cfg]

@@ -53,13 +53,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, write final samples; returns the paths and final metrics
     (:func:`diffusion_lab.training.train`). Its imports (Lightning, torch, the networks: several seconds) load on
     the first call, after Hydra has composed the command line, so a mistyped option fails in about a second, and
-    parts that cannot train together (torch and the parts alone) in a few."""
-    from .process_parts import check_training_parts
-
-    check_training_parts(cfg)
+    so do the checks that need no Lightning (``check_early``)."""
+    check_early(cfg)
     from .training import train as run_training
 
     return run_training(cfg)
+
+
+def check_early(cfg: DictConfig) -> None:
+    """A new run's checks that need neither Lightning nor the data: its values' types and ranges (about a second:
+    no torch yet), then its process and the parts that must fit it (torch and the parts alone). A resume
+    (``ckpt_path=last``) runs the config its run stored, read and checked once Lightning has loaded."""
+    if cfg.get("ckpt_path") == "last":
+        return
+    from .config_checks import check_values
+
+    check_values(cfg)
+    from .process_parts import check_training_parts
+
+    check_training_parts(cfg)
 
 
 def usage() -> str:
