@@ -293,13 +293,31 @@ def prepare(opts: argparse.Namespace, invocation: dict, save) -> bool:
 
 
 def measured_rows(
-    opts: argparse.Namespace, run: Run, entries: list[dict], stdouts: list[str], code: dict
+    opts: argparse.Namespace, run: Run, entries: list[dict], stdouts: list[str], recorded: dict
 ) -> list[dict]:
     base = {"suite": opts.suite, "label": run.label, "system": run.system, "seed": run.seed}
-    base["settings"], base["code"] = run.settings, code
+    base["settings"] = run.settings
+    base.update(recorded)  # the code and the GPU of the call
     found = results(run, stdouts, opts.seconds) if entries[-1]["returncode"] == 0 else []
     rows = [{**base, "result": r, "metrics": m, "commands": entries} for r, m in found]
     return rows or [{**base, "result": None, "metrics": {}, "commands": entries, "error": "no result"}]
+
+
+def gpu_type(invocation: dict) -> str:
+    """The GPU type a call ran on, as torch names it ("no GPU" on a CPU machine; types joined where they differ)."""
+    return ", ".join(sorted(set(invocation["gpu"]["torch_devices"]))) or "no GPU"
+
+
+def other_gpus_warning(rows: list[dict], gpu: str, out: Path) -> str | None:
+    """A warning when ``out`` holds rows measured on another GPU type than this call's: their seeds do not pair
+    with this call's (rows from calls that did not name their GPU are not compared)."""
+    others = sorted({r["gpu"] for r in rows if r.get("gpu") and r["gpu"] != gpu})
+    if not others:
+        return None
+    return (
+        f"[run] WARNING: {out} holds rows measured on {', '.join(others)}, this call runs on {gpu}: "
+        "runs of different GPU types do not compare (the summary lists the runs by GPU)"
+    )
 
 
 def run_suite(opts: argparse.Namespace) -> int:
@@ -314,7 +332,12 @@ def run_suite(opts: argparse.Namespace) -> int:
     record["systems"] = {r.system: r.settings for r in SUITES[opts.suite](opts)}
     invocation = manifest(opts.suite, vars(opts))
     record["invocations"].append(invocation)
-    code = {key: invocation[key] for key in ("package_sha256", "scripts_sha256")}  # each row names its code
+    # Each row names the code and the GPU type of the call that measured it.
+    code = {key: invocation[key] for key in ("package_sha256", "scripts_sha256")}
+    recorded = {"code": code, "gpu": gpu_type(invocation)}
+    warning = other_gpus_warning(read_jsonl(jsonl), recorded["gpu"], out)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     def save() -> None:
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -329,7 +352,7 @@ def run_suite(opts: argparse.Namespace) -> int:
         for run, entries, stdouts in finished:
             invocation["runs"].extend(entries)
             with jsonl.open("a") as f:
-                rows = measured_rows(opts, run, entries, stdouts, code)
+                rows = measured_rows(opts, run, entries, stdouts, recorded)
                 f.writelines(json.dumps(row) + "\n" for row in rows)
         save()
     if opts.suite == "quality":

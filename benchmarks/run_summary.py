@@ -60,7 +60,25 @@ def summary(records: list[dict]) -> dict:
         "code": code_versions(records),
         "settings": setting_versions(records),
         "settings_differ": setting_differences(records),
+        # only where a row names its GPU (rows written before they did leave the summaries of their time as were)
+        **({"gpus": gpu_types(records)} if any(r.get("gpu") for r in records) else {}),
     }
+
+
+def gpu_types(records: list[dict]) -> dict[str, list[str]]:
+    """GPU type a row's call ran on ("not recorded" for rows from calls that did not say) -> its runs' labels:
+    one small network's steps in a wall budget differ by tens of percent between hosts, more between types."""
+    types: dict[str, list[str]] = {}
+    for r in records:
+        types.setdefault(r.get("gpu") or "not recorded", []).append(r["label"])
+    return types
+
+
+def gpu_line(types: dict[str, list[str]]) -> str:
+    if len(types) == 1:
+        (name,) = types
+        return f"gpu: every run ran on one GPU type ({name})"
+    return f"gpu: WARNING, the runs ran on {len(types)} GPU types ({_listed(types)}); compare runs of one type only"
 
 
 def code_versions(records: list[dict]) -> dict[str, list[str]]:
@@ -152,6 +170,8 @@ def text(result: dict) -> str:
         lines.append(code_line(result["code"]))
     if "settings" in result:
         lines.append(settings_line(result["settings"], result.get("settings_differ")))
+    if "gpus" in result:
+        lines.append(gpu_line(result["gpus"]))
     return "\n".join(lines)
 
 

@@ -194,6 +194,8 @@ def test_selftest_writes_json_lines_and_the_manifest(runner, tmp_path):
 
     assert row["code"] == {key: manifest[key] for key in ("package_sha256", "scripts_sha256")}
     assert row["code"]["package_sha256"] == code_sha256()
+    devices = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+    assert row["gpu"] == (", ".join(devices) or "no GPU")  # and the GPU type
     assert manifest["versions"]["python"] == platform.python_version()
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["cpu_count"] == os.cpu_count()
@@ -325,6 +327,46 @@ def test_the_summary_names_the_code_every_run_ran_and_warns_when_it_differs(runn
         "code: not recorded by any run's call",
         "settings: not recorded by any run",
     ]
+
+
+def test_the_summary_names_the_gpu_type_every_run_ran_on_and_warns_when_they_differ(runner):
+    from run_summary import summary, text
+
+    rows = records("ours", [1.0, 2.0]) + records("lucidrains", [3.0, 4.0])
+    assert "gpus" not in summary(
+        rows
+    )  # rows that name no GPU: the summaries written before rows did are kept
+    for row, gpu in zip(rows, ["NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H200", None]):
+        row["gpu"] = gpu
+    result = summary(rows)
+    assert result["gpus"] == {
+        "NVIDIA H200": ["ours_s0", "lucidrains_s0"],
+        "NVIDIA H100 80GB HBM3": ["ours_s1"],
+        "not recorded": ["lucidrains_s1"],
+    }
+    assert text(result).splitlines()[-1] == (
+        "gpu: WARNING, the runs ran on 3 GPU types (NVIDIA H200: ours_s0, lucidrains_s0; NVIDIA H100 80GB HBM3: "
+        "ours_s1; not recorded: lucidrains_s1); compare runs of one type only"
+    )
+    for row in rows:
+        row["gpu"] = "NVIDIA H200"
+    assert text(summary(rows)).splitlines()[-1] == "gpu: every run ran on one GPU type (NVIDIA H200)"
+
+
+def test_a_call_on_another_gpu_type_than_its_folders_rows_warns_at_its_start(runner, capsys, tmp_path):
+    kept = {"suite": "selftest", "label": "kept", "system": "selftest", "seed": 0, "gpu": "NVIDIA H200"}
+    (tmp_path / "selftest.jsonl").write_text(json.dumps({**kept, "result": {"value": 1}}) + "\n")
+    assert runner.main(["selftest", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "selftest.jsonl").read_text().splitlines()]
+    here = rows[-1]["gpu"]
+    assert here != "NVIDIA H200" and rows[-1]["label"] == "selftest"
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        f"[run] WARNING: {tmp_path} holds rows measured on NVIDIA H200, this call runs on {here}: runs of "
+        "different GPU types do not compare (the summary lists the runs by GPU)"
+    )
+    assert runner.main(["selftest", "--out", str(tmp_path), "--limit", "0"]) == 0
+    assert "WARNING" in capsys.readouterr().err  # every call on the folder says it again
 
 
 def test_the_summary_warns_when_a_systems_seeds_ran_different_settings(runner):
