@@ -728,6 +728,10 @@ def test_a_committed_quality_summary_is_rebuilt_from_its_rows(runner, record):
     committed = json.loads((record.parent / "quality_summary.json").read_text())
     # JSON writes nan as NaN, which compares unequal to itself: compare the serialised forms
     assert json.dumps(summary(rows), sort_keys=True) == json.dumps(committed, sort_keys=True)
+    # a row's GPU type is that of the call whose manifest entry ran it
+    calls = json.loads((record.parent / "manifest.json").read_text())["invocations"]
+    ran_on = {r["run"]: ", ".join(sorted(set(c["gpu"]["torch_devices"]))) for c in calls for r in c["runs"]}
+    assert all(row["gpu"] == ran_on[row["label"]] for row in rows if "gpu" in row)
 
 
 def commit_tree(root: Path, files: dict[str, bytes], message: str = "c") -> str:
