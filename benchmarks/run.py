@@ -325,7 +325,8 @@ def run_suite(opts: argparse.Namespace) -> int:
     interrupted or split suite), ``--gpus`` at a time, appending their rows; then the summary over all rows."""
     out, jsonl = Path(opts.out), Path(opts.out) / f"{opts.suite}.jsonl"
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    done = {r["label"] for r in read_jsonl(jsonl) if r.get("result") is not None}
+    earlier = read_jsonl(jsonl)
+    done = {r["label"] for r in earlier if r.get("result") is not None}
     runs = pending(opts, done)[: opts.limit]
     path = out / "manifest.json"
     record = json.loads(path.read_text()) if path.exists() else {"suite": opts.suite, "invocations": []}
@@ -335,7 +336,7 @@ def run_suite(opts: argparse.Namespace) -> int:
     # Each row names the code and the GPU type of the call that measured it.
     code = {key: invocation[key] for key in ("package_sha256", "scripts_sha256")}
     recorded = {"code": code, "gpu": gpu_type(invocation)}
-    warning = other_gpus_warning(read_jsonl(jsonl), recorded["gpu"], out)
+    warning = other_gpus_warning(earlier, recorded["gpu"], out)
     if warning:
         print(warning, file=sys.stderr, flush=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 
 from diffusion_lab.reporting.stats import Interval, paired_difference, t_interval, verdict
 
@@ -68,10 +69,7 @@ def summary(records: list[dict]) -> dict:
 def gpu_types(records: list[dict]) -> dict[str, list[str]]:
     """GPU type a row's call ran on ("not recorded" for rows from calls that did not say) -> its runs' labels:
     one small network's steps in a wall budget differ by tens of percent between hosts, more between types."""
-    types: dict[str, list[str]] = {}
-    for r in records:
-        types.setdefault(r.get("gpu") or "not recorded", []).append(r["label"])
-    return types
+    return labels_by(records, lambda r: r.get("gpu"))
 
 
 def gpu_line(types: dict[str, list[str]]) -> str:
@@ -84,11 +82,20 @@ def gpu_line(types: dict[str, list[str]]) -> str:
 def code_versions(records: list[dict]) -> dict[str, list[str]]:
     """package digest (its first 12 hex digits; "not recorded" for rows from calls that did not record one) ->
     the labels of the runs that ran it, in the order the rows were written."""
-    versions: dict[str, list[str]] = {}
-    for r in records:
+
+    def digest(r: dict) -> str | None:
         sha = (r.get("code") or {}).get("package_sha256")
-        versions.setdefault(sha[:12] if sha else "not recorded", []).append(r["label"])
-    return versions
+        return sha[:12] if sha else None
+
+    return labels_by(records, digest)
+
+
+def labels_by(records: list[dict], key: Callable[[dict], str | None]) -> dict[str, list[str]]:
+    """``key(row)`` ("not recorded" where it gives None) -> the labels of the rows with it, in row order."""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        groups.setdefault(key(r) or "not recorded", []).append(r["label"])
+    return groups
 
 
 def code_line(versions: dict[str, list[str]]) -> str:
