@@ -12,7 +12,14 @@ import json
 import math
 from collections.abc import Callable
 
-from diffusion_lab.reporting.stats import Interval, paired_difference, t_interval, verdict
+from diffusion_lab.reporting.stats import (
+    MOST_SEEDS,
+    Interval,
+    paired_difference,
+    seeds_to_separate,
+    t_interval,
+    verdict,
+)
 
 METRICS = (("fd", "FD"), ("kid", "KID"), ("steps", "steps"), ("img_per_s", "train img/s"))
 
@@ -53,7 +60,11 @@ def summary(records: list[dict]) -> dict:
         for peer in (s for s in table if s != "ours"):
             verdicts[peer] = lower_fd_separated(table["ours"]["fd"], table[peer]["fd"])
             diff = paired_difference(fd_by_seed(records, "ours"), fd_by_seed(records, peer))
-            paired[peer] = {**cell(diff), "verdict": verdict(diff, "min")}
+            paired[peer] = {
+                **cell(diff),
+                "verdict": verdict(diff, "min"),
+                "seeds_to_separate": seeds_to_separate(diff),
+            }
     return {
         "systems": {system: {key: cell(i) for key, i in row.items()} for system, row in table.items()},
         "ours_lower_fd_separated": verdicts,
@@ -172,7 +183,7 @@ def text(result: dict) -> str:
     for peer, yes in result["ours_lower_fd_separated"].items():
         lines.append(f"vs {peer}: ours lower mean FD with non-overlapping 95% CIs: {'yes' if yes else 'no'}")
     for peer, diff in result.get("ours_minus_peer_fd_paired", {}).items():
-        lines.append(f"ours - {peer} FD paired by seed: {fmt(diff)}: {diff['verdict']}")
+        lines.append(f"ours - {peer} FD paired by seed: {fmt(diff)}: {diff['verdict']}{projection(diff)}")
     if "code" in result:
         lines.append(code_line(result["code"]))
     if "settings" in result:
@@ -180,6 +191,20 @@ def text(result: dict) -> str:
     if "gpus" in result:
         lines.append(gpu_line(result["gpus"]))
     return "\n".join(lines)
+
+
+def projection(diff: dict) -> str:
+    """Where a paired difference is not separated: the seeds that would separate it if it held (summaries
+    written before the projection existed have none)."""
+    if (
+        diff["verdict"] != "not separated"
+        or "seeds_to_separate" not in diff
+        or diff["n"] < 2
+        or diff["mean"] == 0
+    ):
+        return ""
+    m = diff["seeds_to_separate"]
+    return f" (n>={m} at this spread)" if m else f" (over {MOST_SEEDS} seeds at this spread)"
 
 
 def fmt(cell: dict) -> str:

@@ -420,6 +420,19 @@ def test_summary_interval_and_verdict_match_a_hand_computation(runner):
     assert f"ours - lucidrains FD paired by seed: -3.0 ± {T_975_2 / math.sqrt(3):.1f} (n=3): better" in lines
 
 
+def test_a_paired_difference_not_yet_separated_says_how_many_seeds_would_separate_it(runner):
+    from run_summary import summary, text
+
+    # differences -1, 0, -2: mean -1, sd 1; t_{0.975, m-1} / sqrt(m) < 1 first at m = 7 (2.447 / 2.646)
+    result = summary(records("ours", [10.0, 12.0, 14.0]) + records("diffusers", [11.0, 12.0, 16.0]))
+    paired = result["ours_minus_peer_fd_paired"]["diffusers"]
+    assert (paired["verdict"], paired["seeds_to_separate"]) == ("not separated", 7)
+    line = f"ours - diffusers FD paired by seed: -1.0 ± {T_975_2 / math.sqrt(3):.1f} (n=3): not separated"
+    assert line + " (n>=7 at this spread)" in text(result).splitlines()
+    del paired["seeds_to_separate"]  # a summary written before the projection existed: no projection
+    assert line in text(result).splitlines()
+
+
 def test_paired_difference_uses_only_the_seeds_both_systems_have(runner):
     from run_summary import summary
 

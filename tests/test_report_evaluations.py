@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,12 @@ def test_a_known_sampler_difference_is_separated_in_the_right_direction(tmp_path
         mean, half = (float(x) for x in better.split(" (")[0].split(" ± "))
         assert mean - half <= -2.0 <= mean + half and half < 0.5  # the seed's shared shift cancels in pairs
         assert rows[f"ddim η=1, {steps} steps"]["FD (classifier features)"].endswith("(n=5, worse)")
-        assert rows[f"ddim η=0.5, {steps} steps"]["FD (classifier features)"].endswith("(n=5, not separated)")
+        # not separated, with the seeds that would separate it if the spread held (never fewer than ran)
+        tail = re.search(
+            r"\(n=5, not separated; (?:n≥(\d+)|over 100 seeds) at this spread\)$",
+            rows[f"ddim η=0.5, {steps} steps"]["FD (classifier features)"],
+        )
+        assert tail and (tail[1] is None or int(tail[1]) > 5)
 
 
 def test_identical_settings_are_not_separated(tmp_path):
@@ -411,7 +417,9 @@ def test_cells_are_compared_with_the_baseline_cell_at_equal_network_evaluations(
     ):
         text = found[setting][1]
         mean, half = (float(x) for x in text.split(" (")[0].split(" ± "))
-        assert abs(mean - truth) < 0.15 and text.endswith(f"(n=5, {verdict})")
+        assert abs(mean - truth) < 0.15 and re.search(
+            rf"\(n=5, {verdict}(; (n≥\d+|over 100 seeds) at this spread)?\)$", text
+        )
 
 
 def test_headline_score_is_taken_from_the_settings_every_job_shares(tmp_path):

@@ -12,7 +12,14 @@ from diffusion_lab.report import main as report_main
 from diffusion_lab.reporting.cells import group_cells
 from diffusion_lab.reporting.curves import common_steps
 from diffusion_lab.reporting.runs import find_jobs
-from diffusion_lab.reporting.stats import paired_difference, t_interval, verdict
+from diffusion_lab.reporting.stats import (
+    MOST_SEEDS,
+    Interval,
+    paired_difference,
+    seeds_to_separate,
+    t_interval,
+    verdict,
+)
 from synthetic_sweep import seeded_sweep, write_job, write_status
 
 
@@ -128,6 +135,41 @@ def test_a_null_difference_is_separated_at_about_the_nominal_rate():
     assert low <= separated <= high, separated
 
 
+def _with_mean_and_sd(m: int, mean: float, sd: float) -> list[float]:
+    """m values whose sample mean and standard deviation are exactly these (a centred ramp, rescaled)."""
+    ramp = np.arange(m) - (m - 1) / 2
+    return list(mean + ramp * sd / np.std(ramp, ddof=1))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"), [([1.0, 2.0, 3.0], 4), ([-0.105, -0.069], 3), ([0.25, -0.25, 0.5], 23)]
+)
+def test_the_seeds_that_would_separate_a_difference_are_the_fewest_whose_interval_excludes_zero(
+    values, expected
+):
+    """With the measured mean and spread held, m seeds separate the difference and m - 1 do not: checked by
+    building samples of that mean and sd and taking their intervals, apart from the search itself."""
+    measured = t_interval(values)
+    assert verdict(measured, "min") == "not separated"
+    m = seeds_to_separate(measured)
+    assert m == expected
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    assert verdict(t_interval(_with_mean_and_sd(m, mean, sd)), "min") != "not separated"
+    assert verdict(t_interval(_with_mean_and_sd(m - 1, mean, sd)), "min") == "not separated"
+
+
+def test_the_projection_says_nothing_it_cannot_know():
+    assert seeds_to_separate(t_interval([0.4])) is None  # one seed: no spread
+    assert seeds_to_separate(t_interval([0.5, -0.5])) is None  # a zero mean never separates
+    assert seeds_to_separate(t_interval([0.06, -0.082])) is None  # past MOST_SEEDS
+    assert seeds_to_separate(t_interval([0.06, -0.082]), most=10_000) > MOST_SEEDS
+    separated = t_interval([-2.1, -1.9, -2.0])
+    assert (
+        verdict(separated, "min") == "better" and seeds_to_separate(separated) == 3
+    )  # already: the seeds run
+    assert seeds_to_separate(Interval(0.1, math.nan, 2)) is None
+
+
 def test_a_baseline_that_matches_no_cell_is_one_error_line(tmp_path, capsys):
     sweep = seeded_sweep(tmp_path / "sweep", 0.0, [1, 2], 0.1, np.random.default_rng(0))
     with pytest.raises(SystemExit) as exit_info:
@@ -199,7 +241,11 @@ def test_a_faster_convergence_is_separated_step_by_step_including_jobs_stopped_e
     half = scipy_stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # sd of (-2.1, -1.9, -2.0) is 0.1
     assert _row(section, "10")[1] == f"-2 ± {half:.2g} (n=3, better)"
     assert _row(section, "20")[1].startswith("+0.1667 ± ")
-    assert _row(section, "20")[1].endswith("(n=3, not separated)")
+    # sd of (+0.25, -0.25, +0.5) is 0.3819: the fewest seeds m with t_{0.975, m-1} * sd / sqrt(m) < 1/6
+    sd = float(np.std([0.25, -0.25, 0.5], ddof=1))
+    m = next(m for m in range(2, 100) if scipy_stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) < 1 / 6)
+    assert m == 23
+    assert _row(section, "20")[1].endswith(f"(n=3, not separated; n≥{m} at this spread)")
     assert "| 30 |" not in section  # step 30 was not reached by every job
 
 

@@ -12,9 +12,18 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["CONFIDENCE", "Interval", "t_interval", "paired_difference", "verdict"]
+__all__ = [
+    "CONFIDENCE",
+    "Interval",
+    "t_interval",
+    "paired_difference",
+    "verdict",
+    "seeds_to_separate",
+    "MOST_SEEDS",
+]
 
 CONFIDENCE = 0.95
+MOST_SEEDS = 100  # seeds_to_separate looks no further
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,13 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Inter
     if n < 2:
         return Interval(mean, math.nan, n)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    return Interval(mean, _t_quantile(confidence, n - 1) * sd / math.sqrt(n), n)
+
+
+def _t_quantile(confidence: float, dof: int) -> float:
     from scipy import stats  # here: SciPy's import (about a second) is paid by what computes an interval
 
-    return Interval(mean, float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n), n)
+    return float(stats.t.ppf((1 + confidence) / 2, dof))
 
 
 def paired_difference(
@@ -65,3 +78,22 @@ def verdict(difference: Interval, better: str) -> str:
         return "not separated"
     lower = difference.high < 0
     return "better" if lower == (better == "min") else "worse"
+
+
+def seeds_to_separate(
+    difference: Interval, confidence: float = CONFIDENCE, most: int = MOST_SEEDS
+) -> int | None:
+    """The fewest seeds whose interval would exclude 0 if the difference's mean and spread stayed as measured:
+    the smallest m >= n with t_{(1+c)/2, m-1} · s / √m < |mean|, s recovered from the interval's half-width.
+
+    A planning figure for how many more seeds to run, not a promise: at a few seeds s is itself uncertain. None
+    where it cannot be said (fewer than two seeds, a zero mean) or where it would take more than ``most``."""
+    n = difference.n
+    if n < 2 or math.isnan(difference.half_width) or difference.mean == 0:
+        return None
+    sd = difference.half_width * math.sqrt(n) / _t_quantile(confidence, n - 1)
+    target = abs(difference.mean)
+    for m in range(n, most + 1):
+        if _t_quantile(confidence, m - 1) * sd / math.sqrt(m) < target:
+            return m
+    return None

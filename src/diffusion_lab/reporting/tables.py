@@ -9,7 +9,7 @@ from ..overrides import override_key
 from .cells import Cell
 from .runs import Job
 from .scores import FRECHET, SCORES
-from .stats import CONFIDENCE, Interval, paired_difference, t_interval, verdict
+from .stats import CONFIDENCE, MOST_SEEDS, Interval, paired_difference, seeds_to_separate, t_interval, verdict
 
 __all__ = [
     "Entry",
@@ -120,7 +120,9 @@ def eval_table(jobs: list[Job]) -> Table:
 
 BETTER_NOTE = (
     "'better' / 'worse' only where the interval excludes 0 (lower is better for losses, FID / FD, KID / KD and "
-    "bits/dim; higher for IS, the classifier score, precision and recall), else 'not separated'."
+    "bits/dim; higher for IS, the classifier score, precision and recall), else 'not separated', with the seeds "
+    "that would separate it if its mean and spread held ('n≥k at this spread': a figure for planning more seeds, "
+    f"not a promise; 'over {MOST_SEEDS} seeds' past that)."
 )
 
 
@@ -157,7 +159,16 @@ def difference_text(diff: Interval, better: str) -> str:
         return ""
     if math.isnan(diff.half_width):
         return f"{diff.mean:+.4g} (n=1: not separated)"
-    return f"{diff.mean:+.4g} ± {diff.half_width:.2g} (n={diff.n}, {verdict(diff, better)})"
+    said = verdict(diff, better)
+    return f"{diff.mean:+.4g} ± {diff.half_width:.2g} (n={diff.n}, {said}{_projection(diff, said)})"
+
+
+def _projection(diff: Interval, said: str) -> str:
+    """How many seeds would separate a difference that is not yet, if its mean and spread held."""
+    if said != "not separated" or diff.mean == 0 or math.isnan(diff.half_width):
+        return ""
+    m = seeds_to_separate(diff)
+    return f"; n≥{m} at this spread" if m else f"; over {MOST_SEEDS} seeds at this spread"
 
 
 # The groups whose choice changes what the training loss measures (its target, weighting, noise levels or
