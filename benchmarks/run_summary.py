@@ -12,14 +12,8 @@ import json
 import math
 from collections.abc import Callable
 
-from diffusion_lab.reporting.stats import (
-    MOST_SEEDS,
-    Interval,
-    paired_difference,
-    seeds_to_separate,
-    t_interval,
-    verdict,
-)
+from diffusion_lab.reporting import stats
+from diffusion_lab.reporting.stats import Interval, paired_difference, t_interval, verdict
 
 METRICS = (("fd", "FD"), ("kid", "KID"), ("steps", "steps"), ("img_per_s", "train img/s"))
 
@@ -63,7 +57,7 @@ def summary(records: list[dict]) -> dict:
             paired[peer] = {
                 **cell(diff),
                 "verdict": verdict(diff, "min"),
-                "seeds_to_separate": seeds_to_separate(diff),
+                "seeds_to_separate": stats.seeds_to_separate(diff),
             }
     return {
         "systems": {system: {key: cell(i) for key, i in row.items()} for system, row in table.items()},
@@ -204,7 +198,7 @@ def projection(diff: dict) -> str:
     ):
         return ""
     m = diff["seeds_to_separate"]
-    return f" (n>={m} at this spread)" if m else f" (over {MOST_SEEDS} seeds at this spread)"
+    return f" (n>={m} at this spread)" if m else f" (over {stats.MOST_SEEDS} seeds at this spread)"
 
 
 def fmt(cell: dict) -> str:
