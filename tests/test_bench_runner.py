@@ -885,6 +885,49 @@ def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_out
     assert len((out / "selftest.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_run_queued_after_another_starts_only_once_that_one_has_ended(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    first = tmp_path / "bench" / "quality"  # stands for a run started earlier: its pid written, no rc yet
+    first.mkdir(parents=True)
+    (first / "pid").write_text("1\n")
+    env = {
+        **os.environ,
+        "SUITE": "selftest",
+        "BENCH_DIR": str(tmp_path / "bench2"),
+        "OUT": str(tmp_path / "out"),
+    }
+    env.update(PY=sys.executable, AFTER=str(first), BENCH_ARGS="--limit 1")
+
+    def call(limit: int) -> subprocess.CompletedProcess:
+        command = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(limit)]
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+    queued = call(12)
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.splitlines()[0].endswith(f", once {first} has ended: --limit 1")
+    assert "[bench] selftest still running" in queued.stdout
+    rows = tmp_path / "bench2" / "selftest" / "out" / "selftest.jsonl"
+    assert not rows.exists()  # 12 s and it has not started
+    (first / "rc").write_text("1\n")  # the earlier run ended (its exit status does not matter)
+    watched = call(120)
+    assert "[bench] selftest finished (exit 0)" in watched.stdout and "[bench] started" not in watched.stdout
+    assert len(rows.read_text().splitlines()) == 1
+
+
+def test_a_queue_after_a_folder_where_no_run_started_is_refused(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SUITE": "selftest", "BENCH_DIR": str(tmp_path / "b"), "OUT": str(tmp_path / "out")}
+    env["AFTER"] = str(tmp_path / "typo")
+    command = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), "5"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"[bench] AFTER={tmp_path / 'typo'}: no run was started there (no pid file); "
+        "name the BENCH_DIR/<suite> folder of a started run\n"
+    )
+    assert not (tmp_path / "b").exists() and not (tmp_path / "out").exists()
+
+
 def _study_watch(tmp_path: Path, metrics: str):
     """A copy of the watch script's files and one study job with ``metrics`` as its metrics.csv: the watch's
     folder (DIFFUSION_LAB_ROOT) and a function running the watch for ``limit`` seconds there (an empty $OUT,
