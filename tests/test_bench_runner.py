@@ -856,20 +856,31 @@ def test_a_manifest_digests_the_package_as_its_runs_do_and_the_scripts_apart(tmp
     assert changed["scripts_sha256"] != expected["scripts_sha256"]
 
 
-def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_output(tmp_path):
+def _device_script(tmp_path: Path, bench: str, **env_vars: str):
+    """A device call of gpu_bench.sh running the selftest suite (its run in ``tmp_path/<bench>``, its archive
+    in ``tmp_path/out``), as a function of the watch limit."""
     root = Path(__file__).resolve().parents[1]
-    earlier = tmp_path / "earlier"
-    earlier.mkdir()
-    (earlier / "kept.txt").write_text("a committed result the run continues\n")
     env = {
         **os.environ,
         "SUITE": "selftest",
-        "BENCH_DIR": str(tmp_path / "bench"),
+        "BENCH_DIR": str(tmp_path / bench),
         "OUT": str(tmp_path / "out"),
     }
-    env.update(PY=sys.executable, CONTINUE=str(earlier), BENCH_ARGS="--limit 1")
-    call = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), "120"]
-    first = subprocess.run(call, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    env.update(PY=sys.executable, **env_vars)
+
+    def call(limit: int) -> subprocess.CompletedProcess:
+        command = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(limit)]
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+    return call
+
+
+def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_output(tmp_path):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "kept.txt").write_text("a committed result the run continues\n")
+    call = _device_script(tmp_path, "bench", CONTINUE=str(earlier), BENCH_ARGS="--limit 1")
+    first = call(120)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[0].startswith("[bench] started selftest (pid ") and lines[0].endswith("): --limit 1")
@@ -878,7 +889,7 @@ def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_out
     with tarfile.open(tmp_path / "out" / "selftest.tar.gz") as tar:
         assert {"out/kept.txt", "out/selftest.jsonl", "out/manifest.json", "run.log"} <= set(tar.getnames())
     # a second call watches the same (finished) run: no second run, the same rows packed again
-    second = subprocess.run(call, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    second = call(120)
     assert second.returncode == 0 and "[bench] started" not in second.stdout
     out = tmp_path / "bench" / "selftest" / "out"
     assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 1
@@ -886,28 +897,16 @@ def test_the_device_script_runs_a_suite_in_the_background_once_and_packs_its_out
 
 
 def test_a_run_queued_after_another_starts_only_once_that_one_has_ended(tmp_path):
-    root = Path(__file__).resolve().parents[1]
     first = tmp_path / "bench" / "quality"  # stands for a run started earlier: its pid written, no rc yet
     first.mkdir(parents=True)
     (first / "pid").write_text("1\n")
-    env = {
-        **os.environ,
-        "SUITE": "selftest",
-        "BENCH_DIR": str(tmp_path / "bench2"),
-        "OUT": str(tmp_path / "out"),
-    }
-    env.update(PY=sys.executable, AFTER=str(first), BENCH_ARGS="--limit 1")
-
-    def call(limit: int) -> subprocess.CompletedProcess:
-        command = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(limit)]
-        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-
-    queued = call(12)
+    call = _device_script(tmp_path, "bench2", AFTER=str(first), BENCH_ARGS="--limit 1")
+    queued = call(20)  # watches about 10 s: long enough for the selftest to run and end were it not queued
     assert queued.returncode == 0, queued.stderr
     assert queued.stdout.splitlines()[0].endswith(f", once {first} has ended: --limit 1")
     assert "[bench] selftest still running" in queued.stdout
     rows = tmp_path / "bench2" / "selftest" / "out" / "selftest.jsonl"
-    assert not rows.exists()  # 12 s and it has not started
+    assert not rows.exists() and (tmp_path / "bench2" / "selftest" / "run.log").read_text() == ""
     (first / "rc").write_text("1\n")  # the earlier run ended (its exit status does not matter)
     watched = call(120)
     assert "[bench] selftest finished (exit 0)" in watched.stdout and "[bench] started" not in watched.stdout
@@ -915,11 +914,7 @@ def test_a_run_queued_after_another_starts_only_once_that_one_has_ended(tmp_path
 
 
 def test_a_queue_after_a_folder_where_no_run_started_is_refused(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "SUITE": "selftest", "BENCH_DIR": str(tmp_path / "b"), "OUT": str(tmp_path / "out")}
-    env["AFTER"] = str(tmp_path / "typo")
-    command = ["bash", str(root / "benchmarks" / "gpu_bench.sh"), "5"]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    done = _device_script(tmp_path, "b", AFTER=str(tmp_path / "typo"))(5)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (
         f"[bench] AFTER={tmp_path / 'typo'}: no run was started there (no pid file); "
