@@ -190,11 +190,11 @@ def text(result: dict) -> str:
 def projection(diff: dict) -> str:
     """Where a paired difference is not separated: the seeds that would separate it if it held (summaries
     written before the projection existed have none)."""
+    measured = Interval(diff["mean"], diff["half_width"], diff["n"])
     if (
         diff["verdict"] != "not separated"
         or "seeds_to_separate" not in diff
-        or diff["n"] < 2
-        or diff["mean"] == 0
+        or not stats.projectable(measured)
     ):
         return ""
     m = diff["seeds_to_separate"]

@@ -19,6 +19,7 @@ __all__ = [
     "paired_difference",
     "verdict",
     "seeds_to_separate",
+    "projectable",
     "MOST_SEEDS",
 ]
 
@@ -80,6 +81,12 @@ def verdict(difference: Interval, better: str) -> str:
     return "better" if lower == (better == "min") else "worse"
 
 
+def projectable(difference: Interval) -> bool:
+    """Whether seeds_to_separate can say anything of the difference: two seeds or more and a non-zero mean (its
+    None otherwise means 'cannot be said', else 'more than ``most``')."""
+    return difference.n >= 2 and not math.isnan(difference.half_width) and difference.mean != 0
+
+
 def seeds_to_separate(
     difference: Interval, confidence: float = CONFIDENCE, most: int = MOST_SEEDS
 ) -> int | None:
@@ -88,9 +95,9 @@ def seeds_to_separate(
 
     A planning figure for how many more seeds to run, not a promise: at a few seeds s is itself uncertain. None
     where it cannot be said (fewer than two seeds, a zero mean) or where it would take more than ``most``."""
-    n = difference.n
-    if n < 2 or math.isnan(difference.half_width) or difference.mean == 0:
+    if not projectable(difference):
         return None
+    n = difference.n
     sd = difference.half_width * math.sqrt(n) / _t_quantile(confidence, n - 1)
     import numpy as np
     from scipy import stats

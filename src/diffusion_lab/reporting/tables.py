@@ -9,7 +9,16 @@ from ..overrides import override_key
 from .cells import Cell
 from .runs import Job
 from .scores import FRECHET, SCORES
-from .stats import CONFIDENCE, MOST_SEEDS, Interval, paired_difference, seeds_to_separate, t_interval, verdict
+from .stats import (
+    CONFIDENCE,
+    MOST_SEEDS,
+    Interval,
+    paired_difference,
+    projectable,
+    seeds_to_separate,
+    t_interval,
+    verdict,
+)
 
 __all__ = [
     "Entry",
@@ -165,7 +174,7 @@ def difference_text(diff: Interval, better: str) -> str:
 
 def _projection(diff: Interval, said: str) -> str:
     """How many seeds would separate a difference that is not yet, if its mean and spread held."""
-    if said != "not separated" or diff.mean == 0 or math.isnan(diff.half_width):
+    if said != "not separated" or not projectable(diff):
         return ""
     m = seeds_to_separate(diff)
     return f"; n≥{m} at this spread" if m else f"; over {MOST_SEEDS} seeds at this spread"
