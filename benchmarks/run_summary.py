@@ -1,5 +1,6 @@
 """The quality suite's summary: per system the mean ± 95% Student-t half-width over seeds of FD, KID, steps and
-train img/s; per peer whether ours has the lower mean FD with non-overlapping 95% intervals, and ours − peer FD
+train img/s; per peer whether ours has the lower mean FD with non-overlapping 95% intervals (and, where not, the
+seeds a side at which they would part if means and spreads held), and ours − peer FD
 paired by seed (a seed's runs share a host and a call, so the pairing also holds when seeds ran on different
 machines); which code each run ran (its call's package digest): seeds run in several calls may have run
 several versions, which the comparison then also measures; and whether each system ran one setting over its
@@ -49,10 +50,11 @@ def cell(i: Interval) -> dict:
 
 def summary(records: list[dict]) -> dict:
     table = intervals(records)
-    verdicts, paired = {}, {}
+    verdicts, parting, paired = {}, {}, {}
     if "ours" in table:
         for peer in (s for s in table if s != "ours"):
             verdicts[peer] = lower_fd_separated(table["ours"]["fd"], table[peer]["fd"])
+            parting[peer] = stats.seeds_to_part(table["ours"]["fd"], table[peer]["fd"])
             diff = paired_difference(fd_by_seed(records, "ours"), fd_by_seed(records, peer))
             paired[peer] = {
                 **cell(diff),
@@ -62,6 +64,7 @@ def summary(records: list[dict]) -> dict:
     return {
         "systems": {system: {key: cell(i) for key, i in row.items()} for system, row in table.items()},
         "ours_lower_fd_separated": verdicts,
+        "seeds_to_part": parting,
         "ours_minus_peer_fd_paired": paired,
         "code": code_versions(records),
         "settings": setting_versions(records),
@@ -175,7 +178,8 @@ def text(result: dict) -> str:
         cells = "".join(f"{fmt(row[key]):>24}" for key, _ in METRICS)
         lines.append(f"{system:<13}{cells}")
     for peer, yes in result["ours_lower_fd_separated"].items():
-        lines.append(f"vs {peer}: ours lower mean FD with non-overlapping 95% CIs: {'yes' if yes else 'no'}")
+        answer = "yes" if yes else f"no{parting(result, peer)}"
+        lines.append(f"vs {peer}: ours lower mean FD with non-overlapping 95% CIs: {answer}")
     for peer, diff in result.get("ours_minus_peer_fd_paired", {}).items():
         lines.append(f"ours - {peer} FD paired by seed: {fmt(diff)}: {diff['verdict']}{projection(diff)}")
     if "code" in result:
@@ -185,6 +189,22 @@ def text(result: dict) -> str:
     if "gpus" in result:
         lines.append(gpu_line(result["gpus"]))
     return "\n".join(lines)
+
+
+def parting(result: dict, peer: str) -> str:
+    """Where ours' FD interval still overlaps the peer's with ours' mean the lower: the seeds a side at which they
+    would part if means and spreads held (summaries written before the projection existed have none)."""
+    ours, theirs = (result["systems"][s]["fd"] for s in ("ours", peer))
+    sides = [Interval(c["mean"], c["half_width"], c["n"]) for c in (ours, theirs)]
+    if peer not in result.get("seeds_to_part", {}) or not all(stats.projectable(i) for i in sides):
+        return ""
+    if not sides[0].mean < sides[1].mean:
+        return ""
+    return seeds_text(result["seeds_to_part"][peer])
+
+
+def seeds_text(m: int | None) -> str:
+    return f" (n>={m} at this spread)" if m else f" (over {stats.MOST_SEEDS} seeds at this spread)"
 
 
 def projection(diff: dict) -> str:
@@ -197,8 +217,7 @@ def projection(diff: dict) -> str:
         or not stats.projectable(measured)
     ):
         return ""
-    m = diff["seeds_to_separate"]
-    return f" (n>={m} at this spread)" if m else f" (over {stats.MOST_SEEDS} seeds at this spread)"
+    return seeds_text(diff["seeds_to_separate"])
 
 
 def fmt(cell: dict) -> str:

@@ -411,7 +411,9 @@ def test_summary_interval_and_verdict_match_a_hand_computation(runner):
     assert result["ours_lower_fd_separated"] == {"diffusers": True, "lucidrains": False}
     lines = text(result).splitlines()
     assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: yes" in lines
-    assert "vs lucidrains: ours lower mean FD with non-overlapping 95% CIs: no" in lines
+    # 12 (sd 2) against 15 (sd 1): t_{.975,m-1}·3/√m < 3 first at m = 7 (2.447 / 2.646; 2.571 / 2.449 at 6)
+    assert result["seeds_to_part"] == {"diffusers": 3, "lucidrains": 7}
+    assert "vs lucidrains: ours lower mean FD with non-overlapping 95% CIs: no (n>=7 at this spread)" in lines
     # paired by seed the lucidrains gap is separated: differences -4, -3, -2 (sd 1) against unpaired spreads of 2
     paired = result["ours_minus_peer_fd_paired"]
     assert paired["lucidrains"]["mean"] == pytest.approx(-3.0)
@@ -430,6 +432,19 @@ def test_a_paired_difference_not_yet_separated_says_how_many_seeds_would_separat
     line = f"ours - diffusers FD paired by seed: -1.0 ± {T_975_2 / math.sqrt(3):.1f} (n=3): not separated"
     assert line + " (n>=7 at this spread)" in text(result).splitlines()
     del paired["seeds_to_separate"]  # a summary written before the projection existed: no projection
+    assert line in text(result).splitlines()
+
+
+def test_an_overlap_says_how_many_seeds_would_part_it_only_where_ours_mean_is_the_lower(runner):
+    from run_summary import summary, text
+
+    result = summary(records("ours", [15.0, 16.0, 17.0]) + records("diffusers", [10.0, 12.0, 14.0]))
+    assert result["seeds_to_part"] == {"diffusers": None}
+    assert "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: no" in text(result).splitlines()
+    result = summary(records("ours", [0.30, 0.50]) + records("diffusers", [0.31, 0.52]))
+    line = "vs diffusers: ours lower mean FD with non-overlapping 95% CIs: no"
+    assert line + " (over 100 seeds at this spread)" in text(result).splitlines()
+    del result["seeds_to_part"]  # a summary written before the projection existed: no projection
     assert line in text(result).splitlines()
 
 

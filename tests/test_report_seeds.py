@@ -16,6 +16,7 @@ from diffusion_lab.reporting.stats import (
     MOST_SEEDS,
     Interval,
     paired_difference,
+    seeds_to_part,
     seeds_to_separate,
     t_interval,
     verdict,
@@ -168,6 +169,43 @@ def test_the_projection_says_nothing_it_cannot_know():
         verdict(separated, "min") == "better" and seeds_to_separate(separated) == 3
     )  # already: the seeds run
     assert seeds_to_separate(Interval(0.1, math.nan, 2)) is None
+
+
+def _apart(lower: list[float], higher: list[float]) -> bool:
+    return t_interval(lower).high < t_interval(higher).low
+
+
+@pytest.mark.parametrize(
+    ("lower", "higher", "expected"),
+    [
+        (
+            [10.0, 12.0, 14.0],
+            [15.0, 16.0, 17.0],
+            5,
+        ),  # gap 4, sds 2 + 1: t_{.975,4}/√5 = 1.24 < 4/3 < 1.59 at 4
+        ([0.3528, 0.3561, 0.5063], [0.4579, 0.4249, 0.5597], 20),  # a three-seed FD series against a peer's
+    ],
+)
+def test_the_seeds_that_would_part_two_intervals_are_the_fewest_at_which_they_stop_overlapping(
+    lower, higher, expected
+):
+    """Both sides' means and spreads held, m seeds a side part the intervals and m - 1 do not: checked on built
+    samples of those means and sds, apart from the search itself."""
+    assert not _apart(lower, higher)
+    m = seeds_to_part(t_interval(lower), t_interval(higher))
+    assert m == expected
+    built = [(float(np.mean(v)), float(np.std(v, ddof=1))) for v in (lower, higher)]
+    assert _apart(*(_with_mean_and_sd(m, mean, sd) for mean, sd in built))
+    assert not _apart(*(_with_mean_and_sd(m - 1, mean, sd) for mean, sd in built))
+
+
+def test_the_parting_projection_says_nothing_it_cannot_know():
+    ours, peer = t_interval([10.0, 12.0, 14.0]), t_interval([15.0, 16.0, 17.0])
+    assert seeds_to_part(peer, ours) is None  # the "lower" side's mean is the higher: no parting that way
+    assert seeds_to_part(t_interval([10.0]), peer) is None  # one seed: no spread
+    assert seeds_to_part(t_interval([0.30, 0.50]), t_interval([0.31, 0.52])) is None  # past MOST_SEEDS
+    assert seeds_to_part(t_interval([0.30, 0.50]), t_interval([0.31, 0.52]), most=100_000) > MOST_SEEDS
+    assert seeds_to_part(t_interval([1.0, 1.1, 1.2]), t_interval([5.0, 5.1, 5.2])) == 3  # already apart
 
 
 def test_a_baseline_that_matches_no_cell_is_one_error_line(tmp_path, capsys):

@@ -19,12 +19,13 @@ __all__ = [
     "paired_difference",
     "verdict",
     "seeds_to_separate",
+    "seeds_to_part",
     "projectable",
     "MOST_SEEDS",
 ]
 
 CONFIDENCE = 0.95
-MOST_SEEDS = 100  # seeds_to_separate looks no further
+MOST_SEEDS = 100  # seeds_to_separate and seeds_to_part look no further
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,35 @@ def seeds_to_separate(
     where it cannot be said (fewer than two seeds, a zero mean) or where it would take more than ``most``."""
     if not projectable(difference):
         return None
-    n = difference.n
-    sd = difference.half_width * math.sqrt(n) / _t_quantile(confidence, n - 1)
+    return _fewest_seeds(difference.n, _sd(difference, confidence), abs(difference.mean), confidence, most)
+
+
+def seeds_to_part(
+    lower: Interval, higher: Interval, confidence: float = CONFIDENCE, most: int = MOST_SEEDS
+) -> int | None:
+    """The fewest seeds per side at which two independent intervals would stop overlapping, ``lower``'s below
+    ``higher``'s, if both means and spreads stayed as measured: the smallest m >= both n with
+    t_{(1+c)/2, m-1} · (s_lower + s_higher) / √m < mean_higher - mean_lower (lower.high < higher.low).
+
+    The same planning figure as :func:`seeds_to_separate` for the unpaired comparison. None where it cannot be
+    said (either side under two seeds, or ``lower``'s mean not below ``higher``'s) or past ``most``."""
+    sides = (lower, higher)
+    if any(i.n < 2 or math.isnan(i.half_width) for i in sides) or not lower.mean < higher.mean:
+        return None
+    spread = sum(_sd(i, confidence) for i in sides)
+    return _fewest_seeds(max(i.n for i in sides), spread, higher.mean - lower.mean, confidence, most)
+
+
+def _sd(interval: Interval, confidence: float) -> float:
+    """The sample standard deviation behind an interval of two values or more."""
+    return interval.half_width * math.sqrt(interval.n) / _t_quantile(confidence, interval.n - 1)
+
+
+def _fewest_seeds(n: int, spread: float, gap: float, confidence: float, most: int) -> int | None:
+    """The smallest m in [n, most] with t_{(1+c)/2, m-1} · spread / √m < gap, else None."""
     import numpy as np
     from scipy import stats
 
     m = np.arange(n, most + 1)  # every candidate at once: one quantile call, not one a seed count
-    apart = stats.t.ppf((1 + confidence) / 2, m - 1) * sd / np.sqrt(m) < abs(difference.mean)
+    apart = stats.t.ppf((1 + confidence) / 2, m - 1) * spread / np.sqrt(m) < gap
     return int(m[apart.argmax()]) if apart.any() else None
