@@ -194,11 +194,8 @@ def text(result: dict) -> str:
 def parting(result: dict, peer: str) -> str:
     """Where ours' FD interval still overlaps the peer's with ours' mean the lower: the seeds a side at which they
     would part if means and spreads held (summaries written before the projection existed have none)."""
-    ours, theirs = (result["systems"][s]["fd"] for s in ("ours", peer))
-    sides = [Interval(c["mean"], c["half_width"], c["n"]) for c in (ours, theirs)]
-    if peer not in result.get("seeds_to_part", {}) or not all(stats.projectable(i) for i in sides):
-        return ""
-    if not sides[0].mean < sides[1].mean:
+    ours, theirs = (Interval(**result["systems"][s]["fd"]) for s in ("ours", peer))
+    if peer not in result.get("seeds_to_part", {}) or not stats.partable(ours, theirs):
         return ""
     return seeds_text(result["seeds_to_part"][peer])
 

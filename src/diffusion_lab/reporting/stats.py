@@ -21,6 +21,7 @@ __all__ = [
     "seeds_to_separate",
     "seeds_to_part",
     "projectable",
+    "partable",
     "MOST_SEEDS",
 ]
 
@@ -110,11 +111,17 @@ def seeds_to_part(
 
     The same planning figure as :func:`seeds_to_separate` for the unpaired comparison. None where it cannot be
     said (either side under two seeds, or ``lower``'s mean not below ``higher``'s) or past ``most``."""
-    sides = (lower, higher)
-    if any(i.n < 2 or math.isnan(i.half_width) for i in sides) or not lower.mean < higher.mean:
+    if not partable(lower, higher):
         return None
-    spread = sum(_sd(i, confidence) for i in sides)
-    return _fewest_seeds(max(i.n for i in sides), spread, higher.mean - lower.mean, confidence, most)
+    spread = _sd(lower, confidence) + _sd(higher, confidence)
+    return _fewest_seeds(max(lower.n, higher.n), spread, higher.mean - lower.mean, confidence, most)
+
+
+def partable(lower: Interval, higher: Interval) -> bool:
+    """Whether seeds_to_part can say anything of the pair: two seeds or more a side and ``lower``'s mean below
+    ``higher``'s (its None otherwise means 'cannot be said', else 'more than ``most``')."""
+    spreads = all(i.n >= 2 and not math.isnan(i.half_width) for i in (lower, higher))
+    return spreads and lower.mean < higher.mean
 
 
 def _sd(interval: Interval, confidence: float) -> float:
