@@ -34,9 +34,7 @@ def intervals(records: list[dict]) -> dict[str, dict[str, Interval]]:
 
 def lower_fd_separated(ours: Interval, peer: Interval) -> bool:
     """Ours has the lower mean FD and the two 95% intervals do not overlap (both need two seeds or more)."""
-    if math.isnan(ours.half_width) or math.isnan(peer.half_width):
-        return False
-    return ours.mean < peer.mean and ours.high < peer.low
+    return stats.partable(ours, peer) and ours.high < peer.low
 
 
 def fd_by_seed(records: list[dict], system: str) -> dict[int, float]:

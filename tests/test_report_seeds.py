@@ -178,12 +178,10 @@ def _apart(lower: list[float], higher: list[float]) -> bool:
 @pytest.mark.parametrize(
     ("lower", "higher", "expected"),
     [
-        (
-            [10.0, 12.0, 14.0],
-            [15.0, 16.0, 17.0],
-            5,
-        ),  # gap 4, sds 2 + 1: t_{.975,4}/√5 = 1.24 < 4/3 < 1.59 at 4
-        ([0.3528, 0.3561, 0.5063], [0.4579, 0.4249, 0.5597], 20),  # a three-seed FD series against a peer's
+        # gap 4, sds 2 + 1: t_{.975,4}/√5 = 1.24 < 4/3 < 1.59 at 4
+        ([10.0, 12.0, 14.0], [15.0, 16.0, 17.0], 5),
+        # a three-seed FD series against a peer's
+        ([0.3528, 0.3561, 0.5063], [0.4579, 0.4249, 0.5597], 20),
     ],
 )
 def test_the_seeds_that_would_part_two_intervals_are_the_fewest_at_which_they_stop_overlapping(
