@@ -11,6 +11,7 @@ import torch
 from .errors import UserError, require_writable
 
 __all__ = [
+    "CAPTURE",
     "COMPILE_SCOPES",
     "compile_mode",
     "compile_options",
@@ -22,11 +23,14 @@ __all__ = [
 ]
 
 COMPILE_SCOPES = ("net", "blocks")
+# compile=capture: no torch.compile; the training step's network captured as CUDA graphs (capture.CapturedNet).
+CAPTURE = "capture"
 
 
 def compile_mode(value: bool | str | None) -> str | None:
     """The ``compile`` setting (train and evaluate configs) as a torch.compile mode name: None when off (false,
-    none, null), "default" for true, else the mode itself ("reduce-overhead" = CUDA graphs, "max-autotune", ...).
+    none, null), "default" for true, else the mode itself ("reduce-overhead" = CUDA graphs, "max-autotune", ...,
+    or ``CAPTURE``, which training takes instead of a torch.compile mode).
     """
     if value in (False, None, "false", "none"):
         return None

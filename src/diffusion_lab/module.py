@@ -17,7 +17,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
+from .capture import CapturedNet, check_capture_device
 from .compile_policy import (
+    CAPTURE,
     check_scope,
     compile_mode,
     compile_network,
@@ -92,9 +94,14 @@ class DiffusionModule(NetTraining):
         # whole network or its repeated blocks (compile_policy.compile_network).
         self.compile_eval = compile_eval
         self.compile_scope = compile_scope
-        if self.compile_mode:  # a wrong mode or scope fails here, not at the first training step
+        if self.compile_mode not in (
+            None,
+            CAPTURE,
+        ):  # a wrong mode or scope fails here, not at the first step
             compile_options(self.compile_mode)
             check_scope(net, compile_scope)
+        # compile=capture: the training step's network calls replayed from CUDA graphs (capture.py), not compiled.
+        self.captured = CapturedNet(self.net) if self.compile_mode == CAPTURE else None
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None
@@ -107,9 +114,12 @@ class DiffusionModule(NetTraining):
         return partial(self.net, y=y) if y is not None else self.net
 
     def setup(self, stage: str) -> None:
+        cuda = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
+        if self.compile_mode == CAPTURE:
+            check_capture_device(cuda, self._trainer.world_size if self._trainer is not None else 1)
+            return
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):
-            cuda = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
             if warning := fused_norm_warning(self.net, self.compile_mode, cuda):
                 rank_zero_warn(warning)
             # In place: parameter names (and so checkpoints) stay unchanged.
@@ -130,7 +140,8 @@ class DiffusionModule(NetTraining):
         asked, the process has a likelihood and the loss does not compute it)."""
         xt = self.diffusion.corrupt(x0, t, noise)
         net_x, net_t = self.diffusion.net_input(xt, t)  # preconditioned where the process needs it (EDM)
-        out = self.net(net_x, net_t, y) if y is not None else self.net(net_x, net_t)
+        net = self.captured or self.net
+        out = net(net_x, net_t, y) if y is not None else net(net_x, net_t)
         terms = self.loss_fn(self.diffusion, out, x0, xt, t, noise)
         if with_vb and self.diffusion.has_likelihood and "vb" not in terms:
             terms["vb"] = vb_terms_bpd(self.diffusion, out.float(), x0, xt, t)
@@ -178,7 +189,7 @@ class DiffusionModule(NetTraining):
 
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
     def eval_stance(self):
-        return eval_stance(bool(self.compile_mode), self.compile_eval)
+        return eval_stance(self.compile_mode not in (None, CAPTURE), self.compile_eval)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         with self.eval_stance():

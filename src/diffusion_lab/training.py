@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .callbacks.preemption import StoppedBySignal
+from .capture import check_capture_device
 from .checkpointing import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
@@ -29,7 +30,14 @@ from .checkpointing import (
     trained_step,
     verify_checkpoint,
 )
-from .compile_policy import COMPILE_SCOPES, compile_stats, use_compile_cache, use_torch_ptxas
+from .compile_policy import (
+    CAPTURE,
+    COMPILE_SCOPES,
+    compile_mode,
+    compile_stats,
+    use_compile_cache,
+    use_torch_ptxas,
+)
 from .config_checks import check_values
 from .errors import UserError
 from .io import save_grid, save_samples_npz
@@ -151,6 +159,9 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.get(key, default)
         if value not in allowed:
             raise UserError(f"{key}={value!r} is invalid; choose one of {list(allowed)}")
+    if compile_mode(cfg.get("compile")) == CAPTURE:  # before anything is written; the module checks again
+        accelerator = str(cfg.trainer.get("accelerator", "auto"))
+        check_capture_device(torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"), 1)
 
 
 def read_data_early(datamodule: L.LightningDataModule) -> None:
@@ -243,6 +254,8 @@ def _fit(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: floa
         if cb.validation_seconds:
             result["validation_runs_s"] = [round(v, 2) for v in cb.validation_seconds]
     result.update(compile_stats())
+    if getattr(module, "captured", None) is not None:
+        result.update(module.captured.stats())
     result.update(checkpoint_seconds(trainer.strategy.checkpoint_io))
     result["wall_time_s"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
@@ -464,6 +477,10 @@ def startup_parts(result: dict[str, Any]) -> str:
     parts = [f"first step {result['first_step_s']} s"]
     if "graphs" in result:
         parts.append(f"compiling {result['compile_s']} s, {result['graphs']} graphs{compile_parts(result)}")
+    if "capture_s" in result:
+        fallbacks = result["capture_fallbacks"]
+        more = f", {fallbacks} training calls of another shape run uncaptured" if fallbacks else ""
+        parts.append(f"capturing CUDA graphs {result['capture_s']} s{more}")
     if "checkpoint_write_s" in result:
         background = result.get("checkpoint_background_s")
         more = f", {background} s more in the background" if background is not None else ""

@@ -1,0 +1,176 @@
+"""compile=capture: which network calls replay the captured CUDA graphs and which run the plain network, the
+errors where it cannot run, and (on a GPU) that a captured training step computes what the plain one does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion_lab.capture import CapturedNet, call_signature, check_capture_device
+from diffusion_lab.errors import UserError
+
+
+class TwoInputNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, t, y=None):
+        return self.lin(x) * t.float().view(-1, 1) + (0 if y is None else y.float().view(-1, 1))
+
+
+class StandInGraph:
+    """Records each capture and, as torch's make_graphed_callables does for a module, sets the module's forward
+    as an instance attribute: a "replay" that runs the class's forward and counts itself."""
+
+    def __init__(self):
+        self.samples: list[tuple] = []
+        self.replays = 0
+
+    def __call__(self, module, sample):
+        self.samples.append(sample)
+
+        def graphed(*args):
+            self.replays += 1
+            return type(module).forward(module, *args)
+
+        module.forward = graphed
+        return module
+
+
+def make(device="cpu"):
+    torch.manual_seed(0)
+    net, graph = TwoInputNet(), StandInGraph()
+    return net, graph, CapturedNet(net, graph=graph, device=device)
+
+
+def batch(n=8):
+    return torch.randn(n, 4), torch.randint(1, 5, (n,))
+
+
+def test_the_first_training_call_captures_on_copies_and_later_calls_of_its_signature_replay():
+    net, graph, captured = make()
+    x, t = batch()
+    out = captured(x, t)
+    assert len(graph.samples) == 1
+    sample = graph.samples[0]
+    assert all(torch.equal(s, a) and s.data_ptr() != a.data_ptr() for s, a in zip(sample, (x, t)))
+    assert "forward" not in net.__dict__  # the module is the plain network again
+    torch.testing.assert_close(out, TwoInputNet.forward(net, x, t))
+    captured(*batch())
+    assert (graph.replays, captured.replays, captured.fallbacks) == (2, 2, 0)
+    assert captured.stats()["graph_replays"] == 2 and captured.stats()["capture_fallbacks"] == 0
+
+
+def test_eval_no_grad_keywords_and_other_devices_run_the_plain_network_without_capturing():
+    net, graph, captured = make()
+    x, t = batch()
+    net.eval()
+    captured(x, t)
+    net.train()
+    with torch.no_grad():
+        captured(x, t)
+    captured(x, t, y=t)
+    assert graph.samples == [] and captured.stats() == {}
+    _, graph_cuda, on_cuda = make(device="cuda")
+    on_cuda(x, t)  # CPU tensors: not the captured device
+    assert graph_cuda.samples == []
+
+
+def test_a_training_call_of_another_signature_falls_back_and_is_counted():
+    net, graph, captured = make()
+    captured(*batch(8))
+    out = captured(*batch(5))  # a last short batch
+    captured(*batch(8))
+    assert out.shape == (5, 4)
+    assert (graph.replays, captured.fallbacks, len(graph.samples)) == (2, 1, 1)
+
+
+def test_the_signature_covers_shapes_strides_dtypes_grad_flags_and_autocast():
+    x, t = batch()
+    base = call_signature((x, t), "cpu")
+    assert call_signature((x.clone(), t.clone()), "cpu") == base
+    assert call_signature((x.t().contiguous().t(), t), "cpu") != base  # same shape, other strides
+    assert call_signature((x.double(), t), "cpu") != base
+    assert call_signature((x.requires_grad_(), t), "cpu") != base
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert call_signature((x.detach(), t), "cpu") != base
+
+
+def test_capture_runs_on_one_cuda_device_and_says_what_to_use_otherwise():
+    with pytest.raises(UserError) as err:
+        check_capture_device(cuda=False, world_size=1)
+    assert str(err.value) == (
+        "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu); on this device use compile=false"
+    )
+    with pytest.raises(UserError) as err:
+        check_capture_device(cuda=True, world_size=2)
+    assert str(err.value) == (
+        "compile=capture runs on one GPU; this run has 2 processes: use compile=reduce-overhead or trainer.devices=1"
+    )
+    check_capture_device(cuda=True, world_size=1)
+
+
+def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
+    from diffusion_lab.compile_policy import compile_mode
+    from diffusion_lab.module import DiffusionModule
+    from diffusion_lab.training import startup_parts
+
+    assert compile_mode("capture") == "capture"
+    module = DiffusionModule(TwoInputNet(), None, None, None, None, None, compile="capture")
+    assert isinstance(module.captured, CapturedNet) and module.captured.net is module.net
+    assert DiffusionModule(TwoInputNet(), None, None, None, None, None).captured is None
+    result = {"first_step_s": 2.0, "capture_s": 1.2, "capture_fallbacks": 0, "graph_replays": 9}
+    assert startup_parts(result) == "first step 2.0 s; capturing CUDA graphs 1.2 s"
+    result["capture_fallbacks"] = 3
+    assert startup_parts(result).endswith("1.2 s, 3 training calls of another shape run uncaptured")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_captured_training_step_matches_the_plain_one_on_the_gpu():
+    from diffusion_lab.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(
+        in_channels=1,
+        image_size=16,
+        base_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[8],
+        dropout=0.0,
+        groups=8,
+    ).cuda()
+    plain = UNet(
+        in_channels=1,
+        image_size=16,
+        base_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[8],
+        dropout=0.0,
+        groups=8,
+    ).cuda()
+    plain.load_state_dict(net.state_dict())
+    captured = CapturedNet(net)
+    for _ in range(3):  # capture, then two replays on new inputs
+        x, t = torch.randn(16, 1, 16, 16, device="cuda"), torch.randint(0, 1000, (16,), device="cuda")
+        for model, call in ((net, captured), (plain, plain)):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", torch.bfloat16):
+                call(x, t).float().square().mean().backward()
+        # The same kernels replayed; only reductions with atomics may order their additions differently.
+        torch.testing.assert_close(
+            [p.grad for p in net.parameters()], [p.grad for p in plain.parameters()], atol=1e-4, rtol=1e-3
+        )
+    assert captured.replays == 3 and captured.fallbacks == 0
+
+
+def test_a_cpu_run_asking_for_capture_is_refused_before_anything_is_written(tmp_path):
+    from conftest import small_train_cfg
+    from diffusion_lab.training import check_config
+
+    with pytest.raises(UserError, match=r"^compile=capture records CUDA graphs and needs a CUDA device"):
+        check_config(small_train_cfg(tmp_path / "run", "compile=capture"))
+    assert not (tmp_path / "run").exists()
