@@ -16,7 +16,8 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             fused GroupNorm+SiLU op (model.fused_norm=true), with the blocks compiled regionally
             (compile_scope=blocks), and the op everywhere (fused_true) against auto's op in the compiled step only
             (fused_auto), and fused_auto with Triton left on its own ptxas at start (fused_auto_own_ptxas,
-            through benchmarks/train_own_ptxas.py), one run each of three trainings in a row: the first in empty inductor / Triton
+            through benchmarks/train_own_ptxas.py), and nothing compiled, the step's network captured as CUDA
+            graphs with and without the op (capture, capture_no_op), one run each of three trainings in a row: the first in empty inductor / Triton
             cache folders (cold), then the same command again, twice (warm, warm_again). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
@@ -259,6 +260,10 @@ STARTUP_SETTINGS = {
     "fused_true": ("net", _pinned("true", "background", cudnn_autotune="false")),
     "fused_auto": ("net", _pinned("auto", "background", cudnn_autotune="false")),
     "blocks": ("blocks", _pinned("false", "background")),
+    # Nothing compiled: the training step's network captured as CUDA graphs (compile=capture), with auto's op in
+    # the captured step and with PyTorch's GroupNorm and SiLU, cuDNN's heuristics as fused_auto.
+    "capture": ("net", ["compile=capture", *_pinned("auto", "background", cudnn_autotune="false")]),
+    "capture_no_op": ("net", ["compile=capture", *_pinned("false", "background", cudnn_autotune="false")]),
 }
 # Settings trained through benchmarks/train_own_ptxas.py (Triton on its own ptxas until inductor first builds
 # in-process, as before compile_policy.use_torch_ptxas), each otherwise the setting it names.

@@ -523,7 +523,7 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
     assert list(runs) == [
         "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks",
-        "fused_auto_own_ptxas",
+        "capture", "capture_no_op", "fused_auto_own_ptxas",
     ]  # fmt: skip
     for label, run in runs.items():
         cold, warm, again = run.commands
@@ -554,8 +554,16 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
         "fused_true": ["checkpoint_writes=background"],
         "fused_auto": ["checkpoint_writes=background"],
         "blocks": ["checkpoint_writes=background"],
+        "capture": ["checkpoint_writes=background"],
+        "capture_no_op": ["checkpoint_writes=background"],
         "fused_auto_own_ptxas": ["checkpoint_writes=background"],
     }
+    # capture against fused_auto: the compiler swapped for CUDA-graph capture, nothing else; its pair without the op
+    capture, auto = runs["capture"].commands[0], runs["fused_auto"].commands[0]
+    assert [o for o in capture if o not in auto and "/capture/" not in o] == ["compile=capture"]
+    assert [o for o in auto if o not in capture and "/fused_auto/" not in o] == []
+    no_op = runs["capture_no_op"].commands[0]
+    assert [o for o in no_op if o not in capture and "/capture_no_op/" not in o] == ["model.fused_norm=false"]
     # fused_auto against its own-ptxas baseline: the same training through the script that leaves ptxas alone
     auto, own = runs["fused_auto"], runs["fused_auto_own_ptxas"]
     assert auto.commands[0][1:3] == ["-m", "diffusion_lab.train"]
