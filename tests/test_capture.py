@@ -109,7 +109,13 @@ def test_capture_runs_on_one_cuda_device_and_says_what_to_use_otherwise():
     assert str(err.value) == (
         "compile=capture runs on one GPU; this run has 2 processes: use compile=reduce-overhead or trainer.devices=1"
     )
-    check_capture_device(cuda=True, world_size=1)
+    with pytest.raises(UserError) as err:
+        check_capture_device(cuda=True, world_size=1, accumulate=2)
+    assert str(err.value) == (
+        "compile=capture needs an optimizer step after every batch; trainer.accumulate_grad_batches=2: use "
+        "trainer.accumulate_grad_batches=1 or compile=reduce-overhead"
+    )
+    check_capture_device(cuda=True, world_size=1, accumulate=1)
 
 
 def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():

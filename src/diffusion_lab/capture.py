@@ -24,9 +24,12 @@ from torch import Tensor, nn
 __all__ = ["CapturedNet", "call_signature", "check_capture_device"]
 
 
-def check_capture_device(cuda: bool, world_size: int) -> None:
-    """A one-line error where ``compile=capture`` cannot run: CUDA graphs need a CUDA device, and the capture is
-    made for one process (DDP's gradient hooks around a captured backward are not supported here)."""
+def check_capture_device(cuda: bool, world_size: int, accumulate: int = 1) -> None:
+    """A one-line error where ``compile=capture`` cannot run: CUDA graphs need a CUDA device; the capture is made
+    for one process (DDP's gradient hooks around a captured backward are not supported here); and each backward
+    must be followed by an optimizer step, since the gradients handed to the parameters alias the graph's own
+    output buffers, which the next replay overwrites (two accumulated micro-batches would count the second twice).
+    """
     from .errors import UserError
 
     if not cuda:
@@ -38,6 +41,11 @@ def check_capture_device(cuda: bool, world_size: int) -> None:
         raise UserError(
             f"compile=capture runs on one GPU; this run has {world_size} processes: use compile=reduce-overhead "
             "or trainer.devices=1"
+        )
+    if accumulate != 1:
+        raise UserError(
+            f"compile=capture needs an optimizer step after every batch; trainer.accumulate_grad_batches="
+            f"{accumulate}: use trainer.accumulate_grad_batches=1 or compile=reduce-overhead"
         )
 
 

@@ -116,7 +116,9 @@ class DiffusionModule(NetTraining):
     def setup(self, stage: str) -> None:
         cuda = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
         if self.compile_mode == CAPTURE:
-            check_capture_device(cuda, self._trainer.world_size if self._trainer is not None else 1)
+            trainer = self._trainer
+            world, accumulate = (trainer.world_size, trainer.accumulate_grad_batches) if trainer else (1, 1)
+            check_capture_device(cuda, world, accumulate)
             return
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):

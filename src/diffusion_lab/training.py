@@ -161,7 +161,8 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"{key}={value!r} is invalid; choose one of {list(allowed)}")
     if compile_mode(cfg.get("compile")) == CAPTURE:  # before anything is written; the module checks again
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
-        check_capture_device(torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"), 1)
+        cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+        check_capture_device(cuda, 1, int(cfg.trainer.get("accumulate_grad_batches", 1)))
 
 
 def read_data_early(datamodule: L.LightningDataModule) -> None:
