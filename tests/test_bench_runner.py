@@ -280,7 +280,8 @@ def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys,
     assert runner.main(argv) == 2
     assert capsys.readouterr().err == (
         "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
-        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks, fused_auto_own_ptxas\n"
+        "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks, capture, capture_no_op, "
+        "fused_auto_own_ptxas\n"
     )
 
 
