@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lab.capture import CapturedNet, call_signature, check_capture_device
+from diffusion_lab.capture import CapturedNet, call_signature, check_capture
 from diffusion_lab.errors import UserError
 
 
@@ -100,22 +100,22 @@ def test_the_signature_covers_shapes_strides_dtypes_grad_flags_and_autocast():
 
 def test_capture_runs_on_one_cuda_device_and_says_what_to_use_otherwise():
     with pytest.raises(UserError) as err:
-        check_capture_device(cuda=False, world_size=1)
+        check_capture(cuda=False, world_size=1)
     assert str(err.value) == (
         "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu); on this device use compile=false"
     )
     with pytest.raises(UserError) as err:
-        check_capture_device(cuda=True, world_size=2)
+        check_capture(cuda=True, world_size=2)
     assert str(err.value) == (
         "compile=capture runs on one GPU; this run has 2 processes: use compile=reduce-overhead or trainer.devices=1"
     )
     with pytest.raises(UserError) as err:
-        check_capture_device(cuda=True, world_size=1, accumulate=2)
+        check_capture(cuda=True, world_size=1, accumulate=2)
     assert str(err.value) == (
         "compile=capture needs an optimizer step after every batch; trainer.accumulate_grad_batches=2: use "
         "trainer.accumulate_grad_batches=1 or compile=reduce-overhead"
     )
-    check_capture_device(cuda=True, world_size=1, accumulate=1)
+    check_capture(cuda=True, world_size=1, accumulate=1)
 
 
 def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
@@ -135,41 +135,33 @@ def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_a_captured_training_step_matches_the_plain_one_on_the_gpu():
+    """Three steps (the capture, then two replays on new inputs), each followed by an optimizer step on both
+    copies, so a replay must read the weights as the optimizer left them."""
+    import copy
+
     from diffusion_lab.nets import UNet
 
     torch.manual_seed(0)
-    net = UNet(
-        in_channels=1,
-        image_size=16,
-        base_channels=32,
-        channel_mult=[1, 2],
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        dropout=0.0,
-        groups=8,
-    ).cuda()
-    plain = UNet(
-        in_channels=1,
-        image_size=16,
-        base_channels=32,
-        channel_mult=[1, 2],
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        dropout=0.0,
-        groups=8,
-    ).cuda()
-    plain.load_state_dict(net.state_dict())
+    spec = dict(in_channels=1, image_size=16, base_channels=32, channel_mult=[1, 2], num_res_blocks=1)
+    net = UNet(**spec, attention_resolutions=[8], dropout=0.0, groups=8).cuda()
+    with torch.no_grad():  # off the initialisation, whose zero output layer would leave every gradient zero
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    plain = copy.deepcopy(net)
     captured = CapturedNet(net)
-    for _ in range(3):  # capture, then two replays on new inputs
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (net, plain)]
+    for _ in range(3):
         x, t = torch.randn(16, 1, 16, 16, device="cuda"), torch.randint(0, 1000, (16,), device="cuda")
         for model, call in ((net, captured), (plain, plain)):
             model.zero_grad(set_to_none=True)
             with torch.autocast("cuda", torch.bfloat16):
-                call(x, t).float().square().mean().backward()
+                (call(x, t).float() - x).square().mean().backward()
+        grads = [p.grad for p in net.parameters()]
+        assert max(float(g.abs().max()) for g in grads) > 0
         # The same kernels replayed; only reductions with atomics may order their additions differently.
-        torch.testing.assert_close(
-            [p.grad for p in net.parameters()], [p.grad for p in plain.parameters()], atol=1e-4, rtol=1e-3
-        )
+        torch.testing.assert_close(grads, [p.grad for p in plain.parameters()], atol=1e-4, rtol=1e-3)
+        for opt in optimizers:
+            opt.step()
     assert captured.replays == 3 and captured.fallbacks == 0
 
 

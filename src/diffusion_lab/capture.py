@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CapturedNet", "call_signature", "check_capture_device"]
+__all__ = ["CapturedNet", "call_signature", "check_capture"]
 
 
-def check_capture_device(cuda: bool, world_size: int, accumulate: int = 1) -> None:
+def check_capture(cuda: bool, world_size: int, accumulate: int = 1) -> None:
     """A one-line error where ``compile=capture`` cannot run: CUDA graphs need a CUDA device; the capture is made
     for one process (DDP's gradient hooks around a captured backward are not supported here); and each backward
     must be followed by an optimizer step, since the gradients handed to the parameters alias the graph's own

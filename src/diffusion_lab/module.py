@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from .capture import CapturedNet, check_capture_device
+from .capture import CapturedNet, check_capture
 from .compile_policy import (
     CAPTURE,
     check_scope,
@@ -94,10 +94,8 @@ class DiffusionModule(NetTraining):
         # whole network or its repeated blocks (compile_policy.compile_network).
         self.compile_eval = compile_eval
         self.compile_scope = compile_scope
-        if self.compile_mode not in (
-            None,
-            CAPTURE,
-        ):  # a wrong mode or scope fails here, not at the first step
+        # A wrong mode or scope fails here, not at the first training step.
+        if self.compile_mode not in (None, CAPTURE):
             compile_options(self.compile_mode)
             check_scope(net, compile_scope)
         # compile=capture: the training step's network calls replayed from CUDA graphs (capture.py), not compiled.
@@ -118,7 +116,7 @@ class DiffusionModule(NetTraining):
         if self.compile_mode == CAPTURE:
             trainer = self._trainer
             world, accumulate = (trainer.world_size, trainer.accumulate_grad_batches) if trainer else (1, 1)
-            check_capture_device(cuda, world, accumulate)
+            check_capture(cuda, world, accumulate)
             return
         # After the callbacks' setup, so the EMA copy is made of the plain (uncompiled) network.
         if self.compile_mode and not getattr(self, "_compiled", False):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import CheckpointError, build_datamodule, build_module
 from .callbacks import FinalCheckpoint, LossProgressBar, Preemption, Throughput
 from .callbacks.preemption import StoppedBySignal
-from .capture import check_capture_device
+from .capture import check_capture
 from .checkpointing import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
@@ -162,7 +162,7 @@ def check_config(cfg: DictConfig) -> None:
     if compile_mode(cfg.get("compile")) == CAPTURE:  # before anything is written; the module checks again
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-        check_capture_device(cuda, 1, int(cfg.trainer.get("accumulate_grad_batches", 1)))
+        check_capture(cuda, 1, int(cfg.trainer.get("accumulate_grad_batches", 1)))
 
 
 def read_data_early(datamodule: L.LightningDataModule) -> None:
