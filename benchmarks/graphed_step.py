@@ -136,9 +136,11 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_setting(args.case, args.batch, args.steps)), flush=True)
         return
-    for setting in args.only.split(","):
+    only = args.only.split(",")
+    for setting in only:  # every name checked before any case runs
         if setting not in SETTINGS:
             sys.exit(f"--only: {setting!r} is not a setting; choose from {list(SETTINGS)}")
+    for setting in only:
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": f"{cache}/triton"}
             cmd = [
@@ -152,11 +154,16 @@ def main() -> None:
                 str(args.batch),
             ]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            line = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
-            print(
-                line[0] if line else json.dumps({"setting": setting, "error": done.stderr[-2000:]}),
-                flush=True,
-            )
+            print(json.dumps(case_row(setting, done)), flush=True)
+
+
+def case_row(setting: str, done: subprocess.CompletedProcess) -> dict:
+    """A case's JSON line, or for a case that failed its setting and the last line of its error."""
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    return {"setting": setting, "ok": False, "error": errors[-1] if errors else f"exit {done.returncode}"}
 
 
 if __name__ == "__main__":

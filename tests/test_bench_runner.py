@@ -1091,3 +1091,28 @@ def test_the_own_ptxas_baseline_trains_with_the_ptxas_call_a_no_op():
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "task_name: fmnist_fast" in cfg
+
+
+def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_refuses_unknown_ones():
+    probe = load_script("graphed_step")
+    assert probe.SETTINGS == ("eager", "graphs", "graphs_fused", "compiled")
+    failed = subprocess.CompletedProcess(
+        [], 1, "", "Traceback (most recent call last):\n  ...\nRuntimeError: no GPU\n\n"
+    )
+    assert probe.case_row("graphs", failed) == {
+        "setting": "graphs",
+        "ok": False,
+        "error": "RuntimeError: no GPU",
+    }
+    silent = subprocess.CompletedProcess([], -9, "", "")
+    assert probe.case_row("compiled", silent)["error"] == "exit -9"
+    done = subprocess.CompletedProcess([], 0, 'warming up\n{"setting": "eager", "img_per_s": 1.0}\n', "")
+    assert probe.case_row("eager", done) == {"setting": "eager", "img_per_s": 1.0}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "graphed_step.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--only", "graphs,fastest"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "--only: 'fastest' is not a setting; choose from ['eager', 'graphs', 'graphs_fused', 'compiled']"
+    )
