@@ -139,7 +139,8 @@ def main() -> None:
     only = args.only.split(",")
     for setting in only:  # every name checked before any case runs
         if setting not in SETTINGS:
-            sys.exit(f"--only: {setting!r} is not a setting; choose from {list(SETTINGS)}")
+            print(f"--only: {setting!r} is not a setting; choose from {list(SETTINGS)}", file=sys.stderr)
+            sys.exit(2)
     for setting in only:
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": f"{cache}/triton"}

@@ -1112,7 +1112,7 @@ def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_re
     proc = subprocess.run(
         [sys.executable, str(script), "--only", "graphs,fastest"], capture_output=True, text=True
     )
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (
         "--only: 'fastest' is not a setting; choose from ['eager', 'graphs', 'graphs_fused', 'compiled']"
     )
