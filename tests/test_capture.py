@@ -133,6 +133,7 @@ def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
     assert startup_parts(result).endswith("1.2 s, 3 training calls of another shape run uncaptured")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_a_captured_training_step_matches_the_plain_one_on_the_gpu():
     """Three steps (the capture, then two replays on new inputs), each followed by an optimizer step on both
