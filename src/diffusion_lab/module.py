@@ -95,7 +95,7 @@ class DiffusionModule(NetTraining):
         self.compile_eval = compile_eval
         self.compile_scope = compile_scope
         # A wrong mode or scope fails here, not at the first training step.
-        if self.compile_mode not in (None, CAPTURE):
+        if self.torch_compiled:
             compile_options(self.compile_mode)
             check_scope(net, compile_scope)
         # compile=capture: the training step's network calls replayed from CUDA graphs (capture.py), not compiled.
@@ -106,6 +106,11 @@ class DiffusionModule(NetTraining):
         self._bucket_counts: Tensor | None = None
         self._step_loss: Tensor | None = None
         self._step_terms: dict[str, Tensor] = {}
+
+    @property
+    def torch_compiled(self) -> bool:
+        """Whether torch.compile compiles the network (any compile mode but off and capture)."""
+        return self.compile_mode not in (None, CAPTURE)
 
     # ------------------------------------------------------------------ the network as the diffusion code sees it
     def model_fn(self, y: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -189,7 +194,7 @@ class DiffusionModule(NetTraining):
 
     # ------------------------------------------------------------------ validation (EMA weights, fixed noise)
     def eval_stance(self):
-        return eval_stance(self.compile_mode not in (None, CAPTURE), self.compile_eval)
+        return eval_stance(self.torch_compiled, self.compile_eval)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         with self.eval_stance():
