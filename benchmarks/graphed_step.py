@@ -1,6 +1,7 @@
 """What a cold start costs and how fast the step then runs: experiment=fmnist_fast's training step compiled by
 inductor with CUDA graphs, against the same step uncompiled with the network's forward and backward captured as
-CUDA graphs (``torch.cuda.make_graphed_callables``: no tracing, no AOTAutograd, no kernels generated).
+CUDA graphs (``compile=capture``'s ``CapturedNet`` over ``torch.cuda.make_graphed_callables``: no tracing, no
+AOTAutograd, no kernels generated).
 
 A small network's eager step is bound by kernel launches (1,382 img/s on an H200, against about 10,000 compiled),
 and a graph replays its launches as one; the compiler adds fusion on top, for about a minute of compiling on a
@@ -55,18 +56,18 @@ def alphas_bar(torch):
     return torch.cumprod(1 - betas, 0).float()
 
 
-def prepare(torch, setting: str, net, x0):
-    """The network as the step calls it: plain, compiled, or captured (on a sample of the step's inputs)."""
+def prepare(setting: str, net):
+    """The network as the step calls it: plain, compiled, or captured (``compile=capture``'s ``CapturedNet``)."""
     if setting == "compiled":
         from diffusion_lab.compile_policy import compile_network, compile_options, use_torch_ptxas
 
         use_torch_ptxas()
         compile_network(net, compile_options("reduce-overhead"))
         return net
-    if setting.startswith("graphs"):
-        sample = (x0.clone().requires_grad_(False), torch.zeros(x0.shape[0], dtype=torch.long, device="cuda"))
-        with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
-            return torch.cuda.make_graphed_callables(net, sample)
+    if setting.startswith("graphs"):  # as compile=capture trains: captured at the first call
+        from diffusion_lab.capture import CapturedNet
+
+        return CapturedNet(net)
     return net
 
 
@@ -75,12 +76,12 @@ def step(torch, call, opt, x0, ab):
     noise = torch.randn_like(x0)
     a = ab[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
+    with torch.autocast("cuda", torch.bfloat16):  # as Lightning's bf16-mixed
         out = call(xt, t)
     loss = (out.float() - noise).square().mean()
     loss.backward()
     opt.step()
-    opt.zero_grad(set_to_none=False)  # the captured backward's gradients stay where the graph wrote them
+    opt.zero_grad()  # as Lightning does (set_to_none)
     return loss.detach()
 
 
@@ -92,7 +93,7 @@ def run_setting(setting: str, batch: int, steps: int) -> dict:
     start = time.perf_counter()
     net, opt, x0 = build(torch, setting, batch)
     ab = alphas_bar(torch)
-    call = prepare(torch, setting, net, x0)
+    call = prepare(setting, net)
     step(torch, call, opt, x0, ab)
     torch.cuda.synchronize()
     first = time.perf_counter() - start
