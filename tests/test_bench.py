@@ -102,10 +102,11 @@ def test_fn_variant_switches_every_norm_of_ours_to_the_fused_kernels_and_keeps_i
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 500])
     before = net(x, t)
     prepared = bench._prepare(net, "compile-ro+cl+fn", torch.device("cpu"))
-    # the kernels on CUDA; on this CPU PyTorch's path, same values
+    # the kernels on CUDA (true: in sampling too); on this CPU auto, PyTorch's path, same values
     assert {m.fused for m in norms} == {"auto"}
     torch.testing.assert_close(prepared(x, t), before)
     assert bench.use_fused_norm(torch.nn.Conv2d(3, 3, 1)) == 0
+    assert bench.use_fused_norm(net) == len(norms) and {m.fused for m in norms} == {"true"}  # as on CUDA
 
 
 def test_ratios_take_the_best_usable_variant_and_leave_bounds_out() -> None:

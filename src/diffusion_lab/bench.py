@@ -151,19 +151,20 @@ def _prepare(net: nn.Module, variant: str, device: torch.device) -> nn.Module:
     if "bound" in parts:
         net = strip_to_bound(net)
     if "fn" in parts:
-        use_fused_norm(net)
+        use_fused_norm(net, "true" if device.type == "cuda" else "auto")  # auto: PyTorch's path off CUDA
     net = net.to(device)
     if "cl" in parts:
         net = net.to(memory_format=torch.channels_last)
     return net
 
 
-def use_fused_norm(net: nn.Module) -> int:
-    """The `fn` variant part: every ``GroupNormSiLU`` of our network takes the fused Triton kernels on CUDA
-    (``fused_norm=auto``; PyTorch elsewhere); returns how many it switched. A peer's network has none."""
+def use_fused_norm(net: nn.Module, fused: str = "true") -> int:
+    """The `fn` variant part: every ``GroupNormSiLU`` of our network takes the fused Triton kernels, in training and
+    in sampling (``fused_norm=true`` on CUDA: ``auto`` keeps inference on PyTorch's kernels); returns how many it
+    switched. A peer's network has none."""
     norms = [m for m in net.modules() if isinstance(m, GroupNormSiLU)]
     for m in norms:
-        m.fused = "auto"
+        m.fused = fused
     return len(norms)
 
 

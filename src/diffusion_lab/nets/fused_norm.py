@@ -55,20 +55,22 @@ def check_fused_norm(value: object) -> str:
 
 
 def auto_takes_triton(x: Tensor) -> bool:
-    """``fused_norm=auto``'s choice for x: the Triton path for a CUDA tensor (where triton imports) inside a
-    compiled graph or a training step (gradients on), PyTorch's own kernels for eager inference -- validation,
-    sample grids and final samples during a compiled training run eagerly (``compile_policy.eval_stance``).
+    """``fused_norm=auto``'s choice for x: the Triton path for a CUDA tensor (where triton imports) in a training
+    step (gradients on), compiled or not; PyTorch's own kernels wherever gradients are off -- validation, sample
+    grids, final samples and ``diffusion_lab.sample``, eager or compiled.
 
-    Why not the kernels there too: in eager mode Triton builds a kernel the first time it meets each launch
+    Why not the kernels there too. Eager: Triton builds a kernel the first time it meets each launch
     specialisation (layer shape and the launch configuration the batch size picks: a dozen per batch size for
-    the Fashion-MNIST UNet), each taking part of a second on a cold cache, for work of a few batches; the
-    first validation of a cold run took 18.1 s with the kernels against 2.7 s with ``auto`` (15.3 s with the
-    kernels from a warm cache; BENCHMARKS.md, 2026-12-05).
-    In a compiled graph inductor builds them once, with the graph, and caches them with it.
+    the Fashion-MNIST UNet), each taking part of a second on a cold cache, for work of a few batches; the first
+    validation of a cold run took 18.1 s with the kernels against 2.7 s with ``auto`` (15.3 s with the kernels
+    from a warm cache; BENCHMARKS.md, 2026-12-05). Compiled: inductor fuses the forward's norm and activation
+    itself, and faster: Ho et al.'s DDIM-50 sampling ran 14% slower with the op in the graph on an H200
+    (2026-12-04) and 12% slower on an H100 (425.5 against 483.7 img/s, 2026-12-07; BENCHMARKS.md, Workload B).
+    The op pays in the backward, which recomputes the activation instead of storing the normalised tensor.
     """
     if not x.is_cuda or _triton_modules() is None:
         return False
-    return torch.compiler.is_compiling() or torch.is_grad_enabled()
+    return torch.is_grad_enabled()
 
 
 def triton_runs_on(x: Tensor) -> bool:
@@ -104,8 +106,8 @@ def _per_channel(v: Tensor | None) -> Tensor | None:
 class GroupNormSiLU(nn.GroupNorm):
     """``forward(x, scale=None, shift=None) = silu(group_norm(x) * (1 + scale) + shift)``.
 
-    ``fused``: ``auto`` takes the Triton path for CUDA tensors when triton imports, in training steps and
-    compiled graphs (``auto_takes_triton``), ``true`` always (an error where it cannot run), ``false`` never.
+    ``fused``: ``auto`` takes the Triton path for CUDA tensors when triton imports, in training steps
+    (``auto_takes_triton``), ``true`` always (an error where it cannot run), ``false`` never.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-6, fused: object = "auto"):
