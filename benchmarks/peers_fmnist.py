@@ -13,8 +13,11 @@ network is shared, so the networks (and their libraries' layers) are what differ
              (conf/trainer/default.yaml), bf16 autocast on CUDA, EMA 0.999 of the parameters every step (one
              foreach lerp over the parameter lists, as the framework's EMA callback; ``--ema-warmup`` its warmup)
     compile  ``--compile-mode``: none (plain PyTorch), default, or reduce-overhead (CUDA graphs; the network is
-             compiled as the framework's ``compile=`` does, the loss and optimizer step stay eager);
-             ``--sample-compile-mode`` the same for sampling (default none, as ``diffusion_lab.evaluate``)
+             compiled as the framework's ``compile=`` does, the loss and optimizer step stay eager), or capture
+             (nothing compiled: the network's training forward and backward captured as CUDA graphs by the
+             framework's ``compile=capture``, ``capture.CapturedNet``; one CUDA device);
+             ``--sample-compile-mode`` the same for sampling (none, default or reduce-overhead; default none, as
+             ``diffusion_lab.evaluate``)
     seed     ``--seed`` seeds the initial weights, the data order, timesteps and noise; sampling uses seed + 1
     sampling DDIM (η = 0, 100 steps) of ``Diffusion(LinearSchedule(1000), "eps", "fixed_small")`` from the EMA
              weights, bf16 autocast, batches of 1000
@@ -60,6 +63,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from diffusion_lab.capture import CapturedNet
 from diffusion_lab.cli import CONFIG_DIR
 from diffusion_lab.data import DiffusionDataModule
 from diffusion_lab.diffusion import Diffusion, LinearSchedule, q_sample
@@ -73,6 +77,7 @@ from diffusion_lab.samplers import DDIMSampler
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("diffusers", "lucidrains", "ours-net")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
+TRAIN_COMPILE_MODES = (*COMPILE_MODES, "capture")
 SHAPE = (1, 28, 28)  # Fashion-MNIST, C x H x W
 NUM_TIMESTEPS = 1000
 
@@ -161,6 +166,31 @@ def compiled(net: nn.Module, mode: str) -> nn.Module:
     return net if mode == "none" else torch.compile(net, mode=mode)
 
 
+class PositionalForward(nn.Module):
+    """A peer's ``forward(net, x, t)`` as a module called ``(x, t)`` that returns one tensor: the call ``CapturedNet``
+    captures (diffusers' keyword ``return_dict`` and tuple output stay inside). Its parameters are the peer's."""
+
+    def __init__(self, net: nn.Module, forward: Forward):
+        super().__init__()
+        self.net = net
+        self.peer_forward = forward
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.peer_forward(self.net, x, t)
+
+
+def training_runner(
+    net: nn.Module, forward: Forward, mode: str, graph=None, device: str = "cuda"
+) -> tuple[Callable, Forward]:
+    """(what the training step calls, forward(run, x_t, t)) for ``--compile-mode``: capture wraps the network in
+    the framework's ``CapturedNet`` (``graph`` and ``device``: a stand-in capture on the CPU, for the tests), the
+    others compile it."""
+    if mode == "capture":
+        captured = CapturedNet(PositionalForward(net, forward), graph=graph, device=device)
+        return captured, lambda run, x, t: run(x, t)
+    return compiled(net, mode), forward
+
+
 # ------------------------------------------------------------------------------------------------- training
 def ema_decay(count: int, decay: float, warmup: bool) -> float:
     """The decay of the EMA update after ``count`` earlier ones; with ``warmup`` min(decay, (1 + k) / (10 + k)),
@@ -187,7 +217,7 @@ def train(
     lr_schedule = warmup_schedule(
         opt, args.lr_warmup_steps
     )  # constant after the warm-up, as conf/lr_scheduler
-    run = compiled(net, args.compile_mode)
+    run, forward = training_runner(net, forward, args.compile_mode)
     # CUDA graphs overwrite a replay's outputs at the next replay: each step starts a new generation of them
     mark_step = args.compile_mode == "reduce-overhead"
     use_amp = device.type == "cuda"
@@ -347,9 +377,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--compile-mode",
-        choices=COMPILE_MODES,
+        choices=TRAIN_COMPILE_MODES,
         default="none",
-        help="torch.compile mode of the trained network",
+        help="torch.compile mode of the trained network, or capture (CUDA graphs of the eager step, no compiler)",
     )
     p.add_argument(
         "--sample-compile-mode", choices=COMPILE_MODES, default="none", help="... of the sampler's"
@@ -366,6 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.compile:
         args.compile_mode = args.sample_compile_mode = "default"
+    if args.compile_mode == "capture" and not args.device.startswith("cuda"):
+        p.error(f"--compile-mode capture records CUDA graphs and needs --device cuda, not {args.device}")
     if args.lr_warmup_steps < 0:
         p.error("--lr-warmup-steps must be >= 0")
     if not 0.0 <= args.dropout < 1.0:

@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout, installed or not
 
 from run_manifest import manifest  # noqa: E402
-from run_suites import ROOT, STARTS, SUITES, Run, command_line, prepare_commands  # noqa: E402
+from run_suites import ROOT, START_MODES, STARTS, SUITES, Run, command_line, prepare_commands  # noqa: E402
 from run_summary import summary, text  # noqa: E402
 
 BATCH = 128  # the quality suite's batch, for ours' img/s over the budget
@@ -83,6 +83,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--features", default=None, help="quality: classifier file (default: trained into --out)")
     p.add_argument(
         "--data-root", default=None, help="quality: Fashion-MNIST folder (default: the data config's)"
+    )
+    p.add_argument(
+        "--start",
+        choices=START_MODES,
+        default="compile",
+        help="quality: how every system runs its training step: compile (torch.compile with CUDA graphs, the "
+        "recorded series) or capture (no compiler: the eager step captured as CUDA graphs; a new series)",
     )
     p.add_argument(
         "--ours-override",
@@ -246,6 +253,8 @@ def bad_overrides(opts: argparse.Namespace) -> str | None:
     the runner sets; or None."""
     if opts.ours_overrides and opts.suite != "quality":
         return f"run.py: --ours-override applies to the quality suite, not {opts.suite}"
+    if opts.start != "compile" and opts.suite != "quality":
+        return f"run.py: --start applies to the quality suite, not {opts.suite}"
     for item in opts.ours_overrides:
         if "=" not in item:
             return f"run.py: --ours-override {item!r} is not KEY=VALUE (a Hydra override of ours' training)"
@@ -256,16 +265,17 @@ def bad_overrides(opts: argparse.Namespace) -> str | None:
 
 
 def other_series(opts: argparse.Namespace) -> str | None:
-    """The one-line error where ``<out>/quality.jsonl`` holds rows of ours run with other ``--ours-override``
-    (a series compares one setting of ours over its seeds), or None."""
+    """The one-line error where ``<out>/quality.jsonl`` holds rows run with another ``--start`` or of ours run with
+    other ``--ours-override`` (a series compares one setting of each system over its seeds), or None."""
     if opts.suite != "quality":
         return None
     jsonl = Path(opts.out) / "quality.jsonl"
-    ran = {
-        tuple((r.get("settings") or {}).get("ours_overrides", []))
-        for r in read_jsonl(jsonl)
-        if r["system"] == "ours"
-    }
+    rows = read_jsonl(jsonl)
+    starts = {(r.get("settings") or {}).get("start", "compile") for r in rows}
+    if starts and starts != {opts.start}:
+        held = " / ".join(sorted(starts))
+        return f"run.py: --start {opts.start}: {jsonl} holds runs of --start {held}; a series keeps one setting: give a new --out"
+    ran = {tuple((r.get("settings") or {}).get("ours_overrides", [])) for r in rows if r["system"] == "ours"}
     if not ran or ran == {tuple(opts.ours_overrides)}:
         return None
     listed = " / ".join(shlex.join(o) or "none" for o in sorted(ran))

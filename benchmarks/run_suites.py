@@ -4,8 +4,8 @@ quality     the "quality per GPU-minute" comparison on Fashion-MNIST: for each s
             (train, then evaluate) and the peers diffusers / lucidrains through benchmarks/peers_fmnist.py (a
             seed's three runs in a row, in an order rotated by the seed, or with --gpus 3 at once), each cold
             (fresh inductor / Triton cache folders), after one unmeasured warm-up of the machine, with the same
-            settings wherever
-            they apply: CUDA graphs, dropout 0, batch 128, AdamW lr 2e-4 warmed up over 200 steps, EMA 0.999
+            settings wherever they apply: CUDA graphs (--start compile: torch.compile's, the recorded series;
+            --start capture: the eager step captured, no compiler), dropout 0, batch 128, AdamW lr 2e-4 warmed up over 200 steps, EMA 0.999
             with warmup (foreach), grad clip 1.0, the wall budget, DDIM-100 on 10k samples, eager sampling, the
             same feature network.
 fused_norm  benchmarks/fused_norm_bench.py and benchmarks/fused_norm_unet.py, the latter compiled in the default
@@ -67,6 +67,33 @@ SIDE_NOTES = {
     "lucidrains": "plain PyTorch loop: denoising_diffusion_pytorch.Unet(dim=64, dim_mults=(1, 2, 2)); budget: "
     "wall time of the training loop from the first step (compilation included)",
 }
+# --start: how every system runs its training step. compile is the recorded series' (SHARED, SIDE_NOTES as they
+# are, so its rows keep their settings' digest); capture a series of its own, its rows marked "start": "capture".
+START_MODES = ("compile", "capture")
+CAPTURE_SETTINGS = {
+    "start": "capture",
+    "compile": "none: the network's training forward and backward captured as CUDA graphs from the eager kernels "
+    "(torch.cuda.make_graphed_callables through diffusion_lab's capture.CapturedNet: compile=capture for ours, "
+    "--compile-mode capture for the peers), cold caches",
+}
+CAPTURE_OURS = (
+    "Lightning loop of experiment=fmnist_fast (conf/model/unet_small.yaml, GroupNorm+SiLU as fused Triton kernels "
+    "on CUDA in the training step, PyTorch's kernels in validation and sampling: model.fused_norm=auto); its "
+    "budget is the Trainer's max_time, which also covers validation (2 batches every 2000 steps) and checkpoints "
+    "every 2000 steps"
+)
+
+
+def start_settings(opts: argparse.Namespace, system: str) -> dict:
+    """A run's settings: SHARED, the budget and the side's note, as ``--start`` has them."""
+    settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES[system]}
+    if opts.start == "capture":
+        settings.update(CAPTURE_SETTINGS)
+        if system == "ours":
+            settings["side"] = CAPTURE_OURS
+    return settings
+
+
 # Ours' note as a series with --ours-override ran it: the note above describes the pinned command, which these
 # overrides, last in it, supersede where they name the same setting.
 OVERRIDDEN = "; then, last in its command and superseding the above where they name the same setting: {}"
@@ -129,6 +156,7 @@ def prepare_commands(suite: str, opts: argparse.Namespace) -> list[list[str]]:
 
 
 def ours_run(opts: argparse.Namespace, seed: int) -> Run:
+    capture = opts.start == "capture"
     run_dir = Path(opts.work) / f"ours_s{seed}"
     env, fresh = cold_caches(run_dir / "cache")
     data = [f"data.root={opts.data_root}"] if opts.data_root else []
@@ -137,9 +165,9 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
         *(
             "model.dropout=0.0",
             # auto has since kept eager inference on PyTorch's kernels; the series that began 2026-12-04 ran the
-            # Triton kernels there too, so its later seeds pin that.
-            "model.fused_norm=true",
-            "compile=reduce-overhead",
+            # Triton kernels there too, so its later seeds pin that. A capture series takes auto.
+            f"model.fused_norm={'auto' if capture else 'true'}",
+            f"compile={'capture' if capture else 'reduce-overhead'}",
             "data.batch_size=128",
             "optimizer.lr=2e-4",
             "lr_scheduler.warmup_steps=200",
@@ -171,7 +199,7 @@ def ours_run(opts: argparse.Namespace, seed: int) -> Run:
         *([f"data_root={opts.data_root}"] if opts.data_root else []),
         f"out_dir={run_dir / 'eval'}",
     ]
-    settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES["ours"]}
+    settings = start_settings(opts, "ours")
     if opts.ours_overrides:  # only then: the rows of the series without them keep their settings' digest
         settings["ours_overrides"] = list(opts.ours_overrides)
         settings["side"] += OVERRIDDEN.format(" ".join(opts.ours_overrides))
@@ -197,13 +225,14 @@ def peer_run(opts: argparse.Namespace, peer: str, seed: int) -> Run:
             "0",
         ),
         *("--clip-grad", "1.0", "--ema", "0.999", "--ema-warmup", "--dropout", "0.0"),
-        *("--compile-mode", "reduce-overhead", "--sample-compile-mode", "none"),
+        *("--compile-mode", "capture" if opts.start == "capture" else "reduce-overhead"),
+        *("--sample-compile-mode", "none"),
         *("--n", "10000", "--sample-steps", "100", "--sample-batch", "1000", "--n-real", "10000"),
         *("--features", str(features_path(opts)), "--cache-dir", str(Path(opts.work) / "metrics_cache")),
         *(["--data-root", opts.data_root] if opts.data_root else []),
         *("--out", str(run_dir)),
     ]
-    settings = {**SHARED, "seconds": opts.seconds, "side": SIDE_NOTES[peer]}
+    settings = start_settings(opts, peer)
     return Run(peer, seed, settings, [command], "peer", env, fresh, opts.seconds + 600)
 
 
@@ -242,8 +271,12 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
 # on CUDA; trainer=gpu now takes cuDNN's heuristics): "net" against "net_foreground_writes" is the effect of
 # writing checkpoints in the background, against "net_cudnn_heuristics" cuDNN's autotuning of every convolution in
 # the first step (trainer.benchmark), against "net_fused_norm" the op's, against "blocks" the compile scope's.
-def _pinned(fused_norm: str, writes: str, cudnn_autotune: str = "true") -> list[str]:
+# The compile mode too: fmnist_fast's own default moved from reduce-overhead to capture (2026-12-07).
+def _pinned(
+    fused_norm: str, writes: str, cudnn_autotune: str = "true", compile: str = "reduce-overhead"
+) -> list:
     return [
+        f"compile={compile}",
         f"model.fused_norm={fused_norm}",
         f"checkpoint_writes={writes}",
         f"trainer.benchmark={cudnn_autotune}",
@@ -262,8 +295,8 @@ STARTUP_SETTINGS = {
     "blocks": ("blocks", _pinned("false", "background")),
     # Nothing compiled: the training step's network captured as CUDA graphs (compile=capture), with auto's op in
     # the captured step and with PyTorch's GroupNorm and SiLU, cuDNN's heuristics as fused_auto.
-    "capture": ("net", ["compile=capture", *_pinned("auto", "background", cudnn_autotune="false")]),
-    "capture_no_op": ("net", ["compile=capture", *_pinned("false", "background", cudnn_autotune="false")]),
+    "capture": ("net", _pinned("auto", "background", cudnn_autotune="false", compile="capture")),
+    "capture_no_op": ("net", _pinned("false", "background", cudnn_autotune="false", compile="capture")),
 }
 # Settings trained through benchmarks/train_own_ptxas.py (Triton on its own ptxas until inductor first builds
 # in-process, as before compile_policy.use_torch_ptxas), each otherwise the setting it names.

@@ -188,10 +188,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# Set in the test process by the compile policy (compile_cache=, Triton's ptxas) when a test trains or evaluates
-# with compile on: left behind, they would reach every later test's subprocesses (cli_env copies os.environ),
-# where a user's own TORCHINDUCTOR_CACHE_DIR is honoured.
-COMPILE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_PTXAS_PATH")
+# Set in the test process by the compile policy (compile_cache= and Triton's cache beside it, Triton's ptxas) when
+# a test trains or evaluates with compile on: left behind, they would reach every later test's subprocesses
+# (cli_env copies os.environ), where a user's own TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR are honoured.
+COMPILE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TRITON_PTXAS_PATH")
 
 
 @pytest.fixture(autouse=True)

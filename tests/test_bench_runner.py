@@ -150,6 +150,42 @@ def test_a_folder_of_another_series_is_refused(runner, capsys, tmp_path):
     )
 
 
+def test_a_capture_series_runs_every_system_uncompiled_and_says_so(runner, capsys, tmp_path):
+    """--start capture: ours with compile=capture and auto's op, each peer with --compile-mode capture, every row's
+    settings marked; the default series' commands and settings stay as recorded."""
+    from run_suites import CAPTURE_SETTINGS, SHARED, SIDE_NOTES
+
+    by_run = dry_run_lines(runner, capsys, tmp_path, "--start", "capture")
+    by_run.pop("prepare")
+    for label, commands in by_run.items():
+        training = f"{commands[0]} "
+        if label.startswith("ours"):
+            assert " compile=capture " in training and " model.fused_norm=auto " in training
+            assert "reduce-overhead" not in training and "fused_norm=true" not in training
+        else:
+            assert " --compile-mode capture --sample-compile-mode none " in training
+    runs = runner.SUITES["quality"](runner.parse_args(quality_dry_run(tmp_path, "--start", "capture")))
+    assert {r.settings["start"] for r in runs} == {"capture"}
+    assert {r.settings["compile"] for r in runs} == {CAPTURE_SETTINGS["compile"]}
+    assert {r.settings["side"] for r in runs if r.system == "ours"} != {SIDE_NOTES["ours"]}
+    plain = runner.SUITES["quality"](runner.parse_args(quality_dry_run(tmp_path)))
+    assert all("start" not in r.settings and r.settings["compile"] == SHARED["compile"] for r in plain)
+
+
+def test_a_folder_of_the_other_start_is_refused_and_start_belongs_to_quality(runner, capsys, tmp_path):
+    row = {"label": "ours_s0", "system": "ours", "seed": 0, "settings": {"start": "capture"}, "result": {}}
+    (tmp_path / "quality.jsonl").write_text(json.dumps(row) + "\n")
+    assert runner.main(quality_dry_run(tmp_path, "--start", "capture")) == 0  # the same series continues
+    capsys.readouterr()
+    assert runner.main(quality_dry_run(tmp_path)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"run.py: --start compile: {tmp_path / 'quality.jsonl'} holds runs of --start capture; a series keeps one "
+        "setting: give a new --out"
+    )
+    assert runner.main(["selftest", "--dry-run", "--out", str(tmp_path / "s"), "--start", "capture"]) == 2
+    assert capsys.readouterr().err.strip() == "run.py: --start applies to the quality suite, not selftest"
+
+
 def test_every_run_starts_from_its_own_empty_compile_caches(runner, capsys, tmp_path):
     by_run = dry_run_lines(runner, capsys, tmp_path, "--work", str(tmp_path / "scratch"))
     by_run.pop("prepare")
@@ -562,7 +598,15 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     # capture against fused_auto: the compiler swapped for CUDA-graph capture, nothing else; its pair without the op
     capture, auto = runs["capture"].commands[0], runs["fused_auto"].commands[0]
     assert [o for o in capture if o not in auto and "/capture/" not in o] == ["compile=capture"]
-    assert [o for o in auto if o not in capture and "/fused_auto/" not in o] == []
+    assert [o for o in auto if o not in capture and "/fused_auto/" not in o] == ["compile=reduce-overhead"]
+    # every other setting pins the compile mode its records ran with, whatever fmnist_fast's default
+    compiles = {
+        label: [o for o in run.commands[0] if o.startswith("compile=")] for label, run in runs.items()
+    }
+    assert compiles == {
+        label: ["compile=capture" if label.startswith("capture") else "compile=reduce-overhead"]
+        for label in runs
+    }
     no_op = runs["capture_no_op"].commands[0]
     assert [o for o in no_op if o not in capture and "/capture_no_op/" not in o] == ["model.fused_norm=false"]
     # fused_auto against its own-ptxas baseline: the same training through the script that leaves ptxas alone

@@ -3,12 +3,15 @@ errors where it cannot run, and (on a GPU) that a captured training step compute
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from diffusion_lab.capture import CapturedNet, call_signature, check_capture
 from diffusion_lab.errors import UserError
+from graph_stand_in import StandInGraph
 
 
 class TwoInputNet(nn.Module):
@@ -18,25 +21,6 @@ class TwoInputNet(nn.Module):
 
     def forward(self, x, t, y=None):
         return self.lin(x) * t.float().view(-1, 1) + (0 if y is None else y.float().view(-1, 1))
-
-
-class StandInGraph:
-    """Records each capture and, as torch's make_graphed_callables does for a module, sets the module's forward
-    as an instance attribute: a "replay" that runs the class's forward and counts itself."""
-
-    def __init__(self):
-        self.samples: list[tuple] = []
-        self.replays = 0
-
-    def __call__(self, module, sample):
-        self.samples.append(sample)
-
-        def graphed(*args):
-            self.replays += 1
-            return type(module).forward(module, *args)
-
-        module.forward = graphed
-        return module
 
 
 def make(device="cpu"):
@@ -85,6 +69,24 @@ def test_a_training_call_of_another_signature_falls_back_and_is_counted():
     captured(*batch(8))
     assert out.shape == (5, 4)
     assert (graph.replays, captured.fallbacks, len(graph.samples)) == (2, 1, 1)
+
+
+def test_a_capture_silences_autograds_stream_warning_and_no_other():
+    """The side-stream warm-up's accumulator warning, which every captured run printed once (checked harmless on the
+    GPU), is filtered from the moment a network is wrapped; another UserWarning, or another text, still shows."""
+    stream = (
+        "The AccumulateGrad node's stream does not match the stream of the node that produced the gradient."
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+        warnings.warn(stream, UserWarning, stacklevel=1)
+        warnings.warn("The AccumulateGrad node is fine", UserWarning, stacklevel=1)
+        warnings.warn(stream, DeprecationWarning, stacklevel=1)
+    assert [(str(w.message), w.category) for w in caught] == [
+        ("The AccumulateGrad node is fine", UserWarning),
+        (stream, DeprecationWarning),
+    ]
 
 
 def test_the_signature_covers_shapes_strides_dtypes_grad_flags_and_autocast():

@@ -56,9 +56,25 @@ def test_a_second_run_reads_every_graph_from_the_configured_cache(tmp_path, monk
 
 def test_a_cache_folder_the_user_set_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     use_compile_cache(str(tmp_path / "configured"))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    assert "TRITON_CACHE_DIR" not in os.environ  # Triton's follow the user's folder, as inductor derives them
     assert not (tmp_path / "configured").exists()  # not created: it is not used
+
+
+def test_tritons_kernels_go_to_the_configured_folder_unless_the_user_named_theirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # both restored after the test
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "unset")
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    use_compile_cache(str(tmp_path / "configured"))
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "configured" / "triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "my_triton"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    use_compile_cache(str(tmp_path / "other"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "other")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "my_triton")
 
 
 def test_an_unwritable_cache_folder_is_refused_even_where_the_users_folder_wins(tmp_path, monkeypatch):

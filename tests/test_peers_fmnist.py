@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import compose_train
+from graph_stand_in import StandInGraph
 from scripts import load_script
 
 
@@ -74,6 +75,49 @@ def test_bad_compile_mode_and_dropout_are_refused(peers, capsys):
     with pytest.raises(SystemExit):
         peers.parse_args(["--peer", "lucidrains", "--dropout", "1.0"])
     assert "--dropout must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_capture_trains_on_cuda_only_and_not_in_sampling(peers, capsys):
+    assert peers.parse_args(
+        ["--peer", "diffusers", "--compile-mode", "capture", "--device", "cuda"]
+    ).compile_mode
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--peer", "diffusers", "--compile-mode", "capture", "--device", "cpu"])
+    assert (
+        "--compile-mode capture records CUDA graphs and needs --device cuda, not cpu"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--peer", "diffusers", "--sample-compile-mode", "capture", "--device", "cuda"])
+
+
+def test_capture_records_the_peers_own_call_and_replays_it_with_the_peers_parameters(peers):
+    """diffusers' forward (a keyword argument, a tuple out) is captured as a call of (x_t, t) alone; the replay
+    computes what the peer's forward does, and the captured module trains the peer's own parameters."""
+    torch.manual_seed(0)
+    net = Tiny()
+
+    def forward(
+        m, x, t, return_dict=True
+    ):  # diffusers' calling convention, return_dict=False as the loop uses
+        out = m(x, t) * 2
+        return out if return_dict else (out,)
+
+    graph = StandInGraph()
+    run, step_forward = peers.training_runner(
+        net, lambda m, x, t: forward(m, x, t, return_dict=False)[0], "capture", graph=graph, device="cpu"
+    )
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    out = step_forward(run, x, t)
+    assert len(graph.samples) == 1 and [a.shape for a in graph.samples[0]] == [x.shape, t.shape]
+    torch.testing.assert_close(out, net(x, t) * 2)
+    step_forward(run, x, t)
+    assert (graph.replays, run.replays) == (2, 2)
+    assert set(map(id, run.net.parameters())) == set(map(id, net.parameters()))
+    assert peers.training_runner(net, forward, "none") == (
+        net,
+        forward,
+    )  # the other modes: the peer's own call
 
 
 @pytest.mark.parametrize("peer", ["ours-net", "lucidrains"])

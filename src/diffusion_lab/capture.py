@@ -14,6 +14,7 @@ training call. Anything else runs the plain network: eval mode (validation, samp
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -22,6 +23,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["CapturedNet", "call_signature", "check_capture"]
+
+# Autograd warns (once a process) when a parameter's gradient accumulator was made on another stream than the node
+# feeding it: here the warm-up passes make_graphed_callables runs on its side stream. It warns that the capture may
+# break or synchronise; with this network neither happened on an H100 (BENCHMARKS.md, 2026-12-07: every training
+# step replayed, the same losses as the compiled step, and the GPU test's gradients equal the plain network's).
+ACCUMULATE_GRAD_STREAM_WARNING = r"The AccumulateGrad node's stream does not match"
 
 
 def check_capture(cuda: bool, world_size: int, accumulate: int = 1) -> None:
@@ -74,6 +81,7 @@ class CapturedNet:
         self.capture_s: float | None = None
         self.replays = 0
         self.fallbacks = 0  # training calls of another signature, run by the plain network
+        warnings.filterwarnings("ignore", message=ACCUMULATE_GRAD_STREAM_WARNING, category=UserWarning)
 
     def __call__(self, *args: Tensor, **kwargs: Any) -> Tensor:
         if kwargs or not self._replayable(args):

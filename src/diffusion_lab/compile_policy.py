@@ -75,7 +75,8 @@ def eval_stance(compiled: bool, compile_eval: bool) -> contextlib.AbstractContex
 
 
 def use_compile_cache(folder: str | None) -> None:
-    """Keep inductor's compiled kernels, FX graphs and AOTAutograd graphs in ``folder`` (``compile_cache``), so
+    """Keep inductor's compiled kernels, FX graphs and AOTAutograd graphs, and Triton's kernels, in ``folder``
+    (``compile_cache``), so
     every job of a sweep and every later run on the same torch and network reuses them: a warm start compiles
     nothing. Without it inductor uses /tmp/torchinductor_<user>, lost with the machine (a fresh cluster node).
 
@@ -105,6 +106,10 @@ def use_compile_cache(folder: str | None) -> None:
         return
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # inductor reads it at each cache access
+    # Triton's kernels beside them (read at each build): inductor's, and those the fused norm op builds on first use
+    # outside any compiled graph (compile=capture: 20 s of a cold start on an H100), which would otherwise go to
+    # Triton's own ~/.triton/cache, apart from the folder a sweep shares. A user's own TRITON_CACHE_DIR wins.
+    os.environ.setdefault("TRITON_CACHE_DIR", str(path / "triton"))
 
 
 def use_torch_ptxas() -> str | None:
