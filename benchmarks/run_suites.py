@@ -17,7 +17,8 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             (compile_scope=blocks), and the op everywhere (fused_true) against auto's op in the compiled step only
             (fused_auto), and fused_auto with Triton left on its own ptxas at start (fused_auto_own_ptxas,
             through benchmarks/train_own_ptxas.py), and nothing compiled, the step's network captured as CUDA
-            graphs with and without the op (capture, capture_no_op), one run each of three trainings in a row: the first in empty inductor / Triton
+            graphs with and without the op (capture, capture_no_op), and capture with the op's kernels built
+            one by one on first use (capture_first_use, through benchmarks/train_build_on_first_use.py), one run each of three trainings in a row: the first in empty inductor / Triton
             cache folders (cold), then the same command again, twice (warm, warm_again). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
@@ -298,9 +299,16 @@ STARTUP_SETTINGS = {
     "capture": ("net", _pinned("auto", "background", cudnn_autotune="false", compile="capture")),
     "capture_no_op": ("net", _pinned("false", "background", cudnn_autotune="false", compile="capture")),
 }
-# Settings trained through benchmarks/train_own_ptxas.py (Triton on its own ptxas until inductor first builds
-# in-process, as before compile_policy.use_torch_ptxas), each otherwise the setting it names.
+# Settings trained through a benchmark-only entry script, each otherwise the setting it names:
+# train_own_ptxas.py (Triton on its own ptxas until inductor first builds in-process, as before
+# compile_policy.use_torch_ptxas) and train_build_on_first_use.py (compile=capture with the fused norm op's kernels
+# built one by one on first use, as before nets.fused_norm.build_kernels_at_once).
 OWN_PTXAS = {"fused_auto_own_ptxas": "fused_auto"}
+FIRST_USE = {"capture_first_use": "capture"}
+ENTRY_SCRIPTS = {
+    **dict.fromkeys(OWN_PTXAS, "train_own_ptxas.py"),
+    **dict.fromkeys(FIRST_USE, "train_build_on_first_use.py"),
+}
 
 
 # A startup run's trainings in a row on one cache folder: the second warm start is there because on an H100
@@ -311,14 +319,11 @@ STARTS = ("cold", "warm", "warm_again")
 
 def startup_run(opts: argparse.Namespace, name: str) -> Run:
     """Trainings of experiment=fmnist_fast in a row (``STARTS``) on one cache folder, emptied before the first."""
-    scope, extra = STARTUP_SETTINGS[OWN_PTXAS.get(name, name)]
+    scope, extra = STARTUP_SETTINGS[{**OWN_PTXAS, **FIRST_USE}.get(name, name)]
     env, fresh = cold_caches(Path(opts.work) / name / "cache")
     data = [f"data.root={opts.data_root}"] if opts.data_root else []
-    entry = (
-        [str(ROOT / "benchmarks" / "train_own_ptxas.py")]
-        if name in OWN_PTXAS
-        else ["-m", "diffusion_lab.train"]
-    )
+    script = ENTRY_SCRIPTS.get(name)
+    entry = [str(ROOT / "benchmarks" / script)] if script else ["-m", "diffusion_lab.train"]
     common = [
         *(sys.executable, *entry, "experiment=fmnist_fast", "trainer.max_time=null"),
         *(
@@ -331,11 +336,15 @@ def startup_run(opts: argparse.Namespace, name: str) -> Run:
     commands = [[*common, f"hydra.run.dir={Path(opts.work) / name / start}"] for start in STARTS]
     settings = {"compile_scope": scope, "overrides": extra, "steps": 2000, "validate_every": 500}
     settings["ptxas_at_start"] = "triton's own" if name in OWN_PTXAS else "torch's"
+    if "compile=capture" in extra and "model.fused_norm=false" not in extra:
+        settings["op_kernels"] = (
+            "built on first use" if name in FIRST_USE else "built at once before the capture"
+        )
     return Run(name, None, settings, commands, "startup", env, fresh, 600.0)
 
 
 def startup(opts: argparse.Namespace) -> list[Run]:
-    return [startup_run(opts, name) for name in (*STARTUP_SETTINGS, *OWN_PTXAS)]
+    return [startup_run(opts, name) for name in (*STARTUP_SETTINGS, *OWN_PTXAS, *FIRST_USE)]
 
 
 def precompile(opts: argparse.Namespace) -> list[Run]:

@@ -317,7 +317,7 @@ def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys,
     assert capsys.readouterr().err == (
         "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
         "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks, capture, capture_no_op, "
-        "fused_auto_own_ptxas\n"
+        "fused_auto_own_ptxas, capture_first_use\n"
     )
 
 
@@ -560,7 +560,7 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
     assert list(runs) == [
         "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks",
-        "capture", "capture_no_op", "fused_auto_own_ptxas",
+        "capture", "capture_no_op", "fused_auto_own_ptxas", "capture_first_use",
     ]  # fmt: skip
     for label, run in runs.items():
         cold, warm, again = run.commands
@@ -594,6 +594,7 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
         "capture": ["checkpoint_writes=background"],
         "capture_no_op": ["checkpoint_writes=background"],
         "fused_auto_own_ptxas": ["checkpoint_writes=background"],
+        "capture_first_use": ["checkpoint_writes=background"],
     }
     # capture against fused_auto: the compiler swapped for CUDA-graph capture, nothing else; its pair without the op
     capture, auto = runs["capture"].commands[0], runs["fused_auto"].commands[0]
@@ -617,6 +618,17 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
         a.replace("/fused_auto/", "/fused_auto_own_ptxas/") for a in auto.commands[0][3:]
     ] == own.commands[0][2:]
     assert (auto.settings["ptxas_at_start"], own.settings["ptxas_at_start"]) == ("torch's", "triton's own")
+    # capture against its first-use baseline: the same training through the script that turns the builder off
+    capture, first_use = runs["capture"], runs["capture_first_use"]
+    assert first_use.commands[0][1].endswith("/benchmarks/train_build_on_first_use.py")
+    assert [
+        a.replace("/capture/", "/capture_first_use/") for a in capture.commands[0][3:]
+    ] == first_use.commands[0][2:]
+    assert (capture.settings["op_kernels"], first_use.settings["op_kernels"]) == (
+        "built at once before the capture",
+        "built on first use",
+    )
+    assert all("op_kernels" not in runs[label].settings for label in ("capture_no_op", "fused_auto"))
     # the op everywhere against auto (the op in the compiled step only): they differ in that alone
     true, auto = runs["fused_true"].commands[0], runs["fused_auto"].commands[0]
     differ = [(a, b) for a, b in zip(true, auto, strict=True) if a.replace("fused_true", "fused_auto") != b]
@@ -1135,6 +1147,19 @@ def test_the_own_ptxas_baseline_trains_with_the_ptxas_call_a_no_op():
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "task_name: fmnist_fast" in cfg
+
+
+def test_the_first_use_baseline_trains_with_the_kernel_builder_a_no_op():
+    """benchmarks/train_build_on_first_use.py: the module it imports holds the no-op, not fused_norm's builder."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_build_on_first_use.py"
+    probe = "import diffusion_lab.module as m; print(m.build_kernels_at_once.__name__, m.build_kernels_at_once(1))"
+    code = f"import runpy; runpy.run_path({str(script)!r})['build_on_first_use'](); {probe}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "<lambda> None\n"
+    from diffusion_lab import module
+    from diffusion_lab.nets import fused_norm
+
+    assert module.build_kernels_at_once is fused_norm.build_kernels_at_once  # where the script is not used
 
 
 def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_refuses_unknown_ones():

@@ -11,6 +11,7 @@ from torch import nn
 
 from diffusion_lab.capture import CapturedNet, call_signature, check_capture
 from diffusion_lab.errors import UserError
+from diffusion_lab.nets.fused_norm import build_kernels_at_once
 from graph_stand_in import StandInGraph
 
 
@@ -128,11 +129,40 @@ def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
     assert compile_mode("capture") == "capture"
     module = DiffusionModule(TwoInputNet(), None, None, None, None, None, compile="capture")
     assert isinstance(module.captured, CapturedNet) and module.captured.net is module.net
+    assert module.captured._build is build_kernels_at_once  # the fused op's kernels, before the capture
     assert DiffusionModule(TwoInputNet(), None, None, None, None, None).captured is None
     result = {"first_step_s": 2.0, "capture_s": 1.2, "capture_fallbacks": 0, "graph_replays": 9}
     assert startup_parts(result) == "first step 2.0 s; capturing CUDA graphs 1.2 s"
     result["capture_fallbacks"] = 3
     assert startup_parts(result).endswith("1.2 s, 3 training calls of another shape run uncaptured")
+    result["capture_build_s"] = 0.7
+    assert startup_parts(result).endswith(
+        "capturing CUDA graphs 1.2 s, of which 0.7 s building the fused norm op's kernels at once, 3 training "
+        "calls of another shape run uncaptured"
+    )
+
+
+def test_the_builder_runs_a_forward_and_backward_on_the_capture_inputs_first_and_leaves_grads_alone():
+    torch.manual_seed(0)
+    net, graph = TwoInputNet(), StandInGraph()
+    grads = []
+    net.lin.weight.register_hook(lambda g: grads.append(g.shape))  # fires in a backward through the weight
+
+    def build(step):
+        assert not graph.samples  # before the capture
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        step()
+        assert grads == [net.lin.weight.shape]  # a forward and its backward ran
+        assert all(torch.equal(before[n], p) for n, p in net.named_parameters())
+        return 0.5
+
+    captured = CapturedNet(net, graph=graph, device="cpu", build=build)
+    x, t = batch()
+    captured(x, t)
+    assert len(graph.samples) == 1 and captured.stats()["capture_build_s"] == 0.5
+    assert all(p.grad is None for p in net.parameters())  # the builder's backward left no gradient behind
+    captured(*batch())  # one build: the first call's
+    assert captured.build_s == 0.5 and len(graph.samples) == 1
 
 
 @pytest.mark.gpu

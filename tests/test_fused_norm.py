@@ -165,6 +165,68 @@ def test_state_dict_is_a_group_norms():
     gn.load_state_dict(fused.state_dict(), strict=True)
 
 
+class BuildOnlyKernel:
+    """Stands for a Triton kernel: records the builds asked of it (``warmup``) and fails if launched."""
+
+    def __init__(self):
+        self.builds = []
+
+    def warmup(self, *args, grid, **kwargs):
+        self.builds.append((grid, kwargs))
+
+    def __getitem__(self, grid):
+        raise AssertionError("launched in build_only")
+
+
+def test_in_build_only_the_op_builds_each_kernel_for_its_launch_and_launches_none(interpreted, monkeypatch):
+    fwd, bwd = BuildOnlyKernel(), BuildOnlyKernel()
+    monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_fwd_kernel", fwd)
+    monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_bwd_kernel", bwd)
+    gn, x, scale, shift, dy = make_case((2, 8, 5, 5), 4, "channels_last", True)
+    norm = GroupNormSiLU(4, 8, fused="true")
+    norm.load_state_dict(gn.state_dict())
+    x.requires_grad_(True)
+    with fused_norm_ops.build_only():
+        assert fused_norm_ops._build_only
+        out = norm(x, scale, shift)
+        torch.autograd.grad(out, [x, norm.weight], dy)
+    assert not fused_norm_ops._build_only  # restored on leaving
+    gpp, block_c, block_hw, warps = fused_norm_ops.launch_config(2, 8, 25, 4)
+    expected = {"HAS_SCALE": True, "HAS_SHIFT": True, "CG": 2, "GPP": gpp, "BLOCK_C": block_c}
+    for kernel in (fwd, bwd):
+        ((grid, kwargs),) = kernel.builds
+        assert grid == (2, -(-4 // gpp))
+        assert {k: kwargs[k] for k in expected} == expected
+        assert (kwargs["BLOCK_HW"], kwargs["num_warps"]) == (block_hw, warps)
+
+
+def test_interpreted_kernels_are_not_built_at_once(interpreted):
+    ran = []
+    assert fused_norm_module.build_kernels_at_once(lambda: ran.append(1)) is None and not ran
+
+
+def test_the_kernels_are_built_at_once_in_a_pool_and_a_failure_leaves_them_to_first_use():
+    from triton.runtime import _async_compile
+
+    states = []
+
+    def step():  # what the step's launches see: build-only, and Triton's async mode with a pool
+        states.append((fused_norm_ops._build_only, _async_compile.active_mode.get() is not None))
+
+    seconds = fused_norm_module.build_kernels_at_once(step, workers=2)
+    assert states == [(True, True)] and seconds >= 0
+    assert not fused_norm_ops._build_only and _async_compile.active_mode.get() is None
+
+    def broken():
+        raise RuntimeError("ptxas fell over")
+
+    with pytest.warns(
+        UserWarning, match=r"building the fused norm op's kernels at once failed \(RuntimeError"
+    ):
+        assert fused_norm_module.build_kernels_at_once(broken) is None
+    assert not fused_norm_ops._build_only and _async_compile.active_mode.get() is None
+
+
 def test_the_fused_op_compiles_without_a_graph_break(interpreted):
     """torch.compile(fullgraph=True) traces a block through GroupNormSiLU (the op's schema, its fake
     propagation and the autograd registration), and the compiled function computes the same values."""

@@ -71,8 +71,18 @@ class CapturedNet:
     the plain network for everything else (the EMA copy, checkpoints, eval), and this object decides per call.
     """
 
-    def __init__(self, net: nn.Module, graph: Callable[..., Any] | None = None, device: str = "cuda"):
+    def __init__(
+        self,
+        net: nn.Module,
+        graph: Callable[..., Any] | None = None,
+        device: str = "cuda",
+        build: Callable[[Callable[[], object]], float | None] | None = None,
+    ):
         self.net = net
+        # Called with a forward and backward on the capture's inputs before capturing, to build kernels the step
+        # would otherwise build on first use (nets.fused_norm.build_kernels_at_once); its seconds, or None.
+        self._build = build
+        self.build_s: float | None = None
         self.device = device  # the device type whose calls are captured (tests: "cpu" with a stand-in graph)
         # allow_unused_input: a parameter the step does not reach (a class embedding's null row, say) has no grad.
         self._graph = graph or partial(torch.cuda.make_graphed_callables, allow_unused_input=True)
@@ -110,17 +120,29 @@ class CapturedNet:
         sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
         autocast_on, dtype = signature[-1]
         with torch.autocast(self.device, dtype=dtype, enabled=autocast_on, cache_enabled=False):
+            if self._build is not None:
+                self.build_s = self._build(lambda: self._forward_backward(sample))
             self._graph(self.net, sample)
         self._graphed = self.net.__dict__.pop("forward")  # the graphed forward; the class's forward is back
         self.signature = signature
         self.capture_s = time.perf_counter() - start
+
+    def _forward_backward(self, args: tuple[Tensor, ...]) -> None:
+        """One forward and backward of the network on ``args``, its gradients discarded (``.grad`` untouched)."""
+        out = self.net(*args)
+        outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        grads = [torch.ones_like(o) for o in outs]
+        torch.autograd.grad(outs, params, grad_outputs=grads, allow_unused=True)
 
     def stats(self) -> dict[str, Any]:
         """For the run's summary: seconds spent capturing, replays, and training calls that ran the plain network
         (another signature); empty when nothing was captured."""
         if self.capture_s is None:
             return {}
+        built = {} if self.build_s is None else {"capture_build_s": round(self.build_s, 1)}
         return {
+            **built,
             "capture_s": round(self.capture_s, 1),
             "graph_replays": self.replays,
             "capture_fallbacks": self.fallbacks,

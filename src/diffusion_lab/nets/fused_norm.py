@@ -11,6 +11,12 @@ the plain GroupNorm it replaces, and checkpoints load either way.
 
 from __future__ import annotations
 
+import os
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,6 +85,40 @@ def triton_runs_on(x: Tensor) -> bool:
     if modules is None:
         return False
     return x.is_cuda or modules[0].INTERPRETED
+
+
+def build_kernels_at_once(step: Callable[[], object], workers: int | None = None) -> float | None:
+    """Run ``step`` (a training forward and backward of a network, on the shapes training will use) with the fused
+    op's launches turned into builds of their kernels, all submitted at once to a pool of ``workers`` threads
+    (Triton's ``AsyncCompileMode``); returns when every kernel is built, with the seconds it took, or None where
+    there is nothing to build in parallel (no triton, the CPU interpreter, a triton without AsyncCompileMode).
+
+    Why: launched eagerly the op builds each kernel on first use, one after another, a kernel for every layer
+    shape and launch configuration of the step: on one H100 the first captured step of fmnist_fast spent 21.5 s
+    of its 23.0-s start there (BENCHMARKS.md, "Cold and warm starts", 2026-12-07). Triton's AsyncCompileMode exists
+    to build kernels in parallel threads (ptxas, for one, runs as a process of its own); how much of the 21.5 s it
+    saves is for the GPU to measure. The step's values are garbage (the op's outputs are left unwritten): the
+    caller discards them.
+    A failure of the parallel build is a warning; the kernels are then built on first use, as without it."""
+    modules = _triton_modules()
+    if modules is None or modules[0].INTERPRETED:
+        return None
+    import triton
+
+    async_mode = getattr(triton, "AsyncCompileMode", None)
+    if async_mode is None:
+        return None
+    start = time.perf_counter()
+    try:
+        workers = workers or min(32, os.cpu_count() or 1)
+        # Left in reverse: launches stop building, every submitted build is waited for, the pool closes.
+        with ThreadPoolExecutor(workers) as pool, async_mode(pool), modules[1].build_only():
+            step()
+    except Exception as error:  # noqa: BLE001 (any failure leaves the kernels to be built on first use)
+        warnings.warn(f"building the fused norm op's kernels at once failed ({error!r}); they are built on "
+                      "first use instead", stacklevel=2)  # fmt: skip
+        return None
+    return time.perf_counter() - start
 
 
 def group_norm_silu_reference(

@@ -10,6 +10,7 @@ by ``register_autograd``.
 Importing this module needs triton; ``fused_norm.py`` falls back to PyTorch when it cannot.
 """
 
+import contextlib
 import math
 from typing import Optional
 
@@ -73,11 +74,32 @@ def _strides(t: Tensor | None) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0, 0)
 
 
+# While set (``build_only``), a launch only builds its kernel for the arguments it was given (Triton's warmup).
+_build_only = False
+
+
+@contextlib.contextmanager
+def build_only():
+    """Within: the op's launches build their kernels and launch nothing, so its outputs are left unwritten (their
+    shapes are right). Run a step under it with Triton's ``AsyncCompileMode`` and every kernel the step needs is
+    built at once in a thread pool (``fused_norm.build_kernels_at_once``) instead of one after another."""
+    global _build_only
+    before, _build_only = _build_only, True
+    try:
+        yield
+    finally:
+        _build_only = before
+
+
 def _launch(kernel, grid: tuple[int, int], *args, **kwargs) -> None:
     """``wrap_triton(kernel)[grid](*args, **kwargs)``, except under Triton's CPU interpreter on the data-less
     tensors torch.compile traces with: an interpreted kernel is plain Python that would read their memory,
-    and tracing only needs the outputs' shapes (the traced graph runs this op again on real tensors)."""
+    and tracing only needs the outputs' shapes (the traced graph runs this op again on real tensors); and in
+    ``build_only``, where the kernel is built for these arguments and not launched."""
     if kernels.INTERPRETED and any(is_fake(a) for a in args if isinstance(a, Tensor)):
+        return
+    if _build_only:
+        kernel.warmup(*args, grid=grid, **kwargs)
         return
     wrap_triton(kernel)[grid](*args, **kwargs)
 
