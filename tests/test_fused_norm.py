@@ -298,6 +298,40 @@ def test_auto_resolves_the_kernels_when_moved_onto_cuda(monkeypatch):
     assert fused_norm_module._modules is not fused_norm_module._UNRESOLVED
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_the_kernels_built_at_once_are_the_ones_a_step_then_launches(monkeypatch):
+    """Triton's AsyncCompileMode and warmup on a real GPU: the builder returns a time and builds every kernel of a
+    UNet training step, so the real step after it builds none, and computes what PyTorch's path does (float32,
+    TF32 off: the two networks differ in their norms alone)."""
+    import triton
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    nets = {f: UNet(**TINY_UNET, use_scale_shift_norm=True, fused_norm=f).cuda() for f in ("false", "true")}
+    nudge_weights(nets["false"])
+    nets["true"].load_state_dict(nets["false"].state_dict())
+    x = torch.randn(4, 2, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last)
+    t, y = torch.tensor([3, 700, 5, 9], device="cuda"), torch.tensor([0, 2, 1, 0], device="cuda")
+
+    def step(net):
+        out = net(x, t, y)
+        return out, torch.autograd.grad(out.square().mean(), list(net.parameters()))
+
+    assert fused_norm_module.build_kernels_at_once(lambda: step(nets["true"]), workers=4) >= 0
+    built = []  # Triton calls this hook after each kernel it builds (not on a cache hit)
+    monkeypatch.setattr(triton.knobs.runtime, "jit_post_compile_hook", lambda *a, **k: built.append(1))
+    out, grads = step(nets["true"])
+    assert built == []  # every kernel the step launched was built by the builder
+    nets["true"](torch.randn(1, 2, 16, 16, device="cuda"), t[:1], y[:1])
+    assert built  # while a launch of another shape builds, and the hook sees it
+    ref, ref_grads = step(nets["false"])
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **TOL)
+
+
 TINY_UNET = dict(
     in_channels=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
     image_size=8, dropout=0.0, groups=4, num_classes=3,
