@@ -17,8 +17,12 @@ memory, and the loss's mean over the last timed steps (the settings must train a
 
     eager              the plain step (launch-bound; the reference for the others' arithmetic)
     graphs             the network captured as CUDA graphs, PyTorch's GroupNorm and SiLU
-    graphs_fused       the same with the fused GroupNorm+SiLU Triton op (its kernels built on first use)
-    compiled           torch.compile, compile=reduce-overhead's options, the op inside the graph (as fmnist_fast)
+    graphs_fused       the same with the fused GroupNorm+SiLU Triton op, its kernels built all at once before the
+                       capture (``nets.fused_norm.build_kernels_at_once``), as compile=capture trains
+    graphs_fused_first_use  the same with the op's kernels built one by one on first use, inside the capture
+                       (what ``graphs_fused`` ran before the builder, BENCHMARKS.md 2026-12-07)
+    compiled           torch.compile, compile=reduce-overhead's options, the op inside the graph (as fmnist_fast
+                       trained until it moved to compile=capture)
 
 Usage, on a GPU, from the repository root: ``python benchmarks/graphed_step.py [--only a,b] [--steps N]``.
 """
@@ -35,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("eager", "graphs", "graphs_fused", "compiled")
+SETTINGS = ("eager", "graphs", "graphs_fused", "graphs_fused_first_use", "compiled")
 
 
 def build(torch, setting: str, batch: int):
@@ -44,7 +48,7 @@ def build(torch, setting: str, batch: int):
     from unet_small import unet_small
 
     torch.manual_seed(0)
-    fused = "true" if setting in ("graphs_fused", "compiled") else "false"
+    fused = "false" if setting in ("eager", "graphs") else "true"
     net = unet_small(dropout=0.0, fused_norm=fused).cuda()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=True)
     x0 = torch.rand(batch, 1, 28, 28, device="cuda") * 2 - 1
@@ -66,8 +70,9 @@ def prepare(setting: str, net):
         return net
     if setting.startswith("graphs"):  # as compile=capture trains: captured at the first call
         from diffusion_lab.capture import CapturedNet
+        from diffusion_lab.nets.fused_norm import build_kernels_at_once
 
-        return CapturedNet(net)
+        return CapturedNet(net, build=None if setting == "graphs_fused_first_use" else build_kernels_at_once)
     return net
 
 

@@ -1164,7 +1164,7 @@ def test_the_first_use_baseline_trains_with_the_kernel_builder_a_no_op():
 
 def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_refuses_unknown_ones():
     probe = load_script("graphed_step")
-    assert probe.SETTINGS == ("eager", "graphs", "graphs_fused", "compiled")
+    assert probe.SETTINGS == ("eager", "graphs", "graphs_fused", "graphs_fused_first_use", "compiled")
     failed = subprocess.CompletedProcess(
         [], 1, "", "Traceback (most recent call last):\n  ...\nRuntimeError: no GPU\n\n"
     )
@@ -1183,5 +1183,6 @@ def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_re
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (
-        "--only: 'fastest' is not a setting; choose from ['eager', 'graphs', 'graphs_fused', 'compiled']"
+        "--only: 'fastest' is not a setting; choose from ['eager', 'graphs', 'graphs_fused', 'graphs_fused_first_use', "
+        "'compiled']"
     )

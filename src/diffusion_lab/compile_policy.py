@@ -76,9 +76,9 @@ def eval_stance(compiled: bool, compile_eval: bool) -> contextlib.AbstractContex
 
 def use_compile_cache(folder: str | None) -> None:
     """Keep inductor's compiled kernels, FX graphs and AOTAutograd graphs, and Triton's kernels, in ``folder``
-    (``compile_cache``), so
-    every job of a sweep and every later run on the same torch and network reuses them: a warm start compiles
-    nothing. Without it inductor uses /tmp/torchinductor_<user>, lost with the machine (a fresh cluster node).
+    (``compile_cache``), so every job of a sweep and every later run on the same torch and network reuses them: a
+    warm start compiles nothing. Without it inductor uses /tmp/torchinductor_<user>, lost with the machine (a
+    fresh cluster node).
 
     A folder on a shared filesystem already carries the caches between machines, so torch's "mega-cache"
     (save_cache_artifacts / load_cache_artifacts, for moving caches without one) is not used. Nor is Dynamo's
