@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -1131,35 +1132,31 @@ def test_the_study_watch_reads_a_jobs_step_from_the_column_named_step(tmp_path):
     assert subprocess.run([*awk, str(csv)], capture_output=True, text=True).stdout == "no step yet\n"
 
 
-def test_the_own_ptxas_baseline_trains_with_the_ptxas_call_a_no_op():
-    """benchmarks/train_own_ptxas.py: the training it imports holds the no-op, not compile_policy's function."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_own_ptxas.py"
-    probe = "import diffusion_lab.training as t; print(t.use_torch_ptxas.__name__, t.use_torch_ptxas())"
-    code = f"import runpy; runpy.run_path({str(script)!r})['leave_ptxas_alone'](); {probe}"
+@pytest.mark.parametrize(
+    ("script", "patch", "where", "name", "args", "origin"),
+    [
+        ("train_own_ptxas", "leave_ptxas_alone", "training", "use_torch_ptxas", "", "compile_policy"),
+        ("train_build_on_first_use", "build_on_first_use", "module", "build_kernels_at_once", "1", "nets.fused_norm"),
+    ],
+)  # fmt: skip
+def test_a_baseline_entry_script_trains_with_one_function_a_no_op(script, patch, where, name, args, origin):
+    """benchmarks/train_own_ptxas.py (Triton's own ptxas) and train_build_on_first_use.py (the op's kernels built on
+    first use): the training they import holds a no-op in place of one function; without them, the function."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    probe = f"import diffusion_lab.{where} as m; print(m.{name}.__name__, m.{name}({args}))"
+    code = f"import runpy; runpy.run_path({str(path)!r})[{patch!r}](); {probe}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "<lambda> None\n"
-    from diffusion_lab import compile_policy, training  # the function itself where the script is not used
-
-    assert training.use_torch_ptxas is compile_policy.use_torch_ptxas
-    assert compile_policy.use_torch_ptxas.__name__ == "use_torch_ptxas"
+    used, defined = (
+        importlib.import_module(f"diffusion_lab.{where}"),
+        importlib.import_module(f"diffusion_lab.{origin}"),
+    )
+    assert getattr(used, name) is getattr(defined, name) and getattr(defined, name).__name__ == name
     cfg = subprocess.run(
-        [sys.executable, str(script), "experiment=fmnist_fast", "--cfg", "job"],
+        [sys.executable, str(path), "experiment=fmnist_fast", "--cfg", "job"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert "task_name: fmnist_fast" in cfg
-
-
-def test_the_first_use_baseline_trains_with_the_kernel_builder_a_no_op():
-    """benchmarks/train_build_on_first_use.py: the module it imports holds the no-op, not fused_norm's builder."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_build_on_first_use.py"
-    probe = "import diffusion_lab.module as m; print(m.build_kernels_at_once.__name__, m.build_kernels_at_once(1))"
-    code = f"import runpy; runpy.run_path({str(script)!r})['build_on_first_use'](); {probe}"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out == "<lambda> None\n"
-    from diffusion_lab import module
-    from diffusion_lab.nets import fused_norm
-
-    assert module.build_kernels_at_once is fused_norm.build_kernels_at_once  # where the script is not used
+    assert "task_name: fmnist_fast" in cfg and "compile: capture" in cfg
 
 
 def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_refuses_unknown_ones():
