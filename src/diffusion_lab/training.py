@@ -482,7 +482,9 @@ def startup_parts(result: dict[str, Any]) -> str:
         fallbacks = result["capture_fallbacks"]
         more = f", {fallbacks} training calls of another shape run uncaptured" if fallbacks else ""
         if "capture_build_s" in result:
-            more = f", of which {result['capture_build_s']} s building the fused norm op's kernels at once{more}"
+            more = (
+                f", of which {result['capture_build_s']} s building the fused norm op's kernels at once{more}"
+            )
         parts.append(f"capturing CUDA graphs {result['capture_s']} s{more}")
     if "checkpoint_write_s" in result:
         background = result.get("checkpoint_background_s")
