@@ -60,6 +60,12 @@ CASES = [
     ),
     slow_case(
         "train",
+        ["experiment=fmnist_fast"],  # compile=capture on a machine without a GPU
+        "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu on a machine with one); for a CPU "
+        "run use compile=false trainer=cpu",
+    ),
+    slow_case(
+        "train",
         ["compile=true", "compile_cache={a_file}/cc"],
         "compile_cache='{a_file}/cc' cannot be written: {a_file} is a file, not a folder",
     ),

@@ -105,7 +105,8 @@ def test_capture_runs_on_one_cuda_device_and_says_what_to_use_otherwise():
     with pytest.raises(UserError) as err:
         check_capture(cuda=False, world_size=1)
     assert str(err.value) == (
-        "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu); on this device use compile=false"
+        "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu on a machine with one); for a CPU run "
+        "use compile=false trainer=cpu"
     )
     with pytest.raises(UserError) as err:
         check_capture(cuda=True, world_size=2)

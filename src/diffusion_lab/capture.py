@@ -41,8 +41,8 @@ def check_capture(cuda: bool, world_size: int, accumulate: int = 1) -> None:
 
     if not cuda:
         raise UserError(
-            "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu); on this device use "
-            "compile=false"
+            "compile=capture records CUDA graphs and needs a CUDA device (trainer=gpu on a machine with one); for a "
+            "CPU run use compile=false trainer=cpu"
         )
     if world_size > 1:
         raise UserError(
