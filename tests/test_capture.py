@@ -3,6 +3,7 @@ errors where it cannot run, and (on a GPU) that a captured training step compute
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -11,7 +12,8 @@ from torch import nn
 
 from diffusion_lab.capture import CapturedNet, call_signature, check_capture
 from diffusion_lab.errors import UserError
-from diffusion_lab.nets.fused_norm import build_kernels_at_once
+from diffusion_lab.nets import UNet
+from diffusion_lab.nets.fused_norm import GroupNormSiLU, build_kernels_at_once
 from graph_stand_in import StandInGraph
 
 
@@ -122,6 +124,12 @@ def test_capture_runs_on_one_cuda_device_and_says_what_to_use_otherwise():
     check_capture(cuda=True, world_size=1, accumulate=1)
 
 
+def switch_off(module: nn.Module) -> None:
+    """fused_norm=false on a norm of the fused kind (PyTorch's path only)."""
+    if isinstance(module, GroupNormSiLU):
+        module.fused = "false"
+
+
 def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
     from diffusion_lab.compile_policy import compile_mode
     from diffusion_lab.module import DiffusionModule
@@ -130,7 +138,19 @@ def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
     assert compile_mode("capture") == "capture"
     module = DiffusionModule(TwoInputNet(), None, None, None, None, None, compile="capture")
     assert isinstance(module.captured, CapturedNet) and module.captured.net is module.net
-    assert module.captured._build is build_kernels_at_once  # the fused op's kernels, before the capture
+    assert (
+        module.captured._build is None
+    )  # no fused norm in this network: nothing to build before the capture
+    unet = UNet(
+        in_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), image_size=8,
+        groups=4, fused_norm="auto",
+    )  # fmt: skip
+    with_norm = DiffusionModule(unet, None, None, None, None, None, compile="capture")
+    assert with_norm.captured._build is build_kernels_at_once  # the fused op's kernels, before the capture
+    unet_off = DiffusionModule(
+        copy.deepcopy(unet).apply(switch_off), None, None, None, None, None, compile="capture"
+    )
+    assert unet_off.captured._build is None
     assert DiffusionModule(TwoInputNet(), None, None, None, None, None).captured is None
     result = {"first_step_s": 2.0, "capture_s": 1.2, "capture_fallbacks": 0, "graph_replays": 9}
     assert startup_parts(result) == "first step 2.0 s; capturing CUDA graphs 1.2 s"

@@ -121,6 +121,11 @@ def build_kernels_at_once(step: Callable[[], object], workers: int | None = None
     return time.perf_counter() - start
 
 
+def may_take_triton(net: nn.Module) -> bool:
+    """Whether any of ``net``'s norms may take the Triton path (``fused`` auto or true): what there is to build."""
+    return any(isinstance(m, GroupNormSiLU) and m.fused != "false" for m in net.modules())
+
+
 def group_norm_silu_reference(
     x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float, scale=None, shift=None
 ) -> Tensor:
