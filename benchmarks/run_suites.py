@@ -274,10 +274,10 @@ def fused_norm(opts: argparse.Namespace) -> list[Run]:
 # the first step (trainer.benchmark), against "net_fused_norm" the op's, against "blocks" the compile scope's.
 # The compile mode too: fmnist_fast's own default moved from reduce-overhead to capture (2026-12-07).
 def _pinned(
-    fused_norm: str, writes: str, cudnn_autotune: str = "true", compile: str = "reduce-overhead"
+    fused_norm: str, writes: str, cudnn_autotune: str = "true", mode: str = "reduce-overhead"
 ) -> list:
     return [
-        f"compile={compile}",
+        f"compile={mode}",
         f"model.fused_norm={fused_norm}",
         f"checkpoint_writes={writes}",
         f"trainer.benchmark={cudnn_autotune}",
@@ -296,8 +296,8 @@ STARTUP_SETTINGS = {
     "blocks": ("blocks", _pinned("false", "background")),
     # Nothing compiled: the training step's network captured as CUDA graphs (compile=capture), with auto's op in
     # the captured step and with PyTorch's GroupNorm and SiLU, cuDNN's heuristics as fused_auto.
-    "capture": ("net", _pinned("auto", "background", cudnn_autotune="false", compile="capture")),
-    "capture_no_op": ("net", _pinned("false", "background", cudnn_autotune="false", compile="capture")),
+    "capture": ("net", _pinned("auto", "background", cudnn_autotune="false", mode="capture")),
+    "capture_no_op": ("net", _pinned("false", "background", cudnn_autotune="false", mode="capture")),
 }
 # Settings trained through a benchmark-only entry script, each otherwise the setting it names:
 # train_own_ptxas.py (Triton on its own ptxas until inductor first builds in-process, as before
