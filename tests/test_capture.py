@@ -226,3 +226,34 @@ def test_a_cpu_run_asking_for_capture_is_refused_before_anything_is_written(tmp_
     with pytest.raises(UserError, match=r"^compile=capture records CUDA graphs and needs a CUDA device"):
         check_config(small_train_cfg(tmp_path / "run", "compile=capture"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_captured_fit_replays_every_training_step_and_validates_on_the_plain_network(tmp_path, monkeypatch):
+    """A whole Lightning fit with compile=capture, the CUDA capture stood in for on the CPU: the first training step
+    captures (after one build pass for a UNet with fused norms), every step replays, validation and the final
+    samples run the plain network, the checkpoint holds the plain network's weights, the summary reports it."""
+    from functools import partial
+
+    from conftest import small_train_cfg
+    from diffusion_lab import module as module_mod
+    from diffusion_lab import training
+    from diffusion_lab.build import load_checkpoint
+    from diffusion_lab.train import train
+
+    graph = StandInGraph()
+    monkeypatch.setattr(training, "check_capture", lambda *a, **k: None)  # the CPU stands in for the GPU
+    monkeypatch.setattr(module_mod, "check_capture", lambda *a, **k: None)
+    monkeypatch.setattr(module_mod, "CapturedNet", partial(CapturedNet, graph=graph, device="cpu"))
+    steps = 4
+    cfg = small_train_cfg(
+        tmp_path / "run", "compile=capture", "model=unet_small", f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "callbacks.checkpoint.every_n_train_steps=2",
+    )  # fmt: skip
+    result = train(cfg)
+    assert result["global_step"] == steps
+    assert "val/loss" in result["metrics"]  # validation ran, and (no replay counted for it) on the plain network
+    assert len(graph.samples) == 1 and graph.replays == steps  # one capture, every training step replayed
+    assert (result["graph_replays"], result["capture_fallbacks"]) == (steps, 0)
+    assert "capture_build_s" in result  # unet_small's norms are fused=auto: a build pass ran first
+    parts, _, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert not any("forward" in vars(m) for m in parts.net.modules())  # no graphed forward left on a module
