@@ -251,7 +251,7 @@ def test_a_captured_fit_replays_every_training_step_and_validates_on_the_plain_n
     )  # fmt: skip
     result = train(cfg)
     assert result["global_step"] == steps
-    assert "val/loss" in result["metrics"]  # validation ran, and (no replay counted for it) on the plain network
+    assert "val/loss" in result["metrics"]  # validation ran; no replay counted for it: the plain network
     assert len(graph.samples) == 1 and graph.replays == steps  # one capture, every training step replayed
     assert (result["graph_replays"], result["capture_fallbacks"]) == (steps, 0)
     assert "capture_build_s" in result  # unet_small's norms are fused=auto: a build pass ran first
