@@ -70,10 +70,9 @@ def prepare(setting: str, net):
         return net
     if setting.startswith("graphs"):  # as compile=capture trains: captured at the first call
         from diffusion_lab.capture import CapturedNet
-        from diffusion_lab.nets.fused_norm import build_kernels_at_once, may_take_triton
+        from diffusion_lab.nets.fused_norm import kernel_builder
 
-        built = may_take_triton(net) and setting != "graphs_fused_first_use"
-        return CapturedNet(net, build=build_kernels_at_once if built else None)
+        return CapturedNet(net, build=None if setting == "graphs_fused_first_use" else kernel_builder(net))
     return net
 
 

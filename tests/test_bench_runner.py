@@ -1136,7 +1136,7 @@ def test_the_study_watch_reads_a_jobs_step_from_the_column_named_step(tmp_path):
     ("script", "patch", "where", "name", "args", "origin"),
     [
         ("train_own_ptxas", "leave_ptxas_alone", "training", "use_torch_ptxas", "", "compile_policy"),
-        ("train_build_on_first_use", "build_on_first_use", "module", "build_kernels_at_once", "1", "nets.fused_norm"),
+        ("train_build_on_first_use", "build_on_first_use", "module", "kernel_builder", "1", "nets.fused_norm"),
     ],
 )  # fmt: skip
 def test_a_baseline_entry_script_trains_with_one_function_a_no_op(script, patch, where, name, args, origin):

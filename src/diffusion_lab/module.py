@@ -32,7 +32,7 @@ from .diffusion.guidance import drop_labels
 from .diffusion.likelihood import bound_estimate_bpd
 from .latent.decoder import sample_images
 from .net_training import NetTraining
-from .nets.fused_norm import build_kernels_at_once, may_take_triton
+from .nets.fused_norm import kernel_builder
 from .nonfinite import NonFiniteGuard
 from .rng_state import capture_rng_state, restore_rng_state
 from .samplers import Sampler
@@ -101,8 +101,8 @@ class DiffusionModule(NetTraining):
             check_scope(net, compile_scope)
         # compile=capture: the training step's network calls replayed from CUDA graphs (capture.py), not compiled.
         # The fused norm op's kernels are built all at once before the capture, not one by one inside it.
-        build = build_kernels_at_once if may_take_triton(self.net) else None
-        self.captured = CapturedNet(self.net, build=build) if self.compile_mode == CAPTURE else None
+        capture = self.compile_mode == CAPTURE
+        self.captured = CapturedNet(self.net, build=kernel_builder(self.net)) if capture else None
         self.sample_bf16 = sample_bf16  # sample under bf16 autocast on CUDA (previews, metrics)
         self.val_seed = val_seed
         self._bucket_sums: Tensor | None = None

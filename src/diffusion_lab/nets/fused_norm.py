@@ -121,9 +121,12 @@ def build_kernels_at_once(step: Callable[[], object], workers: int | None = None
     return time.perf_counter() - start
 
 
-def may_take_triton(net: nn.Module) -> bool:
-    """Whether any of ``net``'s norms may take the Triton path (``fused`` auto or true): what there is to build."""
-    return any(isinstance(m, GroupNormSiLU) and m.fused != "false" for m in net.modules())
+def kernel_builder(net: nn.Module) -> Callable[[Callable[[], object]], float | None] | None:
+    """What builds ``net``'s op kernels before a capture: ``build_kernels_at_once`` where any of its norms may take
+    the Triton path (``fused`` auto or true), None where there is nothing to build."""
+    if any(isinstance(m, GroupNormSiLU) and m.fused != "false" for m in net.modules()):
+        return build_kernels_at_once
+    return None
 
 
 def group_norm_silu_reference(
