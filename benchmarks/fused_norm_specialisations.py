@@ -2,8 +2,8 @@
 
 In eager mode Triton compiles the op's forward kernel on first use for each specialisation: the launch
 configuration's compile-time constants (``fused_norm_ops.launch_config``: channels per group, groups per program,
-block sizes, warps, which depend on the batch size), whether AdaGN's scale and shift are there, and which integer
-arguments are divisible by 16. This runs the network's forward on the CPU with the PyTorch path and records, at
+block sizes, warps, which depend on the batch size) and which integer arguments are divisible by 16 (whether
+AdaGN's scale and shift are there is a run-time flag since 2026-12-08, before which it split kernels too). This runs the network's forward on the CPU with the PyTorch path and records, at
 each norm layer, the key Triton would compile under, so it counts the kernels a cold cache would build.
 
 ``--build N`` then builds the kernels of one training step at the first batch size (each key's forward and
@@ -37,6 +37,7 @@ from unet_small import unet_small  # noqa: E402
 
 from diffusion_lab.nets import UNet  # noqa: E402
 from diffusion_lab.nets.fused_norm import GroupNormSiLU  # noqa: E402
+from diffusion_lab.nets.fused_norm_kernels import RUNTIME_FLAGS  # noqa: E402
 from diffusion_lab.nets.fused_norm_ops import launch_config  # noqa: E402
 
 # The dtypes the op's pointers carry in a bf16-autocast training step: activations and AdaGN's projections in
@@ -49,21 +50,14 @@ def unet_small_eager() -> UNet:
     return unet_small(fused_norm="false").eval()
 
 
-def _key(norm: GroupNormSiLU, x: torch.Tensor, scale, shift) -> tuple:
+def _key(norm: GroupNormSiLU, x: torch.Tensor) -> tuple:
+    """What Triton specialises a launch on: the launch configuration's constants and the integer arguments'
+    divisibility by 16 (AdaGN's scale and shift are run-time flags, in no key)."""
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
     gpp, block_c, block_hw, warps = launch_config(batch, channels, hw, norm.num_groups)
     divisible = tuple(v % 16 == 0 for v in (channels, hw, channels * hw))
-    return (
-        channels // norm.num_groups,
-        gpp,
-        block_c,
-        block_hw,
-        warps,
-        scale is not None,
-        shift is not None,
-        divisible,
-    )
+    return channels // norm.num_groups, gpp, block_c, block_hw, warps, divisible
 
 
 def specialisations(batches: list[int]) -> dict[int, set]:
@@ -73,9 +67,7 @@ def specialisations(batches: list[int]) -> dict[int, set]:
     current = {"batch": 0}
 
     def record(module, args, kwargs):
-        scale = kwargs.get("scale", args[1] if len(args) > 1 else None)
-        shift = kwargs.get("shift", args[2] if len(args) > 2 else None)
-        seen.setdefault(current["batch"], set()).add(_key(module, args[0], scale, shift))
+        seen.setdefault(current["batch"], set()).add(_key(module, args[0]))
 
     for module in net.modules():
         if isinstance(module, GroupNormSiLU):
@@ -91,13 +83,14 @@ def _source(kernel, key: tuple):
     """Triton's source for ``kernel`` (the op's forward or backward) specialised as ``key`` says."""
     from triton.compiler import ASTSource
 
-    cg, gpp, block_c, block_hw, _warps, has_scale, has_shift = key
-    constants = {"HAS_SCALE": has_scale, "HAS_SHIFT": has_shift, "CG": cg, "GPP": gpp, "BLOCK_C": block_c,
-                 "BLOCK_HW": block_hw}  # fmt: skip
+    cg, gpp, block_c, block_hw, _warps = key
+    constants = {"CG": cg, "GPP": gpp, "BLOCK_C": block_c, "BLOCK_HW": block_hw}
     signature = {}
     for name in kernel.arg_names:
         if name in constants:
             signature[name] = "constexpr"
+        elif name in RUNTIME_FLAGS:
+            signature[name] = "i1"
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in FLOAT32_POINTERS else "*bf16"
         else:

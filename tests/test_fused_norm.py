@@ -200,6 +200,38 @@ def test_in_build_only_the_op_builds_each_kernel_for_its_launch_and_launches_non
         assert (kwargs["BLOCK_HW"], kwargs["num_warps"]) == (block_hw, warps)
 
 
+def test_a_layer_with_adagn_and_one_without_share_their_kernels(interpreted, monkeypatch):
+    """AdaGN's presence is a run-time flag: the launches with and without scale and shift differ only in the flags'
+    values (the same compile-time constants, the same pointer dtypes), and Triton specialises neither flag."""
+    fwd, bwd = BuildOnlyKernel(), BuildOnlyKernel()
+    monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_fwd_kernel", fwd)
+    monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_bwd_kernel", bwd)
+    gn, x, scale, shift, dy = make_case((2, 8, 5, 5), 4, "channels_last", True)
+    norm = GroupNormSiLU(4, 8, fused="true")
+    norm.load_state_dict(gn.state_dict())
+    x.requires_grad_(True)
+    with fused_norm_ops.build_only():
+        for args in ((scale, shift), ()):
+            torch.autograd.grad(norm(x, *args), [x], dy)
+    for kernel in (fwd, bwd):
+        (with_args, with_kw), (without_args, without_kw) = kernel.builds
+        assert [a.dtype for a in with_args if torch.is_tensor(a)] == [
+            a.dtype for a in without_args if torch.is_tensor(a)
+        ]
+        flags = fused_norm_kernels.RUNTIME_FLAGS
+        assert {k: v for k, v in with_kw.items() if k not in flags} == {
+            k: v for k, v in without_kw.items() if k not in flags
+        }
+        assert [with_kw[f] for f in flags] == [True, True] and [without_kw[f] for f in flags] == [
+            False,
+            False,
+        ]
+    with kernels_interpreted(False):  # the kernels as Triton compiles them for a GPU
+        for name in ("group_norm_silu_fwd_kernel", "group_norm_silu_bwd_kernel"):
+            params = {p.name: p for p in getattr(fused_norm_kernels, name).params}
+            assert all(not params[f].is_constexpr and params[f].do_not_specialize for f in flags)
+
+
 def test_interpreted_kernels_are_not_built_at_once(interpreted):
     ran = []
     assert fused_norm_module.build_kernels_at_once(lambda: ran.append(1)) is None and not ran

@@ -23,6 +23,8 @@ import triton.language as tl
 
 # Whether the kernels below were decorated for Triton's CPU interpreter (then they accept CPU tensors).
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+# The launch's flags that stay run-time values (booleans, never specialised into a kernel of their own).
+RUNTIME_FLAGS = ("HAS_SCALE", "HAS_SHIFT")
 
 
 @triton.jit
@@ -53,10 +55,11 @@ def _group_sum(v, same_group, GPP: tl.constexpr):
 @triton.jit
 def _adagn_coefficients(
     w_ptr, b_ptr, scale_ptr, shift_ptr, n, c, c_mask,
-    ss_b, ss_c, st_b, st_c,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    ss_b, ss_c, st_b, st_c, HAS_SCALE, HAS_SHIFT,
 ):  # fmt: skip
-    """Per-lane ``(a, d)`` of ``z = xhat * a + d``: the GroupNorm affine folded with AdaGN's scale and shift."""
+    """Per-lane ``(a, d)`` of ``z = xhat * a + d``: the GroupNorm affine folded with AdaGN's scale and shift.
+    HAS_SCALE and HAS_SHIFT are run-time flags, not compile-time constants: a branch taken once per program,
+    and one kernel for a layer shape with AdaGN and without (fewer kernels to build on a cold start)."""
     a = tl.load(w_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     d = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     if HAS_SCALE:
@@ -89,12 +92,12 @@ def _lanes(C, CG: tl.constexpr, GPP: tl.constexpr, BLOCK_C: tl.constexpr):
     return lane, g_lane, g0, c, c_mask, same_group
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_FLAGS)
 def group_norm_silu_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr,
     C, HW, G, eps,
     sx_b, sx_c, sx_hw, sy_b, sy_c, sy_hw, ss_b, ss_c, st_b, st_c,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    HAS_SCALE, HAS_SHIFT,
     CG: tl.constexpr, GPP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0)
@@ -143,12 +146,12 @@ def group_norm_silu_fwd_kernel(
         tl.store(y_n + hw[:, None] * sy_hw + c[None, :] * sy_c, out.to(y_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_FLAGS)
 def group_norm_silu_bwd_kernel(
     x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr, dd_ptr, da_ptr,
     C, HW, G,
     sx_b, sx_c, sx_hw, sdy_b, sdy_c, sdy_hw, sdx_b, sdx_c, sdx_hw, ss_b, ss_c, st_b, st_c,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    HAS_SCALE, HAS_SHIFT,
     CG: tl.constexpr, GPP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
     """dx, and per (sample, channel) dd = sum_hw dz and da = sum_hw dz * xhat, from which the caller forms

@@ -74,6 +74,13 @@ def _strides(t: Tensor | None) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0, 0)
 
 
+def _or_stand_in(v: Tensor | None, x: Tensor) -> Tensor:
+    """AdaGN's scale or shift, or where absent a tensor of x's dtype the kernel never reads (its flag is off):
+    a pointer of the type that scale and shift have in training (autocast gives the projection x's dtype), so a
+    layer with AdaGN and one without share a kernel (HAS_SCALE and HAS_SHIFT are run-time flags)."""
+    return x if v is None else v
+
+
 # While set (``build_only``), a launch only builds its kernel for the arguments it was given (Triton's warmup).
 _build_only = False
 
@@ -128,7 +135,7 @@ def group_norm_silu(
     gpp, block_c, block_hw, num_warps = launch_config(batch, channels, hw, groups)
     _launch(
         kernels.group_norm_silu_fwd_kernel, (batch, triton.cdiv(groups, gpp)),
-        x3, y3, weight, bias, weight if scale is None else scale, weight if shift is None else shift,
+        x3, y3, weight, bias, _or_stand_in(scale, x3), _or_stand_in(shift, x3),
         mean, rstd, channels, hw, groups, eps,
         *x3.stride(), *y3.stride(), *_strides(scale), *_strides(shift),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
@@ -162,7 +169,7 @@ def group_norm_silu_backward(
     gpp, block_c, block_hw, num_warps = launch_config(batch, channels, hw, groups)
     _launch(
         kernels.group_norm_silu_bwd_kernel, (batch, triton.cdiv(groups, gpp)),
-        x3, dy3, dx3, weight, bias, weight if scale is None else scale, weight if shift is None else shift,
+        x3, dy3, dx3, weight, bias, _or_stand_in(scale, x3), _or_stand_in(shift, x3),
         mean, rstd, dd, da, channels, hw, groups,
         *x3.stride(), *dy3.stride(), *dx3.stride(), *_strides(scale), *_strides(shift),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
