@@ -230,6 +230,7 @@ def test_a_layer_with_adagn_and_one_without_share_their_kernels(interpreted, mon
         for name in ("group_norm_silu_fwd_kernel", "group_norm_silu_bwd_kernel"):
             params = {p.name: p for p in getattr(fused_norm_kernels, name).params}
             assert all(not params[f].is_constexpr and params[f].do_not_specialize for f in flags)
+            assert params["HW"].do_not_specialize and not params["C"].do_not_specialize
 
 
 def test_interpreted_kernels_are_not_built_at_once(interpreted):
