@@ -166,26 +166,33 @@ def test_state_dict_is_a_group_norms():
 
 
 class BuildOnlyKernel:
-    """Stands for a Triton kernel: records the builds asked of it (``warmup``) and fails if launched."""
+    """Stands for a Triton kernel: records the builds asked of it (``warmup``: grid, positional arguments and
+    keywords) and fails if launched."""
 
     def __init__(self):
         self.builds = []
 
     def warmup(self, *args, grid, **kwargs):
-        self.builds.append((grid, kwargs))
+        self.builds.append((grid, args, kwargs))
 
     def __getitem__(self, grid):
         raise AssertionError("launched in build_only")
 
 
-def test_in_build_only_the_op_builds_each_kernel_for_its_launch_and_launches_none(interpreted, monkeypatch):
+@pytest.fixture
+def build_only_kernels(interpreted, monkeypatch):
+    """(forward, backward) BuildOnlyKernels in place of the op's kernels, and a fused norm with its inputs."""
     fwd, bwd = BuildOnlyKernel(), BuildOnlyKernel()
     monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_fwd_kernel", fwd)
     monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_bwd_kernel", bwd)
     gn, x, scale, shift, dy = make_case((2, 8, 5, 5), 4, "channels_last", True)
     norm = GroupNormSiLU(4, 8, fused="true")
     norm.load_state_dict(gn.state_dict())
-    x.requires_grad_(True)
+    return (fwd, bwd), norm, x.requires_grad_(True), scale, shift, dy
+
+
+def test_in_build_only_the_op_builds_each_kernel_for_its_launch_and_launches_none(build_only_kernels):
+    kernels, norm, x, scale, shift, dy = build_only_kernels
     with fused_norm_ops.build_only():
         assert fused_norm_ops._build_only
         out = norm(x, scale, shift)
@@ -193,39 +200,35 @@ def test_in_build_only_the_op_builds_each_kernel_for_its_launch_and_launches_non
     assert not fused_norm_ops._build_only  # restored on leaving
     gpp, block_c, block_hw, warps = fused_norm_ops.launch_config(2, 8, 25, 4)
     expected = {"HAS_SCALE": True, "HAS_SHIFT": True, "CG": 2, "GPP": gpp, "BLOCK_C": block_c}
-    for kernel in (fwd, bwd):
-        ((grid, kwargs),) = kernel.builds
+    for kernel in kernels:
+        ((grid, _args, kwargs),) = kernel.builds
         assert grid == (2, -(-4 // gpp))
         assert {k: kwargs[k] for k in expected} == expected
         assert (kwargs["BLOCK_HW"], kwargs["num_warps"]) == (block_hw, warps)
 
 
-def test_a_layer_with_adagn_and_one_without_share_their_kernels(interpreted, monkeypatch):
+def test_a_layer_with_adagn_and_one_without_share_their_kernels(build_only_kernels):
     """AdaGN's presence is a run-time flag: the launches with and without scale and shift differ only in the flags'
-    values (the same compile-time constants, the same pointer dtypes), and Triton specialises neither flag."""
-    fwd, bwd = BuildOnlyKernel(), BuildOnlyKernel()
-    monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_fwd_kernel", fwd)
-    monkeypatch.setattr(fused_norm_kernels, "group_norm_silu_bwd_kernel", bwd)
-    gn, x, scale, shift, dy = make_case((2, 8, 5, 5), 4, "channels_last", True)
-    norm = GroupNormSiLU(4, 8, fused="true")
-    norm.load_state_dict(gn.state_dict())
-    x.requires_grad_(True)
+    values (the same compile-time constants, the same pointer dtypes), and Triton specialises neither flag (nor
+    the count of positions; the channel count it does)."""
+    kernels, norm, x, scale, shift, dy = build_only_kernels
+    x, scale, shift, dy = (
+        x.bfloat16(),
+        scale.bfloat16(),
+        shift.bfloat16(),
+        dy.bfloat16(),
+    )  # AdaGN as autocast has it
     with fused_norm_ops.build_only():
         for args in ((scale, shift), ()):
             torch.autograd.grad(norm(x, *args), [x], dy)
-    for kernel in (fwd, bwd):
-        (with_args, with_kw), (without_args, without_kw) = kernel.builds
-        assert [a.dtype for a in with_args if torch.is_tensor(a)] == [
-            a.dtype for a in without_args if torch.is_tensor(a)
-        ]
-        flags = fused_norm_kernels.RUNTIME_FLAGS
-        assert {k: v for k, v in with_kw.items() if k not in flags} == {
-            k: v for k, v in without_kw.items() if k not in flags
-        }
-        assert [with_kw[f] for f in flags] == [True, True] and [without_kw[f] for f in flags] == [
-            False,
-            False,
-        ]
+    flags = fused_norm_kernels.RUNTIME_FLAGS
+    for kernel in kernels:
+        (_, with_args, with_kw), (_, without_args, without_kw) = kernel.builds
+        dtypes = [[a.dtype for a in args if torch.is_tensor(a)] for args in (with_args, without_args)]
+        assert dtypes[0] == dtypes[1] and torch.bfloat16 in dtypes[0]
+        constants = [{k: v for k, v in kw.items() if k not in flags} for kw in (with_kw, without_kw)]
+        assert constants[0] == constants[1]
+        assert [(with_kw[f], without_kw[f]) for f in flags] == [(True, False), (True, False)]
     with kernels_interpreted(False):  # the kernels as Triton compiles them for a GPU
         for name in ("group_norm_silu_fwd_kernel", "group_norm_silu_bwd_kernel"):
             params = {p.name: p for p in getattr(fused_norm_kernels, name).params}
