@@ -3,8 +3,7 @@
 In eager mode Triton compiles the op's forward kernel on first use for each specialisation: the launch
 configuration's compile-time constants (``fused_norm_ops.launch_config``: channels per group, groups per program,
 block sizes, warps, which depend on the batch size) and which integer arguments are divisible by 16 (whether
-AdaGN's scale and shift are there, and the count of positions, are left unspecialised since 2026-12-08, before
-which they split kernels too). This runs the network's forward on the CPU with the PyTorch path and records, at
+AdaGN's scale and shift are there is a run-time flag since 2026-12-08, before which it split kernels too). This runs the network's forward on the CPU with the PyTorch path and records, at
 each norm layer, the key Triton would compile under, so it counts the kernels a cold cache would build.
 
 ``--build N`` then builds the kernels of one training step at the first batch size (each key's forward and
@@ -52,13 +51,12 @@ def unet_small_eager() -> UNet:
 
 
 def _key(norm: GroupNormSiLU, x: torch.Tensor) -> tuple:
-    """What Triton specialises a launch on: the launch configuration's constants and the specialised integer
-    arguments' divisibility by 16 (channels, the per-sample stride; not AdaGN's flags or HW, which it is told
-    not to specialise on since 2026-12-08)."""
+    """What Triton specialises a launch on: the launch configuration's constants and the integer arguments'
+    divisibility by 16 (not AdaGN's flags, run-time values since 2026-12-08)."""
     batch, channels = x.shape[:2]
     hw = x[0, 0].numel()
     gpp, block_c, block_hw, warps = launch_config(batch, channels, hw, norm.num_groups)
-    divisible = tuple(v % 16 == 0 for v in (channels, channels * hw))
+    divisible = tuple(v % 16 == 0 for v in (channels, hw, channels * hw))
     return channels // norm.num_groups, gpp, block_c, block_hw, warps, divisible
 
 

@@ -66,7 +66,7 @@ def auto_takes_triton(x: Tensor) -> bool:
     grids, final samples and ``diffusion_lab.sample``, eager or compiled.
 
     Why not the kernels there too. Eager: Triton builds a kernel the first time it meets each launch
-    specialisation (layer shape and the launch configuration the batch size picks: five to eight per batch size for
+    specialisation (layer shape and the launch configuration the batch size picks: eight or nine per batch size for
     the Fashion-MNIST UNet), each taking part of a second on a cold cache, for work of a few batches; the first
     validation of a cold run took 18.1 s with the kernels against 2.7 s with ``auto`` (15.3 s with the kernels
     from a warm cache; BENCHMARKS.md, 2026-12-05). Compiled: inductor fuses the forward's norm and activation

@@ -23,13 +23,11 @@ import triton.language as tl
 
 # Whether the kernels below were decorated for Triton's CPU interpreter (then they accept CPU tensors).
 INTERPRETED = bool(triton.knobs.runtime.interpret)
-# The launch's flags that stay run-time values (booleans, never specialised into a kernel of their own).
+# The launch's flags that stay run-time values (booleans, never specialised into a kernel of their own), so fewer
+# kernels are built on a cold start. The integer arguments stay specialised (Triton's divisibility by 16): in NCHW
+# memory the loads along the positions vectorise only where HW is known to divide, and along a channels-last row
+# only where the channel count and strides are.
 RUNTIME_FLAGS = ("HAS_SCALE", "HAS_SHIFT")
-# Arguments Triton is told not to specialise on, so fewer kernels are built on a cold start: the flags, and the
-# count of positions, which only bounds the loop and masks whole tile rows (a row's mask is one value across its
-# channels, so the loads along channels vectorise without knowing HW's divisibility). Channel counts and strides
-# stay specialised: the vector loads along a channels-last row need their alignment.
-UNSPECIALISED = (*RUNTIME_FLAGS, "HW")
 
 
 @triton.jit
@@ -97,7 +95,7 @@ def _lanes(C, CG: tl.constexpr, GPP: tl.constexpr, BLOCK_C: tl.constexpr):
     return lane, g_lane, g0, c, c_mask, same_group
 
 
-@triton.jit(do_not_specialize=UNSPECIALISED)
+@triton.jit(do_not_specialize=RUNTIME_FLAGS)
 def group_norm_silu_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr,
     C, HW, G, eps,
@@ -151,7 +149,7 @@ def group_norm_silu_fwd_kernel(
         tl.store(y_n + hw[:, None] * sy_hw + c[None, :] * sy_c, out.to(y_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit(do_not_specialize=UNSPECIALISED)
+@triton.jit(do_not_specialize=RUNTIME_FLAGS)
 def group_norm_silu_bwd_kernel(
     x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr, dd_ptr, da_ptr,
     C, HW, G,
