@@ -17,9 +17,11 @@ startup     cold and warm starts of experiment=fmnist_fast: for the whole networ
             (compile_scope=blocks), and the op everywhere (fused_true) against auto's op in the compiled step only
             (fused_auto), and fused_auto with Triton left on its own ptxas at start (fused_auto_own_ptxas,
             through benchmarks/train_own_ptxas.py), and nothing compiled, the step's network captured as CUDA
-            graphs with and without the op (capture, capture_no_op), and capture with the op's kernels built
-            one by one on first use (capture_first_use, through benchmarks/train_build_on_first_use.py), one run each of three trainings in a row: the first in empty inductor / Triton
-            cache folders (cold), then the same command again, twice (warm, warm_again). 2,000 steps, a validation, EMA swap,
+            graphs with and without the op (capture, capture_no_op), the same in channels-last memory
+            (capture_channels_last), and capture with the op's kernels built one by one on first use
+            (capture_first_use, through benchmarks/train_build_on_first_use.py), one run each of three trainings
+            in a row: the first in empty inductor / Triton cache folders (cold), then the same command again,
+            twice (warm, warm_again). 2,000 steps, a validation, EMA swap,
             checkpoint and sample grid every 500, so a recompilation after the first step shows; each training's
             own summary gives the startup cost (training time beyond its steady-state steps) and its parts.
 phases      benchmarks/compile_phases.py: the compile of fmnist_fast's training step alone, cold and warm, in
@@ -298,6 +300,12 @@ STARTUP_SETTINGS = {
     # the captured step and with PyTorch's GroupNorm and SiLU, cuDNN's heuristics as fused_auto.
     "capture": ("net", _pinned("auto", "background", cudnn_autotune="false", mode="capture")),
     "capture_no_op": ("net", _pinned("false", "background", cudnn_autotune="false", mode="capture")),
+    # capture with the network and its inputs in channels-last memory (channels_last=true), against capture's NCHW:
+    # cuDNN's bf16 convolutions in NHWC, and the op's loads along a channels-last row.
+    "capture_channels_last": (
+        "net",
+        [*_pinned("auto", "background", cudnn_autotune="false", mode="capture"), "channels_last=true"],
+    ),
 }
 # Settings trained through a benchmark-only entry script, each otherwise the setting it names:
 # train_own_ptxas.py (Triton on its own ptxas until inductor first builds in-process, as before

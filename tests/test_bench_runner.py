@@ -318,7 +318,7 @@ def test_only_with_an_unknown_label_is_one_line_listing_the_runs(runner, capsys,
     assert capsys.readouterr().err == (
         "run.py: --only nett: no such run in suite startup; its runs: net, net_foreground_writes, "
         "net_cudnn_heuristics, net_fused_norm, fused_true, fused_auto, blocks, capture, capture_no_op, "
-        "fused_auto_own_ptxas, capture_first_use\n"
+        "capture_channels_last, fused_auto_own_ptxas, capture_first_use\n"
     )
 
 
@@ -561,7 +561,7 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     runs = {run.label: run for run in runner.SUITES["startup"](opts)}
     assert list(runs) == [
         "net", "net_foreground_writes", "net_cudnn_heuristics", "net_fused_norm", "fused_true", "fused_auto", "blocks",
-        "capture", "capture_no_op", "fused_auto_own_ptxas", "capture_first_use",
+        "capture", "capture_no_op", "capture_channels_last", "fused_auto_own_ptxas", "capture_first_use",
     ]  # fmt: skip
     for label, run in runs.items():
         cold, warm, again = run.commands
@@ -594,6 +594,7 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
         "blocks": ["checkpoint_writes=background"],
         "capture": ["checkpoint_writes=background"],
         "capture_no_op": ["checkpoint_writes=background"],
+        "capture_channels_last": ["checkpoint_writes=background"],
         "fused_auto_own_ptxas": ["checkpoint_writes=background"],
         "capture_first_use": ["checkpoint_writes=background"],
     }
@@ -611,6 +612,11 @@ def test_startup_trains_each_setting_cold_then_warm_twice_on_one_cache_emptied_o
     }
     no_op = runs["capture_no_op"].commands[0]
     assert [o for o in no_op if o not in capture and "/capture_no_op/" not in o] == ["model.fused_norm=false"]
+    nhwc = runs["capture_channels_last"].commands[0]
+    assert [o for o in nhwc if o not in capture and "/capture_channels_last/" not in o] == [
+        "channels_last=true"
+    ]
+    assert [o for o in capture if o not in nhwc and "/capture/" not in o] == []
     # fused_auto against its own-ptxas baseline: the same training through the script that leaves ptxas alone
     auto, own = runs["fused_auto"], runs["fused_auto_own_ptxas"]
     assert auto.commands[0][1:3] == ["-m", "diffusion_lab.train"]

@@ -228,10 +228,14 @@ def test_a_cpu_run_asking_for_capture_is_refused_before_anything_is_written(tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_a_captured_fit_replays_every_training_step_and_validates_on_the_plain_network(tmp_path, monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_captured_fit_replays_every_training_step_and_validates_on_the_plain_network(
+    tmp_path, monkeypatch, channels_last
+):
     """A whole Lightning fit with compile=capture, the CUDA capture stood in for on the CPU: the first training step
     captures (after one build pass for a UNet with fused norms), every step replays, validation and the final
-    samples run the plain network, the checkpoint holds the plain network's weights, the summary reports it."""
+    samples run the plain network, the checkpoint holds the plain network's weights, the summary reports it; with
+    channels_last too (the NHWC network's steps keep one signature: no fallback)."""
     from functools import partial
 
     from conftest import small_train_cfg
@@ -248,6 +252,7 @@ def test_a_captured_fit_replays_every_training_step_and_validates_on_the_plain_n
     cfg = small_train_cfg(
         tmp_path / "run", "compile=capture", "model=unet_small", f"trainer.max_steps={steps}",
         "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "callbacks.checkpoint.every_n_train_steps=2",
+        f"channels_last={str(channels_last).lower()}",
     )  # fmt: skip
     result = train(cfg)
     assert result["global_step"] == steps
