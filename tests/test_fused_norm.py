@@ -212,12 +212,7 @@ def test_a_layer_with_adagn_and_one_without_share_their_kernels(build_only_kerne
     values (the same compile-time constants, the same pointer dtypes), and Triton specialises neither flag (the
     integer arguments it does: NCHW loads along the positions vectorise only where HW is known to divide)."""
     kernels, norm, x, scale, shift, dy = build_only_kernels
-    x, scale, shift, dy = (
-        x.bfloat16(),
-        scale.bfloat16(),
-        shift.bfloat16(),
-        dy.bfloat16(),
-    )  # AdaGN as autocast has it
+    x, scale, shift, dy = (t.bfloat16() for t in (x, scale, shift, dy))  # as autocast has them
     with fused_norm_ops.build_only():
         for args in ((scale, shift), ()):
             torch.autograd.grad(norm(x, *args), [x], dy)
