@@ -21,6 +21,8 @@ memory, and the loss's mean over the last timed steps (the settings must train a
                        capture (``nets.fused_norm.build_kernels_at_once``), as compile=capture trains
     graphs_fused_first_use  the same with the op's kernels built one by one on first use, inside the capture
                        (what ``graphs_fused`` ran before the builder, BENCHMARKS.md 2026-12-07)
+    graphs_cl, graphs_fused_cl  graphs and graphs_fused with the network and its input in channels-last memory
+                       (``channels_last=true``): cuDNN's convolutions in NHWC, the op's loads along channels
     compiled           torch.compile, compile=reduce-overhead's options, the op inside the graph (as fmnist_fast
                        trained until it moved to compile=capture)
 
@@ -39,7 +41,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("eager", "graphs", "graphs_fused", "graphs_fused_first_use", "compiled")
+SETTINGS = (
+    "eager",
+    "graphs",
+    "graphs_fused",
+    "graphs_fused_first_use",
+    "graphs_cl",
+    "graphs_fused_cl",
+    "compiled",
+)
 
 
 def build(torch, setting: str, batch: int):
@@ -48,10 +58,13 @@ def build(torch, setting: str, batch: int):
     from unet_small import unet_small
 
     torch.manual_seed(0)
-    fused = "false" if setting in ("eager", "graphs") else "true"
+    fused = "false" if setting in ("eager", "graphs", "graphs_cl") else "true"
     net = unet_small(dropout=0.0, fused_norm=fused).cuda()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=True)
     x0 = torch.rand(batch, 1, 28, 28, device="cuda") * 2 - 1
+    if setting.endswith("_cl"):  # as channels_last=true trains: the network and its input in NHWC memory
+        net = net.to(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=True)
     return net, opt, x0
 
 

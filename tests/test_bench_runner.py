@@ -1167,7 +1167,9 @@ def test_a_baseline_entry_script_trains_with_one_function_a_no_op(script, patch,
 
 def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_refuses_unknown_ones():
     probe = load_script("graphed_step")
-    assert probe.SETTINGS == ("eager", "graphs", "graphs_fused", "graphs_fused_first_use", "compiled")
+    assert probe.SETTINGS == (
+        "eager", "graphs", "graphs_fused", "graphs_fused_first_use", "graphs_cl", "graphs_fused_cl", "compiled",
+    )  # fmt: skip
     failed = subprocess.CompletedProcess(
         [], 1, "", "Traceback (most recent call last):\n  ...\nRuntimeError: no GPU\n\n"
     )
@@ -1187,5 +1189,5 @@ def test_graphed_step_probe_names_a_failed_setting_by_its_last_error_line_and_re
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (
         "--only: 'fastest' is not a setting; choose from ['eager', 'graphs', 'graphs_fused', 'graphs_fused_first_use', "
-        "'compiled']"
+        "'graphs_cl', 'graphs_fused_cl', 'compiled']"
     )
