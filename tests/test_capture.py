@@ -13,7 +13,7 @@ from torch import nn
 from diffusion_lab.capture import CapturedNet, call_signature, check_capture
 from diffusion_lab.errors import UserError
 from diffusion_lab.nets import UNet
-from diffusion_lab.nets.fused_norm import GroupNormSiLU, build_kernels_at_once
+from diffusion_lab.nets.fused_norm import build_kernels_at_once
 from graph_stand_in import StandInGraph
 
 
@@ -124,12 +124,6 @@ def test_capture_runs_on_one_cuda_device_and_says_what_to_use_otherwise():
     check_capture(cuda=True, world_size=1, accumulate=1)
 
 
-def switch_off(module: nn.Module) -> None:
-    """fused_norm=false on a norm of the fused kind (PyTorch's path only)."""
-    if isinstance(module, GroupNormSiLU):
-        module.fused = "false"
-
-
 def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
     from diffusion_lab.compile_policy import compile_mode
     from diffusion_lab.module import DiffusionModule
@@ -138,19 +132,20 @@ def test_the_module_takes_capture_as_its_own_setting_and_summarises_it():
     assert compile_mode("capture") == "capture"
     module = DiffusionModule(TwoInputNet(), None, None, None, None, None, compile="capture")
     assert isinstance(module.captured, CapturedNet) and module.captured.net is module.net
-    assert (
-        module.captured._build is None
-    )  # no fused norm in this network: nothing to build before the capture
-    unet = UNet(
+    # no fused norm in this network: nothing to build before the capture
+    assert module.captured._build is None
+    spec = dict(
         in_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), image_size=8,
-        groups=4, fused_norm="auto",
+        groups=4,
     )  # fmt: skip
-    with_norm = DiffusionModule(unet, None, None, None, None, None, compile="capture")
+    with_norm = DiffusionModule(
+        UNet(**spec, fused_norm="auto"), None, None, None, None, None, compile="capture"
+    )
     assert with_norm.captured._build is build_kernels_at_once  # the fused op's kernels, before the capture
     unet_off = DiffusionModule(
-        copy.deepcopy(unet).apply(switch_off), None, None, None, None, None, compile="capture"
+        UNet(**spec, fused_norm="false"), None, None, None, None, None, compile="capture"
     )
-    assert unet_off.captured._build is None
+    assert unet_off.captured._build is None  # its GroupNormSiLU layers take PyTorch's path only
     assert DiffusionModule(TwoInputNet(), None, None, None, None, None).captured is None
     result = {"first_step_s": 2.0, "capture_s": 1.2, "capture_fallbacks": 0, "graph_replays": 9}
     assert startup_parts(result) == "first step 2.0 s; capturing CUDA graphs 1.2 s"
@@ -191,7 +186,6 @@ def test_the_builder_runs_a_forward_and_backward_on_the_capture_inputs_first_and
 def test_a_captured_training_step_matches_the_plain_one_on_the_gpu():
     """Three steps (the capture, then two replays on new inputs), each followed by an optimizer step on both
     copies, so a replay must read the weights as the optimizer left them."""
-    import copy
 
     from diffusion_lab.nets import UNet
 
